@@ -1,0 +1,58 @@
+# Shared setup for scripts/test and scripts/demo: Debian packages and the project's .venv.
+# Safe to run repeatedly: it installs only what is missing.
+
+# command -> Debian package
+TAKO_PACKAGES=(
+  "sshd:openssh-server"
+  "ssh:openssh-client"
+  "nc:netcat-openbsd"
+  "curl:curl"
+  "ip:iproute2"
+  "nsenter:util-linux"
+  "setpriv:util-linux"
+  "pebble:pebble"
+  "pebble-challtestsrv:pebble"
+  "git:git"
+  "setcap:libcap2-bin"
+)
+
+ensure_packages() {
+  local missing=() entry cmd pkg
+  for entry in "${TAKO_PACKAGES[@]}"; do
+    cmd=${entry%%:*}
+    pkg=${entry#*:}
+    if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "/sbin/$cmd" ]; then
+      missing+=("$pkg")
+    fi
+  done
+  if [ ! -x /usr/bin/python3 ] || ! /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing+=(python3 python3-venv)
+  fi
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+      echo "error: missing packages ${missing[*]}; run this script as root or install them first" >&2
+      return 1
+    fi
+    echo "==> installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
+  fi
+}
+
+ensure_venv() {
+  # The venv is built from the system Python so that the tako user can read it.
+  local stamp=.venv/.tako-installed want
+  want=$(cat pyproject.toml sdk/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
+  if [ ! -x .venv/bin/python ]; then
+    echo "==> creating .venv"
+    /usr/bin/python3 -m venv .venv
+  fi
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "==> installing tako and test dependencies into .venv"
+    .venv/bin/pip install -q --upgrade pip >/dev/null
+    .venv/bin/pip install -q -e '.[dev]'
+    if [ -f sdk/pyproject.toml ]; then .venv/bin/pip install -q -e sdk; fi
+    echo "$want" >"$stamp"
+  fi
+}

@@ -1,0 +1,73 @@
+"""`tako delete`: remove an app from the servers of an environment (runtime state, routes and files)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from tako.config.inventory import load_inventory
+from tako.config.paths import known_hosts_path
+from tako.config.project import find_project_dir, load_project
+from tako.deploy.delete import delete_app
+from tako.deploy.prepare import resolve_targets
+from tako.errors import UsageError
+from tako.remote.connection import ServerAddress
+from tako.remote.fanout import fan_out
+
+
+@click.command()
+@click.option(
+    "--env", "env", default="production", show_default=True, help="Environment to remove the app from."
+)
+@click.option("--app", "app_name", help="App name (outside a project directory).")
+@click.option(
+    "--server", "server_names", multiple=True, help="Server to delete from (outside a project; repeatable)."
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required off a terminal).")
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+def delete(
+    env: str, app_name: str | None, server_names: tuple[str, ...], yes: bool, directory: Path | None
+) -> None:
+    """Remove an app from the servers of an environment."""
+    inventory = load_inventory()
+    project_dir = find_project_dir((directory or Path.cwd()).resolve()) if app_name is None else None
+    if project_dir is not None:
+        project = load_project(project_dir)
+        app = project.name
+        addresses = [t.address for t in resolve_targets(project, inventory, env)]
+    else:
+        if not app_name or not server_names:
+            raise UsageError(
+                "outside a project directory, say which app and which servers",
+                hint="run it in the project directory, or pass --app NAME --server SERVER [--server ...]",
+            )
+        app = app_name
+        addresses = []
+        for name in server_names:
+            entry = inventory.get(name)
+            if entry is None:
+                raise UsageError(f"unknown server {name!r}", hint="see `tako servers ls`")
+            addresses.append(ServerAddress(entry.name, entry.host, entry.port))
+    names = ", ".join(a.name for a in addresses)
+    if not yes:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise UsageError(
+                f"deleting {app!r} from {names} needs confirmation",
+                hint="pass --yes to delete without a terminal",
+            )
+        if not click.confirm(f"Delete {app} ({env}) from {names}? Its files and logs are removed."):
+            click.echo("not deleted")
+            raise click.exceptions.Exit(1)
+    console = Console(highlight=False)
+    results = asyncio.run(fan_out(addresses, known_hosts_path(), lambda ex: delete_app(ex, app)))
+    for result in results:
+        if result.ok:
+            console.print(f"✓ {result.server.name}: {app} {result.value}")
+        else:
+            console.print(f"✗ {result.server.name}: {result.error}")
+    if any(not r.ok for r in results):
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,71 @@
+"""`tako deploy`: build locally, then run the per-server pipeline on every server of the env at once."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from tako.cli.progress import LiveProgress, PlainProgress
+from tako.deploy.pipeline import build_report, deploy_all
+from tako.deploy.prepare import prepare
+from tako.deploy.report import DeployReport
+from tako.errors import UsageError
+
+
+def render_report(console: Console, report: DeployReport) -> None:
+    console.print()
+    for outcome in report.outcomes:
+        if outcome.ok:
+            console.print(f"✓ {outcome.server}: deployed {report.app} {report.version}", highlight=False)
+        else:
+            console.print(f"✗ {outcome.server}: failed at {outcome.step}: {outcome.message}", highlight=False)
+            if outcome.hint:
+                console.print(f"    hint: {outcome.hint}", highlight=False)
+    total = len(report.outcomes)
+    ok = len(report.succeeded)
+    console.print(
+        f"{report.app} {report.version} → {report.env}: {ok}/{total} server(s) succeeded", highlight=False
+    )
+    if report.succeeded:
+        for url in report.urls:
+            console.print(f"  {url}", highlight=False)
+
+
+@click.command()
+@click.option("--env", "env", default="production", show_default=True, help="Environment to deploy.")
+@click.option(
+    "--yes", "-y", is_flag=True, help="Do not ask for confirmation (required off a terminal for production)."
+)
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+def deploy(env: str, yes: bool, directory: Path | None) -> None:
+    """Build the app and deploy it to every server of an environment, in parallel."""
+    project_dir = (directory or Path.cwd()).resolve()
+    console = Console(highlight=False)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if env == "production" and not yes:
+        if not interactive:
+            raise UsageError(
+                "deploying to production needs confirmation",
+                hint="pass --yes to deploy to production without a terminal",
+            )
+        click.confirm("Deploy to production?", abort=True)
+    prepared = prepare(project_dir, env, output=lambda line: console.print(f"  {line}", markup=False))
+    plan = prepared.plan
+    console.print(
+        f"Deploying {plan.app} {plan.version} to {env} "
+        f"({len(prepared.targets)} server{'s' if len(prepared.targets) != 1 else ''})",
+        highlight=False,
+    )
+    servers = [t.address.name for t in prepared.targets]
+    if console.is_terminal:
+        with LiveProgress(console, servers) as live:
+            outcomes = asyncio.run(deploy_all(plan, prepared.targets, live))
+    else:
+        outcomes = asyncio.run(deploy_all(plan, prepared.targets, PlainProgress(console)))
+    report = build_report(plan, outcomes)
+    render_report(console, report)
+    sys.exit(report.exit_code)

@@ -1,0 +1,93 @@
+"""Deploy progress on screen: live lines per server on a terminal, plain lines elsewhere."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.spinner import Spinner
+from rich.text import Text
+
+from tako.deploy.report import ServerOutcome
+
+
+def _rate(sent: int, elapsed: float) -> str:
+    if elapsed <= 0:
+        return ""
+    return f"{sent / elapsed / 1024 / 1024:.1f} MiB/s"
+
+
+class PlainProgress:
+    """One line per server and step; no control characters (logs, CI, pipes)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._upload_started: dict[str, float] = {}
+
+    def step(self, server: str, step: str, text: str) -> None:
+        self.console.print(f"[{server}] {text}", markup=False, highlight=False)
+        if step == "upload":
+            self._upload_started[server] = time.monotonic()
+
+    def transfer(self, server: str, sent: int, total: int) -> None:
+        if sent == total:
+            elapsed = time.monotonic() - self._upload_started.get(server, time.monotonic())
+            self.console.print(
+                f"[{server}] uploaded {sent} bytes {_rate(sent, elapsed)}".rstrip(),
+                markup=False,
+                highlight=False,
+            )
+
+    def finished(self, outcome: ServerOutcome) -> None:
+        word = "ok" if outcome.ok else f"FAILED at {outcome.step}"
+        self.console.print(f"[{outcome.server}] {word}: {outcome.message}", markup=False, highlight=False)
+
+
+class LiveProgress:
+    """A spinner line per server showing its current step and upload bytes/rate."""
+
+    def __init__(self, console: Console, servers: list[str]) -> None:
+        self.console = console
+        self.servers = servers
+        self.state: dict[str, str] = {s: "waiting" for s in servers}
+        self.done: dict[str, ServerOutcome] = {}
+        self._upload_started: dict[str, float] = {}
+        self.live = Live(self._render(), console=console, refresh_per_second=10, transient=False)
+
+    def __enter__(self) -> LiveProgress:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.update(self._render())
+        self.live.__exit__(None, None, None)
+
+    def _render(self) -> Group:
+        rows: list[Spinner | Text] = []
+        for server in self.servers:
+            outcome = self.done.get(server)
+            if outcome is None:
+                rows.append(Spinner("dots", Text(f" {server}: {self.state[server]}")))
+            elif outcome.ok:
+                rows.append(Text.assemble(("✓ ", "green"), f"{server}: {outcome.message}"))
+            else:
+                rows.append(Text.assemble(("✗ ", "red"), f"{server}: {outcome.step}: {outcome.message}"))
+        return Group(*rows)
+
+    def step(self, server: str, step: str, text: str) -> None:
+        self.state[server] = text
+        if step == "upload":
+            self._upload_started[server] = time.monotonic()
+        self.live.update(self._render())
+
+    def transfer(self, server: str, sent: int, total: int) -> None:
+        elapsed = time.monotonic() - self._upload_started.get(server, time.monotonic())
+        self.state[server] = (
+            f"uploading {sent / 1048576:.1f}/{total / 1048576:.1f} MiB {_rate(sent, elapsed)}"
+        )
+        self.live.update(self._render())
+
+    def finished(self, outcome: ServerOutcome) -> None:
+        self.done[outcome.server] = outcome
+        self.live.update(self._render())

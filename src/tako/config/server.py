@@ -1,0 +1,166 @@
+"""`/opt/tako/server-config.toml`: tako-server's settings, as frozen models with defaults.
+
+Every section is optional. Example:
+
+    [server]
+    http_port = 80
+    https_port = 443
+
+    [proxy]
+    header_timeout = 10
+
+    [acme]
+    email = "ops@example.com"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from tako.errors import ConfigError
+
+DEFAULT_DATA_DIR = "/opt/tako"
+DEFAULT_SOCKET = "/var/run/tako/tako.sock"
+LETSENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+LETSENCRYPT_STAGING_DIRECTORY = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
+
+@dataclass(frozen=True)
+class ListenSettings:
+    data_dir: str = DEFAULT_DATA_DIR
+    socket: str = DEFAULT_SOCKET
+    listen: str = "0.0.0.0"
+    http_port: int = 80
+    https_port: int = 443
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """Limits and timeouts of the data plane (seconds and bytes). 0 for max_body_bytes = unlimited."""
+
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    upstream_connect_timeout: float = 5.0
+    upstream_response_timeout: float = 60.0
+    max_body_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Runtime bounds: cold-start queue, health checks, rollout timing."""
+
+    cold_start_queue: int = 1000
+    cold_start_timeout: float = 30.0
+    health_interval: float = 1.0
+    healthy_timeout: float = 30.0
+    drain_timeout: float = 30.0
+    stop_grace: float = 10.0
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 3
+
+
+@dataclass(frozen=True)
+class AcmeSettings:
+    enabled: bool = True
+    directory_url: str = LETSENCRYPT_DIRECTORY
+    staging: bool = False
+    email: str = ""
+    ca_bundle: str = ""
+    renew_before_days: int = 30
+    check_interval: float = 12 * 3600.0
+    # Backoff between failed issuance attempts: doubles from retry_initial up to retry_max (seconds).
+    retry_initial: float = 30.0
+    retry_max: float = 3600.0
+
+    @property
+    def effective_directory(self) -> str:
+        if self.staging and self.directory_url == LETSENCRYPT_DIRECTORY:
+            return LETSENCRYPT_STAGING_DIRECTORY
+        return self.directory_url
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    server: ListenSettings = field(default_factory=ListenSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    apps: AppSettings = field(default_factory=AppSettings)
+    acme: AcmeSettings = field(default_factory=AcmeSettings)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.server.data_dir)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ListenSettings,
+    "proxy": ProxySettings,
+    "apps": AppSettings,
+    "acme": AcmeSettings,
+}
+
+
+def _check_value(file: str, key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+        kind = "true or false"
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        kind = "a non-negative integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+        kind = "a non-negative number"
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+        kind = "a string"
+    if not ok:
+        raise ConfigError(file, f"expected {kind}, got {value!r}", key=key)
+    return value
+
+
+def parse_server_config(data: dict[str, Any], file: str) -> ServerConfig:
+    from difflib import get_close_matches
+
+    sections: dict[str, Any] = {}
+    for name, table in data.items():
+        cls = _SECTIONS.get(name)
+        if cls is None:
+            close = get_close_matches(name, list(_SECTIONS), n=1)
+            raise ConfigError(
+                file, "unknown section", key=name, hint=f"did you mean [{close[0]}]?" if close else None
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(file, "expected a table", key=name)
+        defaults = cls()
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in known:
+                close = get_close_matches(key, sorted(known), n=1)
+                raise ConfigError(
+                    file,
+                    "unknown key",
+                    key=f"{name}.{key}",
+                    hint=f"did you mean {close[0]!r}?" if close else None,
+                )
+            values[key] = _check_value(file, f"{name}.{key}", value, getattr(defaults, key))
+        sections[name] = replace(defaults, **values)
+    return ServerConfig(**sections)
+
+
+def load_server_config(path: Path) -> ServerConfig:
+    """Load server-config.toml; a missing file means all defaults."""
+    if not path.exists():
+        return ServerConfig()
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None)
+        raise ConfigError(str(path), f"invalid TOML: {exc}", line=line) from exc
+    return parse_server_config(data, str(path))

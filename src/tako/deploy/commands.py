@@ -1,0 +1,153 @@
+"""The remote commands of the per-server deploy pipeline, as values (see tako.remote.executor.sh).
+
+Each function is pure; the scripts are constants and every variable reaches them as a positional
+parameter, so nothing a user controls is ever spliced into shell text.
+"""
+
+from __future__ import annotations
+
+from tako.deploy.layout import KEEP_RELEASES, AppLayout
+from tako.remote.executor import Command, cmd, sh
+
+LOCK_HELD_STATUS = 3
+
+_ACQUIRE_LOCK = """
+mkdir -p "$1" || exit 1
+if mkdir "$2" 2>/dev/null; then
+  printf '%s\\n' "$3" > "$2/holder" || { rmdir "$2"; exit 1; }
+  exit 0
+fi
+cat "$2/holder" 2>/dev/null
+exit 3
+"""
+
+# Only removes the lock this deploy took (its holder line must match).
+_RELEASE_LOCK = """
+[ -d "$1" ] || exit 0
+if [ "$(cat "$1/holder" 2>/dev/null)" = "$2" ]; then rm -rf "$1"; fi
+"""
+
+_PREPARE_DIRS = """
+set -e
+mkdir -p "$1" "$2"
+# Leftovers of interrupted deploys; safe to remove because we hold the lock.
+for d in "$1"/.partial-* ; do [ -e "$d" ] && rm -rf "$d"; done
+for d in "$1"/.replaced-* ; do
+  [ -e "$d" ] || continue
+  name=${d##*/.replaced-}; name=${name%-*}
+  if [ -e "$1/$name" ]; then rm -rf "$d"; else mv "$d" "$1/$name"; fi
+done
+rm -f "$3"/.upload-*.tar.gz
+mkdir "$4"
+"""
+
+# Extract, then refuse any symlink that resolves outside the release (tar itself refuses
+# absolute member names and `..`).
+_EXTRACT = """
+set -e
+tar -xzf "$1" -C "$2" --no-same-owner --no-same-permissions --delay-directory-restore
+rm -f "$1"
+root=$(cd "$2" && pwd -P)
+find "$2" -type l | while IFS= read -r link; do
+  target=$(readlink -f "$link" || true)
+  case "$target" in
+    "$root"|"$root"/*) ;;
+    *) echo "archive member ${link#$2/} links outside the release ($target)" >&2; exit 4 ;;
+  esac
+done
+"""
+
+_LINK_SHARED = """
+set -e
+rm -rf "$1/logs"
+ln -s "$2" "$1/logs"
+"""
+
+_WRITE_ENV = """
+set -e
+umask 077
+cat > "$1/.env.tmp"
+mv -f "$1/.env.tmp" "$1/.env"
+"""
+
+_PROMOTE = """
+set -e
+if [ -e "$2" ]; then mv "$2" "$3"; fi
+mv "$1" "$2"
+"""
+
+_ROLLBACK = """
+rm -rf "$1" "$2"
+if [ -e "$3" ]; then mv "$3" "$2"; fi
+"""
+
+_SWITCH_CURRENT = """
+set -e
+ln -sfn "releases/$2" "$1/.current-$3"
+mv -T "$1/.current-$3" "$1/current"
+"""
+
+# Keep the current release and the N newest; remove the rest and what redeploys replaced.
+_PRUNE = """
+cd "$1" || exit 0
+current=$(readlink ../current 2>/dev/null); current=${current#releases/}
+rm -rf .replaced-* 2>/dev/null
+ls -1t | awk -v keep="$2" -v cur="$current" '$0 != cur { n++; if (n > keep) print }' |
+  while IFS= read -r old; do rm -rf -- "$old"; done
+"""
+
+
+def acquire_lock(layout: AppLayout, holder: str) -> Command:
+    return sh(_ACQUIRE_LOCK, layout.app_dir, layout.lock, holder)
+
+
+def release_lock(layout: AppLayout, holder: str) -> Command:
+    return sh(_RELEASE_LOCK, layout.lock, holder)
+
+
+def disk_free(path: str) -> Command:
+    return cmd("df", "-Pk", path)
+
+
+def server_installed() -> Command:
+    return sh("command -v tako-server >/dev/null && tako-server --version")
+
+
+def prepare_dirs(layout: AppLayout, staging: str) -> Command:
+    return sh(_PREPARE_DIRS, layout.releases, layout.shared_logs, layout.app_dir, staging)
+
+
+def extract(archive: str, staging: str) -> Command:
+    return sh(_EXTRACT, archive, staging)
+
+
+def link_shared(layout: AppLayout, staging: str) -> Command:
+    return sh(_LINK_SHARED, staging, layout.shared_logs)
+
+
+def write_env(release_dir: str) -> Command:
+    """Reads the file's content on stdin, so values never appear in a command line."""
+    return sh(_WRITE_ENV, release_dir)
+
+
+def promote(staging: str, release: str, replaced: str) -> Command:
+    return sh(_PROMOTE, staging, release, replaced)
+
+
+def rollback(staging: str, release: str, replaced: str) -> Command:
+    return sh(_ROLLBACK, staging, release, replaced)
+
+
+def switch_current(layout: AppLayout, version: str, nonce: str) -> Command:
+    return sh(_SWITCH_CURRENT, layout.app_dir, version, nonce)
+
+
+def prune(layout: AppLayout, keep: int = KEEP_RELEASES) -> Command:
+    return sh(_PRUNE, layout.releases, str(keep))
+
+
+def parse_df_available(output: str) -> int:
+    """Available bytes from `df -Pk` output (last line, 4th column)."""
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    fields = lines[-1].split()
+    return int(fields[3]) * 1024

@@ -1,0 +1,251 @@
+"""The per-server deploy pipeline (seed "Deploy Flow (Per Server)", DESIGN §4), and the parallel runner.
+
+Every server runs the same steps independently; a failure on one never stops the others. Each failure
+path releases the lock and removes the release directory this deploy created, so the server keeps
+serving the previous release and a re-run just works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import secrets as random_tokens
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tako.deploy import commands
+from tako.deploy.layout import AppLayout
+from tako.deploy.report import DeployReport, Progress, ServerOutcome
+from tako.errors import DeployError, RemoteError, ServerError, TakoError
+from tako.protocol import Deploy, Routes
+from tako.remote.connection import ServerAddress, connect
+from tako.remote.executor import Executor
+from tako.routing import find_conflicts
+
+DISK_HEADROOM = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DeployTarget:
+    address: ServerAddress
+    instances: int
+    idle_timeout: int
+
+
+@dataclass(frozen=True)
+class DeployPlan:
+    """Everything built locally, the same for every server of the env."""
+
+    app: str
+    version: str
+    env: str
+    routes: tuple[str, ...]
+    archive: Path
+    archive_size: int
+    env_file: bytes = field(repr=False)  # holds secret values: never printed
+    known_hosts: Path = Path()
+    root: str = "/opt/tako"
+    # Extra per-release work run after extraction (e.g. installing Python dependencies).
+    after_extract: tuple[Callable[[Executor, str, Progress], Awaitable[None]], ...] = ()
+
+    @property
+    def required_disk(self) -> int:
+        return self.archive_size * 3 + DISK_HEADROOM
+
+
+def _lock_holder(version: str) -> str:
+    when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} deploying {version} since {when}"
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+class ServerDeploy:
+    """One server's pipeline, with the cleanup state it needs on failure."""
+
+    def __init__(self, plan: DeployPlan, target: DeployTarget, progress: Progress) -> None:
+        self.plan = plan
+        self.target = target
+        self.progress = progress
+        self.name = target.address.name
+        self.layout = AppLayout(plan.app, plan.root)
+        self.nonce = random_tokens.token_hex(4)
+        self.holder = _lock_holder(plan.version)
+        self.staging = self.layout.staging(plan.version, self.nonce)
+        self.release = self.layout.release(plan.version)
+        self.replaced = self.layout.replaced(plan.version, self.nonce)
+        self.executor: Executor | None = None
+        self.locked = False
+        self.staged = False
+        self.step_name = "connect"
+
+    def _step(self, step: str, text: str) -> None:
+        self.step_name = step
+        self.progress.step(self.name, step, text)
+
+    async def run(self) -> ServerOutcome:
+        try:
+            await self._pipeline()
+        except TakoError as exc:
+            await self._cleanup()
+            return ServerOutcome(self.name, False, self.step_name, exc.message, exc.hint)
+        except Exception as exc:  # one server's unexpected failure must not stop the others
+            await self._cleanup()
+            return ServerOutcome(self.name, False, self.step_name, f"unexpected error: {exc!r}")
+        finally:
+            if self.executor is not None:
+                await self.executor.close()
+        return ServerOutcome(self.name, True, "done", f"{self.plan.app} {self.plan.version} is live")
+
+    async def _pipeline(self) -> None:
+        plan = self.plan
+        address = self.target.address
+        self._step("connect", f"connecting to {address.host}")
+        self.executor = ex = Executor(await connect(address, plan.known_hosts), address)
+
+        self._step("lock", "taking the deploy lock")
+        result = await ex.run(commands.acquire_lock(self.layout, self.holder), check=False, what="lock")
+        if result.exit_status == commands.LOCK_HELD_STATUS:
+            holder = result.stdout.strip() or "unknown holder"
+            raise DeployError(
+                f"another deploy holds the lock {self.layout.lock} ({holder})",
+                hint=f"wait for it to finish; if it was interrupted, remove the lock with "
+                f"`ssh tako@{address.host} rm -rf {self.layout.lock}`",
+            )
+        if not result.ok:
+            raise DeployError(f"cannot create {self.layout.lock}: {result.stderr.strip()}")
+        self.locked = True
+
+        self._step("disk", "checking free disk space")
+        df = await ex.run(commands.disk_free(plan.root), what="df")
+        available = commands.parse_df_available(df.stdout)
+        if available < plan.required_disk:
+            raise DeployError(
+                f"not enough disk space under {plan.root}: {_size(plan.required_disk)} required "
+                f"(3 x the {_size(plan.archive_size)} archive + 64 MiB), {_size(available)} available",
+                hint="free some space on the server (old releases live in /opt/tako/apps/*/releases)",
+            )
+
+        self._step("server", "checking tako-server")
+        installed = await ex.run(commands.server_installed(), check=False, what="tako-server check")
+        if not installed.ok:
+            raise DeployError(
+                "tako-server is not installed",
+                hint="install it as root on the server: scripts/install-server (see docs/operations.md)",
+            )
+        try:
+            await ex.hello()
+        except (ServerError, RemoteError) as exc:
+            raise DeployError(
+                "tako-server is installed but not running (its control socket does not answer)",
+                hint="start it on the server: `tako-server-service start` (or `systemctl start "
+                "tako-server` where systemd runs it); `tako servers status NAME` shows its state",
+            ) from exc
+
+        self._step("routes", "checking route conflicts")
+        reply = await ex.control(Routes())
+        if not reply.ok:
+            raise DeployError(f"tako-server refused `routes`: {reply.message}")
+        existing = {str(app): [str(r) for r in routes] for app, routes in (reply.data or {}).items()}
+        conflicts = find_conflicts(plan.app, plan.routes, existing)
+        if conflicts:
+            c = conflicts[0]
+            raise DeployError(
+                f"route {c.route!r} of app {plan.app!r} conflicts with route {c.other_route!r} of app "
+                f"{c.other_app!r} on this server",
+                hint="give each app its own host or path, or remove the other app with `tako delete`",
+            )
+
+        self._step("dirs", "creating release directories")
+        await ex.run(commands.prepare_dirs(self.layout, self.staging), what="mkdir")
+        self.staged = True
+
+        self._step("upload", f"uploading {_size(plan.archive_size)}")
+        upload_path = self.layout.upload(plan.version)
+        await ex.upload(
+            plan.archive,
+            upload_path,
+            progress=lambda sent, total: self.progress.transfer(self.name, sent, total),
+        )
+
+        self._step("extract", "unpacking the release")
+        await ex.run(commands.extract(upload_path, self.staging), what="extract")
+        for hook in plan.after_extract:
+            await hook(ex, self.staging, self.progress)
+
+        self._step("link", "linking shared directories")
+        await ex.run(commands.link_shared(self.layout, self.staging), what="link logs")
+
+        self._step("env", "writing .env")
+        await ex.run(commands.write_env(self.staging), input=plan.env_file, what="write .env")
+
+        await ex.run(commands.promote(self.staging, self.release, self.replaced), what="promote release")
+
+        self._step("deploy", "starting instances")
+        reply = await ex.control(
+            Deploy(
+                app=plan.app,
+                version=plan.version,
+                path=self.release,
+                routes=plan.routes,
+                instances=self.target.instances,
+                idle_timeout=self.target.idle_timeout,
+            )
+        )
+        if not reply.ok:
+            raise DeployError(f"tako-server refused the release: {reply.message}")
+
+        self._step("current", "switching current")
+        self.staged = False  # from here on the release is live: never removed by cleanup
+        await ex.run(commands.switch_current(self.layout, plan.version, self.nonce), what="switch current")
+
+        self._step("prune", "removing old releases")
+        await ex.run(commands.prune(self.layout), check=False, what="prune")
+
+        self._step("unlock", "releasing the lock")
+        await ex.run(commands.release_lock(self.layout, self.holder), what="unlock")
+        self.locked = False
+
+    async def _cleanup(self) -> None:
+        """Undo what this deploy created, best effort; the connection may be gone."""
+        ex = self.executor
+        if ex is None:
+            return
+        try:
+            if self.staged:
+                await ex.run(
+                    commands.rollback(self.staging, self.release, self.replaced), check=False, timeout=30
+                )
+            if self.locked:
+                await ex.run(commands.release_lock(self.layout, self.holder), check=False, timeout=30)
+        except TakoError:
+            pass
+
+
+async def deploy_all(
+    plan: DeployPlan, targets: list[DeployTarget], progress: Progress
+) -> list[ServerOutcome]:
+    """Run every server's pipeline at once; each returns its own outcome."""
+
+    async def one(target: DeployTarget) -> ServerOutcome:
+        outcome = await ServerDeploy(plan, target, progress).run()
+        progress.finished(outcome)
+        return outcome
+
+    return list(await asyncio.gather(*(one(t) for t in targets)))
+
+
+def build_report(plan: DeployPlan, outcomes: list[ServerOutcome]) -> DeployReport:
+    urls = tuple(f"https://{route.rstrip('*').rstrip('/') or route}" for route in plan.routes)
+    return DeployReport(plan.app, plan.version, plan.env, urls, tuple(outcomes))

@@ -1,0 +1,119 @@
+"""Everything a deploy does locally before touching a server: resolve the env and its servers, build,
+version, archive, and render the release `.env`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tako.deploy.archive import build_archive
+from tako.deploy.build import run_build
+from tako.deploy.version import compute_version
+
+from tako.config import envfile
+from tako.config.inventory import Inventory, load_inventory
+from tako.config.paths import known_hosts_path
+from tako.config.project import ProjectConfig, load_project
+from tako.deploy.pipeline import DeployPlan, DeployTarget
+from tako.errors import SecretsError, UsageError
+from tako.remote.connection import ServerAddress
+
+RESERVED = ("ENV", "TAKO_BUILD")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    project: ProjectConfig
+    plan: DeployPlan
+    targets: list[DeployTarget]
+
+
+def resolve_targets(project: ProjectConfig, inventory: Inventory, env: str) -> list[DeployTarget]:
+    """The servers of `env` with their scaling settings; clear errors for unknown or unmapped servers."""
+    if env == "development":
+        raise UsageError(
+            "the development environment is for local runs and cannot be deployed",
+            hint="deploy another environment, e.g. `tako deploy --env production`",
+        )
+    project.env(env)  # raises with the list of known envs
+    mappings = project.servers_for_env(env)
+    if not mappings:
+        raise UsageError(
+            f"no server is mapped to environment {env!r} in {project.file}",
+            hint=f'add one: [servers.<name>] env = "{env}" (servers you know: '
+            + (", ".join(s.name for s in inventory.servers) or "none yet; run `tako servers add`")
+            + ")",
+        )
+    targets = []
+    for mapping in mappings:
+        entry = inventory.get(mapping.name)
+        if entry is None:
+            raise UsageError(
+                f"server {mapping.name!r} (servers.{mapping.name} in {project.file}) "
+                "is not in your inventory",
+                hint=f"add it with `tako servers add HOST --name {mapping.name}`",
+            )
+        targets.append(
+            DeployTarget(
+                ServerAddress(entry.name, entry.host, entry.port),
+                instances=mapping.instances,
+                idle_timeout=mapping.idle_timeout,
+            )
+        )
+    return targets
+
+
+def env_values(project: ProjectConfig, env: str, version: str) -> dict[str, str]:
+    """Merged vars of DESIGN §3, then secrets, then the reserved names Tako sets."""
+    from tako.secrets import load_env_secrets, missing_secrets
+
+    missing = missing_secrets(project.root, env)
+    if missing:
+        names = ", ".join(missing)
+        raise SecretsError(
+            f"environment {env!r} lacks secrets that other environments define: {names}",
+            hint="\n".join(f"set it with `tako secrets set --env {env} {name}`" for name in missing),
+        )
+    values = dict(project.merged_vars(env))
+    for name, secret in sorted(load_env_secrets(project.root, env).items()):
+        values[name] = secret.reveal()
+    for name in RESERVED:
+        values.pop(name, None)
+    values["ENV"] = env
+    values["TAKO_BUILD"] = version
+    return values
+
+
+def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Prepared:
+    project = load_project(project_dir)
+    inventory = load_inventory()
+    targets = resolve_targets(project, inventory, env)
+    env_config = project.env(env)
+    if not project.start:
+        raise UsageError(
+            f"{project.file}: [tako].start is not set, so the server would not know how to run the app",
+            hint='add e.g. start = "python3 app.py" (it must listen on 127.0.0.1:$PORT)',
+        )
+    run_build(project.build, project.root, output=output)
+    version = compute_version(project.root)
+    values = env_values(project, env, version)
+    app_json = {
+        "name": project.name,
+        "version": version,
+        "start": project.start,
+        "health_check": project.health_check,
+        "env": env,
+    }
+    archive = build_archive(project.root, version, app_json, project.exclude)
+    plan = DeployPlan(
+        app=project.name,
+        version=version,
+        env=env,
+        routes=env_config.routes,
+        archive=archive.path,
+        archive_size=archive.size,
+        env_file=envfile.render(values).encode(),
+        known_hosts=known_hosts_path(),
+    )
+    return Prepared(project, plan, targets)

@@ -1,0 +1,45 @@
+"""The control protocol between the CLI and tako-server: typed messages and the JSON-lines codec."""
+
+from tako.protocol.codec import (
+    MAX_LINE_BYTES,
+    decode_reply,
+    decode_request,
+    encode_reply,
+    encode_request,
+    error_reply,
+    ok_reply,
+)
+from tako.protocol.messages import (
+    PROTOCOL_VERSION,
+    Delete,
+    Deploy,
+    Hello,
+    List,
+    Reload,
+    Reply,
+    Request,
+    Routes,
+    Status,
+    Stop,
+)
+
+__all__ = [
+    "MAX_LINE_BYTES",
+    "PROTOCOL_VERSION",
+    "Delete",
+    "Deploy",
+    "Hello",
+    "List",
+    "Reload",
+    "Reply",
+    "Request",
+    "Routes",
+    "Status",
+    "Stop",
+    "decode_reply",
+    "decode_request",
+    "encode_reply",
+    "encode_request",
+    "error_reply",
+    "ok_reply",
+]

@@ -1,0 +1,1 @@
+"""The only code that opens SSH: connections, command values, the executor, uploads, the control client."""

@@ -1,0 +1,193 @@
+"""Run command values on one server over an open SSH connection; upload files; talk to tako-server.
+
+Commands are argument lists (`Command`); quoting happens only here, with `shlex.join`. Data for a shell
+snippet travels as positional parameters of `sh -c`, never spliced into the script text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from tako.errors import RemoteError, ServerError
+from tako.protocol import Hello, Reply, Request, decode_reply, encode_request
+from tako.remote.connection import ServerAddress
+
+CONTROL_SOCKET = "/var/run/tako/tako.sock"
+UPLOAD_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: tuple[str, ...]
+
+    def render(self) -> str:
+        return shlex.join(self.argv)
+
+
+def cmd(*argv: str) -> Command:
+    return Command(tuple(argv))
+
+
+def sh(script: str, *args: str) -> Command:
+    """A constant shell script run by `sh -c`, with `args` as its `$1`, `$2`, ..."""
+    return Command(("sh", "-c", script, "sh", *args))
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+class Executor:
+    """One server's command runner over one SSH connection."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, address: ServerAddress) -> None:
+        self.conn = conn
+        self.address = address
+        self._control: tuple[asyncssh.SSHReader[bytes], asyncssh.SSHWriter[bytes]] | None = None
+        self._control_lock = asyncio.Lock()
+
+    async def run(
+        self,
+        command: Command,
+        *,
+        input: str | bytes | None = None,
+        check: bool = True,
+        timeout: float = 120.0,
+        what: str | None = None,
+    ) -> CommandResult:
+        """Run one command; with `check`, a non-zero exit raises RemoteError with its stderr."""
+        data = input.encode() if isinstance(input, str) else input
+        try:
+            result = await self.conn.run(
+                command.render(), input=data, check=False, timeout=timeout, encoding=None
+            )
+        except asyncssh.TimeoutError as exc:
+            raise RemoteError(f"{self.address.name}: {what or command.argv[0]} timed out") from exc
+        except (asyncssh.Error, OSError) as exc:
+            raise RemoteError(
+                f"{self.address.name}: connection lost during {what or command.argv[0]}"
+            ) from exc
+        stdout = _text(result.stdout)
+        stderr = _text(result.stderr)
+        status = result.exit_status if result.exit_status is not None else 255
+        if check and status != 0:
+            detail = stderr.strip() or stdout.strip() or f"exit status {status}"
+            raise RemoteError(f"{self.address.name}: {what or command.argv[0]} failed: {detail}")
+        return CommandResult(status, stdout, stderr)
+
+    async def upload(
+        self,
+        local: Path,
+        remote_path: str,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> str:
+        """Stream `local` into `remote_path` over an exec channel and verify its sha256 there."""
+        total = local.stat().st_size
+        digest = hashlib.sha256()
+        sent = 0
+        try:
+            process = await self.conn.create_process(
+                sh('umask 077; cat > "$1"', remote_path).render(), encoding=None
+            )
+            with local.open("rb") as handle:
+                while chunk := handle.read(UPLOAD_CHUNK):
+                    digest.update(chunk)
+                    process.stdin.write(chunk)
+                    await process.stdin.drain()
+                    sent += len(chunk)
+                    if progress:
+                        progress(sent, total)
+            process.stdin.write_eof()
+            completed = await asyncio.wait_for(process.wait(), timeout=120)
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            raise RemoteError(
+                f"{self.address.name}: upload interrupted after {sent} of {total} bytes"
+            ) from exc
+        if completed.exit_status != 0:
+            raise RemoteError(f"{self.address.name}: upload failed: {_text(completed.stderr).strip()}")
+        expected = digest.hexdigest()
+        result = await self.run(cmd("sha256sum", remote_path), what="checksum")
+        actual = result.stdout.split()[0] if result.stdout.split() else ""
+        if actual != expected:
+            raise RemoteError(
+                f"{self.address.name}: uploaded archive is corrupt (sha256 {actual} != {expected})"
+            )
+        return expected
+
+    async def control(self, request: Request, *, timeout: float = 300.0) -> Reply:
+        """Send one control request to tako-server and return its reply."""
+        line = encode_request(request)
+        async with self._control_lock:
+            try:
+                return await asyncio.wait_for(self._control_roundtrip(line), timeout=timeout)
+            except TimeoutError as exc:
+                self._control = None
+                raise ServerError(
+                    f"{self.address.name}: tako-server did not answer {request.command!r} in {timeout:.0f}s"
+                ) from exc
+
+    async def _control_roundtrip(self, line: bytes) -> Reply:
+        if self._control is None:
+            try:
+                self._control = await self.conn.open_unix_connection(CONTROL_SOCKET, encoding=None)
+            except asyncssh.ChannelOpenError:
+                return await self._control_via_nc(line)
+        reader, writer = self._control
+        try:
+            writer.write(line)
+            reply = await reader.readline()
+        except (asyncssh.Error, OSError) as exc:
+            self._control = None
+            raise RemoteError(f"{self.address.name}: control connection to tako-server lost") from exc
+        if not reply:
+            self._control = None
+            raise RemoteError(f"{self.address.name}: tako-server closed the control connection")
+        return decode_reply(reply)
+
+    async def _control_via_nc(self, line: bytes) -> Reply:
+        """Fallback for servers that forbid streamlocal forwarding: one `nc -U` per request."""
+        result = await self.run(
+            cmd("nc", "-U", "-q", "5", CONTROL_SOCKET), input=line, check=False, what="nc -U", timeout=300
+        )
+        first = result.stdout.split("\n", 1)[0]
+        if not first:
+            raise ServerError(
+                f"{self.address.name}: tako-server is not answering on {CONTROL_SOCKET}",
+                hint="check it with `tako servers status " + self.address.name + "`",
+            )
+        return decode_reply(first.encode())
+
+    async def hello(self) -> Reply:
+        from tako import __version__
+
+        return await self.control(Hello(client=f"tako {__version__}"), timeout=15)
+
+    async def close(self) -> None:
+        if self._control is not None:
+            self._control[1].close()
+            self._control = None
+        self.conn.close()
+        await self.conn.wait_closed()
+
+
+def _text(data: str | bytes | None) -> str:
+    if data is None:
+        return ""
+    if isinstance(data, bytes):
+        return data.decode("utf-8", errors="replace")
+    return data

@@ -1,0 +1,79 @@
+"""The narrow interface between the data plane (proxy) and the rest of tako-server.
+
+The proxy reads an immutable `Snapshot` (swapped whole by the runtime on every change) and reports
+request activity through `Upstream.request_started/finished`. It never imports the app runtime, so it
+can later run in worker processes fed with snapshots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class AppUnavailable(Exception):
+    """The app cannot take this request now: answered with `status` (503) and `Retry-After`."""
+
+    def __init__(self, reason: str, *, status: int = 503, retry_after: int | None = 1) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Upstream(Protocol):
+    """One running instance the proxy may forward to (127.0.0.1:port)."""
+
+    @property
+    def key(self) -> str:
+        """Unique and stable for the instance's lifetime: the key of its connection pool."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    def request_started(self) -> None:
+        """Called when a request (or a WebSocket) is sent to this instance."""
+
+    def request_finished(self) -> None:
+        """Called when that request's response is complete (or the tunnel closed)."""
+
+
+class AppGate(Protocol):
+    """The proxy's view of one app: pick an upstream, or wait for one (cold start)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def pick(self) -> Upstream | None:
+        """A healthy instance in rotation, chosen round-robin/least-busy; None if there is none now."""
+
+    async def wait_upstream(self) -> Upstream:
+        """Start an instance if needed and wait (bounded) for one; raise AppUnavailable past the bounds."""
+
+
+class Router(Protocol):
+    def match(self, host: str, path: str) -> AppGate | None:
+        """The app whose route matches (host without port, lower-case; raw path), or None."""
+
+    def is_routed_host(self, host: str) -> bool:
+        """True if any route names this host (used for HTTP->HTTPS redirects and TLS fallback)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the data plane needs, replaced atomically on deploy/delete."""
+
+    router: Router
+
+
+class ServerServices(Protocol):
+    """What the listeners ask tako-server itself: status, ACME challenges."""
+
+    def status_document(self) -> tuple[int, bytes]:
+        """HTTP status (200 if every always-on app has a healthy instance, else 503) and JSON body."""
+
+    def acme_key_authorization(self, token: str) -> str | None:
+        """Key authorization for a pending HTTP-01 token, or None."""

@@ -1,0 +1,68 @@
+"""Remote deploy commands are values: data travels as positional parameters, never in the script."""
+
+import subprocess
+from pathlib import Path
+
+from tako.deploy import commands
+from tako.deploy.layout import AppLayout
+from tako.remote.executor import Command
+
+
+def test_lock_command_passes_data_as_arguments() -> None:
+    layout = AppLayout("my-app")
+    command = commands.acquire_lock(layout, "me@laptop $(rm -rf /)")
+    assert command.argv[:2] == ("sh", "-c")
+    assert command.argv[3:] == ("sh", layout.app_dir, layout.lock, "me@laptop $(rm -rf /)")
+    assert "$(rm" not in command.argv[2]
+    assert command.render().startswith("sh -c ")
+
+
+def run(command: Command, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(list(command.argv), input=stdin, capture_output=True)
+
+
+def test_lock_is_exclusive_and_names_holder(tmp_path: Path) -> None:
+    layout = AppLayout("app", root=str(tmp_path))
+    assert run(commands.acquire_lock(layout, "first")).returncode == 0
+    second = run(commands.acquire_lock(layout, "second"))
+    assert second.returncode == commands.LOCK_HELD_STATUS
+    assert second.stdout.decode().strip() == "first"
+    # Only the holder releases it.
+    run(commands.release_lock(layout, "second"))
+    assert Path(layout.lock).is_dir()
+    run(commands.release_lock(layout, "first"))
+    assert not Path(layout.lock).exists()
+
+
+def test_extract_refuses_escaping_symlinks(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.txt").write_text("ok")
+    (src / "evil").symlink_to("/etc/passwd")
+    archive = tmp_path / "a.tar.gz"
+    subprocess.run(["tar", "-czf", str(archive), "-C", str(src), "."], check=True)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    result = run(commands.extract(str(archive), str(dest)))
+    assert result.returncode != 0
+    assert b"links outside the release" in result.stderr
+
+
+def test_prune_keeps_current_and_newest(tmp_path: Path) -> None:
+    import os
+
+    layout = AppLayout("app", root=str(tmp_path))
+    releases = Path(layout.releases)
+    releases.mkdir(parents=True)
+    for i in range(8):
+        d = releases / f"v{i}"
+        d.mkdir()
+        os.utime(d, (1000 + i, 1000 + i))
+    os.symlink("releases/v0", layout.current)
+    run(commands.prune(layout, keep=4))
+    assert sorted(p.name for p in releases.iterdir()) == ["v0", "v4", "v5", "v6", "v7"]
+
+
+def test_df_parsing() -> None:
+    out = "Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/vda 100 50 2048 50% /\n"
+    assert commands.parse_df_available(out) == 2048 * 1024
