@@ -23,7 +23,7 @@ from tako.deploy.report import DeployReport, Progress, ServerOutcome
 from tako.errors import DeployError, RemoteError, ServerError, TakoError
 from tako.protocol import Deploy, Routes
 from tako.remote.connection import ServerAddress, connect
-from tako.remote.executor import Executor
+from tako.remote.executor import Command, Executor
 from tako.routing import find_conflicts
 
 DISK_HEADROOM = 64 * 1024 * 1024
@@ -51,6 +51,8 @@ class DeployPlan:
     root: str = "/opt/tako"
     # Extra per-release work run after extraction (e.g. installing Python dependencies).
     after_extract: tuple[Callable[[Executor, str, Progress], Awaitable[None]], ...] = ()
+    # Extra cleanup after old releases are pruned (e.g. venvs no release uses any more).
+    after_prune: tuple[Command, ...] = ()
 
     @property
     def required_disk(self) -> int:
@@ -212,6 +214,8 @@ class ServerDeploy:
 
         self._step("prune", "removing old releases")
         await ex.run(commands.prune(self.layout), check=False, what="prune")
+        for command in plan.after_prune:
+            await ex.run(command, check=False, what="prune")
 
         self._step("unlock", "releasing the lock")
         await ex.run(commands.release_lock(self.layout, self.holder), what="unlock")

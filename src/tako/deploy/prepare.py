@@ -3,21 +3,25 @@ version, archive, and render the release `.env`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from tako.deploy.archive import build_archive
-from tako.deploy.build import run_build
-from tako.deploy.version import compute_version
 
 from tako.config import envfile
 from tako.config.inventory import Inventory, load_inventory
 from tako.config.paths import known_hosts_path
 from tako.config.project import ProjectConfig, load_project
+from tako.deploy import python_deps, python_step
+from tako.deploy.archive import build_archive
+from tako.deploy.build import run_build
+from tako.deploy.layout import AppLayout
 from tako.deploy.pipeline import DeployPlan, DeployTarget
+from tako.deploy.report import Progress, ServerOutcome
+from tako.deploy.version import compute_version
 from tako.errors import SecretsError, UsageError
 from tako.remote.connection import ServerAddress
+from tako.remote.executor import Command, Executor
 
 RESERVED = ("ENV", "TAKO_BUILD")
 
@@ -27,6 +31,8 @@ class Prepared:
     project: ProjectConfig
     plan: DeployPlan
     targets: list[DeployTarget]
+    # Servers that failed before the pipeline could start (e.g. the Python probe could not reach them).
+    early_failures: list[ServerOutcome]
 
 
 def resolve_targets(project: ProjectConfig, inventory: Inventory, env: str) -> list[DeployTarget]:
@@ -105,7 +111,27 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
         "health_check": project.health_check,
         "env": env,
     }
-    archive = build_archive(project.root, version, app_json, project.exclude)
+    early_failures: list[ServerOutcome] = []
+    extra_dirs: dict[str, Path] = {}
+    hooks: tuple[Callable[[Executor, str, Progress], Awaitable[None]], ...] = ()
+    after_prune: tuple[Command, ...] = ()
+    reqs = python_deps.detect_requirements(project.root)
+    if reqs is not None:
+        output(f"Python dependencies from {reqs.source.name}: probing the servers' Python")
+        probes = asyncio.run(python_step.probe_targets(targets, known_hosts_path()))
+        found = {p.server.name: p.value for p in probes if p.ok and p.value is not None}
+        for probe in probes:
+            if not probe.ok and probe.error is not None:
+                early_failures.append(
+                    ServerOutcome(probe.server.name, False, "python", probe.error.message, probe.error.hint)
+                )
+        targets = [t for t in targets if t.address.name in found]
+        if found:
+            deps = python_step.build_wheelhouses(reqs, found, output)
+            extra_dirs = deps.extra_dirs
+            hooks = (python_step.install_hook(deps),)
+            after_prune = tuple(python_step.prune_commands(AppLayout(project.name).app_dir))
+    archive = build_archive(project.root, version, app_json, project.exclude, extra_dirs=extra_dirs)
     plan = DeployPlan(
         app=project.name,
         version=version,
@@ -115,5 +141,7 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
         archive_size=archive.size,
         env_file=envfile.render(values).encode(),
         known_hosts=known_hosts_path(),
+        after_extract=hooks,
+        after_prune=after_prune,
     )
-    return Prepared(project, plan, targets)
+    return Prepared(project, plan, targets, early_failures)

@@ -1,0 +1,1 @@
+"""Local side of a deploy: build, version, archive, and the per-server pipeline."""

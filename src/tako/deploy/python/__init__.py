@@ -1,0 +1,1 @@
+"""Helpers of tako.deploy.python_deps (lock-file readers)."""

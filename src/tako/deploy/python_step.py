@@ -1,0 +1,80 @@
+"""Python dependencies in a deploy: ask each server for its Python, build one wheelhouse per distinct
+target locally, ship them in the release, and give each release its venv on the server (offline)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tako.config.paths import tako_home
+from tako.deploy import python_deps
+from tako.deploy.pipeline import DeployTarget
+from tako.deploy.report import Progress
+from tako.errors import DeployError, RemoteError
+from tako.remote.executor import Command, Executor
+from tako.remote.fanout import HostResult, fan_out
+
+
+@dataclass(frozen=True)
+class PythonDeps:
+    """Wheelhouses to ship (archive path → local dir) and which one each server installs."""
+
+    extra_dirs: dict[str, Path]
+    key_by_server: dict[str, str]
+
+
+async def probe_targets(
+    targets: list[DeployTarget], known_hosts: Path
+) -> list[HostResult[python_deps.TargetPython]]:
+    async def probe(ex: Executor) -> python_deps.TargetPython:
+        result = await ex.run(Command(tuple(python_deps.PROBE_COMMAND)), check=False, what="python probe")
+        if not result.ok:
+            raise DeployError(
+                f"cannot run {python_deps.SERVER_PYTHON} on the server: {result.stderr.strip()[:300]}",
+                hint="Python apps need python3 and python3-venv on the server (apt-get install python3-venv)",
+            )
+        return python_deps.parse_probe(result.stdout)
+
+    return await fan_out([t.address for t in targets], known_hosts, probe)
+
+
+def build_wheelhouses(
+    reqs: python_deps.Requirements,
+    targets: dict[str, python_deps.TargetPython],
+    output: Callable[[str], None],
+) -> PythonDeps:
+    """One wheelhouse per distinct target; a missing wheel fails here, before anything is uploaded."""
+    cache = tako_home() / "cache" / "wheels"
+    extra: dict[str, Path] = {}
+    key_by_server: dict[str, str] = {}
+    built: dict[python_deps.TargetPython, python_deps.Wheelhouse] = {}
+    for server, target in sorted(targets.items()):
+        if target not in built:
+            built[target] = python_deps.build_wheelhouse(reqs, target, cache, output=output)
+        house = built[target]
+        extra[python_deps.wheelhouse_rel(house.key)] = house.path
+        key_by_server[server] = house.key
+    return PythonDeps(extra, key_by_server)
+
+
+def install_hook(deps: PythonDeps) -> Callable[[Executor, str, Progress], Awaitable[None]]:
+    """The pipeline step that installs the release's venv from its wheelhouse."""
+
+    async def install(ex: Executor, release_dir: str, progress: Progress) -> None:
+        key = deps.key_by_server[ex.address.name]
+        progress.step(ex.address.name, "python", "installing Python dependencies")
+        for argv in python_deps.remote_install_commands(release_dir, python_deps.wheelhouse_rel(key), key):
+            try:
+                result = await ex.run(Command(tuple(argv)), what="dependency install", timeout=900)
+            except RemoteError as exc:
+                raise DeployError(f"installing Python dependencies failed: {exc.message}") from exc
+            for line in result.stdout.splitlines():
+                if line.strip():
+                    progress.step(ex.address.name, "python", line.strip())
+
+    return install
+
+
+def prune_commands(app_dir: str) -> list[Command]:
+    return [Command(tuple(argv)) for argv in python_deps.remote_prune_commands(app_dir)]

@@ -1,0 +1,96 @@
+"""Day-2 operations on one server's tako-server: inspect, restart, reload every app."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tako.errors import RemoteError, ServerError, TakoError
+from tako.protocol import List, Reload
+from tako.remote.executor import Executor, sh
+
+SERVICE_SCRIPT = "tako-server-service"
+
+_INSPECT = """
+if command -v tako-server >/dev/null 2>&1; then
+  echo "installed=yes"
+  echo "version=$(tako-server --version 2>/dev/null | awk '{print $NF}')"
+else
+  echo "installed=no"
+fi
+if command -v tako-server-service >/dev/null 2>&1; then
+  echo "service=$(tako-server-service status 2>/dev/null | head -n1)"
+elif command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  echo "service=$(systemctl is-active tako-server 2>/dev/null)"
+else
+  echo "service=unknown"
+fi
+"""
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    installed: bool
+    version: str
+    service: str
+    apps: list[dict[str, Any]] = field(default_factory=list)
+    control_error: str | None = None
+
+
+async def inspect_server(ex: Executor) -> ServerInfo:
+    result = await ex.run(sh(_INSPECT), what="inspect tako-server")
+    facts = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    apps: list[dict[str, Any]] = []
+    error = None
+    if facts.get("installed") == "yes":
+        try:
+            reply = await ex.control(List(), timeout=15)
+            if reply.ok:
+                apps = list(reply.data or [])
+            else:
+                error = reply.message
+        except TakoError as exc:
+            error = exc.message
+    return ServerInfo(
+        installed=facts.get("installed") == "yes",
+        version=facts.get("version", ""),
+        service=facts.get("service", "unknown") or "unknown",
+        apps=apps,
+        control_error=error,
+    )
+
+
+async def restart_server(ex: Executor, *, timeout: float = 60.0) -> str:
+    """Restart tako-server through its service script and wait until it answers again."""
+    result = await ex.run(sh(f"{SERVICE_SCRIPT} restart"), check=False, what="restart", timeout=timeout)
+    if not result.ok:
+        raise RemoteError(
+            f"{ex.address.name}: restarting tako-server failed: {(result.stderr or result.stdout).strip()}"
+        )
+    deadline = time.monotonic() + timeout
+    ex.forget_control()  # the old control connection died with the old process
+    while True:
+        try:
+            hello = await ex.hello()
+            if hello.ok:
+                return str((hello.data or {}).get("server_version", ""))
+        except TakoError:
+            pass
+        if time.monotonic() > deadline:
+            raise ServerError(f"{ex.address.name}: tako-server did not come back within {timeout:.0f}s")
+        await asyncio.sleep(0.2)
+
+
+async def reload_apps(ex: Executor) -> list[str]:
+    """Zero-downtime reload of every app; returns the app names reloaded."""
+    reply = await ex.control(List())
+    if not reply.ok:
+        raise ServerError(f"{ex.address.name}: tako-server refused list: {reply.message}")
+    names = sorted(str(app.get("app")) for app in reply.data or [])
+    for name in names:
+        result = await ex.control(Reload(app=name))
+        if not result.ok:
+            raise ServerError(f"{ex.address.name}: reload of {name} failed: {result.message}")
+    return names

@@ -1,0 +1,414 @@
+"""File selection and the deterministic release archive, with real git repositories and real tar."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tako.deploy.archive import (
+    ARCHIVE_MTIME,
+    ExcludePatternError,
+    build_archive,
+    check_exclude_patterns,
+    list_files,
+)
+from tako.errors import DeployError
+
+
+@pytest.fixture(autouse=True)
+def hermetic_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "no-global-gitconfig"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=repo, check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL
+    ).stdout
+
+
+def write(root: Path, files: dict[str, str]) -> None:
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(content)
+
+
+def make_repo(path: Path, files: dict[str, str]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.name", "Tako Test")
+    git(path, "config", "user.email", "test@tako.invalid")
+    write(path, files)
+    git(path, "add", "-A")
+    git(path, "-c", "commit.gpgsign=false", "commit", "-q", "--allow-empty", "-m", "initial")
+    return path
+
+
+NEVER_SHIPPED = {
+    ".env": "A=1",
+    ".env.production": "A=2",
+    ".envrc": "export A=3",
+    "sub/.env": "A=4",
+    ".venv/bin/python": "",
+    "node_modules/left-pad/index.js": "",
+    "pkg/__pycache__/mod.cpython-311.pyc": "",
+    ".tako/secrets": "",
+    "sub/node_modules/x.js": "",
+}
+
+
+def names(paths: list[Path]) -> list[str]:
+    return [p.as_posix() for p in paths]
+
+
+# --- list_files -----------------------------------------------------------------------------------------
+
+
+def test_git_project_ships_tracked_and_untracked_files_but_not_ignored_ones(tmp_path: Path) -> None:
+    repo = make_repo(
+        tmp_path / "p",
+        {"app.py": "", "pkg/mod.py": "", "gone.py": "", ".gitignore": "*.log\ndist/\n", "debug.log": ""},
+    )
+    write(repo, {"new.py": "", "dist/bundle.js": "", "pkg/trace.log": "", **NEVER_SHIPPED})
+    (repo / "gone.py").unlink()
+    assert names(list_files(repo, [])) == [".gitignore", "app.py", "new.py", "pkg/mod.py"]
+
+
+def test_tracked_never_shipped_files_are_still_left_out(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "p", {"app.py": "", **NEVER_SHIPPED})
+    assert names(list_files(repo, [])) == ["app.py"]
+
+
+def test_project_without_git_ships_the_whole_tree(tmp_path: Path) -> None:
+    write(
+        tmp_path, {"app.py": "", ".gitignore": "*.log\n", "debug.log": "", "a/b/c.txt": "", **NEVER_SHIPPED}
+    )
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / "pipe")
+    (tmp_path / "dirlink").symlink_to("a")
+    assert names(list_files(tmp_path, [])) == [
+        ".gitignore",
+        "a/b/c.txt",
+        "app.py",
+        "debug.log",
+        "dirlink",
+        "fifo/pipe",
+    ]
+
+
+def test_project_in_a_repository_subdirectory(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "mono", {"web/app.py": "", "web/.gitignore": "*.tmp\n", "api/x.py": ""})
+    write(repo, {"web/new.py": "", "web/scratch.tmp": "", "api/y.py": ""})
+    assert names(list_files(repo / "web", [])) == [".gitignore", "app.py", "new.py"]
+
+
+def test_nested_repository_contents_are_shipped(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "p", {"app.py": ""})
+    make_repo(repo / "vendor" / "lib", {"lib.py": "", ".env": "x"})
+    assert names(list_files(repo, [])) == ["app.py", "vendor/lib/lib.py"]
+
+
+@pytest.mark.parametrize(
+    ("patterns", "expected"),
+    [
+        (["*.md"], ["app.py", "build", "docs/guide.txt", "sub/build/x.py", "sub/data.csv", "tmp/cache/c"]),
+        (
+            ["docs/"],
+            [
+                "README.md",
+                "app.py",
+                "build",
+                "sub/README.md",
+                "sub/build/x.py",
+                "sub/data.csv",
+                "tmp/cache/c",
+            ],
+        ),
+        (
+            ["build/"],
+            [
+                "README.md",
+                "app.py",
+                "build",
+                "docs/guide.txt",
+                "sub/README.md",
+                "sub/data.csv",
+                "tmp/cache/c",
+            ],
+        ),
+        (
+            ["build"],
+            ["README.md", "app.py", "docs/guide.txt", "sub/README.md", "sub/data.csv", "tmp/cache/c"],
+        ),
+        (
+            ["/sub/build"],
+            [
+                "README.md",
+                "app.py",
+                "build",
+                "docs/guide.txt",
+                "sub/README.md",
+                "sub/data.csv",
+                "tmp/cache/c",
+            ],
+        ),
+        (
+            ["/README.md"],
+            [
+                "app.py",
+                "build",
+                "docs/guide.txt",
+                "sub/README.md",
+                "sub/build/x.py",
+                "sub/data.csv",
+                "tmp/cache/c",
+            ],
+        ),
+        (
+            ["sub/*.csv"],
+            [
+                "README.md",
+                "app.py",
+                "build",
+                "docs/guide.txt",
+                "sub/README.md",
+                "sub/build/x.py",
+                "tmp/cache/c",
+            ],
+        ),
+        (
+            ["**/cache"],
+            [
+                "README.md",
+                "app.py",
+                "build",
+                "docs/guide.txt",
+                "sub/README.md",
+                "sub/build/x.py",
+                "sub/data.csv",
+            ],
+        ),
+        (["sub/**"], ["README.md", "app.py", "build", "docs/guide.txt", "tmp/cache/c"]),
+        (["[as]*"], ["README.md", "build", "docs/guide.txt", "tmp/cache/c"]),
+        (["[!a-z]*"], ["app.py", "build", "docs/guide.txt", "sub/build/x.py", "sub/data.csv", "tmp/cache/c"]),
+        (
+            ["?pp.py", "tmp"],
+            ["README.md", "build", "docs/guide.txt", "sub/README.md", "sub/build/x.py", "sub/data.csv"],
+        ),
+        (
+            [" *.csv "],
+            [
+                "README.md",
+                "app.py",
+                "build",
+                "docs/guide.txt",
+                "sub/README.md",
+                "sub/build/x.py",
+                "tmp/cache/c",
+            ],
+        ),
+    ],
+)
+def test_exclude_patterns(tmp_path: Path, patterns: list[str], expected: list[str]) -> None:
+    files = {
+        "app.py": "",
+        "README.md": "",
+        "build": "a file named build",
+        "docs/guide.txt": "",
+        "sub/README.md": "",
+        "sub/build/x.py": "",
+        "sub/data.csv": "",
+        "tmp/cache/c": "",
+    }
+    plain = tmp_path / "plain"
+    write(plain, files)
+    assert names(list_files(plain, patterns)) == expected
+    repo = make_repo(tmp_path / "git", files)
+    assert names(list_files(repo, patterns)) == expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "problem"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("!keep.py", "negation"),
+        ("/", "whole project"),
+        ("//", "whole project"),
+    ],
+)
+def test_bad_exclude_patterns(tmp_path: Path, pattern: str, problem: str) -> None:
+    with pytest.raises(ExcludePatternError, match=problem):
+        list_files(tmp_path, [pattern])
+    with pytest.raises(ExcludePatternError, match=problem):
+        check_exclude_patterns(["ok", pattern])
+
+
+def test_broken_repository_is_a_clear_error(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "p", {"app.py": ""})
+    (repo / ".git" / "index").write_bytes(b"this is not an index")
+    with pytest.raises(DeployError, match="git ls-files"):
+        list_files(repo, [])
+
+
+# --- build_archive --------------------------------------------------------------------------------------
+
+APP_JSON = {"name": "web", "version": "abc1234", "start": "python3 app.py", "health_check": "/_tako/status"}
+
+
+def members(archive: Path) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(archive) as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+def test_archive_contents_modes_and_metadata(tmp_path: Path) -> None:
+    repo = make_repo(
+        tmp_path / "p",
+        {
+            "app.py": "print('hi')\n",
+            "bin/run": "#!/bin/sh\n",
+            "static/css/site.css": "body{}",
+            ".gitignore": "",
+        },
+    )
+    (repo / "bin" / "run").chmod(0o750)
+    (repo / "current.css").symlink_to("static/css/site.css")
+    (repo / "static" / "up").symlink_to("..")
+    write(repo, NEVER_SHIPPED)
+    info = build_archive(repo, "abc1234", APP_JSON, ["*.log"])
+
+    assert info.path == repo / ".tako" / "build" / "abc1234.tar.gz"
+    data = info.path.read_bytes()
+    assert info.size == len(data)
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    assert info.file_count == 7  # 4 project files + 2 links + app.json
+
+    found = members(info.path)
+    assert list(found) == sorted(found)
+    assert list(found) == [
+        ".gitignore",
+        "app.json",
+        "app.py",
+        "bin",
+        "bin/run",
+        "current.css",
+        "static",
+        "static/css",
+        "static/css/site.css",
+        "static/up",
+    ]
+    assert found["bin/run"].mode == 0o755
+    assert found["app.py"].mode == 0o644
+    assert found["bin"].isdir() and found["bin"].mode == 0o755
+    assert found["current.css"].issym() and found["current.css"].linkname == "static/css/site.css"
+    assert found["static/up"].linkname == ".."
+    for member in found.values():
+        assert (member.mtime, member.uid, member.gid, member.uname, member.gname) == (
+            ARCHIVE_MTIME,
+            0,
+            0,
+            "",
+            "",
+        )
+    with tarfile.open(info.path) as tar:
+        app_json = tar.extractfile("app.json")
+        assert app_json is not None
+        text = app_json.read().decode()
+    assert json.loads(text) == APP_JSON
+    assert list(json.loads(text)) == sorted(APP_JSON)
+
+
+def test_real_tar_extracts_it_cleanly(tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    write(project, {"app.py": "print('hi')\n", "deep/er/file.txt": "x" * 100_000, "ünïcödé.txt": "u"})
+    (project / "run.sh").write_text("#!/bin/sh\necho ok\n")
+    (project / "run.sh").chmod(0o755)
+    info = build_archive(project, "nogit_12345678", APP_JSON)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = subprocess.run(
+        ["tar", "-xzf", str(info.path), "-C", str(out), "--no-same-owner"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stderr == ""
+    assert (out / "deep/er/file.txt").read_text() == "x" * 100_000
+    assert (out / "ünïcödé.txt").read_text() == "u"
+    assert subprocess.run([str(out / "run.sh")], capture_output=True, text=True).stdout == "ok\n"
+    assert json.loads((out / "app.json").read_text())["name"] == "web"
+
+
+def test_archive_is_deterministic(tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    write(project, {"b.py": "b", "a/z.py": "z", "a/y.py": "y"})
+    first = build_archive(project, "v1", APP_JSON)
+    first_bytes = first.path.read_bytes()
+    for path in project.rglob("*.py"):
+        os.utime(path, (123456789, 123456789))
+    second = build_archive(project, "v1", APP_JSON)
+    assert second.sha256 == first.sha256
+    assert second.path.read_bytes() == first_bytes
+    third = build_archive(project, "v1", {**APP_JSON, "env": "staging"})
+    assert third.sha256 != first.sha256
+
+
+def test_older_archives_are_removed(tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    write(project, {"app.py": ""})
+    build_dir = project / ".tako" / "build"
+    build_archive(project, "v1", APP_JSON)
+    (build_dir / "notes.txt").write_text("not an archive")
+    build_archive(project, "v2", APP_JSON)
+    assert sorted(p.name for p in build_dir.iterdir()) == ["notes.txt", "v2.tar.gz"]
+
+
+@pytest.mark.parametrize("target", ["../outside.txt", "sub/../../outside.txt", "/etc/passwd", ".."])
+def test_escaping_symlinks_are_refused(tmp_path: Path, target: str) -> None:
+    project = tmp_path / "p"
+    write(project, {"app.py": "", "sub/x": ""})
+    (tmp_path / "outside.txt").write_text("secret")
+    (project / "link").symlink_to(target)
+    with pytest.raises(DeployError, match="points outside the project") as info:
+        build_archive(project, "v1", APP_JSON)
+    assert info.value.hint is not None and "exclude" in info.value.hint
+    assert [p.name for p in (project / ".tako" / "build").iterdir()] == []  # no temp file left behind
+
+
+def test_excluded_escaping_symlink_is_fine(tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    write(project, {"app.py": ""})
+    (project / "host-data").symlink_to("/var/lib")
+    assert build_archive(project, "v1", APP_JSON, ["host-data"]).file_count == 2
+
+
+def test_project_app_json_is_refused_unless_excluded(tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    write(project, {"app.json": '{"heroku": true}', "sub/app.json": "{}"})
+    with pytest.raises(DeployError, match=r"its own app\.json") as info:
+        build_archive(project, "v1", APP_JSON)
+    assert info.value.hint is not None and "/app.json" in info.value.hint
+    archive = build_archive(project, "v1", APP_JSON, ["/app.json"])
+    assert set(members(archive.path)) == {"app.json", "sub", "sub/app.json"}
+    with tarfile.open(archive.path) as tar:
+        app_json = tar.extractfile("app.json")
+        assert app_json is not None and json.loads(app_json.read()) == APP_JSON
+
+
+@pytest.mark.parametrize("version", ["", "../x", "a/b", ".hidden", "v 1", "x" * 200])
+def test_bad_version_is_refused(tmp_path: Path, version: str) -> None:
+    with pytest.raises(DeployError, match="cannot be used as an archive name"):
+        build_archive(tmp_path, version, APP_JSON)
+
+
+def test_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    write(project, {"app.py": ""})
+    (project / "dangling").symlink_to("missing-but-inside")
+    assert build_archive(project, "v1", APP_JSON).file_count == 3  # dangling link inside the tree is fine
+    os.mkfifo(project / "pipe")
+    assert build_archive(project, "v1", APP_JSON).file_count == 3  # special files are skipped
