@@ -1,0 +1,50 @@
+"""Validation of secret names (`[A-Z][A-Z0-9_]*`) and env names (`a-z0-9-`, as in tako.toml)."""
+
+from __future__ import annotations
+
+import re
+
+from tako.errors import SecretsError
+
+_SECRET_NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
+_ENV_NAME = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+# Tako sets these itself after the merge (DESIGN §3); a secret by these names would be overridden silently.
+RESERVED_NAMES = frozenset({"ENV", "TAKO_BUILD", "PORT", "HOST", "TAKO_APP", "TAKO_INSTANCE"})
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME.match(name))
+
+
+def is_env_name(env: str) -> bool:
+    return bool(_ENV_NAME.match(env))
+
+
+def check_secret_name(name: str) -> str:
+    """Return `name` if it is a valid secret name, else raise a SecretsError (exit 2) that says why."""
+    if not is_secret_name(name):
+        raise SecretsError(
+            f"invalid secret name {name!r}: "
+            "use capital letters, digits and underscores, starting with a letter",
+            hint="for example API_KEY or DATABASE_URL",
+            exit_code=2,
+        )
+    if name in RESERVED_NAMES:
+        raise SecretsError(
+            f"{name} is reserved: Tako sets it for every instance",
+            hint=f"choose another name; reserved: {', '.join(sorted(RESERVED_NAMES))}",
+            exit_code=2,
+        )
+    return name
+
+
+def check_env_name(env: str) -> str:
+    """Return `env` if it is a valid environment name, else raise a SecretsError (exit 2)."""
+    if not is_env_name(env):
+        raise SecretsError(
+            f"invalid env name {env!r}: use 1-63 characters of a-z, 0-9 and '-', "
+            "starting with a letter and not ending with '-'",
+            hint="for example production or staging",
+            exit_code=2,
+        )
+    return env
