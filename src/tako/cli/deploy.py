@@ -10,6 +10,9 @@ import click
 from rich.console import Console
 
 from tako.cli.progress import LiveProgress, PlainProgress
+from tako.config.edit import add_server_mapping
+from tako.config.inventory import load_inventory
+from tako.config.project import load_project
 from tako.deploy.pipeline import build_report, deploy_all
 from tako.deploy.prepare import prepare
 from tako.deploy.report import DeployReport
@@ -35,6 +38,30 @@ def render_report(console: Console, report: DeployReport) -> None:
             console.print(f"  {url}", highlight=False)
 
 
+def offer_server(project_dir: Path, env: str) -> None:
+    """On a terminal, when no server is mapped to `env`, offer the known ones and save the choice."""
+    project = load_project(project_dir)
+    if project.servers_for_env(env) or env == "development" or env not in project.envs:
+        return
+    known = sorted(load_inventory().servers, key=lambda s: s.name)
+    if not known:
+        return  # prepare() explains how to add one
+    if len(known) == 1:
+        choice = known[0].name
+        if not click.confirm(f"No server is mapped to {env}. Use {choice} ({known[0].host})?", default=True):
+            raise UsageError(f"no server mapped to {env}", hint=f'add [servers.<name>] env = "{env}"')
+    else:
+        for number, entry in enumerate(known, start=1):
+            click.echo(f"  {number}) {entry.name} ({entry.host})")
+        picked = click.prompt(
+            f"No server is mapped to {env}. Deploy to which one?",
+            type=click.IntRange(1, len(known)),
+        )
+        choice = known[picked - 1].name
+    add_server_mapping(project.file, choice, env)
+    click.echo(f'Saved [servers.{choice}] env = "{env}" in {project.file}')
+
+
 @click.command()
 @click.option("--env", "env", default="production", show_default=True, help="Environment to deploy.")
 @click.option(
@@ -53,6 +80,8 @@ def deploy(env: str, yes: bool, directory: Path | None) -> None:
                 hint="pass --yes to deploy to production without a terminal",
             )
         click.confirm("Deploy to production?", abort=True)
+    if interactive:
+        offer_server(project_dir, env)
     prepared = prepare(project_dir, env, output=lambda line: console.print(f"  {line}", markup=False))
     plan = prepared.plan
     console.print(
@@ -66,6 +95,6 @@ def deploy(env: str, yes: bool, directory: Path | None) -> None:
             outcomes = asyncio.run(deploy_all(plan, prepared.targets, live))
     else:
         outcomes = asyncio.run(deploy_all(plan, prepared.targets, PlainProgress(console)))
-    report = build_report(plan, outcomes)
+    report = build_report(plan, prepared.early_failures + outcomes)
     render_report(console, report)
-    sys.exit(report.exit_code)
+    raise click.exceptions.Exit(report.exit_code)

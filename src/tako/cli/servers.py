@@ -1,0 +1,134 @@
+"""`tako servers add | ls | rm`: manage the global server inventory (~/.tako/config.toml)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import click
+
+from tako.cli.context import CliContext, pass_cli
+from tako.cli.render import make_table, print_hint, print_json, print_message, print_success, print_warning
+from tako.config.inventory import (
+    DEFAULT_PORT,
+    AddOutcome,
+    ServerEntry,
+    add_server,
+    normalize_host,
+    plan_add,
+    remove_server,
+)
+from tako.errors import RemoteError, TakoError, UsageError
+
+
+@click.group()
+def servers() -> None:
+    """Manage the servers Tako deploys to (~/.tako/config.toml)."""
+
+
+def probe(cli: CliContext, entry: ServerEntry) -> str:
+    """Connect as user tako, record the host key on first use, and return the server's `uname -sm`."""
+    from tako.remote.connection import ServerAddress, probe_server
+
+    address = ServerAddress(entry.name, entry.host, entry.port)
+    try:
+        return asyncio.run(probe_server(address, cli.known_hosts_path, trust_new=True))
+    except RemoteError as exc:
+        if exc.hint is None:
+            exc.hint = (
+                "check that the server accepts SSH as user tako with your key; "
+                "--no-test adds it without connecting"
+            )
+        raise
+
+
+@servers.command("add")
+@click.argument("host")
+@click.option("--name", required=True, help="Name used in tako.toml [servers.<name>].")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True, help="SSH port."
+)
+@click.option("--description", default="", help="Free text shown by `tako servers ls`.")
+@click.option("--no-test", is_flag=True, help="Do not connect to test SSH and record the host key.")
+@pass_cli
+def add(cli: CliContext, host: str, name: str, port: int, description: str, no_test: bool) -> None:
+    """Add server HOST as NAME, after testing SSH as user tako (host key trusted on first use)."""
+    entry = ServerEntry(name=name, host=normalize_host(host), port=port, description=description)
+    outcome = plan_add(cli.load_inventory(), entry)
+    # An entry added with --no-test has no recorded host key; adding it again is how to record one.
+    if not no_test and (outcome is AddOutcome.ADDED or not has_host_key(cli, entry)):
+        print_message(cli.err_console, f"Connecting to tako@{entry.endpoint} ...")
+        system = probe(cli, entry)
+        print_message(cli.console, f"Connected to {name}: {system.strip() or 'ok'}; host key recorded.")
+    if outcome is AddOutcome.UNCHANGED:
+        print_message(cli.console, f"Server {name} ({entry.endpoint}) is already configured.")
+        return
+    add_server(entry, cli.inventory_path)
+    if outcome is AddOutcome.UPDATED:
+        print_success(cli.console, f"Updated the description of server {name}.")
+        return
+    print_success(cli.console, f"Added server {name} ({entry.endpoint}) to {cli.inventory_path}.")
+    print_hint(cli.console, f'map it to an environment in tako.toml: [servers.{name}] env = "production"')
+
+
+def has_host_key(cli: CliContext, entry: ServerEntry) -> bool:
+    from tako.remote.connection import ServerAddress, recorded_keys
+
+    return bool(recorded_keys(cli.known_hosts_path, ServerAddress(entry.name, entry.host, entry.port)))
+
+
+@servers.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@pass_cli
+def ls(cli: CliContext, as_json: bool) -> None:
+    """List the configured servers."""
+    entries = sorted(cli.load_inventory().servers, key=lambda e: e.name)
+    if as_json:
+        print_json(
+            cli.console,
+            [{"name": e.name, "host": e.host, "port": e.port, "description": e.description} for e in entries],
+        )
+        return
+    if not entries:
+        print_message(cli.console, "No servers configured.")
+        print_hint(cli.console, "add one with `tako servers add HOST --name NAME`")
+        return
+    table = make_table(
+        ["NAME", "HOST", "PORT", "DESCRIPTION"], [(e.name, e.host, e.port, e.description) for e in entries]
+    )
+    cli.console.print(table)
+
+
+@servers.command("rm")
+@click.argument("name")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation (required off a terminal).")
+@pass_cli
+def rm(cli: CliContext, name: str, yes: bool) -> None:
+    """Remove server NAME from the inventory (nothing is changed on the server)."""
+    entry = cli.load_inventory().require(name)
+    if not yes:
+        if not cli.interactive:
+            raise UsageError(
+                f"not removing server {name!r} without confirmation (no terminal to ask on)",
+                hint=f"pass --yes: `tako servers rm {name} --yes`",
+            )
+        if not cli.confirm(f"Remove server {name} ({entry.endpoint}) from {cli.inventory_path}?"):
+            print_message(cli.err_console, f"Server {name} not removed.")
+            raise click.exceptions.Exit(1)
+    remove_server(name, cli.inventory_path)
+    print_success(cli.console, f"Removed server {name} ({entry.endpoint}).")
+    for project_file in _projects_using(cli, name):
+        print_warning(
+            cli.err_console,
+            f"{project_file} still maps [servers.{name}]; deploys there will fail until removed",
+        )
+
+
+def _projects_using(cli: CliContext, name: str) -> list[Path]:
+    """The current project's tako.toml if it maps this server (a broken one is not our concern here)."""
+    with contextlib.suppress(TakoError, OSError):
+        project = cli.load_project()
+        if name in project.servers:
+            return [project.file]
+    return []
