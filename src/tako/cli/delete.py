@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 
-from tako.config.inventory import load_inventory
-from tako.config.paths import known_hosts_path
+from tako.cli.context import get_cli
 from tako.config.project import find_project_dir, load_project
 from tako.deploy.delete import delete_app
 from tako.deploy.prepare import resolve_targets
@@ -33,8 +30,9 @@ def delete(
     env: str, app_name: str | None, server_names: tuple[str, ...], yes: bool, directory: Path | None
 ) -> None:
     """Remove an app from the servers of an environment."""
-    inventory = load_inventory()
-    project_dir = find_project_dir((directory or Path.cwd()).resolve()) if app_name is None else None
+    cli = get_cli()
+    inventory = cli.load_inventory()
+    project_dir = find_project_dir((directory or cli.cwd).resolve()) if app_name is None else None
     if project_dir is not None:
         project = load_project(project_dir)
         app = project.name
@@ -54,16 +52,16 @@ def delete(
             addresses.append(ServerAddress(entry.name, entry.host, entry.port))
     names = ", ".join(a.name for a in addresses)
     if not yes:
-        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        if not cli.interactive:
             raise UsageError(
                 f"deleting {app!r} from {names} needs confirmation",
                 hint="pass --yes to delete without a terminal",
             )
-        if not click.confirm(f"Delete {app} ({env}) from {names}? Its files and logs are removed."):
+        if not cli.confirm(f"Delete {app} ({env}) from {names}? Its files and logs are removed."):
             click.echo("not deleted")
             raise click.exceptions.Exit(1)
-    console = Console(highlight=False)
-    results = asyncio.run(fan_out(addresses, known_hosts_path(), lambda ex: delete_app(ex, app)))
+    console = cli.console
+    results = asyncio.run(fan_out(addresses, cli.known_hosts_path, lambda ex: delete_app(ex, app)))
     for result in results:
         if result.ok:
             console.print(f"✓ {result.server.name}: {app} {result.value}")

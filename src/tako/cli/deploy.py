@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
 
+from tako.cli.context import get_cli
 from tako.cli.progress import LiveProgress, PlainProgress
 from tako.config.edit import add_server_mapping
 from tako.config.inventory import load_inventory
@@ -70,9 +70,10 @@ def offer_server(project_dir: Path, env: str) -> None:
 @click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
 def deploy(env: str, yes: bool, directory: Path | None) -> None:
     """Build the app and deploy it to every server of an environment, in parallel."""
-    project_dir = (directory or Path.cwd()).resolve()
-    console = Console(highlight=False)
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    cli = get_cli()
+    project_dir = directory.resolve() if directory else cli.project_dir()
+    console = cli.console
+    interactive = cli.interactive
     if env == "production" and not yes:
         if not interactive:
             raise UsageError(

@@ -9,6 +9,7 @@ import asyncssh
 import click
 from rich.console import Console
 
+from tako.cli.context import get_cli
 from tako.config.paths import known_hosts_path
 from tako.config.project import load_project
 from tako.deploy.layout import AppLayout
@@ -65,11 +66,10 @@ async def _all(
 @click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
 def logs(env: str, lines: int, follow: bool, directory: Path | None) -> None:
     """Show the app's logs from every server of an environment."""
-    project = load_project((directory or Path.cwd()).resolve())
-    from tako.config.inventory import load_inventory
-
-    targets = resolve_targets(project, load_inventory(), env)
-    console = Console(highlight=False, soft_wrap=True)
+    cli = get_cli()
+    project = load_project(directory.resolve() if directory else cli.project_dir())
+    targets = resolve_targets(project, cli.load_inventory(), env)
+    console = Console(highlight=False, markup=False, soft_wrap=True)
     log_dir = AppLayout(project.name).shared_logs
     try:
         code = asyncio.run(_all([t.address for t in targets], log_dir, lines, follow, console))

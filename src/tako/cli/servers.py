@@ -1,10 +1,13 @@
-"""`tako servers add | ls | rm`: manage the global server inventory (~/.tako/config.toml)."""
+"""`tako servers add | ls | rm | status | restart | reload`: the server inventory (~/.tako/config.toml)
+and day-2 operations on one server's tako-server."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
@@ -20,6 +23,11 @@ from tako.config.inventory import (
     remove_server,
 )
 from tako.errors import RemoteError, TakoError, UsageError
+
+if TYPE_CHECKING:
+    from tako.remote.executor import Executor
+
+T = TypeVar("T")
 
 
 @click.group()
@@ -132,3 +140,63 @@ def _projects_using(cli: CliContext, name: str) -> list[Path]:
         if name in project.servers:
             return [project.file]
     return []
+
+
+def _run_on(cli: CliContext, name: str, fn: Callable[[Executor], Awaitable[T]]) -> T:
+    from tako.remote.connection import ServerAddress
+    from tako.remote.fanout import with_executor
+
+    entry = cli.load_inventory().require(name)
+    address = ServerAddress(entry.name, entry.host, entry.port)
+    return asyncio.run(with_executor(address, cli.known_hosts_path, fn))
+
+
+@servers.command("status")
+@click.argument("name")
+@pass_cli
+def status(cli: CliContext, name: str) -> None:
+    """Show whether tako-server is installed and running on NAME, and its apps."""
+    from tako.deploy.server_admin import inspect_server
+
+    info = _run_on(cli, name, inspect_server)
+    print_message(
+        cli.console,
+        f"{name}: tako-server {'installed, version ' + info.version if info.installed else 'NOT installed'}; "
+        f"service {info.service}",
+    )
+    if info.control_error:
+        print_warning(cli.err_console, f"control socket: {info.control_error}")
+    if info.apps:
+        rows = []
+        for app in sorted(info.apps, key=lambda a: str(a.get("app"))):
+            instances = app.get("instances") or []
+            healthy = sum(1 for i in instances if i.get("healthy"))
+            rows.append([app.get("app"), app.get("state"), f"{healthy}/{len(instances)}", app.get("version")])
+        table = make_table(["app", "state", "instances", "version"], rows)
+        cli.console.print(table)
+    elif info.installed and not info.control_error:
+        print_message(cli.console, "no apps deployed")
+    if not info.installed or info.control_error:
+        raise click.exceptions.Exit(1)
+
+
+@servers.command("restart")
+@click.argument("name")
+@pass_cli
+def restart(cli: CliContext, name: str) -> None:
+    """Restart tako-server on NAME; routes and always-on apps come back from its saved state."""
+    from tako.deploy.server_admin import restart_server
+
+    version = _run_on(cli, name, restart_server)
+    print_success(cli.console, f"tako-server {version} restarted on {name}.")
+
+
+@servers.command("reload")
+@click.argument("name")
+@pass_cli
+def reload(cli: CliContext, name: str) -> None:
+    """Zero-downtime reload of every app on NAME (re-reads each release's .env)."""
+    from tako.deploy.server_admin import reload_apps
+
+    apps = _run_on(cli, name, reload_apps)
+    print_success(cli.console, f"Reloaded {len(apps)} app(s) on {name}: {', '.join(apps) or 'none'}.")

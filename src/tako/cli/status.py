@@ -11,8 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from tako.config.inventory import load_inventory
-from tako.config.paths import known_hosts_path
+from tako.cli.context import get_cli
 from tako.errors import ServerError, UsageError
 from tako.protocol import List
 from tako.remote.connection import ServerAddress
@@ -84,14 +83,15 @@ def render_status(console: Console, results: list[HostResult[dict[str, Any]]]) -
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def status(as_json: bool) -> None:
     """Show every server's tako-server and the apps it runs."""
-    inventory = load_inventory()
+    cli = get_cli()
+    inventory = cli.load_inventory()
     if not inventory.servers:
         raise UsageError("no servers configured", hint="add one with `tako servers add HOST --name NAME`")
     addresses = [
         ServerAddress(s.name, s.host, s.port) for s in sorted(inventory.servers, key=lambda s: s.name)
     ]
-    results = asyncio.run(fan_out(addresses, known_hosts_path(), _server_status))
-    console = Console(highlight=False)
+    results = asyncio.run(fan_out(addresses, cli.known_hosts_path, _server_status))
+    console = cli.console
     if as_json:
         doc = [
             {

@@ -172,15 +172,19 @@ class Executor:
             )
         return decode_reply(first.encode())
 
+    def forget_control(self) -> None:
+        """Drop the control connection (after tako-server restarted); the next request reopens it."""
+        if self._control is not None:
+            self._control[1].close()
+            self._control = None
+
     async def hello(self) -> Reply:
         from tako import __version__
 
         return await self.control(Hello(client=f"tako {__version__}"), timeout=15)
 
     async def close(self) -> None:
-        if self._control is not None:
-            self._control[1].close()
-            self._control = None
+        self.forget_control()
         self.conn.close()
         await self.conn.wait_closed()
 
