@@ -1,0 +1,436 @@
+"""Benchmark tako's proxy against nginx, HAProxy and Caddy with one fixed upstream, using wrk.
+
+Run through `bench/proxy/run` (see --help). Every proxy gets the same number of workers, the same upstream
+(nginx, 1 worker, fixed 200 body) and the same wrk load; results go to JSON and to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[2]
+BODY = "hello from the upstream, a small fixed response body for proxy benchmarks\n"
+TOOLS = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "caddy": "caddy"}
+MARK_START = "<!-- bench/proxy:start -->"
+MARK_END = "<!-- bench/proxy:end -->"
+
+
+@dataclass
+class Result:
+    proxy: str
+    scheme: str
+    connections: int
+    duration: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+    requests: int
+    proxy_cpu_percent: float
+    proxy_rss_mb: float
+    error: str = ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+def ensure_tools(install: bool) -> None:
+    missing = [pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None]
+    if not missing:
+        return
+    if not install:
+        raise SystemExit(f"missing tools: {', '.join(missing)} (run without --no-install to apt-get them)")
+    subprocess.run(["apt-get", "install", "-y", *missing], check=True)
+
+
+def make_cert(work: Path) -> tuple[Path, Path, Path]:
+    sys.path.insert(0, str(REPO / "src"))
+    from tako.server.tls import selfsigned
+
+    cert_pem, key_pem = selfsigned.generate("127.0.0.1")
+    certs = work / "certs" / "127.0.0.1"
+    certs.mkdir(parents=True)
+    (certs / "fullchain.pem").write_bytes(cert_pem)
+    (certs / "privkey.pem").write_bytes(key_pem)
+    combined = work / "combined.pem"
+    combined.write_bytes(cert_pem + key_pem)
+    return certs / "fullchain.pem", certs / "privkey.pem", combined
+
+
+def nginx_conf(work: Path, name: str, workers: int, body: str) -> Path:
+    prefix = work / name
+    prefix.mkdir(exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"""worker_processes {workers};
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log crit;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;
+  fastcgi_temp_path {prefix}/fcgi; uwsgi_temp_path {prefix}/uwsgi; scgi_temp_path {prefix}/scgi;
+  keepalive_requests 1000000;
+  {body}
+}}
+"""
+    )
+    return conf
+
+
+class Process:
+    """A server under test: started, measured (CPU, RSS of its process tree), stopped."""
+
+    def __init__(self, argv: list[str], port: int, env: dict[str, str] | None = None, cpus: str = "") -> None:
+        if cpus:
+            argv = ["taskset", "-c", cpus, *argv]
+        self.proc = subprocess.Popen(
+            argv, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            wait_port(port)
+        except RuntimeError:
+            self.stop()
+            err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+            raise RuntimeError(f"{argv[0]} did not start: {err[-500:]}") from None
+
+    def tree(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for p in self.tree():
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def rss(self) -> int:
+        total = 0
+        for p in self.tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += p.memory_info().rss
+        return total
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def start_proxy(
+    name: str, work: Path, workers: int, upstream: int, cert: tuple[Path, Path, Path]
+) -> tuple[Process, int, int]:
+    http, https = free_port(), free_port()
+    fullchain, privkey, combined = cert
+    if name == "tako":
+        argv = [
+            sys.executable,
+            str(REPO / "bench/proxy/tako_runner.py"),
+            "--http-port",
+            str(http),
+            "--https-port",
+            str(https),
+            "--upstream",
+            str(upstream),
+            "--certs",
+            str(fullchain.parent.parent),
+            "--workers",
+            str(workers),
+        ]
+        proc = Process(argv, http, env={"PYTHONPATH": str(REPO / "src")})
+    elif name == "nginx":
+        conf = nginx_conf(
+            work,
+            "nginx-proxy",
+            workers,
+            f"""upstream up {{ server 127.0.0.1:{upstream}; keepalive 1024; }}
+  server {{
+    listen 127.0.0.1:{http} reuseport; listen 127.0.0.1:{https} ssl reuseport;
+    ssl_certificate {fullchain}; ssl_certificate_key {privkey}; ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }}
+  }}""",
+        )
+        proc = Process(["nginx", "-c", str(conf), "-g", "daemon off;"], http)
+    elif name == "haproxy":
+        cfg = work / "haproxy.cfg"
+        cfg.write_text(
+            f"""global
+  maxconn 9000
+  nbthread {workers}
+  log stderr local0 emerg
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+  option forwardfor
+frontend fe
+  bind 127.0.0.1:{http}
+  bind 127.0.0.1:{https} ssl crt {combined} alpn http/1.1
+  default_backend be
+backend be
+  server up 127.0.0.1:{upstream}
+"""
+        )
+        proc = Process(["haproxy", "-f", str(cfg), "-db"], http)
+    elif name == "caddy":
+        caddyfile = work / "Caddyfile"
+        caddyfile.write_text(
+            f"""{{
+  admin off
+  auto_https off
+  default_sni 127.0.0.1
+}}
+http://127.0.0.1:{http} {{
+  reverse_proxy 127.0.0.1:{upstream}
+}}
+https://127.0.0.1:{https} {{
+  tls {fullchain} {privkey}
+  reverse_proxy 127.0.0.1:{upstream}
+}}
+"""
+        )
+        proc = Process(
+            ["caddy", "run", "--config", str(caddyfile), "--adapter", "caddyfile"],
+            http,
+            env={"GOMAXPROCS": str(workers), "HOME": str(work), "XDG_DATA_HOME": str(work / "caddy-data")},
+        )
+    else:
+        raise SystemExit(f"unknown proxy {name!r}")
+    wait_port(https)
+    return proc, http, https
+
+
+_LAT = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(url: str, connections: int, duration: float, threads: int) -> dict[str, float]:
+    argv = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        "--timeout",
+        "5s",
+        "-H",
+        "Host: 127.0.0.1",
+        url,
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    lat = {m.group(1): _ms(m.group(2), m.group(3)) for m in _LAT.finditer(out)}
+    if rps is None:
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    return {
+        "rps": float(rps.group(1)),
+        "requests": int(total.group(1)) if total else 0,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0,
+        "p50_ms": lat.get("50", 0.0),
+        "p99_ms": lat.get("99", 0.0),
+    }
+
+
+def measure(proc: Process, url: str, connections: int, duration: float, threads: int) -> dict[str, float]:
+    peak = [proc.rss()]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.25):
+            peak[0] = max(peak[0], proc.rss())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    cpu0, t0 = proc.cpu_seconds(), time.monotonic()
+    sampler.start()
+    try:
+        stats = run_wrk(url, connections, duration, threads)
+    finally:
+        done.set()
+        sampler.join()
+    elapsed = time.monotonic() - t0
+    stats["proxy_cpu_percent"] = 100.0 * (proc.cpu_seconds() - cpu0) / elapsed
+    stats["proxy_rss_mb"] = peak[0] / 1e6
+    return stats
+
+
+def _line(r: Result) -> str:
+    return (
+        f"{r.proxy:8} {r.scheme:5} c={r.connections:<5} {r.rps:>9,.0f} req/s  p50 {r.p50_ms:.2f} ms"
+        f"  p99 {r.p99_ms:.2f} ms  non2xx {r.non_2xx}  errors {r.socket_errors}"
+        f"  cpu {r.proxy_cpu_percent:.0f}%  rss {r.proxy_rss_mb:.0f} MB"
+    )
+
+
+def markdown(results: list[Result], command: str, workers: int) -> str:
+    nginx = {(r.scheme, r.connections): r.rps for r in results if r.proxy == "nginx" and not r.error}
+    lines = [
+        MARK_START,
+        "## Proxy throughput (`bench/proxy`)",
+        "",
+        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.node()}, "
+        f"{os.cpu_count()} CPUs, {platform.platform()}",
+        f"- Command: `{command}`",
+        f"- Every proxy runs {workers} worker(s) (nginx worker_processes, HAProxy nbthread, Caddy "
+        "GOMAXPROCS, tako ProxyServer processes with SO_REUSEPORT); the upstream is nginx with 1 worker "
+        "returning a fixed 200; load is wrk on the same machine, so all share the CPUs.",
+        "- CPU is the proxy's process tree during the run (100% = one core); RSS is its peak.",
+        "",
+        "| proxy | scheme | conns | req/s | vs nginx | p50 ms | p99 ms | non-2xx | socket errors "
+        "| CPU % | RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if r.error:
+            lines.append(f"| {r.proxy} | {r.scheme} | {r.connections} | failed: {r.error} | | | | | | | |")
+            continue
+        base = nginx.get((r.scheme, r.connections))
+        ratio = f"{r.rps / base:.2f}" if base else "-"
+        lines.append(
+            f"| {r.proxy} | {r.scheme} | {r.connections} | {r.rps:,.0f} | {ratio} | {r.p50_ms:.2f} | "
+            f"{r.p99_ms:.2f} | {r.non_2xx} | {r.socket_errors} | {r.proxy_cpu_percent:.0f} "
+            f"| {r.proxy_rss_mb:.0f} |"
+        )
+    lines.append(MARK_END)
+    return "\n".join(lines) + "\n"
+
+
+def write_doc(path: Path, section: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    if MARK_START in text and MARK_END in text:
+        head, rest = text.split(MARK_START, 1)
+        _, tail = rest.split(MARK_END, 1)
+        text = head + section.rstrip("\n") + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="bench/proxy/run", description=__doc__)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (default 10)")
+    parser.add_argument(
+        "--connections", default="100,1000,5000", help="comma-separated (default 100,1000,5000)"
+    )
+    parser.add_argument("--proxies", default="tako,nginx,haproxy,caddy")
+    parser.add_argument("--schemes", default="http,https")
+    parser.add_argument("--workers", type=int, default=2, help="workers per proxy (default 2)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--pin-upstream", default="", help="CPU list for taskset on the upstream, e.g. 1")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of wrk before each measured run")
+    parser.add_argument("--json", default=str(REPO / "bench/proxy/results.json"))
+    parser.add_argument("--doc", default=str(REPO / "docs/benchmarks.md"), help="markdown file ('' = none)")
+    parser.add_argument("--no-install", action="store_true", help="do not apt-get missing tools")
+    args = parser.parse_args()
+    command = "bench/proxy/run " + shlex.join(sys.argv[1:])
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    ensure_tools(install=not args.no_install)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="tako-bench-") as tmp:
+        work = Path(tmp)
+        cert = make_cert(work)
+        up_port = free_port()
+        up_conf = nginx_conf(
+            work,
+            "upstream",
+            1,
+            f"server {{ listen 127.0.0.1:{up_port} backlog=4096; "
+            f'location / {{ return 200 "{BODY.strip()}\\n"; }} }}',
+        )
+        upstream = Process(
+            ["nginx", "-c", str(up_conf), "-g", "daemon off;"], up_port, cpus=args.pin_upstream
+        )
+        try:
+            for name in args.proxies.split(","):
+                try:
+                    proc, http, https = start_proxy(name, work, args.workers, up_port, cert)
+                except RuntimeError as exc:
+                    print(f"{name}: {exc}", file=sys.stderr)
+                    for scheme in args.schemes.split(","):
+                        for conns in (int(c) for c in args.connections.split(",")):
+                            results.append(
+                                Result(
+                                    name, scheme, conns, args.duration, 0, 0, 0, 0, 0, 0, 0, 0, str(exc)[:60]
+                                )
+                            )
+                    continue
+                try:
+                    for scheme in args.schemes.split(","):
+                        port = http if scheme == "http" else https
+                        url = f"{scheme}://127.0.0.1:{port}/"
+                        for conns in (int(c) for c in args.connections.split(",")):
+                            if args.warmup:
+                                run_wrk(url, min(conns, 100), args.warmup, args.threads)
+                            stats = measure(proc, url, conns, args.duration, args.threads)
+                            result = Result(name, scheme, conns, args.duration, **stats)  # type: ignore[arg-type]
+                            results.append(result)
+                            print(_line(result), flush=True)
+                finally:
+                    proc.stop()
+        finally:
+            upstream.stop()
+    Path(args.json).write_text(
+        json.dumps({"command": command, "results": [asdict(r) for r in results]}, indent=2)
+    )
+    if args.doc:
+        write_doc(Path(args.doc), markdown(results, command, args.workers))
+        print(f"wrote {args.doc} and {args.json}")
+
+
+if __name__ == "__main__":
+    main()

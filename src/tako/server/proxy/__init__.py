@@ -1,0 +1,23 @@
+"""The HTTP/HTTPS data plane of tako-server: a reverse proxy on uvloop + httptools asyncio Protocols.
+
+Public API (used by the daemon):
+
+    proxy = ProxyServer(settings: ProxySettings, services: ServerServices, certs: CertStore,
+                        snapshot: Snapshot, *, https_redirect_port: int | None = None,
+                        reuse_port: bool = False)   # SO_REUSEPORT, for several worker processes
+    proxy.set_snapshot(snapshot)             # atomic swap; requests that start later use it
+    await proxy.start_http(host, port, *, forward=False) -> int   # bound port (0 = ephemeral);
+                                             # forward=True proxies instead of redirecting
+    await proxy.start_https(host, port) -> int
+    await proxy.shutdown(timeout)            # stop accepting; finish in-flight under the deadline; close
+
+The proxy wires `certs.set_routed_host_predicate` to its current snapshot (self-signed fallback for
+routed hosts). Redirects to HTTPS name the HTTPS listener's port unless it is 443 or
+`https_redirect_port` is given. Modules: `server` (listeners, pools, sweeper), `client` (per
+connection / per request), `upstream` (instance connections), `responses` (local answers),
+`backend` (the interface to the app runtime). See docs/proxy.md.
+"""
+
+from tako.server.proxy.server import ProxyServer
+
+__all__ = ["ProxyServer"]

@@ -1,0 +1,765 @@
+"""Client side of the data plane: one `ClientConnection` per accepted socket, one `RequestCycle` per request.
+
+The connection owns the parser, its deadlines (checked by the server's sweeper, so the hot path arms no
+timers), read flow control and the pipeline of parsed requests; a cycle owns one request: its validated
+head, routing, upstream connection and body framing. Requests are answered strictly in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from typing import TYPE_CHECKING
+
+import httptools
+
+from tako.server.proxy import responses
+from tako.server.proxy.backend import AppGate, AppUnavailable, Upstream
+from tako.server.proxy.upstream import PAUSE_UPSTREAM, UpstreamConnection, UpstreamPool
+
+if TYPE_CHECKING:
+    from tako.server.proxy.server import ProxyServer
+
+# Reasons to stop reading from the client, as bits: reading resumes when none is left.
+PAUSE_PIPELINE = 1  # a later request waits for the current response
+PAUSE_BUFFER = 2  # body buffered while no upstream connection is ready yet
+# PAUSE_UPSTREAM = 4 (upstream.py): the instance reads the request body slower than the client sends it
+PAUSE_UPGRADE = 8  # waiting for the instance to accept an Upgrade
+
+BODY_BUFFER_LIMIT = 64 * 1024
+LINGER_SECONDS = 2.0  # after an error, keep reading (discarding) so the client sees the response, not RST
+
+_DEADLINE_HEADER = 1
+_DEADLINE_KEEPALIVE = 2
+_DEADLINE_LINGER = 3
+_DEADLINE_BODY = 4  # no request body bytes for keepalive_timeout while the proxy was reading
+
+_CRLF = b"\r\n"
+_CHUNK_END = b"0\r\n\r\n"
+_STATUS_PATH = b"/_tako/status"
+_ACME_PREFIX = b"/.well-known/acme-challenge/"
+
+# Request headers with special handling; everything else (and Host) is passed on unchanged.
+_H_DROP = 0
+_H_HOST = 1
+_H_LENGTH = 2
+_H_TE = 3
+_H_CONNECTION = 4
+_H_UPGRADE = 5
+_H_XFF = 6
+_REQUEST_SPECIAL: dict[bytes, int] = {
+    b"host": _H_HOST,
+    b"content-length": _H_LENGTH,
+    b"transfer-encoding": _H_TE,
+    b"connection": _H_CONNECTION,
+    b"upgrade": _H_UPGRADE,
+    b"x-forwarded-for": _H_XFF,
+    b"x-forwarded-proto": _H_DROP,
+    b"x-forwarded-host": _H_DROP,
+    b"keep-alive": _H_DROP,
+    b"proxy-connection": _H_DROP,
+    b"proxy-authorization": _H_DROP,
+    b"te": _H_DROP,
+    b"trailer": _H_DROP,
+}
+
+
+class _Reject(Exception):
+    """Raised inside a parser callback to stop parsing; the status is in ClientConnection.reject_status."""
+
+
+class RequestCycle:
+    """One request and its response."""
+
+    __slots__ = (
+        "body_done",
+        "body_received",
+        "buffer",
+        "buffered",
+        "chunked",
+        "conn",
+        "conn_tokens",
+        "content_length",
+        "error_status",
+        "head",
+        "header_bytes",
+        "header_count",
+        "headers_done",
+        "host",
+        "host_header",
+        "http10",
+        "is_head",
+        "keep_alive",
+        "method",
+        "pieces",
+        "response_done",
+        "response_started",
+        "retried",
+        "te",
+        "uconn",
+        "upgrade",
+        "upgrade_header",
+        "upstream",
+        "url",
+        "wants_upgrade",
+        "xff",
+    )
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self.method = b""
+        self.url = b""
+        self.pieces: list[bytes] = []  # forwarded headers as name, ": ", value, CRLF
+        self.host_header: bytes | None = None
+        self.host: str | None = None
+        self.xff: bytes | None = None
+        self.te: bytes | None = None
+        self.upgrade_header: bytes | None = None
+        self.upgrade: bytes | None = None  # set when the request asks to switch protocols
+        self.wants_upgrade = False
+        self.conn_tokens: list[bytes] | None = None
+        self.content_length: int | None = None
+        self.chunked = False
+        self.keep_alive = True
+        self.http10 = False
+        self.is_head = False
+        self.headers_done = False
+        self.body_done = False
+        self.body_received = 0
+        self.header_count = 0
+        self.header_bytes = 0
+        self.head = b""
+        self.buffer: list[bytes] | None = None
+        self.buffered = 0
+        self.uconn: UpstreamConnection | None = None
+        self.upstream: Upstream | None = None
+        self.response_started = False
+        self.response_done = False
+        self.error_status = 0
+        self.retried = False
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: parse requests, answer or forward them in order, enforce limits."""
+
+    def __init__(self, server: ProxyServer, tls: bool, forward: bool) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.tls = tls
+        self.forward = forward  # forward requests (HTTPS, or a plain listener started with forward=True)
+        settings = server.settings
+        self.max_header_bytes = settings.max_header_bytes
+        self.max_headers = settings.max_headers
+        self.max_body = settings.max_body_bytes
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
+        self.parser = httptools.HttpRequestParser(self)
+        self.client_ip = b""
+        self.forwarded = b""  # X-Forwarded-For tail + X-Forwarded-Proto, precomputed per connection
+        self.cycle: RequestCycle | None = None  # the request being answered
+        self.parsing: RequestCycle | None = None  # the request receiving parser callbacks
+        self.pipeline: collections.deque[RequestCycle] = collections.deque()
+        self.pause_mask = 0
+        self.write_paused = False
+        self.deadline = 0.0
+        self.deadline_kind = 0
+        self.head_pending = 0
+        self.reject_status = 0
+        self.broken = False  # input is discarded (after an error, or once closing)
+        self.closed = False
+        self.eof = False
+        self.tunnel: UpstreamConnection | None = None
+        self.upgrade_buffer: list[bytes] | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if isinstance(peer, tuple) else "unknown"
+        if ip.startswith("::ffff:") and "." in ip:
+            ip = ip[7:]
+        self.client_ip = ip.encode("ascii", "replace")
+        proto = b"https" if self.tls else b"http"
+        self.forwarded = self.client_ip + b"\r\nX-Forwarded-Proto: " + proto + _CRLF
+        self.server.connections.add(self)
+        self.deadline = self.loop.time() + self.server.settings.header_timeout
+        self.deadline_kind = _DEADLINE_HEADER
+        if self.server.shutting_down:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.broken = True
+        self.server.connections.discard(self)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.tunnel = None
+            tunnel.close()
+        cycle = self.cycle
+        if cycle is not None:
+            self.cycle = None
+            uconn = cycle.uconn
+            if uconn is not None:
+                cycle.uconn = None
+                if uconn.cycle is cycle:
+                    uconn.abort()
+            _finish_upstream(cycle)
+        self.pipeline.clear()
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel is not None:
+            if self.tunnel.transport.can_write_eof():
+                self.tunnel.transport.write_eof()
+            return True
+        if self.cycle is None and not self.pipeline:
+            return False  # idle or lingering: close now
+        self.eof = True
+        return True  # keep the write side open for the responses still owed
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        cycle = self.cycle
+        if cycle is not None and cycle.uconn is not None:
+            cycle.uconn.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        cycle = self.cycle
+        if cycle is not None and cycle.uconn is not None:
+            cycle.uconn.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.transport.write(data)
+            return
+        if self.broken:
+            return
+        if self.upgrade_buffer is not None:
+            self.upgrade_buffer.append(data)
+            return
+        parsing = self.parsing
+        if parsing is None or not parsing.headers_done:
+            if self.deadline_kind == _DEADLINE_KEEPALIVE:
+                self.deadline = 0.0
+                self.deadline_kind = 0
+            self.head_pending += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_requested(data[exc.args[0] :])
+            return
+        except httptools.HttpParserError:
+            status = self.reject_status or 400
+            self.reject_status = 0
+            if not self.broken:
+                self._fail(status)
+            return
+        parsing = self.parsing
+        if (
+            (parsing is None or not parsing.headers_done)
+            and self.head_pending > self.max_header_bytes
+            and not self.broken
+        ):
+            self._fail(431)
+
+    # -- httptools callbacks ----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.broken:
+            raise _Reject
+        self.parsing = RequestCycle(self)
+        self.deadline = self.loop.time() + self.server.settings.header_timeout
+        self.deadline_kind = _DEADLINE_HEADER
+
+    def on_url(self, url: bytes) -> None:
+        cycle = self.parsing
+        assert cycle is not None
+        cycle.url += url
+        cycle.header_bytes += len(url)
+        if cycle.header_bytes > self.max_header_bytes:
+            self._reject(431)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        cycle = self.parsing
+        assert cycle is not None
+        if cycle.headers_done:
+            return  # a trailer field of a chunked body: dropped
+        cycle.header_count += 1
+        cycle.header_bytes += len(name) + len(value) + 4
+        if cycle.header_count > self.max_headers or cycle.header_bytes > self.max_header_bytes:
+            self._reject(431)
+        lname = name.lower()
+        kind = _REQUEST_SPECIAL.get(lname)
+        if kind is None:
+            if not lname.startswith(b"proxy-"):
+                cycle.pieces.extend((name, b": ", value, _CRLF))
+        elif kind == _H_HOST:
+            if cycle.host_header is not None:
+                self._reject(400)
+            cycle.host_header = value
+            cycle.pieces.extend((name, b": ", value, _CRLF))
+        elif kind == _H_LENGTH:
+            # httptools has checked the digits and refused duplicates and CL together with TE.
+            cycle.content_length = int(value)
+        elif kind == _H_TE:
+            if cycle.te is not None:
+                self._reject(400)
+            cycle.te = value
+        elif kind == _H_CONNECTION:
+            for token in value.lower().split(b","):
+                token = token.strip()
+                if token == b"upgrade":
+                    cycle.wants_upgrade = True
+                elif token and token != b"close" and token != b"keep-alive":
+                    if cycle.conn_tokens is None:
+                        cycle.conn_tokens = []
+                    cycle.conn_tokens.append(token)
+        elif kind == _H_UPGRADE:
+            if cycle.upgrade_header is not None:
+                self._reject(400)
+            cycle.upgrade_header = value
+        elif kind == _H_XFF:
+            cycle.xff = value if cycle.xff is None else cycle.xff + b", " + value
+
+    def on_headers_complete(self) -> None:
+        cycle = self.parsing
+        assert cycle is not None
+        cycle.headers_done = True
+        self.head_pending = 0
+        if self.deadline_kind == _DEADLINE_HEADER:
+            self.deadline = 0.0
+            self.deadline_kind = 0
+        parser = self.parser
+        version = parser.get_http_version()
+        if version == "1.0":
+            cycle.http10 = True
+        elif version != "1.1":
+            self._reject(400)
+        method = parser.get_method()
+        cycle.method = method
+        cycle.is_head = method == b"HEAD"
+        cycle.keep_alive = parser.should_keep_alive()
+        if method == b"CONNECT":
+            self._reject(405)
+        url = cycle.url
+        if url[:1] != b"/" and not (url == b"*" and method == b"OPTIONS"):
+            self._reject(400)
+        if cycle.te is not None:
+            # Only `chunked` alone can be re-framed safely; HTTP/1.0 has no chunked encoding.
+            if cycle.http10 or cycle.te.strip().lower() != b"chunked":
+                self._reject(400)
+            cycle.chunked = True
+        host_header = cycle.host_header
+        if host_header is not None:
+            host = self.server.normalise_host(host_header)
+            if host is None:
+                self._reject(400)
+            cycle.host = host
+        elif not cycle.http10:
+            self._reject(400)
+        if self.max_body and cycle.content_length is not None and cycle.content_length > self.max_body:
+            self._reject(413)
+        if cycle.wants_upgrade and cycle.upgrade_header is not None:
+            cycle.upgrade = cycle.upgrade_header
+            # httptools parses nothing after a request that asks to switch protocols: whatever the answer
+            # (101 and a tunnel, or anything else), this connection carries no further requests.
+            cycle.keep_alive = False
+        if not cycle.chunked and not cycle.content_length:
+            cycle.body_done = True  # nothing more to read for this request: answering it may start now
+        cycle.head = self._build_head(cycle)
+        if not cycle.body_done:
+            self.deadline = self.loop.time() + self.server.settings.keepalive_timeout
+            self.deadline_kind = _DEADLINE_BODY
+        if self.cycle is None:
+            self._start(cycle)
+        else:
+            self.pipeline.append(cycle)
+            self.pause(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.parsing
+        assert cycle is not None
+        cycle.body_received += len(body)
+        if self.max_body and cycle.body_received > self.max_body:
+            self._reject(413)
+        if self.deadline_kind == _DEADLINE_BODY:
+            self.deadline = self.loop.time() + self.server.settings.keepalive_timeout
+        uconn = cycle.uconn
+        if uconn is not None:
+            if cycle.chunked:
+                uconn.transport.writelines((b"%x\r\n" % len(body), body, _CRLF))
+            else:
+                uconn.transport.write(body)
+        elif not cycle.response_started:
+            if cycle.buffer is None:
+                cycle.buffer = []
+            if cycle.chunked:
+                cycle.buffer.extend((b"%x\r\n" % len(body), body, _CRLF))
+            else:
+                cycle.buffer.append(body)
+            cycle.buffered += len(body)
+            if cycle.buffered > BODY_BUFFER_LIMIT:
+                self.pause(PAUSE_BUFFER)
+
+    def on_message_complete(self) -> None:
+        cycle = self.parsing
+        assert cycle is not None
+        self.parsing = None
+        if cycle.body_done:
+            if self.cycle is None and not self.pipeline:
+                self._idle()
+            return
+        cycle.body_done = True
+        if self.deadline_kind == _DEADLINE_BODY:
+            self.deadline = 0.0
+            self.deadline_kind = 0
+        uconn = cycle.uconn
+        if uconn is not None:
+            if cycle.chunked:
+                uconn.transport.write(_CHUNK_END)
+            self.request_sent(cycle)
+
+    # -- request head -------------------------------------------------------------------------------
+
+    def _build_head(self, cycle: RequestCycle) -> bytes:
+        pieces = cycle.pieces
+        if cycle.conn_tokens is not None:
+            pieces = _without(pieces, cycle.conn_tokens)
+        parts = [cycle.method, b" ", cycle.url, b" HTTP/1.1\r\n", *pieces]
+        if cycle.xff is None:
+            parts.append(b"X-Forwarded-For: " + self.forwarded)
+        else:
+            parts.append(b"X-Forwarded-For: " + cycle.xff + b", " + self.forwarded)
+        if cycle.host_header is not None:
+            parts.append(b"X-Forwarded-Host: " + cycle.host_header + _CRLF)
+        if cycle.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif cycle.content_length is not None:
+            parts.append(b"Content-Length: %d\r\n" % cycle.content_length)
+        if cycle.upgrade is not None:
+            parts.append(b"Connection: upgrade\r\nUpgrade: " + cycle.upgrade + _CRLF)
+        parts.append(_CRLF)
+        return b"".join(parts)
+
+    # -- answering ----------------------------------------------------------------------------------
+
+    def _start(self, cycle: RequestCycle) -> None:
+        """Answer `cycle` now: locally (errors, status, ACME, redirects) or by forwarding it."""
+        self.cycle = cycle
+        if cycle.error_status:
+            self._respond(cycle, responses.error(cycle.error_status, close=True))
+            return
+        server = self.server
+        if server.shutting_down:
+            cycle.keep_alive = False
+        # A local answer sent before the request body arrived ends the connection (see response_complete).
+        close = not (cycle.keep_alive and cycle.body_done)
+        path = cycle.url.partition(b"?")[0]
+        if path == _STATUS_PATH and (cycle.method == b"GET" or cycle.is_head):
+            status, body = server.services.status_document()
+            data = responses.response(
+                status,
+                body,
+                close=close,
+                content_type=b"application/json",
+                head_only=cycle.is_head,
+            )
+            self._respond(cycle, data)
+            return
+        host = cycle.host
+        router = server.snapshot.router
+        if not self.forward:
+            self._answer_plain_http(cycle, path, host, close)
+            return
+        gate = router.match(host, path.decode("latin-1")) if host is not None else None
+        if gate is None:
+            self._respond(cycle, responses.error(404, close=close, head_only=cycle.is_head))
+            return
+        upstream = gate.pick()
+        if upstream is None:
+            server.spawn(self._wait_upstream(cycle, gate))
+            return
+        self._use_upstream(cycle, upstream)
+
+    def _answer_plain_http(self, cycle: RequestCycle, path: bytes, host: str | None, close: bool) -> None:
+        server = self.server
+        if path.startswith(_ACME_PREFIX):
+            token = path[len(_ACME_PREFIX) :].decode("latin-1")
+            answer = server.services.acme_key_authorization(token) if "/" not in token else None
+            if answer is None:
+                self._respond(cycle, responses.error(404, close=close, head_only=cycle.is_head))
+            else:
+                data = responses.response(
+                    200, answer.encode(), close=close, content_type=b"text/plain", head_only=cycle.is_head
+                )
+                self._respond(cycle, data)
+            return
+        if host is not None and server.snapshot.router.is_routed_host(host):
+            location = b"https://" + host.encode("ascii", "replace") + server.https_suffix + cycle.url
+            self._respond(cycle, responses.redirect(location, close=close, head_only=cycle.is_head))
+            return
+        self._respond(cycle, responses.error(404, close=close, head_only=cycle.is_head))
+
+    async def _wait_upstream(self, cycle: RequestCycle, gate: AppGate) -> None:
+        try:
+            upstream = await gate.wait_upstream()
+        except AppUnavailable as exc:
+            if not self.closed and self.cycle is cycle:
+                data = responses.unavailable(
+                    exc.status,
+                    exc.reason,
+                    exc.retry_after,
+                    close=not (cycle.keep_alive and cycle.body_done),
+                    head_only=cycle.is_head,
+                )
+                self._respond(cycle, data)
+            return
+        if self.closed or self.cycle is not cycle:
+            return
+        self._use_upstream(cycle, upstream)
+
+    def _use_upstream(self, cycle: RequestCycle, upstream: Upstream) -> None:
+        cycle.upstream = upstream
+        upstream.request_started()
+        pool = self.server.pool_for(upstream)
+        uconn = pool.acquire()
+        if uconn is None:
+            self.server.spawn(self._connect(cycle, pool))
+        else:
+            uconn.attach(cycle)
+            if cycle.buffer is None:
+                self.resume(PAUSE_BUFFER)
+
+    async def _connect(self, cycle: RequestCycle, pool: UpstreamPool) -> None:
+        try:
+            uconn = await self.server.connect(pool)
+        except (OSError, TimeoutError):
+            if not self.closed and self.cycle is cycle:
+                self._upstream_error(cycle, 502)
+            return
+        if self.closed or self.cycle is not cycle:
+            pool.release(uconn)
+            return
+        uconn.attach(cycle)
+        self.resume(PAUSE_BUFFER)
+
+    def request_sent(self, cycle: RequestCycle) -> None:
+        """The whole request is on its way to the instance: the response timeout starts now."""
+        uconn = cycle.uconn
+        if uconn is not None and not cycle.response_started:
+            uconn.deadline = self.loop.time() + self.server.settings.upstream_response_timeout
+
+    def upstream_failed(self, cycle: RequestCycle, *, retryable: bool) -> None:
+        """The instance connection broke before a response started (called by UpstreamConnection)."""
+        cycle.uconn = None
+        self.resume(PAUSE_UPSTREAM)
+        if self.cycle is not cycle or self.closed:
+            return
+        if cycle.response_started:
+            # Cut off mid-response: the client must see a truncated message, not a spliced error page.
+            _finish_upstream(cycle)
+            self.abort()
+            return
+        if retryable and not cycle.retried and not cycle.content_length and not cycle.chunked:
+            # A pooled connection the app closed just as we reused it: safe to send again once.
+            cycle.retried = True
+            upstream = cycle.upstream
+            assert upstream is not None
+            self.server.spawn(self._connect(cycle, self.server.pool_for(upstream)))
+            return
+        self._upstream_error(cycle, 502)
+
+    def upstream_timeout(self, cycle: RequestCycle) -> None:
+        """The sweeper found the instance late with its response."""
+        uconn = cycle.uconn
+        cycle.uconn = None
+        if uconn is not None:
+            uconn.abort()
+        self.resume(PAUSE_UPSTREAM)
+        if cycle.response_started:
+            self.abort()
+        else:
+            self._upstream_error(cycle, 504)
+
+    def _upstream_error(self, cycle: RequestCycle, status: int) -> None:
+        _finish_upstream(cycle)
+        close = not (cycle.keep_alive and cycle.body_done)
+        self._respond(cycle, responses.error(status, close=close, head_only=cycle.is_head))
+
+    def _respond(self, cycle: RequestCycle, data: bytes) -> None:
+        """Write a complete local response for the current cycle and move on."""
+        cycle.response_started = True
+        self.transport.write(data)
+        self.response_complete(cycle)
+
+    def response_complete(self, cycle: RequestCycle) -> None:
+        """The response to the current cycle is fully written (called locally and by UpstreamConnection)."""
+        cycle.response_done = True
+        cycle.uconn = None
+        if self.pause_mask & PAUSE_UPSTREAM:
+            self.resume(PAUSE_UPSTREAM)
+        _finish_upstream(cycle)
+        self.cycle = None
+        if not cycle.body_done or not cycle.keep_alive or self.server.shutting_down:
+            # A response that ended before its request body did: the rest of the body is unread and the
+            # connection cannot carry another request safely.
+            self._close(linger=not cycle.body_done or self.parsing is not None or self.broken)
+            return
+        if self.pipeline:
+            nxt = self.pipeline.popleft()
+            if not self.pipeline:
+                self.resume(PAUSE_PIPELINE)
+            self._start(nxt)
+            return
+        if self.eof:
+            self._close(linger=False)
+            return
+        if self.parsing is None:
+            self._idle()
+
+    def _idle(self) -> None:
+        if not self.broken:
+            self.deadline = self.loop.time() + self.server.settings.keepalive_timeout
+            self.deadline_kind = _DEADLINE_KEEPALIVE
+
+    # -- upgrades -------------------------------------------------------------------------------------
+
+    def _upgrade_requested(self, rest: bytes) -> None:
+        # httptools stops after a request that asks to switch protocols; the bytes after it belong to
+        # the new protocol (or, if the app declines, are never read: the connection closes).
+        self.parsing = None
+        self.upgrade_buffer = [rest] if rest else []
+        self.pause(PAUSE_UPGRADE)
+
+    def start_tunnel(self, cycle: RequestCycle, uconn: UpstreamConnection, rest: bytes) -> None:
+        """The instance switched protocols: copy bytes both ways until either side closes."""
+        if rest:
+            self.transport.write(rest)
+        self.tunnel = uconn
+        buffered = self.upgrade_buffer
+        self.upgrade_buffer = None
+        if buffered:
+            uconn.transport.writelines(buffered)
+        self.deadline = 0.0
+        self.deadline_kind = 0
+        self.resume(PAUSE_UPGRADE | PAUSE_PIPELINE)
+
+    def tunnel_closed(self) -> None:
+        self.tunnel = None
+        cycle = self.cycle
+        if cycle is not None:
+            _finish_upstream(cycle)
+        self.transport.close()
+
+    # -- flow control, errors, closing ----------------------------------------------------------------
+
+    def pause(self, reason: int) -> None:
+        if not self.pause_mask:
+            self.transport.pause_reading()
+        self.pause_mask |= reason
+
+    def resume(self, reason: int) -> None:
+        if self.pause_mask & reason:
+            self.pause_mask &= ~reason
+            if not self.pause_mask and not self.closed:
+                self.transport.resume_reading()
+
+    def _reject(self, status: int) -> None:
+        self.reject_status = status
+        raise _Reject
+
+    def _fail(self, status: int) -> None:
+        """The input is unusable from here on: answer what came before in order, then `status`, close."""
+        self.broken = True
+        bad = self.parsing
+        self.parsing = None
+        cycle = self.cycle
+        if bad is not None and bad is cycle:
+            # The request being answered went bad mid-body (bad chunk, body too large).
+            uconn = cycle.uconn
+            if uconn is not None:
+                cycle.uconn = None
+                uconn.abort()
+            _finish_upstream(cycle)
+            self.pipeline.clear()
+            if cycle.response_started:
+                self.transport.close()
+                return
+            cycle.response_started = True
+            self.transport.write(responses.error(status, close=True, head_only=cycle.is_head))
+            self.cycle = None
+            self._close(linger=True)
+            return
+        if bad is not None:
+            with contextlib.suppress(ValueError):
+                self.pipeline.remove(bad)
+        sentinel = RequestCycle(self)
+        sentinel.error_status = status
+        sentinel.keep_alive = False
+        sentinel.body_done = True
+        sentinel.headers_done = True
+        if cycle is None:
+            self._start(sentinel)
+        else:
+            self.pipeline.append(sentinel)
+
+    def on_deadline(self) -> None:
+        """Called by the server's sweeper when `deadline` has passed."""
+        kind = self.deadline_kind
+        if kind == _DEADLINE_BODY and self.pause_mask and not self.broken:
+            # The proxy itself stopped reading (flow control): the client is not idle.
+            self.deadline = self.loop.time() + self.server.settings.keepalive_timeout
+            return
+        self.deadline = 0.0
+        self.deadline_kind = 0
+        if kind in (_DEADLINE_HEADER, _DEADLINE_BODY):
+            if not self.broken:
+                self._fail(408)
+        elif kind == _DEADLINE_KEEPALIVE:
+            if self.cycle is None and self.parsing is None:
+                self.transport.close()
+        else:
+            self.transport.abort()
+
+    def _close(self, *, linger: bool) -> None:
+        self.broken = True
+        if not linger or self.tls:
+            # TLS: close() sends close_notify and keeps reading until the peer's, which lingers already.
+            self.transport.close()
+            return
+        if self.closed:
+            return
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.pause_mask = 0
+        self.transport.resume_reading()
+        self.deadline = self.loop.time() + LINGER_SECONDS
+        self.deadline_kind = _DEADLINE_LINGER
+
+    def abort(self) -> None:
+        self.broken = True
+        self.transport.abort()
+
+    def shutdown(self) -> None:
+        """Server shutdown: close if idle; otherwise close after the response in progress."""
+        if self.cycle is None and self.parsing is None and self.tunnel is None and not self.pipeline:
+            self.broken = True
+            self.transport.close()
+
+
+def _finish_upstream(cycle: RequestCycle) -> None:
+    upstream = cycle.upstream
+    if upstream is not None:
+        cycle.upstream = None
+        upstream.request_finished()
+
+
+def _without(pieces: list[bytes], names: list[bytes]) -> list[bytes]:
+    """Drop the headers a Connection header named (pieces are name, ": ", value, CRLF)."""
+    kept: list[bytes] = []
+    for i in range(0, len(pieces), 4):
+        if pieces[i].lower() not in names:
+            kept.extend(pieces[i : i + 4])
+    return kept

@@ -1,0 +1,256 @@
+"""`ProxyServer`: the listeners, batch accept, upstream pools, deadline sweeper and graceful shutdown.
+
+Per-connection and per-request work lives in `client.py` / `upstream.py`; this module owns what spans
+connections: the current routing snapshot, the pools keyed by instance, and the server's lifecycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Coroutine
+from typing import Any
+
+from tako.config.server import ProxySettings
+from tako.routing import normalise_host
+from tako.server.proxy.backend import ServerServices, Snapshot, Upstream
+from tako.server.proxy.client import ClientConnection
+from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool
+from tako.server.tls.certstore import CertStore
+
+log = logging.getLogger(__name__)
+
+ACCEPT_BATCH = 256  # connections accepted per readiness event: a burst never starves the loop
+ACCEPT_BACKOFF = 0.1  # out of file descriptors: stop accepting this long instead of spinning
+LISTEN_BACKLOG = 4096
+_HOST_CACHE_MAX = 4096
+
+
+class _Listener:
+    __slots__ = ("forward", "port", "sock", "ssl", "tls")
+
+    def __init__(self, sock: socket.socket, ssl_context: ssl.SSLContext | None, forward: bool) -> None:
+        self.sock = sock
+        self.tls = ssl_context is not None
+        self.forward = forward
+        self.ssl = ssl_context
+        self.port: int = sock.getsockname()[1]
+
+
+class ProxyServer:
+    """The HTTP and HTTPS listeners of tako-server and everything they share."""
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        services: ServerServices,
+        certs: CertStore,
+        snapshot: Snapshot,
+        *,
+        https_redirect_port: int | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.services = services
+        self.certs = certs
+        self.snapshot = snapshot
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[ClientConnection] = set()
+        self.pools: dict[str, UpstreamPool] = {}
+        self.shutting_down = False
+        self._redirect_port = https_redirect_port
+        self._reuse_port = reuse_port  # several worker processes sharing the listening ports
+        self.https_suffix = b"" if https_redirect_port in (None, 443) else b":%d" % https_redirect_port
+        self._listeners: list[_Listener] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._host_cache: dict[bytes, str | None] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        timeouts = (settings.header_timeout, settings.keepalive_timeout, settings.upstream_response_timeout)
+        self._sweep_interval = max(0.05, min(1.0, min(t for t in timeouts if t > 0) / 4))
+        certs.set_routed_host_predicate(self._is_routed_host)
+
+    # -- public API -------------------------------------------------------------------------------
+
+    def set_snapshot(self, snapshot: Snapshot) -> None:
+        """Swap the routing snapshot; requests that start after this use the new one."""
+        self.snapshot = snapshot
+
+    async def start_http(self, host: str, port: int, *, forward: bool = False) -> int:
+        """Listen for plain HTTP on host:port (0 = ephemeral); returns the bound port.
+
+        It answers ACME challenges and status and redirects routed hosts to HTTPS; with `forward=True` it
+        proxies like the HTTPS listener instead (behind a TLS-terminating balancer, and for benchmarks).
+        """
+        return self._listen(host, port, None, forward)
+
+    async def start_https(self, host: str, port: int) -> int:
+        """Listen for HTTPS on host:port (0 = ephemeral); returns the bound port.
+
+        HTTP->HTTPS redirects name this port unless it is 443 or `https_redirect_port` was given.
+        """
+        bound = self._listen(host, port, self.certs.ssl_context(), True)
+        if self._redirect_port is None:
+            self.https_suffix = b"" if bound == 443 else b":%d" % bound
+        return bound
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting, let in-flight requests finish within `timeout`, then close everything."""
+        self.shutting_down = True
+        for listener in self._listeners:
+            self.loop.remove_reader(listener.sock.fileno())
+            listener.sock.close()
+        self._listeners.clear()
+        for conn in list(self.connections):
+            conn.shutdown()
+        deadline = self.loop.time() + timeout
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            conn.abort()
+        for pool in self.pools.values():
+            pool.close_all()
+        self.pools.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    @property
+    def ports(self) -> list[int]:
+        return [listener.port for listener in self._listeners]
+
+    # -- used by connections ----------------------------------------------------------------------
+
+    def normalise_host(self, host_header: bytes) -> str | None:
+        cache = self._host_cache
+        try:
+            return cache[host_header]
+        except KeyError:
+            pass
+        host = normalise_host(host_header.decode("latin-1"))
+        if len(cache) >= _HOST_CACHE_MAX:
+            cache.clear()
+        cache[host_header] = host
+        return host
+
+    def pool_for(self, upstream: Upstream) -> UpstreamPool:
+        key = upstream.key
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = UpstreamPool(key, upstream.host, upstream.port, self.loop)
+        return pool
+
+    async def connect(self, pool: UpstreamPool) -> UpstreamConnection:
+        """A new connection to the pool's instance, within the connect timeout (TimeoutError past it)."""
+        pool.last_used = self.loop.time()  # keeps a pool whose connections are all busy from being dropped
+        async with asyncio.timeout(self.settings.upstream_connect_timeout or None):
+            _, protocol = await self.loop.create_connection(
+                lambda: UpstreamConnection(pool), pool.host, pool.port
+            )
+        return protocol
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("proxy task failed", exc_info=task.exception())
+
+    def _is_routed_host(self, host: str) -> bool:
+        return self.snapshot.router.is_routed_host(host)
+
+    def _listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None, forward: bool) -> int:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self._reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        listener = _Listener(sock, ssl_context, forward)
+        self._listeners.append(listener)
+        self.loop.add_reader(sock.fileno(), self._accept, listener)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self._sweep_interval, self._sweep)
+        return listener.port
+
+    def _accept(self, listener: _Listener) -> None:
+        # uvloop's own server accepts one connection per loop iteration; under a burst of new connections
+        # that leaves the backlog full for seconds. Accept a batch per readiness event instead.
+        sock = listener.sock
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # The socket stays readable, so retrying at once would spin: back off instead.
+                    log.warning("accept paused for %.1f s: %s", ACCEPT_BACKOFF, exc)
+                    self.loop.remove_reader(sock.fileno())
+                    self.loop.call_later(ACCEPT_BACKOFF, self._resume_accept, listener)
+                return
+            conn.setblocking(False)
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.spawn(self._connect_accepted(conn, listener))
+
+    def _resume_accept(self, listener: _Listener) -> None:
+        if listener in self._listeners:
+            self.loop.add_reader(listener.sock.fileno(), self._accept, listener)
+
+    async def _connect_accepted(self, conn: socket.socket, listener: _Listener) -> None:
+        try:
+            if listener.tls:
+                await self.loop.connect_accepted_socket(
+                    lambda: ClientConnection(self, True, True),
+                    conn,
+                    ssl=listener.ssl,
+                    ssl_handshake_timeout=self.settings.header_timeout or None,
+                )
+            else:
+                forward = listener.forward
+                await self.loop.connect_accepted_socket(lambda: ClientConnection(self, False, forward), conn)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
+            # A failed TLS handshake (unknown name, old protocol, port scanner): nothing to answer.
+            conn.close()
+
+    def _sweep(self) -> None:
+        """Fire connection deadlines (header, keep-alive, linger, upstream response); trim idle pools."""
+        now = self.loop.time()
+        for conn in list(self.connections):
+            deadline = conn.deadline
+            if deadline and now >= deadline:
+                conn.on_deadline()
+            cycle = conn.cycle
+            if cycle is not None:
+                uconn = cycle.uconn
+                if uconn is not None and uconn.deadline and now >= uconn.deadline and uconn.cycle is cycle:
+                    conn.upstream_timeout(cycle)
+        stale = []
+        for key, pool in self.pools.items():
+            pool.sweep(now)
+            if not pool.idle and now - pool.last_used > 60.0:
+                stale.append(key)
+        for key in stale:
+            del self.pools[key]
+        if not self.shutting_down or self.connections:
+            self._sweeper = self.loop.call_later(self._sweep_interval, self._sweep)

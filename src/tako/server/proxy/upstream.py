@@ -1,0 +1,404 @@
+"""Upstream side of the data plane: pooled keep-alive connections to app instances.
+
+One `UpstreamConnection` per TCP connection to an instance; it parses the response with httptools and
+writes it straight to the client's transport, re-framed (Content-Length, chunked or close-delimited). One
+`UpstreamPool` per instance key keeps idle connections for reuse (LIFO, idle ones closed by the sweeper).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import httptools
+
+if TYPE_CHECKING:
+    from tako.server.proxy.client import RequestCycle
+
+# The ClientConnection pause reason this module sets (see client.py for the others).
+PAUSE_UPSTREAM = 4  # the instance reads the request body slower than the client sends it
+
+# Framing of the response towards the client.
+FRAME_NONE = 0  # no body (HEAD, 204, 304)
+FRAME_LENGTH = 1  # Content-Length, passed through
+FRAME_CHUNKED = 2  # re-encoded as chunked
+FRAME_CLOSE = 3  # body ends when the client connection closes (HTTP/1.0 client, unknown length)
+
+# Idle upstream connections older than this are closed by the sweeper: below the 5 s keep-alive timeout
+# of uvicorn/gunicorn, so the proxy rarely reuses a connection the app is closing at the same moment.
+POOL_IDLE_SECONDS = 4.0
+POOL_MAX_IDLE = 1024
+
+# Response headers the proxy never passes on (hop-by-hop or re-framed); value = what to record.
+_H_DROP = 0
+_H_CONNECTION = 1
+_H_LENGTH = 2
+_H_TE = 3
+_RESPONSE_SPECIAL: dict[bytes, int] = {
+    b"connection": _H_CONNECTION,
+    b"keep-alive": _H_DROP,
+    b"proxy-connection": _H_DROP,
+    b"proxy-authenticate": _H_DROP,
+    b"te": _H_DROP,
+    b"trailer": _H_DROP,
+    b"upgrade": _H_DROP,
+    b"content-length": _H_LENGTH,
+    b"transfer-encoding": _H_TE,
+}
+
+_CHUNK_END = b"0\r\n\r\n"
+_CRLF = b"\r\n"
+
+
+class _HeadDone(Exception):
+    """Raised from on_headers_complete to stop the parser after a body-less response to HEAD."""
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to one instance."""
+
+    __slots__ = ("host", "idle", "key", "last_used", "loop", "port")
+
+    def __init__(self, key: str, host: str, port: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.key = key
+        self.host = host
+        self.port = port
+        self.idle: list[UpstreamConnection] = []
+        self.last_used = 0.0
+
+    def acquire(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if conn.closed:
+            return
+        if len(self.idle) >= POOL_MAX_IDLE:
+            conn.close()
+            return
+        now = self.loop.time()
+        conn.idle_since = now
+        self.last_used = now
+        self.idle.append(conn)
+
+    def sweep(self, now: float) -> None:
+        """Close connections idle longer than POOL_IDLE_SECONDS (oldest are at the front)."""
+        idle = self.idle
+        cutoff = now - POOL_IDLE_SECONDS
+        n = 0
+        while n < len(idle) and idle[n].idle_since < cutoff:
+            idle[n].close()
+            n += 1
+        if n:
+            del idle[:n]
+
+    def close_all(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to an instance, carrying one request at a time (no upstream pipelining)."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
+        self.parser = httptools.HttpResponseParser(self)
+        self.cycle: RequestCycle | None = None
+        self.closed = False
+        self.requests = 0  # requests completed on this connection: > 0 means it came from the pool
+        self.idle_since = 0.0
+        self.deadline = 0.0  # upstream response deadline (loop time), 0 = none
+        self.write_paused = False
+        self.tunnel = False
+        self._reason = b""
+        self._headers: list[bytes] = []
+        self._length: bytes | None = None
+        self._chunked = False
+        self._conn_close = False
+        self._conn_tokens: list[bytes] | None = None
+        self._frame = FRAME_NONE
+        self._status = 0
+        self._keep_alive = False
+        self._until_close = False
+        self._head_done = False
+        self._got_bytes = False
+        self._out: list[bytes] = []
+
+    # -- asyncio.Protocol -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        cycle = self.cycle
+        if cycle is None:
+            return
+        self.cycle = None
+        if self.tunnel:
+            cycle.conn.tunnel_closed()
+            return
+        if self._until_close and cycle.response_started:
+            # A close-delimited response ends with the connection.
+            if self._frame == FRAME_CHUNKED:
+                cycle.conn.transport.write(_CHUNK_END)
+            cycle.conn.response_complete(cycle)
+            return
+        cycle.conn.upstream_failed(cycle, retryable=not self._got_bytes and self.requests > 0)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.cycle is not None:
+            self.cycle.conn.pause(PAUSE_UPSTREAM)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.cycle is not None:
+            self.cycle.conn.resume(PAUSE_UPSTREAM)
+
+    def data_received(self, data: bytes) -> None:
+        cycle = self.cycle
+        if self.tunnel:
+            if cycle is not None:
+                cycle.conn.transport.write(data)
+            return
+        if cycle is None:
+            # Bytes with no request outstanding: the connection is out of step; never reuse it.
+            self.close()
+            return
+        self._got_bytes = True
+        out = self._out
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            if out:
+                _flush(cycle, out)
+                out.clear()
+            self._start_tunnel(cycle, data[exc.args[0] :])
+            return
+        except httptools.HttpParserError:
+            if self._head_done:
+                # Not an error: the body-less response to HEAD is complete (see on_headers_complete).
+                self._head_done = False
+                self.parser = httptools.HttpResponseParser(self)
+                _flush(cycle, out)
+                out.clear()
+                self._finish_response(cycle)
+                return
+            if self._frame == -1:
+                # A complete response followed by stray bytes: deliver it, never reuse the connection.
+                self._keep_alive = False
+                _flush(cycle, out)
+                out.clear()
+                self._finish_response(cycle)
+                return
+            out.clear()
+            self.close()
+            self.cycle = None
+            if cycle.response_started:
+                cycle.conn.abort()
+            else:
+                cycle.conn.upstream_failed(cycle, retryable=False)
+            return
+        if out:
+            _flush(cycle, out)
+            out.clear()
+        if self._frame == -1:
+            # The response completed inside feed_data; finish after its bytes were written.
+            self._finish_response(cycle)
+
+    # -- request side -----------------------------------------------------------------------------
+
+    def attach(self, cycle: RequestCycle) -> None:
+        """Send `cycle`'s request head (and any body received so far) on this connection."""
+        self.cycle = cycle
+        cycle.uconn = self
+        self._got_bytes = False
+        self._frame = FRAME_NONE
+        self.deadline = 0.0
+        if cycle.conn.write_paused:
+            self.transport.pause_reading()
+        buffered = cycle.buffer
+        if buffered:
+            cycle.buffer = None
+            self.transport.writelines([cycle.head, *buffered])
+        else:
+            self.transport.write(cycle.head)
+        if cycle.body_done:
+            if cycle.chunked:
+                self.transport.write(_CHUNK_END)
+            cycle.conn.request_sent(cycle)
+        if self.write_paused:
+            cycle.conn.pause(PAUSE_UPSTREAM)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.cycle = None
+        self.transport.abort()
+
+    # -- httptools callbacks ----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._frame == -1:
+            raise _HeadDone  # bytes after the complete response: handled in data_received
+        self._headers = []
+        self._length = None
+        self._chunked = False
+        self._conn_close = False
+        self._conn_tokens = None
+        self._reason = b""
+        self._until_close = False
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        cycle = self.cycle
+        if cycle is None or cycle.response_started:
+            return  # trailers of a chunked response: dropped
+        kind = _RESPONSE_SPECIAL.get(name.lower())
+        if kind is None:
+            self._headers.extend((name, b": ", value, _CRLF))
+        elif kind == _H_LENGTH:
+            self._length = value.strip()
+        elif kind == _H_TE:
+            self._chunked = True
+        elif kind == _H_CONNECTION:
+            for token in value.lower().split(b","):
+                token = token.strip()
+                if token == b"close":
+                    self._conn_close = True
+                elif token and token not in (b"keep-alive", b"upgrade"):
+                    if self._conn_tokens is None:
+                        self._conn_tokens = []
+                    self._conn_tokens.append(token)
+
+    def on_headers_complete(self) -> None:
+        cycle = self.cycle
+        assert cycle is not None
+        status = self.parser.get_status_code()
+        self._status = status
+        self._keep_alive = self.parser.should_keep_alive()
+        self.deadline = 0.0
+        client = cycle.conn
+        headers = self._headers
+        if self._conn_tokens is not None:
+            headers = _without(headers, self._conn_tokens)
+        if status < 200:
+            if status == 101:
+                if cycle.upgrade is None:
+                    raise httptools.HttpParserError("101 without an upgrade request")
+                self._out.append(
+                    b"HTTP/1.1 101 %s\r\n%sConnection: upgrade\r\nUpgrade: %s\r\n\r\n"
+                    % (self._reason, b"".join(headers), cycle.upgrade)
+                )
+                cycle.response_started = True
+                return
+            # Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as they are.
+            if not cycle.http10:
+                self._out.append(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, self._reason, b"".join(headers)))
+            return
+        cycle.response_started = True
+        if cycle.upgrade is not None:
+            # The app declined the upgrade: the client parser is already past the request, so close after.
+            cycle.keep_alive = False
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, self._reason), *headers]
+        if cycle.is_head or status == 204 or status == 304:
+            frame = FRAME_NONE
+            if self._length is not None and status != 204:
+                parts.append(b"Content-Length: " + self._length + _CRLF)
+        elif self._chunked:
+            frame = FRAME_CHUNKED if not cycle.http10 else FRAME_CLOSE
+        elif self._length is not None:
+            frame = FRAME_LENGTH
+            parts.append(b"Content-Length: " + self._length + _CRLF)
+        else:
+            self._until_close = True
+            frame = FRAME_CHUNKED if not cycle.http10 else FRAME_CLOSE
+        if frame == FRAME_CHUNKED:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif frame == FRAME_CLOSE:
+            cycle.keep_alive = False
+        if not cycle.keep_alive or client.server.shutting_down:
+            cycle.keep_alive = False
+            parts.append(b"Connection: close\r\n\r\n")
+        elif cycle.http10:
+            parts.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(_CRLF)
+        self._frame = frame
+        self._out.append(b"".join(parts))
+        if cycle.is_head:
+            # httptools cannot be told that a response to HEAD has no body; stop it here.
+            self._head_done = True
+            raise _HeadDone
+
+    def on_body(self, body: bytes) -> None:
+        if self._frame == FRAME_CHUNKED:
+            self._out.extend((b"%x\r\n" % len(body), body, _CRLF))
+        else:
+            self._out.append(body)
+
+    def on_message_complete(self) -> None:
+        cycle = self.cycle
+        if cycle is None or self._status < 200:
+            return  # an interim (1xx) response, or the 101 before a tunnel
+        if self._frame == FRAME_CHUNKED:
+            self._out.append(_CHUNK_END)
+        self._frame = -1
+
+    # -- completion -------------------------------------------------------------------------------
+
+    def _finish_response(self, cycle: RequestCycle) -> None:
+        self._frame = FRAME_NONE
+        self.cycle = None
+        self.requests += 1
+        if (
+            not self._until_close
+            and not self._conn_close
+            and cycle.body_done
+            and not self.closed
+            and self._keep_alive
+        ):
+            if cycle.conn.write_paused:
+                self.transport.resume_reading()
+            self.pool.release(self)
+        else:
+            self.close()
+        cycle.conn.response_complete(cycle)
+
+    def _start_tunnel(self, cycle: RequestCycle, rest: bytes) -> None:
+        self.tunnel = True
+        cycle.conn.start_tunnel(cycle, self, rest)
+
+
+def _flush(cycle: RequestCycle, out: list[bytes]) -> None:
+    """Write what one read of the response produced: one TLS record rather than one per piece."""
+    conn = cycle.conn
+    if len(out) == 1:
+        conn.transport.write(out[0])
+    elif conn.tls:
+        conn.transport.write(b"".join(out))
+    else:
+        conn.transport.writelines(out)
+
+
+def _without(headers: list[bytes], names: list[bytes]) -> list[bytes]:
+    """Drop the headers that a Connection header named (headers are stored as name, ": ", value, CRLF)."""
+    kept: list[bytes] = []
+    for i in range(0, len(headers), 4):
+        if headers[i].lower() not in names:
+            kept.extend(headers[i : i + 4])
+    return kept

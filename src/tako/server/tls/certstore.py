@@ -1,0 +1,227 @@
+"""Certificates on disk and TLS certificate selection by SNI for the HTTPS listener.
+
+Layout: `<certs_dir>/<name>/{fullchain.pem,privkey.pem}`; a wildcard certificate for `*.example.com`
+lives in `<certs_dir>/_wildcard.example.com/`. Selection for a server name: exact directory, then the
+wildcard directory of its parent domain, then (for a routed host only) an in-memory self-signed
+certificate; anything else fails the handshake. Files are re-checked (mtime, size, inode) at most once
+per second per name, so certificates added or replaced on disk are served without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from tako.server.tls import selfsigned
+
+log = logging.getLogger(__name__)
+
+FULLCHAIN = "fullchain.pem"
+PRIVKEY = "privkey.pem"
+WILDCARD_PREFIX = "_wildcard."
+RECHECK_SECONDS = 1.0
+DEFAULT_NAME = "tako-server"  # the self-signed certificate shown to clients that send no SNI
+_MAX_NEGATIVE = 10_000
+_NAME_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
+
+_Signature = tuple[int, int, int, int, int, int]
+
+
+@dataclass
+class _Entry:
+    """One certificate directory: its loaded context and what it was loaded from."""
+
+    context: ssl.SSLContext | None = None
+    signature: _Signature | None = None
+    checked_at: float = float("-inf")
+    not_after: str | None = None
+    issuer: str | None = None
+    error: str | None = None
+
+
+def _new_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _context_from_pem(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+    # The ssl module loads chains only from files: write them to a private temporary directory.
+    ctx = _new_context()
+    with tempfile.TemporaryDirectory(prefix="tako-cert-") as tmp:
+        cert_path = os.path.join(tmp, FULLCHAIN)
+        key_path = os.path.join(tmp, PRIVKEY)
+        with open(os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as fh:
+            fh.write(key_pem)
+        with open(cert_path, "wb") as fh:
+            fh.write(cert_pem)
+        ctx.load_cert_chain(cert_path, key_path)
+    return ctx
+
+
+def _describe(cert_pem: bytes) -> tuple[str, str]:
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return cert.not_valid_after_utc.isoformat(), cert.issuer.rfc4514_string()
+
+
+class CertStore:
+    """Chooses the certificate for each TLS handshake (the SSLContext's SNI callback)."""
+
+    def __init__(
+        self,
+        certs_dir: Path,
+        is_routed_host: Callable[[str], bool],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.certs_dir = Path(certs_dir)
+        self._is_routed_host = is_routed_host
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._self_signed: dict[str, tuple[ssl.SSLContext, str, str]] = {}
+        self._lock = threading.Lock()
+        self._context: ssl.SSLContext | None = None
+
+    def set_routed_host_predicate(self, is_routed_host: Callable[[str], bool]) -> None:
+        """Replace the test for "some route names this host" (the proxy wires in its routing snapshot)."""
+        self._is_routed_host = is_routed_host
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The server context for the HTTPS listener (TLS 1.2+, ALPN http/1.1, SNI selection)."""
+        if self._context is None:
+            ctx = self._self_signed_context(DEFAULT_NAME)
+            ctx.sni_callback = self._on_sni
+            self._context = ctx
+        return self._context
+
+    def reload_if_changed(self) -> None:
+        """Re-check every known certificate directory now, ignoring the once-per-second throttle."""
+        for name in list(self._entries):
+            self._entry(name, force=True)
+
+    def select(self, server_name: str) -> ssl.SSLContext | None:
+        """The context to serve for `server_name` (already lower-case), or None to refuse the handshake."""
+        name = server_name.rstrip(".")
+        if not _NAME_RE.match(name) or name.startswith(WILDCARD_PREFIX):
+            return None
+        entry = self._entry(name)
+        if entry is not None and entry.context is not None:
+            return entry.context
+        dot = name.find(".")
+        if dot > 0 and "." in name[dot + 1 :]:
+            wildcard = self._entry(WILDCARD_PREFIX + name[dot + 1 :])
+            if wildcard is not None and wildcard.context is not None:
+                return wildcard.context
+        if self._is_routed_host(name):
+            return self._self_signed_context(name)
+        return None
+
+    def certificate_info(self) -> dict[str, dict[str, Any]]:
+        """Per certificate name: not_after (ISO 8601), issuer, source (`file` or `self-signed`), error."""
+        info: dict[str, dict[str, Any]] = {}
+        if self.certs_dir.is_dir():
+            for child in sorted(self.certs_dir.iterdir()):
+                if not (child / FULLCHAIN).exists():
+                    continue
+                name = child.name
+                display = "*." + name[len(WILDCARD_PREFIX) :] if name.startswith(WILDCARD_PREFIX) else name
+                entry = self._entry(name, force=True)
+                info[display] = {
+                    "not_after": entry.not_after if entry else None,
+                    "issuer": entry.issuer if entry else None,
+                    "source": "file",
+                    "error": entry.error if entry else None,
+                }
+        for name, (_, not_after, issuer) in list(self._self_signed.items()):
+            if name != DEFAULT_NAME and name not in info:
+                info[name] = {
+                    "not_after": not_after,
+                    "issuer": issuer,
+                    "source": "self-signed",
+                    "error": None,
+                }
+        return info
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _on_sni(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
+        if server_name is None:
+            return None  # keep the default self-signed certificate
+        ctx = self.select(server_name.lower())
+        if ctx is None:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        sslobj.context = ctx
+        return None
+
+    def _entry(self, name: str, *, force: bool = False) -> _Entry | None:
+        now = self._clock()
+        entry = self._entries.get(name)
+        if entry is not None and not force and now - entry.checked_at < RECHECK_SECONDS:
+            return entry
+        directory = self.certs_dir / name
+        try:
+            chain_stat = os.stat(directory / FULLCHAIN)
+            key_stat = os.stat(directory / PRIVKEY)
+        except OSError:
+            if entry is None:
+                if len(self._entries) >= _MAX_NEGATIVE:
+                    self._entries = {k: v for k, v in self._entries.items() if v.context is not None}
+                entry = self._entries[name] = _Entry()
+            entry.checked_at = now
+            entry.context = None
+            entry.signature = None
+            return entry
+        signature = (
+            chain_stat.st_mtime_ns,
+            chain_stat.st_size,
+            chain_stat.st_ino,
+            key_stat.st_mtime_ns,
+            key_stat.st_size,
+            key_stat.st_ino,
+        )
+        if entry is None:
+            entry = self._entries[name] = _Entry()
+        entry.checked_at = now
+        if entry.signature == signature and (entry.context is not None or entry.error is not None):
+            return entry
+        try:
+            ctx = _new_context()
+            ctx.load_cert_chain(directory / FULLCHAIN, directory / PRIVKEY)
+            entry.not_after, entry.issuer = _describe((directory / FULLCHAIN).read_bytes())
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            # Often a half-written pair during replacement: keep serving the previous one, retry later.
+            entry.error = f"cannot load {directory}: {exc}"
+            entry.signature = signature
+            log.warning("certificate %s not loaded: %s", name, exc)
+            return entry
+        entry.context = ctx
+        entry.signature = signature
+        entry.error = None
+        return entry
+
+    def _self_signed_context(self, name: str) -> ssl.SSLContext:
+        cached = self._self_signed.get(name)
+        if cached is not None:
+            return cached[0]
+        with self._lock:
+            cached = self._self_signed.get(name)
+            if cached is not None:
+                return cached[0]
+            cert_pem, key_pem = selfsigned.generate(name)
+            ctx = _context_from_pem(cert_pem, key_pem)
+            not_after, issuer = _describe(cert_pem)
+            self._self_signed[name] = (ctx, not_after, issuer)
+            return ctx

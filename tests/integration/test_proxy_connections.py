@@ -1,0 +1,219 @@
+"""Connection behaviour: keep-alive reuse on both sides, pipelining, WebSocket tunnels, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from tests.support.proxy_harness import https_get, parse_responses, raw_exchange, run, running_proxy
+from tests.support.proxy_routes import StaticGate, StaticUpstream, wait_for
+from tests.support.upstreams import HttpUpstream, WebSocketUpstream
+from websockets.asyncio.client import connect
+
+pytestmark = pytest.mark.integration
+
+
+def test_keepalive_reuses_client_and_upstream_connections(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        up = await HttpUpstream().start()
+        upstream = StaticUpstream(up.port)
+        try:
+            async with running_proxy(tmp_path, {"a.tako.test": StaticGate("a", [upstream])}) as p:
+                p.issue("a.tako.test")
+                async with p.https() as client:
+                    conns = set()
+                    for _ in range(20):
+                        r = await https_get(client, "a.tako.test", "/echo")
+                        conns.add(r.json()["conn"])
+                    assert len(conns) == 1  # one upstream connection served all 20 requests
+                    assert up.connections == 1
+                    assert len(p.server.connections) == 1  # and one client connection
+                assert upstream.started == upstream.finished == 20
+                # Different clients share the pooled upstream connection too.
+                async with p.https() as other:
+                    r = await https_get(other, "a.tako.test", "/echo")
+                    assert r.json()["conn"] in conns
+        finally:
+            await up.stop()
+
+    run(scenario())
+
+
+def test_pipelined_requests_answered_in_order(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        up = await HttpUpstream().start()
+        try:
+            async with running_proxy(
+                tmp_path, {"a.tako.test": StaticGate("a", [StaticUpstream(up.port)])}
+            ) as p:
+                p.issue("a.tako.test")
+                requests = b"".join(
+                    b"GET /slow/0.0%d?n=%d HTTP/1.1\r\nHost: a.tako.test\r\n\r\n" % (9 - i, i)
+                    for i in range(8)
+                )
+                requests += b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: 3\r\n\r\nabc"
+                requests += b"GET /_tako/status HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+                requests += b"GET /echo?last HTTP/1.1\r\nHost: a.tako.test\r\nConnection: close\r\n\r\n"
+                data = await raw_exchange(
+                    p.https_port, requests, ssl_context=p.client_context(), server_hostname="a.tako.test"
+                )
+                responses = parse_responses(data)
+                assert [r.status for r in responses] == [200] * 11
+                assert [r.body for r in responses[:8]] == [b'{"slept": 0.0%d}' % (9 - i) for i in range(8)]
+                assert b'"received": 3' in responses[8].body
+                assert b'"apps"' in responses[9].body
+                assert b"/echo?last" in responses[10].body
+                assert responses[10].header("connection") == "close"
+        finally:
+            await up.stop()
+
+    run(scenario())
+
+
+def test_websocket_echo_through_proxy(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        ws_up = await WebSocketUpstream().start()
+        upstream = StaticUpstream(ws_up.port)
+        try:
+            async with running_proxy(tmp_path, {"ws.tako.test": StaticGate("ws", [upstream])}) as p:
+                p.issue("ws.tako.test")
+                ctx = p.client_context()
+                sock_args = {"host": "127.0.0.1", "port": p.https_port, "server_hostname": "ws.tako.test"}
+                async with connect("wss://ws.tako.test/chat", ssl=ctx, max_size=None, **sock_args) as ws:
+                    await ws.send("hello")
+                    assert await ws.recv() == "hello"
+                    big = bytes(range(256)) * 8192  # 2 MiB binary frame, both ways
+                    await ws.send(big)
+                    assert await ws.recv() == big
+                    assert upstream.in_flight == 1  # a tunnel counts as in flight while open
+                await wait_for(lambda: upstream.in_flight == 0)
+                assert upstream.started == upstream.finished == 1
+                headers = ws_up.seen_headers[-1]
+                assert headers["host"] == "ws.tako.test"
+                assert headers["x-forwarded-proto"] == "https"
+                # The app closing the tunnel closes the client side.
+                async with connect("wss://ws.tako.test/close-after-one", ssl=ctx, **sock_args) as ws:
+                    await ws.send("once")
+                    assert await ws.recv() == "once"
+                    await asyncio.wait_for(ws.wait_closed(), 10)
+                await wait_for(lambda: upstream.in_flight == 0)
+        finally:
+            await ws_up.stop()
+
+    run(scenario())
+
+
+def test_upgrade_declined_by_app_is_answered_and_closed(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        up = await HttpUpstream().start()
+        try:
+            async with running_proxy(
+                tmp_path, {"a.tako.test": StaticGate("a", [StaticUpstream(up.port)])}
+            ) as p:
+                p.issue("a.tako.test")
+                data = await raw_exchange(
+                    p.https_port,
+                    b"GET /echo HTTP/1.1\r\nHost: a.tako.test\r\nConnection: Upgrade\r\n"
+                    b"Upgrade: websocket\r\n\r\n",
+                    ssl_context=p.client_context(),
+                    server_hostname="a.tako.test",
+                )
+                responses = parse_responses(data)
+                assert [r.status for r in responses] == [200]
+                assert responses[0].header("connection") == "close"
+        finally:
+            await up.stop()
+
+    run(scenario())
+
+
+def test_graceful_shutdown_finishes_in_flight_requests(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        up = await HttpUpstream().start()
+        try:
+            async with running_proxy(
+                tmp_path, {"a.tako.test": StaticGate("a", [StaticUpstream(up.port)])}
+            ) as p:
+                p.issue("a.tako.test")
+                ctx = p.client_context()
+                idle_reader, idle_writer = await asyncio.open_connection(
+                    "127.0.0.1", p.https_port, ssl=ctx, server_hostname="a.tako.test"
+                )
+                busy = asyncio.create_task(
+                    raw_exchange(
+                        p.https_port,
+                        b"GET /slow/0.5 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n",
+                        ssl_context=ctx,
+                        server_hostname="a.tako.test",
+                    )
+                )
+                await wait_for(lambda: up.requests == 1)
+                await p.server.shutdown(10)
+                data = await busy
+                responses = parse_responses(data)
+                assert [r.status for r in responses] == [200]
+                assert responses[0].header("connection") == "close"
+                assert await idle_reader.read() == b""  # the idle connection was closed
+                idle_writer.close()
+                with pytest.raises(OSError):
+                    await asyncio.open_connection("127.0.0.1", p.https_port)
+        finally:
+            await up.stop()
+
+    run(scenario())
+
+
+def test_broken_connections_release_instances(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        up = await HttpUpstream().start()
+        upstream = StaticUpstream(up.port)
+        try:
+            async with running_proxy(tmp_path, {"a.tako.test": StaticGate("a", [upstream])}) as p:
+                p.issue("a.tako.test")
+                ctx = p.client_context()
+                # The client goes away in the middle of a large download.
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", p.https_port, ssl=ctx, server_hostname="a.tako.test"
+                )
+                writer.write(b"GET /bytes/100000000 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n")
+                await reader.readexactly(100_000)
+                writer.transport.abort()
+                await wait_for(lambda: upstream.in_flight == 0)
+                # The app dies in the middle of a response: the client sees a truncated message.
+                data = await raw_exchange(
+                    p.https_port,
+                    b"GET /die/50000 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n",
+                    ssl_context=ctx,
+                    server_hostname="a.tako.test",
+                )
+                (response,) = parse_responses(data)
+                assert response.status == 200 and not response.complete
+                assert len(response.body) == 50_000
+                await wait_for(lambda: upstream.in_flight == 0)
+                # The app closes a kept-alive connection right after answering: the next request still works.
+                async with p.https() as client:
+                    for _ in range(5):
+                        assert (await https_get(client, "a.tako.test", "/bye")).status_code == 200
+                        assert (await https_get(client, "a.tako.test", "/echo")).status_code == 200
+                assert upstream.in_flight == 0 and upstream.started == upstream.finished
+        finally:
+            await up.stop()
+
+    run(scenario())
+
+
+def test_upgrade_answered_locally_closes_the_connection(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_proxy(tmp_path, {}) as p:
+            request = (
+                b"GET /chat HTTP/1.1\r\nHost: nowhere.tako.test\r\nConnection: Upgrade\r\n"
+                b"Upgrade: websocket\r\n\r\n"
+                b"GET /_tako/status HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            for port in (p.http_port,):
+                responses = parse_responses(await raw_exchange(port, request))
+                assert [r.status for r in responses] == [404]
+                assert responses[0].header("connection") == "close"
+
+    run(scenario())

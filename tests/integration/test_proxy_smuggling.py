@@ -1,0 +1,117 @@
+"""Strict parsing: every ambiguous or malformed request shape is refused with 400 and a close.
+
+Nothing of a refused request may reach the app (`up.requests` stays 0), and a valid request pipelined
+before a bad one is still answered first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.support.proxy_harness import parse_responses, raw_exchange, run, running_proxy
+from tests.support.proxy_routes import StaticGate, StaticUpstream
+from tests.support.upstreams import HttpUpstream
+
+pytestmark = pytest.mark.integration
+
+H = b"Host: a.tako.test\r\n"
+
+SHAPES: dict[str, tuple[bytes, int]] = {
+    "cl-and-te": (
+        b"POST /sink HTTP/1.1\r\n" + H + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "te-and-cl": (
+        b"POST /sink HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "duplicate-cl-same": (
+        b"POST /sink HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        400,
+    ),
+    "duplicate-cl-diff": (
+        b"POST /sink HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        400,
+    ),
+    "cl-list": (b"POST /sink HTTP/1.1\r\n" + H + b"Content-Length: 3, 3\r\n\r\nabc", 400),
+    "cl-sign": (b"POST /sink HTTP/1.1\r\n" + H + b"Content-Length: +3\r\n\r\nabc", 400),
+    "cl-hex": (b"POST /sink HTTP/1.1\r\n" + H + b"Content-Length: 0x3\r\n\r\nabc", 400),
+    "te-gzip": (b"POST /sink HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\n", 400),
+    "te-gzip-chunked": (
+        b"POST /sink HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "te-chunked-twice": (
+        b"POST /sink HTTP/1.1\r\n"
+        + H
+        + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "te-in-http10": (b"POST /sink HTTP/1.0\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "te-space-before-colon": (
+        b"POST /sink HTTP/1.1\r\n" + H + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "bad-chunk-size": (
+        b"POST /sink HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        400,
+    ),
+    "chunk-size-overflow": (
+        b"POST /sink HTTP/1.1\r\n"
+        + H
+        + b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nab\r\n0\r\n\r\n",
+        400,
+    ),
+    "chunk-missing-crlf": (
+        b"POST /sink HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcX0\r\n\r\n",
+        400,
+    ),
+    "chunk-bare-lf": (
+        b"POST /sink HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3\nabc\n0\n\n",
+        400,
+    ),
+    "bare-lf-request-line": (b"GET / HTTP/1.1\n" + H + b"\r\n", 400),
+    "bare-lf-header": (b"GET / HTTP/1.1\r\nHost: a.tako.test\nX: y\r\n\r\n", 400),
+    "bare-cr-header": (b"GET / HTTP/1.1\r\nHost: a.tako.test\rX: y\r\n\r\n", 400),
+    "cr-in-value": (b"GET / HTTP/1.1\r\n" + H + b"X: y\rz\r\n\r\n", 400),
+    "obs-fold": (b"GET / HTTP/1.1\r\n" + H + b"X: y\r\n z\r\n\r\n", 400),
+    "obs-fold-tab": (b"GET / HTTP/1.1\r\n" + H + b"X: y\r\n\tz\r\n\r\n", 400),
+    "nul-in-value": (b"GET / HTTP/1.1\r\n" + H + b"X: y\x00z\r\n\r\n", 400),
+    "duplicate-host": (b"GET / HTTP/1.1\r\n" + H + b"Host: b.tako.test\r\n\r\n", 400),
+    "missing-host": (b"GET / HTTP/1.1\r\n\r\n", 400),
+    "bad-host": (b"GET / HTTP/1.1\r\nHost: a.tako.test:80:80\r\n\r\n", 400),
+    "absolute-form": (b"GET http://a.tako.test/ HTTP/1.1\r\n" + H + b"\r\n", 400),
+    "http2-preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
+    "connect": (b"CONNECT a.tako.test:443 HTTP/1.1\r\n" + H + b"\r\n", 405),
+    "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_smuggling_shape_refused(tmp_path: Path, shape: str) -> None:
+    request, status = SHAPES[shape]
+
+    async def scenario() -> None:
+        up = await HttpUpstream().start()
+        try:
+            async with running_proxy(
+                tmp_path, {"a.tako.test": StaticGate("a", [StaticUpstream(up.port)])}
+            ) as p:
+                p.issue("a.tako.test")
+                valid = b"GET /echo?first HTTP/1.1\r\n" + H + b"\r\n"
+                data = await raw_exchange(
+                    p.https_port,
+                    valid + request,
+                    ssl_context=p.client_context(),
+                    server_hostname="a.tako.test",
+                )
+                responses = parse_responses(data)
+                assert [r.status for r in responses] == [200, status]
+                assert b"/echo?first" in responses[0].body
+                assert responses[1].header("connection") == "close"
+                assert up.requests == 1  # only the valid request reached the app
+        finally:
+            await up.stop()
+
+    run(scenario())
