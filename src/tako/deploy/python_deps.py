@@ -375,6 +375,7 @@ class _Builder:
         self.env = env
         self.output = output
         self.pip = _pip_command(work)
+        self.options: list[str] = []  # the file's index/find-links options, for the one-package files
 
     def _run(self, args: list[str], *, what: str) -> subprocess.CompletedProcess[str]:
         try:
@@ -393,6 +394,7 @@ class _Builder:
         text = self._prepare_local()
         req_file = self.work / "requirements.txt"
         req_file.write_text(text)
+        self.options = _source_options(text)
         self.output(f"downloading wheels for {self.target.describe()}")
         fast = self._run(
             [
@@ -518,7 +520,8 @@ class _Builder:
             shutil.copy2(src, self.wheels / src.name)
             return None
         one = self.work / f"one-{pkg.name}.txt"
-        one.write_text(" ".join([pin, *pkg.lines]) + "\n")
+        # Where the package came from (a private index, a find-links directory) must be searched again.
+        one.write_text("".join(f"{opt}\n" for opt in self.options) + " ".join([pin, *pkg.lines]) + "\n")
         res = self._run(
             [
                 "download",
@@ -562,6 +565,17 @@ def _hash_options(text: str) -> dict[str, list[str]]:
             continue
         out[_canonical(m.group(1))] = re.findall(r"--hash[=\s]+\S+", spec)
     return out
+
+
+_SOURCE_OPTION = re.compile(
+    r"^\s*(-i|--index-url|--extra-index-url|--no-index|-f|--find-links|--trusted-host|--pre|--prefer-binary)"
+    r"(?=[\s=]|$)"
+)
+
+
+def _source_options(text: str) -> list[str]:
+    """The requirements file's lines that say where packages come from (indexes, find-links)."""
+    return [_strip_comment(line) for line in _logical_lines(text) if _SOURCE_OPTION.match(line)]
 
 
 def _absolutize_includes(text: str, base: Path) -> str:
@@ -623,7 +637,8 @@ else
   unset PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_REQUIRE_VIRTUALENV PYTHONPATH
   export PIP_CONFIG_FILE=/dev/null PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
   if [ ! -f "$wheels/requirements.txt" ]; then
-    echo "the release has no wheelhouse at $2 and the server has no cached environment $key" >&2
+    echo "the release has no wheelhouse at $2 and the server has no cached environment $key" \
+      "(removed since the deploy began?); deploy again" >&2
     exit 3
   fi
   {SERVER_PYTHON} -m venv "$venv"
@@ -662,6 +677,26 @@ def remote_install_commands(release_dir: str, wheelhouse_rel: str, key: str) -> 
     Prints CACHE_HIT_MARKER when the venv already existed, else a line starting with INSTALLED_MARKER.
     """
     return [["/bin/sh", "-c", _INSTALL, "tako-python-deps", release_dir, wheelhouse_rel, key]]
+
+
+# $1 app dir: the keys of the complete venvs the app has on the server, one a line.
+_INSTALLED_KEYS = """
+for f in "$1"/shared/venvs/*/.tako-complete; do
+  [ -f "$f" ] && basename "$(dirname "$f")"
+done
+exit 0
+"""
+
+
+def remote_installed_keys_command(app_dir: str) -> list[str]:
+    """argv printing the keys of the complete venvs under `app_dir/shared/venvs`, one a line."""
+    return ["/bin/sh", "-c", _INSTALLED_KEYS, "tako-venv-keys", app_dir]
+
+
+def parse_installed_keys(output: str) -> frozenset[str]:
+    return frozenset(
+        line.strip() for line in output.splitlines() if re.fullmatch(r"[0-9a-f]{24}", line.strip())
+    )
 
 
 def remote_prune_commands(app_dir: str) -> list[list[str]]:
