@@ -80,7 +80,9 @@ def deploy(env: str, yes: bool, directory: Path | None) -> None:
                 "deploying to production needs confirmation",
                 hint="pass --yes to deploy to production without a terminal",
             )
-        click.confirm("Deploy to production?", abort=True)
+        if not cli.confirm("Deploy to production?"):
+            cli.err_console.print("Not deployed.")
+            raise click.exceptions.Exit(1)
     if interactive:
         offer_server(project_dir, env)
     prepared = prepare(project_dir, env, output=lambda line: console.print(f"  {line}", markup=False))

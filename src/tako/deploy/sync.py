@@ -4,6 +4,10 @@ with zero downtime."""
 from __future__ import annotations
 
 import asyncio
+import getpass
+import os
+import socket
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -17,12 +21,28 @@ from tako.deploy.layout import AppLayout
 from tako.deploy.prepare import env_values, resolve_targets
 from tako.errors import DeployError, UsageError
 from tako.protocol import Reload
-from tako.remote.executor import Executor, cmd
+from tako.remote.executor import Executor, cmd, sh
 from tako.remote.fanout import HostResult, fan_out
 
+# The release's .env before the rewrite (mode kept: 0600), restored if tako-server cannot reload.
+_KEEP_ENV = """
+set -e
+rm -f "$1/.env.before-sync"
+if [ -e "$1/.env" ]; then cp -p "$1/.env" "$1/.env.before-sync"; fi
+"""
+_RESTORE_ENV = """
+if [ -e "$1/.env.before-sync" ]; then mv -f "$1/.env.before-sync" "$1/.env"; else rm -f "$1/.env"; fi
+"""
+_DROP_BACKUP = 'rm -f "$1/.env.before-sync"'
 
-async def sync_server(ex: Executor, project: ProjectConfig, env: str) -> str:
-    layout = AppLayout(project.name)
+
+def _lock_holder() -> str:
+    # Same shape as a deploy's holder line, so a deploy can recognise (and break) a stale one of ours.
+    when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} syncing secrets since {when}"
+
+
+async def _current_version(ex: Executor, layout: AppLayout, project: ProjectConfig, env: str) -> str:
     link = await ex.run(cmd("readlink", layout.current), check=False, what="readlink current")
     target = link.stdout.strip()
     if not link.ok or not target.startswith("releases/"):
@@ -30,14 +50,48 @@ async def sync_server(ex: Executor, project: ProjectConfig, env: str) -> str:
             f"{project.name} is not deployed here (no {layout.current})",
             hint=f"deploy it first with `tako deploy --env {env}`",
         )
-    version = target.removeprefix("releases/")
+    return target.removeprefix("releases/")
+
+
+async def sync_server(ex: Executor, project: ProjectConfig, env: str) -> str:
+    layout = AppLayout(project.name)
+    await _current_version(ex, layout, project, env)
+    # Under the deploy lock: a deploy in progress would otherwise switch `current` to a release whose
+    # .env was rendered before this change.
+    holder = _lock_holder()
+    lock = await ex.run(commands.acquire_lock(layout, holder), check=False, what="lock")
+    if lock.exit_status == commands.LOCK_HELD_STATUS:
+        raise DeployError(
+            f"a deploy or another sync holds the lock {layout.lock} "
+            f"({lock.stdout.strip() or 'unknown holder'})",
+            hint=f"wait for it to finish, then run `tako secrets sync --env {env}` again; if it was "
+            f"interrupted, remove the lock with `ssh tako@{ex.address.host} rm -rf {layout.lock}`",
+        )
+    if not lock.ok:
+        raise DeployError(f"cannot create {layout.lock}: {lock.stderr.strip()}")
+    try:
+        return await _rewrite_and_reload(ex, layout, project, env)
+    finally:
+        await ex.run(commands.release_lock(layout, holder), check=False, timeout=30, what="unlock")
+
+
+async def _rewrite_and_reload(ex: Executor, layout: AppLayout, project: ProjectConfig, env: str) -> str:
+    version = await _current_version(ex, layout, project, env)
+    release = layout.release(version)
     values = env_values(project, env, version)
-    await ex.run(
-        commands.write_env(layout.release(version)), input=envfile.render(values).encode(), what="write .env"
-    )
+    await ex.run(sh(_KEEP_ENV, release), what="back up .env")
+    await ex.run(commands.write_env(release), input=envfile.render(values).encode(), what="write .env")
     reply = await ex.control(Reload(app=project.name))
     if not reply.ok:
-        raise DeployError(f"tako-server could not reload {project.name}: {reply.message}")
+        # The old instances keep serving with the old values: put the old file back so that a later
+        # restart (of an instance or of tako-server) does not boot with the values that just failed.
+        await ex.run(sh(_RESTORE_ENV, release), check=False, what="restore .env")
+        raise DeployError(
+            f"tako-server could not reload {project.name}: {reply.message}",
+            hint="the running instances keep the previous values and .env was restored; fix the secret "
+            f"and run `tako secrets sync --env {env}` again",
+        )
+    await ex.run(sh(_DROP_BACKUP, release), check=False, what="remove .env backup")
     return version
 
 
