@@ -27,6 +27,13 @@ _RELEASE_LOCK = """
 if [ "$(cat "$1/holder" 2>/dev/null)" = "$2" ]; then rm -rf "$1"; fi
 """
 
+# Removes a lock only if it still names the same holder (an interrupted deploy of ours, see pipeline).
+_BREAK_LOCK = """
+[ -d "$1" ] || exit 0
+if [ "$(cat "$1/holder" 2>/dev/null)" = "$2" ]; then rm -rf "$1"; else exit 3; fi
+"""
+
+
 _PREPARE_DIRS = """
 set -e
 mkdir -p "$1" "$2"
@@ -105,12 +112,28 @@ def release_lock(layout: AppLayout, holder: str) -> Command:
     return sh(_RELEASE_LOCK, layout.lock, holder)
 
 
+def break_lock(layout: AppLayout, holder: str) -> Command:
+    return sh(_BREAK_LOCK, layout.lock, holder)
+
+
+def remove_upload(upload: str) -> Command:
+    """Remove a (partial) uploaded archive after a failed deploy."""
+    return cmd("rm", "-f", upload)
+
+
+def remove_app_dir_if_empty(layout: AppLayout) -> Command:
+    """After a failed first deploy the app dir holds nothing; `rmdir` refuses a non-empty one."""
+    return sh('rmdir "$1" 2>/dev/null || true', layout.app_dir)
+
+
 def disk_free(path: str) -> Command:
     return cmd("df", "-Pk", path)
 
 
 def server_installed() -> Command:
-    return sh("command -v tako-server >/dev/null && tako-server --version")
+    # Only whether it is on PATH: its version comes from `hello`, and `tako-server --version` would
+    # start a Python interpreter on the server (~60 ms, much more on a busy host) for nothing.
+    return sh("command -v tako-server >/dev/null")
 
 
 def prepare_dirs(layout: AppLayout, staging: str) -> Command:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
+
 from tako.deploy import commands
 from tako.deploy.layout import AppLayout
 from tako.deploy.report import DeployReport, Progress, ServerOutcome
@@ -64,6 +66,29 @@ def _lock_holder(version: str) -> str:
     return f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} deploying {version} since {when}"
 
 
+def _stale_own_lock(holder: str) -> bool:
+    """Whether a lock holder line names a deploy from this machine and user whose process is gone.
+
+    Such a lock was left by an interrupted deploy (its connection was lost before it could clean up),
+    so it is safe to break. Anyone else's lock, or one of a live tako process here, is never broken.
+    """
+    parts = holder.split()
+    if len(parts) < 3 or parts[1] != "pid" or not parts[2].isdigit():
+        return False
+    if parts[0] != f"{getpass.getuser()}@{socket.gethostname()}":
+        return False
+    pid = int(parts[2])
+    if pid == os.getpid():
+        return False
+    try:
+        cmdline = " ".join(psutil.Process(pid).cmdline())
+    except psutil.NoSuchProcess:  # the deploy that took it is gone: the lock is stale
+        return True
+    except psutil.Error:  # cannot tell (e.g. access denied): leave it alone
+        return False
+    return "tako" not in cmdline  # the pid was reused by something else
+
+
 def _size(n: int) -> str:
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -87,6 +112,7 @@ class ServerDeploy:
         self.staging = self.layout.staging(plan.version, self.nonce)
         self.release = self.layout.release(plan.version)
         self.replaced = self.layout.replaced(plan.version, self.nonce)
+        self.upload_path = self.layout.upload(plan.version)
         self.executor: Executor | None = None
         self.locked = False
         self.staged = False
@@ -101,7 +127,9 @@ class ServerDeploy:
             await self._pipeline()
         except TakoError as exc:
             await self._cleanup()
-            return ServerOutcome(self.name, False, self.step_name, exc.message, exc.hint)
+            # Remote errors start with the server's name; the outcome already carries it.
+            message = exc.message.removeprefix(f"{self.name}: ")
+            return ServerOutcome(self.name, False, self.step_name, message, exc.hint)
         except Exception as exc:  # one server's unexpected failure must not stop the others
             await self._cleanup()
             return ServerOutcome(self.name, False, self.step_name, f"unexpected error: {exc!r}")
@@ -118,6 +146,11 @@ class ServerDeploy:
 
         self._step("lock", "taking the deploy lock")
         result = await ex.run(commands.acquire_lock(self.layout, self.holder), check=False, what="lock")
+        stale = result.stdout.strip()
+        if result.exit_status == commands.LOCK_HELD_STATUS and _stale_own_lock(stale):
+            self._step("lock", f"removing a stale lock of an interrupted deploy ({stale})")
+            await ex.run(commands.break_lock(self.layout, stale), check=False, what="break stale lock")
+            result = await ex.run(commands.acquire_lock(self.layout, self.holder), check=False, what="lock")
         if result.exit_status == commands.LOCK_HELD_STATUS:
             holder = result.stdout.strip() or "unknown holder"
             raise DeployError(
@@ -174,7 +207,7 @@ class ServerDeploy:
         self.staged = True
 
         self._step("upload", f"uploading {_size(plan.archive_size)}")
-        upload_path = self.layout.upload(plan.version)
+        upload_path = self.upload_path
         await ex.upload(
             plan.archive,
             upload_path,
@@ -232,7 +265,9 @@ class ServerDeploy:
                     commands.rollback(self.staging, self.release, self.replaced), check=False, timeout=30
                 )
             if self.locked:
+                await ex.run(commands.remove_upload(self.upload_path), check=False, timeout=30)
                 await ex.run(commands.release_lock(self.layout, self.holder), check=False, timeout=30)
+                await ex.run(commands.remove_app_dir_if_empty(self.layout), check=False, timeout=30)
         except TakoError:
             pass
 

@@ -118,8 +118,10 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
     reqs = python_deps.detect_requirements(project.root)
     if reqs is not None:
         output(f"Python dependencies from {reqs.source.name}: probing the servers' Python")
-        probes = asyncio.run(python_step.probe_targets(targets, known_hosts_path()))
-        found = {p.server.name: p.value for p in probes if p.ok and p.value is not None}
+        app_dir = AppLayout(project.name).app_dir
+        probes = asyncio.run(python_step.probe_targets(targets, known_hosts_path(), app_dir))
+        found = {p.server.name: p.value.target for p in probes if p.ok and p.value is not None}
+        installed = {p.server.name: p.value.venv_keys for p in probes if p.ok and p.value is not None}
         for probe in probes:
             if not probe.ok and probe.error is not None:
                 early_failures.append(
@@ -127,10 +129,10 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
                 )
         targets = [t for t in targets if t.address.name in found]
         if found:
-            deps = python_step.build_wheelhouses(reqs, found, output)
+            deps = python_step.build_wheelhouses(reqs, found, output, installed)
             extra_dirs = deps.extra_dirs
             hooks = (python_step.install_hook(deps),)
-            after_prune = tuple(python_step.prune_commands(AppLayout(project.name).app_dir))
+            after_prune = tuple(python_step.prune_commands(app_dir))
     archive = build_archive(project.root, version, app_json, project.exclude, extra_dirs=extra_dirs)
     plan = DeployPlan(
         app=project.name,

@@ -101,8 +101,9 @@ class Executor:
         digest = hashlib.sha256()
         sent = 0
         try:
+            # The checksum is taken by the same remote command: one exec channel fewer per deploy.
             process = await self.conn.create_process(
-                sh('umask 077; cat > "$1"', remote_path).render(), encoding=None
+                sh('umask 077; cat > "$1" && sha256sum "$1"', remote_path).render(), encoding=None
             )
             with local.open("rb") as handle:
                 while chunk := handle.read(UPLOAD_CHUNK):
@@ -121,8 +122,8 @@ class Executor:
         if completed.exit_status != 0:
             raise RemoteError(f"{self.address.name}: upload failed: {_text(completed.stderr).strip()}")
         expected = digest.hexdigest()
-        result = await self.run(cmd("sha256sum", remote_path), what="checksum")
-        actual = result.stdout.split()[0] if result.stdout.split() else ""
+        checksum = _text(completed.stdout).split()
+        actual = checksum[0] if checksum else ""
         if actual != expected:
             raise RemoteError(
                 f"{self.address.name}: uploaded archive is corrupt (sha256 {actual} != {expected})"
