@@ -1,0 +1,1 @@
+"""The app runtime of tako-server: registry, instances, health, rollout, scaling and app logs."""

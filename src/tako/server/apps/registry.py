@@ -1,0 +1,369 @@
+"""The app registry: every deployed app, the commands that change them, persistence, and the routing
+snapshot published to the proxy on every route or instance change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tako.config.server import AppSettings
+from tako.errors import TakoError
+from tako.protocol import Deploy
+from tako.routing import RouteError, RouteTable, find_conflicts, parse_route
+from tako.server.apps import rollout
+from tako.server.apps.app import AppState, ManagedApp
+from tako.server.apps.instance import LIVE, InstanceFailed
+from tako.server.apps.logs import AppLog
+from tako.server.apps.release import Release, load_release
+from tako.server.apps.spawner import group_members, proc_stat
+from tako.server.proxy.backend import AppGate, Snapshot
+from tako.server.state import AppRecord, ProcessRecord, StateStore
+
+log = logging.getLogger("tako.server.apps")
+
+_APP_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}\Z")
+
+
+class AppError(TakoError):
+    """A control command about an app cannot be done (unknown app, busy, conflicting routes...)."""
+
+
+class AppRouter:
+    """The proxy's `Router`: a route table from patterns to apps. Immutable; rebuilt on route changes."""
+
+    __slots__ = ("_table",)
+
+    def __init__(self, table: RouteTable[ManagedApp]) -> None:
+        self._table = table
+
+    def match(self, host: str, path: str) -> AppGate | None:
+        return self._table.match(host, path)
+
+    def is_routed_host(self, host: str) -> bool:
+        return self._table.is_routed_host(host)
+
+    def hosts(self) -> set[str]:
+        return self._table.hosts()
+
+
+class AppRegistry:
+    """Owns the apps. Control handlers call one method each; the daemon calls restore/close."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        settings: AppSettings,
+        store: StateStore,
+        publish: Callable[[Snapshot], None] = lambda s: None,
+        on_hosts_changed: Callable[[set[str]], None] = lambda hosts: None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.settings = settings
+        self.store = store
+        self._publish = publish
+        self._on_hosts_changed = on_hosts_changed
+        self.apps: dict[str, ManagedApp] = {}
+        self.ports: set[int] = set()
+        self.router = AppRouter(RouteTable(()))
+        self.snapshot = Snapshot(router=self.router)
+        self._recorded: dict[str, str] = {}  # instance id -> app, as stored
+        self._commit = asyncio.Lock()
+
+    def set_publisher(self, publish: Callable[[Snapshot], None]) -> None:
+        self._publish = publish
+        publish(self.snapshot)
+
+    # -- lookups ----------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[ManagedApp]:
+        return iter(list(self.apps.values()))
+
+    def get(self, name: str) -> ManagedApp:
+        app = self.apps.get(name)
+        if app is None:
+            known = ", ".join(sorted(self.apps)) or "none"
+            raise AppError(f"unknown app {name!r} (deployed apps: {known})")
+        return app
+
+    def status(self, name: str) -> dict[str, object]:
+        return self.get(name).status()
+
+    def list_apps(self) -> list[dict[str, object]]:
+        return [self.apps[n].status() for n in sorted(self.apps)]
+
+    def routes(self) -> dict[str, list[str]]:
+        return {n: list(self.apps[n].routes) for n in sorted(self.apps)}
+
+    # -- routing snapshot -------------------------------------------------------------------------------
+    def _rebuild_routes(self) -> None:
+        entries = [(parse_route(r), app) for app in self.apps.values() for r in app.routes]
+        self.router = AppRouter(RouteTable(entries))
+        self._on_hosts_changed(self.router.hosts())
+        self._changed(None)
+
+    def _changed(self, app: ManagedApp | None) -> None:
+        """Any route or instance change: publish a fresh snapshot and track instance processes."""
+        self.snapshot = Snapshot(router=self.router)
+        self._publish(self.snapshot)
+        if app is not None:
+            self._sync_processes(app)
+
+    def _sync_processes(self, app: ManagedApp) -> None:
+        live = {i.id: i.pid for i in app.instances if i.pid is not None and i.state in LIVE}
+        for inst_id, pid in live.items():
+            if inst_id not in self._recorded and pid is not None:
+                st = proc_stat(pid)
+                if st is not None:
+                    self.store.record_process(ProcessRecord(inst_id, app.name, pid, float(st.start_ticks)))
+                    self._recorded[inst_id] = app.name
+        for inst_id, owner in list(self._recorded.items()):
+            if owner == app.name and inst_id not in live:
+                self.store.forget_process(inst_id)
+                del self._recorded[inst_id]
+
+    # -- building apps ----------------------------------------------------------------------------------
+    def _make_app(
+        self,
+        release: Release,
+        routes: tuple[str, ...],
+        instances: int,
+        idle_timeout: int,
+        deployed_at: datetime | None = None,
+    ) -> ManagedApp:
+        log_file = AppLog(
+            self.data_dir / "apps" / release.app / "shared" / "logs",
+            max_bytes=self.settings.log_max_bytes,
+            backups=self.settings.log_backups,
+        )
+        return ManagedApp(
+            release,
+            routes=routes,
+            min_instances=instances,
+            idle_timeout=idle_timeout,
+            settings=self.settings,
+            log_file=log_file,
+            ports=self.ports,
+            changed=self._changed,
+            deployed_at=deployed_at,
+        )
+
+    def _save(self, app: ManagedApp) -> None:
+        self.store.save_app(
+            AppRecord(
+                name=app.name,
+                version=app.release.version,
+                path=str(app.release.path),
+                routes=app.routes,
+                instances=app.min_instances,
+                idle_timeout=app.idle_timeout,
+                stopped=app.stopped,
+                deployed_at=app.deployed_at.isoformat(),
+                last_error=app.last_error,
+            )
+        )
+
+    def _check_routes(self, name: str, routes: tuple[str, ...]) -> None:
+        if not routes:
+            raise AppError(f"deploy of {name!r} has no routes", hint="set route or routes in tako.toml")
+        try:
+            for r in routes:
+                parse_route(r)
+            conflicts = find_conflicts(name, routes, self.routes())
+        except RouteError as exc:
+            raise AppError(str(exc)) from exc
+        if conflicts:
+            raise AppError(
+                "; ".join(c.describe() for c in conflicts),
+                hint="each route can belong to one app per server: change the route or delete the other app",
+            )
+
+    # -- commands ---------------------------------------------------------------------------------------
+    async def deploy(self, req: Deploy) -> dict[str, object]:
+        """Start (new app) or roll (existing app) to the release at `req.path`; reply once healthy."""
+        if not _APP_NAME.match(req.app) or req.app.endswith("-"):
+            raise AppError(
+                f"invalid app name {req.app!r}: use 1-63 of a-z, 0-9 and '-', starting with a letter"
+            )
+        if req.instances < 0 or req.idle_timeout < 0:
+            raise AppError("instances and idle_timeout must not be negative")
+        routes = tuple(req.routes)
+        self._check_routes(req.app, routes)
+        release = load_release(req.app, req.version, Path(req.path))
+        existing = self.apps.get(req.app)
+        if existing is not None:
+            return await self._redeploy(existing, release, routes, req)
+        app = self._make_app(release, (), req.instances, req.idle_timeout)
+        self.apps[req.app] = app  # visible to status while it starts, not routed yet
+        try:
+            async with app.operation:
+                await rollout.rollout(app, release, req.instances)
+        except BaseException as exc:
+            if self.apps.get(req.app) is app:
+                del self.apps[req.app]
+            await app.close()
+            if isinstance(exc, InstanceFailed):
+                raise AppError(f"deploy of {req.app} {req.version} failed: {exc.message}") from exc
+            raise
+        await self._commit_routes(app, routes)
+        self._save(app)
+        app.log_file.event(f"deployed {release.version} with routes {', '.join(routes)}")
+        return app.status()
+
+    async def _redeploy(
+        self, app: ManagedApp, release: Release, routes: tuple[str, ...], req: Deploy
+    ) -> dict[str, object]:
+        if app.operation.locked():
+            raise AppError(
+                f"a deploy or another change of {app.name} is already in progress",
+                hint="wait for it to finish, then try again",
+            )
+        async with app.operation:
+            was_stopped = app.stopped
+            app.stopped = False
+            live = sum(1 for i in app.instances if i.state in LIVE)
+            count = req.instances if req.instances else live
+            try:
+                await rollout.rollout(app, release, count)
+            except InstanceFailed as exc:
+                app.stopped = was_stopped
+                app.refresh()
+                self._save(app)
+                raise AppError(
+                    f"deploy of {app.name} {req.version} failed, {app.release.version} keeps serving: "
+                    f"{exc.message}"
+                ) from exc
+            app.min_instances = req.instances
+            app.idle_timeout = req.idle_timeout
+            app.deployed_at = datetime.now(UTC)
+            app.last_error = ""
+            await self._commit_routes(app, routes)
+            app.refresh()
+            self._save(app)
+        app.log_file.event(f"deployed {release.version} with routes {', '.join(routes)}")
+        return app.status()
+
+    async def _commit_routes(self, app: ManagedApp, routes: tuple[str, ...]) -> None:
+        async with self._commit:
+            # Checked again: another app may have claimed a route while this one was starting.
+            self._check_routes(app.name, routes)
+            app.routes = routes
+            self.apps[app.name] = app
+            self._rebuild_routes()
+
+    async def reload(self, name: str) -> dict[str, object]:
+        """Rolling restart with the release's `.env` (and app.json) read again."""
+        app = self.get(name)
+        if app.operation.locked():
+            raise AppError(f"a deploy or another change of {name} is already in progress")
+        async with app.operation:
+            release = load_release(name, app.release.version, app.release.path)
+            live = sum(1 for i in app.instances if i.state in LIVE)
+            if app.stopped or (live == 0 and app.min_instances == 0):
+                app.release = release  # stopped, or on-demand and idle: the next start uses the new .env
+            else:
+                try:
+                    await rollout.rollout(app, release, max(app.min_instances, live))
+                except InstanceFailed as exc:
+                    raise AppError(
+                        f"reload of {name} failed, the running instances keep serving: {exc.message}"
+                    ) from exc
+            app.last_error = ""
+            app.refresh()
+            self._save(app)
+        return app.status()
+
+    async def stop(self, name: str) -> dict[str, object]:
+        app = self.get(name)
+        async with app.operation:
+            app.stopped = True
+            await app.stop_all()
+            app.refresh()
+            self._save(app)
+        app.log_file.event("stopped by the stop command")
+        return app.status()
+
+    async def delete(self, name: str) -> dict[str, object]:
+        app = self.get(name)
+        async with app.operation:
+            app.stopped = True
+            await app.close()
+            self.apps.pop(name, None)
+            self.store.delete_app(name)
+            self._rebuild_routes()
+        return {"app": name, "deleted": True}
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def kill_orphans(self) -> int:
+        """Kill instance process groups left by a previous tako-server that died without stopping them."""
+        killed = 0
+        for rec in self.store.processes():
+            st = proc_stat(rec.pid)
+            # Same pid and same start time: the very process we started, not a recycled pid.
+            ours = st is not None and st.start_ticks == int(rec.create_time) and st.pgid == rec.pid
+            # Leader gone but its group alive: the kernel never reuses a pid still naming a group.
+            ours = ours or (st is None and bool(group_members(rec.pid)))
+            if ours:
+                with contextlib.suppress(OSError):
+                    os.killpg(rec.pid, signal.SIGKILL)
+                killed += 1
+            self.store.forget_process(rec.instance)
+        if killed:
+            log.warning("killed %d instance process group(s) left by a previous tako-server", killed)
+        return killed
+
+    async def restore(self) -> None:
+        """Bring back every persisted app: routes, and the always-on instances (before serving)."""
+        self.kill_orphans()
+        records = self.store.load_apps()
+        for rec in records:
+            try:
+                release = load_release(rec.name, rec.version, Path(rec.path))
+            except TakoError as exc:
+                log.error("cannot restore app %s: %s", rec.name, exc.message)
+                continue
+            try:
+                deployed = datetime.fromisoformat(rec.deployed_at)
+            except ValueError:
+                deployed = None
+            app = self._make_app(release, rec.routes, rec.instances, rec.idle_timeout, deployed)
+            app.stopped = rec.stopped
+            app.last_error = rec.last_error
+            self.apps[rec.name] = app
+        try:
+            self._rebuild_routes()
+        except (RouteError, ValueError) as exc:
+            log.error("stored routes are inconsistent: %s", exc)
+        await asyncio.gather(*(self._start_restored(app) for app in self.apps.values()))
+
+    async def _start_restored(self, app: ManagedApp) -> None:
+        if app.stopped or app.min_instances == 0:
+            app.refresh()
+            return
+        async with app.operation:
+            app.set_state(AppState.STARTING)
+            results = await asyncio.gather(
+                *(
+                    app.start_instance(app.release, confirm=1, timeout=self.settings.healthy_timeout)
+                    for _ in range(app.min_instances)
+                ),
+                return_exceptions=True,
+            )
+            failed = [r for r in results if isinstance(r, BaseException)]
+            for r in failed:
+                app.last_error = r.message if isinstance(r, TakoError) else repr(r)
+                log.error("app %s: %s", app.name, app.last_error)
+            app.refresh()
+        if failed:
+            app.keep_minimum(delay=1.0, reload=True)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(app.close() for app in self.apps.values()), return_exceptions=True)
+        for app in self.apps.values():
+            self._sync_processes(app)

@@ -1,0 +1,65 @@
+"""A release directory as the runtime sees it: `app.json` (start command, health path) plus `.env`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tako.config import envfile
+from tako.errors import TakoError
+
+DEFAULT_HEALTH_CHECK = "/_tako/status"
+
+
+class ReleaseError(TakoError):
+    """A release directory cannot be used: missing or invalid app.json or .env."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """Everything needed to start instances of one version of an app."""
+
+    app: str
+    version: str
+    path: Path
+    start: str
+    health_check: str = DEFAULT_HEALTH_CHECK
+    env: dict[str, str] = field(default_factory=dict, compare=False, repr=False)  # holds secrets
+
+
+def load_release(app: str, version: str, path: Path) -> Release:
+    """Read `app.json` and `.env` of the release at `path`; errors say which file is wrong and why."""
+    if not path.is_dir():
+        raise ReleaseError(
+            f"release directory {path} does not exist",
+            hint="the deploy request's path must be the extracted release directory",
+        )
+    meta_path = path / "app.json"
+    try:
+        meta: Any = json.loads(meta_path.read_text())
+    except FileNotFoundError as exc:
+        raise ReleaseError(f"{meta_path} is missing", hint="every release carries app.json") from exc
+    except (OSError, ValueError) as exc:
+        raise ReleaseError(f"{meta_path} cannot be read: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ReleaseError(f"{meta_path}: expected a JSON object")
+    start = meta.get("start")
+    if not isinstance(start, str) or not start.strip():
+        raise ReleaseError(
+            f"{meta_path}: no start command", hint='set [tako].start in tako.toml, e.g. "python app.py"'
+        )
+    health = meta.get("health_check") or DEFAULT_HEALTH_CHECK
+    if not isinstance(health, str) or not health.startswith("/"):
+        raise ReleaseError(f"{meta_path}: health_check must be a path starting with '/', got {health!r}")
+    env_path = path / ".env"
+    env: dict[str, str] = {}
+    if env_path.exists():
+        try:
+            env = envfile.parse(env_path.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ReleaseError(f"{env_path} cannot be read: {exc}") from exc
+        except envfile.EnvFileError as exc:
+            raise ReleaseError(f"{env_path}: {exc}") from exc
+    return Release(app=app, version=version, path=path, start=start, health_check=health, env=env)

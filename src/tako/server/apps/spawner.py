@@ -1,0 +1,123 @@
+"""How an instance process is made: its environment, its port, and the process group it runs in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import signal
+import socket
+from collections.abc import Mapping
+from typing import NamedTuple
+
+from tako.server.apps.release import Release
+
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+RESERVED = ("PORT", "HOST", "TAKO_APP", "TAKO_INSTANCE")
+
+
+def _home() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return "/"
+
+
+def instance_env(release: Release, port: int, instance_id: str) -> dict[str, str]:
+    """A minimal base + the release `.env` + the variables Tako sets; never the server's own environment."""
+    env: dict[str, str] = {"PATH": BASE_PATH, "HOME": _home(), "LANG": "C.UTF-8"}
+    venv = release.path / ".venv"
+    if (venv / "bin").is_dir():
+        # Python apps get a per-release virtualenv; make it the default interpreter.
+        env["PATH"] = f"{venv / 'bin'}:{BASE_PATH}"
+        env["VIRTUAL_ENV"] = str(venv)
+    env.update(release.env)
+    env.update(
+        {"PORT": str(port), "HOST": "127.0.0.1", "TAKO_APP": release.app, "TAKO_INSTANCE": instance_id}
+    )
+    return env
+
+
+def allocate_port(in_use: set[int], host: str = "127.0.0.1") -> int:
+    """A free loopback port not handed to another instance (the kernel picks, we check and record)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port: int = s.getsockname()[1]
+        if port not in in_use:
+            in_use.add(port)
+            return port
+    raise OSError("no free loopback port found")
+
+
+async def spawn(release: Release, env: Mapping[str, str]) -> asyncio.subprocess.Process:
+    """Run the start command through `/bin/sh -c` in the release dir, in a new session (own group)."""
+    return await asyncio.create_subprocess_exec(
+        "/bin/sh",
+        "-c",
+        release.start,
+        cwd=str(release.path),
+        env=dict(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> bool:
+    """Send `sig` to the process group; False if the group no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    return True
+
+
+def kill_group(pgid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+class ProcStat(NamedTuple):
+    state: str
+    pgid: int
+    start_ticks: int  # start time in clock ticks since boot: with the pid, identifies one process
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """The fields of /proc/<pid>/stat the supervisor needs (read directly: psutil costs ~4 MB of RSS)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after its closing ')'.
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return ProcStat(fields[0].decode(), int(fields[2]), int(fields[19]))
+    except (IndexError, ValueError):
+        return None
+
+
+def group_members(pgid: int) -> list[int]:
+    """Every process of the group except its leader (the app under its start shell, grandchildren)."""
+    members = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != pgid:
+            st = proc_stat(int(name))
+            if st is not None and st.pgid == pgid:
+                members.append(int(name))
+    return members
+
+
+def any_alive(pids: list[int]) -> bool:
+    """True while one of `pids` runs (zombies waiting for their reaper do not count)."""
+    for pid in pids:
+        st = proc_stat(pid)
+        if st is not None and st.state != "Z":
+            return True
+    return False

@@ -1,0 +1,126 @@
+"""tako-server's wiring: state, app registry, proxy listeners, control socket; signals and shutdown order.
+
+Start order: state → kill orphans of a previous run → restore apps (routes, always-on instances healthy) →
+HTTP/HTTPS listeners → control socket. Shutdown (SIGTERM/SIGINT): control socket closed → listeners stop
+accepting and finish in-flight requests under a deadline → instances drained and stopped → state closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from tako.config.server import ServerConfig
+from tako.server import status
+from tako.server.apps import scaling
+from tako.server.apps.registry import AppRegistry
+from tako.server.control import ControlServer
+from tako.server.proxy.server import ProxyServer
+from tako.server.state import DB_NAME, StateStore
+from tako.server.tls.acme import AcmeManager
+from tako.server.tls.certstore import CertStore
+from tako.server.tls.challenges import ChallengeStore
+
+log = logging.getLogger("tako.server")
+
+
+class Daemon:
+    """One tako-server. Implements the proxy's `ServerServices` (status document, ACME challenges)."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.data_dir = config.data_dir
+        self.store: StateStore | None = None
+        self.registry: AppRegistry | None = None
+        self.control: ControlServer | None = None
+        self.proxy: ProxyServer | None = None
+        self.http_port: int | None = None
+        self.https_port: int | None = None
+        self._routed_hosts: set[str] = set()
+        self.challenges = ChallengeStore()
+        self.acme = AcmeManager(config.acme, config.data_dir, self.challenges)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+
+    # -- ServerServices -------------------------------------------------------------------------------
+    def status_document(self) -> tuple[int, bytes]:
+        return status.status_document(self.registry or (), certificates=self.acme.status())
+
+    def acme_key_authorization(self, token: str) -> str | None:
+        return self.challenges.get(token)
+
+    def _routed_hosts_changed(self, hosts: set[str]) -> None:
+        """Routes changed: certificates for new hosts are requested in the background (a deploy never
+        waits for them)."""
+        self._routed_hosts = set(hosts)
+        self.acme.set_hosts(h for h in hosts if not h.startswith("*."))
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        settings = self.config.server
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "apps").mkdir(exist_ok=True)
+        self.store = StateStore(self.data_dir / DB_NAME)
+        self.registry = AppRegistry(
+            self.data_dir, self.config.apps, self.store, on_hosts_changed=self._routed_hosts_changed
+        )
+        await self.registry.restore()
+        await self._start_proxy()
+        await self.acme.start()  # after the HTTP listener: HTTP-01 validations must find it
+        self.control = ControlServer(self.registry, self._info, self.acme.status)
+        await self.control.start(Path(settings.socket))
+        self._tasks.append(asyncio.create_task(scaling.idle_loop(lambda: self.registry or ())))
+        log.info(
+            "tako-server ready data_dir=%s socket=%s http_port=%s https_port=%s apps=%d",
+            self.data_dir,
+            settings.socket,
+            self.http_port,
+            self.https_port,
+            len(self.registry.apps),
+        )
+
+    def _info(self) -> dict[str, Any]:
+        return {"http_port": self.http_port, "https_port": self.https_port, "pid": os.getpid()}
+
+    async def _start_proxy(self) -> None:
+        assert self.registry is not None
+        settings = self.config.server
+        registry = self.registry
+        certs = CertStore(self.data_dir / "certs", lambda h: registry.router.is_routed_host(h))
+        proxy = self.proxy = ProxyServer(self.config.proxy, self, certs, registry.snapshot)
+        registry.set_publisher(proxy.set_snapshot)
+        self.http_port = await proxy.start_http(settings.listen, settings.http_port)
+        self.https_port = await proxy.start_https(settings.listen, settings.https_port)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, shut down in order."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            await self._stop.wait()
+            log.info("shutting down")
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        await self.acme.stop()
+        if self.control is not None:
+            await self.control.close()
+        if self.proxy is not None:
+            await self.proxy.shutdown(self.config.apps.drain_timeout)
+        for task in self._tasks:
+            task.cancel()
+        if self.registry is not None:
+            await self.registry.close()
+        if self.store is not None:
+            self.store.close()
+        log.info("tako-server stopped")

@@ -1,0 +1,1 @@
+"""Tiny stdlib apps that integration tests deploy to a real tako-server."""

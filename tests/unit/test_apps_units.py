@@ -1,0 +1,144 @@
+"""Pure pieces of the app runtime: health policy, log lines and rotation, release loading, state store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tako.config import envfile
+from tako.server.apps.health import HealthTracker, Verdict
+from tako.server.apps.logs import AppLog, LineSplitter
+from tako.server.apps.release import ReleaseError, load_release
+from tako.server.apps.spawner import instance_env
+from tako.server.state import MIGRATIONS, AppRecord, ProcessRecord, StateError, StateStore
+
+
+def test_health_policy_two_failures_out_five_dead_one_success_back() -> None:
+    t = HealthTracker()
+    assert t.record(False) is Verdict.FAILING
+    assert t.record(False) is Verdict.OUT
+    assert t.record(True) is Verdict.OK
+    verdicts = [t.record(False) for _ in range(5)]
+    assert verdicts == [Verdict.FAILING, Verdict.OUT, Verdict.OUT, Verdict.OUT, Verdict.DEAD]
+
+
+def test_line_splitter_keeps_partial_lines_and_tail() -> None:
+    s = LineSplitter(tail_size=2)
+    assert s.feed(b"one\ntw") == [b"one"]
+    assert s.feed(b"o\r\nthree\n") == [b"two", b"three"]
+    assert s.feed(b"four") == []
+    assert s.flush() == [b"four"]
+    assert list(s.tail) == ["three", "four"]
+
+
+def test_app_log_prefixes_and_rotates(tmp_path: Path) -> None:
+    log = AppLog(tmp_path, max_bytes=100, backups=2)
+    for n in range(30):
+        log.write("abc", [f"line {n}".encode()])
+    log.event("hello")
+    log.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["app.log", "app.log.1", "app.log.2"]
+    rotated = (tmp_path / "app.log.1").read_text().splitlines()
+    assert all(line.startswith("[abc] line ") for line in rotated)
+    assert (tmp_path / "app.log").read_text().splitlines()[-1] == "[tako] hello"
+    assert all(p.stat().st_size < 200 for p in tmp_path.iterdir())
+
+
+def _release(tmp_path: Path, meta: object, env: str | None = None) -> Path:
+    (tmp_path / "app.json").write_text(json.dumps(meta))
+    if env is not None:
+        (tmp_path / ".env").write_text(env)
+    return tmp_path
+
+
+def test_load_release_reads_app_json_and_env(tmp_path: Path) -> None:
+    path = _release(
+        tmp_path, {"start": "python app.py"}, envfile.render({"A": 'x "y" $z', "TAKO_BUILD": "v1"})
+    )
+    rel = load_release("web", "v1", path)
+    assert rel.start == "python app.py"
+    assert rel.health_check == "/_tako/status"
+    assert rel.env == {"A": 'x "y" $z', "TAKO_BUILD": "v1"}
+
+
+@pytest.mark.parametrize(
+    ("meta", "env", "needle"),
+    [
+        ({}, None, "no start command"),
+        ({"start": "x", "health_check": "status"}, None, "health_check"),
+        ([1], None, "expected a JSON object"),
+        ({"start": "x"}, 'A="unterminated\n', "line 1"),
+    ],
+)
+def test_load_release_errors_name_the_file(
+    tmp_path: Path, meta: object, env: str | None, needle: str
+) -> None:
+    path = _release(tmp_path, meta, env)
+    with pytest.raises(ReleaseError) as err:
+        load_release("web", "v1", path)
+    assert needle in err.value.message
+    assert str(tmp_path) in err.value.message
+
+
+def test_load_release_missing_dir(tmp_path: Path) -> None:
+    with pytest.raises(ReleaseError, match="does not exist"):
+        load_release("web", "v1", tmp_path / "nope")
+
+
+def test_instance_env_is_minimal_and_tako_wins(tmp_path: Path) -> None:
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    path = _release(tmp_path, {"start": "x"}, envfile.render({"PORT": "1", "SECRET": "s", "HOST": "0.0.0.0"}))
+    env = instance_env(load_release("web", "v1", path), 4000, "i1")
+    assert env["PORT"] == "4000" and env["HOST"] == "127.0.0.1"
+    assert env["TAKO_APP"] == "web" and env["TAKO_INSTANCE"] == "i1"
+    assert env["SECRET"] == "s"
+    assert env["PATH"].startswith(str(tmp_path / ".venv" / "bin") + ":")
+    assert env["VIRTUAL_ENV"] == str(tmp_path / ".venv")
+    assert set(env) == {
+        "PATH",
+        "HOME",
+        "LANG",
+        "VIRTUAL_ENV",
+        "SECRET",
+        "PORT",
+        "HOST",
+        "TAKO_APP",
+        "TAKO_INSTANCE",
+    }
+
+
+def test_state_store_roundtrip_wal_and_migrations(tmp_path: Path) -> None:
+    db = tmp_path / "tako.db"
+    store = StateStore(db)
+    assert store.schema_version == len(MIGRATIONS)
+    rec = AppRecord("web", "v1", "/p", ("a.test", "b.test/api/*"), 2, 300, False, "2026-01-01T00:00:00+00:00")
+    store.save_app(rec)
+    store.save_app(
+        AppRecord("api", "v9", "/q", ("c.test",), 0, 60, True, "2026-01-02T00:00:00+00:00", "boom")
+    )
+    store.record_process(ProcessRecord("i1", "web", 123, 1.5))
+    store.close()
+    again = StateStore(db)
+    assert [a.name for a in again.load_apps()] == ["api", "web"]
+    assert again.load_apps()[1] == rec
+    assert again.load_apps()[0].stopped and again.load_apps()[0].last_error == "boom"
+    assert again.processes() == [ProcessRecord("i1", "web", 123, 1.5)]
+    again.delete_app("web")
+    again.forget_process("i1")
+    assert [a.name for a in again.load_apps()] == ["api"] and again.processes() == []
+    again.close()
+    mode = sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_state_store_refuses_newer_schema(tmp_path: Path) -> None:
+    db = tmp_path / "tako.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StateError, match="newer tako-server"):
+        StateStore(db)
