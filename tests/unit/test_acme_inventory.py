@@ -11,7 +11,7 @@ import pytest
 import trustme
 
 from tako.server.tls import renewal
-from tako.server.tls.acme import _parse_retry_after
+from tako.server.tls.acme_issuer import _parse_retry_after
 from tako.server.tls.challenges import ChallengeStore
 from tako.server.tls.renewal import Need
 

@@ -326,6 +326,7 @@ class ManagedApp:
         return {
             "app": self.name,
             "version": self.release.version,
+            "env": self.release.env_name or None,
             "state": self.state.value,
             "path": str(self.release.path),
             "routes": list(self.routes),

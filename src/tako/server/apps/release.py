@@ -26,6 +26,7 @@ class Release:
     path: Path
     start: str
     health_check: str = DEFAULT_HEALTH_CHECK
+    env_name: str = ""  # the deploy environment (app.json "env"), shown in status
     env: dict[str, str] = field(default_factory=dict, compare=False, repr=False)  # holds secrets
 
 
@@ -62,4 +63,8 @@ def load_release(app: str, version: str, path: Path) -> Release:
             raise ReleaseError(f"{env_path} cannot be read: {exc}") from exc
         except envfile.EnvFileError as exc:
             raise ReleaseError(f"{env_path}: {exc}") from exc
-    return Release(app=app, version=version, path=path, start=start, health_check=health, env=env)
+    env_value = meta.get("env")
+    env_name = env_value if isinstance(env_value, str) else ""
+    return Release(
+        app=app, version=version, path=path, start=start, health_check=health, env_name=env_name, env=env
+    )

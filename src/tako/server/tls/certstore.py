@@ -13,6 +13,8 @@ import logging
 import os
 import re
 import ssl
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -20,10 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from cryptography import x509
-
-from tako.server.tls import selfsigned
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +70,23 @@ def _context_from_pem(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     return ctx
 
 
+def _generate_in_child(name: str) -> tuple[bytes, bytes]:
+    """A self-signed pair made by a short-lived child process, so that an idle server (which needs only the
+    no-SNI default certificate) never loads the cryptography library (about 10 MB of memory)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tako.server.tls.selfsigned", name],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    marker = b"-----BEGIN PRIVATE KEY-----"
+    at = out.index(marker)
+    return out[:at], out[at:]
+
+
 def _describe(cert_pem: bytes) -> tuple[str, str]:
+    from cryptography import x509  # imported on first use: an idle server does not pay its memory
+
     cert = x509.load_pem_x509_certificate(cert_pem)
     return cert.not_valid_after_utc.isoformat(), cert.issuer.rfc4514_string()
 
@@ -220,8 +234,15 @@ class CertStore:
             cached = self._self_signed.get(name)
             if cached is not None:
                 return cached[0]
-            cert_pem, key_pem = selfsigned.generate(name)
-            ctx = _context_from_pem(cert_pem, key_pem)
-            not_after, issuer = _describe(cert_pem)
+            if name == DEFAULT_NAME:
+                cert_pem, key_pem = _generate_in_child(name)
+                ctx = _context_from_pem(cert_pem, key_pem)
+                not_after, issuer = "", ""  # never listed: certificate_info skips the default
+            else:
+                from tako.server.tls import selfsigned  # on first use, like _describe
+
+                cert_pem, key_pem = selfsigned.generate(name)
+                ctx = _context_from_pem(cert_pem, key_pem)
+                not_after, issuer = _describe(cert_pem)
             self._self_signed[name] = (ctx, not_after, issuer)
             return ctx

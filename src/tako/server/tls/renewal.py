@@ -17,8 +17,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-
 FULLCHAIN = "fullchain.pem"
 PRIVKEY = "privkey.pem"
 MARKER = ".managed"
@@ -69,6 +67,8 @@ class CertInfo:
 
 def read_cert(path: Path) -> CertInfo | None:
     """Parse the leaf certificate of a PEM file; None if missing or unreadable."""
+    from cryptography import x509  # imported on first use: an idle server does not pay its memory
+
     try:
         data = path.read_bytes()
         certs = x509.load_pem_x509_certificates(data)

@@ -40,3 +40,10 @@ def generate(name: str, *, days: int = VALID_DAYS) -> tuple[bytes, bytes]:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     return cert_pem, key_pem
+
+
+if __name__ == "__main__":  # `python -m tako.server.tls.selfsigned NAME`: certificate PEM, then key PEM
+    import sys
+
+    cert_pem, key_pem = generate(sys.argv[1])
+    sys.stdout.buffer.write(cert_pem + key_pem)
