@@ -13,6 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.support.acme_testbed import AcmeOptions, configure_acme  # noqa: E402
 from tests.support.pebble import Pebble  # noqa: E402
 from tests.support.testbed import Host, Testbed  # noqa: E402
 
@@ -29,29 +30,6 @@ def tako(*args: str, cwd: Path | None = None, env: dict[str, str]) -> None:
     shown = " ".join(args)
     print(f"$ tako {shown}", flush=True)
     subprocess.run([str(ROOT / ".venv/bin/tako"), *args], cwd=cwd, env=env, check=True)
-
-
-def configure_acme(host: Host, pebble: Pebble) -> None:
-    """Point the host's tako-server at Pebble and restart it."""
-    ca = "/opt/tako/acme/pebble-api-ca.pem"
-    host.exec(
-        f"mkdir -p /opt/tako/acme && cat > {ca} && chown -R tako:tako /opt/tako/acme",
-        input=pebble.ca_bundle.read_text(),
-        check=True,
-    )
-    config = (
-        "# Written by scripts/demo: certificates come from the local Pebble ACME server.\n"
-        "[acme]\n"
-        f'directory_url = "{pebble.directory_url}"\n'
-        f'ca_bundle = "{ca}"\n'
-        'email = "demo@tako.test"\n'
-    )
-    host.exec(
-        "cat > /opt/tako/server-config.toml && chown tako:tako /opt/tako/server-config.toml",
-        input=config,
-        check=True,
-    )
-    host.exec(["tako-server-service", "restart"], user="tako", check=True)
 
 
 def fetch(host: Host, root_ca: Path) -> subprocess.CompletedProcess[str]:
@@ -93,7 +71,7 @@ def main(argv: list[str]) -> int:
     with Pebble(pebble_dir, http_port=80, listen_host=host.gateway) as pebble:
         say(f"local ACME server (Pebble) at {pebble.directory_url}; DNS {ROUTE} -> {host.address}")
         pebble.add_a(ROUTE, host.address)
-        configure_acme(host, pebble)
+        configure_acme(host, pebble, AcmeOptions(email="demo@tako.test"))
         root_ca = STATE / "pebble-root.pem"
         root_ca.write_bytes(pebble.root_pem())
 

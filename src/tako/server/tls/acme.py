@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tako.config.server import AcmeSettings
 from tako.errors import TakoError
@@ -30,6 +30,40 @@ log = logging.getLogger("tako.acme")
 
 NETWORK_TIMEOUT = 30  # seconds per HTTP request to the CA
 ORDER_TIMEOUT = 90.0  # seconds from new order to downloaded certificate
+
+
+_T = TypeVar("_T")
+
+
+async def _in_daemon_thread(func: Callable[..., _T], *args: Any) -> _T:
+    """Run blocking `func(*args)` in a daemon thread and await its result.
+
+    Not asyncio.to_thread: the default executor is joined when the event loop closes and at interpreter
+    exit, so a CA that stops answering mid-request held tako-server's shutdown for up to NETWORK_TIMEOUT
+    per request (the service script then SIGKILLs it). A daemon thread is simply abandoned at exit; the
+    cancel flag and the write lock keep an abandoned attempt from writing files.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return  # the awaiting task was cancelled
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            outcome: tuple[Any, BaseException | None] = (func(*args), None)
+        except Exception as exc:  # handed to the awaiting task, which decides
+            outcome = (None, exc)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: tako-server is exiting
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name=f"tako-acme-{getattr(func, '__name__', 'call')}", daemon=True).start()
+    return await future
 
 
 class HostState(enum.Enum):
@@ -272,7 +306,7 @@ class AcmeManager:
                     return
                 self._set_state(record, HostState.ISSUING, error=record.last_error)
                 account = await self._ensure_account()
-                not_after = await asyncio.to_thread(self._issuer.issue, record.name, account, cancel)
+                not_after = await _in_daemon_thread(self._issuer.issue, record.name, account, cancel)
         except asyncio.CancelledError:
             cancel.set()
             raise
@@ -308,7 +342,9 @@ class AcmeManager:
     async def _ensure_account(self) -> _Account:
         async with self._account_lock:
             if self._account is None:
-                self._account = await asyncio.to_thread(self._issuer.account)
+                # `self._issuer` is read in the thread: its first use imports the ACME libraries (~0.2 s),
+                # which must not stall the event loop (and with it the proxy). Issuance always follows this.
+                self._account = await _in_daemon_thread(lambda: self._issuer.account())
             return self._account
 
     def _set_state(self, record: _Host, state: HostState, *, error: str | None = None) -> None:
