@@ -13,7 +13,7 @@ from rich.table import Table
 
 from tako.cli.context import get_cli
 from tako.errors import ServerError, UsageError
-from tako.protocol import List
+from tako.protocol import List, Status
 from tako.remote.connection import ServerAddress
 from tako.remote.executor import Executor, sh
 from tako.remote.fanout import HostResult, fan_out
@@ -28,6 +28,10 @@ async def _server_status(ex: Executor) -> dict[str, Any]:
         raise ServerError(f"tako-server refused list: {apps.message}")
     found = list(apps.data or [])
     await _add_envs(ex, found)
+    for app in found:  # certificate states come with each app's `status`, not with `list`
+        detail = await ex.control(Status(app=str(app.get("app"))))
+        if detail.ok and isinstance(detail.data, dict):
+            app["certificates"] = detail.data.get("certificates") or {}
     return {"server_version": (hello.data or {}).get("server_version", "?"), "apps": found}
 
 
@@ -101,6 +105,14 @@ def render_status(console: Console, results: list[HostResult[dict[str, Any]]]) -
         for app in apps:
             if app.get("last_error"):
                 console.print(f"  {app.get('app')}: last error: {app['last_error']}", highlight=False)
+            for host, cert in sorted((app.get("certificates") or {}).items()):
+                state = cert.get("state", "?")
+                line = f"  {app.get('app')}: certificate for {host}: {state}"
+                if cert.get("not_after") and state in ("valid", "user-managed"):
+                    line += f" until {local_time(cert['not_after'])}"
+                if cert.get("last_error"):
+                    line += f" ({cert['last_error']})"
+                console.print(line, highlight=False)
 
 
 @click.command()
