@@ -32,6 +32,7 @@ BODY = "hello from the upstream, a small fixed response body for proxy benchmark
 TOOLS = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "caddy": "caddy"}
 MARK_START = "<!-- bench/proxy:start -->"
 MARK_END = "<!-- bench/proxy:end -->"
+PIN_UPSTREAM = ""  # --pin-upstream, also applied to the tako-server entry's app instance (its upstream)
 
 
 @dataclass
@@ -241,6 +242,11 @@ https://127.0.0.1:{https} {{
             http,
             env={"GOMAXPROCS": str(workers), "HOME": str(work), "XDG_DATA_HOME": str(work / "caddy-data")},
         )
+    elif name == "tako-server":
+        # The real daemon with [server] workers = N; its app instance is the upstream (tako_server.py).
+        import tako_server
+
+        return tako_server.start(work, workers, fullchain.parent, BODY, PIN_UPSTREAM, Process)
     else:
         raise SystemExit(f"unknown proxy {name!r}")
     wait_port(https)
@@ -325,7 +331,8 @@ def markdown(results: list[Result], command: str, workers: int) -> str:
         f"{os.cpu_count()} CPUs, {platform.platform()}",
         f"- Command: `{command}`",
         f"- Every proxy runs {workers} worker(s) (nginx worker_processes, HAProxy nbthread, Caddy "
-        "GOMAXPROCS, tako ProxyServer processes with SO_REUSEPORT); the upstream is nginx with 1 worker "
+        "GOMAXPROCS, tako ProxyServer processes with SO_REUSEPORT, tako-server `[server] workers`); "
+        "the upstream is nginx with 1 worker (for tako-server: the deployed app's instance, same config) "
         "returning a fixed 200; load is wrk on the same machine, so all share the CPUs.",
         "- CPU is the proxy's process tree during the run (100% = one core); RSS is its peak.",
         "",
@@ -365,7 +372,12 @@ def main() -> None:
     parser.add_argument(
         "--connections", default="100,1000,5000", help="comma-separated (default 100,1000,5000)"
     )
-    parser.add_argument("--proxies", default="tako,nginx,haproxy,caddy")
+    parser.add_argument(
+        "--proxies",
+        default="tako,tako-server,nginx,haproxy,caddy",
+        help="tako = ProxyServer with a static route in N processes (bench/proxy/tako_runner.py); "
+        "tako-server = the real daemon with [server] workers = N (HTTPS only: its HTTP redirects)",
+    )
     parser.add_argument("--schemes", default="http,https")
     parser.add_argument("--workers", type=int, default=2, help="workers per proxy (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
@@ -375,6 +387,8 @@ def main() -> None:
     parser.add_argument("--doc", default=str(REPO / "docs/benchmarks.md"), help="markdown file ('' = none)")
     parser.add_argument("--no-install", action="store_true", help="do not apt-get missing tools")
     args = parser.parse_args()
+    global PIN_UPSTREAM
+    PIN_UPSTREAM = args.pin_upstream
     command = "bench/proxy/run " + shlex.join(sys.argv[1:])
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -414,6 +428,12 @@ def main() -> None:
                         port = http if scheme == "http" else https
                         url = f"{scheme}://127.0.0.1:{port}/"
                         for conns in (int(c) for c in args.connections.split(",")):
+                            if name == "tako-server" and scheme == "http":
+                                why = "n/a: HTTP redirects to HTTPS"
+                                results.append(
+                                    Result(name, scheme, conns, args.duration, 0, 0, 0, 0, 0, 0, 0, 0, why)
+                                )
+                                continue
                             if args.warmup:
                                 run_wrk(url, min(conns, 100), args.warmup, args.threads)
                             stats = measure(proc, url, conns, args.duration, args.threads)

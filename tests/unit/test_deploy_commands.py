@@ -1,5 +1,6 @@
 """Remote deploy commands are values: data travels as positional parameters, never in the script."""
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def test_extract_refuses_escaping_symlinks(tmp_path: Path) -> None:
     assert b"links outside the release" in result.stderr
 
 
-def test_prune_keeps_current_and_newest(tmp_path: Path) -> None:
+def test_finalize_switches_current_prunes_and_unlocks(tmp_path: Path) -> None:
     import os
 
     layout = AppLayout("app", root=str(tmp_path))
@@ -58,9 +59,32 @@ def test_prune_keeps_current_and_newest(tmp_path: Path) -> None:
         d = releases / f"v{i}"
         d.mkdir()
         os.utime(d, (1000 + i, 1000 + i))
-    os.symlink("releases/v0", layout.current)
-    run(commands.prune(layout, keep=4))
-    assert sorted(p.name for p in releases.iterdir()) == ["v0", "v4", "v5", "v6", "v7"]
+    assert run(commands.acquire_lock(layout, "me")).returncode == 0
+    assert run(commands.finalize(layout, "v2", "n1", "me", keep=4)).returncode == 0
+    assert os.readlink(layout.current) == "releases/v2"
+    assert sorted(p.name for p in releases.iterdir()) == ["v2", "v4", "v5", "v6", "v7"]
+    assert not Path(layout.lock).exists()
+
+
+def test_finish_staging_writes_env_from_stdin_and_promotes(tmp_path: Path) -> None:
+    layout = AppLayout("app", root=str(tmp_path))
+    staging = Path(layout.staging("v1", "n1"))
+    staging.mkdir(parents=True)
+    Path(layout.shared_logs).mkdir(parents=True)
+    release = layout.release("v1")
+    result = run(
+        commands.finish_staging(layout, str(staging), release, layout.replaced("v1", "n1")), b'A="1"\n'
+    )
+    assert result.returncode == 0, result.stderr
+    assert (Path(release) / ".env").read_text() == 'A="1"\n'
+    assert oct((Path(release) / ".env").stat().st_mode & 0o777) == "0o600"
+    assert os.readlink(Path(release) / "logs") == layout.shared_logs
+    assert not staging.exists()
+
+
+def test_preflight_reports_space_and_server() -> None:
+    available, installed = commands.parse_preflight("/dev/vda 100 50 2048 50% /\nmissing\n")
+    assert (available, installed) == (2048 * 1024, False)
 
 
 def test_df_parsing() -> None:

@@ -64,12 +64,6 @@ find "$2" -type l | while IFS= read -r link; do
 done
 """
 
-_LINK_SHARED = """
-set -e
-rm -rf "$1/logs"
-ln -s "$2" "$1/logs"
-"""
-
 _WRITE_ENV = """
 set -e
 umask 077
@@ -77,15 +71,28 @@ cat > "$1/.env.tmp"
 mv -f "$1/.env.tmp" "$1/.env"
 """
 
-_PROMOTE = """
-set -e
-if [ -e "$2" ]; then mv "$2" "$3"; fi
-mv "$1" "$2"
-"""
-
 _ROLLBACK = """
 rm -rf "$1" "$2"
 if [ -e "$3" ]; then mv "$3" "$2"; fi
+"""
+
+# Disk space and whether tako-server is installed, in one round trip: the last line of `df -Pk`, then
+# `installed` or `missing`.
+_PREFLIGHT = """
+df -Pk "$1" | tail -n 1
+if command -v tako-server >/dev/null 2>&1; then echo installed; else echo missing; fi
+"""
+
+# The last steps of staging in one round trip: shared logs link, `.env` from stdin (0600), then the
+# staged directory becomes releases/<version> (an existing one of the same version is moved aside).
+_FINISH_STAGING = """
+set -e
+rm -rf "$1/logs"
+ln -s "$2" "$1/logs"
+(umask 077; cat > "$1/.env.tmp")
+mv -f "$1/.env.tmp" "$1/.env"
+if [ -e "$3" ]; then mv "$3" "$4"; fi
+mv "$1" "$3"
 """
 
 _SWITCH_CURRENT = """
@@ -102,6 +109,13 @@ rm -rf .replaced-* 2>/dev/null
 ls -1t | awk -v keep="$2" -v cur="$current" '$0 != cur { n++; if (n > keep) print }' |
   while IFS= read -r old; do rm -rf -- "$old"; done
 """
+
+# One round trip at the end of a deploy: switch `current` (must succeed), prune (best effort, in a
+# subshell), release the lock. $1 app dir, $2 version, $3 nonce, $4 releases dir, $5 releases to keep,
+# $6 lock dir, $7 holder line.
+_FINALIZE = (
+    _SWITCH_CURRENT + '\nset +e\n(\n  set -- "$4" "$5"\n' + _PRUNE + ')\nset -- "$6" "$7"\n' + _RELEASE_LOCK
+)
 
 
 def acquire_lock(layout: AppLayout, holder: str) -> Command:
@@ -126,14 +140,35 @@ def remove_app_dir_if_empty(layout: AppLayout) -> Command:
     return sh('rmdir "$1" 2>/dev/null || true', layout.app_dir)
 
 
-def disk_free(path: str) -> Command:
-    return cmd("df", "-Pk", path)
+def preflight(root: str) -> Command:
+    return sh(_PREFLIGHT, root)
 
 
-def server_installed() -> Command:
-    # Only whether it is on PATH: its version comes from `hello`, and `tako-server --version` would
-    # start a Python interpreter on the server (~60 ms, much more on a busy host) for nothing.
-    return sh("command -v tako-server >/dev/null")
+def parse_preflight(output: str) -> tuple[int, bool]:
+    """(available bytes, tako-server installed) from `preflight` output."""
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    return parse_df_available(lines[-2]), lines[-1].strip() == "installed"
+
+
+def finish_staging(layout: AppLayout, staging: str, release: str, replaced: str) -> Command:
+    """Reads the `.env` content on stdin, so values never appear in a command line."""
+    return sh(_FINISH_STAGING, staging, layout.shared_logs, release, replaced)
+
+
+def finalize(
+    layout: AppLayout,
+    version: str,
+    nonce: str,
+    holder: str,
+    keep: int = KEEP_RELEASES,
+    *,
+    unlock: bool = True,
+) -> Command:
+    """Switch `current`, prune old releases (best effort) and, with `unlock`, release the lock, in one
+    round trip. Exits non-zero only if `current` could not be switched (the lock is then left to the
+    caller)."""
+    lock = layout.lock if unlock else ""  # an empty lock path makes the unlock part a no-op
+    return sh(_FINALIZE, layout.app_dir, version, nonce, layout.releases, str(keep), lock, holder)
 
 
 def prepare_dirs(layout: AppLayout, staging: str) -> Command:
@@ -144,17 +179,9 @@ def extract(archive: str, staging: str) -> Command:
     return sh(_EXTRACT, archive, staging)
 
 
-def link_shared(layout: AppLayout, staging: str) -> Command:
-    return sh(_LINK_SHARED, staging, layout.shared_logs)
-
-
 def write_env(release_dir: str) -> Command:
     """Reads the file's content on stdin, so values never appear in a command line."""
     return sh(_WRITE_ENV, release_dir)
-
-
-def promote(staging: str, release: str, replaced: str) -> Command:
-    return sh(_PROMOTE, staging, release, replaced)
 
 
 def rollback(staging: str, release: str, replaced: str) -> Command:
@@ -163,10 +190,6 @@ def rollback(staging: str, release: str, replaced: str) -> Command:
 
 def switch_current(layout: AppLayout, version: str, nonce: str) -> Command:
     return sh(_SWITCH_CURRENT, layout.app_dir, version, nonce)
-
-
-def prune(layout: AppLayout, keep: int = KEEP_RELEASES) -> Command:
-    return sh(_PRUNE, layout.releases, str(keep))
 
 
 def parse_df_available(output: str) -> int:

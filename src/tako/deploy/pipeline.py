@@ -163,8 +163,8 @@ class ServerDeploy:
         self.locked = True
 
         self._step("disk", "checking free disk space")
-        df = await ex.run(commands.disk_free(plan.root), what="df")
-        available = commands.parse_df_available(df.stdout)
+        checked = await ex.run(commands.preflight(plan.root), what="preflight")
+        available, installed = commands.parse_preflight(checked.stdout)
         if available < plan.required_disk:
             raise DeployError(
                 f"not enough disk space under {plan.root}: {_size(plan.required_disk)} required "
@@ -173,8 +173,7 @@ class ServerDeploy:
             )
 
         self._step("server", "checking tako-server")
-        installed = await ex.run(commands.server_installed(), check=False, what="tako-server check")
-        if not installed.ok:
+        if not installed:
             raise DeployError(
                 "tako-server is not installed",
                 hint="install it as root on the server: scripts/install-server (see docs/operations.md)",
@@ -219,13 +218,12 @@ class ServerDeploy:
         for hook in plan.after_extract:
             await hook(ex, self.staging, self.progress)
 
-        self._step("link", "linking shared directories")
-        await ex.run(commands.link_shared(self.layout, self.staging), what="link logs")
-
-        self._step("env", "writing .env")
-        await ex.run(commands.write_env(self.staging), input=plan.env_file, what="write .env")
-
-        await ex.run(commands.promote(self.staging, self.release, self.replaced), what="promote release")
+        self._step("env", "linking shared directories, writing .env")
+        await ex.run(
+            commands.finish_staging(self.layout, self.staging, self.release, self.replaced),
+            input=plan.env_file,
+            what="write .env and promote the release",
+        )
 
         self._step("deploy", "starting instances")
         reply = await ex.control(
@@ -241,17 +239,18 @@ class ServerDeploy:
         if not reply.ok:
             raise DeployError(f"tako-server refused the release: {reply.message}")
 
-        self._step("current", "switching current")
+        self._step("current", "switching current, removing old releases, releasing the lock")
         self.staged = False  # from here on the release is live: never removed by cleanup
-        await ex.run(commands.switch_current(self.layout, plan.version, self.nonce), what="switch current")
-
-        self._step("prune", "removing old releases")
-        await ex.run(commands.prune(self.layout), check=False, what="prune")
-        for command in plan.after_prune:
-            await ex.run(command, check=False, what="prune")
-
-        self._step("unlock", "releasing the lock")
-        await ex.run(commands.release_lock(self.layout, self.holder), what="unlock")
+        await ex.run(
+            commands.finalize(
+                self.layout, plan.version, self.nonce, self.holder, unlock=not plan.after_prune
+            ),
+            what="switch current",
+        )
+        if plan.after_prune:  # e.g. venvs no kept release uses; still under the lock
+            for command in plan.after_prune:
+                await ex.run(command, check=False, what="prune")
+            await ex.run(commands.release_lock(self.layout, self.holder), what="unlock")
         self.locked = False
 
     async def _cleanup(self) -> None:

@@ -23,7 +23,8 @@ from tako.server.proxy.server import ProxyServer
 from tako.server.state import DB_NAME, StateStore
 from tako.server.tls.acme import AcmeManager
 from tako.server.tls.certstore import CertStore
-from tako.server.tls.challenges import ChallengeStore
+from tako.server.tls.challenges import CHALLENGES_DIR, ChallengeStore
+from tako.server.workers import PidServices, WorkerPool
 
 log = logging.getLogger("tako.server")
 
@@ -38,10 +39,11 @@ class Daemon:
         self.registry: AppRegistry | None = None
         self.control: ControlServer | None = None
         self.proxy: ProxyServer | None = None
+        self.workers: WorkerPool | None = None  # [server] workers > 1: data-plane worker processes
         self.http_port: int | None = None
         self.https_port: int | None = None
         self._routed_hosts: set[str] = set()
-        self.challenges = ChallengeStore()
+        self.challenges = ChallengeStore(config.data_dir / CHALLENGES_DIR)
         self.acme = AcmeManager(config.acme, config.data_dir, self.challenges)
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
@@ -84,17 +86,28 @@ class Daemon:
         )
 
     def _info(self) -> dict[str, Any]:
-        return {"http_port": self.http_port, "https_port": self.https_port, "pid": os.getpid()}
+        info: dict[str, Any] = {"http_port": self.http_port, "https_port": self.https_port}
+        info["pid"] = os.getpid()
+        if self.workers is not None:
+            info["workers"] = self.workers.info()
+        return info
 
     async def _start_proxy(self) -> None:
         assert self.registry is not None
         settings = self.config.server
         registry = self.registry
         certs = CertStore(self.data_dir / "certs", lambda h: registry.router.is_routed_host(h))
-        proxy = self.proxy = ProxyServer(self.config.proxy, self, certs, registry.snapshot)
+        multi = settings.workers > 1  # see workers.py: this process serves too, beside workers - 1 others
+        services = PidServices(self) if multi else self
+        snapshot = registry.snapshot
+        proxy = self.proxy = ProxyServer(self.config.proxy, services, certs, snapshot, reuse_port=multi)
         registry.set_publisher(proxy.set_snapshot)
         self.http_port = await proxy.start_http(settings.listen, settings.http_port)
         self.https_port = await proxy.start_https(settings.listen, settings.https_port)
+        if multi:
+            ports = {"http_port": self.http_port, "https_port": self.https_port}
+            self.workers = WorkerPool(self.config, registry, self, self.challenges, **ports)
+            await self.workers.start(proxy.set_snapshot)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -115,8 +128,13 @@ class Daemon:
         await self.acme.stop()
         if self.control is not None:
             await self.control.close()
+        workers = None
+        if self.workers is not None:
+            workers = asyncio.create_task(self.workers.stop(self.config.apps.drain_timeout))
         if self.proxy is not None:
             await self.proxy.shutdown(self.config.apps.drain_timeout)
+        if workers is not None:
+            await workers  # stopped alongside this process's listeners; their in-flight counts drain too
         for task in self._tasks:
             task.cancel()
         if self.registry is not None:

@@ -1,0 +1,460 @@
+"""Data-plane worker processes for `[server] workers = N` (N > 1): the main process keeps its own listeners
+and runs N-1 `tako.server.proxy.worker` processes on the same ports (SO_REUSEPORT). It feeds them routing
+snapshots, the status document and ACME tokens, folds their in-flight reports into the instances, wakes
+apps for them, restarts a worker that dies and stops them all gracefully at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tako.config.server import ServerConfig
+from tako.errors import TakoError
+from tako.server.apps.instance import Instance
+from tako.server.apps.registry import AppRegistry
+from tako.server.proxy.backend import AppUnavailable, ServerServices, Snapshot
+from tako.server.tls.challenges import ChallengeStore
+
+log = logging.getLogger("tako.server.workers")
+
+STATUS_INTERVAL = 0.5  # the status document workers serve is at most this old (plus a change's push)
+TOKENS_INTERVAL = 0.05  # pending ACME tokens reach the workers this fast
+READY_TIMEOUT = 30.0
+LINE_LIMIT = 16 * 1024 * 1024
+MAX_RESTART_DELAY = 10.0
+SILENCE_LIMIT = 10.0  # a ready worker silent this long (it reports every second) is hung: killed, replaced
+MAX_BACKLOG = 64 * 1024 * 1024  # a worker this far behind on its channel is stuck: it is killed and replaced
+
+
+class PidServices:
+    """The main process's `ServerServices` when workers run: the status document says which process
+    answered (`served_by`), like the workers' do."""
+
+    def __init__(self, inner: ServerServices) -> None:
+        self._inner = inner
+        self._served_by = b',"served_by":%d}' % os.getpid()
+
+    def status_document(self) -> tuple[int, bytes]:
+        code, body = self._inner.status_document()
+        if body.endswith(b"}") and len(body) > 2:
+            body = body[:-1] + self._served_by
+        return code, body
+
+    def acme_key_authorization(self, token: str) -> str | None:
+        return self._inner.acme_key_authorization(token)
+
+
+class _Worker:
+    """The main process's record of one worker and of what it may still be using."""
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.proc: asyncio.subprocess.Process | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.pid: int | None = None
+        self.ready = asyncio.Event()
+        self.counts: dict[str, int] = {}  # in-flight requests it reported, folded into the instances
+        self.starts: dict[str, int] = {}
+        # Instances it may still pick: those of every snapshot sent but not yet acknowledged. An instance
+        # leaving rotation stays "pinned" (one in-flight request held for the worker) until the worker
+        # acknowledges a snapshot without it, so a drain never stops an instance the worker still uses.
+        self.possible: dict[str, Instance] = {}
+        self.sent: dict[int, dict[str, Instance]] = {}
+        self.pins: list[tuple[int, list[Instance]]] = []
+        self.acked = -1
+        self.restarts = 0
+        self.started_at = 0.0
+        self.last_heard = 0.0
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+    def send(self, line: bytes) -> None:
+        writer = self.writer
+        if writer is None or writer.is_closing():
+            return
+        if writer.transport.get_write_buffer_size() > MAX_BACKLOG:
+            log.error("data-plane worker pid=%s stopped reading its channel; killing it", self.pid)
+            writer.close()
+            self.kill()
+            return
+        writer.write(line)
+
+
+def _line(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+class WorkerPool:
+    """N-1 worker processes beside the main process's own `ProxyServer`."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        registry: AppRegistry,
+        services: ServerServices,
+        challenges: ChallengeStore,
+        *,
+        http_port: int,
+        https_port: int,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.services = services
+        self.challenges = challenges
+        self.http_port = http_port
+        self.https_port = https_port
+        self.workers = [_Worker(slot) for slot in range(config.server.workers - 1)]
+        self.version = 0
+        self._snapshot_line = b""
+        self._rotation: dict[str, Instance] = {}
+        self._instances: dict[str, Instance] = {}
+        self._tokens: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._waking: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+        self._status_pending = False
+        self._start_failed = asyncio.Event()
+        self._last_status = b""
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def start(self, local_publish: Callable[[Snapshot], None]) -> None:
+        """Start the workers and wait until each listens; from now on every snapshot reaches them too."""
+
+        def publish(snapshot: Snapshot) -> None:
+            local_publish(snapshot)
+            self.publish()
+
+        self.registry.set_publisher(publish)
+        for worker in self.workers:
+            self._spawn_task(self._supervise(worker))
+        ready: asyncio.Future[Any] = asyncio.ensure_future(
+            asyncio.gather(*(w.ready.wait() for w in self.workers))
+        )
+        failed: asyncio.Future[Any] = asyncio.ensure_future(self._start_failed.wait())
+        await asyncio.wait([ready, failed], timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        failed.cancel()
+        if not all(w.ready.is_set() for w in self.workers):
+            why = "one exited" if self._start_failed.is_set() else f"not ready within {READY_TIMEOUT:g} s"
+            raise TakoError(
+                f"data-plane workers did not start ({why})",
+                hint="see the worker's error above in the log (e.g. a port it cannot bind); "
+                "or set workers = 1 in the [server] section of server-config.toml",
+            )
+        self._spawn_task(self._status_loop())
+        log.info("data-plane workers ready: %s", ", ".join(str(w.pid) for w in self.workers))
+
+    async def stop(self, timeout: float) -> None:
+        """Workers stop accepting and finish in-flight requests within `timeout`, then exit."""
+        self._stopping = True
+        line = _line({"t": "stop", "timeout": timeout})
+        for worker in self.workers:
+            worker.send(line)
+        procs = [w.proc for w in self.workers if w.proc is not None and w.proc.returncode is None]
+        if procs:
+            _, pending = await asyncio.wait(
+                [asyncio.ensure_future(p.wait()) for p in procs], timeout=timeout + 5
+            )
+            for task in pending:
+                task.cancel()
+            for proc in procs:
+                if proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    with contextlib.suppress(Exception):
+                        await proc.wait()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for worker in self.workers:
+            self._release(worker)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def info(self) -> list[dict[str, Any]]:
+        return [{"pid": w.pid, "restarts": w.restarts} for w in self.workers]
+
+    # -- snapshots (called on every route or instance change) -----------------------------------------
+    def publish(self) -> None:
+        self.version += 1
+        apps = []
+        rotation: dict[str, Instance] = {}
+        instances: dict[str, Instance] = {}
+        for app in self.registry.apps.values():
+            for inst in app.instances:
+                instances[inst.key] = inst
+            for inst in app.rotation:
+                rotation[inst.key] = inst
+            apps.append(
+                {
+                    "name": app.name,
+                    "routes": list(app.routes),
+                    "up": [[i.key, i.host, i.port] for i in app.rotation],
+                    "stopped": app.stopped or app.closing,
+                }
+            )
+        # Instances a worker still counts requests on stay known until the counts come back to zero.
+        for worker in self.workers:
+            for key in worker.counts:
+                if key not in instances and key in self._instances:
+                    instances[key] = self._instances[key]
+        self._instances = instances
+        self._rotation = rotation
+        self._snapshot_line = _line({"t": "snap", "v": self.version, "apps": apps})
+        for worker in self.workers:
+            if worker.writer is not None:
+                self._send_snapshot(worker)
+        self._push_status_soon()
+
+    def _send_snapshot(self, worker: _Worker) -> None:
+        rotation = self._rotation
+        removed = [inst for key, inst in worker.possible.items() if key not in rotation]
+        for inst in removed:
+            inst.request_started()
+        worker.pins.append((self.version, removed))
+        worker.sent[self.version] = rotation
+        worker.possible.update(rotation)
+        worker.send(self._snapshot_line)
+
+    def _on_report(self, worker: _Worker, message: dict[str, Any]) -> None:
+        # Counts first, then the pins the acknowledged version releases: never a moment at zero too early.
+        for key, (inflight, starts) in message["up"].items():
+            inst = self._instances.get(key)
+            delta = inflight - worker.counts.get(key, 0)
+            if inflight:
+                worker.counts[key] = inflight
+            else:
+                worker.counts.pop(key, None)
+            active = starts != worker.starts.get(key, 0)
+            worker.starts[key] = starts
+            if inst is None:
+                if not inflight:
+                    worker.starts.pop(key, None)  # an instance gone for good
+                continue
+            for _ in range(delta):
+                inst.request_started()
+            for _ in range(-delta):
+                inst.request_finished()
+            if active and delta == 0:
+                inst.request_started()  # requests came and went within the batch: still activity
+                inst.request_finished()
+        version = int(message["v"])
+        if version > worker.acked:
+            worker.acked = version
+            keep = []
+            for pinned_version, pinned in worker.pins:
+                if pinned_version <= version:
+                    for inst in pinned:
+                        inst.request_finished()
+                else:
+                    keep.append((pinned_version, pinned))
+            worker.pins = keep
+            current = worker.sent.get(version, {})
+            for v in [v for v in worker.sent if v <= version]:
+                del worker.sent[v]
+            possible = dict(current)
+            for later in worker.sent.values():
+                possible.update(later)
+            worker.possible = possible
+
+    def _release(self, worker: _Worker) -> None:
+        """A worker is gone: whatever it held is over."""
+        for key, count in worker.counts.items():
+            inst = self._instances.get(key)
+            if inst is not None:
+                for _ in range(count):
+                    inst.request_finished()
+        for _, pinned in worker.pins:
+            for inst in pinned:
+                inst.request_finished()
+        worker.counts.clear()
+        worker.starts.clear()
+        worker.pins.clear()
+        worker.sent.clear()
+        worker.possible.clear()
+        worker.acked = -1
+
+    # -- status and ACME tokens -----------------------------------------------------------------------
+    def _status_line(self) -> bytes:
+        code, body = self.services.status_document()
+        return _line({"t": "status", "code": code, "body": body.decode()})
+
+    def _push_status_soon(self) -> None:
+        if not self._status_pending:
+            self._status_pending = True
+            asyncio.get_running_loop().call_soon(self._push_status)
+
+    def _push_status(self) -> None:
+        self._status_pending = False
+        line = self._status_line()
+        if line == self._last_status:
+            return  # unchanged (a new worker gets it when it starts)
+        self._last_status = line
+        for worker in self.workers:
+            worker.send(line)
+
+    def _push_tokens(self, force: bool = False) -> None:
+        with self.challenges._lock:  # a consistent copy; ChallengeStore has no change hook
+            tokens = dict(self.challenges._pending)
+        if tokens != self._tokens or force:
+            self._tokens = tokens
+            line = _line({"t": "tokens", "tokens": tokens})
+            for worker in self.workers:
+                worker.send(line)
+
+    async def _status_loop(self) -> None:
+        last_status = 0.0
+        while True:
+            await asyncio.sleep(TOKENS_INTERVAL)
+            self._push_tokens()
+            now = time.monotonic()
+            if now - last_status >= STATUS_INTERVAL:
+                last_status = now
+                self._push_status()
+                for worker in self.workers:
+                    if (
+                        worker.ready.is_set()
+                        and worker.writer is not None
+                        and now - worker.last_heard > SILENCE_LIMIT
+                    ):
+                        log.error(
+                            "data-plane worker pid=%s silent for %g s; killing it", worker.pid, SILENCE_LIMIT
+                        )
+                        worker.last_heard = now
+                        worker.kill()
+
+    # -- cold starts asked by workers ------------------------------------------------------------------
+    def _wake(self, name: str) -> None:
+        task = self._waking.get(name)
+        if task is not None and not task.done():
+            return
+        app = self.registry.apps.get(name)
+        if app is None:
+            return
+        self._waking[name] = self._spawn_task(self._run_wake(name))
+
+    async def _run_wake(self, name: str) -> None:
+        app = self.registry.apps.get(name)
+        if app is None:
+            return
+        try:
+            await app.wait_upstream()
+        except AppUnavailable as exc:
+            line = _line(
+                {
+                    "t": "wake_failed",
+                    "app": name,
+                    "reason": exc.reason,
+                    "status": exc.status,
+                    "retry_after": exc.retry_after,
+                }
+            )
+            for worker in self.workers:
+                worker.send(line)
+
+    # -- supervision ----------------------------------------------------------------------------------
+    def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _config_line(self) -> bytes:
+        cfg = self.config
+        return _line(
+            {
+                "t": "config",
+                "listen": cfg.server.listen,
+                "http_port": self.http_port,
+                "https_port": self.https_port,
+                "certs": str(cfg.data_dir / "certs"),
+                "proxy": dataclasses.asdict(cfg.proxy),
+                "cold_start_queue": cfg.apps.cold_start_queue,
+                "cold_start_timeout": cfg.apps.cold_start_timeout,
+                "drain_timeout": cfg.apps.drain_timeout,
+            }
+        )
+
+    async def _supervise(self, worker: _Worker) -> None:
+        delay = 0.0
+        while not self._stopping:
+            if delay:
+                await asyncio.sleep(delay)
+            worker.started_at = time.monotonic()
+            try:
+                await self._run_worker(worker)
+            except Exception:
+                log.exception("data-plane worker %d failed", worker.slot)
+            self._release(worker)
+            if not worker.ready.is_set():
+                self._start_failed.set()
+            if self.stopping:
+                return
+            # A worker that ran a while is restarted at once; one that keeps dying backs off.
+            delay = (
+                0.0
+                if time.monotonic() - worker.started_at > 30
+                else min(MAX_RESTART_DELAY, max(0.5, delay * 2))
+            )
+            worker.restarts += 1
+            log.warning("data-plane worker pid=%s exited; restarting in %.1f s", worker.pid, delay)
+
+    async def _run_worker(self, worker: _Worker) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tako.server.proxy.worker",
+                str(theirs.fileno()),
+                str(os.getpid()),
+                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        worker.proc = proc
+        worker.pid = proc.pid
+        worker.last_heard = time.monotonic()
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=LINE_LIMIT)
+        worker.writer = writer
+        try:
+            writer.write(self._config_line())
+            self._send_snapshot(worker)
+            writer.write(self._status_line())
+            self._push_tokens(force=True)
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                worker.last_heard = time.monotonic()
+                message = json.loads(line)
+                kind = message["t"]
+                if kind == "report":
+                    self._on_report(worker, message)
+                elif kind == "wake":
+                    self._wake(message["app"])
+                elif kind == "ready":
+                    worker.ready.set()
+        finally:
+            worker.writer = None
+            writer.close()
+            if proc.returncode is None and not self._stopping:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            await proc.wait()

@@ -1,0 +1,286 @@
+"""`[server] workers = 2`: a real tako-server serving from its main process and one data-plane worker on
+the same ports (SO_REUSEPORT). Requests reach both; rolling updates, cold starts, idle stop and SIGTERM
+keep their promises for requests a worker serves; a killed worker is replaced; none outlives the server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from tests.support.server_process import (
+    REPO,
+    HttpsConnection,
+    LoadResult,
+    TakoServer,
+    get,
+    https_get,
+    run_load,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+HOST = "web.tako.test"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[TakoServer]:
+    srv = TakoServer(app_settings={"healthy_timeout": 3.0})
+    srv.config.write_text(srv.config.read_text() + "\n[server]\nworkers = 2\n")
+    try:
+        await asyncio.to_thread(srv.start)
+        yield srv
+    finally:
+        await asyncio.to_thread(srv.cleanup)
+
+
+def worker_pids(server: TakoServer) -> list[int]:
+    return [w["pid"] for w in server.call("hello")["workers"]]
+
+
+async def served_by(conn: HttpsConnection) -> int:
+    resp = await conn.get("/_tako/status")
+    return int(json.loads(resp.body)["served_by"])
+
+
+async def connection_to(server: TakoServer, pid: int) -> HttpsConnection:
+    """A keep-alive connection the kernel handed to process `pid` (new connections spread by hash)."""
+    assert server.https_port
+    for _ in range(200):
+        conn = HttpsConnection(server.https_port, HOST)
+        if await served_by(conn) == pid:
+            return conn
+        await conn.close()
+    raise AssertionError(f"no connection reached process {pid}")
+
+
+async def test_both_processes_take_connections(server: TakoServer) -> None:
+    assert server.proc is not None and server.https_port
+    await asyncio.to_thread(server.deploy, "web", "v1", instances=1)
+    (worker,) = await asyncio.to_thread(worker_pids, server)
+    assert worker != server.proc.pid and psutil.Process(worker).ppid() == server.proc.pid
+    seen: set[int] = set()
+    for _ in range(200):
+        conn = HttpsConnection(server.https_port, HOST)
+        try:
+            seen.add(await served_by(conn))
+            resp = await conn.get("/")
+        finally:
+            await conn.close()
+        assert resp.status == 200 and resp.body.startswith("version=v1")
+        if len(seen) == 2:
+            break
+    assert seen == {server.proc.pid, worker}
+    # The worker answers /_tako/status from the document the main process sends it.
+    conn = await connection_to(server, worker)
+    try:
+        doc = json.loads((await conn.get("/_tako/status")).body)
+    finally:
+        await conn.close()
+    assert [a["app"] for a in doc["apps"]] == ["web"] and doc["healthy"] is True
+
+
+async def test_rolling_update_under_load_with_workers(server: TakoServer) -> None:
+    assert server.https_port
+    await asyncio.to_thread(server.deploy, "web", "v1", instances=2)
+    stop = asyncio.Event()
+    result = LoadResult()
+    load = asyncio.create_task(run_load(server.https_port, HOST, stop, result=result, keepalive=8, fresh=3))
+    try:
+        await asyncio.to_thread(server.deploy, "web", "v2", instances=2)
+        target = len(result.responses) + 100
+        await asyncio.to_thread(wait_for, lambda: len(result.responses) >= target or result.failures(), 30)
+    finally:
+        stop.set()
+        await load
+    assert result.failures() == []
+    assert result.responses[0].body.startswith("version=v1")
+    assert any(r.body.startswith("version=v2") for r in result.responses)
+    assert all(r.body.startswith("version=v2") for r in result.responses[-50:])
+
+
+async def test_cold_start_from_a_worker_gets_no_503(server: TakoServer) -> None:
+    data = await asyncio.to_thread(server.deploy, "web", "v1", instances=0, env={"BOOT_DELAY": "0.3"})
+    assert data["instances"] == []
+    (worker,) = await asyncio.to_thread(worker_pids, server)
+    conn = await connection_to(server, worker)
+    try:
+        first = asyncio.create_task(conn.get("/"))
+        burst = await asyncio.gather(*(https_get(server.https_port, HOST) for _ in range(20)))  # type: ignore[arg-type]
+        resp = await first
+    finally:
+        await conn.close()
+    assert resp.status == 200 and resp.body.startswith("version=v1")
+    assert [r.status for r in burst] == [200] * 20
+    status = await asyncio.to_thread(server.call, "status", app="web")
+    assert len(status["instances"]) == 1  # one cold start served both processes' queues
+
+
+async def test_idle_stop_never_cuts_a_request_served_by_a_worker(server: TakoServer) -> None:
+    await asyncio.to_thread(server.deploy, "web", "v1", instances=1)
+    await asyncio.to_thread(server.deploy, "web", "v1", instances=0, idle_timeout=1)
+    (worker,) = await asyncio.to_thread(worker_pids, server)
+    conn = await connection_to(server, worker)
+    try:
+        slow = asyncio.create_task(conn.get("/slow?s=3"))
+
+        def worker_request_counted() -> bool:
+            return any(i["inflight"] == 1 for i in server.call("status", app="web")["instances"])
+
+        # The main process knows about the worker's request (batched report), so idle stop waits.
+        await asyncio.to_thread(wait_for, worker_request_counted)
+        resp = await slow  # outlives idle_timeout three times over
+    finally:
+        await conn.close()
+    assert resp.status == 200 and resp.body.startswith("slow v1")
+
+    def stopped() -> bool:
+        return bool(server.call("status", app="web")["instances"] == [])
+
+    await asyncio.to_thread(wait_for, stopped, 15)
+    assert "idle for 1 s: stopping 1 instance(s)" in server.app_log("web")
+
+
+async def test_killed_worker_is_replaced(server: TakoServer) -> None:
+    await asyncio.to_thread(server.deploy, "web", "v1", instances=1)
+    (old,) = await asyncio.to_thread(worker_pids, server)
+    os.kill(old, signal.SIGKILL)
+
+    def replaced() -> int | None:
+        info = server.call("hello")["workers"][0]
+        return info["pid"] if info["pid"] != old and info["restarts"] == 1 else None
+
+    new = await asyncio.to_thread(wait_for, replaced)
+    conn = await connection_to(server, new)
+    try:
+        resp = await conn.get("/")
+    finally:
+        await conn.close()
+    assert resp.status == 200 and resp.body.startswith("version=v1")
+
+
+async def test_sigterm_drains_a_worker_request(server: TakoServer) -> None:
+    await asyncio.to_thread(server.deploy, "web", "v1", instances=1)
+    (worker,) = await asyncio.to_thread(worker_pids, server)
+    conn = await connection_to(server, worker)
+    try:
+        slow = asyncio.create_task(conn.get("/slow?s=1.5"))
+
+        def in_flight() -> bool:
+            return bool(server.call("status", app="web")["instances"][0]["inflight"] == 1)
+
+        await asyncio.to_thread(wait_for, in_flight)
+        code = await asyncio.to_thread(server.stop)
+        resp = await slow
+    finally:
+        await conn.close()
+    assert resp.status == 200 and resp.body.startswith("slow v1")
+    assert code == 0
+    assert not psutil.pid_exists(worker)
+    assert server.instance_processes() == []
+
+
+async def test_worker_dies_with_a_sigkilled_server(server: TakoServer) -> None:
+    (worker,) = await asyncio.to_thread(worker_pids, server)
+    await asyncio.to_thread(server.kill)
+
+    def gone() -> bool:
+        try:
+            return bool(psutil.Process(worker).status() == psutil.STATUS_ZOMBIE)
+        except psutil.NoSuchProcess:
+            return True
+
+    await asyncio.to_thread(wait_for, gone, 10)
+
+
+async def test_worker_process_protocol(tmp_path: Path) -> None:
+    """One worker process driven directly over its channel: it routes by the snapshot, answers status and
+    ACME tokens from what it was sent, asks for a cold start and answers 503 when told it failed, and
+    reports in-flight activity back."""
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nup\n")
+        writer.close()
+
+    app_server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    app_port = app_server.sockets[0].getsockname()[1]
+    ours, theirs = socket.socketpair()
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    argv = [sys.executable, "-m", "tako.server.proxy.worker", str(theirs.fileno()), str(os.getpid())]
+    proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env=env)
+    theirs.close()
+    reader, writer = await asyncio.open_unix_connection(sock=ours)
+
+    def send(message: dict[str, Any]) -> None:
+        writer.write(json.dumps(message).encode() + b"\n")
+
+    async def receive(kind: str) -> dict[str, Any]:
+        while True:
+            message: dict[str, Any] = json.loads(await asyncio.wait_for(reader.readline(), 15))
+            if message["t"] == kind:
+                return message
+
+    try:
+        send(
+            {
+                "t": "config",
+                "listen": "127.0.0.1",
+                "http_port": 0,
+                "https_port": 0,
+                "certs": str(tmp_path / "certs"),
+                "proxy": {},
+                "cold_start_queue": 10,
+                "cold_start_timeout": 10.0,
+                "drain_timeout": 5.0,
+            }
+        )
+        apps = [
+            {"name": "web", "routes": [HOST], "up": [["k1", "127.0.0.1", app_port]], "stopped": False},
+            {"name": "cold", "routes": ["cold.tako.test"], "up": [], "stopped": False},
+        ]
+        send({"t": "snap", "v": 1, "apps": apps})
+        send({"t": "status", "code": 200, "body": '{"healthy":true,"apps":[]}'})
+        send({"t": "tokens", "tokens": {"tok-1": "tok-1.thumb"}})
+        ready = await receive("ready")
+        assert ready["pid"] == proc.pid
+        ack = await receive("report")
+        assert ack["v"] == 1
+
+        resp = await https_get(ready["https_port"], HOST, "/")
+        assert (resp.status, resp.body) == (200, "up\n")
+        report = await receive("report")
+        assert report["up"]["k1"] == [0, 1]  # one request started and finished
+
+        status = await https_get(ready["https_port"], HOST, "/_tako/status")
+        assert json.loads(status.body) == {"healthy": True, "apps": [], "served_by": proc.pid}
+        assert get(ready["http_port"], "/.well-known/acme-challenge/tok-1") == (200, "tok-1.thumb")
+
+        cold = asyncio.create_task(https_get(ready["https_port"], "cold.tako.test", "/"))
+        assert (await receive("wake"))["app"] == "cold"
+        send(
+            {"t": "wake_failed", "app": "cold", "reason": "App is starting", "status": 503, "retry_after": 1}
+        )
+        resp = await cold
+        assert resp.status == 503 and "App is starting" in resp.body
+
+        send({"t": "stop", "timeout": 5})
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        writer.close()
+        app_server.close()
