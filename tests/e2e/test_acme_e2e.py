@@ -40,7 +40,7 @@ from tests.support.testbed import Host, Testbed
 
 pytestmark = pytest.mark.e2e
 
-NAMES = ("acme1", "acme2", "acme3", "acme4", "acme5")
+NAMES = ("acme1", "acme2", "acme3", "acme4", "acme5", "acme6")
 ISSUE_TIMEOUT = 60.0  # bounded wait for a certificate (Pebble issues in ~2 s here)
 
 
@@ -412,3 +412,25 @@ def test_a_ca_that_stops_answering_holds_neither_deploys_nor_restarts(
 
         wait_verified(host, route, root)
         assert wait_state(host, route, "valid")["last_error"] is None
+
+
+# -- data-plane workers: a validation may reach any process ------------------------------------------------
+
+
+def test_issuance_works_with_data_plane_workers(
+    hosts: dict[str, Host], tako: TakoCLI, tmp_path: Path, pebble_dir: Path
+) -> None:
+    """With `[server] workers = 2`, Pebble's validation lands on the main process or a worker at random;
+    the token must be there before the CA is told to validate."""
+    host = hosts["acme6"]
+    route = "workers.tako.test"
+    options = AcmeOptions(retry_initial=1, retry_max=2, extra="[server]\nworkers = 2\n")
+    with pebble_for(host, pebble_dir, options) as pebble:
+        pebble.add_a(route, host.address)
+        root = write_root(pebble, tmp_path / "root.pem")
+        add_server(tako, host)
+        deploy(tako, host, make_project(tmp_path, route=route, servers={host.name: "production"}))
+        wait_verified(host, route, root)
+        assert certificate_state(host, route)["failures"] == 0, certificate_state(host, route)
+        body, code = body_and_status(curl(host.address, route, "/", cacert=str(root)))
+        assert code == 200 and "Hello" in body, body
