@@ -27,7 +27,7 @@ from tako.server.apps.instance import (
 from tako.server.apps.logs import AppLog
 from tako.server.apps.release import Release, load_release
 from tako.server.apps.spawner import allocate_port
-from tako.server.proxy.backend import AppUnavailable
+from tako.server.proxy.backend import AppUnavailable, pick_next
 
 log = logging.getLogger("tako.server.apps")
 
@@ -92,19 +92,8 @@ class ManagedApp:
 
     # -- AppGate (hot path) ---------------------------------------------------------------------------
     def pick(self) -> Instance | None:
-        rotation = self.rotation
-        n = len(rotation)
-        if n == 0:
-            return None
-        if n == 1:
-            return rotation[0]
-        # Round-robin, skipping to a less busy instance when the next one has requests queued.
-        self._rr = i = (self._rr + 1) % n
-        first = rotation[i]
-        if first.inflight == 0:
-            return first
-        other = rotation[(i + 1) % n]
-        return other if other.inflight < first.inflight else first
+        self._rr, chosen = pick_next(self.rotation, self._rr)
+        return chosen
 
     async def wait_upstream(self) -> Instance:
         up = self.pick()

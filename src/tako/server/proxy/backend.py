@@ -7,8 +7,9 @@ can later run in worker processes fed with snapshots.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 
 class AppUnavailable(Exception):
@@ -39,6 +40,30 @@ class Upstream(Protocol):
 
     def request_finished(self) -> None:
         """Called when that request's response is complete (or the tunnel closed)."""
+
+
+class _Busy(Protocol):
+    @property
+    def inflight(self) -> int: ...
+
+
+B = TypeVar("B", bound=_Busy)
+
+
+def pick_next(rotation: Sequence[B], last: int) -> tuple[int, B | None]:
+    """Round-robin over `rotation` after position `last`, skipping to the following instance when the
+    next one has more requests in flight. Returns the new position and the choice (None if empty)."""
+    n = len(rotation)
+    if n == 0:
+        return last, None
+    if n == 1:
+        return last, rotation[0]
+    i = (last + 1) % n
+    first = rotation[i]
+    if first.inflight == 0:
+        return i, first
+    other = rotation[(i + 1) % n]
+    return i, other if other.inflight < first.inflight else first
 
 
 class AppGate(Protocol):

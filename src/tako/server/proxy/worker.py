@@ -22,7 +22,7 @@ from typing import Any
 
 from tako.config.server import ProxySettings
 from tako.routing import RouteTable, parse_route
-from tako.server.proxy.backend import AppGate, AppUnavailable, Snapshot
+from tako.server.proxy.backend import AppGate, AppUnavailable, Snapshot, pick_next
 from tako.server.proxy.server import ProxyServer
 from tako.server.tls.certstore import CertStore
 from tako.server.tls.challenges import CHALLENGES_DIR, ChallengeStore, read_token_file
@@ -73,18 +73,8 @@ class WorkerGate:
         self._changed = asyncio.Event()
 
     def pick(self) -> WorkerUpstream | None:
-        rotation = self.rotation
-        n = len(rotation)
-        if n == 0:
-            return None
-        if n == 1:
-            return rotation[0]
-        self._rr = i = (self._rr + 1) % n
-        first = rotation[i]
-        if first.inflight == 0:
-            return first
-        other = rotation[(i + 1) % n]
-        return other if other.inflight < first.inflight else first
+        self._rr, chosen = pick_next(self.rotation, self._rr)
+        return chosen
 
     async def wait_upstream(self) -> WorkerUpstream:
         up = self.pick()
