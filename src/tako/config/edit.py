@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import tomlkit
 from tomlkit.items import Table
+
+from tako.config.loading import write_atomic
 
 
 def add_server_mapping(file: Path, server: str, env: str) -> None:
@@ -19,6 +20,4 @@ def add_server_mapping(file: Path, server: str, env: str) -> None:
     entry = tomlkit.table()
     entry.add("env", env)
     servers[server] = entry
-    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-    tmp.write_text(tomlkit.dumps(doc))
-    os.replace(tmp, file)
+    write_atomic(file, tomlkit.dumps(doc))

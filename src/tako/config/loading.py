@@ -7,9 +7,7 @@ best-effort basis (TOML parsers do not keep positions), and is exact for TOML sy
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import tempfile
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
+from tako import fsutil
 from tako.errors import ConfigError
 
 KeyPath = Sequence[str | int]
@@ -238,23 +237,7 @@ def read_toml(path: Path) -> tuple[dict[str, Any], Source]:
 
 
 def write_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
-    """Replace `path` with `text` atomically (temp file in the same dir, fsync, rename).
-
-    An existing file keeps its permissions; a new one gets `mode`.
-    """
+    """Replace `path` with `text` atomically; an existing file keeps its mode, a new one gets `mode`."""
     with contextlib.suppress(FileNotFoundError):
         mode = path.stat().st_mode & 0o777
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    replaced = False
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-        replaced = True
-    finally:
-        if not replaced:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+    fsutil.write_atomic(path, text.encode("utf-8"), mode=mode)

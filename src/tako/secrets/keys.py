@@ -10,8 +10,8 @@ from pathlib import Path
 
 from tako.config import paths
 from tako.errors import SecretsError
+from tako.fsutil import write_atomic
 from tako.secrets.crypto import KEY_SIZE
-from tako.secrets.fsutil import atomic_write
 from tako.secrets.names import check_env_name
 
 
@@ -96,5 +96,5 @@ def write_key(env: str, key: bytes, home: Path | None = None) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     directory.mkdir(exist_ok=True, mode=0o700)
     os.chmod(directory, 0o700)
-    atomic_write(path, (encode_key(key) + "\n").encode("ascii"), mode=0o600)
+    write_atomic(path, (encode_key(key) + "\n").encode("ascii"), mode=0o600)
     return path

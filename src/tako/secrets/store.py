@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tako.errors import SecretsError
+from tako.fsutil import write_atomic
 from tako.secrets import crypto
-from tako.secrets.fsutil import atomic_write
 from tako.secrets.names import is_env_name, is_secret_name
 from tako.secrets.value import Secret
 
@@ -157,7 +157,7 @@ class SecretStore:
     def save(self) -> None:
         """Write the file atomically (0644: it is meant to be committed)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, self.render().encode("utf-8"), mode=0o644)
+        write_atomic(self.path, self.render().encode("utf-8"), mode=0o644)
 
 
 def wrong_key_error(env: str, name: str, key_path: Path) -> SecretsError:

@@ -26,6 +26,7 @@ from josepy.jwk import JWKEC
 
 from tako import __version__
 from tako.config.server import AcmeSettings
+from tako.fsutil import write_atomic
 from tako.server.tls import renewal
 from tako.server.tls.acme import NETWORK_TIMEOUT, ORDER_TIMEOUT, AcmeError, _iso
 from tako.server.tls.challenges import ChallengeStore
@@ -118,7 +119,7 @@ class _Issuer:
                     serialization.PrivateFormat.PKCS8,
                     serialization.NoEncryption(),
                 )
-                renewal._write_atomic(path, pem)
+                write_atomic(path, pem, mode=0o600)
                 log.info("acme: created account key %s", path)
             except OSError as exc:
                 raise AcmeError(
@@ -142,7 +143,7 @@ class _Issuer:
         except (OSError, ValueError):
             data = {}
         data[self._directory_url] = {"uri": regr.uri, "body": regr.body.to_json()}
-        renewal._write_atomic(path, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n")
+        write_atomic(path, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n", mode=0o600)
 
     # -- issuance --------------------------------------------------------------------------------
 
@@ -261,7 +262,7 @@ class _Issuer:
                 return str(path)
         except OSError:
             pass
-        renewal._write_atomic(path, combined)
+        write_atomic(path, combined, mode=0o600)
         return str(path)
 
     def _network(self, key: JWKEC, regr: messages.RegistrationResource | None) -> _Network:

@@ -10,9 +10,10 @@ told to, faster than any message to the workers.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from pathlib import Path
+
+from tako.fsutil import write_atomic
 
 CHALLENGES_DIR = "acme/challenges"  # under the data dir
 
@@ -46,9 +47,7 @@ class ChallengeStore:
         with self._lock:
             self._pending[token] = key_authorization
         if self._directory is not None:
-            tmp = self._directory / f".{token}.tmp"
-            tmp.write_text(key_authorization)
-            os.replace(tmp, self._directory / token)
+            write_atomic(self._directory / token, key_authorization.encode(), mode=0o600)
 
     def remove(self, token: str) -> None:
         with self._lock:

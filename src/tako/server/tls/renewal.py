@@ -7,7 +7,6 @@ it wrote; everything else was placed by the user and is never touched. Writes ar
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import hashlib
 import ipaddress
@@ -16,6 +15,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from tako.fsutil import write_atomic
 
 FULLCHAIN = "fullchain.pem"
 PRIVKEY = "privkey.pem"
@@ -212,25 +213,6 @@ def _user_exact(host: str, own: CertDir, now: float) -> Assessment:
     )
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
 def write_managed(
     certs_dir: Path, host: str, fullchain_pem: bytes, key_pem: bytes, *, directory_url: str
 ) -> None:
@@ -252,9 +234,9 @@ def write_managed(
     if current.cert is not None:
         hashes.append(current.cert.sha256)
     marker = {"managed_by": "tako-acme", "directory": directory_url, "fullchain_sha256": hashes}
-    _write_atomic(target / MARKER, json.dumps(marker, indent=2).encode() + b"\n")
-    _write_atomic(target / PRIVKEY, key_pem)
-    _write_atomic(target / FULLCHAIN, fullchain_pem)
+    write_atomic(target / MARKER, json.dumps(marker, indent=2).encode() + b"\n", mode=0o600)
+    write_atomic(target / PRIVKEY, key_pem, mode=0o600)
+    write_atomic(target / FULLCHAIN, fullchain_pem, mode=0o600)
     dir_fd = os.open(target, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

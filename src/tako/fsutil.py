@@ -1,4 +1,5 @@
-"""Atomic file replacement (temp file in the same directory, fsync, rename) with an explicit mode."""
+"""Atomic file replacement (temp file in the same directory, fsync, rename) with an explicit mode: the one
+way Tako writes config, secrets, keys and certificates."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int) -> None:
+def write_atomic(path: Path, data: bytes, *, mode: int) -> None:
     """Replace `path` with `data`; readers see the old or the new file, never a partial one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     replaced = False
