@@ -5,7 +5,7 @@ from __future__ import annotations
 from tako.deploy import commands
 from tako.deploy.layout import AppLayout
 from tako.errors import DeployError
-from tako.protocol import Delete
+from tako.protocol import ERROR_UNKNOWN_APP, Delete
 from tako.remote.executor import Executor, sh
 
 _REMOVE_APP = 'rm -rf -- "$1"'
@@ -23,7 +23,7 @@ async def delete_app(ex: Executor, app: str) -> str:
         )
     try:
         reply = await ex.control(Delete(app=app))
-        if not reply.ok and "unknown app" not in reply.message.lower():
+        if not reply.ok and reply.extra.get("code") != ERROR_UNKNOWN_APP:
             raise DeployError(f"tako-server refused to delete {app!r}: {reply.message}")
         await ex.run(sh(_REMOVE_APP, layout.app_dir), what="remove app files")
     except BaseException:

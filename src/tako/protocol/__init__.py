@@ -10,6 +10,7 @@ from tako.protocol.codec import (
     ok_reply,
 )
 from tako.protocol.messages import (
+    ERROR_UNKNOWN_APP,
     PROTOCOL_VERSION,
     Delete,
     Deploy,
@@ -24,6 +25,7 @@ from tako.protocol.messages import (
 )
 
 __all__ = [
+    "ERROR_UNKNOWN_APP",
     "MAX_LINE_BYTES",
     "PROTOCOL_VERSION",
     "Delete",

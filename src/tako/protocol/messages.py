@@ -11,6 +11,9 @@ from typing import Any, ClassVar
 
 PROTOCOL_VERSION = 1
 
+# Machine-readable `code` of an error reply, for the cases a client acts on (never match message text).
+ERROR_UNKNOWN_APP = "unknown-app"
+
 
 @dataclass(frozen=True)
 class Hello:

@@ -112,6 +112,9 @@ class ControlServer:
             result = await self._handlers[type(request)](request)
         except TakoError as exc:
             extra = {"hint": exc.hint} if exc.hint else {}
+            code = getattr(exc, "code", None)
+            if code:
+                extra["code"] = code
             return error_reply(exc.message, **extra)
         except Exception as exc:
             log.exception("control command failed")

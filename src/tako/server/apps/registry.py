@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tako.config.server import AppSettings
 from tako.errors import TakoError
-from tako.protocol import Deploy
+from tako.protocol import ERROR_UNKNOWN_APP, Deploy
 from tako.routing import RouteError, RouteTable, find_conflicts, parse_route
 from tako.server.apps import rollout
 from tako.server.apps.app import AppState, ManagedApp
@@ -34,6 +34,12 @@ _APP_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}\Z")
 
 class AppError(TakoError):
     """A control command about an app cannot be done (unknown app, busy, conflicting routes...)."""
+
+    code: str | None = None  # sent as the error reply's `code` when a client may act on it
+
+
+class UnknownApp(AppError):
+    code = ERROR_UNKNOWN_APP
 
 
 class AppRouter:
@@ -89,7 +95,7 @@ class AppRegistry:
         app = self.apps.get(name)
         if app is None:
             known = ", ".join(sorted(self.apps)) or "none"
-            raise AppError(f"unknown app {name!r} (deployed apps: {known})")
+            raise UnknownApp(f"unknown app {name!r} (deployed apps: {known})")
         return app
 
     def status(self, name: str) -> dict[str, object]:
