@@ -15,7 +15,7 @@ from tako.cli.context import get_cli
 from tako.errors import ServerError, UsageError
 from tako.protocol import List, Status
 from tako.remote.connection import ServerAddress
-from tako.remote.executor import Executor, sh
+from tako.remote.executor import Executor
 from tako.remote.fanout import HostResult, fan_out
 
 
@@ -27,34 +27,11 @@ async def _server_status(ex: Executor) -> dict[str, Any]:
     if not apps.ok:
         raise ServerError(f"tako-server refused list: {apps.message}")
     found = list(apps.data or [])
-    await _add_envs(ex, found)
     for app in found:  # certificate states come with each app's `status`, not with `list`
         detail = await ex.control(Status(app=str(app.get("app"))))
         if detail.ok and isinstance(detail.data, dict):
             app["certificates"] = detail.data.get("certificates") or {}
     return {"server_version": (hello.data or {}).get("server_version", "?"), "apps": found}
-
-
-# One line per release: its path, a tab, and its app.json on one line (JSON never needs the newlines).
-_APP_JSON = 'for p; do printf "%s\\t" "$p"; tr -d "\\n" < "$p/app.json" 2>/dev/null; echo; done'
-
-
-async def _add_envs(ex: Executor, apps: list[dict[str, Any]]) -> None:
-    """Fill in each app's env from its release's app.json when tako-server's reply lacks it."""
-    paths = [str(a["path"]) for a in apps if not a.get("env") and a.get("path")]
-    if not paths:
-        return
-    result = await ex.run(sh(_APP_JSON, *paths), check=False, what="read app.json")
-    envs: dict[str, str] = {}
-    for line in result.stdout.splitlines():
-        path, _, doc = line.partition("\t")
-        try:
-            envs[path] = str(json.loads(doc).get("env") or "")
-        except (ValueError, AttributeError):
-            continue
-    for app in apps:
-        if not app.get("env") and envs.get(str(app.get("path"))):
-            app["env"] = envs[str(app.get("path"))]
 
 
 def local_time(value: str | None) -> str:
