@@ -17,6 +17,7 @@ from typing import Any
 
 from tako.config.server import ProxySettings
 from tako.routing import normalise_host
+from tako.server.proxy import tls
 from tako.server.proxy.backend import ServerServices, Snapshot, Upstream
 from tako.server.proxy.client import ClientConnection
 from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool
@@ -69,6 +70,7 @@ class ProxyServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._host_cache: dict[bytes, str | None] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        self._handshake_timeout = settings.header_timeout or None
         timeouts = (settings.header_timeout, settings.keepalive_timeout, settings.upstream_response_timeout)
         self._sweep_interval = max(0.05, min(1.0, min(t for t in timeouts if t > 0) / 4))
         certs.set_routed_host_predicate(self._is_routed_host)
@@ -211,26 +213,22 @@ class ProxyServer:
             conn.setblocking(False)
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.spawn(self._connect_accepted(conn, listener))
+            if listener.ssl is not None:
+                tls.accept(self.loop, conn, listener.ssl, self._https_protocol, self._handshake_timeout)
+            else:
+                self.spawn(self._connect_accepted(conn, listener.forward))
 
     def _resume_accept(self, listener: _Listener) -> None:
         if listener in self._listeners:
             self.loop.add_reader(listener.sock.fileno(), self._accept, listener)
 
-    async def _connect_accepted(self, conn: socket.socket, listener: _Listener) -> None:
+    def _https_protocol(self) -> ClientConnection:
+        return ClientConnection(self, True, True)
+
+    async def _connect_accepted(self, conn: socket.socket, forward: bool) -> None:
         try:
-            if listener.tls:
-                await self.loop.connect_accepted_socket(
-                    lambda: ClientConnection(self, True, True),
-                    conn,
-                    ssl=listener.ssl,
-                    ssl_handshake_timeout=self.settings.header_timeout or None,
-                )
-            else:
-                forward = listener.forward
-                await self.loop.connect_accepted_socket(lambda: ClientConnection(self, False, forward), conn)
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
-            # A failed TLS handshake (unknown name, old protocol, port scanner): nothing to answer.
+            await self.loop.connect_accepted_socket(lambda: ClientConnection(self, False, forward), conn)
+        except OSError:
             conn.close()
 
     def _sweep(self) -> None:

@@ -1,0 +1,342 @@
+"""`TLSTransport`: HTTPS connections with OpenSSL reading and writing the socket itself.
+
+The event loop's own TLS support runs OpenSSL over memory buffers: every record is read from the socket
+into a buffer, copied into OpenSSL, decrypted into a new buffer, and the reverse on the way out, with a
+state machine around each step. Profiles of the HTTPS proxy put that machinery at a large share of the
+per-request CPU. Here the accepted socket is wrapped in a non-blocking `ssl.SSLSocket`, so `SSL_read` and
+`SSL_write` work on the file descriptor directly, and the loop only reports readiness (`add_reader` /
+`add_writer`). It implements the `asyncio.Transport` methods the proxy's protocols use.
+
+Closing sends close_notify, then half-closes and discards what the client still sends for a short while
+(so a client still uploading sees the response, not a reset) before the socket is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+from collections.abc import Callable, Iterable
+from typing import Any
+
+# One SSL_read returns at most one record (16 KiB of plaintext). A buffer larger than that means no
+# decrypted bytes are ever left inside OpenSSL after a read, where the loop could not see them.
+RECV_SIZE = 65536
+HIGH_WATER = 64 * 1024  # pause the protocol's writing above this many buffered bytes
+LOW_WATER = 16 * 1024  # and resume it at or below this
+LINGER_SECONDS = 2.0  # after close_notify: keep discarding the client's bytes this long at most
+
+_WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+_FAILED = (OSError, ValueError)  # ssl.SSLError is an OSError; ValueError: the socket is already closed
+
+
+def accept(
+    loop: asyncio.AbstractEventLoop,
+    conn: socket.socket,
+    context: ssl.SSLContext,
+    protocol_factory: Callable[[], asyncio.Protocol],
+    handshake_timeout: float | None,
+) -> None:
+    """Start the TLS handshake on an accepted non-blocking socket; the protocol is made once it completes.
+
+    A failed handshake (unknown server name, old protocol version, a port scanner) just closes the socket.
+    """
+    try:
+        sock = context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+    except _FAILED:
+        conn.close()
+        return
+    TLSTransport(loop, sock, protocol_factory, handshake_timeout)
+
+
+class TLSTransport(asyncio.Transport):
+    """One server-side TLS connection driven by socket readiness."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: ssl.SSLSocket,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        handshake_timeout: float | None,
+    ) -> None:
+        super().__init__()
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._factory = protocol_factory
+        self._protocol: asyncio.Protocol | None = None
+        self._recv = sock.recv
+        self._send = sock.send
+        self._buffer: list[bytes | bytearray | memoryview] = []  # waiting for the socket to be writable
+        self._buffer_size = 0
+        self._high_water = HIGH_WATER
+        self._low_water = LOW_WATER
+        self._reading = True  # what the protocol asked for (pause_reading / resume_reading)
+        self._write_paused = False  # the protocol was told pause_writing()
+        self._closing = False  # close() or abort() was called, or the connection failed
+        self._lost = False  # the socket is closed and connection_lost scheduled
+        self._on_read: Callable[[], None] | None = None  # what the loop calls when readable / writable
+        self._on_write: Callable[[], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the handshake deadline, then the linger deadline
+        self._extra: dict[str, Any] = {}
+        try:
+            self._extra["peername"] = sock.getpeername()
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            pass
+        if handshake_timeout:
+            self._timer = loop.call_later(handshake_timeout, self._destroy)
+        self._handshake()
+
+    # -- readiness --------------------------------------------------------------------------------
+
+    def _set_reader(self, callback: Callable[[], None] | None) -> None:
+        if callback != self._on_read:  # bound methods: equal, not identical, across accesses
+            self._on_read = callback
+            if callback is None:
+                self._loop.remove_reader(self._fd)
+            else:
+                self._loop.add_reader(self._fd, callback)
+
+    def _set_writer(self, callback: Callable[[], None] | None) -> None:
+        if callback != self._on_write:
+            self._on_write = callback
+            if callback is None:
+                self._loop.remove_writer(self._fd)
+            else:
+                self._loop.add_writer(self._fd, callback)
+
+    # -- handshake --------------------------------------------------------------------------------
+
+    def _handshake(self) -> None:
+        try:
+            self._sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._set_writer(None)
+            self._set_reader(self._handshake)
+            return
+        except ssl.SSLWantWriteError:
+            self._set_reader(None)
+            self._set_writer(self._handshake)
+            return
+        except _FAILED:
+            self._destroy()
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._set_reader(None)
+        self._set_writer(None)
+        protocol = self._protocol = self._factory()
+        protocol.connection_made(self)
+        self._update_reader()
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def _read(self) -> None:
+        try:
+            data = self._recv(RECV_SIZE)
+        except ssl.SSLWantReadError:
+            return
+        except ssl.SSLWantWriteError:
+            # OpenSSL must write before it can read on (answering a TLS 1.3 key update): retry when writable.
+            self._set_writer(self._read_when_writable)
+            return
+        except _FAILED as exc:
+            self._fatal(exc)
+            return
+        protocol = self._protocol
+        assert protocol is not None
+        if data:
+            protocol.data_received(data)
+            return
+        # close_notify or end of stream: the client will send nothing more.
+        self._reading = False
+        self._update_reader()
+        if not protocol.eof_received():
+            self.close()
+
+    def _read_when_writable(self) -> None:
+        self._set_writer(self._write_buffered if self._buffer else None)
+        if self._on_read is not None:
+            self._read()
+
+    def _update_reader(self) -> None:
+        wanted = self._reading and not self._closing and self._protocol is not None
+        self._set_reader(self._read if wanted else None)
+
+    def pause_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._update_reader()
+
+    def resume_reading(self) -> None:
+        if not self._reading:
+            self._reading = True
+            self._update_reader()
+
+    def is_reading(self) -> bool:
+        return self._reading and not self._closing
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or not data:
+            return
+        if self._buffer:
+            self._buffer.append(data)
+            self._buffer_size += len(data)
+            self._check_high_water()
+            return
+        try:
+            sent = self._send(data)
+        except _WANT:
+            sent = 0  # OpenSSL keeps what it encrypted; the retry passes the same bytes again
+        except _FAILED as exc:
+            self._fatal(exc)
+            return
+        if sent < len(data):
+            rest = memoryview(data)[sent:]
+            self._buffer.append(rest)
+            self._buffer_size = len(rest)
+            self._set_writer(self._write_buffered)
+            self._check_high_water()
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.write(b"".join(list_of_data))
+
+    def _write_buffered(self) -> None:
+        buffer = self._buffer
+        data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
+        try:
+            sent = self._send(data)
+        except _WANT:
+            self._buffer = [data]
+            return
+        except _FAILED as exc:
+            self._fatal(exc)
+            return
+        if sent < len(data):
+            self._buffer = [memoryview(data)[sent:]]
+            self._buffer_size = len(data) - sent
+        else:
+            self._buffer = []
+            self._buffer_size = 0
+            self._set_writer(None)
+            if self._closing:
+                self._shutdown()
+                return
+        if self._write_paused and self._buffer_size <= self._low_water:
+            self._write_paused = False
+            if self._protocol is not None:
+                self._protocol.resume_writing()
+
+    def _check_high_water(self) -> None:
+        if not self._write_paused and self._buffer_size > self._high_water and self._protocol is not None:
+            self._write_paused = True
+            self._protocol.pause_writing()
+
+    def get_write_buffer_size(self) -> int:
+        return self._buffer_size
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._low_water, self._high_water
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._high_water = HIGH_WATER if high is None else high
+        self._low_water = (self._high_water // 4) if low is None else low
+
+    def can_write_eof(self) -> bool:
+        return False  # TLS has no half-close; close() sends close_notify
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("a TLS connection cannot half-close; use close()")
+
+    # -- closing ----------------------------------------------------------------------------------
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Send what is buffered, then close_notify, then linger briefly before closing the socket."""
+        if self._closing:
+            return
+        self._closing = True
+        self._update_reader()
+        if not self._buffer:
+            self._shutdown()
+
+    def abort(self) -> None:
+        self._destroy()
+
+    def _shutdown(self) -> None:
+        sock = self._sock
+        with contextlib.suppress(*_FAILED):
+            # Sends close_notify; waiting for the client's then raises SSLWantReadError, which is fine.
+            sock.unwrap()
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except _FAILED:
+            self._destroy()
+            return
+        self._set_reader(self._discard)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(LINGER_SECONDS, self._destroy)
+
+    def _discard(self) -> None:
+        try:
+            data = os.read(self._fd, RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._destroy()
+
+    def _fatal(self, exc: Exception) -> None:
+        self._destroy(exc)
+
+    def _destroy(self, exc: Exception | None = None) -> None:
+        """Close the socket now; the protocol (if any) hears connection_lost on the next loop turn."""
+        if self._lost:
+            return
+        self._lost = True
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._set_reader(None)
+        self._set_writer(None)
+        self._buffer = []
+        self._buffer_size = 0
+        self._sock.close()
+        if self._protocol is not None:
+            self._loop.call_soon(self._protocol.connection_lost, exc)
+
+    # -- the rest of asyncio.Transport ------------------------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name in ("ssl_object", "socket"):
+            return self._sock
+        if name == "sslcontext":
+            return self._sock.context
+        if name == "peercert":
+            return self._sock.getpeercert()
+        if name == "cipher":
+            return self._sock.cipher()
+        return self._extra.get(name, default)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        assert isinstance(protocol, asyncio.Protocol)
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self._protocol is not None
+        return self._protocol
+
+    def __repr__(self) -> str:
+        state = "closing" if self._closing else "open"
+        return f"<TLSTransport fd={self._fd} {state} peer={self._extra.get('peername')}>"

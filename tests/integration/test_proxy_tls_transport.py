@@ -1,0 +1,214 @@
+"""The HTTPS listener's own TLS transport: handshake deadline, record boundaries, close_notify, back-pressure.
+
+Real TLS clients (Python's ssl over real sockets, in threads where a blocking client is clearer) against a
+real `ProxyServer` and upstream on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+from tests.support.proxy_harness import ProxyHarness, parse_responses, run, running_proxy
+from tests.support.proxy_routes import StaticGate, StaticUpstream
+from tests.support.upstreams import _BLOCK, HttpUpstream
+
+from tako.config.server import ProxySettings
+
+pytestmark = pytest.mark.integration
+
+HOST = "a.tako.test"
+
+
+def _tls_client(p: ProxyHarness, timeout: float = 10.0) -> ssl.SSLSocket:
+    ctx = p.client_context()
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF  # an end of stream without close_notify is an error
+    raw = socket.create_connection(("127.0.0.1", p.https_port), timeout=timeout)
+    sock = ctx.wrap_socket(raw, server_hostname=HOST, suppress_ragged_eofs=False)
+    return sock
+
+
+def _read_until_closed(sock: ssl.SSLSocket) -> bytes:
+    """Everything up to the server's close_notify (an EOF without one raises SSLEOFError)."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def _read_responses(sock: ssl.SSLSocket, count: int) -> bytes:
+    received = b""
+    while len([r for r in parse_responses(received) if r.complete]) < count:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {received!r}"
+        received += chunk
+    return received
+
+
+async def _wait_for(predicate: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def test_handshake_deadline_closes_silent_and_stalled_clients(tmp_path: Path) -> None:
+    def silent_then_partial(port: int) -> tuple[bytes, bytes]:
+        results = []
+        for first in (b"", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"):  # nothing; half a ClientHello
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                raw.sendall(first)
+                results.append(raw.recv(100))
+        return results[0], results[1]
+
+    async def scenario() -> None:
+        async with running_proxy(tmp_path, {}, ProxySettings(header_timeout=0.3)) as p:
+            p.issue(HOST)
+            started = time.monotonic()
+            silent, partial = await asyncio.to_thread(silent_then_partial, p.https_port)
+            assert silent == b"" and partial == b""  # closed by the proxy, well before the client's 10 s
+            assert time.monotonic() - started < 9
+            # The listener still serves complete handshakes afterwards.
+            async with p.https() as client:
+                r = await client.get("/_tako/status", extensions={"sni_hostname": HOST})
+                assert r.status_code == 200
+
+    run(scenario())
+
+
+def test_requests_in_separate_records_and_pipelined_in_one(tmp_path: Path) -> None:
+    request = b"GET /sink HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+
+    def exchange(p: ProxyHarness) -> tuple[bytes, bytes]:
+        with _tls_client(p) as sock:
+            # Three requests as three TLS records written back to back (one TCP segment, most likely).
+            for _ in range(3):
+                sock.sendall(request)
+            separate = _read_responses(sock, 3)
+            # Three requests pipelined inside a single record.
+            sock.sendall(request * 3)
+            pipelined = _read_responses(sock, 3)
+        return separate, pipelined
+
+    async def scenario() -> None:
+        up = await HttpUpstream().start()
+        try:
+            async with running_proxy(tmp_path, {HOST: StaticGate("a", [StaticUpstream(up.port)])}) as p:
+                p.issue(HOST)
+                separate, pipelined = await asyncio.to_thread(exchange, p)
+                for data in (separate, pipelined):
+                    assert [r.status for r in parse_responses(data)] == [200, 200, 200]
+        finally:
+            await up.stop()
+
+    run(scenario())
+
+
+def test_closing_sends_close_notify(tmp_path: Path) -> None:
+    def until_closed(p: ProxyHarness, request: bytes) -> bytes:
+        with _tls_client(p) as sock:
+            sock.sendall(request)
+            return _read_until_closed(sock)
+
+    async def scenario() -> None:
+        up = await HttpUpstream().start()
+        settings = ProxySettings(keepalive_timeout=0.3)
+        try:
+            async with running_proxy(
+                tmp_path, {HOST: StaticGate("a", [StaticUpstream(up.port)])}, settings
+            ) as p:
+                p.issue(HOST)
+                # The client asks to close; then an idle keep-alive connection the proxy times out.
+                closing = b"GET /sink HTTP/1.1\r\nHost: a.tako.test\r\nConnection: close\r\n\r\n"
+                data = await asyncio.to_thread(until_closed, p, closing)
+                assert [r.status for r in parse_responses(data)] == [200]
+                idle = b"GET /sink HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+                data = await asyncio.to_thread(until_closed, p, idle)
+                assert [r.status for r in parse_responses(data)] == [200]
+                await _wait_for(lambda: not p.server.connections)
+        finally:
+            await up.stop()
+
+    run(scenario())
+
+
+def test_slow_reader_download_is_complete_and_buffered_within_bounds(tmp_path: Path) -> None:
+    size = 32 * 1024 * 1024
+
+    def slow_download(p: ProxyHarness, peak: list[int]) -> tuple[int, str]:
+        with _tls_client(p, timeout=60) as sock:
+            sock.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: a.tako.test\r\nConnection: close\r\n\r\n" % size)
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += sock.recv(65536)
+            body = received.split(b"\r\n\r\n", 1)[1]
+            digest = hashlib.sha256(body)
+            total = len(body)
+            while chunk := sock.recv(65536):
+                total += len(chunk)
+                digest.update(chunk)
+                if total < 4 * 1024 * 1024:
+                    time.sleep(0.001)  # read slowly at first, so the proxy has to hold back the upstream
+                for conn in list(p.server.connections):
+                    peak[0] = max(peak[0], conn.transport.get_write_buffer_size())
+            return total, digest.hexdigest()
+
+    async def scenario() -> None:
+        up = await HttpUpstream().start()
+        try:
+            async with running_proxy(tmp_path, {HOST: StaticGate("a", [StaticUpstream(up.port)])}) as p:
+                p.issue(HOST)
+                peak = [0]
+                total, digest = await asyncio.to_thread(slow_download, p, peak)
+                expected = hashlib.sha256()
+                for offset in range(0, size, len(_BLOCK)):
+                    expected.update(_BLOCK[: size - offset])
+                assert total == size and digest == expected.hexdigest()
+                # The proxy stops reading the upstream once ~64 KiB wait for the client: one read of
+                # the upstream (at most 256 KiB) can land on top of that, never the whole body.
+                assert peak[0] < 1024 * 1024
+        finally:
+            await up.stop()
+
+    run(scenario(), timeout=180)
+
+
+def test_clients_that_vanish_leave_no_connection_behind(tmp_path: Path) -> None:
+    def vanish(p: ProxyHarness) -> None:
+        ctx = p.client_context()
+        # Mid-handshake: a ClientHello, then a reset.
+        raw = socket.create_connection(("127.0.0.1", p.https_port), timeout=10)
+        outgoing = ssl.MemoryBIO()
+        tls = ctx.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname=HOST)
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.do_handshake()
+        raw.sendall(outgoing.read())  # the ClientHello
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        raw.close()
+        # Mid-response: ask for a large body and reset the connection after the first bytes.
+        sock = _tls_client(p)
+        sock.sendall(b"GET /bytes/20000000 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n")
+        sock.recv(1000)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+
+    async def scenario() -> None:
+        up = await HttpUpstream().start()
+        try:
+            async with running_proxy(tmp_path, {HOST: StaticGate("a", [StaticUpstream(up.port)])}) as p:
+                p.issue(HOST)
+                await asyncio.to_thread(vanish, p)
+                await _wait_for(lambda: not p.server.connections)
+                async with p.https() as client:
+                    r = await client.get("/sink", headers={"Host": HOST}, extensions={"sni_hostname": HOST})
+                    assert r.status_code == 200
+        finally:
+            await up.stop()
+
+    run(scenario())
