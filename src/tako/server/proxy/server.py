@@ -200,7 +200,7 @@ class ProxyServer:
         sock = listener.sock
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, _ = sock.accept()
+                conn, peername = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -214,7 +214,9 @@ class ProxyServer:
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if listener.ssl is not None:
-                tls.accept(self.loop, conn, listener.ssl, self._https_protocol, self._handshake_timeout)
+                tls.accept(
+                    self.loop, conn, peername, listener.ssl, self._https_protocol, self._handshake_timeout
+                )
             else:
                 self.spawn(self._connect_accepted(conn, listener.forward))
 

@@ -35,6 +35,7 @@ _FAILED = (OSError, ValueError)  # ssl.SSLError is an OSError; ValueError: the s
 def accept(
     loop: asyncio.AbstractEventLoop,
     conn: socket.socket,
+    peername: Any,
     context: ssl.SSLContext,
     protocol_factory: Callable[[], asyncio.Protocol],
     handshake_timeout: float | None,
@@ -48,7 +49,7 @@ def accept(
     except _FAILED:
         conn.close()
         return
-    TLSTransport(loop, sock, protocol_factory, handshake_timeout)
+    TLSTransport(loop, sock, peername, protocol_factory, handshake_timeout)
 
 
 class TLSTransport(asyncio.Transport):
@@ -58,6 +59,7 @@ class TLSTransport(asyncio.Transport):
         self,
         loop: asyncio.AbstractEventLoop,
         sock: ssl.SSLSocket,
+        peername: Any,
         protocol_factory: Callable[[], asyncio.Protocol],
         handshake_timeout: float | None,
     ) -> None:
@@ -76,16 +78,12 @@ class TLSTransport(asyncio.Transport):
         self._reading = True  # what the protocol asked for (pause_reading / resume_reading)
         self._write_paused = False  # the protocol was told pause_writing()
         self._closing = False  # close() or abort() was called, or the connection failed
+        self._eof = False  # the client finished sending (close_notify or end of stream)
         self._lost = False  # the socket is closed and connection_lost scheduled
         self._on_read: Callable[[], None] | None = None  # what the loop calls when readable / writable
         self._on_write: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None  # the handshake deadline, then the linger deadline
-        self._extra: dict[str, Any] = {}
-        try:
-            self._extra["peername"] = sock.getpeername()
-            self._extra["sockname"] = sock.getsockname()
-        except OSError:
-            pass
+        self._peername = peername
         if handshake_timeout:
             self._timer = loop.call_later(handshake_timeout, self._destroy)
         self._handshake()
@@ -153,6 +151,7 @@ class TLSTransport(asyncio.Transport):
             protocol.data_received(data)
             return
         # close_notify or end of stream: the client will send nothing more.
+        self._eof = True
         self._reading = False
         self._update_reader()
         if not protocol.eof_received():
@@ -276,6 +275,9 @@ class TLSTransport(asyncio.Transport):
         with contextlib.suppress(*_FAILED):
             # Sends close_notify; waiting for the client's then raises SSLWantReadError, which is fine.
             sock.unwrap()
+        if self._eof:
+            self._destroy()  # the client is done too: nothing to linger for
+            return
         try:
             sock.shutdown(socket.SHUT_WR)
         except _FAILED:
@@ -327,7 +329,14 @@ class TLSTransport(asyncio.Transport):
             return self._sock.getpeercert()
         if name == "cipher":
             return self._sock.cipher()
-        return self._extra.get(name, default)
+        if name == "peername":
+            return self._peername
+        if name == "sockname":
+            try:
+                return self._sock.getsockname()
+            except _FAILED:
+                return default
+        return default
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         assert isinstance(protocol, asyncio.Protocol)
@@ -339,4 +348,4 @@ class TLSTransport(asyncio.Transport):
 
     def __repr__(self) -> str:
         state = "closing" if self._closing else "open"
-        return f"<TLSTransport fd={self._fd} {state} peer={self._extra.get('peername')}>"
+        return f"<TLSTransport fd={self._fd} {state} peer={self._peername}>"
