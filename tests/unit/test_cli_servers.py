@@ -206,3 +206,21 @@ def test_rm_warns_when_the_project_still_maps_it(tmp_path: Path) -> None:
     result = run(tmp_path, "servers", "rm", "web1", "--yes")
     assert result.exit_code == 0
     assert "still maps [servers.web1]" in result.stderr
+
+
+def test_rm_forgets_the_host_key(tmp_path: Path) -> None:
+    known_hosts = tmp_path / "home" / "known_hosts"
+    add(tmp_path, "10.0.0.1", "web1", "--no-test")
+    add(tmp_path, "10.0.0.1", "web1-ssh2", "--port", "2222", "--no-test")
+    other = "[10.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOther\n"
+    known_hosts.write_text("10.0.0.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake\n" + other)
+    result = run(tmp_path, "servers", "rm", "web1", "--yes")
+    assert result.exit_code == 0
+    assert f"Forgot its host key in {known_hosts}" in result.stdout
+    assert known_hosts.read_text() == other  # the same machine's other port keeps its key
+    assert oct(known_hosts.stat().st_mode & 0o777) == "0o600"
+    # A server whose key was never recorded: nothing to forget, nothing said.
+    add(tmp_path, "10.0.0.3", "web3", "--no-test")
+    result = run(tmp_path, "servers", "rm", "web3", "--yes")
+    assert result.exit_code == 0 and "Forgot" not in result.stdout
+    assert known_hosts.read_text() == other

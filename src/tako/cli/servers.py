@@ -126,11 +126,21 @@ def rm(cli: CliContext, name: str, yes: bool) -> None:
             raise click.exceptions.Exit(1)
     remove_server(name, cli.inventory_path)
     print_success(cli.console, f"Removed server {name} ({entry.endpoint}).")
+    _forget_host_key(cli, entry)
     for project_file in _projects_using(cli, name):
         print_warning(
             cli.err_console,
             f"{project_file} still maps [servers.{name}]; deploys there will fail until removed",
         )
+
+
+def _forget_host_key(cli: CliContext, entry: ServerEntry) -> None:
+    """Drop the host's pinned key (no other entry can share its address), so a reinstalled machine can be
+    added again without editing known_hosts by hand."""
+    from tako.remote.connection import ServerAddress, forget_keys
+
+    if forget_keys(cli.known_hosts_path, ServerAddress(entry.name, entry.host, entry.port)):
+        print_message(cli.console, f"Forgot its host key in {cli.known_hosts_path}.")
 
 
 def _projects_using(cli: CliContext, name: str) -> list[Path]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncssh
 
 from tako.errors import HostKeyError, RemoteError
+from tako.fsutil import write_atomic
 
 CONNECT_TIMEOUT = 15.0
 KEEPALIVE_INTERVAL = 5.0
@@ -52,6 +53,18 @@ def recorded_keys(known_hosts: Path, address: ServerAddress) -> list[str]:
         if len(parts) >= 3 and address.known_hosts_name in parts[0].split(","):
             found.append(f"{parts[1]} {parts[2]}")
     return found
+
+
+def forget_keys(known_hosts: Path, address: ServerAddress) -> bool:
+    """Remove the server's lines from known_hosts; True if there were any."""
+    if not known_hosts.exists():
+        return False
+    lines = known_hosts.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if address.known_hosts_name not in (line.split() or [""])[0].split(",")]
+    if len(kept) == len(lines):
+        return False
+    write_atomic(known_hosts, "".join(kept).encode(), mode=0o600)
+    return True
 
 
 def record_key(known_hosts: Path, address: ServerAddress, key: asyncssh.SSHKey) -> None:
@@ -97,8 +110,10 @@ async def connect(
         raise HostKeyError(
             f"the host key of {address.name} ({address.host}:{address.port}) has changed since it was "
             f"recorded in {known_hosts}; refusing to connect",
-            hint="if the server was reinstalled on purpose, remove its line from known_hosts and run "
-            f"`tako servers add {address.host} --name {address.name}` again",
+            hint=f"if the server was reinstalled on purpose, run `tako servers rm {address.name}` (which "
+            f"forgets the old key) and `tako servers add {address.host} --name {address.name}"
+            + ("`" if address.port == 22 else f" --port {address.port}`")
+            + " again",
         ) from exc
     except asyncssh.PermissionDenied as exc:
         raise RemoteError(
