@@ -149,6 +149,7 @@ def test_rm_confirms_on_a_terminal(project: Path) -> None:
     result = run(["rm", "API_KEY"], input="n\n", terminal=True)
     assert result.exit_code == 1
     assert "Remove secret API_KEY from production, staging?" in result.output
+    assert "Secret API_KEY not removed." in result.output and "Aborted" not in result.output
     assert secret_names(project)["staging"] == {"API_KEY"}
     result = run(["rm", "API_KEY"], input="y\n", terminal=True)
     assert result.exit_code == 0, result.output

@@ -171,7 +171,8 @@ def rm_cmd(env: str | None, yes: bool, name: str) -> None:
                 hint=f"confirm with --yes: `tako secrets rm {env_flag}{name} --yes`",
             )
         if not cli.confirm(f"Remove secret {name} from {where}?"):
-            raise click.Abort()
+            print_message(cli.err_console, f"Secret {name} not removed.")
+            raise click.exceptions.Exit(1)
     removed = service.remove_secret(project_dir, name, env)
     print_success(cli.console, f"Removed {name} from {', '.join(removed)}.")
     print_message(cli.console, f"Running apps keep it until `tako secrets sync {env_flag}`".rstrip() + ".")
