@@ -212,3 +212,20 @@ def test_clients_that_vanish_leave_no_connection_behind(tmp_path: Path) -> None:
             await up.stop()
 
     run(scenario())
+
+
+def test_shutdown_closes_connections_still_in_their_handshake(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_proxy(tmp_path, {}, ProxySettings(header_timeout=60)) as p:
+            raw = socket.create_connection(("127.0.0.1", p.https_port), timeout=30)
+            try:
+                await _wait_for(lambda: p.server._handshaking)  # accepted, waiting for a ClientHello
+                started = time.monotonic()
+                await p.server.shutdown(1)
+                assert await asyncio.to_thread(raw.recv, 100) == b""
+                assert time.monotonic() - started < 30  # closed by the shutdown, not the 60 s deadline
+                assert not p.server._handshaking
+            finally:
+                raw.close()
+
+    run(scenario())

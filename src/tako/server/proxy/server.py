@@ -71,6 +71,7 @@ class ProxyServer:
         self._host_cache: dict[bytes, str | None] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._handshake_timeout = settings.header_timeout or None
+        self._handshaking: set[tls.TLSTransport] = set()  # TLS connections before their first request
         timeouts = (settings.header_timeout, settings.keepalive_timeout, settings.upstream_response_timeout)
         self._sweep_interval = max(0.05, min(1.0, min(t for t in timeouts if t > 0) / 4))
         certs.set_routed_host_predicate(self._is_routed_host)
@@ -106,6 +107,8 @@ class ProxyServer:
             self.loop.remove_reader(listener.sock.fileno())
             listener.sock.close()
         self._listeners.clear()
+        for transport in list(self._handshaking):
+            transport.abort()
         for conn in list(self.connections):
             conn.shutdown()
         deadline = self.loop.time() + timeout
@@ -215,7 +218,13 @@ class ProxyServer:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if listener.ssl is not None:
                 tls.accept(
-                    self.loop, conn, peername, listener.ssl, self._https_protocol, self._handshake_timeout
+                    self.loop,
+                    conn,
+                    peername,
+                    listener.ssl,
+                    self._https_protocol,
+                    self._handshake_timeout,
+                    self._handshaking,
                 )
             else:
                 self.spawn(self._connect_accepted(conn, listener.forward))

@@ -39,17 +39,19 @@ def accept(
     context: ssl.SSLContext,
     protocol_factory: Callable[[], asyncio.Protocol],
     handshake_timeout: float | None,
+    handshaking: set[TLSTransport],
 ) -> None:
     """Start the TLS handshake on an accepted non-blocking socket; the protocol is made once it completes.
 
-    A failed handshake (unknown server name, old protocol version, a port scanner) just closes the socket.
+    The transport is in `handshaking` until then (so a server shutting down can abort it). A failed
+    handshake (unknown server name, old protocol version, a port scanner) just closes the socket.
     """
     try:
         sock = context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
     except _FAILED:
         conn.close()
         return
-    TLSTransport(loop, sock, peername, protocol_factory, handshake_timeout)
+    TLSTransport(loop, sock, peername, protocol_factory, handshake_timeout, handshaking)
 
 
 class TLSTransport(asyncio.Transport):
@@ -62,6 +64,7 @@ class TLSTransport(asyncio.Transport):
         peername: Any,
         protocol_factory: Callable[[], asyncio.Protocol],
         handshake_timeout: float | None,
+        handshaking: set[TLSTransport],
     ) -> None:
         super().__init__()
         self._loop = loop
@@ -84,6 +87,8 @@ class TLSTransport(asyncio.Transport):
         self._on_write: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None  # the handshake deadline, then the linger deadline
         self._peername = peername
+        self._handshaking = handshaking
+        handshaking.add(self)
         if handshake_timeout:
             self._timer = loop.call_later(handshake_timeout, self._destroy)
         self._handshake()
@@ -125,6 +130,7 @@ class TLSTransport(asyncio.Transport):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._handshaking.discard(self)
         self._set_reader(None)
         self._set_writer(None)
         protocol = self._protocol = self._factory()
@@ -315,6 +321,7 @@ class TLSTransport(asyncio.Transport):
         self._buffer = []
         self._buffer_size = 0
         self._sock.close()
+        self._handshaking.discard(self)
         if self._protocol is not None:
             self._loop.call_soon(self._protocol.connection_lost, exc)
 
