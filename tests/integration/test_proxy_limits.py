@@ -79,6 +79,27 @@ def test_header_timeout_answers_408_and_closes(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_header_timeout_applies_to_later_requests_on_a_connection(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_proxy(tmp_path, {}, SETTINGS) as p:
+            status = b"GET /_tako/status HTTP/1.1\r\nHost: x\r\n\r\n"
+            # A complete request and, in the same packet, the start of another that never completes.
+            data = await raw_exchange(p.http_port, status + b"GET /_tako/status HTTP/1.1\r\nHo")
+            assert _statuses(data) == [200, 408]
+            # The same start of a request after the first response, once the connection was idle.
+            reader, writer = await asyncio.open_connection("127.0.0.1", p.http_port)
+            try:
+                writer.write(status)
+                await reader.readuntil(b"}")
+                writer.write(b"G")
+                data = await asyncio.wait_for(reader.read(), 10)
+                assert _statuses(data) == [408]
+            finally:
+                writer.close()
+
+    run(scenario())
+
+
 def test_idle_keepalive_connection_is_closed(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_proxy(tmp_path, {}, SETTINGS) as p:

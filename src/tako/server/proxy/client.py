@@ -3,6 +3,10 @@
 The connection owns the parser, its deadlines (checked by the server's sweeper, so the hot path arms no
 timers), read flow control and the pipeline of parsed requests; a cycle owns one request: its validated
 head, routing, upstream connection and body framing. Requests are answered strictly in order.
+
+Every forwarded request runs through the parser callbacks, `_start` and `UpstreamConnection.attach`, so
+that path is kept lean: settings and per-connection bytes are looked up once per connection, header names
+are classified through a cache, and small helpers on it are inlined where noted.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ _STATUS_PATH = b"/_tako/status"
 _ACME_PREFIX = b"/.well-known/acme-challenge/"
 
 # Request headers with special handling; everything else (and Host) is passed on unchanged.
+_H_PASS = -1
 _H_DROP = 0
 _H_HOST = 1
 _H_LENGTH = 2
@@ -63,6 +68,25 @@ _REQUEST_SPECIAL: dict[bytes, int] = {
     b"te": _H_DROP,
     b"trailer": _H_DROP,
 }
+
+# The kind of each header name as received (any case), so most headers cost one dict lookup and no
+# lower-casing. Clients choose the names: the cache holds short names only, is bounded, and starts over
+# when full.
+_request_kinds: dict[bytes, int] = {}
+_KINDS_CACHE_MAX = 512
+_KINDS_CACHE_NAME_MAX = 64
+
+
+def _request_kind(name: bytes) -> int:
+    lname = name.lower()
+    kind = _REQUEST_SPECIAL.get(lname)
+    if kind is None:
+        kind = _H_DROP if lname.startswith(b"proxy-") else _H_PASS
+    if len(name) <= _KINDS_CACHE_NAME_MAX:
+        if len(_request_kinds) >= _KINDS_CACHE_MAX:
+            _request_kinds.clear()
+        _request_kinds[name] = kind
+    return kind
 
 
 class _Reject(Exception):
@@ -93,7 +117,6 @@ class RequestCycle:
         "keep_alive",
         "method",
         "pieces",
-        "response_done",
         "response_started",
         "retried",
         "te",
@@ -135,13 +158,47 @@ class RequestCycle:
         self.uconn: UpstreamConnection | None = None
         self.upstream: Upstream | None = None
         self.response_started = False
-        self.response_done = False
         self.error_status = 0
         self.retried = False
 
 
 class ClientConnection(asyncio.Protocol):
     """One client connection: parse requests, answer or forward them in order, enforce limits."""
+
+    # Slots: attribute access stays on the interpreter's fast paths however many fields there are.
+    __slots__ = (
+        "broken",
+        "client_ip",
+        "closed",
+        "cycle",
+        "deadline",
+        "deadline_kind",
+        "eof",
+        "forward",
+        "forwarded",
+        "forwarded_for",
+        "head_pending",
+        "header_timeout",
+        "keepalive_timeout",
+        "last_host",
+        "last_host_header",
+        "loop",
+        "max_body",
+        "max_header_bytes",
+        "max_headers",
+        "parser",
+        "parsing",
+        "pause_mask",
+        "pipeline",
+        "reject_status",
+        "response_timeout",
+        "server",
+        "tls",
+        "transport",
+        "tunnel",
+        "upgrade_buffer",
+        "write_paused",
+    )
 
     def __init__(self, server: ProxyServer, tls: bool, forward: bool) -> None:
         self.server = server
@@ -152,10 +209,17 @@ class ClientConnection(asyncio.Protocol):
         self.max_header_bytes = settings.max_header_bytes
         self.max_headers = settings.max_headers
         self.max_body = settings.max_body_bytes
+        self.header_timeout = settings.header_timeout
+        self.keepalive_timeout = settings.keepalive_timeout
+        self.response_timeout = settings.upstream_response_timeout
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = b""
         self.forwarded = b""  # X-Forwarded-For tail + X-Forwarded-Proto, precomputed per connection
+        self.forwarded_for = b""  # the same with the header name: when the request had no X-Forwarded-For
+        # The last Host header and its normalised form: requests on one connection usually repeat it.
+        self.last_host_header: bytes | None = None
+        self.last_host: str | None = None
         self.cycle: RequestCycle | None = None  # the request being answered
         self.parsing: RequestCycle | None = None  # the request receiving parser callbacks
         self.pipeline: collections.deque[RequestCycle] = collections.deque()
@@ -182,8 +246,9 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = ip.encode("ascii", "replace")
         proto = b"https" if self.tls else b"http"
         self.forwarded = self.client_ip + b"\r\nX-Forwarded-Proto: " + proto + _CRLF
+        self.forwarded_for = b"X-Forwarded-For: " + self.forwarded
         self.server.connections.add(self)
-        self.deadline = self.loop.time() + self.server.settings.header_timeout
+        self.deadline = self.loop.time() + self.header_timeout
         self.deadline_kind = _DEADLINE_HEADER
         if self.server.shutting_down:
             self.transport.close()
@@ -257,12 +322,15 @@ class ClientConnection(asyncio.Protocol):
                 self._fail(status)
             return
         parsing = self.parsing
-        if (
-            (parsing is None or not parsing.headers_done)
-            and self.head_pending > self.max_header_bytes
-            and not self.broken
-        ):
-            self._fail(431)
+        if parsing is None or not parsing.headers_done:
+            if self.head_pending > self.max_header_bytes:
+                if not self.broken:
+                    self._fail(431)
+            elif parsing is not None and not self.deadline_kind:
+                # A request head is still incomplete: the header timeout runs from the read it began in.
+                # (Armed here rather than in on_message_begin: most heads complete within one read.)
+                self.deadline = self.loop.time() + self.header_timeout
+                self.deadline_kind = _DEADLINE_HEADER
 
     # -- httptools callbacks ----------------------------------------------------------------------
 
@@ -270,8 +338,11 @@ class ClientConnection(asyncio.Protocol):
         if self.broken:
             raise _Reject
         self.parsing = RequestCycle(self)
-        self.deadline = self.loop.time() + self.server.settings.header_timeout
-        self.deadline_kind = _DEADLINE_HEADER
+        if self.deadline_kind:
+            # The header deadline of a new connection, or the keep-alive deadline armed earlier in this
+            # read: a request has begun (data_received arms the header deadline if its head is incomplete).
+            self.deadline = 0.0
+            self.deadline_kind = 0
 
     def on_url(self, url: bytes) -> None:
         cycle = self.parsing
@@ -290,11 +361,11 @@ class ClientConnection(asyncio.Protocol):
         cycle.header_bytes += len(name) + len(value) + 4
         if cycle.header_count > self.max_headers or cycle.header_bytes > self.max_header_bytes:
             self._reject(431)
-        lname = name.lower()
-        kind = _REQUEST_SPECIAL.get(lname)
+        kind = _request_kinds.get(name)
         if kind is None:
-            if not lname.startswith(b"proxy-"):
-                cycle.pieces.extend((name, b": ", value, _CRLF))
+            kind = _request_kind(name)
+        if kind == _H_PASS:
+            cycle.pieces.extend((name, b": ", value, _CRLF))
         elif kind == _H_HOST:
             if cycle.host_header is not None:
                 self._reject(400)
@@ -308,7 +379,10 @@ class ClientConnection(asyncio.Protocol):
                 self._reject(400)
             cycle.te = value
         elif kind == _H_CONNECTION:
-            for token in value.lower().split(b","):
+            lvalue = value.lower()
+            if lvalue == b"keep-alive" or lvalue == b"close":
+                return  # the common values, which need nothing recorded (the parser reads them too)
+            for token in lvalue.split(b","):
                 token = token.strip()
                 if token == b"upgrade":
                     cycle.wants_upgrade = True
@@ -333,10 +407,10 @@ class ClientConnection(asyncio.Protocol):
             self.deadline_kind = 0
         parser = self.parser
         version = parser.get_http_version()
-        if version == "1.0":
+        if version != "1.1":
+            if version != "1.0":
+                self._reject(400)
             cycle.http10 = True
-        elif version != "1.1":
-            self._reject(400)
         method = parser.get_method()
         cycle.method = method
         cycle.is_head = method == b"HEAD"
@@ -353,10 +427,14 @@ class ClientConnection(asyncio.Protocol):
             cycle.chunked = True
         host_header = cycle.host_header
         if host_header is not None:
-            host = self.server.normalise_host(host_header)
-            if host is None:
-                self._reject(400)
-            cycle.host = host
+            if host_header == self.last_host_header:
+                cycle.host = self.last_host
+            else:
+                host = self.server.normalise_host(host_header)
+                if host is None:
+                    self._reject(400)
+                cycle.host = self.last_host = host
+                self.last_host_header = host_header
         elif not cycle.http10:
             self._reject(400)
         if self.max_body and cycle.content_length is not None and cycle.content_length > self.max_body:
@@ -370,7 +448,7 @@ class ClientConnection(asyncio.Protocol):
             cycle.body_done = True  # nothing more to read for this request: answering it may start now
         cycle.head = self._build_head(cycle)
         if not cycle.body_done:
-            self.deadline = self.loop.time() + self.server.settings.keepalive_timeout
+            self.deadline = self.loop.time() + self.keepalive_timeout
             self.deadline_kind = _DEADLINE_BODY
         if self.cycle is None:
             self._start(cycle)
@@ -385,7 +463,7 @@ class ClientConnection(asyncio.Protocol):
         if self.max_body and cycle.body_received > self.max_body:
             self._reject(413)
         if self.deadline_kind == _DEADLINE_BODY:
-            self.deadline = self.loop.time() + self.server.settings.keepalive_timeout
+            self.deadline = self.loop.time() + self.keepalive_timeout
         uconn = cycle.uconn
         if uconn is not None:
             if cycle.chunked:
@@ -424,22 +502,23 @@ class ClientConnection(asyncio.Protocol):
     # -- request head -------------------------------------------------------------------------------
 
     def _build_head(self, cycle: RequestCycle) -> bytes:
-        pieces = cycle.pieces
-        if cycle.conn_tokens is not None:
-            pieces = _without(pieces, cycle.conn_tokens)
-        parts = [cycle.method, b" ", cycle.url, b" HTTP/1.1\r\n", *pieces]
-        if cycle.xff is None:
-            parts.append(b"X-Forwarded-For: " + self.forwarded)
+        parts = [cycle.method, b" ", cycle.url, b" HTTP/1.1\r\n"]
+        if cycle.conn_tokens is None:
+            parts += cycle.pieces
         else:
-            parts.append(b"X-Forwarded-For: " + cycle.xff + b", " + self.forwarded)
+            parts += _without(cycle.pieces, cycle.conn_tokens)
+        if cycle.xff is None:
+            parts.append(self.forwarded_for)
+        else:
+            parts += (b"X-Forwarded-For: ", cycle.xff, b", ", self.forwarded)
         if cycle.host_header is not None:
-            parts.append(b"X-Forwarded-Host: " + cycle.host_header + _CRLF)
+            parts += (b"X-Forwarded-Host: ", cycle.host_header, _CRLF)
         if cycle.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         elif cycle.content_length is not None:
             parts.append(b"Content-Length: %d\r\n" % cycle.content_length)
         if cycle.upgrade is not None:
-            parts.append(b"Connection: upgrade\r\nUpgrade: " + cycle.upgrade + _CRLF)
+            parts += (b"Connection: upgrade\r\nUpgrade: ", cycle.upgrade, _CRLF)
         parts.append(_CRLF)
         return b"".join(parts)
 
@@ -454,28 +533,27 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         if server.shutting_down:
             cycle.keep_alive = False
-        # A local answer sent before the request body arrived ends the connection (see response_complete).
-        close = not (cycle.keep_alive and cycle.body_done)
         path = cycle.url.partition(b"?")[0]
         if path == _STATUS_PATH and (cycle.method == b"GET" or cycle.is_head):
             status, body = server.services.status_document()
             data = responses.response(
                 status,
                 body,
-                close=close,
+                close=_close_after_local(cycle),
                 content_type=b"application/json",
                 head_only=cycle.is_head,
             )
             self._respond(cycle, data)
             return
         host = cycle.host
-        router = server.snapshot.router
         if not self.forward:
-            self._answer_plain_http(cycle, path, host, close)
+            self._answer_plain_http(cycle, path, host, _close_after_local(cycle))
             return
-        gate = router.match(host, path.decode("latin-1")) if host is not None else None
+        gate = server.snapshot.router.match(host, path.decode("latin-1")) if host is not None else None
         if gate is None:
-            self._respond(cycle, responses.error(404, close=close, head_only=cycle.is_head))
+            self._respond(
+                cycle, responses.error(404, close=_close_after_local(cycle), head_only=cycle.is_head)
+            )
             return
         upstream = gate.pick()
         if upstream is None:
@@ -511,7 +589,7 @@ class ClientConnection(asyncio.Protocol):
                     exc.status,
                     exc.reason,
                     exc.retry_after,
-                    close=not (cycle.keep_alive and cycle.body_done),
+                    close=_close_after_local(cycle),
                     head_only=cycle.is_head,
                 )
                 self._respond(cycle, data)
@@ -529,7 +607,7 @@ class ClientConnection(asyncio.Protocol):
             self.server.spawn(self._connect(cycle, pool))
         else:
             uconn.attach(cycle)
-            if cycle.buffer is None:
+            if cycle.buffer is None and self.pause_mask:
                 self.resume(PAUSE_BUFFER)
 
     async def _connect(self, cycle: RequestCycle, pool: UpstreamPool) -> None:
@@ -549,7 +627,7 @@ class ClientConnection(asyncio.Protocol):
         """The whole request is on its way to the instance: the response timeout starts now."""
         uconn = cycle.uconn
         if uconn is not None and not cycle.response_started:
-            uconn.deadline = self.loop.time() + self.server.settings.upstream_response_timeout
+            uconn.deadline = self.loop.time() + self.response_timeout
 
     def upstream_failed(self, cycle: RequestCycle, *, retryable: bool) -> None:
         """The instance connection broke before a response started (called by UpstreamConnection)."""
@@ -585,8 +663,9 @@ class ClientConnection(asyncio.Protocol):
 
     def _upstream_error(self, cycle: RequestCycle, status: int) -> None:
         _finish_upstream(cycle)
-        close = not (cycle.keep_alive and cycle.body_done)
-        self._respond(cycle, responses.error(status, close=close, head_only=cycle.is_head))
+        self._respond(
+            cycle, responses.error(status, close=_close_after_local(cycle), head_only=cycle.is_head)
+        )
 
     def _respond(self, cycle: RequestCycle, data: bytes) -> None:
         """Write a complete local response for the current cycle and move on."""
@@ -596,11 +675,13 @@ class ClientConnection(asyncio.Protocol):
 
     def response_complete(self, cycle: RequestCycle) -> None:
         """The response to the current cycle is fully written (called locally and by UpstreamConnection)."""
-        cycle.response_done = True
         cycle.uconn = None
         if self.pause_mask & PAUSE_UPSTREAM:
             self.resume(PAUSE_UPSTREAM)
-        _finish_upstream(cycle)
+        upstream = cycle.upstream  # _finish_upstream, inline: this is every response's path
+        if upstream is not None:
+            cycle.upstream = None
+            upstream.request_finished()
         self.cycle = None
         if not cycle.body_done or not cycle.keep_alive or self.server.shutting_down:
             # A response that ended before its request body did: the rest of the body is unread and the
@@ -616,12 +697,14 @@ class ClientConnection(asyncio.Protocol):
         if self.eof:
             self._close(linger=False)
             return
-        if self.parsing is None:
-            self._idle()
+        if self.parsing is None and not self.broken:
+            # _idle, inline: wait for the next request.
+            self.deadline = self.loop.time() + self.keepalive_timeout
+            self.deadline_kind = _DEADLINE_KEEPALIVE
 
     def _idle(self) -> None:
         if not self.broken:
-            self.deadline = self.loop.time() + self.server.settings.keepalive_timeout
+            self.deadline = self.loop.time() + self.keepalive_timeout
             self.deadline_kind = _DEADLINE_KEEPALIVE
 
     # -- upgrades -------------------------------------------------------------------------------------
@@ -710,7 +793,7 @@ class ClientConnection(asyncio.Protocol):
         kind = self.deadline_kind
         if kind == _DEADLINE_BODY and self.pause_mask and not self.broken:
             # The proxy itself stopped reading (flow control): the client is not idle.
-            self.deadline = self.loop.time() + self.server.settings.keepalive_timeout
+            self.deadline = self.loop.time() + self.keepalive_timeout
             return
         self.deadline = 0.0
         self.deadline_kind = 0
@@ -747,6 +830,14 @@ class ClientConnection(asyncio.Protocol):
         if self.cycle is None and self.parsing is None and self.tunnel is None and not self.pipeline:
             self.broken = True
             self.transport.close()
+
+
+def _close_after_local(cycle: RequestCycle) -> bool:
+    """Whether a response the proxy writes itself closes the connection.
+
+    A local answer sent before the request body arrived ends the connection (see response_complete).
+    """
+    return not (cycle.keep_alive and cycle.body_done)
 
 
 def _finish_upstream(cycle: RequestCycle) -> None:

@@ -3,6 +3,10 @@
 One `UpstreamConnection` per TCP connection to an instance; it parses the response with httptools and
 writes it straight to the client's transport, re-framed (Content-Length, chunked or close-delimited). One
 `UpstreamPool` per instance key keeps idle connections for reuse (LIFO, idle ones closed by the sweeper).
+
+Every response runs through the parser callbacks and `data_received`, so that path is kept lean: header
+names are classified through a cache, the response head is assembled from pieces and joined once per read
+(together with the body bytes on TLS), and small helpers on it are inlined where noted.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ POOL_IDLE_SECONDS = 4.0
 POOL_MAX_IDLE = 1024
 
 # Response headers the proxy never passes on (hop-by-hop or re-framed); value = what to record.
+_H_PASS = -1
 _H_DROP = 0
 _H_CONNECTION = 1
 _H_LENGTH = 2
@@ -48,6 +53,25 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
 
 _CHUNK_END = b"0\r\n\r\n"
 _CRLF = b"\r\n"
+
+# The kind of each header name as received (any case), so most headers cost one dict lookup and no
+# lower-casing. Apps choose the names: the cache holds short names only, is bounded, and starts over
+# when full.
+_response_kinds: dict[bytes, int] = {}
+_KINDS_CACHE_MAX = 512
+_KINDS_CACHE_NAME_MAX = 64
+
+# The start of the status line for each status code (httptools reads at most three digits).
+_STATUS_LINE_STARTS = tuple(b"HTTP/1.1 %d " % code for code in range(1000))
+
+
+def _response_kind(name: bytes) -> int:
+    kind = _RESPONSE_SPECIAL.get(name.lower(), _H_PASS)
+    if len(name) <= _KINDS_CACHE_NAME_MAX:
+        if len(_response_kinds) >= _KINDS_CACHE_MAX:
+            _response_kinds.clear()
+        _response_kinds[name] = kind
+    return kind
 
 
 class _HeadDone(Exception):
@@ -106,6 +130,32 @@ class UpstreamPool:
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an instance, carrying one request at a time (no upstream pipelining)."""
 
+    __slots__ = (
+        "_chunked",
+        "_conn_close",
+        "_conn_tokens",
+        "_frame",
+        "_got_bytes",
+        "_head_done",
+        "_headers",
+        "_keep_alive",
+        "_length",
+        "_out",
+        "_reason",
+        "_status",
+        "_until_close",
+        "closed",
+        "cycle",
+        "deadline",
+        "idle_since",
+        "parser",
+        "pool",
+        "requests",
+        "transport",
+        "tunnel",
+        "write_paused",
+    )
+
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
@@ -118,7 +168,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.write_paused = False
         self.tunnel = False
         self._reason = b""
-        self._headers: list[bytes] = []
+        self._headers: list[bytes] | None = None  # pieces of the response head; None outside of it
         self._length: bytes | None = None
         self._chunked = False
         self._conn_close = False
@@ -208,7 +258,14 @@ class UpstreamConnection(asyncio.Protocol):
                 cycle.conn.upstream_failed(cycle, retryable=False)
             return
         if out:
-            _flush(cycle, out)
+            # _flush, inline: this is every response's path.
+            conn = cycle.conn
+            if len(out) == 1:
+                conn.transport.write(out[0])
+            elif conn.tls:
+                conn.transport.write(b"".join(out))
+            else:
+                conn.transport.writelines(out)
             out.clear()
         if self._frame == -1:
             # The response completed inside feed_data; finish after its bytes were written.
@@ -223,20 +280,24 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = False
         self._frame = FRAME_NONE
         self.deadline = 0.0
-        if cycle.conn.write_paused:
-            self.transport.pause_reading()
+        conn = cycle.conn
+        transport = self.transport
+        if conn.write_paused:
+            transport.pause_reading()
         buffered = cycle.buffer
         if buffered:
             cycle.buffer = None
-            self.transport.writelines([cycle.head, *buffered])
+            transport.writelines([cycle.head, *buffered])
         else:
-            self.transport.write(cycle.head)
+            transport.write(cycle.head)
         if cycle.body_done:
             if cycle.chunked:
-                self.transport.write(_CHUNK_END)
-            cycle.conn.request_sent(cycle)
+                transport.write(_CHUNK_END)
+            if not cycle.response_started:
+                # ClientConnection.request_sent, inline: the response timeout starts now.
+                self.deadline = conn.loop.time() + conn.response_timeout
         if self.write_paused:
-            cycle.conn.pause(PAUSE_UPSTREAM)
+            conn.pause(PAUSE_UPSTREAM)
 
     def close(self) -> None:
         if not self.closed:
@@ -265,18 +326,23 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        cycle = self.cycle
-        if cycle is None or cycle.response_started:
+        headers = self._headers
+        if headers is None:
             return  # trailers of a chunked response: dropped
-        kind = _RESPONSE_SPECIAL.get(name.lower())
+        kind = _response_kinds.get(name)
         if kind is None:
-            self._headers.extend((name, b": ", value, _CRLF))
+            kind = _response_kind(name)
+        if kind == _H_PASS:
+            headers.extend((name, b": ", value, _CRLF))
         elif kind == _H_LENGTH:
             self._length = value.strip()
         elif kind == _H_TE:
             self._chunked = True
         elif kind == _H_CONNECTION:
-            for token in value.lower().split(b","):
+            lvalue = value.lower()
+            if lvalue == b"keep-alive":
+                return  # the common value, which needs nothing recorded (the parser reads it too)
+            for token in lvalue.split(b","):
                 token = token.strip()
                 if token == b"close":
                     self._conn_close = True
@@ -288,12 +354,15 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         cycle = self.cycle
         assert cycle is not None
-        status = self.parser.get_status_code()
+        headers = self._headers
+        assert headers is not None
+        self._headers = None  # any header callbacks after this are trailers
+        parser = self.parser
+        status = parser.get_status_code()
         self._status = status
-        self._keep_alive = self.parser.should_keep_alive()
+        self._keep_alive = parser.should_keep_alive()
         self.deadline = 0.0
         client = cycle.conn
-        headers = self._headers
         if self._conn_tokens is not None:
             headers = _without(headers, self._conn_tokens)
         if status < 200:
@@ -314,16 +383,22 @@ class UpstreamConnection(asyncio.Protocol):
         if cycle.upgrade is not None:
             # The app declined the upgrade: the client parser is already past the request, so close after.
             cycle.keep_alive = False
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, self._reason), *headers]
+        out = self._out
+        # TLS: the pieces of the head go straight into the output, which is joined once per read together
+        # with the body bytes (one record). Plain TCP: the head is joined here, body bytes are written as
+        # they came (no copy).
+        parts = out if client.tls else []
+        parts += (_STATUS_LINE_STARTS[status], self._reason, _CRLF)
+        parts += headers
         if cycle.is_head or status == 204 or status == 304:
             frame = FRAME_NONE
             if self._length is not None and status != 204:
-                parts.append(b"Content-Length: " + self._length + _CRLF)
+                parts += (b"Content-Length: ", self._length, _CRLF)
         elif self._chunked:
             frame = FRAME_CHUNKED if not cycle.http10 else FRAME_CLOSE
         elif self._length is not None:
             frame = FRAME_LENGTH
-            parts.append(b"Content-Length: " + self._length + _CRLF)
+            parts += (b"Content-Length: ", self._length, _CRLF)
         else:
             self._until_close = True
             frame = FRAME_CHUNKED if not cycle.http10 else FRAME_CLOSE
@@ -339,7 +414,8 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             parts.append(_CRLF)
         self._frame = frame
-        self._out.append(b"".join(parts))
+        if parts is not out:
+            out.append(b"".join(parts))
         if cycle.is_head:
             # httptools cannot be told that a response to HEAD has no body; stop it here.
             self._head_done = True
