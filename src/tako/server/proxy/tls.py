@@ -131,10 +131,11 @@ class TLSTransport(asyncio.Transport):
             self._timer.cancel()
             self._timer = None
         self._handshaking.discard(self)
-        self._set_reader(None)
         self._set_writer(None)
         protocol = self._protocol = self._factory()
         protocol.connection_made(self)
+        # Hands the socket's read readiness from the handshake straight to _read: replacing the callback
+        # keeps the loop's poll handle, where removing it first would tear it down and make a new one.
         self._update_reader()
 
     # -- reading ----------------------------------------------------------------------------------
