@@ -254,3 +254,38 @@ def test_http10_clients_keepalive_only_when_asked(tmp_path: Path) -> None:
             await up.stop()
 
     run(scenario())
+
+
+def test_absolute_form_targets_route_by_their_authority(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        a, b = await HttpUpstream("a").start(), await HttpUpstream("b").start()
+        routes = {
+            "a.tako.test": StaticGate("a", [StaticUpstream(a.port)]),
+            "b.tako.test": StaticGate("b", [StaticUpstream(b.port)]),
+        }
+        try:
+            async with running_proxy(tmp_path, routes) as p:
+                p.issue("a.tako.test")
+                requests = (
+                    # The target's authority wins over the Host header (RFC 9112, 3.2.2).
+                    b"GET http://b.tako.test/echo?x=1 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+                    # Scheme and host in any case; a query with no path.
+                    b"GET HTTPS://B.tako.test?y=2 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+                    # HTTP/1.0 with no Host header at all.
+                    b"GET http://a.tako.test:443/echo HTTP/1.0\r\n\r\n"
+                )
+                data = await raw_exchange(
+                    p.https_port, requests, ssl_context=p.client_context(), server_hostname="a.tako.test"
+                )
+                responses = parse_responses(data)
+                assert [r.status for r in responses] == [200, 200, 200]
+                seen = [json.loads(r.body) for r in responses]
+                assert [s["app"] for s in seen] == ["b", "b", "a"]
+                assert [s["target"] for s in seen] == ["/echo?x=1", "/?y=2", "/echo"]
+                hosts = [{k.lower(): v for k, v in s["headers"]}["host"] for s in seen]
+                assert hosts == ["b.tako.test", "B.tako.test", "a.tako.test:443"]
+        finally:
+            await a.stop()
+            await b.stop()
+
+    run(scenario())

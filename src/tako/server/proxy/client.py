@@ -419,7 +419,7 @@ class ClientConnection(asyncio.Protocol):
             self._reject(405)
         url = cycle.url
         if url[:1] != b"/" and not (url == b"*" and method == b"OPTIONS"):
-            self._reject(400)
+            self._absolute_form(cycle)
         if cycle.te is not None:
             # Only `chunked` alone can be re-framed safely; HTTP/1.0 has no chunked encoding.
             if cycle.http10 or cycle.te.strip().lower() != b"chunked":
@@ -498,6 +498,34 @@ class ClientConnection(asyncio.Protocol):
             if cycle.chunked:
                 uconn.transport.write(_CHUNK_END)
             self.request_sent(cycle)
+
+    def _absolute_form(self, cycle: RequestCycle) -> None:
+        """`GET http://host/path HTTP/1.1`: forward `/path`, with the target's authority as the Host.
+
+        HTTP/1.1 servers must accept this form (RFC 9112, 3.2.2), and the authority in it wins over any
+        Host header. Other schemes, userinfo, an empty authority and anything not absolute are refused.
+        """
+        scheme, sep, rest = cycle.url.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            self._reject(400)
+        end = len(rest)
+        for delimiter in (b"/", b"?"):
+            at = rest.find(delimiter)
+            if 0 <= at < end:
+                end = at
+        authority, target = rest[:end], rest[end:]
+        if not authority or b"@" in authority:
+            self._reject(400)
+        cycle.url = target if target[:1] == b"/" else b"/" + target
+        pieces = cycle.pieces
+        if cycle.host_header is not None:
+            for i in range(0, len(pieces), 4):
+                if pieces[i].lower() == b"host":
+                    pieces[i + 2] = authority
+                    break
+        else:
+            pieces.extend((b"Host", b": ", authority, _CRLF))
+        cycle.host_header = authority
 
     # -- request head -------------------------------------------------------------------------------
 
