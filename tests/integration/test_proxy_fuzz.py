@@ -208,6 +208,8 @@ def test_malformed_input_never_breaks_the_proxy(
         if reply:
             # Whatever came back is well-formed HTTP/1.1.
             assert reply.startswith(b"HTTP/1.1 "), reply[:80]
+    # The same bytes where a TLS handshake should start: at most a TLS alert comes back, never HTTP.
+    assert not _exchange(p.https_port, data).startswith(b"HTTP")
     assert [r.status for r in parse_responses(_exchange(p.http_port, VALID))] == [301]
     response = parse_responses(_exchange(p.https_port, VALID, tls))
     assert [r.status for r in response] == [200] and b'"app": "app"' in response[0].body

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import socket
 import ssl
 import time
@@ -227,5 +228,43 @@ def test_shutdown_closes_connections_still_in_their_handshake(tmp_path: Path) ->
                 assert not p.server._handshaking
             finally:
                 raw.close()
+
+    run(scenario())
+
+
+def test_corrupt_records_after_the_handshake_close_only_that_connection(tmp_path: Path) -> None:
+    def corrupt(p: ProxyHarness, record: bytes) -> bytes | str:
+        with _tls_client(p) as sock:
+            sock.sendall(b"GET /sink HTTP/1.1\r\nHost: a.tako.test\r\n\r\n")
+            _read_responses(sock, 1)
+            # Bytes that are not what this TLS session would send, written under the TLS layer.
+            with socket.socket(fileno=os.dup(sock.fileno())) as raw:
+                raw.sendall(record)
+            try:
+                return sock.recv(65536)
+            except (ssl.SSLError, OSError) as exc:
+                return type(exc).__name__
+
+    async def scenario() -> None:
+        loop_errors: list[object] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: loop_errors.append(ctx))
+        up = await HttpUpstream().start()
+        try:
+            async with running_proxy(tmp_path, {HOST: StaticGate("a", [StaticUpstream(up.port)])}) as p:
+                p.issue(HOST)
+                for record in (
+                    b"\x17\x03\x03\x00\x20" + bytes(range(32)),  # application data that fails to decrypt
+                    b"\x16\x03\x03\x40\x00" + b"\x00" * 64,  # an oversized handshake record, cut short
+                    b"GET / HTTP/1.1\r\n\r\n",  # plaintext inside a TLS connection
+                ):
+                    result = await asyncio.to_thread(corrupt, p, record)
+                    assert result in (b"", "SSLError", "ConnectionResetError", "SSLEOFError"), result
+                await _wait_for(lambda: not p.server.connections)
+                async with p.https() as client:
+                    r = await client.get("/sink", headers={"Host": HOST}, extensions={"sni_hostname": HOST})
+                    assert r.status_code == 200
+        finally:
+            await up.stop()
+        assert not loop_errors, loop_errors[0]
 
     run(scenario())
