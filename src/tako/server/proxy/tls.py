@@ -57,6 +57,30 @@ def accept(
 class TLSTransport(asyncio.Transport):
     """One server-side TLS connection driven by socket readiness."""
 
+    __slots__ = (
+        "_buffer",
+        "_buffer_size",
+        "_closing",
+        "_eof",
+        "_factory",
+        "_fd",
+        "_handshaking",
+        "_high_water",
+        "_loop",
+        "_lost",
+        "_low_water",
+        "_on_read",
+        "_on_write",
+        "_peername",
+        "_protocol",
+        "_reading",
+        "_recv",
+        "_send",
+        "_sock",
+        "_timer",
+        "_write_paused",
+    )
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
