@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -258,6 +260,44 @@ def test_running_out_of_file_descriptors_recovers(tmp_path: Path) -> None:
                 )
                 assert _statuses(data) == [200]
                 assert proc.poll() is None
+        finally:
+            await up.stop()
+
+    run(scenario())
+
+
+def test_a_client_that_stops_reading_is_dropped(tmp_path: Path) -> None:
+    request = b"GET /bytes/50000000 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+
+    def stalled_client(port: int, ctx: ssl.SSLContext | None) -> socket.socket:
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+        raw.connect(("127.0.0.1", port))
+        sock = ctx.wrap_socket(raw, server_hostname="a.tako.test") if ctx is not None else raw
+        sock.sendall(request)
+        return sock  # and never reads
+
+    async def scenario() -> None:
+        up = await HttpUpstream().start()
+        routes = {"a.tako.test": StaticGate("a", [StaticUpstream(up.port)])}
+        try:
+            async with running_proxy(tmp_path, routes, SETTINGS) as p:
+                p.issue("a.tako.test")
+                plain_port = await p.server.start_http("127.0.0.1", 0, forward=True)
+                for port, ctx in ((plain_port, None), (p.https_port, p.client_context())):
+                    sock = await asyncio.to_thread(stalled_client, port, ctx)
+                    try:
+                        # Dropped once it has made no room for keepalive_timeout (0.3 s here).
+                        deadline = time.monotonic() + 20
+                        while p.server.connections:
+                            assert time.monotonic() < deadline, (
+                                f"the stalled client on {port} is still connected"
+                            )
+                            await asyncio.sleep(0.05)
+                    finally:
+                        sock.close()
+                data = await raw_exchange(p.http_port, b"GET /_tako/status HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert _statuses(data) == [200]
         finally:
             await up.stop()
 

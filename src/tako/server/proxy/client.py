@@ -192,6 +192,7 @@ class ClientConnection(asyncio.Protocol):
         "pipeline",
         "reject_status",
         "response_timeout",
+        "send_deadline",
         "server",
         "tls",
         "transport",
@@ -225,6 +226,9 @@ class ClientConnection(asyncio.Protocol):
         self.pipeline: collections.deque[RequestCycle] = collections.deque()
         self.pause_mask = 0
         self.write_paused = False
+        # While the client reads nothing of what is written to it (writing paused), it must make room
+        # within keepalive_timeout or the connection is dropped: a stalled reader cannot hold it forever.
+        self.send_deadline = 0.0
         self.deadline = 0.0
         self.deadline_kind = 0
         self.head_pending = 0
@@ -284,12 +288,14 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.send_deadline = self.loop.time() + self.keepalive_timeout
         cycle = self.cycle
         if cycle is not None and cycle.uconn is not None:
             cycle.uconn.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.send_deadline = 0.0
         cycle = self.cycle
         if cycle is not None and cycle.uconn is not None:
             cycle.uconn.transport.resume_reading()

@@ -243,9 +243,14 @@ class ProxyServer:
             conn.close()
 
     def _sweep(self) -> None:
-        """Fire connection deadlines (header, keep-alive, linger, upstream response); trim idle pools."""
+        """Fire connection deadlines (header, keep-alive, linger, stalled reader, upstream response); trim
+        idle pools."""
         now = self.loop.time()
         for conn in list(self.connections):
+            if conn.send_deadline and now >= conn.send_deadline:
+                conn.send_deadline = 0.0
+                conn.abort()  # the client stopped reading what it asked for
+                continue
             deadline = conn.deadline
             if deadline and now >= deadline:
                 conn.on_deadline()

@@ -27,6 +27,7 @@ RECV_SIZE = 65536
 HIGH_WATER = 64 * 1024  # pause the protocol's writing above this many buffered bytes
 LOW_WATER = 16 * 1024  # and resume it at or below this
 LINGER_SECONDS = 2.0  # after close_notify: keep discarding the client's bytes this long at most
+CLOSE_FLUSH_SECONDS = 60.0  # closing with bytes still to send: give up once the client takes none this long
 
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _FAILED = (OSError, ValueError)  # ssl.SSLError is an OSError; ValueError: the socket is already closed
@@ -248,6 +249,8 @@ class TLSTransport(asyncio.Transport):
         except _FAILED as exc:
             self._fatal(exc)
             return
+        if self._closing and sent:
+            self._restart_timer(CLOSE_FLUSH_SECONDS)  # the client is still taking bytes
         if sent < len(data):
             self._buffer = [memoryview(data)[sent:]]
             self._buffer_size = len(data) - sent
@@ -297,6 +300,8 @@ class TLSTransport(asyncio.Transport):
         self._update_reader()
         if not self._buffer:
             self._shutdown()
+        else:
+            self._restart_timer(CLOSE_FLUSH_SECONDS)
 
     def abort(self) -> None:
         self._destroy()
@@ -315,9 +320,13 @@ class TLSTransport(asyncio.Transport):
             self._destroy()
             return
         self._set_reader(self._discard)
+        self._restart_timer(LINGER_SECONDS)
+
+    def _restart_timer(self, seconds: float) -> None:
+        """Close the connection `seconds` from now (replacing the previous deadline)."""
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._loop.call_later(LINGER_SECONDS, self._destroy)
+        self._timer = self._loop.call_later(seconds, self._destroy)
 
     def _discard(self) -> None:
         try:
