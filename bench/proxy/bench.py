@@ -22,8 +22,9 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -50,6 +51,9 @@ class Result:
     proxy_cpu_percent: float
     proxy_rss_mb: float
     error: str = ""
+    # wrk's breakdown of socket_errors. Its "timeout" also counts, at each 2 s check, every connection
+    # that has not sent its first request yet (still connecting or in its TLS handshake).
+    socket_errors_by_kind: dict[str, int] = field(default_factory=dict)
 
 
 def free_port() -> int:
@@ -260,7 +264,10 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(url: str, connections: int, duration: float, threads: int) -> dict[str, float]:
+_ERROR_KINDS = ("connect", "read", "write", "timeout")  # wrk's "Socket errors:" line, in order
+
+
+def run_wrk(url: str, connections: int, duration: float, threads: int) -> dict[str, Any]:
     argv = [
         "wrk",
         f"-t{threads}",
@@ -286,12 +293,15 @@ def run_wrk(url: str, connections: int, duration: float, threads: int) -> dict[s
         "requests": int(total.group(1)) if total else 0,
         "non_2xx": int(non2xx.group(1)) if non2xx else 0,
         "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0,
+        "socket_errors_by_kind": dict(
+            zip(_ERROR_KINDS, (int(x) for x in errors.groups()) if errors else (0, 0, 0, 0), strict=True)
+        ),
         "p50_ms": lat.get("50", 0.0),
         "p99_ms": lat.get("99", 0.0),
     }
 
 
-def measure(proc: Process, url: str, connections: int, duration: float, threads: int) -> dict[str, float]:
+def measure(proc: Process, url: str, connections: int, duration: float, threads: int) -> dict[str, Any]:
     peak = [proc.rss()]
     done = threading.Event()
 
