@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+from static_route import Services, StaticUpstream, snapshot  # bench/proxy, next to this script
 
 from tako.config.server import ProxySettings
 from tako.server.proxy import ProxyServer
-from tako.server.proxy.backend import AppGate, Snapshot, Upstream
 from tako.server.proxy.client import ClientConnection
 from tako.server.proxy.upstream import UpstreamConnection
 from tako.server.tls.certstore import CertStore
 
+UPSTREAM_PORT = 8000  # never connected to: the upstream connection is in memory
 BATCH = 100  # requests between checks of what was written (the checks are not timed)
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n\r\n"
@@ -115,50 +116,6 @@ class FakeTransport(asyncio.Transport):
         return data
 
 
-class _Upstream:
-    key = "hotpath"
-    host = "127.0.0.1"
-    port = 8000
-
-    def request_started(self) -> None:
-        pass
-
-    def request_finished(self) -> None:
-        pass
-
-
-class _Gate:
-    name = "hotpath"
-
-    def __init__(self, upstream: _Upstream) -> None:
-        self.upstream = upstream
-
-    def pick(self) -> Upstream | None:
-        return self.upstream
-
-    async def wait_upstream(self) -> Upstream:
-        return self.upstream
-
-
-class _Router:
-    def __init__(self, gate: AppGate) -> None:
-        self.gate = gate
-
-    def match(self, host: str, path: str) -> AppGate | None:
-        return self.gate
-
-    def is_routed_host(self, host: str) -> bool:
-        return True
-
-
-class _Services:
-    def status_document(self) -> tuple[int, bytes]:
-        return 200, b'{"apps": []}'
-
-    def acme_key_authorization(self, token: str) -> str | None:
-        return None
-
-
 def _check(what: str, got: bytes, expected: bytes) -> None:
     if got != expected:
         i = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), None)
@@ -172,14 +129,14 @@ def _check(what: str, got: bytes, expected: bytes) -> None:
 async def _run(requests: int, repeat: int) -> list[float]:
     with tempfile.TemporaryDirectory() as certs_dir:
         certs = CertStore(Path(certs_dir), lambda host: True)
-        snapshot = Snapshot(router=_Router(_Gate(_Upstream())))
-        server = ProxyServer(ProxySettings(), _Services(), certs, snapshot)
+        routes = snapshot(UPSTREAM_PORT)
+        server = ProxyServer(ProxySettings(), Services(), certs, routes)
         client = ClientConnection(server, True, True)
         client_transport = FakeTransport(("127.0.0.1", 50000))
         client.connection_made(client_transport)
-        pool = server.pool_for(_Upstream())
+        pool = server.pool_for(StaticUpstream(UPSTREAM_PORT))
         uconn = UpstreamConnection(pool)
-        upstream_transport = FakeTransport(("127.0.0.1", 8000))
+        upstream_transport = FakeTransport(("127.0.0.1", UPSTREAM_PORT))
         uconn.connection_made(upstream_transport)
         pool.release(uconn)
 

@@ -20,6 +20,7 @@ import httptools
 
 from tako.server.proxy import responses
 from tako.server.proxy.backend import AppGate, AppUnavailable, Upstream
+from tako.server.proxy.headers import PASS, HeaderKinds
 from tako.server.proxy.upstream import PAUSE_UPSTREAM, UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ _STATUS_PATH = b"/_tako/status"
 _ACME_PREFIX = b"/.well-known/acme-challenge/"
 
 # Request headers with special handling; everything else (and Host) is passed on unchanged.
-_H_PASS = -1
+_H_PASS = PASS
 _H_DROP = 0
 _H_HOST = 1
 _H_LENGTH = 2
@@ -69,24 +70,8 @@ _REQUEST_SPECIAL: dict[bytes, int] = {
     b"trailer": _H_DROP,
 }
 
-# The kind of each header name as received (any case), so most headers cost one dict lookup and no
-# lower-casing. Clients choose the names: the cache holds short names only, is bounded, and starts over
-# when full.
-_request_kinds: dict[bytes, int] = {}
-_KINDS_CACHE_MAX = 512
-_KINDS_CACHE_NAME_MAX = 64
-
-
-def _request_kind(name: bytes) -> int:
-    lname = name.lower()
-    kind = _REQUEST_SPECIAL.get(lname)
-    if kind is None:
-        kind = _H_DROP if lname.startswith(b"proxy-") else _H_PASS
-    if len(name) <= _KINDS_CACHE_NAME_MAX:
-        if len(_request_kinds) >= _KINDS_CACHE_MAX:
-            _request_kinds.clear()
-        _request_kinds[name] = kind
-    return kind
+_request_kinds = HeaderKinds(_REQUEST_SPECIAL, prefix=b"proxy-", prefix_kind=_H_DROP)
+_request_kinds_cache = _request_kinds.cache  # the same dict for good (cleared in place): one global lookup
 
 
 class _Reject(Exception):
@@ -367,9 +352,9 @@ class ClientConnection(asyncio.Protocol):
         cycle.header_bytes += len(name) + len(value) + 4
         if cycle.header_count > self.max_headers or cycle.header_bytes > self.max_header_bytes:
             self._reject(431)
-        kind = _request_kinds.get(name)
+        kind = _request_kinds_cache.get(name)
         if kind is None:
-            kind = _request_kind(name)
+            kind = _request_kinds.classify(name)
         if kind == _H_PASS:
             cycle.pieces.extend((name, b": ", value, _CRLF))
         elif kind == _H_HOST:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from tako.server.proxy.headers import PASS, HeaderKinds
+
 if TYPE_CHECKING:
     from tako.server.proxy.client import RequestCycle
 
@@ -34,7 +36,7 @@ POOL_IDLE_SECONDS = 4.0
 POOL_MAX_IDLE = 1024
 
 # Response headers the proxy never passes on (hop-by-hop or re-framed); value = what to record.
-_H_PASS = -1
+_H_PASS = PASS
 _H_DROP = 0
 _H_CONNECTION = 1
 _H_LENGTH = 2
@@ -51,27 +53,14 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
     b"transfer-encoding": _H_TE,
 }
 
+_response_kinds = HeaderKinds(_RESPONSE_SPECIAL)
+_response_kinds_cache = _response_kinds.cache  # the same dict for good (cleared in place): one global lookup
+
 _CHUNK_END = b"0\r\n\r\n"
 _CRLF = b"\r\n"
 
-# The kind of each header name as received (any case), so most headers cost one dict lookup and no
-# lower-casing. Apps choose the names: the cache holds short names only, is bounded, and starts over
-# when full.
-_response_kinds: dict[bytes, int] = {}
-_KINDS_CACHE_MAX = 512
-_KINDS_CACHE_NAME_MAX = 64
-
 # The start of the status line for each status code (httptools reads at most three digits).
 _STATUS_LINE_STARTS = tuple(b"HTTP/1.1 %d " % code for code in range(1000))
-
-
-def _response_kind(name: bytes) -> int:
-    kind = _RESPONSE_SPECIAL.get(name.lower(), _H_PASS)
-    if len(name) <= _KINDS_CACHE_NAME_MAX:
-        if len(_response_kinds) >= _KINDS_CACHE_MAX:
-            _response_kinds.clear()
-        _response_kinds[name] = kind
-    return kind
 
 
 class _HeadDone(Exception):
@@ -329,9 +318,9 @@ class UpstreamConnection(asyncio.Protocol):
         headers = self._headers
         if headers is None:
             return  # trailers of a chunked response: dropped
-        kind = _response_kinds.get(name)
+        kind = _response_kinds_cache.get(name)
         if kind is None:
-            kind = _response_kind(name)
+            kind = _response_kinds.classify(name)
         if kind == _H_PASS:
             headers.extend((name, b": ", value, _CRLF))
         elif kind == _H_LENGTH:

@@ -1,0 +1,59 @@
+"""A fixed route for the proxy benchmarks: every host and path goes to one upstream at 127.0.0.1:PORT.
+
+`snapshot(port)` and `Services` stand in for tako-server's runtime (used by tako_runner.py and hotpath.py).
+"""
+
+from __future__ import annotations
+
+from tako.server.proxy.backend import AppGate, Snapshot, Upstream
+
+
+class StaticUpstream:
+    key = "bench"
+    host = "127.0.0.1"
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def request_started(self) -> None:
+        pass
+
+    def request_finished(self) -> None:
+        pass
+
+
+class StaticGate:
+    name = "bench"
+
+    def __init__(self, upstream: StaticUpstream) -> None:
+        self.upstream = upstream
+
+    def pick(self) -> Upstream | None:
+        return self.upstream
+
+    async def wait_upstream(self) -> Upstream:
+        return self.upstream
+
+
+class StaticRouter:
+    def __init__(self, gate: AppGate) -> None:
+        self.gate = gate
+
+    def match(self, host: str, path: str) -> AppGate | None:
+        return self.gate
+
+    def is_routed_host(self, host: str) -> bool:
+        return True
+
+
+class Services:
+    def status_document(self) -> tuple[int, bytes]:
+        return 200, b'{"apps": []}'
+
+    def acme_key_authorization(self, token: str) -> str | None:
+        return None
+
+
+def snapshot(port: int) -> Snapshot:
+    """A routing snapshot sending everything to 127.0.0.1:`port`."""
+    return Snapshot(router=StaticRouter(StaticGate(StaticUpstream(port))))

@@ -1,0 +1,39 @@
+"""`HeaderKinds`: what the proxy does with a header name, looked up once per distinct spelling.
+
+Both directions classify every header of every message; lower-casing each name and looking it up costs
+more than one dict lookup of the name as received. The cache is keyed by that spelling, holds short names
+only, is bounded, and starts over when full (peers choose the names).
+"""
+
+from __future__ import annotations
+
+PASS = -1  # the kind of any header without special handling: passed on unchanged
+
+_CACHE_MAX = 512
+_CACHE_NAME_MAX = 64
+
+
+class HeaderKinds:
+    """Header name → kind. The hot path is `kinds.cache.get(name)`, then `classify(name)` on a miss."""
+
+    __slots__ = ("_prefix", "_prefix_kind", "_special", "cache")
+
+    def __init__(
+        self, special: dict[bytes, int], *, prefix: bytes | None = None, prefix_kind: int = PASS
+    ) -> None:
+        self.cache: dict[bytes, int] = {}
+        self._special = special  # lower-case name → kind
+        self._prefix = prefix  # other lower-case names starting with this are prefix_kind
+        self._prefix_kind = prefix_kind
+
+    def classify(self, name: bytes) -> int:
+        lname = name.lower()
+        kind = self._special.get(lname)
+        if kind is None:
+            prefix = self._prefix
+            kind = self._prefix_kind if prefix is not None and lname.startswith(prefix) else PASS
+        if len(name) <= _CACHE_NAME_MAX:
+            if len(self.cache) >= _CACHE_MAX:
+                self.cache.clear()
+            self.cache[name] = kind
+        return kind
