@@ -6,7 +6,14 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from tests.support.proxy_harness import https_get, parse_responses, raw_exchange, run, running_proxy
+from tests.support.proxy_harness import (
+    https_get,
+    one_app_proxy,
+    parse_responses,
+    raw_exchange,
+    run,
+    running_proxy,
+)
 from tests.support.proxy_routes import StaticGate, StaticUpstream, wait_for
 from tests.support.upstreams import HttpUpstream, WebSocketUpstream
 from websockets.asyncio.client import connect
@@ -42,31 +49,23 @@ def test_keepalive_reuses_client_and_upstream_connections(tmp_path: Path) -> Non
 
 def test_pipelined_requests_answered_in_order(tmp_path: Path) -> None:
     async def scenario() -> None:
-        up = await HttpUpstream().start()
-        try:
-            async with running_proxy(
-                tmp_path, {"a.tako.test": StaticGate("a", [StaticUpstream(up.port)])}
-            ) as p:
-                p.issue("a.tako.test")
-                requests = b"".join(
-                    b"GET /slow/0.0%d?n=%d HTTP/1.1\r\nHost: a.tako.test\r\n\r\n" % (9 - i, i)
-                    for i in range(8)
-                )
-                requests += b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: 3\r\n\r\nabc"
-                requests += b"GET /_tako/status HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
-                requests += b"GET /echo?last HTTP/1.1\r\nHost: a.tako.test\r\nConnection: close\r\n\r\n"
-                data = await raw_exchange(
-                    p.https_port, requests, ssl_context=p.client_context(), server_hostname="a.tako.test"
-                )
-                responses = parse_responses(data)
-                assert [r.status for r in responses] == [200] * 11
-                assert [r.body for r in responses[:8]] == [b'{"slept": 0.0%d}' % (9 - i) for i in range(8)]
-                assert b'"received": 3' in responses[8].body
-                assert b'"apps"' in responses[9].body
-                assert b"/echo?last" in responses[10].body
-                assert responses[10].header("connection") == "close"
-        finally:
-            await up.stop()
+        async with one_app_proxy(tmp_path) as (p, _):
+            requests = b"".join(
+                b"GET /slow/0.0%d?n=%d HTTP/1.1\r\nHost: a.tako.test\r\n\r\n" % (9 - i, i) for i in range(8)
+            )
+            requests += b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: 3\r\n\r\nabc"
+            requests += b"GET /_tako/status HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+            requests += b"GET /echo?last HTTP/1.1\r\nHost: a.tako.test\r\nConnection: close\r\n\r\n"
+            data = await raw_exchange(
+                p.https_port, requests, ssl_context=p.client_context(), server_hostname="a.tako.test"
+            )
+            responses = parse_responses(data)
+            assert [r.status for r in responses] == [200] * 11
+            assert [r.body for r in responses[:8]] == [b'{"slept": 0.0%d}' % (9 - i) for i in range(8)]
+            assert b'"received": 3' in responses[8].body
+            assert b'"apps"' in responses[9].body
+            assert b"/echo?last" in responses[10].body
+            assert responses[10].header("connection") == "close"
 
     run(scenario())
 
@@ -106,60 +105,46 @@ def test_websocket_echo_through_proxy(tmp_path: Path) -> None:
 
 def test_upgrade_declined_by_app_is_answered_and_closed(tmp_path: Path) -> None:
     async def scenario() -> None:
-        up = await HttpUpstream().start()
-        try:
-            async with running_proxy(
-                tmp_path, {"a.tako.test": StaticGate("a", [StaticUpstream(up.port)])}
-            ) as p:
-                p.issue("a.tako.test")
-                data = await raw_exchange(
-                    p.https_port,
-                    b"GET /echo HTTP/1.1\r\nHost: a.tako.test\r\nConnection: Upgrade\r\n"
-                    b"Upgrade: websocket\r\n\r\n",
-                    ssl_context=p.client_context(),
-                    server_hostname="a.tako.test",
-                )
-                responses = parse_responses(data)
-                assert [r.status for r in responses] == [200]
-                assert responses[0].header("connection") == "close"
-        finally:
-            await up.stop()
+        async with one_app_proxy(tmp_path) as (p, _):
+            data = await raw_exchange(
+                p.https_port,
+                b"GET /echo HTTP/1.1\r\nHost: a.tako.test\r\nConnection: Upgrade\r\n"
+                b"Upgrade: websocket\r\n\r\n",
+                ssl_context=p.client_context(),
+                server_hostname="a.tako.test",
+            )
+            responses = parse_responses(data)
+            assert [r.status for r in responses] == [200]
+            assert responses[0].header("connection") == "close"
 
     run(scenario())
 
 
 def test_graceful_shutdown_finishes_in_flight_requests(tmp_path: Path) -> None:
     async def scenario() -> None:
-        up = await HttpUpstream().start()
-        try:
-            async with running_proxy(
-                tmp_path, {"a.tako.test": StaticGate("a", [StaticUpstream(up.port)])}
-            ) as p:
-                p.issue("a.tako.test")
-                ctx = p.client_context()
-                idle_reader, idle_writer = await asyncio.open_connection(
-                    "127.0.0.1", p.https_port, ssl=ctx, server_hostname="a.tako.test"
+        async with one_app_proxy(tmp_path) as (p, up):
+            ctx = p.client_context()
+            idle_reader, idle_writer = await asyncio.open_connection(
+                "127.0.0.1", p.https_port, ssl=ctx, server_hostname="a.tako.test"
+            )
+            busy = asyncio.create_task(
+                raw_exchange(
+                    p.https_port,
+                    b"GET /slow/0.5 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n",
+                    ssl_context=ctx,
+                    server_hostname="a.tako.test",
                 )
-                busy = asyncio.create_task(
-                    raw_exchange(
-                        p.https_port,
-                        b"GET /slow/0.5 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n",
-                        ssl_context=ctx,
-                        server_hostname="a.tako.test",
-                    )
-                )
-                await wait_for(lambda: up.requests == 1)
-                await p.server.shutdown(10)
-                data = await busy
-                responses = parse_responses(data)
-                assert [r.status for r in responses] == [200]
-                assert responses[0].header("connection") == "close"
-                assert await idle_reader.read() == b""  # the idle connection was closed
-                idle_writer.close()
-                with pytest.raises(OSError):
-                    await asyncio.open_connection("127.0.0.1", p.https_port)
-        finally:
-            await up.stop()
+            )
+            await wait_for(lambda: up.requests == 1)
+            await p.server.shutdown(10)
+            data = await busy
+            responses = parse_responses(data)
+            assert [r.status for r in responses] == [200]
+            assert responses[0].header("connection") == "close"
+            assert await idle_reader.read() == b""  # the idle connection was closed
+            idle_writer.close()
+            with pytest.raises(OSError):
+                await asyncio.open_connection("127.0.0.1", p.https_port)
 
     run(scenario())
 

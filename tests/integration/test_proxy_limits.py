@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.support.proxy_harness import parse_responses, raw_exchange, run, running_proxy
+from tests.support.proxy_harness import one_app_proxy, parse_responses, raw_exchange, run, running_proxy
 from tests.support.proxy_process import proxy_process
 from tests.support.proxy_routes import StaticGate, StaticUpstream
 from tests.support.upstreams import HttpUpstream
@@ -186,40 +186,28 @@ def test_upstream_response_timeout_is_504(tmp_path: Path) -> None:
 
 def test_body_limit_is_413(tmp_path: Path) -> None:
     async def scenario() -> None:
-        up = await HttpUpstream().start()
-        try:
-            async with running_proxy(
-                tmp_path, {"a.tako.test": StaticGate("a", [StaticUpstream(up.port)])}, SETTINGS
-            ) as p:
-                p.issue("a.tako.test")
-                ctx = p.client_context()
-                declared = (
-                    b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: 2000\r\n\r\n" + b"a" * 2000
-                )
-                data = await raw_exchange(
-                    p.https_port, declared, ssl_context=ctx, server_hostname="a.tako.test"
-                )
-                assert _statuses(data) == [413]
-                assert up.requests == 0
-                chunk = b"400\r\n" + b"c" * 1024 + b"\r\n"
-                streamed = (
-                    b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nTransfer-Encoding: chunked\r\n\r\n"
-                    + chunk * 3
-                )
-                data = await raw_exchange(
-                    p.https_port, streamed, ssl_context=ctx, server_hostname="a.tako.test"
-                )
-                assert _statuses(data) == [413]
-                within = (
-                    b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: 1000\r\n"
-                    b"Connection: close\r\n\r\n"
-                )
-                data = await raw_exchange(
-                    p.https_port, within + b"b" * 1000, ssl_context=ctx, server_hostname="a.tako.test"
-                )
-                assert _statuses(data) == [200]
-        finally:
-            await up.stop()
+        async with one_app_proxy(tmp_path, SETTINGS) as (p, up):
+            ctx = p.client_context()
+            declared = (
+                b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: 2000\r\n\r\n" + b"a" * 2000
+            )
+            data = await raw_exchange(p.https_port, declared, ssl_context=ctx, server_hostname="a.tako.test")
+            assert _statuses(data) == [413]
+            assert up.requests == 0
+            chunk = b"400\r\n" + b"c" * 1024 + b"\r\n"
+            streamed = (
+                b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 3
+            )
+            data = await raw_exchange(p.https_port, streamed, ssl_context=ctx, server_hostname="a.tako.test")
+            assert _statuses(data) == [413]
+            within = (
+                b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: 1000\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            data = await raw_exchange(
+                p.https_port, within + b"b" * 1000, ssl_context=ctx, server_hostname="a.tako.test"
+            )
+            assert _statuses(data) == [200]
 
     run(scenario())
 
@@ -278,27 +266,19 @@ def test_a_client_that_stops_reading_is_dropped(tmp_path: Path) -> None:
         return sock  # and never reads
 
     async def scenario() -> None:
-        up = await HttpUpstream().start()
-        routes = {"a.tako.test": StaticGate("a", [StaticUpstream(up.port)])}
-        try:
-            async with running_proxy(tmp_path, routes, SETTINGS) as p:
-                p.issue("a.tako.test")
-                plain_port = await p.server.start_http("127.0.0.1", 0, forward=True)
-                for port, ctx in ((plain_port, None), (p.https_port, p.client_context())):
-                    sock = await asyncio.to_thread(stalled_client, port, ctx)
-                    try:
-                        # Dropped once it has made no room for keepalive_timeout (0.3 s here).
-                        deadline = time.monotonic() + 20
-                        while p.server.connections:
-                            assert time.monotonic() < deadline, (
-                                f"the stalled client on {port} is still connected"
-                            )
-                            await asyncio.sleep(0.05)
-                    finally:
-                        sock.close()
-                data = await raw_exchange(p.http_port, b"GET /_tako/status HTTP/1.1\r\nHost: x\r\n\r\n")
-                assert _statuses(data) == [200]
-        finally:
-            await up.stop()
+        async with one_app_proxy(tmp_path, SETTINGS) as (p, _):
+            plain_port = await p.server.start_http("127.0.0.1", 0, forward=True)
+            for port, ctx in ((plain_port, None), (p.https_port, p.client_context())):
+                sock = await asyncio.to_thread(stalled_client, port, ctx)
+                try:
+                    # Dropped once it has made no room for keepalive_timeout (0.3 s here).
+                    deadline = time.monotonic() + 20
+                    while p.server.connections:
+                        assert time.monotonic() < deadline, f"the stalled client on {port} is still connected"
+                        await asyncio.sleep(0.05)
+                finally:
+                    sock.close()
+            data = await raw_exchange(p.http_port, b"GET /_tako/status HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _statuses(data) == [200]
 
     run(scenario())

@@ -7,7 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.support.proxy_harness import https_get, parse_responses, raw_exchange, run, running_proxy
+from tests.support.proxy_harness import (
+    https_get,
+    one_app_proxy,
+    parse_responses,
+    raw_exchange,
+    run,
+    running_proxy,
+)
 from tests.support.proxy_routes import StaticGate, StaticUpstream, snapshot
 from tests.support.upstreams import HttpUpstream
 
@@ -61,51 +68,44 @@ def test_routes_across_apps_and_path_split(tmp_path: Path) -> None:
 
 def test_forwarded_headers_and_hop_by_hop_removed(tmp_path: Path) -> None:
     async def scenario() -> None:
-        up = await HttpUpstream().start()
-        routes = {"a.tako.test": StaticGate("a", [StaticUpstream(up.port)])}
-        try:
-            async with running_proxy(tmp_path, routes) as p:
-                p.issue("a.tako.test")
-                async with p.https() as client:
-                    r = await https_get(
-                        client,
-                        "a.tako.test",
-                        "/echo",
-                        headers={
-                            "X-Forwarded-For": "10.0.0.1",
-                            "X-Forwarded-Proto": "gopher",
-                            "X-Forwarded-Host": "evil",
-                            "Connection": "X-Private, keep-alive",
-                            "X-Private": "secret",
-                            "Keep-Alive": "timeout=5",
-                            "Proxy-Authorization": "Basic x",
-                            "Proxy-Foo": "1",
-                            "TE": "trailers",
-                            "X-Custom": "kept",
-                        },
-                    )
-                    headers = {k.lower(): v for k, v in r.json()["headers"]}
-                    assert headers["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
-                    assert headers["x-forwarded-proto"] == "https"
-                    assert headers["x-forwarded-host"] == "a.tako.test"
-                    assert headers["host"] == "a.tako.test"
-                    assert headers["x-custom"] == "kept"
-                    for dropped in (
-                        "x-private",
-                        "keep-alive",
-                        "proxy-authorization",
-                        "proxy-foo",
-                        "te",
-                        "connection",
-                    ):
-                        assert dropped not in headers
-                    r = await https_get(client, "a.tako.test", "/hop")
-                    assert r.text == "hop"
-                    assert r.headers["x-kept"] == "yes"
-                    for dropped in ("x-secret", "keep-alive", "proxy-authenticate", "trailer", "upgrade"):
-                        assert dropped not in r.headers
-        finally:
-            await up.stop()
+        async with one_app_proxy(tmp_path) as (p, _), p.https() as client:
+            r = await https_get(
+                client,
+                "a.tako.test",
+                "/echo",
+                headers={
+                    "X-Forwarded-For": "10.0.0.1",
+                    "X-Forwarded-Proto": "gopher",
+                    "X-Forwarded-Host": "evil",
+                    "Connection": "X-Private, keep-alive",
+                    "X-Private": "secret",
+                    "Keep-Alive": "timeout=5",
+                    "Proxy-Authorization": "Basic x",
+                    "Proxy-Foo": "1",
+                    "TE": "trailers",
+                    "X-Custom": "kept",
+                },
+            )
+            headers = {k.lower(): v for k, v in r.json()["headers"]}
+            assert headers["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
+            assert headers["x-forwarded-proto"] == "https"
+            assert headers["x-forwarded-host"] == "a.tako.test"
+            assert headers["host"] == "a.tako.test"
+            assert headers["x-custom"] == "kept"
+            for dropped in (
+                "x-private",
+                "keep-alive",
+                "proxy-authorization",
+                "proxy-foo",
+                "te",
+                "connection",
+            ):
+                assert dropped not in headers
+            r = await https_get(client, "a.tako.test", "/hop")
+            assert r.text == "hop"
+            assert r.headers["x-kept"] == "yes"
+            for dropped in ("x-secret", "keep-alive", "proxy-authenticate", "trailer", "upgrade"):
+                assert dropped not in r.headers
 
     run(scenario())
 
@@ -231,27 +231,20 @@ def test_local_answer_before_the_request_body_closes_cleanly(tmp_path: Path) -> 
 
 def test_http10_clients_keepalive_only_when_asked(tmp_path: Path) -> None:
     async def scenario() -> None:
-        up = await HttpUpstream().start()
-        try:
-            async with running_proxy(
-                tmp_path, {"a.tako.test": StaticGate("a", [StaticUpstream(up.port)])}
-            ) as p:
-                p.issue("a.tako.test")
-                ctx = p.client_context()
-                data = await raw_exchange(
-                    p.https_port,
-                    b"GET /bytes/5 HTTP/1.0\r\nHost: a.tako.test\r\nConnection: keep-alive\r\n\r\n"
-                    b"GET /bytes/6 HTTP/1.0\r\nHost: a.tako.test\r\n\r\n"
-                    b"GET /bytes/7 HTTP/1.0\r\nHost: a.tako.test\r\n\r\n",
-                    ssl_context=ctx,
-                    server_hostname="a.tako.test",
-                )
-                responses = parse_responses(data)
-                assert [(r.status, r.body) for r in responses] == [(200, b"x" * 5), (200, b"x" * 6)]
-                assert responses[0].header("connection") == "keep-alive"
-                assert responses[1].header("connection") == "close"
-        finally:
-            await up.stop()
+        async with one_app_proxy(tmp_path) as (p, _):
+            ctx = p.client_context()
+            data = await raw_exchange(
+                p.https_port,
+                b"GET /bytes/5 HTTP/1.0\r\nHost: a.tako.test\r\nConnection: keep-alive\r\n\r\n"
+                b"GET /bytes/6 HTTP/1.0\r\nHost: a.tako.test\r\n\r\n"
+                b"GET /bytes/7 HTTP/1.0\r\nHost: a.tako.test\r\n\r\n",
+                ssl_context=ctx,
+                server_hostname="a.tako.test",
+            )
+            responses = parse_responses(data)
+            assert [(r.status, r.body) for r in responses] == [(200, b"x" * 5), (200, b"x" * 6)]
+            assert responses[0].header("connection") == "keep-alive"
+            assert responses[1].header("connection") == "close"
 
     run(scenario())
 

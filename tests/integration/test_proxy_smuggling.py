@@ -9,9 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.support.proxy_harness import parse_responses, raw_exchange, run, running_proxy
-from tests.support.proxy_routes import StaticGate, StaticUpstream
-from tests.support.upstreams import HttpUpstream
+from tests.support.proxy_harness import one_app_proxy, parse_responses, raw_exchange, run
 
 pytestmark = pytest.mark.integration
 
@@ -96,25 +94,18 @@ def test_smuggling_shape_refused(tmp_path: Path, shape: str) -> None:
     request, status = SHAPES[shape]
 
     async def scenario() -> None:
-        up = await HttpUpstream().start()
-        try:
-            async with running_proxy(
-                tmp_path, {"a.tako.test": StaticGate("a", [StaticUpstream(up.port)])}
-            ) as p:
-                p.issue("a.tako.test")
-                valid = b"GET /echo?first HTTP/1.1\r\n" + H + b"\r\n"
-                data = await raw_exchange(
-                    p.https_port,
-                    valid + request,
-                    ssl_context=p.client_context(),
-                    server_hostname="a.tako.test",
-                )
-                responses = parse_responses(data)
-                assert [r.status for r in responses] == [200, status]
-                assert b"/echo?first" in responses[0].body
-                assert responses[1].header("connection") == "close"
-                assert up.requests == 1  # only the valid request reached the app
-        finally:
-            await up.stop()
+        async with one_app_proxy(tmp_path) as (p, up):
+            valid = b"GET /echo?first HTTP/1.1\r\n" + H + b"\r\n"
+            data = await raw_exchange(
+                p.https_port,
+                valid + request,
+                ssl_context=p.client_context(),
+                server_hostname="a.tako.test",
+            )
+            responses = parse_responses(data)
+            assert [r.status for r in responses] == [200, status]
+            assert b"/echo?first" in responses[0].body
+            assert responses[1].header("connection") == "close"
+            assert up.requests == 1  # only the valid request reached the app
 
     run(scenario())

@@ -12,9 +12,8 @@ import httpx
 import psutil
 import pytest
 import trustme
-from tests.support.proxy_harness import https_get, raw_exchange, run, running_proxy
+from tests.support.proxy_harness import https_get, one_app_proxy, raw_exchange, run
 from tests.support.proxy_process import proxy_process
-from tests.support.proxy_routes import StaticGate, StaticUpstream
 from tests.support.upstreams import HttpUpstream
 
 pytestmark = pytest.mark.integration
@@ -121,88 +120,72 @@ def test_200mb_upload_and_download_with_bounded_memory(tmp_path: Path) -> None:
 
 def test_chunked_both_ways_and_content_length_upload(tmp_path: Path) -> None:
     async def scenario() -> None:
-        up = await HttpUpstream().start()
-        try:
-            async with running_proxy(
-                tmp_path, {"a.tako.test": StaticGate("a", [StaticUpstream(up.port)])}
-            ) as p:
-                p.issue("a.tako.test")
-                async with p.https() as client:
-                    r = await https_get(client, "a.tako.test", "/chunked/3000000")
-                    assert r.headers["transfer-encoding"] == "chunked"
-                    assert r.content == b"x" * 3000000
-                    r = await https_get(client, "a.tako.test", "/close/100000")
-                    assert r.headers["transfer-encoding"] == "chunked"  # re-framed for keep-alive
-                    assert len(r.content) == 100000
-                    body = b"z" * 5_000_000
-                    for content in (body, _pattern(5_000_000)):
-                        r = await client.post(
-                            "/sink",
-                            content=content,
-                            headers={"Host": "a.tako.test"},
-                            extensions={"sni_hostname": "a.tako.test"},
-                        )
-                        assert r.json()["received"] == 5_000_000
-                    assert r.json()["sha256"] == _pattern_sha(5_000_000)
-                # HTTP/1.0 client: no chunked encoding; the body is close-delimited.
-                data = await raw_exchange(
-                    p.https_port,
-                    b"GET /chunked/1000 HTTP/1.0\r\nHost: a.tako.test\r\n\r\n",
-                    ssl_context=p.client_context(),
-                    server_hostname="a.tako.test",
-                )
-                head, body10 = data.split(b"\r\n\r\n", 1)
-                assert b"chunked" not in head.lower() and body10 == b"x" * 1000
-        finally:
-            await up.stop()
+        async with one_app_proxy(tmp_path) as (p, _):
+            async with p.https() as client:
+                r = await https_get(client, "a.tako.test", "/chunked/3000000")
+                assert r.headers["transfer-encoding"] == "chunked"
+                assert r.content == b"x" * 3000000
+                r = await https_get(client, "a.tako.test", "/close/100000")
+                assert r.headers["transfer-encoding"] == "chunked"  # re-framed for keep-alive
+                assert len(r.content) == 100000
+                body = b"z" * 5_000_000
+                for content in (body, _pattern(5_000_000)):
+                    r = await client.post(
+                        "/sink",
+                        content=content,
+                        headers={"Host": "a.tako.test"},
+                        extensions={"sni_hostname": "a.tako.test"},
+                    )
+                    assert r.json()["received"] == 5_000_000
+                assert r.json()["sha256"] == _pattern_sha(5_000_000)
+            # HTTP/1.0 client: no chunked encoding; the body is close-delimited.
+            data = await raw_exchange(
+                p.https_port,
+                b"GET /chunked/1000 HTTP/1.0\r\nHost: a.tako.test\r\n\r\n",
+                ssl_context=p.client_context(),
+                server_hostname="a.tako.test",
+            )
+            head, body10 = data.split(b"\r\n\r\n", 1)
+            assert b"chunked" not in head.lower() and body10 == b"x" * 1000
 
     run(scenario())
 
 
 def test_head_204_304_interim_and_expect_continue(tmp_path: Path) -> None:
     async def scenario() -> None:
-        up = await HttpUpstream().start()
-        try:
-            async with running_proxy(
-                tmp_path, {"a.tako.test": StaticGate("a", [StaticUpstream(up.port)])}
-            ) as p:
-                p.issue("a.tako.test")
-                ctx = p.client_context()
-                requests = (
-                    b"HEAD /bytes/12345 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
-                    b"HEAD /chunked/100 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
-                    b"GET /status/204 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
-                    b"GET /status/304 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
-                    b"GET /interim HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
-                    b"GET /bytes/3 HTTP/1.1\r\nHost: a.tako.test\r\nConnection: close\r\n\r\n"
-                )
-                data = await raw_exchange(
-                    p.https_port, requests, ssl_context=ctx, server_hostname="a.tako.test"
-                )
-                # Parse by hand: HEAD responses carry Content-Length but no body.
-                parts = data.split(b"HTTP/1.1 ")
-                statuses = [int(part[:3]) for part in parts if part]
-                assert statuses == [200, 200, 204, 304, 103, 200, 200]
-                assert b"Content-Length: 12345" in parts[1]
-                assert parts[1].endswith(b"\r\n\r\n") and parts[2].endswith(b"\r\n\r\n")
-                assert parts[-1].endswith(b"\r\n\r\nxxx")
-                assert b"Link: </a.css>" in parts[5]
-                # Expect: 100-continue: the app's 100 is relayed before the body is sent.
-                reader_writer = await asyncio.open_connection(
-                    "127.0.0.1", p.https_port, ssl=ctx, server_hostname="a.tako.test"
-                )
-                reader, writer = reader_writer
-                writer.write(
-                    b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: 4\r\n"
-                    b"Expect: 100-continue\r\n\r\n"
-                )
-                line = await reader.readuntil(b"\r\n\r\n")
-                assert line.startswith(b"HTTP/1.1 100")
-                writer.write(b"abcd")
-                rest = await reader.readuntil(b"}")
-                assert b'"received": 4' in rest
-                writer.close()
-        finally:
-            await up.stop()
+        async with one_app_proxy(tmp_path) as (p, _):
+            ctx = p.client_context()
+            requests = (
+                b"HEAD /bytes/12345 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+                b"HEAD /chunked/100 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+                b"GET /status/204 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+                b"GET /status/304 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+                b"GET /interim HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+                b"GET /bytes/3 HTTP/1.1\r\nHost: a.tako.test\r\nConnection: close\r\n\r\n"
+            )
+            data = await raw_exchange(p.https_port, requests, ssl_context=ctx, server_hostname="a.tako.test")
+            # Parse by hand: HEAD responses carry Content-Length but no body.
+            parts = data.split(b"HTTP/1.1 ")
+            statuses = [int(part[:3]) for part in parts if part]
+            assert statuses == [200, 200, 204, 304, 103, 200, 200]
+            assert b"Content-Length: 12345" in parts[1]
+            assert parts[1].endswith(b"\r\n\r\n") and parts[2].endswith(b"\r\n\r\n")
+            assert parts[-1].endswith(b"\r\n\r\nxxx")
+            assert b"Link: </a.css>" in parts[5]
+            # Expect: 100-continue: the app's 100 is relayed before the body is sent.
+            reader_writer = await asyncio.open_connection(
+                "127.0.0.1", p.https_port, ssl=ctx, server_hostname="a.tako.test"
+            )
+            reader, writer = reader_writer
+            writer.write(
+                b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: 4\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            line = await reader.readuntil(b"\r\n\r\n")
+            assert line.startswith(b"HTTP/1.1 100")
+            writer.write(b"abcd")
+            rest = await reader.readuntil(b"}")
+            assert b'"received": 4' in rest
+            writer.close()
 
     run(scenario())

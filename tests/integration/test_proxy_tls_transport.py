@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.support.proxy_harness import ProxyHarness, parse_responses, run, running_proxy
-from tests.support.proxy_routes import StaticGate, StaticUpstream
-from tests.support.upstreams import _BLOCK, HttpUpstream
+from tests.support.proxy_harness import ProxyHarness, one_app_proxy, parse_responses, run, running_proxy
+from tests.support.upstreams import _BLOCK
 
 from tako.config.server import ProxySettings
 
@@ -98,15 +97,10 @@ def test_requests_in_separate_records_and_pipelined_in_one(tmp_path: Path) -> No
         return separate, pipelined
 
     async def scenario() -> None:
-        up = await HttpUpstream().start()
-        try:
-            async with running_proxy(tmp_path, {HOST: StaticGate("a", [StaticUpstream(up.port)])}) as p:
-                p.issue(HOST)
-                separate, pipelined = await asyncio.to_thread(exchange, p)
-                for data in (separate, pipelined):
-                    assert [r.status for r in parse_responses(data)] == [200, 200, 200]
-        finally:
-            await up.stop()
+        async with one_app_proxy(tmp_path) as (p, _):
+            separate, pipelined = await asyncio.to_thread(exchange, p)
+            for data in (separate, pipelined):
+                assert [r.status for r in parse_responses(data)] == [200, 200, 200]
 
     run(scenario())
 
@@ -118,23 +112,16 @@ def test_closing_sends_close_notify(tmp_path: Path) -> None:
             return _read_until_closed(sock)
 
     async def scenario() -> None:
-        up = await HttpUpstream().start()
         settings = ProxySettings(keepalive_timeout=0.3)
-        try:
-            async with running_proxy(
-                tmp_path, {HOST: StaticGate("a", [StaticUpstream(up.port)])}, settings
-            ) as p:
-                p.issue(HOST)
-                # The client asks to close; then an idle keep-alive connection the proxy times out.
-                closing = b"GET /sink HTTP/1.1\r\nHost: a.tako.test\r\nConnection: close\r\n\r\n"
-                data = await asyncio.to_thread(until_closed, p, closing)
-                assert [r.status for r in parse_responses(data)] == [200]
-                idle = b"GET /sink HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
-                data = await asyncio.to_thread(until_closed, p, idle)
-                assert [r.status for r in parse_responses(data)] == [200]
-                await _wait_for(lambda: not p.server.connections)
-        finally:
-            await up.stop()
+        async with one_app_proxy(tmp_path, settings) as (p, _):
+            # The client asks to close; then an idle keep-alive connection the proxy times out.
+            closing = b"GET /sink HTTP/1.1\r\nHost: a.tako.test\r\nConnection: close\r\n\r\n"
+            data = await asyncio.to_thread(until_closed, p, closing)
+            assert [r.status for r in parse_responses(data)] == [200]
+            idle = b"GET /sink HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+            data = await asyncio.to_thread(until_closed, p, idle)
+            assert [r.status for r in parse_responses(data)] == [200]
+            await _wait_for(lambda: not p.server.connections)
 
     run(scenario())
 
@@ -161,21 +148,16 @@ def test_slow_reader_download_is_complete_and_buffered_within_bounds(tmp_path: P
             return total, digest.hexdigest()
 
     async def scenario() -> None:
-        up = await HttpUpstream().start()
-        try:
-            async with running_proxy(tmp_path, {HOST: StaticGate("a", [StaticUpstream(up.port)])}) as p:
-                p.issue(HOST)
-                peak = [0]
-                total, digest = await asyncio.to_thread(slow_download, p, peak)
-                expected = hashlib.sha256()
-                for offset in range(0, size, len(_BLOCK)):
-                    expected.update(_BLOCK[: size - offset])
-                assert total == size and digest == expected.hexdigest()
-                # The proxy stops reading the upstream once ~64 KiB wait for the client: one read of
-                # the upstream (at most 256 KiB) can land on top of that, never the whole body.
-                assert peak[0] < 1024 * 1024
-        finally:
-            await up.stop()
+        async with one_app_proxy(tmp_path) as (p, _):
+            peak = [0]
+            total, digest = await asyncio.to_thread(slow_download, p, peak)
+            expected = hashlib.sha256()
+            for offset in range(0, size, len(_BLOCK)):
+                expected.update(_BLOCK[: size - offset])
+            assert total == size and digest == expected.hexdigest()
+            # The proxy stops reading the upstream once ~64 KiB wait for the client: one read of
+            # the upstream (at most 256 KiB) can land on top of that, never the whole body.
+            assert peak[0] < 1024 * 1024
 
     run(scenario(), timeout=180)
 
@@ -200,17 +182,12 @@ def test_clients_that_vanish_leave_no_connection_behind(tmp_path: Path) -> None:
         sock.close()
 
     async def scenario() -> None:
-        up = await HttpUpstream().start()
-        try:
-            async with running_proxy(tmp_path, {HOST: StaticGate("a", [StaticUpstream(up.port)])}) as p:
-                p.issue(HOST)
-                await asyncio.to_thread(vanish, p)
-                await _wait_for(lambda: not p.server.connections)
-                async with p.https() as client:
-                    r = await client.get("/sink", headers={"Host": HOST}, extensions={"sni_hostname": HOST})
-                    assert r.status_code == 200
-        finally:
-            await up.stop()
+        async with one_app_proxy(tmp_path) as (p, _):
+            await asyncio.to_thread(vanish, p)
+            await _wait_for(lambda: not p.server.connections)
+            async with p.https() as client:
+                r = await client.get("/sink", headers={"Host": HOST}, extensions={"sni_hostname": HOST})
+                assert r.status_code == 200
 
     run(scenario())
 
@@ -248,23 +225,18 @@ def test_corrupt_records_after_the_handshake_close_only_that_connection(tmp_path
     async def scenario() -> None:
         loop_errors: list[object] = []
         asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: loop_errors.append(ctx))
-        up = await HttpUpstream().start()
-        try:
-            async with running_proxy(tmp_path, {HOST: StaticGate("a", [StaticUpstream(up.port)])}) as p:
-                p.issue(HOST)
-                for record in (
-                    b"\x17\x03\x03\x00\x20" + bytes(range(32)),  # application data that fails to decrypt
-                    b"\x16\x03\x03\x40\x00" + b"\x00" * 64,  # an oversized handshake record, cut short
-                    b"GET / HTTP/1.1\r\n\r\n",  # plaintext inside a TLS connection
-                ):
-                    result = await asyncio.to_thread(corrupt, p, record)
-                    assert result in (b"", "SSLError", "ConnectionResetError", "SSLEOFError"), result
-                await _wait_for(lambda: not p.server.connections)
-                async with p.https() as client:
-                    r = await client.get("/sink", headers={"Host": HOST}, extensions={"sni_hostname": HOST})
-                    assert r.status_code == 200
-        finally:
-            await up.stop()
+        async with one_app_proxy(tmp_path) as (p, _):
+            for record in (
+                b"\x17\x03\x03\x00\x20" + bytes(range(32)),  # application data that fails to decrypt
+                b"\x16\x03\x03\x40\x00" + b"\x00" * 64,  # an oversized handshake record, cut short
+                b"GET / HTTP/1.1\r\n\r\n",  # plaintext inside a TLS connection
+            ):
+                result = await asyncio.to_thread(corrupt, p, record)
+                assert result in (b"", "SSLError", "ConnectionResetError", "SSLEOFError"), result
+            await _wait_for(lambda: not p.server.connections)
+            async with p.https() as client:
+                r = await client.get("/sink", headers={"Host": HOST}, extensions={"sni_hostname": HOST})
+                assert r.status_code == 200
         assert not loop_errors, loop_errors[0]
 
     run(scenario())

@@ -12,7 +12,8 @@ from pathlib import Path
 import httptools
 import httpx
 import trustme
-from tests.support.proxy_routes import StaticServices, snapshot
+from tests.support.proxy_routes import StaticGate, StaticServices, StaticUpstream, snapshot
+from tests.support.upstreams import HttpUpstream
 
 from tako.config.server import ProxySettings
 from tako.server.proxy import ProxyServer
@@ -89,6 +90,20 @@ async def running_proxy(
         yield ProxyHarness(server, certs, services, trustme.CA(), certs_dir, http_port, https_port)
     finally:
         await server.shutdown(5)
+
+
+@contextlib.asynccontextmanager
+async def one_app_proxy(
+    tmp_path: Path, settings: ProxySettings | None = None, host: str = "a.tako.test"
+) -> AsyncIterator[tuple[ProxyHarness, HttpUpstream]]:
+    """A running proxy that routes `host` to one `HttpUpstream` and has a certificate for it."""
+    up = await HttpUpstream().start()
+    try:
+        async with running_proxy(tmp_path, {host: StaticGate("a", [StaticUpstream(up.port)])}, settings) as p:
+            p.issue(host)
+            yield p, up
+    finally:
+        await up.stop()
 
 
 @dataclass
