@@ -124,7 +124,13 @@ class Process:
         if cpus:
             argv = ["taskset", "-c", cpus, *argv]
         self.proc = subprocess.Popen(
-            argv, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            argv,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            # Its own session, as a service has: with kernel.sched_autogroup_enabled the scheduler shares
+            # CPU between sessions first, so every server (and the upstream) must be placed alike.
+            start_new_session=True,
         )
         try:
             wait_port(port)
