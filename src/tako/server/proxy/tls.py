@@ -3,9 +3,14 @@
 The event loop's own TLS support runs OpenSSL over memory buffers: every record is read from the socket
 into a buffer, copied into OpenSSL, decrypted into a new buffer, and the reverse on the way out, with a
 state machine around each step. Profiles of the HTTPS proxy put that machinery at a large share of the
-per-request CPU. Here the accepted socket is wrapped in a non-blocking `ssl.SSLSocket`, so `SSL_read` and
+per-request CPU. Here OpenSSL is layered on the accepted non-blocking socket itself, so `SSL_read` and
 `SSL_write` work on the file descriptor directly, and the loop only reports readiness (`add_reader` /
 `add_writer`). It implements the `asyncio.Transport` methods the proxy's protocols use.
+
+The TLS object is the C-level one that `ssl.SSLSocket` keeps inside (`SSLContext._wrap_socket`, stable since
+Python 3.7): its `read`, `write` and `do_handshake` are the very calls the public wrapper makes, without
+the wrapper's Python frame on every read and write, and without its set-up on every connection (a `dup`
+of the socket's state, `getpeername`, option checks: about a tenth of the Python time of a handshake).
 
 Closing sends close_notify, then half-closes and discards what the client still sends for a short while
 (so a client still uploading sees the response, not a reset) before the socket is closed.
@@ -30,6 +35,9 @@ LINGER_SECONDS = 2.0  # after close_notify: keep discarding the client's bytes t
 CLOSE_FLUSH_SECONDS = 60.0  # closing with bytes still to send: give up once the client takes none this long
 
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+# The client closed without close_notify: read as the end of the stream, as `ssl.SSLSocket` does by default
+# (suppress_ragged_eofs); browsers and HTTP/1.1 clients often end that way once they have their response.
+_RAGGED_EOF = ssl.SSLEOFError
 _FAILED = (OSError, ValueError)  # ssl.SSLError is an OSError; ValueError: the socket is already closed
 
 
@@ -48,17 +56,18 @@ def accept(
     handshake (unknown server name, old protocol version, a port scanner) just closes the socket.
     """
     try:
-        sock = context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        tls = context._wrap_socket(conn, True)  # type: ignore[attr-defined]  # see the module docstring
     except _FAILED:
         conn.close()
         return
-    TLSTransport(loop, sock, peername, protocol_factory, handshake_timeout, handshaking)
+    TLSTransport(loop, conn, tls, peername, protocol_factory, handshake_timeout, handshaking)
 
 
 class TLSTransport(asyncio.Transport):
     """One server-side TLS connection driven by socket readiness."""
 
     __slots__ = (
+        "__weakref__",  # the TLS object's `owner`
         "_buffer",
         "_buffer_size",
         "_closing",
@@ -79,13 +88,15 @@ class TLSTransport(asyncio.Transport):
         "_send",
         "_sock",
         "_timer",
+        "_tls",
         "_write_paused",
     )
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        sock: ssl.SSLSocket,
+        sock: socket.socket,
+        tls: Any,
         peername: Any,
         protocol_factory: Callable[[], asyncio.Protocol],
         handshake_timeout: float | None,
@@ -93,12 +104,13 @@ class TLSTransport(asyncio.Transport):
     ) -> None:
         super().__init__()
         self._loop = loop
-        self._sock = sock
+        self._sock = sock  # owns the descriptor; the TLS object holds only a weak reference to it
+        self._tls = tls  # `_ssl._SSLSocket`: read, write, do_handshake, shutdown, pending, context, ...
         self._fd = sock.fileno()
         self._factory = protocol_factory
         self._protocol: asyncio.Protocol | None = None
-        self._recv = sock.recv
-        self._send = sock.send
+        self._recv = tls.read
+        self._send = tls.write
         self._buffer: list[bytes | bytearray | memoryview] = []  # waiting for the socket to be writable
         self._buffer_size = 0
         self._high_water = HIGH_WATER
@@ -113,10 +125,22 @@ class TLSTransport(asyncio.Transport):
         self._timer: asyncio.TimerHandle | None = None  # the handshake deadline, then the linger deadline
         self._peername = peername
         self._handshaking = handshaking
+        # The SNI callback is handed the owner (else the bare socket): the transport, whose `context`
+        # setter below lets the certificate store switch to the certificate for the requested name.
+        tls.owner = self
         handshaking.add(self)
         if handshake_timeout:
             self._timer = loop.call_later(handshake_timeout, self._destroy)
         self._handshake()
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        """The connection's `SSLContext`; set by the certificate store's SNI callback."""
+        return self._tls.context  # type: ignore[no-any-return]
+
+    @context.setter
+    def context(self, ctx: ssl.SSLContext) -> None:
+        self._tls.context = ctx
 
     # -- readiness --------------------------------------------------------------------------------
 
@@ -140,7 +164,7 @@ class TLSTransport(asyncio.Transport):
 
     def _handshake(self) -> None:
         try:
-            self._sock.do_handshake()
+            self._tls.do_handshake()
         except ssl.SSLWantReadError:
             self._set_writer(None)
             self._set_reader(self._handshake)
@@ -174,6 +198,8 @@ class TLSTransport(asyncio.Transport):
             # OpenSSL must write before it can read on (answering a TLS 1.3 key update): retry when writable.
             self._set_writer(self._read_when_writable)
             return
+        except _RAGGED_EOF:
+            data = b""
         except _FAILED as exc:
             self._fatal(exc)
             return
@@ -307,15 +333,14 @@ class TLSTransport(asyncio.Transport):
         self._destroy()
 
     def _shutdown(self) -> None:
-        sock = self._sock
         with contextlib.suppress(*_FAILED):
             # Sends close_notify; waiting for the client's then raises SSLWantReadError, which is fine.
-            sock.unwrap()
+            self._tls.shutdown()
         if self._eof:
             self._destroy()  # the client is done too: nothing to linger for
             return
         try:
-            sock.shutdown(socket.SHUT_WR)
+            self._sock.shutdown(socket.SHUT_WR)
         except _FAILED:
             self._destroy()
             return
@@ -362,14 +387,16 @@ class TLSTransport(asyncio.Transport):
     # -- the rest of asyncio.Transport ------------------------------------------------------------
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name in ("ssl_object", "socket"):
+        if name == "ssl_object":
+            return self._tls
+        if name == "socket":
             return self._sock
         if name == "sslcontext":
-            return self._sock.context
+            return self._tls.context
         if name == "peercert":
-            return self._sock.getpeercert()
+            return self._tls.getpeercert()
         if name == "cipher":
-            return self._sock.cipher()
+            return self._tls.cipher()
         if name == "peername":
             return self._peername
         if name == "sockname":

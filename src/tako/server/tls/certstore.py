@@ -172,6 +172,8 @@ class CertStore:
     # -- internals --------------------------------------------------------------------------------
 
     def _on_sni(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
+        # `sslobj` is whatever owns the connection's TLS object and has a settable `context`: the
+        # proxy's `TLSTransport`, or an `ssl.SSLObject`/`SSLSocket` in other callers.
         if server_name is None:
             return None  # keep the default self-signed certificate
         ctx = self.select(server_name.lower())
