@@ -34,7 +34,9 @@ class HttpUpstream:
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> HttpUpstream:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, limit=256 * 1024)
+        self._server = await asyncio.start_server(
+            self._handle, "127.0.0.1", 0, limit=256 * 1024, backlog=4096
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
