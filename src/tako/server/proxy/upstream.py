@@ -6,7 +6,8 @@ writes it straight to the client's transport, re-framed (Content-Length, chunked
 
 Every response runs through the parser callbacks and `data_received`, so that path is kept lean: header
 names are classified through a cache, the response head is assembled from pieces and joined once per read
-(together with the body bytes on TLS), and small helpers on it are inlined where noted.
+together with the body bytes (one write: one TLS record, or one `write` rather than a `writev` on plain
+TCP), and small helpers on it are inlined where noted.
 """
 
 from __future__ import annotations
@@ -254,12 +255,7 @@ class UpstreamConnection(asyncio.Protocol):
         if out:
             # _flush, inline: this is every response's path.
             conn = cycle.conn
-            if len(out) == 1:
-                conn.transport.write(out[0])
-            elif conn.tls:
-                conn.transport.write(b"".join(out))
-            else:
-                conn.transport.writelines(out)
+            conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
         if self._frame == -1:
             # The response completed inside feed_data; finish after its bytes were written.
@@ -378,38 +374,35 @@ class UpstreamConnection(asyncio.Protocol):
             # The app declined the upgrade: the client parser is already past the request, so close after.
             cycle.keep_alive = False
         out = self._out
-        # TLS: the pieces of the head go straight into the output, which is joined once per read together
-        # with the body bytes (one record). Plain TCP: the head is joined here, body bytes are written as
-        # they came (no copy).
-        parts = out if client.tls else []
-        parts += (_STATUS_LINE_STARTS[status], self._reason, _CRLF)
-        parts += headers
+        # The pieces of the head go straight into the output, joined once per read with the body bytes: one
+        # write per read. On plain TCP, too, that costs less than the copy it saves (a `writev` of head and
+        # body measured 1 µs more per request than one `write` of both).
+        out += (_STATUS_LINE_STARTS[status], self._reason, _CRLF)
+        out += headers
         if cycle.is_head or status == 204 or status == 304:
             frame = FRAME_NONE
             if self._length is not None and status != 204:
-                parts += (b"Content-Length: ", self._length, _CRLF)
+                out += (b"Content-Length: ", self._length, _CRLF)
         elif self._chunked:
             frame = FRAME_CHUNKED if not cycle.http10 else FRAME_CLOSE
         elif self._length is not None:
             frame = FRAME_LENGTH
-            parts += (b"Content-Length: ", self._length, _CRLF)
+            out += (b"Content-Length: ", self._length, _CRLF)
         else:
             self._until_close = True
             frame = FRAME_CHUNKED if not cycle.http10 else FRAME_CLOSE
         if frame == FRAME_CHUNKED:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
+            out.append(b"Transfer-Encoding: chunked\r\n")
         elif frame == FRAME_CLOSE:
             cycle.keep_alive = False
         if not cycle.keep_alive or client.server.shutting_down:
             cycle.keep_alive = False
-            parts.append(b"Connection: close\r\n\r\n")
+            out.append(b"Connection: close\r\n\r\n")
         elif cycle.http10:
-            parts.append(b"Connection: keep-alive\r\n\r\n")
+            out.append(b"Connection: keep-alive\r\n\r\n")
         else:
-            parts.append(_CRLF)
+            out.append(_CRLF)
         self._frame = frame
-        if parts is not out:
-            out.append(b"".join(parts))
         if cycle.is_head:
             # httptools cannot be told that a response to HEAD has no body; stop it here.
             self._head_done = True
@@ -455,14 +448,9 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 def _flush(cycle: RequestCycle, out: list[bytes]) -> None:
-    """Write what one read of the response produced: one TLS record rather than one per piece."""
+    """Write what one read of the response produced at once (one TLS record rather than one per piece)."""
     conn = cycle.conn
-    if len(out) == 1:
-        conn.transport.write(out[0])
-    elif conn.tls:
-        conn.transport.write(b"".join(out))
-    else:
-        conn.transport.writelines(out)
+    conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
 
 def _without(headers: list[bytes], names: list[bytes]) -> list[bytes]:
