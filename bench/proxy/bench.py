@@ -350,6 +350,8 @@ def markdown(results: list[Result], command: str, workers: int) -> str:
         "GOMAXPROCS, tako ProxyServer processes with SO_REUSEPORT, tako-server `[server] workers`); "
         "the upstream is nginx with 1 worker (for tako-server: the deployed app's instance, same config) "
         "returning a fixed 200; load is wrk on the same machine, so all share the CPUs.",
+        "- Each server and the upstream run in a session of their own, as services do (the scheduler "
+        "shares CPU between sessions first: kernel.sched_autogroup_enabled).",
         "- CPU is the proxy's process tree during the run (100% = one core); RSS is its peak.",
         "",
         "| proxy | scheme | conns | req/s | vs nginx | p50 ms | p99 ms | non-2xx | socket errors "
