@@ -80,9 +80,11 @@ def test_upstream_connections_of_a_burst_are_kept_for_the_next(tmp_path: Path) -
             assert all(r.startswith(b"HTTP/1.1 200 ") for r in first + second)
             assert up.requests == 2 * burst
             assert up.connections == opened  # the second burst reused every one of them
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
-    run(scenario())
+    try:
+        run(scenario())
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_pipelined_requests_answered_in_order(tmp_path: Path) -> None:

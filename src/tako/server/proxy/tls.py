@@ -9,8 +9,9 @@ per-request CPU. Here OpenSSL is layered on the accepted non-blocking socket its
 
 The TLS object is the C-level one that `ssl.SSLSocket` keeps inside (`SSLContext._wrap_socket`, stable since
 Python 3.7): its `read`, `write` and `do_handshake` are the very calls the public wrapper makes, without
-the wrapper's Python frame on every read and write, and without its set-up on every connection (a `dup`
-of the socket's state, `getpeername`, option checks: about a tenth of the Python time of a handshake).
+the wrapper's Python frame on every read and write, and without its set-up on every connection (a second
+socket object for the descriptor, a `getpeername` check, timeout and option checks). Measured: 29.6 ->
+27.8 µs of CPU per HTTPS request (one process, 100 keep-alive connections).
 
 Closing sends close_notify, then half-closes and discards what the client still sends for a short while
 (so a client still uploading sees the response, not a reset) before the socket is closed.
