@@ -1,0 +1,69 @@
+"""The upstream pool's idle sweep: stale connections closed oldest first, a few per sweep."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tako.server.proxy.upstream import POOL_IDLE_SECONDS, SWEEP_CLOSE_MAX, UpstreamPool
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def time(self) -> float:
+        return self.now
+
+
+class _Conn:
+    """Stands in for an `UpstreamConnection`: the pool only reads `closed`/`idle_since` and calls close()."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.idle_since = 0.0
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _pool(clock: _Clock) -> UpstreamPool:
+    loop: Any = clock
+    return UpstreamPool("app/1", "127.0.0.1", 8000, loop)
+
+
+def _release(pool: UpstreamPool, conns: list[_Conn]) -> None:
+    for conn in conns:
+        stand_in: Any = conn
+        pool.release(stand_in)
+
+
+def test_sweep_closes_stale_connections_a_few_per_sweep_oldest_first() -> None:
+    # Closing thousands of connections in one loop turn stalls every request in flight; a burst's
+    # leftovers go over several sweeps instead.
+    clock = _Clock()
+    pool = _pool(clock)
+    old = [_Conn() for _ in range(2 * SWEEP_CLOSE_MAX + 10)]
+    _release(pool, old)
+    clock.now = 1.0
+    recent = [_Conn() for _ in range(5)]
+    _release(pool, recent)
+
+    sweep_at = POOL_IDLE_SECONDS + 0.5  # the first batch is stale, the second is not
+    pool.sweep(sweep_at)
+    assert [c.closed for c in old] == [True] * SWEEP_CLOSE_MAX + [False] * (SWEEP_CLOSE_MAX + 10)
+    pool.sweep(sweep_at)
+    pool.sweep(sweep_at)
+    assert all(c.closed for c in old)
+    assert not any(c.closed for c in recent)
+    assert pool.acquire() is recent[-1]  # LIFO: the most recently used connection is reused first
+    assert len(pool.idle) == len(recent) - 1
+
+
+def test_a_pool_keeps_every_connection_a_burst_released() -> None:
+    # The count cap is far above any burst; the sweep is what bounds a pool.
+    clock = _Clock()
+    pool = _pool(clock)
+    burst = [_Conn() for _ in range(5000)]
+    _release(pool, burst)
+    assert len(pool.idle) == 5000
+    assert not any(c.closed for c in burst)
