@@ -324,11 +324,13 @@ class TLSTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
-        self._update_reader()
-        if not self._buffer:
-            self._shutdown()
-        else:
+        if self._buffer:
+            self._update_reader()  # nothing more is read while the rest goes out; _shutdown discards after
             self._restart_timer(CLOSE_FLUSH_SECONDS)
+        else:
+            # Straight on: _shutdown swaps the read callback for _discard in place, where removing it
+            # first would make the loop tear its poll handle down and build a new one (seven syscalls).
+            self._shutdown()
 
     def abort(self) -> None:
         self._destroy()
