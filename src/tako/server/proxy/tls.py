@@ -36,9 +36,6 @@ LINGER_SECONDS = 2.0  # after close_notify: keep discarding the client's bytes t
 CLOSE_FLUSH_SECONDS = 60.0  # closing with bytes still to send: give up once the client takes none this long
 
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
-# The client closed without close_notify: read as the end of the stream, as `ssl.SSLSocket` does by default
-# (suppress_ragged_eofs); browsers and HTTP/1.1 clients often end that way once they have their response.
-_RAGGED_EOF = ssl.SSLEOFError
 _FAILED = (OSError, ValueError)  # ssl.SSLError is an OSError; ValueError: the socket is already closed
 
 
@@ -199,10 +196,12 @@ class TLSTransport(asyncio.Transport):
             # OpenSSL must write before it can read on (answering a TLS 1.3 key update): retry when writable.
             self._set_writer(self._read_when_writable)
             return
-        except _RAGGED_EOF:
+        except ssl.SSLEOFError:
+            # Closed without close_notify: the end of the stream, as `ssl.SSLSocket` reads it by default
+            # (suppress_ragged_eofs); HTTP clients often end that way once they have their response.
             data = b""
         except _FAILED as exc:
-            self._fatal(exc)
+            self._destroy(exc)
             return
         protocol = self._protocol
         assert protocol is not None
@@ -253,7 +252,7 @@ class TLSTransport(asyncio.Transport):
         except _WANT:
             sent = 0  # OpenSSL keeps what it encrypted; the retry passes the same bytes again
         except _FAILED as exc:
-            self._fatal(exc)
+            self._destroy(exc)
             return
         if sent < len(data):
             rest = memoryview(data)[sent:]
@@ -274,7 +273,7 @@ class TLSTransport(asyncio.Transport):
             self._buffer = [data]
             return
         except _FAILED as exc:
-            self._fatal(exc)
+            self._destroy(exc)
             return
         if self._closing and sent:
             self._restart_timer(CLOSE_FLUSH_SECONDS)  # the client is still taking bytes
@@ -365,9 +364,6 @@ class TLSTransport(asyncio.Transport):
             data = b""
         if not data:
             self._destroy()
-
-    def _fatal(self, exc: Exception) -> None:
-        self._destroy(exc)
 
     def _destroy(self, exc: Exception | None = None) -> None:
         """Close the socket now; the protocol (if any) hears connection_lost on the next loop turn."""
