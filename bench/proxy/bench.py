@@ -337,6 +337,14 @@ def _line(r: Result) -> str:
     )
 
 
+def data_plane_mode() -> str:
+    """Whether the tako proxies of this run use the compiled modules (both run from this checkout)."""
+    sys.path.insert(0, str(REPO / "src"))
+    from tako.server.proxy import compiled
+
+    return compiled.mode()
+
+
 def markdown(results: list[Result], command: str, workers: int) -> str:
     nginx = {(r.scheme, r.connections): r.rps for r in results if r.proxy == "nginx" and not r.error}
     lines = [
@@ -352,6 +360,7 @@ def markdown(results: list[Result], command: str, workers: int) -> str:
         "returning a fixed 200; load is wrk on the same machine, so all share the CPUs.",
         "- Each server and the upstream run in a session of their own, as services do (the scheduler "
         "shares CPU between sessions first: kernel.sched_autogroup_enabled).",
+        f"- tako's per-request proxy modules: {data_plane_mode()} (src/tako/server/proxy/compiled.py).",
         "- CPU is the proxy's process tree during the run (100% = one core); RSS is its peak.",
         "",
         "| proxy | scheme | conns | req/s | vs nginx | p50 ms | p99 ms | non-2xx | socket errors "

@@ -29,7 +29,7 @@ import uvloop
 from static_route import Services, StaticUpstream, snapshot  # bench/proxy, next to this script
 
 from tako.config.server import ProxySettings
-from tako.server.proxy import ProxyServer
+from tako.server.proxy import ProxyServer, compiled
 from tako.server.proxy.client import ClientConnection
 from tako.server.proxy.upstream import UpstreamConnection
 from tako.server.tls.certstore import CertStore
@@ -180,7 +180,7 @@ def main() -> None:
     median = sorted(results)[len(results) // 2]
     print(
         f"hotpath: {best:.2f} us/request best of {len(results)} x {args.requests} "
-        f"(median {median:.2f} us/request; Python {sys.version.split()[0]})"
+        f"(median {median:.2f} us/request; Python {sys.version.split()[0]}, modules {compiled.mode()})"
     )
 
 

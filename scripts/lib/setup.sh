@@ -28,6 +28,13 @@ ensure_packages() {
   if [ ! -x /usr/bin/python3 ] || ! /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     missing+=(python3 python3-venv)
   fi
+  # A C compiler, the C library's headers and Python's: the proxy's per-request modules are compiled.
+  command -v cc >/dev/null 2>&1 || missing+=(gcc)
+  [ -f /usr/include/stdio.h ] || missing+=(libc6-dev)
+  if ! /usr/bin/python3 -c 'import os, sysconfig, sys
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' >/dev/null 2>&1; then
+    missing+=(python3-dev)
+  fi
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
       echo "error: missing packages ${missing[*]}; run this script as root or install them first" >&2
@@ -54,5 +61,14 @@ ensure_venv() {
     .venv/bin/pip install -q -e '.[dev]'
     if [ -f sdk/pyproject.toml ]; then .venv/bin/pip install -q -e sdk; fi
     echo "$want" >"$stamp"
+  fi
+  build_compiled_proxy
+}
+
+build_compiled_proxy() {
+  # Compile the proxy's per-request modules in place (only what changed since the last build; see
+  # src/tako/server/proxy/compiled.py). Without a compiler they stay pure Python: slower, same behaviour.
+  if ! .venv/bin/python setup.py -q build_ext --inplace >.venv/build-proxy.log 2>&1; then
+    echo "warning: compiling the proxy modules failed (see .venv/build-proxy.log); they run as Python" >&2
   fi
 }

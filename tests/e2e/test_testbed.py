@@ -109,6 +109,15 @@ def test_tako_server_answers_hello(pair: tuple[Host, Host]) -> None:
         assert reply["data"]["protocol"] == 1
 
 
+def test_installed_server_runs_the_compiled_proxy(pair: tuple[Host, Host]) -> None:
+    """The testbed's wheel is built like a release wheel: the proxy's per-request modules compiled."""
+    a, _ = pair
+    log = a.exec(["cat", "/opt/tako/logs/tako-server.log"], check=True).stdout
+    ready = [line for line in log.splitlines() if "tako-server ready" in line]
+    assert ready, log[-2000:]
+    assert ready[-1].endswith("data_plane=compiled"), ready[-1]
+
+
 def test_tako_server_serves_port_80_as_tako(pair: tuple[Host, Host]) -> None:
     """Port 80 is bound by the unprivileged tako user and reachable from the machine running the tests."""
     a, _ = pair

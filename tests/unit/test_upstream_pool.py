@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tako.server.proxy.upstream import POOL_IDLE_SECONDS, SWEEP_CLOSE_MAX, UpstreamPool
+from tako.server.proxy.upstream import POOL_IDLE_SECONDS, SWEEP_CLOSE_MAX, UpstreamConnection, UpstreamPool
 
 
 class _Clock:
@@ -15,12 +15,11 @@ class _Clock:
         return self.now
 
 
-class _Conn:
-    """Stands in for an `UpstreamConnection`: the pool only reads `closed`/`idle_since` and calls close()."""
+class _Transport:
+    """Records close(), all the pool's use of a connection's transport."""
 
     def __init__(self) -> None:
         self.closed = False
-        self.idle_since = 0.0
 
     def close(self) -> None:
         self.closed = True
@@ -31,10 +30,18 @@ def _pool(clock: _Clock) -> UpstreamPool:
     return UpstreamPool("app/1", "127.0.0.1", 8000, loop)
 
 
-def _release(pool: UpstreamPool, conns: list[_Conn]) -> None:
+def _connections(pool: UpstreamPool, n: int) -> list[UpstreamConnection]:
+    conns = []
+    for _ in range(n):
+        conn = UpstreamConnection(pool)
+        conn.connection_made(_Transport())  # type: ignore[arg-type]
+        conns.append(conn)
+    return conns
+
+
+def _release(pool: UpstreamPool, conns: list[UpstreamConnection]) -> None:
     for conn in conns:
-        stand_in: Any = conn
-        pool.release(stand_in)
+        pool.release(conn)
 
 
 def test_sweep_closes_stale_connections_a_few_per_sweep_oldest_first() -> None:
@@ -42,10 +49,10 @@ def test_sweep_closes_stale_connections_a_few_per_sweep_oldest_first() -> None:
     # leftovers go over several sweeps instead.
     clock = _Clock()
     pool = _pool(clock)
-    old = [_Conn() for _ in range(2 * SWEEP_CLOSE_MAX + 10)]
+    old = _connections(pool, 2 * SWEEP_CLOSE_MAX + 10)
     _release(pool, old)
     clock.now = 1.0
-    recent = [_Conn() for _ in range(5)]
+    recent = _connections(pool, 5)
     _release(pool, recent)
 
     sweep_at = POOL_IDLE_SECONDS + 0.5  # the first batch is stale, the second is not
@@ -63,7 +70,7 @@ def test_a_pool_keeps_every_connection_a_burst_released() -> None:
     # The count cap is far above any burst; the sweep is what bounds a pool.
     clock = _Clock()
     pool = _pool(clock)
-    burst = [_Conn() for _ in range(5000)]
+    burst = _connections(pool, 5000)
     _release(pool, burst)
     assert len(pool.idle) == 5000
     assert not any(c.closed for c in burst)

@@ -19,6 +19,7 @@ from tako.server import status
 from tako.server.apps import scaling
 from tako.server.apps.registry import AppRegistry
 from tako.server.control import ControlServer
+from tako.server.proxy import compiled as proxy_compiled
 from tako.server.proxy.server import ProxyServer
 from tako.server.state import DB_NAME, StateStore
 from tako.server.tls.acme import AcmeManager
@@ -77,12 +78,13 @@ class Daemon:
         await self.control.start(Path(settings.socket))
         self._tasks.append(asyncio.create_task(scaling.idle_loop(lambda: self.registry or ())))
         log.info(
-            "tako-server ready data_dir=%s socket=%s http_port=%s https_port=%s apps=%d",
+            "tako-server ready data_dir=%s socket=%s http_port=%s https_port=%s apps=%d data_plane=%s",
             self.data_dir,
             settings.socket,
             self.http_port,
             self.https_port,
             len(self.registry.apps),
+            proxy_compiled.mode(),
         )
 
     def _info(self) -> dict[str, Any]:

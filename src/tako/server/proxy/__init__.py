@@ -15,9 +15,14 @@ The proxy wires `certs.set_routed_host_predicate` to its current snapshot (self-
 routed hosts). Redirects to HTTPS name the HTTPS listener's port unless it is 443 or
 `https_redirect_port` is given. Modules: `server` (listeners, pools, sweeper), `client` (per
 connection / per request), `upstream` (instance connections), `responses` (local answers),
-`backend` (the interface to the app runtime). See docs/proxy.md.
+`backend` (the interface to the app runtime), `compiled` (whether `client` and `upstream` run
+compiled). See docs/proxy.md.
 """
 
-from tako.server.proxy.server import ProxyServer
+from tako.server.proxy import compiled
+
+compiled.select()  # before anything imports client or upstream
+
+from tako.server.proxy.server import ProxyServer  # noqa: E402
 
 __all__ = ["ProxyServer"]

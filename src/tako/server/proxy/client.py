@@ -7,6 +7,9 @@ head, routing, upstream connection and body framing. Requests are answered stric
 Every forwarded request runs through the parser callbacks, `_start` and `UpstreamConnection.attach`, so
 that path is kept lean: settings and per-connection bytes are looked up once per connection, header names
 are classified through a cache, and small helpers on it are inlined where noted.
+
+Compiled with Cython where possible, typed by client.pxd (see compiled.py): an attribute added to a class
+here needs its line there too.
 """
 
 from __future__ import annotations
@@ -147,8 +150,12 @@ class RequestCycle:
         self.retried = False
 
 
-class ClientConnection(asyncio.Protocol):
-    """One client connection: parse requests, answer or forward them in order, enforce limits."""
+class ClientConnection:
+    """One client connection: parse requests, answer or forward them in order, enforce limits.
+
+    An asyncio protocol by its methods (the event loop and TLSTransport only call them); it does not
+    subclass asyncio.Protocol so that it can be compiled as an extension type (client.pxd).
+    """
 
     # Slots: attribute access stays on the interpreter's fast paths however many fields there are.
     __slots__ = (

@@ -13,7 +13,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, cast
 
 from tako.config.server import ProxySettings
 from tako.routing import normalise_host
@@ -157,9 +157,9 @@ class ProxyServer:
         pool.last_used = self.loop.time()  # keeps a pool whose connections are all busy from being dropped
         async with asyncio.timeout(self.settings.upstream_connect_timeout or None):
             _, protocol = await self.loop.create_connection(
-                lambda: UpstreamConnection(pool), pool.host, pool.port
+                lambda: _as_protocol(UpstreamConnection(pool)), pool.host, pool.port
             )
-        return protocol
+        return cast(UpstreamConnection, protocol)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
@@ -233,12 +233,14 @@ class ProxyServer:
         if listener in self._listeners:
             self.loop.add_reader(listener.sock.fileno(), self._accept, listener)
 
-    def _https_protocol(self) -> ClientConnection:
-        return ClientConnection(self, True, True)
+    def _https_protocol(self) -> asyncio.Protocol:
+        return _as_protocol(ClientConnection(self, True, True))
 
     async def _connect_accepted(self, conn: socket.socket, forward: bool) -> None:
         try:
-            await self.loop.connect_accepted_socket(lambda: ClientConnection(self, False, forward), conn)
+            await self.loop.connect_accepted_socket(
+                lambda: _as_protocol(ClientConnection(self, False, forward)), conn
+            )
         except OSError:
             conn.close()
 
@@ -268,3 +270,9 @@ class ProxyServer:
             del self.pools[key]
         if not self.shutting_down or self.connections:
             self._sweeper = self.loop.call_later(self._sweep_interval, self._sweep)
+
+
+def _as_protocol(protocol: ClientConnection | UpstreamConnection) -> asyncio.Protocol:
+    """The connection classes are asyncio protocols by their methods, not by subclassing (that would keep
+    them from being compiled as extension types, see client.py): tell the type checker."""
+    return cast(asyncio.Protocol, protocol)

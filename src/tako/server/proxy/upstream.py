@@ -8,6 +8,9 @@ Every response runs through the parser callbacks and `data_received`, so that pa
 names are classified through a cache, the response head is assembled from pieces and joined once per read
 together with the body bytes (one write: one TLS record, or one `write` rather than a `writev` on plain
 TCP), and small helpers on it are inlined where noted.
+
+Compiled with Cython where possible, typed by upstream.pxd (see compiled.py): an attribute added to a
+class here needs its line there too.
 """
 
 from __future__ import annotations
@@ -127,8 +130,12 @@ class UpstreamPool:
         self.idle.clear()
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One keep-alive connection to an instance, carrying one request at a time (no upstream pipelining)."""
+class UpstreamConnection:
+    """One keep-alive connection to an instance, carrying one request at a time (no upstream pipelining).
+
+    An asyncio protocol by its methods; not a subclass of asyncio.Protocol so that it can be compiled as an
+    extension type (upstream.pxd).
+    """
 
     __slots__ = (
         "_chunked",
@@ -202,6 +209,9 @@ class UpstreamConnection(asyncio.Protocol):
             cycle.conn.response_complete(cycle)
             return
         cycle.conn.upstream_failed(cycle, retryable=not self._got_bytes and self.requests > 0)
+
+    def eof_received(self) -> bool | None:
+        return None  # the instance closed its side: close ours too (connection_lost follows)
 
     def pause_writing(self) -> None:
         self.write_paused = True

@@ -1,0 +1,80 @@
+"""Compile the proxy's per-request modules with Cython where possible; pure Python everywhere else.
+
+All metadata is in pyproject.toml. This file only adds `tako.server.proxy.client` and `.upstream` as
+optional extension modules (their .pxd files give the C types; see src/tako/server/proxy/compiled.py):
+without Cython or a C compiler, or with TAKO_PURE_PYTHON=1, the package is pure Python and works the same.
+Next to the built modules it writes compiled.json, the source hashes they were built from, so that a
+compiled module is never used with newer sources (a development checkout built in place with
+`python setup.py build_ext --inplace`, as scripts/test does).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+PROXY = ROOT / "src" / "tako" / "server" / "proxy"
+
+
+def _compiled_module() -> object:
+    """src/tako/server/proxy/compiled.py, loaded by path: importing the package needs its dependencies."""
+    spec = importlib.util.spec_from_file_location("_tako_compiled", PROXY / "compiled.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+compiled = _compiled_module()
+
+
+def extensions() -> list[Extension]:
+    if os.environ.get(compiled.PURE_PYTHON_ENV, "") not in ("", "0"):
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        print("tako: Cython is not installed; the proxy stays pure Python")
+        return []
+    modules = [
+        Extension(
+            f"{compiled.PACKAGE}.{name}",
+            [str((PROXY / f"{name}.py").relative_to(ROOT))],
+            optional=True,
+            extra_link_args=["-s"],  # no debug symbols: a third of the size
+        )
+        for name in compiled.MODULES
+    ]
+    return cythonize(
+        modules,
+        build_dir="build/cython",  # the generated C stays out of src/ (and out of the wheel)
+        quiet=True,
+        # Only the .pxd files type anything: the annotations are written for mypy.
+        compiler_directives={"language_level": 3, "annotation_typing": False},
+    )
+
+
+class BuildExt(build_ext):
+    """build_ext that records the source hashes of what it built (compiled.json, next to the modules)."""
+
+    def run(self) -> None:
+        super().run()
+        built = {}
+        manifest_dir = None
+        for ext in self.extensions:
+            output = Path(self.get_ext_fullpath(ext.name))
+            if output.exists():
+                name = ext.name.rpartition(".")[2]
+                built[name] = compiled.source_hash(PROXY, name)
+                manifest_dir = output.parent
+        if manifest_dir is not None:
+            (manifest_dir / compiled.MANIFEST).write_text(json.dumps(built, indent=1, sort_keys=True) + "\n")
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

@@ -1,0 +1,85 @@
+# Cython declarations for client.py (see docs/compiled.md): C types for the attributes and the calls the
+# per-request path makes. The .py file stays the source; these only take effect when it is compiled.
+from tako.server.proxy.upstream cimport UpstreamConnection
+
+
+cdef class RequestCycle:
+    cdef public bint body_done
+    cdef public object body_received
+    cdef public list buffer
+    cdef public Py_ssize_t buffered
+    cdef public bint chunked
+    cdef public ClientConnection conn
+    cdef public list conn_tokens
+    cdef public object content_length
+    cdef public int error_status
+    cdef public bytes head
+    cdef public Py_ssize_t header_bytes
+    cdef public Py_ssize_t header_count
+    cdef public bint headers_done
+    cdef public str host
+    cdef public bytes host_header
+    cdef public bint http10
+    cdef public bint is_head
+    cdef public bint keep_alive
+    cdef public bytes method
+    cdef public list pieces
+    cdef public bint response_started
+    cdef public bint retried
+    cdef public bytes te
+    cdef public UpstreamConnection uconn
+    cdef public bytes upgrade
+    cdef public bytes upgrade_header
+    cdef public object upstream
+    cdef public bytes url
+    cdef public bint wants_upgrade
+    cdef public bytes xff
+
+
+cdef class ClientConnection:
+    cdef public bint broken
+    cdef public bytes client_ip
+    cdef public bint closed
+    cdef public RequestCycle cycle
+    cdef public double deadline
+    cdef public int deadline_kind
+    cdef public bint eof
+    cdef public bint forward
+    cdef public bytes forwarded
+    cdef public bytes forwarded_for
+    cdef public Py_ssize_t head_pending
+    cdef public double header_timeout
+    cdef public double keepalive_timeout
+    cdef public str last_host
+    cdef public bytes last_host_header
+    cdef public object loop
+    cdef public object max_body
+    cdef public Py_ssize_t max_header_bytes
+    cdef public Py_ssize_t max_headers
+    cdef public object parser
+    cdef public RequestCycle parsing
+    cdef public int pause_mask
+    cdef public object pipeline
+    cdef public int reject_status
+    cdef public double response_timeout
+    cdef public double send_deadline
+    cdef public object server
+    cdef public bint tls
+    cdef public object transport
+    cdef public UpstreamConnection tunnel
+    cdef public list upgrade_buffer
+    cdef public bint write_paused
+
+    cpdef bytes _build_head(self, RequestCycle cycle)
+    cpdef _start(self, RequestCycle cycle)
+    cpdef _use_upstream(self, RequestCycle cycle, upstream)
+    cpdef _respond(self, RequestCycle cycle, bytes data)
+    cpdef request_sent(self, RequestCycle cycle)
+    cpdef response_complete(self, RequestCycle cycle)
+    cpdef pause(self, int reason)
+    cpdef resume(self, int reason)
+    cpdef abort(self)
+
+
+cdef bint _close_after_local(RequestCycle cycle)
+cdef _finish_upstream(RequestCycle cycle)

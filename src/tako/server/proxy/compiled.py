@@ -1,0 +1,100 @@
+"""Whether the proxy's per-request modules run compiled, and the fall-back to their Python sources.
+
+`client` and `upstream` are plain Python; the `.pxd` file next to each gives Cython C types for their
+attributes and internal calls. setup.py compiles them where Cython and a C compiler are available and
+writes `compiled.json` beside them: the hash of each module's .py and .pxd as built. Python imports an
+extension module in preference to the .py next to it, so `select()` (run by the package before anything
+imports those modules) makes sure a compiled module is only used if it was built from the current source;
+otherwise, or with TAKO_PURE_PYTHON=1 in the environment, both are imported from source. They share C
+types, so they are compiled or not as a pair. See docs/proxy.md, "Compiled hot path".
+
+This module is also loaded by setup.py (by path, standard library only) for `source_hash`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+PACKAGE = "tako.server.proxy"
+MODULES = ("upstream", "client")
+MANIFEST = "compiled.json"
+PURE_PYTHON_ENV = "TAKO_PURE_PYTHON"
+
+_DIRECTORY = Path(__file__).resolve().parent
+_mode = "not selected yet"
+
+
+def source_hash(directory: Path, name: str) -> str:
+    """The hash a compiled module is built from: its .py and .pxd files."""
+    digest = hashlib.sha256()
+    for suffix in (".py", ".pxd"):
+        digest.update((directory / f"{name}{suffix}").read_bytes())
+    return digest.hexdigest()
+
+
+def mode() -> str:
+    """`compiled`, or `python (<why>)`: for the server's start-up log and the benchmarks."""
+    return _mode
+
+
+def select() -> None:
+    """Import `MODULES` from source unless their compiled versions are present and current."""
+    global _mode
+    reason = _reason_for_source()
+    if reason is None:
+        _mode = "compiled"
+        return
+    _mode = f"python ({reason})"
+    if not any(_extension(name) for name in MODULES):
+        return  # nothing compiled here: the normal import finds the sources
+    if not any(isinstance(finder, _SourceFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _SourceFinder())
+
+
+def _reason_for_source() -> str | None:
+    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
+        return f"{PURE_PYTHON_ENV} is set"
+    built = [name for name in MODULES if _extension(name)]
+    if not built:
+        return "not compiled"
+    if len(built) < len(MODULES):
+        return "only " + ", ".join(built) + " compiled"
+    try:
+        manifest = json.loads((_DIRECTORY / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return f"{MANIFEST} is missing or unreadable"
+    stale = [name for name in MODULES if manifest.get(name) != source_hash(_DIRECTORY, name)]
+    if stale:
+        # A source edited after the build (a development checkout): never run the old code.
+        stale_names = ", ".join(stale)
+        return f"compiled from older sources of {stale_names}; rebuild: python setup.py build_ext --inplace"
+    return None
+
+
+def _extension(name: str) -> Path | None:
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = _DIRECTORY / f"{name}{suffix}"
+        if path.exists():
+            return path
+    return None
+
+
+class _SourceFinder(importlib.abc.MetaPathFinder):
+    """Finds the .py file of each compiled module, ahead of the path finder that prefers the extension."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        package, _, name = fullname.rpartition(".")
+        if package != PACKAGE or name not in MODULES:
+            return None
+        return importlib.util.spec_from_file_location(fullname, _DIRECTORY / f"{name}.py")

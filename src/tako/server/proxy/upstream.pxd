@@ -1,0 +1,49 @@
+# Cython declarations for upstream.py (see docs/compiled.md): C types for the attributes and the calls the
+# per-request path makes. The .py file stays the source; these only take effect when it is compiled.
+from tako.server.proxy.client cimport ClientConnection, RequestCycle
+
+
+cdef class UpstreamPool:
+    cdef public object loop
+    cdef public str key
+    cdef public str host
+    cdef public object port
+    cdef public list idle
+    cdef public double last_used
+
+    cpdef UpstreamConnection acquire(self)
+    cpdef release(self, UpstreamConnection conn)
+
+
+cdef class UpstreamConnection:
+    cdef public bint _chunked
+    cdef public bint _conn_close
+    cdef public list _conn_tokens
+    cdef public int _frame
+    cdef public bint _got_bytes
+    cdef public bint _head_done
+    cdef public list _headers
+    cdef public bint _keep_alive
+    cdef public bytes _length
+    cdef public list _out
+    cdef public bytes _reason
+    cdef public int _status
+    cdef public bint _until_close
+    cdef public bint closed
+    cdef public RequestCycle cycle
+    cdef public double deadline
+    cdef public double idle_since
+    cdef public object parser
+    cdef public UpstreamPool pool
+    cdef public Py_ssize_t requests
+    cdef public object transport
+    cdef public bint tunnel
+    cdef public bint write_paused
+
+    cpdef attach(self, RequestCycle cycle)
+    cpdef close(self)
+    cpdef abort(self)
+    cpdef _finish_response(self, RequestCycle cycle)
+
+
+cdef _flush(RequestCycle cycle, list out)

@@ -1,0 +1,86 @@
+"""The proxy's per-request modules run compiled when built from the current sources, else from source.
+
+scripts/test builds them in place before the suite runs (and runs the proxy tests again with
+TAKO_PURE_PYTHON=1); these tests check the choice itself, in fresh interpreters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import tako
+from tako.server.proxy import client, compiled, upstream
+
+SRC = Path(tako.__file__).resolve().parent.parent
+PROXY = SRC / "tako" / "server" / "proxy"
+
+_PROBE = (
+    "import json, tako.server.proxy as p, tako.server.proxy.client as c, tako.server.proxy.upstream as u;"
+    "print(json.dumps([p.compiled.mode(), c.__file__, u.__file__]))"
+)
+
+
+def _probe(src: Path, **env: str) -> tuple[str, str, str]:
+    """Import the proxy from `src` in a new interpreter: its mode and where client and upstream came from."""
+    environ = {k: v for k, v in os.environ.items() if k != compiled.PURE_PYTHON_ENV}
+    environ.update(env, PYTHONPATH=str(src))
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE], env=environ, capture_output=True, text=True, timeout=60, check=True
+    )
+    mode, client_file, upstream_file = json.loads(proc.stdout)
+    return mode, Path(client_file).name, Path(upstream_file).name
+
+
+def _extension_suffix() -> str:
+    return Path(client.__file__ or "").name.removeprefix("client")
+
+
+def test_this_checkout_runs_the_modules_it_was_told_to() -> None:
+    if os.environ.get(compiled.PURE_PYTHON_ENV):
+        assert compiled.mode() == f"python ({compiled.PURE_PYTHON_ENV} is set)"
+        assert Path(client.__file__ or "").name == "client.py"
+        assert Path(upstream.__file__ or "").name == "upstream.py"
+        return
+    # Without the variable the build must be there and current: the benchmarks and servers run it.
+    assert compiled.mode() == "compiled", "build the proxy modules: python setup.py build_ext --inplace"
+    assert _extension_suffix().endswith(".so")
+    assert Path(upstream.__file__ or "").name == f"upstream{_extension_suffix()}"
+    manifest = json.loads((PROXY / compiled.MANIFEST).read_text())
+    assert manifest == {name: compiled.source_hash(PROXY, name) for name in compiled.MODULES}
+
+
+def test_pure_python_on_request() -> None:
+    mode, client_file, upstream_file = _probe(SRC, TAKO_PURE_PYTHON="1")
+    assert (mode, client_file, upstream_file) == (
+        "python (TAKO_PURE_PYTHON is set)",
+        "client.py",
+        "upstream.py",
+    )
+
+
+def test_a_build_older_than_its_source_is_not_used(tmp_path: Path) -> None:
+    # A checkout edited after its in-place build: the old compiled code must not run, for either module
+    # (they share C types, so both come from source).
+    copy = tmp_path / "src"
+    shutil.copytree(SRC / "tako", copy / "tako", ignore=shutil.ignore_patterns("__pycache__"))
+    assert _probe(copy)[0] == "compiled"
+    with (copy / "tako" / "server" / "proxy" / "client.py").open("a") as fh:
+        fh.write("# edited\n")
+    mode, client_file, upstream_file = _probe(copy)
+    assert mode.startswith("python (compiled from older sources of client;")
+    assert "build_ext --inplace" in mode
+    assert (client_file, upstream_file) == ("client.py", "upstream.py")
+
+
+def test_without_a_manifest_the_build_is_not_trusted(tmp_path: Path) -> None:
+    copy = tmp_path / "src"
+    shutil.copytree(SRC / "tako", copy / "tako", ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "tako" / "server" / "proxy" / compiled.MANIFEST).unlink()
+    mode, client_file, upstream_file = _probe(copy)
+    assert mode == f"python ({compiled.MANIFEST} is missing or unreadable)"
+    assert (client_file, upstream_file) == ("client.py", "upstream.py")
