@@ -342,7 +342,7 @@ def data_plane_mode() -> str:
     sys.path.insert(0, str(REPO / "src"))
     from tako.server.proxy import compiled
 
-    return compiled.mode()
+    return str(compiled.mode())
 
 
 def markdown(results: list[Result], command: str, workers: int) -> str:
@@ -361,7 +361,10 @@ def markdown(results: list[Result], command: str, workers: int) -> str:
         "- Each server and the upstream run in a session of their own, as services do (the scheduler "
         "shares CPU between sessions first: kernel.sched_autogroup_enabled).",
         f"- tako's per-request proxy modules: {data_plane_mode()} (src/tako/server/proxy/compiled.py).",
-        "- CPU is the proxy's process tree during the run (100% = one core); RSS is its peak.",
+        "- All proxies run for the whole benchmark; each cell (scheme, connections) measures them back to "
+        "back, starting with a different proxy each cell, so drift in the machine's load falls on all alike.",
+        "- CPU is the proxy's process tree during the cell (100% = one core); RSS is its peak in the cell "
+        "(what earlier cells left allocated included).",
         "",
         "| proxy | scheme | conns | req/s | vs nginx | p50 ms | p99 ms | non-2xx | socket errors "
         "| CPU % | RSS MB |",
@@ -436,41 +439,46 @@ def main() -> None:
         upstream = Process(
             ["nginx", "-c", str(up_conf), "-g", "daemon off;"], up_port, cpus=args.pin_upstream
         )
+        names = args.proxies.split(",")
+        connections = [int(c) for c in args.connections.split(",")]
+        cells = [(scheme, conns) for scheme in args.schemes.split(",") for conns in connections]
+        started: list[tuple[Process, int, int] | str] = []  # per entry of --proxies: running, or why not
+        measured: dict[tuple[int, str, int], Result] = {}
         try:
-            for name in args.proxies.split(","):
+            for index, name in enumerate(names):
+                entry_dir = work / f"{index}-{name}"
+                entry_dir.mkdir()
                 try:
-                    proc, http, https = start_proxy(name, work, args.workers, up_port, cert)
+                    started.append(start_proxy(name, entry_dir, args.workers, up_port, cert))
                 except RuntimeError as exc:
                     print(f"{name}: {exc}", file=sys.stderr)
-                    for scheme in args.schemes.split(","):
-                        for conns in (int(c) for c in args.connections.split(",")):
-                            results.append(
-                                Result(
-                                    name, scheme, conns, args.duration, 0, 0, 0, 0, 0, 0, 0, 0, str(exc)[:60]
-                                )
-                            )
-                    continue
-                try:
-                    for scheme in args.schemes.split(","):
-                        port = http if scheme == "http" else https
-                        url = f"{scheme}://127.0.0.1:{port}/"
-                        for conns in (int(c) for c in args.connections.split(",")):
-                            if name == "tako-server" and scheme == "http":
-                                why = "n/a: HTTP redirects to HTTPS"
-                                results.append(
-                                    Result(name, scheme, conns, args.duration, 0, 0, 0, 0, 0, 0, 0, 0, why)
-                                )
-                                continue
-                            if args.warmup:
-                                run_wrk(url, min(conns, 100), args.warmup, args.threads)
-                            stats = measure(proc, url, conns, args.duration, args.threads)
-                            result = Result(name, scheme, conns, args.duration, **stats)  # type: ignore[arg-type]
-                            results.append(result)
-                            print(_line(result), flush=True)
-                finally:
-                    proc.stop()
+                    started.append(str(exc)[:60])
+            for n, (scheme, conns) in enumerate(cells):
+                # All proxies run throughout, measured back to back for each cell, starting with a different
+                # one each time: the machine's drift over a long run (other work on it) falls on all alike.
+                first = n % len(names)
+                for index in [*range(first, len(names)), *range(first)]:
+                    name, entry = names[index], started[index]
+                    if isinstance(entry, str):
+                        result = Result(name, scheme, conns, args.duration, 0, 0, 0, 0, 0, 0, 0, 0, entry)
+                    elif name == "tako-server" and scheme == "http":
+                        why = "n/a: HTTP redirects to HTTPS"
+                        result = Result(name, scheme, conns, args.duration, 0, 0, 0, 0, 0, 0, 0, 0, why)
+                    else:
+                        proc, http, https = entry
+                        url = f"{scheme}://127.0.0.1:{http if scheme == 'http' else https}/"
+                        if args.warmup:
+                            run_wrk(url, min(conns, 100), args.warmup, args.threads)
+                        stats = measure(proc, url, conns, args.duration, args.threads)
+                        result = Result(name, scheme, conns, args.duration, **stats)
+                        print(_line(result), flush=True)
+                    measured[index, scheme, conns] = result
         finally:
+            for entry in started:
+                if not isinstance(entry, str):
+                    entry[0].stop()
             upstream.stop()
+    results = [measured[index, scheme, conns] for index in range(len(names)) for scheme, conns in cells]
     Path(args.json).write_text(
         json.dumps({"command": command, "results": [asdict(r) for r in results]}, indent=2)
     )
