@@ -84,3 +84,11 @@ def test_without_a_manifest_the_build_is_not_trusted(tmp_path: Path) -> None:
     mode, client_file, upstream_file = _probe(copy)
     assert mode == f"python ({compiled.MANIFEST} is missing or unreadable)"
     assert (client_file, upstream_file) == ("client.py", "upstream.py")
+
+
+def test_an_installation_without_the_pxd_files_runs_the_sources(tmp_path: Path) -> None:
+    copy = tmp_path / "src"
+    shutil.copytree(SRC / "tako", copy / "tako", ignore=shutil.ignore_patterns("__pycache__", "*.pxd"))
+    mode, client_file, upstream_file = _probe(copy)
+    assert mode.startswith("python (cannot hash the sources: ")
+    assert (client_file, upstream_file) == ("client.py", "upstream.py")

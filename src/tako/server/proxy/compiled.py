@@ -72,7 +72,10 @@ def _reason_for_source() -> str | None:
         manifest = json.loads((_DIRECTORY / MANIFEST).read_text())
     except (OSError, ValueError):
         return f"{MANIFEST} is missing or unreadable"
-    stale = [name for name in MODULES if manifest.get(name) != source_hash(_DIRECTORY, name)]
+    try:
+        stale = [name for name in MODULES if manifest.get(name) != source_hash(_DIRECTORY, name)]
+    except OSError as exc:  # an installation without the .pxd files
+        return f"cannot hash the sources: {exc}"
     if stale:
         # A source edited after the build (a development checkout): never run the old code.
         stale_names = ", ".join(stale)
