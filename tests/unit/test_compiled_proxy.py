@@ -92,3 +92,22 @@ def test_an_installation_without_the_pxd_files_runs_the_sources(tmp_path: Path) 
     mode, client_file, upstream_file = _probe(copy)
     assert mode.startswith("python (cannot hash the sources: ")
     assert (client_file, upstream_file) == ("client.py", "upstream.py")
+
+
+def test_a_none_where_an_object_belongs_raises_instead_of_crashing() -> None:
+    # Compiled attribute access on None must raise AttributeError as Python does (setup.py: nonecheck),
+    # not crash the process with every connection in it. In a child process, so a crash is a failure.
+    code = (
+        "import asyncio, tako.server.proxy as p\n"
+        "from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool\n"
+        "conn = UpstreamConnection(UpstreamPool('app/1', '127.0.0.1', 8000, asyncio.new_event_loop()))\n"
+        "try:\n"
+        "    conn._finish_response(None)\n"
+        "except AttributeError as exc:\n"
+        "    print(p.compiled.mode(), '|', exc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # The first attribute read of the missing cycle, exactly as in Python (unchecked, compiled code reads
+    # past the None object instead and fails later, if at all).
+    assert proc.stdout.strip() == f"{compiled.mode()} | 'NoneType' object has no attribute 'body_done'"
