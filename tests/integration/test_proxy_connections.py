@@ -19,6 +19,8 @@ from tests.support.proxy_routes import StaticGate, StaticUpstream, wait_for
 from tests.support.upstreams import HttpUpstream, WebSocketUpstream
 from websockets.asyncio.client import connect
 
+from tako.config.server import ProxySettings
+
 pytestmark = pytest.mark.integration
 
 
@@ -137,6 +139,36 @@ def test_websocket_echo_through_proxy(tmp_path: Path) -> None:
                     assert await ws.recv() == "once"
                     await asyncio.wait_for(ws.wait_closed(), 10)
                 await wait_for(lambda: upstream.in_flight == 0)
+        finally:
+            await ws_up.stop()
+
+    run(scenario())
+
+
+def test_an_idle_tunnel_is_closed_and_releases_its_instance(tmp_path: Path) -> None:
+    # A WebSocket whose peer vanished would otherwise keep its instance busy (never scaled to zero).
+    settings = ProxySettings(tunnel_idle_timeout=0.5)
+
+    async def scenario() -> None:
+        ws_up = await WebSocketUpstream().start()
+        upstream = StaticUpstream(ws_up.port)
+        try:
+            async with running_proxy(tmp_path, {"ws.tako.test": StaticGate("ws", [upstream])}, settings) as p:
+                p.issue("ws.tako.test")
+                sock_args = {"host": "127.0.0.1", "port": p.https_port, "server_hostname": "ws.tako.test"}
+                url = "wss://ws.tako.test/chat"
+                async with connect(url, ssl=p.client_context(), ping_interval=None, **sock_args) as ws:
+                    # Messages without a pause, for several timeouts in a row: the tunnel stays open.
+                    loop = asyncio.get_running_loop()
+                    busy_until = loop.time() + 4 * settings.tunnel_idle_timeout
+                    while loop.time() < busy_until:
+                        await ws.send("tick")
+                        assert await ws.recv() == "tick"
+                    assert upstream.in_flight == 1
+                    # Then nothing either way: the proxy closes it.
+                    await asyncio.wait_for(ws.wait_closed(), 10)
+                await wait_for(lambda: upstream.in_flight == 0)
+                assert upstream.started == upstream.finished == 1
         finally:
             await ws_up.stop()
 

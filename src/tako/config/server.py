@@ -40,7 +40,8 @@ class ListenSettings:
 
 @dataclass(frozen=True)
 class ProxySettings:
-    """Limits and timeouts of the data plane (seconds and bytes). 0 for max_body_bytes = unlimited."""
+    """Limits and timeouts of the data plane (seconds and bytes). 0 for max_body_bytes = unlimited, for
+    tunnel_idle_timeout = never."""
 
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
@@ -49,6 +50,9 @@ class ProxySettings:
     upstream_connect_timeout: float = 5.0
     upstream_response_timeout: float = 60.0
     max_body_bytes: int = 0
+    # A WebSocket (or other upgraded connection) with no bytes either way for this long is closed: a
+    # vanished peer would otherwise hold it, and keep its app instance busy (never scaled to zero), for good.
+    tunnel_idle_timeout: float = 3600.0
 
 
 @dataclass(frozen=True)

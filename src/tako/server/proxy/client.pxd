@@ -67,6 +67,8 @@ cdef class ClientConnection:
     cdef public bint tls
     cdef public object transport
     cdef public UpstreamConnection tunnel
+    cdef public bint tunnel_active
+    cdef public double tunnel_timeout
     cdef public list upgrade_buffer
     cdef public bint write_paused
 

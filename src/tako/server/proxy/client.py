@@ -42,6 +42,7 @@ _DEADLINE_HEADER = 1
 _DEADLINE_KEEPALIVE = 2
 _DEADLINE_LINGER = 3
 _DEADLINE_BODY = 4  # no request body bytes for keepalive_timeout while the proxy was reading
+_DEADLINE_TUNNEL = 5  # tunnel_idle_timeout: checked, then re-armed if bytes moved (no clock read per read)
 
 _CRLF = b"\r\n"
 _CHUNK_END = b"0\r\n\r\n"
@@ -189,6 +190,8 @@ class ClientConnection:
         "tls",
         "transport",
         "tunnel",
+        "tunnel_active",
+        "tunnel_timeout",
         "upgrade_buffer",
         "write_paused",
     )
@@ -205,6 +208,7 @@ class ClientConnection:
         self.header_timeout = settings.header_timeout
         self.keepalive_timeout = settings.keepalive_timeout
         self.response_timeout = settings.upstream_response_timeout
+        self.tunnel_timeout = settings.tunnel_idle_timeout
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = b""
@@ -229,6 +233,7 @@ class ClientConnection:
         self.closed = False
         self.eof = False
         self.tunnel: UpstreamConnection | None = None
+        self.tunnel_active = False  # bytes moved through the tunnel since its deadline was last checked
         self.upgrade_buffer: list[bytes] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
@@ -296,6 +301,7 @@ class ClientConnection:
         tunnel = self.tunnel
         if tunnel is not None:
             tunnel.transport.write(data)
+            self.tunnel_active = True
             return
         if self.broken:
             return
@@ -751,8 +757,12 @@ class ClientConnection:
         self.upgrade_buffer = None
         if buffered:
             uconn.transport.writelines(buffered)
-        self.deadline = 0.0
-        self.deadline_kind = 0
+        if self.tunnel_timeout:
+            self.deadline = self.loop.time() + self.tunnel_timeout
+            self.deadline_kind = _DEADLINE_TUNNEL
+        else:
+            self.deadline = 0.0
+            self.deadline_kind = 0
         self.resume(PAUSE_UPGRADE | PAUSE_PIPELINE)
 
     def tunnel_closed(self) -> None:
@@ -820,6 +830,15 @@ class ClientConnection:
         if kind == _DEADLINE_BODY and self.pause_mask and not self.broken:
             # The proxy itself stopped reading (flow control): the client is not idle.
             self.deadline = self.loop.time() + self.keepalive_timeout
+            return
+        if kind == _DEADLINE_TUNNEL:
+            if self.tunnel_active:
+                self.tunnel_active = False
+                self.deadline = self.loop.time() + self.tunnel_timeout
+                return
+            self.deadline = 0.0
+            self.deadline_kind = 0
+            self.transport.close()  # connection_lost closes the instance's side
             return
         self.deadline = 0.0
         self.deadline_kind = 0

@@ -72,8 +72,13 @@ class ProxyServer:
         self._sweeper: asyncio.TimerHandle | None = None
         self._handshake_timeout = settings.header_timeout or None
         self._handshaking: set[tls.TLSTransport] = set()  # TLS connections before their first request
-        timeouts = (settings.header_timeout, settings.keepalive_timeout, settings.upstream_response_timeout)
-        self._sweep_interval = max(0.05, min(1.0, min(t for t in timeouts if t > 0) / 4))
+        timeouts = (
+            settings.header_timeout,
+            settings.keepalive_timeout,
+            settings.upstream_response_timeout,
+            settings.tunnel_idle_timeout,
+        )
+        self._sweep_interval = max(0.05, min(1.0, min((t for t in timeouts if t > 0), default=4.0) / 4))
         certs.set_routed_host_predicate(self._is_routed_host)
 
     # -- public API -------------------------------------------------------------------------------
@@ -245,8 +250,8 @@ class ProxyServer:
             conn.close()
 
     def _sweep(self) -> None:
-        """Fire connection deadlines (header, keep-alive, linger, stalled reader, upstream response); trim
-        idle pools."""
+        """Fire connection deadlines (header, keep-alive, linger, stalled reader, upstream response, idle
+        tunnel); trim idle pools."""
         now = self.loop.time()
         for conn in list(self.connections):
             if conn.send_deadline and now >= conn.send_deadline:

@@ -227,7 +227,9 @@ class UpstreamConnection:
         cycle = self.cycle
         if self.tunnel:
             if cycle is not None:
-                cycle.conn.transport.write(data)
+                conn = cycle.conn
+                conn.transport.write(data)
+                conn.tunnel_active = True
             return
         if cycle is None:
             # Bytes with no request outstanding: the connection is out of step; never reuse it.
