@@ -140,6 +140,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
+    if os.environ.get("IGNORE_SIGTERM") == "1":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # first thing: a SIGTERM at any point is ignored
     port = int(os.environ["PORT"])
     log(f"booting version {VERSION} on port {port}")
     delay = float(os.environ.get("BOOT_DELAY", "0") or 0)
@@ -173,9 +175,7 @@ def main() -> None:
         log("SIGTERM: finishing in-flight requests")
         threading.Thread(target=drain_and_exit, daemon=True).start()
 
-    if os.environ.get("IGNORE_SIGTERM") == "1":
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    else:
+    if os.environ.get("IGNORE_SIGTERM") != "1":
         signal.signal(signal.SIGTERM, on_term)
     crash_after = float(os.environ.get("CRASH_AFTER_SECONDS", "0") or 0)
     if crash_after:
