@@ -81,8 +81,15 @@ def ensure_tools(install: bool) -> None:
     subprocess.run(["apt-get", "install", "-y", *missing], check=True)
 
 
+def _checkout_on_path() -> None:
+    """Import tako from this checkout (the one the tako proxies under test run), whatever is installed."""
+    src = str(REPO / "src")
+    if sys.path[0] != src:
+        sys.path.insert(0, src)
+
+
 def make_cert(work: Path) -> tuple[Path, Path, Path]:
-    sys.path.insert(0, str(REPO / "src"))
+    _checkout_on_path()
     from tako.server.tls import selfsigned
 
     cert_pem, key_pem = selfsigned.generate("127.0.0.1")
@@ -339,7 +346,7 @@ def _line(r: Result) -> str:
 
 def data_plane_mode() -> str:
     """Whether the tako proxies of this run use the compiled modules (both run from this checkout)."""
-    sys.path.insert(0, str(REPO / "src"))
+    _checkout_on_path()
     from tako.server.proxy import compiled
 
     return str(compiled.mode())

@@ -14,10 +14,10 @@ from tests.support.proxy_harness import (
     raw_exchange,
     run,
     running_proxy,
+    websocket_app_proxy,
 )
 from tests.support.proxy_routes import StaticGate, StaticUpstream, wait_for
-from tests.support.upstreams import HttpUpstream, WebSocketUpstream
-from websockets.asyncio.client import connect
+from tests.support.upstreams import HttpUpstream
 
 from tako.config.server import ProxySettings
 
@@ -114,33 +114,26 @@ def test_pipelined_requests_answered_in_order(tmp_path: Path) -> None:
 
 def test_websocket_echo_through_proxy(tmp_path: Path) -> None:
     async def scenario() -> None:
-        ws_up = await WebSocketUpstream().start()
-        upstream = StaticUpstream(ws_up.port)
-        try:
-            async with running_proxy(tmp_path, {"ws.tako.test": StaticGate("ws", [upstream])}) as p:
-                p.issue("ws.tako.test")
-                ctx = p.client_context()
-                sock_args = {"host": "127.0.0.1", "port": p.https_port, "server_hostname": "ws.tako.test"}
-                async with connect("wss://ws.tako.test/chat", ssl=ctx, max_size=None, **sock_args) as ws:
-                    await ws.send("hello")
-                    assert await ws.recv() == "hello"
-                    big = bytes(range(256)) * 8192  # 2 MiB binary frame, both ways
-                    await ws.send(big)
-                    assert await ws.recv() == big
-                    assert upstream.in_flight == 1  # a tunnel counts as in flight while open
-                await wait_for(lambda: upstream.in_flight == 0)
-                assert upstream.started == upstream.finished == 1
-                headers = ws_up.seen_headers[-1]
-                assert headers["host"] == "ws.tako.test"
-                assert headers["x-forwarded-proto"] == "https"
-                # The app closing the tunnel closes the client side.
-                async with connect("wss://ws.tako.test/close-after-one", ssl=ctx, **sock_args) as ws:
-                    await ws.send("once")
-                    assert await ws.recv() == "once"
-                    await asyncio.wait_for(ws.wait_closed(), 10)
-                await wait_for(lambda: upstream.in_flight == 0)
-        finally:
-            await ws_up.stop()
+        async with websocket_app_proxy(tmp_path) as w:
+            upstream = w.instance
+            async with w.connect("/chat", max_size=None) as ws:
+                await ws.send("hello")
+                assert await ws.recv() == "hello"
+                big = bytes(range(256)) * 8192  # 2 MiB binary frame, both ways
+                await ws.send(big)
+                assert await ws.recv() == big
+                assert upstream.in_flight == 1  # a tunnel counts as in flight while open
+            await wait_for(lambda: upstream.in_flight == 0)
+            assert upstream.started == upstream.finished == 1
+            headers = w.app.seen_headers[-1]
+            assert headers["host"] == "ws.tako.test"
+            assert headers["x-forwarded-proto"] == "https"
+            # The app closing the tunnel closes the client side.
+            async with w.connect("/close-after-one") as ws:
+                await ws.send("once")
+                assert await ws.recv() == "once"
+                await asyncio.wait_for(ws.wait_closed(), 10)
+            await wait_for(lambda: upstream.in_flight == 0)
 
     run(scenario())
 
@@ -150,27 +143,20 @@ def test_an_idle_tunnel_is_closed_and_releases_its_instance(tmp_path: Path) -> N
     settings = ProxySettings(tunnel_idle_timeout=0.5)
 
     async def scenario() -> None:
-        ws_up = await WebSocketUpstream().start()
-        upstream = StaticUpstream(ws_up.port)
-        try:
-            async with running_proxy(tmp_path, {"ws.tako.test": StaticGate("ws", [upstream])}, settings) as p:
-                p.issue("ws.tako.test")
-                sock_args = {"host": "127.0.0.1", "port": p.https_port, "server_hostname": "ws.tako.test"}
-                url = "wss://ws.tako.test/chat"
-                async with connect(url, ssl=p.client_context(), ping_interval=None, **sock_args) as ws:
-                    # Messages without a pause, for several timeouts in a row: the tunnel stays open.
-                    loop = asyncio.get_running_loop()
-                    busy_until = loop.time() + 4 * settings.tunnel_idle_timeout
-                    while loop.time() < busy_until:
-                        await ws.send("tick")
-                        assert await ws.recv() == "tick"
-                    assert upstream.in_flight == 1
-                    # Then nothing either way: the proxy closes it.
-                    await asyncio.wait_for(ws.wait_closed(), 10)
-                await wait_for(lambda: upstream.in_flight == 0)
-                assert upstream.started == upstream.finished == 1
-        finally:
-            await ws_up.stop()
+        async with websocket_app_proxy(tmp_path, settings) as w:
+            upstream = w.instance
+            async with w.connect("/chat", ping_interval=None) as ws:
+                # Messages without a pause, for several timeouts in a row: the tunnel stays open.
+                loop = asyncio.get_running_loop()
+                busy_until = loop.time() + 4 * settings.tunnel_idle_timeout
+                while loop.time() < busy_until:
+                    await ws.send("tick")
+                    assert await ws.recv() == "tick"
+                assert upstream.in_flight == 1
+                # Then nothing either way: the proxy closes it.
+                await asyncio.wait_for(ws.wait_closed(), 10)
+            await wait_for(lambda: upstream.in_flight == 0)
+            assert upstream.started == upstream.finished == 1
 
     run(scenario())
 

@@ -13,7 +13,8 @@ import httptools
 import httpx
 import trustme
 from tests.support.proxy_routes import StaticGate, StaticServices, StaticUpstream, snapshot
-from tests.support.upstreams import HttpUpstream
+from tests.support.upstreams import HttpUpstream, WebSocketUpstream
+from websockets.asyncio.client import connect
 
 from tako.config.server import ProxySettings
 from tako.server.proxy import ProxyServer
@@ -104,6 +105,42 @@ async def one_app_proxy(
             yield p, up
     finally:
         await up.stop()
+
+
+@dataclass
+class WebSocketApp:
+    """`websocket_app_proxy`'s parts: the proxy, the app's instance (its in-flight count) and the app."""
+
+    proxy: ProxyHarness
+    instance: StaticUpstream
+    app: WebSocketUpstream
+    host: str
+
+    def connect(self, path: str, **kwargs: object) -> connect:
+        """A `websockets` client connection to `path` on the app, over TLS through the proxy."""
+        return connect(
+            f"wss://{self.host}{path}",
+            ssl=self.proxy.client_context(),
+            host="127.0.0.1",
+            port=self.proxy.https_port,
+            server_hostname=self.host,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+@contextlib.asynccontextmanager
+async def websocket_app_proxy(
+    tmp_path: Path, settings: ProxySettings | None = None, host: str = "ws.tako.test"
+) -> AsyncIterator[WebSocketApp]:
+    """A running proxy that routes `host` to one `WebSocketUpstream` and has a certificate for it."""
+    app = await WebSocketUpstream().start()
+    instance = StaticUpstream(app.port)
+    try:
+        async with running_proxy(tmp_path, {host: StaticGate("ws", [instance])}, settings) as p:
+            p.issue(host)
+            yield WebSocketApp(p, instance, app, host)
+    finally:
+        await app.stop()
 
 
 @dataclass
