@@ -90,6 +90,8 @@ class Instance:
         self._tasks: list[asyncio.Task[None]] = []
         self._health_task: asyncio.Task[None] | None = None
         self._stop_deadline = 0.0
+        self._stop_grace = 0.0
+        self._stop_forced = False  # the group outlived the stop grace period and was killed
         self._members: list[int] = []
 
     # -- Upstream (hot path: no logging, no awaits) --------------------------------------------------
@@ -191,6 +193,8 @@ class Instance:
             loop = asyncio.get_running_loop()
             while self._stop_deadline > loop.time() and spawner.any_alive(self._members):
                 await asyncio.sleep(0.02)
+            if spawner.any_alive(self._members):
+                self._force_stop()
         # Whatever is left in the group dies with the leader: no orphans holding the port or the pipe.
         spawner.kill_group(self.proc.pid)
         with contextlib.suppress(TimeoutError):
@@ -300,19 +304,30 @@ class Instance:
         if not self.exited.is_set():
             self.set_state(InstanceState.STOPPING)
             self._stop_deadline = asyncio.get_running_loop().time() + grace
+            self._stop_grace = grace
             self._members = spawner.group_members(self.proc.pid)
             spawner.signal_group(self.proc.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.exited.wait(), grace)
             except TimeoutError:
-                self._log_file.event(f"instance {self.id} did not stop within {grace:g} s: killed")
-                spawner.kill_group(self.proc.pid)
+                if self.exit_status is None:
+                    # The leader itself is still running. (If only the start shell exited, _watch is
+                    # waiting out the same deadline for the rest of the group and kills it.)
+                    self._force_stop()
                 await self.exited.wait()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.state is not InstanceState.FAILED:
             self.set_state(InstanceState.STOPPED)
+
+    def _force_stop(self) -> None:
+        """The group outlived the stop grace period: say so once, and kill it."""
+        assert self.proc is not None
+        if not self._stop_forced:
+            self._stop_forced = True
+            self._log_file.event(f"instance {self.id} did not stop within {self._stop_grace:g} s: killed")
+        spawner.kill_group(self.proc.pid)
 
     def status(self) -> dict[str, object]:
         return {
