@@ -15,6 +15,7 @@ import pytest
 from tests.support.server_process import ControlClient, ControlError, TakoServer, make_release
 
 from tako import __version__
+from tako.protocol import MAX_INSTANCES
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +74,28 @@ def test_deploy_errors_are_clear(server: TakoServer) -> None:
         server.deploy("badroute", "v1", routes=("/only/path",))
     with pytest.raises(ControlError, match="invalid app name"):
         server.call("deploy", app="Bad_Name", version="v1", path="/tmp", routes=["b.tako.test"])
+
+
+def test_deploy_asking_for_too_many_instances_is_refused_before_any_starts(server: TakoServer) -> None:
+    path = make_release(server.data_dir, "greedy", "v1")
+    with pytest.raises(ControlError, match=f"'instances' must be at most {MAX_INSTANCES}, got 1000000"):
+        server.call(
+            "deploy",
+            app="greedy",
+            version="v1",
+            path=str(path),
+            routes=["greedy.tako.test"],
+            instances=1000000,
+        )
+    assert "greedy" not in [a["app"] for a in server.call("list")]
+    greedy_dir = str(server.data_dir / "apps" / "greedy")
+    assert not [p for p in server.instance_processes() if p.info["cwd"].startswith(greedy_dir)]
+    # Within the limit the same release deploys.
+    data = server.call(
+        "deploy", app="greedy", version="v1", path=str(path), routes=["greedy.tako.test"], instances=1
+    )
+    assert data["state"] == "running"
+    server.call("delete", app="greedy")
 
 
 def test_route_conflict_is_refused_by_the_server(server: TakoServer) -> None:

@@ -22,6 +22,7 @@ from tako.config.project import (
     sanitize_name,
 )
 from tako.errors import ConfigError, UsageError
+from tako.protocol import MAX_IDLE_TIMEOUT, MAX_INSTANCES
 
 FULL = """\
 [tako]
@@ -247,6 +248,27 @@ def test_toml_syntax_error_has_line(tmp_path: Path) -> None:
         (MINIMAL + "[servers]\ninstances = 1.5\n", "servers.instances", 7, "non-negative integer", None),
         (MINIMAL + "[servers]\ninstances = true\n", "servers.instances", 7, "non-negative integer", None),
         (MINIMAL + "[servers]\nidle_timeout = 0\n", "servers.idle_timeout", 7, "positive number", None),
+        (
+            MINIMAL + "[servers]\ninstances = 1000000\n",
+            "servers.instances",
+            7,
+            f"at most {MAX_INSTANCES}, got 1000000",
+            "per app per server",
+        ),
+        (
+            MINIMAL + '[servers.web1]\nenv = "production"\ninstances = 1000000\n',
+            "servers.web1.instances",
+            8,
+            f"at most {MAX_INSTANCES}, got 1000000",
+            None,
+        ),
+        (
+            MINIMAL + "[servers]\nidle_timeout = 9223372036854775807\n",
+            "servers.idle_timeout",
+            7,
+            f"at most {MAX_IDLE_TIMEOUT}",
+            "instances",
+        ),
         (MINIMAL + "[servers]\ninstance = 2\n", "servers.instance", 7, "unknown key", "'instances'"),
         (MINIMAL + "[servers.web1]\ninstances = 2\n", "servers.web1", 6, "missing required key env", None),
         (
@@ -286,6 +308,12 @@ def test_errors_name_file_key_and_line(
     if hint is not None:
         assert error.hint is not None and hint in error.hint
     assert error.exit_code == 2
+
+
+def test_the_limits_themselves_are_accepted(tmp_path: Path) -> None:
+    text = MINIMAL + f"[servers]\ninstances = {MAX_INSTANCES}\nidle_timeout = {MAX_IDLE_TIMEOUT}\n"
+    project = load_project(write(tmp_path, text))
+    assert (project.instances, project.idle_timeout) == (MAX_INSTANCES, MAX_IDLE_TIMEOUT)
 
 
 def test_inline_tables_and_dotted_keys_are_accepted(tmp_path: Path) -> None:

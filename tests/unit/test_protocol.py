@@ -1,11 +1,14 @@
 """The control protocol codec: typed round trips and clear errors for bad lines."""
 
 import json
+import re
 
 import pytest
 
 from tako.errors import ProtocolError
 from tako.protocol import (
+    MAX_IDLE_TIMEOUT,
+    MAX_INSTANCES,
     MAX_LINE_BYTES,
     Delete,
     Deploy,
@@ -80,3 +83,27 @@ def test_replies() -> None:
     assert json.loads(ok_reply(None)) == {"status": "ok", "data": None}
     with pytest.raises(ProtocolError):
         decode_reply(b"garbage")
+
+
+DEPLOY = b'{"command": "deploy", "app": "a", "version": "v", "path": "/p", "routes": ["a.test"]'
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (b', "instances": 1000000', f"'instances' must be at most {MAX_INSTANCES}, got 1000000"),
+        (b', "instances": -1', "'instances' must be at least 0, got -1"),
+        (b', "idle_timeout": 100000000000000000000000', f"'idle_timeout' must be at most {MAX_IDLE_TIMEOUT}"),
+        (b', "idle_timeout": -5', "'idle_timeout' must be at least 0, got -5"),
+    ],
+)
+def test_deploy_numbers_out_of_range_are_refused(fields: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError, match=re.escape(message)):
+        decode_request(DEPLOY + fields + b"}")
+
+
+def test_deploy_numbers_at_the_limits_are_accepted() -> None:
+    fields = f', "instances": {MAX_INSTANCES}, "idle_timeout": {MAX_IDLE_TIMEOUT}'.encode()
+    request = decode_request(DEPLOY + fields + b"}")
+    assert isinstance(request, Deploy)
+    assert (request.instances, request.idle_timeout) == (MAX_INSTANCES, MAX_IDLE_TIMEOUT)

@@ -28,6 +28,7 @@ from tako.config.loading import (
     sanitize_name,
 )
 from tako.errors import ConfigError, UsageError
+from tako.protocol.limits import MAX_IDLE_TIMEOUT, MAX_INSTANCES
 from tako.routing import ACCEPTED_FORMS, RouteError, RoutePattern, parse_route
 
 if TYPE_CHECKING:
@@ -402,10 +403,23 @@ def _scaling(
         instances = source.integer(
             table["instances"], [*path, "instances"], minimum=0, what="a non-negative integer (0 = on demand)"
         )
+        if instances > MAX_INSTANCES:
+            raise source.error(
+                [*path, "instances"],
+                f"at most {MAX_INSTANCES}, got {instances}",
+                hint=f"Tako runs at most {MAX_INSTANCES} instances per app per server (one process each); "
+                "add servers to the env for more",
+            )
     if "idle_timeout" in table:
         idle = source.integer(
             table["idle_timeout"], [*path, "idle_timeout"], minimum=1, what="a positive number of seconds"
         )
+        if idle > MAX_IDLE_TIMEOUT:
+            raise source.error(
+                [*path, "idle_timeout"],
+                f"at most {MAX_IDLE_TIMEOUT} seconds (one week), got {idle}",
+                hint="to keep instances running whatever the traffic, set instances = N instead",
+            )
     return instances, idle
 
 

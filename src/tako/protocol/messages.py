@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from tako.errors import ProtocolError
+from tako.protocol.limits import MAX_IDLE_TIMEOUT, MAX_INSTANCES
+
 PROTOCOL_VERSION = 1
 
 # Machine-readable `code` of an error reply, for the cases a client acts on (never match message text).
@@ -35,6 +38,21 @@ class Deploy:
     routes: tuple[str, ...]
     instances: int = 0
     idle_timeout: int = 300
+
+    def __post_init__(self) -> None:
+        # Checked where the message is made, so a client's mistake is an error reply before the server
+        # starts anything (tako.toml is held to the same limits at load).
+        _check_range("instances", self.instances, MAX_INSTANCES, "instances per app per server")
+        _check_range("idle_timeout", self.idle_timeout, MAX_IDLE_TIMEOUT, "seconds (one week)")
+
+
+def _check_range(name: str, value: int, maximum: int, unit: str) -> None:
+    if value < 0:
+        raise ProtocolError(f"field {name!r} must be at least 0, got {value}")
+    if value > maximum:
+        raise ProtocolError(
+            f"field {name!r} must be at most {maximum}, got {value}", hint=f"the limit is {maximum} {unit}"
+        )
 
 
 @dataclass(frozen=True)
