@@ -399,6 +399,43 @@ def test_project_app_json_is_refused_unless_excluded(tmp_path: Path) -> None:
         assert app_json is not None and json.loads(app_json.read()) == APP_JSON
 
 
+@pytest.mark.parametrize(
+    ("files", "what"),
+    [
+        ({"logs": "my notes"}, "a file"),
+        ({"logs/app.log": "old lines", "logs/.keep": ""}, "a directory"),
+    ],
+)
+@pytest.mark.parametrize("with_git", [True, False])
+def test_a_logs_entry_at_the_root_is_refused_unless_excluded(
+    tmp_path: Path, files: dict[str, str], what: str, with_git: bool
+) -> None:
+    """On the server the release's `logs` is the link to the app's shared logs: a project's own `logs`
+    would be silently replaced, so the deploy stops before the archive exists (nothing is uploaded)."""
+    project = tmp_path / "p"
+    all_files = {"app.py": "", "sub/logs": "fine below the root", **files}
+    if with_git:
+        make_repo(project, all_files)
+    else:
+        project.mkdir()
+        write(project, all_files)
+    with pytest.raises(DeployError, match=f"{what} named logs at its root") as info:
+        build_archive(project, "v1", APP_JSON)
+    assert str(project / "logs") in info.value.message
+    assert info.value.hint is not None and "rename it" in info.value.hint and '"/logs"' in info.value.hint
+    assert list((project / ".tako" / "build").glob("*")) == []
+    archive = build_archive(project, "v1", APP_JSON, ["/logs"])
+    assert set(members(archive.path)) == {"app.json", "app.py", "sub", "sub/logs"}
+
+
+def test_a_logs_symlink_at_the_root_is_refused(tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    write(project, {"app.py": "", "var/log/x": ""})
+    (project / "logs").symlink_to("var/log")
+    with pytest.raises(DeployError, match="a symlink named logs at its root"):
+        build_archive(project, "v1", APP_JSON)
+
+
 @pytest.mark.parametrize("version", ["", "../x", "a/b", ".hidden", "v 1", "x" * 200])
 def test_bad_version_is_refused(tmp_path: Path, version: str) -> None:
     with pytest.raises(DeployError, match="cannot be used as an archive name"):

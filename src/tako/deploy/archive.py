@@ -29,6 +29,9 @@ ENV_FILE_PREFIX = ".env"  # `.env`, `.env.local`, `.envrc`, ...
 # be obviously synthetic, new enough that tar does not warn about implausible timestamps).
 ARCHIVE_MTIME = 946684800
 APP_JSON = "app.json"
+# At the root of every release on the server, the deploy makes `logs` a link to the app's shared logs
+# directory (kept across releases), replacing whatever the archive had there.
+LOGS_LINK = "logs"
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _CHUNK = 1 << 20
 
@@ -279,6 +282,21 @@ def _check_link(rel: str, target: str) -> None:
         )
 
 
+def _check_logs_name(project_dir: Path, files: list[str]) -> None:
+    """Refuse a shipped `logs` at the project root: the server would replace it with the logs link."""
+    inside = [rel for rel in files if rel.startswith(f"{LOGS_LINK}/")]
+    if not inside and LOGS_LINK not in files:
+        return
+    path = project_dir / LOGS_LINK
+    what = "a symlink" if path.is_symlink() else "a directory" if inside else "a file"
+    raise DeployError(
+        f"the project has {what} named {LOGS_LINK} at its root ({path}); on the server that name is the "
+        "link to the app's shared logs directory, so the release would not contain it",
+        hint=f'rename it (and what uses it), or add "/{LOGS_LINK}" to exclude in tako.toml '
+        "if the app does not need it on the server",
+    )
+
+
 def _base_info(name: str) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.mtime = ARCHIVE_MTIME
@@ -315,6 +333,8 @@ def build_archive(
             f"the project has its own {APP_JSON} at its root, where Tako puts the release description",
             hint=f'rename it, or add "/{APP_JSON}" to exclude in tako.toml if the app does not need it',
         )
+
+    _check_logs_name(project_dir, files)
 
     build_dir = project_dir / ".tako" / "build"
     final = build_dir / f"{version}.tar.gz"
