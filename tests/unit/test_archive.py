@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tako.deploy import commands
 from tako.deploy.archive import (
     ARCHIVE_MTIME,
     ExcludePatternError,
@@ -304,9 +305,11 @@ def test_archive_contents_modes_and_metadata(tmp_path: Path) -> None:
         "static/css/site.css",
         "static/up",
     ]
-    assert found["bin/run"].mode == 0o755
-    assert found["app.py"].mode == 0o644
-    assert found["bin"].isdir() and found["bin"].mode == 0o755
+    # Owner bits kept; the group gets the owner's read/execute bits; others nothing.
+    assert found["bin/run"].mode == 0o750
+    assert found["app.py"].mode == 0o640
+    assert found["app.json"].mode == 0o640
+    assert found["bin"].isdir() and found["bin"].mode == 0o750
     assert found["current.css"].issym() and found["current.css"].linkname == "static/css/site.css"
     assert found["static/up"].linkname == ".."
     for member in found.values():
@@ -341,6 +344,53 @@ def test_real_tar_extracts_it_cleanly(tmp_path: Path) -> None:
     assert (out / "ünïcödé.txt").read_text() == "u"
     assert subprocess.run([str(out / "run.sh")], capture_output=True, text=True).stdout == "ok\n"
     assert json.loads((out / "app.json").read_text())["name"] == "web"
+
+
+@pytest.mark.parametrize(
+    ("local", "shipped"),
+    [
+        (0o600, 0o640),  # a secret file: readable by its app's group only, never by others
+        (0o644, 0o640),
+        (0o755, 0o750),  # executables stay executable
+        (0o700, 0o750),
+        (0o400, 0o440),
+        (0o640, 0o640),
+        (0o666, 0o640),  # group/other write bits are not the owner's: dropped
+        (0o4755, 0o750),  # no setuid/setgid/sticky
+    ],
+)
+def test_file_modes_keep_the_owner_bits(tmp_path: Path, local: int, shipped: int) -> None:
+    project = tmp_path / "p"
+    write(project, {"f": "x"})
+    (project / "f").chmod(local)
+    found = members(build_archive(project, "v1", APP_JSON).path)
+    assert found["f"].mode == shipped
+
+
+def test_server_extraction_applies_the_archive_modes(tmp_path: Path) -> None:
+    """The deploy's own extract command (real tar, a umask that would otherwise widen nothing and
+    narrow everything) leaves each file with its archive mode."""
+    project = tmp_path / "p"
+    write(project, {"secret.key": "k", "run.sh": "#!/bin/sh\n", "lib/mod.py": ""})
+    (project / "secret.key").chmod(0o600)
+    (project / "run.sh").chmod(0o755)
+    info = build_archive(project, "v1", APP_JSON)
+    upload = tmp_path / "upload.tar.gz"
+    upload.write_bytes(info.path.read_bytes())
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    command = commands.extract(str(upload), str(staging))
+    result = subprocess.run(
+        ["sh", "-c", 'umask 077; exec "$@"', "umask", *command.argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    modes = {
+        rel: (staging / rel).stat().st_mode & 0o7777 for rel in ("secret.key", "run.sh", "lib", "lib/mod.py")
+    }
+    assert modes == {"secret.key": 0o640, "run.sh": 0o750, "lib": 0o750, "lib/mod.py": 0o640}
 
 
 def test_archive_is_deterministic(tmp_path: Path) -> None:

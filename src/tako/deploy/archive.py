@@ -297,6 +297,17 @@ def _check_logs_name(project_dir: Path, files: list[str]) -> None:
     )
 
 
+DIR_MODE = 0o750
+
+
+def shipped_mode(local_mode: int) -> int:
+    """A file's mode in the release: its owner bits as in the project, the group gets the owner's
+    read/execute bits (on the server the group is the app's own), others nothing. So a 0600 secret stays
+    private to its app and an executable stays executable."""
+    owner = local_mode & 0o700
+    return owner | (owner >> 3) & 0o050
+
+
 def _base_info(name: str) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.mtime = ARCHIVE_MTIME
@@ -315,10 +326,10 @@ def build_archive(
 ) -> ArchiveInfo:
     """Write `.tako/build/<version>.tar.gz` (older archives there are removed) and describe it.
 
-    Deterministic: sorted entries, fixed mtime/owner, modes 0644/0755 (executable bits kept), symlinks kept
-    as links (refused if they leave the tree), other special files skipped. `app.json` at the root is the
-    given dict as JSON with sorted keys. `extra_dirs` maps an archive directory (e.g. a wheelhouse's
-    `.tako-wheels/<key>`) to a local directory whose regular files are added under it.
+    Deterministic: sorted entries, fixed mtime/owner, modes from `shipped_mode` (directories 0750),
+    symlinks kept as links (refused if they leave the tree), other special files skipped. `app.json` at
+    the root is the given dict as JSON with sorted keys. `extra_dirs` maps an archive directory (e.g. a
+    wheelhouse's `.tako-wheels/<key>`) to a local directory whose regular files are added under it.
     """
     if not _VERSION_RE.fullmatch(version):
         raise DeployError(f"version {version!r} cannot be used as an archive name")
@@ -377,14 +388,14 @@ def _add_entries(tar: tarfile.TarFile, project_dir: Path, files: list[str], app_
     for name in names:
         if name == APP_JSON:
             info = _base_info(name)
-            info.mode = 0o644
+            info.mode = shipped_mode(0o644)
             info.size = len(app_json)
             tar.addfile(info, io.BytesIO(app_json))
             count += 1
         elif name in dirs:
             info = _base_info(name)
             info.type = tarfile.DIRTYPE
-            info.mode = 0o755
+            info.mode = DIR_MODE
             tar.addfile(info)
         else:
             count += _add_file(tar, project_dir, name)
@@ -397,12 +408,12 @@ def _add_extra_dir(tar: tarfile.TarFile, prefix: str, source: Path) -> int:
     for depth in range(1, len(parts) + 1):
         info = _base_info("/".join(parts[:depth]))
         info.type = tarfile.DIRTYPE
-        info.mode = 0o755
+        info.mode = DIR_MODE
         tar.addfile(info)
     count = 0
     for path in sorted(p for p in source.iterdir() if p.is_file() and not p.is_symlink()):
         info = _base_info(f"{prefix}/{path.name}")
-        info.mode = 0o644
+        info.mode = shipped_mode(0o644)
         info.size = path.stat().st_size
         with path.open("rb") as handle:
             tar.addfile(info, handle)
@@ -428,7 +439,7 @@ def _add_file(tar: tarfile.TarFile, project_dir: Path, rel: str) -> int:
         with path.open("rb") as file:
             st = os.fstat(file.fileno())
             info = _base_info(rel)
-            info.mode = 0o755 if st.st_mode & 0o111 else 0o644
+            info.mode = shipped_mode(st.st_mode)
             info.size = st.st_size
             tar.addfile(info, file)
         return 1

@@ -48,11 +48,12 @@ rm -f "$3"/.upload-*.tar.gz
 mkdir "$4"
 """
 
-# Extract, then refuse any symlink that resolves outside the release (tar itself refuses
-# absolute member names and `..`).
+# Extract with each member's mode as archived (--same-permissions: not narrowed or widened by the
+# umask; the archive already gives others nothing), then refuse any symlink that resolves outside the
+# release (tar itself refuses absolute member names and `..`).
 _EXTRACT = """
 set -e
-tar -xzf "$1" -C "$2" --no-same-owner --no-same-permissions --delay-directory-restore
+tar -xzf "$1" -C "$2" --no-same-owner --same-permissions --delay-directory-restore
 rm -f "$1"
 root=$(cd "$2" && pwd -P)
 find "$2" -type l | while IFS= read -r link; do
