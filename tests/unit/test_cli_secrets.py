@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 from tako.cli.context import CliContext
 from tako.cli.secrets import secrets
 from tako.errors import TakoError
+from tako.protocol import MAX_ENV_VALUE_BYTES
 from tako.secrets import crypto, key_path, keys, load_env_secrets, secret_names, store_path
 
 VALUE = 'p@ss "w0rd" $X `y` \\z = ok'
@@ -84,6 +85,40 @@ def test_set_invalid_names(project: Path) -> None:
     assert error_of(run(["set", "api_key"], input="v\n")).exit_code == 2
     assert error_of(run(["set", "--env", "Prod", "API_KEY"], input="v\n")).exit_code == 2
     assert not store_path(project).exists()
+
+
+@pytest.mark.parametrize("how", ["line", "stdin", "file"])
+def test_set_refuses_a_value_over_the_limit(project: Path, tmp_path: Path, how: str) -> None:
+    """An app gets its values in its environment, where Linux refuses any one variable over 128 KiB:
+    a larger value used to be stored, then fail every deploy with "Argument list too long"."""
+    big = "x" * (1024 * 1024)
+    source = tmp_path / "big.pem"
+    source.write_text(big)
+    args = {"line": ["set", "API_KEY"], "stdin": ["set", "--from-file", "-", "API_KEY"]}.get(
+        how, ["set", "--from-file", str(source), "API_KEY"]
+    )
+    err = error_of(run(args, input=big + "\n" if how != "file" else None))
+    assert err.exit_code == 2
+    assert f"at most {MAX_ENV_VALUE_BYTES // 1024} KiB" in err.message and "API_KEY" in err.message
+    assert err.hint is not None and "file" in err.hint
+    assert big not in str(err)
+    assert not store_path(project).exists()
+
+
+def test_set_accepts_a_value_at_the_limit(project: Path) -> None:
+    value = "é" * (MAX_ENV_VALUE_BYTES // 2)  # two bytes each in UTF-8: the limit counts bytes
+    assert run(["set", "--from-file", "-", "BIG"], input=value).exit_code == 0
+    assert load_env_secrets(project, "production")["BIG"].reveal() == value
+    assert error_of(run(["set", "--from-file", "-", "BIG"], input=value + "x")).exit_code == 2
+
+
+def test_set_refuses_an_overlong_name_without_echoing_it(project: Path) -> None:
+    name = "A" * 5000
+    err = error_of(run(["set", name], input="v\n"))
+    assert err.exit_code == 2 and "at most 128 characters" in err.message
+    assert name not in err.message
+    assert not store_path(project).exists()
+    assert run(["set", "A" * 128], input="v\n").exit_code == 0
 
 
 def test_set_from_file_verbatim_with_newlines(project: Path, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from tako.config.project import (
     sanitize_name,
 )
 from tako.errors import ConfigError, UsageError
-from tako.protocol import MAX_IDLE_TIMEOUT, MAX_INSTANCES
+from tako.protocol import MAX_ENV_VALUE_BYTES, MAX_IDLE_TIMEOUT, MAX_INSTANCES
 
 FULL = """\
 [tako]
@@ -308,6 +308,18 @@ def test_errors_name_file_key_and_line(
     if hint is not None:
         assert error.hint is not None and hint in error.hint
     assert error.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "table", ["[vars]", "[vars.production]", '[envs.production]\nroute = "a.example.com"']
+)
+def test_a_variable_over_the_value_limit_is_refused(tmp_path: Path, table: str) -> None:
+    head = '[tako]\nname = "app"\n\n' + ("" if table.startswith("[envs") else MINIMAL.split("\n\n", 1)[1])
+    text = f'{head}{table}\nBIG = "{"x" * (MAX_ENV_VALUE_BYTES + 1)}"\n'
+    error = load_error(tmp_path, text)
+    assert error.key is not None and error.key.endswith(".BIG")
+    assert "at most 64 KiB" in error.detail and "x" * 100 not in error.message
+    load_project(write(tmp_path, text.replace("x" * (MAX_ENV_VALUE_BYTES + 1), "x" * MAX_ENV_VALUE_BYTES)))
 
 
 def test_the_limits_themselves_are_accepted(tmp_path: Path) -> None:

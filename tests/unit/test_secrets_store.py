@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tako.errors import SecretsError, UsageError
+from tako.protocol import MAX_ENV_VALUE_BYTES
 from tako.secrets import (
     Secret,
     SecretStore,
@@ -28,7 +29,7 @@ from tako.secrets import (
     set_secret,
     store_path,
 )
-from tako.secrets.names import check_env_name, check_secret_name
+from tako.secrets.names import MAX_SECRET_NAME_LENGTH, check_env_name, check_secret_name
 
 
 @pytest.fixture
@@ -311,6 +312,48 @@ def test_invalid_secret_names(name: str) -> None:
 def test_invalid_env_names(env: str) -> None:
     with pytest.raises(SecretsError):
         check_env_name(env)
+
+
+def test_secret_names_are_at_most_128_characters() -> None:
+    assert MAX_SECRET_NAME_LENGTH == 128
+    assert check_secret_name("A" * 128) == "A" * 128
+    with pytest.raises(SecretsError, match="at most 128 characters, got 5000") as info:
+        check_secret_name("A" * 5000)
+    assert "A" * 200 not in str(info.value)
+
+
+def test_store_with_an_overlong_name_is_refused_at_load(project: Path) -> None:
+    path = store_path(project)
+    path.parent.mkdir()
+    path.write_text(f'[envs.production]\n{"A" * 5000} = "x"\n')
+    with pytest.raises(SecretsError, match="at most 128 characters") as info:
+        load_env_secrets(project, "production")
+    assert str(path) in str(info.value) and "A" * 200 not in str(info.value)
+    assert info.value.hint is not None and "remove" in info.value.hint
+
+
+def test_stored_value_over_the_limit_is_refused_naming_secret_and_env(project: Path) -> None:
+    """A store written before the limit (or by hand): deploy and sync stop with the secret's name and
+    env, not with the server's "Argument list too long"; `rm` and `set` still work to fix it."""
+    set_secret(project, "production", "OK", Secret("v"))
+    store = SecretStore.load(project)
+    key = keys.read_key("production")
+    store.put("production", "HUGE_CERT", Secret("x" * (MAX_ENV_VALUE_BYTES + 1)), key)
+    store.save()
+    with pytest.raises(SecretsError) as info:
+        load_env_secrets(project, "production")
+    message = str(info.value)
+    assert "HUGE_CERT" in message and "production" in message and "64 KiB" in message
+    assert "x" * 100 not in message
+    assert info.value.hint is not None and "tako secrets set --env production HUGE_CERT" in info.value.hint
+    set_secret(project, "production", "HUGE_CERT", Secret("small"))
+    assert load_env_secrets(project, "production")["HUGE_CERT"].reveal() == "small"
+    set_secret(project, "production", "OTHER", Secret("v"))
+    store = SecretStore.load(project)
+    store.put("production", "OTHER", Secret("y" * (MAX_ENV_VALUE_BYTES + 1)), key)
+    store.save()
+    remove_secret(project, "OTHER", "production")
+    assert set(load_env_secrets(project, "production")) == {"OK", "HUGE_CERT"}
 
 
 def test_valid_names() -> None:

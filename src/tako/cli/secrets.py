@@ -17,6 +17,7 @@ from rich.text import Text
 from tako.cli.context import CliContext, get_cli
 from tako.cli.render import print_json, print_message, print_success, print_warning
 from tako.errors import SecretsError, TakoError, UsageError
+from tako.protocol import MAX_ENV_VALUE_BYTES
 from tako.secrets import keys, service
 from tako.secrets.names import check_env_name, check_secret_name
 from tako.secrets.store import SecretStore
@@ -103,12 +104,15 @@ def set_cmd(env: str, name: str, from_file: str | None, extra: tuple[str, ...]) 
 
 
 def _read_value(cli: CliContext, name: str, env: str, from_file: str | None) -> Secret:
+    # Reads stop one byte past the limit: enough to know a value is too large without holding all of it.
+    limit = MAX_ENV_VALUE_BYTES + 1
     if from_file is not None:
         if from_file == "-":
-            raw = _stdin_bytes().read()
+            raw = _stdin_bytes().read(limit)
         else:
             try:
-                raw = Path(from_file).read_bytes()
+                with open(from_file, "rb") as handle:
+                    raw = handle.read(limit)
             except OSError as exc:
                 raise UsageError(f"cannot read {from_file}: {exc.strerror}") from None
     elif cli.interactive:
@@ -120,25 +124,27 @@ def _read_value(cli: CliContext, name: str, env: str, from_file: str | None) -> 
             prompt_suffix=": ",
             err=True,
         )
-        return _checked(Secret(typed))
+        return _checked(Secret(typed), name)
     else:
-        line = _stdin_bytes().readline()
+        line = _stdin_bytes().readline(limit + 1)  # + 1: the newline
         raw = line[:-1] if line.endswith(b"\n") else line
+    if len(raw) > MAX_ENV_VALUE_BYTES:
+        raise service.value_too_large(name, f"more than {MAX_ENV_VALUE_BYTES} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         # `from None`: the exception object holds the raw bytes.
         raise UsageError("the secret value is not valid UTF-8 text") from None
-    return _checked(Secret(text))
+    return _checked(Secret(text), name)
 
 
-def _checked(value: Secret) -> Secret:
+def _checked(value: Secret, name: str) -> Secret:
     if not value.reveal():
         raise UsageError(
             "refusing to set an empty secret value",
             hint="give the value on a terminal prompt, or as one line on stdin",
         )
-    service.check_value(value)
+    service.check_value(value, name)
     return value
 
 

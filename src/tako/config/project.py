@@ -28,7 +28,7 @@ from tako.config.loading import (
     sanitize_name,
 )
 from tako.errors import ConfigError, UsageError
-from tako.protocol.limits import MAX_IDLE_TIMEOUT, MAX_INSTANCES
+from tako.protocol.limits import MAX_ENV_VALUE_BYTES, MAX_IDLE_TIMEOUT, MAX_INSTANCES
 from tako.routing import ACCEPTED_FORMS, RouteError, RoutePattern, parse_route
 
 if TYPE_CHECKING:
@@ -285,6 +285,14 @@ def _var(source: Source, name: str, value: Any, path: KeyPath) -> str:
             path,
             f"variable values must be strings, got {describe(value)}",
             hint=f'quote it: {name} = "{shown}"' if scalar else None,
+        )
+    size = len(value.encode())
+    if size > MAX_ENV_VALUE_BYTES:
+        raise source.error(
+            path,
+            f"the value is {size} bytes; a variable is at most {MAX_ENV_VALUE_BYTES // 1024} KiB",
+            hint="instances get their variables in their environment, where Linux refuses larger ones; "
+            "ship large data as a file of the app and put its path in the variable",
         )
     return value
 

@@ -19,7 +19,8 @@ from tako.deploy.layout import AppLayout
 from tako.deploy.pipeline import DeployPlan, DeployTarget
 from tako.deploy.report import Progress, ServerOutcome
 from tako.deploy.version import compute_version
-from tako.errors import SecretsError, UsageError
+from tako.errors import DeployError, SecretsError, UsageError
+from tako.protocol import MAX_ENV_BYTES
 from tako.remote.connection import ServerAddress
 from tako.remote.executor import Command, Executor
 
@@ -82,13 +83,36 @@ def env_values(project: ProjectConfig, env: str, version: str) -> dict[str, str]
             hint="\n".join(f"set it with `tako secrets set --env {env} {name}`" for name in missing),
         )
     values = dict(project.merged_vars(env))
-    for name, secret in sorted(load_env_secrets(project.root, env).items()):
+    secrets = load_env_secrets(project.root, env)  # each value within MAX_ENV_VALUE_BYTES, or it raised
+    for name, secret in sorted(secrets.items()):
         values[name] = secret.reveal()
     for name in RESERVED:
         values.pop(name, None)
     values["ENV"] = env
     values["TAKO_BUILD"] = version
+    _check_env_size(values, set(secrets), env)
     return values
+
+
+def _check_env_size(values: dict[str, str], secret_names: set[str], env: str) -> None:
+    """DeployError when the whole environment is more than an app's process can be given (each
+    `NAME=value` string with its terminating NUL, as the kernel counts it); names the largest values."""
+    sizes = {name: len(name.encode()) + len(value.encode()) + 2 for name, value in values.items()}
+    total = sum(sizes.values())
+    if total <= MAX_ENV_BYTES:
+        return
+    largest = sorted(sizes, key=lambda name: (-sizes[name], name))[:5]
+    shown = ", ".join(
+        f"{name} ({'secret' if name in secret_names else 'tako.toml'}, {sizes[name] // 1024} KiB)"
+        for name in largest
+    )
+    raise DeployError(
+        f"the environment of {env} is {total // 1024} KiB in {len(values)} variables; at most "
+        f"{MAX_ENV_BYTES // (1024 * 1024)} MiB can be given to an app (Linux refuses to start a program "
+        f"with more); the largest: {shown}",
+        hint="ship large data (certificate bundles, key stores) as files of the app and keep only their "
+        f"paths in variables; remove a secret with `tako secrets rm --env {env} NAME --yes`",
+    )
 
 
 def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Prepared:

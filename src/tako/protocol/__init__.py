@@ -9,7 +9,7 @@ from tako.protocol.codec import (
     error_reply,
     ok_reply,
 )
-from tako.protocol.limits import MAX_IDLE_TIMEOUT, MAX_INSTANCES
+from tako.protocol.limits import MAX_ENV_BYTES, MAX_ENV_VALUE_BYTES, MAX_IDLE_TIMEOUT, MAX_INSTANCES
 from tako.protocol.messages import (
     ERROR_UNKNOWN_APP,
     PROTOCOL_VERSION,
@@ -27,6 +27,8 @@ from tako.protocol.messages import (
 
 __all__ = [
     "ERROR_UNKNOWN_APP",
+    "MAX_ENV_BYTES",
+    "MAX_ENV_VALUE_BYTES",
     "MAX_IDLE_TIMEOUT",
     "MAX_INSTANCES",
     "MAX_LINE_BYTES",

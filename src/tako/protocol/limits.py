@@ -1,6 +1,7 @@
-"""Upper bounds on what a deploy may ask of one server, shared by tako.toml validation and tako-server.
+"""Upper bounds on what a deploy may ask of a server: instances, idle timeout, the app's environment.
 
-One place, so the CLI refuses at load exactly what the server would refuse on the control socket.
+One place for the CLI (tako.toml, secrets, deploy) and tako-server (control socket), so the CLI refuses
+at load exactly what the server would refuse.
 """
 
 from __future__ import annotations
@@ -15,3 +16,15 @@ MAX_INSTANCES = 64
 # which `instances` says directly; the bound also keeps the value well inside SQLite's 64-bit integers
 # (the control socket's JSON carries integers of any size).
 MAX_IDLE_TIMEOUT = 7 * 24 * 3600
+
+# One value of an app's environment (a secret, or a variable of tako.toml), in UTF-8 bytes. tako-server
+# hands the release `.env` to each instance as its environment, and Linux refuses to start a program
+# with any one `NAME=value` string over 128 KiB (MAX_ARG_STRLEN, 32 pages) with "Argument list too
+# long". 64 KiB keeps well clear of that and holds any key, token or certificate chain an app reads
+# from a variable (a PEM certificate is 1-4 KiB); larger data belongs in a file.
+MAX_ENV_VALUE_BYTES = 64 * 1024
+
+# The whole `.env` of a release, in bytes of `NAME=value` strings. Linux also caps arguments plus
+# environment together at a quarter of the stack limit: 2 MiB with the usual 8 MiB stack. 1 MiB leaves
+# the rest for what tako-server adds (PATH, HOME, PORT, ...) and for a server with a smaller stack limit.
+MAX_ENV_BYTES = 1024 * 1024

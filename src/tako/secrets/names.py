@@ -1,4 +1,5 @@
-"""Validation of secret names (`[A-Z][A-Z0-9_]*`) and env names (`a-z0-9-`, as in tako.toml)."""
+"""Validation of secret names (`[A-Z][A-Z0-9_]*`, at most 128 characters) and env names (`a-z0-9-`, as
+in tako.toml)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import re
 
 from tako.errors import SecretsError
 
+# Names are environment variable names; 128 characters is far beyond any real one, and keeps names
+# (which appear in clear in `.tako/secrets`, in `tako secrets ls` and in messages) readable.
+MAX_SECRET_NAME_LENGTH = 128
 _SECRET_NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 _ENV_NAME = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 # Tako sets these itself after the merge (DESIGN §3); a secret by these names would be overridden silently.
@@ -13,19 +17,36 @@ RESERVED_NAMES = frozenset({"ENV", "TAKO_BUILD", "PORT", "HOST", "TAKO_APP", "TA
 
 
 def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.match(name))
+    return len(name) <= MAX_SECRET_NAME_LENGTH and bool(_SECRET_NAME.match(name))
 
 
 def is_env_name(env: str) -> bool:
     return bool(_ENV_NAME.match(env))
 
 
+def shown_name(name: str, *, quoted: bool = True) -> str:
+    """`name` for a message, cut short when it is too long to be useful in full."""
+    if len(name) <= 40:
+        return repr(name) if quoted else name
+    head = repr(name[:32]) if quoted else name[:32]
+    return f"{head}... ({len(name)} characters)"
+
+
+def secret_name_problem(name: str) -> str | None:
+    """Why `name` is not a valid secret name (reserved names aside), or None."""
+    if len(name) > MAX_SECRET_NAME_LENGTH:
+        return f"at most {MAX_SECRET_NAME_LENGTH} characters, got {len(name)}"
+    if not _SECRET_NAME.match(name):
+        return "use capital letters, digits and underscores, starting with a letter"
+    return None
+
+
 def check_secret_name(name: str) -> str:
     """Return `name` if it is a valid secret name, else raise a SecretsError (exit 2) that says why."""
-    if not is_secret_name(name):
+    problem = secret_name_problem(name)
+    if problem is not None:
         raise SecretsError(
-            f"invalid secret name {name!r}: "
-            "use capital letters, digits and underscores, starting with a letter",
+            f"invalid secret name {shown_name(name)}: {problem}",
             hint="for example API_KEY or DATABASE_URL",
             exit_code=2,
         )

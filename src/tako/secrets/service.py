@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tako.errors import SecretsError, UsageError
+from tako.protocol.limits import MAX_ENV_VALUE_BYTES
 from tako.secrets import crypto, keys
 from tako.secrets.names import check_env_name, check_secret_name
 from tako.secrets.store import SecretStore, locked
@@ -19,14 +20,18 @@ from tako.secrets.value import Secret
 def load_env_secrets(project_dir: Path, env: str, *, home: Path | None = None) -> dict[str, Secret]:
     """Every secret of `env`, decrypted, sorted by name. `{}` if the env has none (no key needed then).
 
-    SecretsError if the key is missing or does not match, or a value was tampered with or moved.
+    SecretsError if the key is missing or does not match, a value was tampered with or moved, or is
+    too large to be delivered (MAX_ENV_VALUE_BYTES).
     `home` is the Tako home holding `keys/` (default `$TAKO_HOME` or `~/.tako`).
     """
     check_env_name(env)
     store = SecretStore.load(project_dir)
     if not store.has_env(env):
         return {}
-    return store.decrypt_env(env, keys.read_key(env, home), keys.key_path(env, home))
+    values = store.decrypt_env(env, keys.read_key(env, home), keys.key_path(env, home))
+    for name, value in values.items():
+        check_stored_size(env, name, value)
+    return values
 
 
 def missing_secrets(project_dir: Path, env: str) -> list[str]:
@@ -61,7 +66,7 @@ def set_secret(
     """
     check_env_name(env)
     check_secret_name(name)
-    check_value(value)
+    check_value(value, name)
     with locked(project_dir):
         store = SecretStore.load(project_dir)
         path = keys.key_path(env, home)
@@ -88,20 +93,47 @@ def set_secret(
     return SetResult(replaced=replaced, key_created=created)
 
 
-def check_value(value: Secret) -> None:
+def check_value(value: Secret, name: str) -> None:
+    """UsageError (exit 2) unless `value` can be delivered to an app as the variable `name`."""
     plain = value.reveal()
     if not plain:
         raise UsageError(
             "refusing to set an empty secret value", hint="remove a secret with `tako secrets rm`"
         )
     try:
-        plain.encode("utf-8")
+        size = len(plain.encode("utf-8"))
     except UnicodeEncodeError:
         # Lone surrogates (undecodable terminal input); `from None` keeps the text out of tracebacks.
         raise UsageError("the secret value is not valid UTF-8 text") from None
+    if size > MAX_ENV_VALUE_BYTES:
+        raise value_too_large(name, f"{size} bytes")
     if "\x00" in plain:
         # execve() cannot pass NUL in an environment variable; the app would never see the full value.
         raise UsageError("secret values cannot contain NUL bytes")
+
+
+def value_too_large(name: str, size: str) -> UsageError:
+    """The error for a value over MAX_ENV_VALUE_BYTES; `size` says how large it is, as far as known."""
+    return UsageError(
+        f"the value of {name} is {size}: a secret value is at most {MAX_ENV_VALUE_BYTES // 1024} KiB "
+        f"({MAX_ENV_VALUE_BYTES} bytes of UTF-8)",
+        hint="an app receives its secrets in its environment, where Linux refuses any one variable over "
+        "128 KiB; ship large data (certificate bundles, key stores) as a file of the app or keep it on "
+        "the server, and put its path in a secret",
+    )
+
+
+def check_stored_size(env: str, name: str, value: Secret) -> None:
+    """SecretsError naming the secret and env when a stored value is over the limit (a store written
+    before the limit existed, or by hand): deploy and sync stop here, before anything is uploaded."""
+    size = len(value.reveal().encode("utf-8"))
+    if size > MAX_ENV_VALUE_BYTES:
+        raise SecretsError(
+            f"secret {name} of env {env} is {size} bytes; at most {MAX_ENV_VALUE_BYTES // 1024} KiB can be "
+            "delivered to an app (Linux refuses larger environment variables)",
+            hint=f"set a smaller value with `{set_command(env, name)}` (a large file belongs with the app, "
+            f"its path in the secret), or remove it with `tako secrets rm --env {env} {name} --yes`",
+        )
 
 
 def remove_secret(project_dir: Path, name: str, env: str | None = None) -> list[str]:

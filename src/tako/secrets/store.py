@@ -22,7 +22,7 @@ from pathlib import Path
 from tako.errors import SecretsError
 from tako.fsutil import write_atomic
 from tako.secrets import crypto
-from tako.secrets.names import is_env_name, is_secret_name
+from tako.secrets.names import is_env_name, secret_name_problem, shown_name
 from tako.secrets.value import Secret
 
 FORMAT_VERSION = 1
@@ -209,8 +209,14 @@ def _parse(path: Path, text: str) -> dict[str, dict[str, str]]:
             raise _bad(path, f"envs.{env}", "expected a table of secrets")
         parsed: dict[str, str] = {}
         for name, stored in values.items():
-            if not is_secret_name(name):
-                raise _bad(path, f"envs.{env}.{name}", "invalid secret name")
+            problem = secret_name_problem(name)
+            if problem is not None:
+                raise _bad(
+                    path,
+                    f"envs.{env}.{shown_name(name, quoted=False)}",
+                    f"invalid secret name ({problem})",
+                    hint=f"remove that line from {path}, or restore the file from version control",
+                )
             if not isinstance(stored, str):
                 raise _bad(path, f"envs.{env}.{name}", "expected an encrypted value (a string)")
             parsed[name] = stored
@@ -219,8 +225,8 @@ def _parse(path: Path, text: str) -> dict[str, dict[str, str]]:
     return result
 
 
-def _bad(path: Path, key: str, message: str) -> SecretsError:
+def _bad(path: Path, key: str, message: str, *, hint: str | None = None) -> SecretsError:
     return SecretsError(
         f"{path}: {key}: {message}",
-        hint="the file is written by `tako secrets`; restore it from version control",
+        hint=hint or "the file is written by `tako secrets`; restore it from version control",
     )
