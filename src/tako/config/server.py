@@ -67,6 +67,9 @@ class AppSettings:
     stop_grace: float = 10.0
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 3
+    # "auto": each app runs as its own uid when tako-server holds the capabilities for it; "off": apps run
+    # as tako-server's own user (docs/server.md, "Threat model and app isolation").
+    isolation: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,9 @@ class ServerConfig:
     def data_dir(self) -> Path:
         return Path(self.server.data_dir)
 
+
+# String settings that take one of a few words: (section, key) -> the words.
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {("apps", "isolation"): ("auto", "off")}
 
 _SECTIONS: dict[str, type[Any]] = {
     "server": ListenSettings,
@@ -154,6 +160,13 @@ def parse_server_config(data: dict[str, Any], file: str) -> ServerConfig:
                     hint=f"did you mean {close[0]!r}?" if close else None,
                 )
             values[key] = _check_value(file, f"{name}.{key}", value, getattr(defaults, key))
+            choices = _CHOICES.get((name, key))
+            if choices is not None and value not in choices:
+                raise ConfigError(
+                    file,
+                    f"expected one of {', '.join(repr(c) for c in choices)}, got {value!r}",
+                    key=f"{name}.{key}",
+                )
         sections[name] = replace(defaults, **values)
     return ServerConfig(**sections)
 

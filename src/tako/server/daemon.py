@@ -16,7 +16,7 @@ from typing import Any
 
 from tako.config.server import ServerConfig
 from tako.server import status
-from tako.server.apps import scaling
+from tako.server.apps import isolation, scaling
 from tako.server.apps.registry import AppRegistry
 from tako.server.control import ControlServer
 from tako.server.proxy import compiled as proxy_compiled
@@ -48,6 +48,7 @@ class Daemon:
         self.acme = AcmeManager(config.acme, config.data_dir, self.challenges)
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
+        self.isolation = isolation.OFF
 
     # -- ServerServices -------------------------------------------------------------------------------
     def status_document(self) -> tuple[int, bytes]:
@@ -65,11 +66,20 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
         settings = self.config.server
+        # Nothing tako-server creates (state db, logs, keys) is readable by other users, apps included.
+        os.umask(0o027)
+        self.isolation = isolation.detect(self.config.apps.isolation)
+        if not self.isolation.enabled and self.config.apps.isolation != "off":
+            log.warning("app isolation is off: apps run as tako-server's own user: %s", self.isolation.reason)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "apps").mkdir(exist_ok=True)
         self.store = StateStore(self.data_dir / DB_NAME)
         self.registry = AppRegistry(
-            self.data_dir, self.config.apps, self.store, on_hosts_changed=self._routed_hosts_changed
+            self.data_dir,
+            self.config.apps,
+            self.store,
+            on_hosts_changed=self._routed_hosts_changed,
+            isolated=self.isolation,
         )
         await self.registry.restore()
         await self._start_proxy()
@@ -78,18 +88,21 @@ class Daemon:
         await self.control.start(Path(settings.socket))
         self._tasks.append(asyncio.create_task(scaling.idle_loop(lambda: self.registry or ())))
         log.info(
-            "tako-server ready data_dir=%s socket=%s http_port=%s https_port=%s apps=%d data_plane=%s",
+            "tako-server ready data_dir=%s socket=%s http_port=%s https_port=%s apps=%d data_plane=%s "
+            "isolation=%s",
             self.data_dir,
             settings.socket,
             self.http_port,
             self.https_port,
             len(self.registry.apps),
             proxy_compiled.mode(),
+            self.isolation.describe(),
         )
 
     def _info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"http_port": self.http_port, "https_port": self.https_port}
         info["pid"] = os.getpid()
+        info["isolation"] = self.isolation.describe()
         if self.workers is not None:
             info["workers"] = self.workers.info()
         return info

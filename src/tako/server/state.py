@@ -1,7 +1,8 @@
 """tako-server's persistent state: `<data_dir>/tako.db` (sqlite, WAL), with numbered migrations.
 
-It holds what must survive a restart: each app's version, release path, routes and settings, and the
-process groups of running instances (so a restart after SIGKILL can clean up orphans).
+It holds what must survive a restart: each app's version, release path, routes and settings, the uid
+each app runs as, and the process groups of running instances (so a restart after SIGKILL can clean up
+orphans).
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ MIGRATIONS: tuple[str, ...] = (
         app TEXT NOT NULL,
         pid INTEGER NOT NULL,
         create_time REAL NOT NULL
+    );
+    """,
+    # The uid (and gid) each app's instances run as when apps are isolated. Kept when an app is deleted,
+    # so a uid is never handed to a second app that could then read files the first one left behind.
+    """
+    CREATE TABLE app_uids (
+        app TEXT PRIMARY KEY,
+        uid INTEGER NOT NULL UNIQUE
     );
     """,
 )
@@ -165,6 +174,21 @@ class StateStore:
     def processes(self) -> list[ProcessRecord]:
         rows = self._db.execute("SELECT instance, app, pid, create_time FROM processes").fetchall()
         return [ProcessRecord(r[0], r[1], int(r[2]), float(r[3])) for r in rows]
+
+    def app_uid(self, app: str, first: int, count: int) -> int:
+        """The uid of `app`, allocated from [first, first + count) on first use. The caller still checks
+        the returned value: this file is writable by tako-server's user, so a row may have been edited."""
+        row = self._db.execute("SELECT uid FROM app_uids WHERE app = ?", (app,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        top = self._db.execute(
+            "SELECT MAX(uid) FROM app_uids WHERE uid >= ? AND uid < ?", (first, first + count)
+        ).fetchone()[0]
+        uid = first if top is None else int(top) + 1
+        if uid >= first + count:
+            raise StateError(f"no free app uid left in {first}..{first + count - 1}")
+        self._write("INSERT INTO app_uids (app, uid) VALUES (?, ?)", (app, uid))
+        return uid
 
     def close(self) -> None:
         self._db.close()

@@ -245,7 +245,8 @@ class ManagedApp:
             if attempt and not live and not self.operation.locked():
                 # Nothing runs: read the release again, so fixing its files is enough to recover.
                 with contextlib.suppress(TakoError):
-                    self.release = load_release(self.name, self.release.version, self.release.path)
+                    old = self.release
+                    self.release = load_release(self.name, old.version, old.path, uid=old.uid)
             try:
                 inst = await self.start_instance(
                     self.release,

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from tako.config.server import AppSettings
 from tako.errors import TakoError
 from tako.server.apps import health, spawner
+from tako.server.apps.isolation import IsolationError
 from tako.server.apps.logs import AppLog, LineSplitter
 from tako.server.apps.release import Release
 
@@ -161,8 +162,9 @@ class Instance:
         env = spawner.instance_env(self.release, self._port, self.id)
         try:
             self.proc = await spawner.spawn(self.release, env)
-        except OSError as exc:
-            self.failure = f"{self.describe()} could not be started: {exc}"
+        except (OSError, IsolationError) as exc:
+            why = exc.message if isinstance(exc, IsolationError) else str(exc)
+            self.failure = f"{self.describe()} could not be started: {why}"
             self.exited.set()
             self.set_state(InstanceState.FAILED, self.failure)
             raise InstanceFailed(self.failure) from exc

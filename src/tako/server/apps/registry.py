@@ -11,6 +11,7 @@ import os
 import re
 import signal
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from tako.config.server import AppSettings
 from tako.errors import TakoError
 from tako.protocol import ERROR_UNKNOWN_APP, Deploy
 from tako.routing import RouteError, RouteTable, find_conflicts, parse_route
-from tako.server.apps import rollout
+from tako.server.apps import isolation, rollout
 from tako.server.apps.app import AppState, ManagedApp
 from tako.server.apps.instance import LIVE, InstanceFailed
 from tako.server.apps.logs import AppLog
@@ -70,8 +71,10 @@ class AppRegistry:
         store: StateStore,
         publish: Callable[[Snapshot], None] = lambda s: None,
         on_hosts_changed: Callable[[set[str]], None] = lambda hosts: None,
+        isolated: isolation.Isolation = isolation.OFF,
     ) -> None:
         self.data_dir = data_dir
+        self.isolation = isolated
         self.settings = settings
         self.store = store
         self._publish = publish
@@ -135,6 +138,23 @@ class AppRegistry:
                 del self._recorded[inst_id]
 
     # -- building apps ----------------------------------------------------------------------------------
+    async def _load(self, name: str, version: str, path: Path) -> Release:
+        """The release at `path`; with isolation, run as the app's uid, its files prepared for that uid."""
+        release = load_release(name, version, path)
+        if not self.isolation.enabled:
+            return release
+        app_dir = self.data_dir / "apps" / name
+        isolation.check_release_path(app_dir, path)
+        uid = isolation.check_uid(self.store.app_uid(name, isolation.UID_FIRST, isolation.UID_COUNT))
+        try:
+            await asyncio.to_thread(isolation.prepare, app_dir, path, uid)
+        except OSError as exc:
+            raise isolation.IsolationError(
+                f"cannot give the files of {name} to its uid {uid}: {exc}",
+                hint="tako-server needs CAP_CHOWN; see docs/server.md, 'Threat model and app isolation'",
+            ) from exc
+        return replace(release, uid=uid)
+
     def _make_app(
         self,
         release: Release,
@@ -201,7 +221,7 @@ class AppRegistry:
             raise AppError("instances and idle_timeout must not be negative")
         routes = tuple(req.routes)
         self._check_routes(req.app, routes)
-        release = load_release(req.app, req.version, Path(req.path))
+        release = await self._load(req.app, req.version, Path(req.path))
         existing = self.apps.get(req.app)
         if existing is not None:
             return await self._redeploy(existing, release, routes, req)
@@ -269,7 +289,7 @@ class AppRegistry:
         if app.operation.locked():
             raise AppError(f"a deploy or another change of {name} is already in progress")
         async with app.operation:
-            release = load_release(name, app.release.version, app.release.path)
+            release = await self._load(name, app.release.version, app.release.path)
             live = sum(1 for i in app.instances if i.state in LIVE)
             if app.stopped or (live == 0 and app.min_instances == 0):
                 app.release = release  # stopped, or on-demand and idle: the next start uses the new .env
@@ -300,6 +320,9 @@ class AppRegistry:
         async with app.operation:
             app.stopped = True
             await app.close()
+            if app.release.uid is not None:
+                # What the app wrote (its HOME, shared/data) goes back to tako so its files can be removed.
+                await asyncio.to_thread(isolation.reclaim, self.data_dir / "apps" / name, app.release.uid)
             self.apps.pop(name, None)
             self.store.delete_app(name)
             self._rebuild_routes()
@@ -330,7 +353,7 @@ class AppRegistry:
         records = self.store.load_apps()
         for rec in records:
             try:
-                release = load_release(rec.name, rec.version, Path(rec.path))
+                release = await self._load(rec.name, rec.version, Path(rec.path))
             except TakoError as exc:
                 log.error("cannot restore app %s: %s", rec.name, exc.message)
                 continue

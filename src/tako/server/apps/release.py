@@ -28,9 +28,10 @@ class Release:
     health_check: str = DEFAULT_HEALTH_CHECK
     env_name: str = ""  # the deploy environment (app.json "env"), shown in status
     env: dict[str, str] = field(default_factory=dict, compare=False, repr=False)  # holds secrets
+    uid: int | None = None  # the app's own uid when apps are isolated; None: run as tako-server's user
 
 
-def load_release(app: str, version: str, path: Path) -> Release:
+def load_release(app: str, version: str, path: Path, uid: int | None = None) -> Release:
     """Read `app.json` and `.env` of the release at `path`; errors say which file is wrong and why."""
     if not path.is_dir():
         raise ReleaseError(
@@ -66,5 +67,12 @@ def load_release(app: str, version: str, path: Path) -> Release:
     env_value = meta.get("env")
     env_name = env_value if isinstance(env_value, str) else ""
     return Release(
-        app=app, version=version, path=path, start=start, health_check=health, env_name=env_name, env=env
+        app=app,
+        version=version,
+        path=path,
+        start=start,
+        health_check=health,
+        env_name=env_name,
+        env=env,
+        uid=uid,
     )

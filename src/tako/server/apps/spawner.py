@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import pwd
+import shutil
 import signal
 import socket
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from tako.server.apps import isolation
 from tako.server.apps.release import Release
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -27,6 +30,8 @@ def _home() -> str:
 def instance_env(release: Release, port: int, instance_id: str) -> dict[str, str]:
     """A minimal base + the release `.env` + the variables Tako sets; never the server's own environment."""
     env: dict[str, str] = {"PATH": BASE_PATH, "HOME": _home(), "LANG": "C.UTF-8"}
+    if release.uid is not None:
+        env.update(isolation.app_env(release.path.parent.parent, release.app))
     venv = release.path / ".venv"
     if (venv / "bin").is_dir():
         # Python apps get a per-release virtualenv; make it the default interpreter.
@@ -51,12 +56,27 @@ def allocate_port(in_use: set[int], host: str = "127.0.0.1") -> int:
     raise OSError("no free loopback port found")
 
 
+@functools.cache
+def _setpriv() -> str:
+    path = shutil.which("setpriv", path=isolation.SETPRIV_PATH)
+    if path is None:
+        raise isolation.IsolationError("setpriv is not installed (Debian package util-linux)")
+    return path
+
+
+def command(release: Release) -> list[str]:
+    """The argv of an instance: the start command through `/bin/sh -c`, as the app's uid if it has one
+    (refused unless that uid is in the app range)."""
+    argv = ["/bin/sh", "-c", release.start]
+    if release.uid is None:
+        return argv
+    return isolation.run_as(_setpriv(), release.uid, argv)
+
+
 async def spawn(release: Release, env: Mapping[str, str]) -> asyncio.subprocess.Process:
-    """Run the start command through `/bin/sh -c` in the release dir, in a new session (own group)."""
+    """Run the start command in the release dir, in a new session (own group)."""
     return await asyncio.create_subprocess_exec(
-        "/bin/sh",
-        "-c",
-        release.start,
+        *command(release),
         cwd=str(release.path),
         env=dict(env),
         stdin=asyncio.subprocess.DEVNULL,

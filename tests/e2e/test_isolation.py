@@ -1,0 +1,292 @@
+"""End to end on a testbed host installed by install-server: each app runs as its own unprivileged uid with
+no capabilities, cannot reach another app's files nor tako-server's keys, state or control socket, and a
+0600 file of the project arrives readable by its app only.
+
+Both apps are the same small probe app (written by the test): it answers what its process may read,
+list, write and connect to, and who it runs as.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from tests.e2e.conftest import TakoCLI, tako_executable
+from tests.support.projects import body_and_status, commit_all, curl, make_project, wait_for
+from tests.support.testbed import Host, Testbed
+
+pytestmark = pytest.mark.e2e
+
+HOST = "iso1"
+APPS = ("isoa", "isob")
+SECRET_FILE = "private.key"
+SECRET_TEXT = "only-for-isoa"
+
+PROBE_APP = '''\
+"""Answers what this process may do: GET /read?path=, /list?path=, /write?path=, /connect?path=, /whoami."""
+import json, os, socket
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+
+def attempt(action, path):
+    try:
+        if action == "read":
+            with open(path, "rb") as f:
+                return {"ok": True, "value": f.read(200).decode(errors="replace")}
+        if action == "list":
+            return {"ok": True, "value": sorted(os.listdir(path))}
+        if action == "write":
+            with open(path, "w") as f:
+                f.write("written")
+            return {"ok": True, "value": ""}
+        if action == "connect":
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(2)
+                s.connect(path)
+            return {"ok": True, "value": ""}
+    except OSError as exc:
+        return {"ok": False, "value": exc.__class__.__name__}
+    raise ValueError(action)
+
+
+def whoami():
+    caps = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Cap"):
+                key, value = line.split(":")
+                caps[key] = int(value.strip(), 16)
+    env = {k: os.environ.get(k, "") for k in ("HOME", "USER", "LOGNAME")}
+    return {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "pid": os.getpid(),
+            "caps": caps, "env": env}
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        url = urlsplit(self.path)
+        action = url.path.strip("/")
+        if action == "whoami":
+            body = whoami()
+        elif action in ("read", "list", "write", "connect"):
+            body = attempt(action, parse_qs(url.query)["path"][0])
+        else:
+            body = {"ok": True}
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+'''
+
+
+@pytest.fixture(scope="module")
+def host(testbed: Testbed) -> Host:
+    return testbed.up(HOST)[0]
+
+
+@pytest.fixture(scope="module")
+def cli(host: Host, tmp_path_factory: pytest.TempPathFactory) -> TakoCLI:
+    home = tmp_path_factory.mktemp("iso-home")
+    home.chmod(0o700)
+    runner = TakoCLI(home, tako_executable())
+    runner.ok("servers", "add", host.address, "--name", HOST, env={"TAKO_SSH_KEY": host.key})
+    return runner
+
+
+def route(app: str) -> str:
+    return f"{app}.tako.test"
+
+
+@dataclass
+class Deployed:
+    host: Host
+    versions: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def deployed(cli: TakoCLI, host: Host, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    root = tmp_path_factory.mktemp("iso-projects")
+    versions: dict[str, str] = {}
+    for app in APPS:
+        project = make_project(
+            root,
+            name=app,
+            route=route(app),
+            servers={HOST: "production"},
+            extra_toml=f'\n[vars]\nAPP_SECRET = "secret-of-{app}"\n',
+        )
+        (project / "app.py").write_text(PROBE_APP)
+        (project / SECRET_FILE).write_text(SECRET_TEXT)
+        (project / SECRET_FILE).chmod(0o600)
+        commit_all(project, "probe app")
+        proc = cli.ok("deploy", "--yes", cwd=project, env={"TAKO_SSH_KEY": host.key})
+        assert "1/1 server(s) succeeded" in proc.stdout + proc.stderr
+        versions[app] = remote(host, f"readlink /opt/tako/apps/{app}/current").rsplit("/", 1)[1]
+    yield Deployed(host, versions)
+    for app in APPS:
+        cli.run("delete", app, "--yes", cwd=root / app, env={"TAKO_SSH_KEY": host.key})
+
+
+def remote(host: Host, command: str) -> str:
+    result = host.exec(command)
+    assert result.returncode == 0, f"{command}: {result.stderr}"
+    return result.stdout.strip()
+
+
+def exists(host: Host, path: str) -> bool:
+    return host.exec(["test", "-f", path]).returncode == 0
+
+
+def ask(host: Host, app: str, action: str, path: str = "") -> dict[str, object]:
+    query = f"/{action}?path={urllib.parse.quote(path)}" if path else f"/{action}"
+    body, status = body_and_status(curl(host.address, route(app), query))
+    assert status == 200, body
+    answer: dict[str, object] = json.loads(body)
+    return answer
+
+
+def release_dir(deployed: Deployed, app: str) -> str:
+    return f"/opt/tako/apps/{app}/releases/{deployed.versions[app]}"
+
+
+def test_instances_run_as_distinct_unprivileged_uids_without_capabilities(deployed: Deployed) -> None:
+    host = deployed.host
+    tako_uid = int(remote(host, "id -u tako"))
+    who = {app: ask(host, app, "whoami") for app in APPS}
+    uids = {app: who[app]["uid"] for app in APPS}
+    assert len(set(uids.values())) == len(APPS), uids
+    for app in APPS:
+        me = who[app]
+        assert me["uid"] not in (0, tako_uid) and me["gid"] not in (0, tako_uid), me
+        assert me["groups"] in ([], [me["gid"]]), me
+        caps = me["caps"]
+        assert isinstance(caps, dict)
+        assert (caps["CapEff"], caps["CapPrm"], caps["CapAmb"], caps["CapInh"]) == (0, 0, 0, 0), me
+        env = me["env"]
+        assert isinstance(env, dict)
+        assert env["USER"] == env["LOGNAME"] == app
+        # Seen from outside too: the process tako-server supervises, not only what the app says.
+        status = remote(host, f"cat /proc/{me['pid']}/status")
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        assert fields["Uid"].split()[0] == str(me["uid"])
+        for cap in ("CapEff", "CapPrm", "CapAmb"):
+            assert int(fields[cap].strip(), 16) == 0, (app, cap, fields[cap])
+        # Its HOME is its own to write.
+        assert ask(host, app, "write", f"{env['HOME']}/probe")["ok"] is True
+
+
+def test_an_app_cannot_read_another_apps_files(deployed: Deployed) -> None:
+    host = deployed.host
+    a_release = release_dir(deployed, "isoa")
+    targets = [
+        f"{a_release}/.env",
+        f"{a_release}/app.py",
+        f"{a_release}/{SECRET_FILE}",
+        f"{a_release}/app.json",
+        "/opt/tako/apps/isoa/current/.env",
+    ]
+    for path in targets:
+        answer = ask(host, "isob", "read", path)
+        assert answer == {"ok": False, "value": "PermissionError"}, (path, answer)
+    for path in ("/opt/tako/apps/isoa", a_release, "/opt/tako/apps"):
+        answer = ask(host, "isob", "list", path)
+        assert answer == {"ok": False, "value": "PermissionError"}, (path, answer)
+
+
+def test_an_app_cannot_reach_tako_servers_keys_state_or_control_socket(deployed: Deployed) -> None:
+    host = deployed.host
+    private = remote(host, "find /opt/tako/acme /opt/tako/certs /opt/tako/logs -type f").split()
+    private += [p for p in ("/opt/tako/tako.db", "/opt/tako/tako.db-wal") if exists(host, p)]
+    assert "/opt/tako/tako.db" in private
+    for path in private:
+        answer = ask(host, "isob", "read", path)
+        assert answer["ok"] is False, (path, answer)
+    for path in ("/opt/tako/acme", "/opt/tako/certs", "/opt/tako"):
+        answer = ask(host, "isob", "list", path)
+        assert answer == {"ok": False, "value": "PermissionError"}, (path, answer)
+    answer = ask(host, "isob", "connect", "/var/run/tako/tako.sock")
+    assert answer == {"ok": False, "value": "PermissionError"}, answer
+    # The deploy user (tako, over SSH) still talks to it.
+    assert control(host, "list")["status"] == "ok"
+
+
+def test_an_app_reads_its_own_files_and_a_0600_file_stays_private(deployed: Deployed) -> None:
+    host = deployed.host
+    a_release = release_dir(deployed, "isoa")
+    assert ask(host, "isoa", "read", f"{a_release}/{SECRET_FILE}") == {"ok": True, "value": SECRET_TEXT}
+    assert ask(host, "isoa", "read", f"{a_release}/app.py")["ok"] is True
+    # Its code is not its own to change, and the release .env is tako-server's (values come in environ).
+    assert ask(host, "isoa", "write", f"{a_release}/app.py")["ok"] is False
+    assert ask(host, "isoa", "read", f"{a_release}/.env")["ok"] is False
+    uid = ask(host, "isoa", "whoami")["uid"]
+    mode_owner_group = remote(host, f"stat -c '%a %U %g' {a_release}/{SECRET_FILE} {a_release}/.env")
+    assert mode_owner_group.splitlines() == [f"640 tako {uid}", "600 tako " + remote(host, "id -g tako")]
+    body, status = body_and_status(curl(host.address, route("isoa"), "/"))
+    assert status == 200, body
+
+
+CONTROL = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(30)
+s.connect("/var/run/tako/tako.sock")
+s.sendall(sys.argv[1].encode() + b"\\n")
+print(s.makefile("rb").readline().decode())
+"""
+
+SET_UID = """
+import sqlite3, sys
+db = sqlite3.connect("/opt/tako/tako.db")
+db.execute("UPDATE app_uids SET uid = ? WHERE app = ?", (int(sys.argv[2]), sys.argv[1]))
+db.commit()
+"""
+
+
+def control(host: Host, command: str, **fields: str) -> dict[str, object]:
+    """One control request over the socket, as the tako user (who the CLI connects as)."""
+    line = json.dumps({"command": command, **fields})
+    result = host.exec(["python3", "-c", CONTROL, line], user="tako")
+    assert result.returncode == 0, result.stderr
+    reply: dict[str, object] = json.loads(result.stdout)
+    return reply
+
+
+def restart_server(host: Host) -> None:
+    remote(host, "tako-server-service restart")
+    wait_for(lambda: control_answers(host), timeout=60, what="tako-server answering after a restart")
+
+
+def control_answers(host: Host) -> bool:
+    result = host.exec(["python3", "-c", CONTROL, '{"command":"hello"}'], user="tako")
+    return result.returncode == 0 and '"ok"' in result.stdout
+
+
+def test_a_tampered_uid_in_the_state_db_is_refused(deployed: Deployed) -> None:
+    """The state db is writable by tako: a row naming uid 0 or tako's own uid never makes an app run so."""
+    host = deployed.host
+    before = str(ask(host, "isob", "whoami")["uid"])
+    log = "/opt/tako/logs/tako-server.log"
+    try:
+        for bad in ("0", remote(host, "id -u tako")):
+            host.exec(["python3", "-c", SET_UID, "isob", bad], user="tako", check=True)
+            skip = int(remote(host, f"wc -c < {log}"))
+            restart_server(host)
+            new_log = remote(host, f"tail -c +{skip + 1} {log}")
+            assert f"refusing to run an app as uid {bad}" in new_log, new_log
+            assert body_and_status(curl(host.address, route("isob"), "/whoami"))[1] != 200
+            assert ask(host, "isoa", "whoami")["uid"] != int(bad)  # the other app is unaffected
+    finally:
+        host.exec(["python3", "-c", SET_UID, "isob", before], user="tako", check=True)
+        restart_server(host)
+    assert str(ask(host, "isob", "whoami")["uid"]) == before
