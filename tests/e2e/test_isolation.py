@@ -135,7 +135,7 @@ def deployed(cli: TakoCLI, host: Host, tmp_path_factory: pytest.TempPathFactory)
         versions[app] = remote(host, f"readlink /opt/tako/apps/{app}/current").rsplit("/", 1)[1]
     yield Deployed(host, versions)
     for app in APPS:
-        cli.run("delete", app, "--yes", cwd=root / app, env={"TAKO_SSH_KEY": host.key})
+        cli.run("delete", "--yes", "--app", app, "--server", HOST, env={"TAKO_SSH_KEY": host.key})
 
 
 def remote(host: Host, command: str) -> str:
@@ -290,3 +290,15 @@ def test_a_tampered_uid_in_the_state_db_is_refused(deployed: Deployed) -> None:
         host.exec(["python3", "-c", SET_UID, "isob", before], user="tako", check=True)
         restart_server(host)
     assert str(ask(host, "isob", "whoami")["uid"]) == before
+
+
+def test_delete_removes_what_the_app_wrote(deployed: Deployed, cli: TakoCLI) -> None:
+    """Files the app created under its own uid (in its HOME) do not stop `tako delete` removing its dir."""
+    host = deployed.host
+    home = ask(host, "isob", "whoami")["env"]
+    assert isinstance(home, dict)
+    assert ask(host, "isob", "write", f"{home['HOME']}/made-by-the-app")["ok"] is True
+    owner = remote(host, f"stat -c %u {home['HOME']}/made-by-the-app")
+    assert owner == str(ask(host, "isob", "whoami")["uid"])
+    cli.ok("delete", "--yes", "--app", "isob", "--server", HOST, env={"TAKO_SSH_KEY": host.key})
+    assert host.exec(["test", "-e", "/opt/tako/apps/isob"]).returncode != 0
