@@ -69,9 +69,11 @@ def ssh_env(host: Host) -> dict[str, str]:
     return {"TAKO_SSH_KEY": host.key}
 
 
-def secrets_project(root: Path, *, name: str = APP, env: str = "production", extra_toml: str = "") -> Path:
+def secrets_project(
+    root: Path, *, name: str = APP, env: str = "production", extra_toml: str = "", route: str = ROUTE
+) -> Path:
     project = make_project(
-        root, name=name, route=ROUTE, servers={HOST: env}, instances=1, extra_toml=extra_toml, use_git=False
+        root, name=name, route=route, servers={HOST: env}, instances=1, extra_toml=extra_toml, use_git=False
     )
     shutil.copyfile(APP_SOURCE, project / "app.py")
     git(project, "init", "-q")
@@ -555,6 +557,43 @@ def test_deploy_to_env_missing_a_secret_or_key_fails_before_upload(
         key_file.chmod(0o600)
     body, status = body_and_status(curl(host.address, "stg.secrets.tako.test"))
     assert status == 200 and json.loads(body)["digests"]["API_KEY"] == sha(api_key)
+
+
+def test_oversized_values_are_refused_at_set_and_before_upload(
+    cli: TakoCLI, host: Host, tmp_path: Path
+) -> None:
+    """A value an app's process could not be started with: `set` refuses it; one already in the store
+    (written before the limit) stops the deploy before upload, naming the secret and env instead of
+    failing on the server with "Argument list too long"."""
+    from tako.protocol import MAX_ENV_VALUE_BYTES
+    from tako.secrets import Secret, SecretStore, keys
+
+    name, route = "secretapp-big", "big.secrets.tako.test"
+    project = secrets_project(tmp_path, name=name, route=route)
+    big = token() + "x" * (1024 * 1024)
+    result = cli.run("secrets", "set", "--from-file", "-", "BIG_CERT", cwd=project, input=big)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "BIG_CERT" in output and "at most 64 KiB" in output and big[:35] not in output
+
+    set_secret(cli, project, "API_KEY", one_line_value())
+    store = SecretStore.load(project)
+    store.put("production", "BIG_CERT", Secret(big), keys.read_key("production", cli.home))
+    store.save()
+    result = cli.run("deploy", "--yes", cwd=project, env=ssh_env(host))
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "secret BIG_CERT of env production" in output and "64 KiB" in output, output
+    assert "Argument list too long" not in output and big[:35] not in output
+    assert remote(host, f"test -e /opt/tako/apps/{name} && echo present || echo absent") == "absent"
+
+    # At the limit it deploys, and the app gets the value whole.
+    at_limit = token() + "y" * (MAX_ENV_VALUE_BYTES - 35)
+    set_secret(cli, project, "BIG_CERT", at_limit)
+    cli.ok("deploy", "--yes", cwd=project, env=ssh_env(host))
+    body, status = body_and_status(curl(host.address, route, "/?names=BIG_CERT"))
+    assert status == 200 and json.loads(body)["digests"]["BIG_CERT"] == sha(at_limit), body
+    cli.ok("delete", "--env", "production", "--yes", cwd=project, env=ssh_env(host))
 
 
 def test_rm_without_yes_off_a_terminal_removes_nothing(cli: TakoCLI, tmp_path: Path) -> None:
