@@ -185,9 +185,28 @@ def prepare(app_dir: Path, release: Path, uid: int) -> None:
         os.chown(home, uid, uid, follow_symlinks=False)
     data = shared / DATA_DIR
     if data.is_dir() and not data.is_symlink():
-        # Kept tako's: the group (and setgid, so new files stay in it) makes it the app's to write.
-        os.chown(data, -1, uid, follow_symlinks=False)
-        os.chmod(data, 0o2770)
+        _share_tree(data, uid)
+
+
+def _share_tree(root: Path, gid: int) -> None:
+    """`shared/data`: kept tako's, but group `gid` with the owner's bits (write included) makes it the
+    app's to write, also what was there before isolation; setgid directories keep new files in the group."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            _share_entry(Path(dirpath, name), gid)
+    _share_entry(root, gid)
+
+
+def _share_entry(path: Path, gid: int) -> None:
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or st.st_uid != os.getuid():
+        return  # what the app made itself is already its own
+    owner = stat.S_IMODE(st.st_mode) & 0o700
+    mode = owner | owner >> 3 | (stat.S_ISGID if stat.S_ISDIR(st.st_mode) else 0)
+    if st.st_gid != gid:
+        os.chown(path, -1, gid, follow_symlinks=False)
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.chmod(path, mode)
 
 
 def reclaim(app_dir: Path, uid: int) -> None:
