@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import TakoCLI, tako_executable
+from tests.e2e.conftest import TakoCLI, tako_executable, user_ssh_env
 from tests.support.projects import body_and_status, commit_all, curl, git, make_project, wait_for
 from tests.support.testbed import Host, Testbed
 
@@ -36,6 +36,7 @@ APP = "secretapp"
 ROUTE = "secrets.tako.test"
 APP_DIR = f"/opt/tako/apps/{APP}"
 APP_SOURCE = Path(__file__).resolve().parents[1] / "support" / "apps" / "secrets_app" / "app.py"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def token() -> str:
@@ -66,7 +67,7 @@ def cli(host: Host, tmp_path_factory: pytest.TempPathFactory) -> TakoCLI:
 
 
 def ssh_env(host: Host) -> dict[str, str]:
-    return {"TAKO_SSH_KEY": host.key}
+    return user_ssh_env(host)
 
 
 def secrets_project(
@@ -494,6 +495,45 @@ def test_deploy_and_sync_leak_no_value(deployed: Deployed, cli: TakoCLI, host: H
     problems += [f"local file {f}" for f in local.stdout.split()]
     assert not problems, "secret values leaked:\n" + "\n".join(problems)
     assert watch.scans > 10
+
+
+def test_python_dependency_step_leaks_no_value(cli: TakoCLI, host: Host, tmp_path: Path) -> None:
+    """The deploy steps the test above does not reach, with a secret set: the Python probe, the local
+    wheelhouse build, and the offline venv install on the server. No value in any program's argv, nor
+    in any environment but the app's."""
+    name, route = "secretapp-py", "py.secrets.tako.test"
+    work = tmp_path / "work"
+    work.mkdir()
+    ignore = shutil.ignore_patterns(".tako", "__pycache__", ".venv", "*.egg-info", "build", "dist")
+    shutil.copytree(REPO / "sdk", work / "sdk", ignore=ignore)
+    project = secrets_project(work, name=name, route=route)
+    (project / "requirements.txt").write_text("../sdk\n")
+    commit_all(project, "dependencies")
+    value = one_line_value()
+    needle = token_of(value).encode()
+    set_secret(cli, project, "API_KEY", value)
+
+    server_pid = int(remote(host, "cat /var/run/tako/tako-server.pid"))
+    watch = ProcWatch([needle], name)
+    local_trace = tmp_path / "deploy.strace"
+    with watch.running(), strace_execs([host.sshd_pid, server_pid], tmp_path / "host.strace") as remote_trace:
+        proc = traced_tako(cli, local_trace, "deploy", "--yes", cwd=project, host=host)
+        body, status = body_and_status(curl(host.address, route))
+        assert status == 200 and json.loads(body)["digests"]["API_KEY"] == sha(value), body
+        wait_for(lambda: needle in watch.delivered, timeout=10, what="the scan to see the app's environ")
+    output = proc.stdout + proc.stderr
+    try:
+        assert "Python dependencies from requirements.txt" in output, output
+        host_execs = remote_trace.read_bytes()
+        assert b"--no-index" in host_execs, "the host trace missed the offline dependency install"
+        assert b".env.tmp" in host_execs, "the host trace missed the command writing .env"
+        assert b"wheel" in local_trace.read_bytes(), "the local trace missed the wheelhouse build"
+        problems = list(watch.leaks)
+        problems += [f"{t.name}" for t in (remote_trace, local_trace) if needle in t.read_bytes()]
+        problems += ["CLI output"] if needle.decode() in output else []
+        assert not problems, "secret value leaked:\n" + "\n".join(problems)
+    finally:
+        cli.ok("delete", "--env", "production", "--yes", cwd=project, env=ssh_env(host))
 
 
 # --- refused before anything changes --------------------------------------------------------------
