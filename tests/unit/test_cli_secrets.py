@@ -119,6 +119,8 @@ def test_set_refuses_an_overlong_name_without_echoing_it(project: Path) -> None:
     assert name not in err.message
     assert not store_path(project).exists()
     assert run(["set", "A" * 128], input="v\n").exit_code == 0
+    err = error_of(run(["rm", name, "--yes"]))
+    assert err.exit_code == 2 and "at most 128 characters" in err.message and name not in str(err)
 
 
 def test_set_from_file_verbatim_with_newlines(project: Path, tmp_path: Path) -> None:

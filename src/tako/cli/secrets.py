@@ -161,6 +161,7 @@ def rm_cmd(env: str | None, yes: bool, name: str) -> None:
     """Remove secret NAME from one environment, or from every environment."""
     if env is not None:
         check_env_name(env)
+    check_secret_name(name, reserved_ok=True)
     cli = get_cli()
     project_dir = cli.project_dir()
     present = service.envs_with_secret(project_dir, name)

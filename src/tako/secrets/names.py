@@ -41,8 +41,10 @@ def secret_name_problem(name: str) -> str | None:
     return None
 
 
-def check_secret_name(name: str) -> str:
-    """Return `name` if it is a valid secret name, else raise a SecretsError (exit 2) that says why."""
+def check_secret_name(name: str, *, reserved_ok: bool = False) -> str:
+    """Return `name` if it is a valid secret name, else raise a SecretsError (exit 2) that says why.
+
+    `reserved_ok` lets a reserved name through (to remove one that a hand-edited store holds)."""
     problem = secret_name_problem(name)
     if problem is not None:
         raise SecretsError(
@@ -50,7 +52,7 @@ def check_secret_name(name: str) -> str:
             hint="for example API_KEY or DATABASE_URL",
             exit_code=2,
         )
-    if name in RESERVED_NAMES:
+    if name in RESERVED_NAMES and not reserved_ok:
         raise SecretsError(
             f"{name} is reserved: Tako sets it for every instance",
             hint=f"choose another name; reserved: {', '.join(sorted(RESERVED_NAMES))}",
