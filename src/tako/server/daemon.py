@@ -1,24 +1,31 @@
 """tako-server's wiring: state, app registry, proxy listeners, control socket; signals and shutdown order.
 
-Start order: state → kill orphans of a previous run → restore apps (routes, always-on instances healthy) →
-HTTP/HTTPS listeners → control socket. Shutdown (SIGTERM/SIGINT): control socket closed → listeners stop
-accepting and finish in-flight requests under a deadline → instances drained and stopped → state closed.
+Start order: data-dir lock (one server per data dir) → state → kill orphans of a previous run → restore
+apps (routes) → HTTP/HTTPS listeners → always-on instances started in the background (a request for an app
+still starting waits as in a cold start) → control socket. Shutdown (SIGTERM/SIGINT): control socket closed
+→ listeners stop accepting and finish in-flight requests under a deadline → instances drained and stopped
+→ state closed → lock released.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tako.config.server import ServerConfig
+from tako.errors import TakoError
 from tako.server import status
 from tako.server.apps import isolation, scaling
 from tako.server.apps.registry import AppRegistry
 from tako.server.control import ControlServer
+from tako.server.data_lock import DataDirLock
 from tako.server.proxy import compiled as proxy_compiled
 from tako.server.proxy.server import ProxyServer
 from tako.server.state import DB_NAME, StateStore
@@ -36,6 +43,7 @@ class Daemon:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.data_dir = config.data_dir
+        self.lock: DataDirLock | None = None
         self.store: StateStore | None = None
         self.registry: AppRegistry | None = None
         self.control: ControlServer | None = None
@@ -72,6 +80,9 @@ class Daemon:
         if not self.isolation.enabled and self.config.apps.isolation != "off":
             log.warning("app isolation is off: apps run as tako-server's own user: %s", self.isolation.reason)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything that touches the data dir's processes, state or sockets: a second server must
+        # leave the first one's instances alone.
+        self.lock = await DataDirLock.acquire(self.data_dir)
         (self.data_dir / "apps").mkdir(exist_ok=True)
         self.store = StateStore(self.data_dir / DB_NAME)
         self.registry = AppRegistry(
@@ -83,6 +94,9 @@ class Daemon:
         )
         await self.registry.restore()
         await self._start_proxy()
+        # Listeners first: one app with a slow boot must not keep every other app unreachable.
+        self.registry.start_restored()
+        await self._start_workers()
         await self.acme.start()  # after the HTTP listener: HTTP-01 validations must find it
         self.control = ControlServer(self.registry, self._info, self.acme.status)
         await self.control.start(Path(settings.socket))
@@ -117,12 +131,18 @@ class Daemon:
         snapshot = registry.snapshot
         proxy = self.proxy = ProxyServer(self.config.proxy, services, certs, snapshot, reuse_port=multi)
         registry.set_publisher(proxy.set_snapshot)
-        self.http_port = await proxy.start_http(settings.listen, settings.http_port)
-        self.https_port = await proxy.start_https(settings.listen, settings.https_port)
-        if multi:
+        with _listener_errors(settings.listen, settings.http_port, "HTTP", "http_port"):
+            self.http_port = await proxy.start_http(settings.listen, settings.http_port)
+        with _listener_errors(settings.listen, settings.https_port, "HTTPS", "https_port"):
+            self.https_port = await proxy.start_https(settings.listen, settings.https_port)
+
+    async def _start_workers(self) -> None:
+        if self.config.server.workers > 1:
+            assert self.registry is not None and self.proxy is not None
+            assert self.http_port is not None and self.https_port is not None
             ports = {"http_port": self.http_port, "https_port": self.https_port}
-            self.workers = WorkerPool(self.config, registry, self, self.challenges, **ports)
-            await self.workers.start(proxy.set_snapshot)
+            self.workers = WorkerPool(self.config, self.registry, self, self.challenges, **ports)
+            await self.workers.start(self.proxy.set_snapshot)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -140,6 +160,8 @@ class Daemon:
             await self.shutdown()
 
     async def shutdown(self) -> None:
+        if self.lock is None:
+            return  # refused before it started anything (another server holds the data dir)
         await self.acme.stop()
         if self.control is not None:
             await self.control.close()
@@ -156,4 +178,28 @@ class Daemon:
             await self.registry.close()
         if self.store is not None:
             self.store.close()
+        if self.lock is not None:
+            self.lock.release()  # last: the next server may start only once these instances are gone
         log.info("tako-server stopped")
+
+
+@contextlib.contextmanager
+def _listener_errors(host: str, port: int, what: str, key: str) -> Iterator[None]:
+    """A listener that cannot bind: say which port and why, instead of a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        where = f"{host}:{port} ({what})"
+        if exc.errno == errno.EADDRINUSE:
+            raise TakoError(
+                f"cannot listen on {where}: the port is already in use",
+                hint=f"another process holds it (see: ss -ltnp 'sport = :{port}'); stop it, or set {key} "
+                "in server-config.toml",
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise TakoError(
+                f"cannot listen on {where}: permission denied",
+                hint="ports below 1024 need CAP_NET_BIND_SERVICE: start tako-server with the systemd unit or "
+                f"tako-server-service, or set {key} to a port above 1023",
+            ) from None
+        raise TakoError(f"cannot listen on {where}: {exc.strerror or exc}") from None

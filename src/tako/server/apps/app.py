@@ -12,8 +12,9 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 from tako.config.server import AppSettings
 from tako.errors import TakoError
@@ -139,6 +140,12 @@ class ManagedApp:
             # The result is read by the waiters; mark it retrieved so a failure with no waiter is quiet.
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return task
+
+    def start_in_background(self, start: Coroutine[Any, Any, None]) -> None:
+        """Run `start` (tako-server starting the always-on instances) as this app's cold start: a request
+        that finds no instance waits for it, bounded like a cold start, instead of failing."""
+        task = self._cold_start = asyncio.create_task(start, name=f"start-{self.name}")
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _run_cold_start(self) -> None:
         # An instance already on its way up (a crash replacement, a deploy's new one) serves the queue.

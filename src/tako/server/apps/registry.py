@@ -348,7 +348,7 @@ class AppRegistry:
         return killed
 
     async def restore(self) -> None:
-        """Bring back every persisted app: routes, and the always-on instances (before serving)."""
+        """Bring back every persisted app with its routes; `start_restored` then starts its instances."""
         self.kill_orphans()
         records = self.store.load_apps()
         for rec in records:
@@ -369,12 +369,17 @@ class AppRegistry:
             self._rebuild_routes()
         except (RouteError, ValueError) as exc:
             log.error("stored routes are inconsistent: %s", exc)
-        await asyncio.gather(*(self._start_restored(app) for app in self.apps.values()))
+
+    def start_restored(self) -> None:
+        """Start the always-on instances of the restored apps in the background (the listeners are open
+        already): a request for an app whose instances are still starting waits as in a cold start."""
+        for app in self.apps.values():
+            if app.stopped or app.min_instances == 0:
+                app.refresh()
+            else:
+                app.start_in_background(self._start_restored(app))
 
     async def _start_restored(self, app: ManagedApp) -> None:
-        if app.stopped or app.min_instances == 0:
-            app.refresh()
-            return
         async with app.operation:
             app.set_state(AppState.STARTING)
             results = await asyncio.gather(
