@@ -197,8 +197,11 @@ def test_sigkill_restart_restores_routes_and_always_on_apps() -> None:
             "halted": ["halted.tako.test"],
             "lazy": ["lazy.tako.test", "x.tako.test/api/*"],
         }
-        always = srv.call("status", app="always")
-        assert always["version"] == "v1" and always["state"] == "running"
+        # The listeners and the control socket open at once; the always-on instances come up behind them.
+        always = wait_for(
+            lambda: (st := srv.call("status", app="always"))["state"] == "running" and st, what="running"
+        )
+        assert always["version"] == "v1"
         assert len(always["instances"]) == 2 and all(i["healthy"] for i in always["instances"])
         assert all(get(i["port"])[1].startswith("version=v1") for i in always["instances"])
         assert srv.call("status", app="lazy")["state"] == "idle"

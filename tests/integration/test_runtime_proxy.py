@@ -270,8 +270,14 @@ async def test_always_on_app_broken_at_restart_is_retried_and_status_says_503(se
     await asyncio.to_thread(server.kill)
     make_release(server.data_dir, "web", "v1", {"CRASH_AT_BOOT": "1"})
     await asyncio.to_thread(server.start)
-    status = await asyncio.to_thread(server.call, "status", app="web")
-    assert status["instances"] == [] and "boom: cannot boot" in status["last_error"]
+
+    def first_start_failed() -> Any:
+        status = server.call("status", app="web")
+        return status["last_error"] and status
+
+    # The instances start behind the open listeners: wait for the first failed start.
+    status = await asyncio.to_thread(wait_for, first_start_failed, 30)
+    assert "boom: cannot boot" in status["last_error"]
     code, body = get(server.http_port, "/_tako/status")  # type: ignore[arg-type]
     assert code == 503 and json.loads(body)["healthy"] is False
     # Fixing the release is enough: the supervisor keeps retrying with backoff.

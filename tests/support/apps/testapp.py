@@ -2,6 +2,7 @@
 
     APP_VERSION            answered by GET / (default: TAKO_BUILD or "dev")
     BOOT_DELAY             seconds to sleep before listening
+    BOOT_WHEN_EXISTS=PATH  wait (at most 120 s, then exit 6) until PATH exists before listening
     CRASH_AT_BOOT=1        print a message and exit 3 before listening
     CRASH_AT_BOOT_FROM=N   the Nth and later boots of this release dir crash like CRASH_AT_BOOT
     NEVER_HEALTHY=1        the health path answers 500
@@ -147,6 +148,15 @@ def main() -> None:
     delay = float(os.environ.get("BOOT_DELAY", "0") or 0)
     if delay:
         time.sleep(delay)
+    gate = os.environ.get("BOOT_WHEN_EXISTS")
+    if gate:
+        # A boot the test ends when it chooses, instead of a delay it would have to guess.
+        deadline = time.monotonic() + 120
+        while not os.path.exists(gate):
+            if time.monotonic() > deadline:
+                log(f"gave up waiting for {gate}")
+                sys.exit(6)
+            time.sleep(0.02)
     crash_from = int(os.environ.get("CRASH_AT_BOOT_FROM", "0") or 0)
     if crash_from:
         # Count boots in the release dir (instances of one release start one after the other).
