@@ -43,13 +43,15 @@ def test_load(tmp_path: Path) -> None:
     path.write_text(
         '[[servers]]\nname = "web1"\nhost = "10.0.0.1"\n\n'
         '[[servers]]\nname = "web2"\nhost = "web2.example.com"\nport = 2222\ndescription = "backup"\n'
+        'user = "deploy"\n'
     )
     inventory = load_inventory(path)
+    # Port and user left out stay unset: ~/.ssh/config or the defaults decide at connection time.
     assert inventory.servers == (
-        ServerEntry("web1", "10.0.0.1", 22, ""),
-        ServerEntry("web2", "web2.example.com", 2222, "backup"),
+        ServerEntry("web1", "10.0.0.1", None, ""),
+        ServerEntry("web2", "web2.example.com", 2222, "backup", user="deploy"),
     )
-    assert inventory.get("web2") == ServerEntry("web2", "web2.example.com", 2222, "backup")
+    assert inventory.get("web2") == ServerEntry("web2", "web2.example.com", 2222, "backup", user="deploy")
     assert inventory.get("nope") is None
     assert inventory.names() == ["web1", "web2"]
     with pytest.raises(UsageError) as info:
@@ -114,7 +116,8 @@ def test_add_creates_private_dir_and_file(tmp_path: Path) -> None:
     assert add_server(ServerEntry("web1", "10.0.0.1", description="main"), path) is AddOutcome.ADDED
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert load_inventory(path).servers == (ServerEntry("web1", "10.0.0.1", 22, "main"),)
+    assert load_inventory(path).servers == (ServerEntry("web1", "10.0.0.1", None, "main"),)
+    assert "port =" not in path.read_text()  # not given, not written: ~/.ssh/config may set it
     assert add_server(ServerEntry("web2", "[2001:db8::2]", 2222), path) is AddOutcome.ADDED
     assert load_inventory(path).get("web2") == ServerEntry("web2", "2001:db8::2", 2222)
     assert [p.name for p in path.parent.iterdir()] == ["config.toml"]  # no temp files left behind
@@ -156,6 +159,39 @@ def test_add_outcomes_and_conflicts(tmp_path: Path) -> None:
         plan_add(Inventory(), ServerEntry("Bad_Name", "h"))
     with pytest.raises(UsageError):
         plan_add(Inventory(), ServerEntry("ok", "h", port=0))
+
+
+def test_user_is_stored_updated_and_validated(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    assert add_server(ServerEntry("web1", "10.0.0.1", user="deploy"), path) is AddOutcome.ADDED
+    assert 'user = "deploy"' in path.read_text()
+    assert load_inventory(path).require("web1").user == "deploy"
+    assert add_server(ServerEntry("web1", "10.0.0.1", user="deploy"), path) is AddOutcome.UNCHANGED
+    assert add_server(ServerEntry("web1", "10.0.0.1", user="ops"), path) is AddOutcome.UPDATED
+    assert load_inventory(path).require("web1").user == "ops"
+    assert add_server(ServerEntry("web1", "10.0.0.1"), path) is AddOutcome.UPDATED
+    assert load_inventory(path).require("web1").user is None
+    assert "user =" not in path.read_text()
+    for bad in ("", "-x", "a b", "a@b", "x" * 33):
+        with pytest.raises(UsageError) as info:
+            plan_add(Inventory(), ServerEntry("ok", "h", user=bad))
+        assert "invalid user" in info.value.message
+
+
+def test_invalid_user_in_file_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[[servers]]\nname = "a"\nhost = "h"\nuser = "no body"\n')
+    with pytest.raises(ConfigError) as info:
+        load_inventory(path)
+    assert info.value.key == "servers[0].user" and info.value.line == 4
+
+
+def test_unset_port_is_port_22_for_conflicts(tmp_path: Path) -> None:
+    inventory = Inventory((ServerEntry("web1", "h"),))
+    with pytest.raises(UsageError):
+        plan_add(inventory, ServerEntry("web2", "h", port=22))
+    assert plan_add(inventory, ServerEntry("web2", "h", port=2222)) is AddOutcome.ADDED
+    assert plan_add(inventory, ServerEntry("web1", "h", port=22)) is AddOutcome.UNCHANGED
 
 
 def test_remove_unknown_lists_known(tmp_path: Path) -> None:

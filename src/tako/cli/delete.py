@@ -49,7 +49,7 @@ def delete(
             entry = inventory.get(name)
             if entry is None:
                 raise UsageError(f"unknown server {name!r}", hint="see `tako servers ls`")
-            addresses.append(ServerAddress(entry.name, entry.host, entry.port))
+            addresses.append(ServerAddress.of(entry))
     names = ", ".join(a.name for a in addresses)
     if not yes:
         if not cli.interactive:

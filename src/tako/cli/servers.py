@@ -14,7 +14,6 @@ import click
 from tako.cli.context import CliContext, pass_cli
 from tako.cli.render import make_table, print_hint, print_json, print_message, print_success, print_warning
 from tako.config.inventory import (
-    DEFAULT_PORT,
     AddOutcome,
     ServerEntry,
     add_server,
@@ -36,18 +35,15 @@ def servers() -> None:
 
 
 def probe(cli: CliContext, entry: ServerEntry) -> str:
-    """Connect as user tako, record the host key on first use, and return the server's `uname -sm`."""
+    """Log in, record the host key on first use, and return the server's `uname -sm`."""
     from tako.remote.connection import ServerAddress, probe_server
 
-    address = ServerAddress(entry.name, entry.host, entry.port)
+    address = ServerAddress.of(entry)
+    print_message(cli.err_console, f"Connecting to {address.ssh_destination} ...")
     try:
         return asyncio.run(probe_server(address, cli.known_hosts_path, trust_new=True))
     except RemoteError as exc:
-        if exc.hint is None:
-            exc.hint = (
-                "check that the server accepts SSH as user tako with your key; "
-                "--no-test adds it without connecting"
-            )
+        exc.hint = (exc.hint + "; " if exc.hint else "") + "--no-test adds the server without connecting"
         raise
 
 
@@ -55,26 +51,51 @@ def probe(cli: CliContext, entry: ServerEntry) -> str:
 @click.argument("host")
 @click.option("--name", required=True, help="Name used in tako.toml [servers.<name>].")
 @click.option(
-    "--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True, help="SSH port."
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="SSH port. [default: Port from ~/.ssh/config for HOST, else 22]",
+)
+@click.option(
+    "--user", default=None, help="Login user. [default: User from ~/.ssh/config for HOST, else tako]"
 )
 @click.option("--description", default="", help="Free text shown by `tako servers ls`.")
 @click.option("--no-test", is_flag=True, help="Do not connect to test SSH and record the host key.")
 @pass_cli
-def add(cli: CliContext, host: str, name: str, port: int, description: str, no_test: bool) -> None:
-    """Add server HOST as NAME, after testing SSH as user tako (host key trusted on first use)."""
-    entry = ServerEntry(name=name, host=normalize_host(host), port=port, description=description)
-    outcome = plan_add(cli.load_inventory(), entry)
-    # An entry added with --no-test has no recorded host key; adding it again is how to record one.
-    if not no_test and (outcome is AddOutcome.ADDED or not has_host_key(cli, entry)):
-        print_message(cli.err_console, f"Connecting to tako@{entry.endpoint} ...")
+def add(
+    cli: CliContext, host: str, name: str, port: int | None, user: str | None, description: str, no_test: bool
+) -> None:
+    """Add server HOST as NAME, after testing SSH (host key trusted on first use).
+
+    HOST may be an alias from ~/.ssh/config: its HostName, Port, User, IdentityFile and ProxyJump apply.
+    """
+    entry = ServerEntry(name=name, host=normalize_host(host), port=port, description=description, user=user)
+    inventory = cli.load_inventory()
+    outcome = plan_add(inventory, entry)
+    existing = inventory.get(name)
+    # An entry added with --no-test has no recorded host key; adding it again is how to record one. A
+    # new user is tested too: the host key is already known, but the login is not.
+    user_changed = existing is not None and existing.user != entry.user
+    known = has_host_key(cli, entry)
+    if not no_test and (outcome is AddOutcome.ADDED or user_changed or not known):
         system = probe(cli, entry)
-        print_message(cli.console, f"Connected to {name}: {system.strip() or 'ok'}; host key recorded.")
+        key = "host key verified" if known else "host key recorded"
+        print_message(cli.console, f"Connected to {name}: {system.strip() or 'ok'}; {key}.")
     if outcome is AddOutcome.UNCHANGED:
         print_message(cli.console, f"Server {name} ({entry.endpoint}) is already configured.")
         return
     add_server(entry, cli.inventory_path)
     if outcome is AddOutcome.UPDATED:
-        print_success(cli.console, f"Updated the description of server {name}.")
+        assert existing is not None
+        changed = [
+            what
+            for what, old, new in (
+                ("user", existing.user, user),
+                ("description", existing.description, description),
+            )
+            if old != new
+        ]
+        print_success(cli.console, f"Updated the {' and '.join(changed)} of server {name}.")
         return
     print_success(cli.console, f"Added server {name} ({entry.endpoint}) to {cli.inventory_path}.")
     print_hint(cli.console, f'map it to an environment in tako.toml: [servers.{name}] env = "production"')
@@ -83,19 +104,31 @@ def add(cli: CliContext, host: str, name: str, port: int, description: str, no_t
 def has_host_key(cli: CliContext, entry: ServerEntry) -> bool:
     from tako.remote.connection import ServerAddress, recorded_keys
 
-    return bool(recorded_keys(cli.known_hosts_path, ServerAddress(entry.name, entry.host, entry.port)))
+    return bool(recorded_keys(cli.known_hosts_path, ServerAddress.of(entry)))
+
+
+def _login_row(entry: ServerEntry) -> tuple[str, int]:
+    """The user and port a connection would use (inventory, then ~/.ssh/config, then tako and 22)."""
+    from tako.remote.connection import ServerAddress
+
+    login = ServerAddress.of(entry).login()
+    return login.user, login.port
 
 
 @servers.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @pass_cli
 def ls(cli: CliContext, as_json: bool) -> None:
-    """List the configured servers."""
+    """List the configured servers, with the user and port each login uses."""
     entries = sorted(cli.load_inventory().servers, key=lambda e: e.name)
+    logins = [_login_row(e) for e in entries]
     if as_json:
         print_json(
             cli.console,
-            [{"name": e.name, "host": e.host, "port": e.port, "description": e.description} for e in entries],
+            [
+                {"name": e.name, "host": e.host, "user": user, "port": port, "description": e.description}
+                for e, (user, port) in zip(entries, logins, strict=True)
+            ],
         )
         return
     if not entries:
@@ -103,7 +136,11 @@ def ls(cli: CliContext, as_json: bool) -> None:
         print_hint(cli.console, "add one with `tako servers add HOST --name NAME`")
         return
     table = make_table(
-        ["NAME", "HOST", "PORT", "DESCRIPTION"], [(e.name, e.host, e.port, e.description) for e in entries]
+        ["NAME", "HOST", "USER", "PORT", "DESCRIPTION"],
+        [
+            (e.name, e.host, user, port, e.description)
+            for e, (user, port) in zip(entries, logins, strict=True)
+        ],
     )
     cli.console.print(table)
 
@@ -139,7 +176,7 @@ def _forget_host_key(cli: CliContext, entry: ServerEntry) -> None:
     added again without editing known_hosts by hand."""
     from tako.remote.connection import ServerAddress, forget_keys
 
-    if forget_keys(cli.known_hosts_path, ServerAddress(entry.name, entry.host, entry.port)):
+    if forget_keys(cli.known_hosts_path, ServerAddress.of(entry)):
         print_message(cli.console, f"Forgot its host key in {cli.known_hosts_path}.")
 
 
@@ -157,7 +194,7 @@ def _run_on(cli: CliContext, name: str, fn: Callable[[Executor], Awaitable[T]]) 
     from tako.remote.fanout import with_executor
 
     entry = cli.load_inventory().require(name)
-    address = ServerAddress(entry.name, entry.host, entry.port)
+    address = ServerAddress.of(entry)
     return asyncio.run(with_executor(address, cli.known_hosts_path, fn))
 
 

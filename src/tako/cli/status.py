@@ -100,9 +100,7 @@ def status(as_json: bool) -> None:
     inventory = cli.load_inventory()
     if not inventory.servers:
         raise UsageError("no servers configured", hint="add one with `tako servers add HOST --name NAME`")
-    addresses = [
-        ServerAddress(s.name, s.host, s.port) for s in sorted(inventory.servers, key=lambda s: s.name)
-    ]
+    addresses = [ServerAddress.of(s) for s in sorted(inventory.servers, key=lambda s: s.name)]
     results = asyncio.run(fan_out(addresses, cli.known_hosts_path, _server_status))
     console = cli.console
     if as_json:

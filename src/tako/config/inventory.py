@@ -1,4 +1,5 @@
-"""The global server inventory `~/.tako/config.toml`: `[[servers]]` with name, host, port, description.
+"""The global server inventory `~/.tako/config.toml`: `[[servers]]` with name, host, and optionally port,
+user and description (port and user left out: `~/.ssh/config` or the defaults, 22 and `tako`, decide).
 
 Reads validate strictly; writes go through tomlkit so the user's comments and layout survive, and replace
 the file atomically.
@@ -21,11 +22,14 @@ from tako.config.paths import ensure_dir, inventory_path
 from tako.errors import ConfigError, UsageError
 
 DEFAULT_PORT = 22
-_KEYS = ("name", "host", "port", "description")
+_KEYS = ("name", "host", "port", "user", "description")
 _HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\Z")
+# POSIX portable user names (what useradd accepts by default), at most 32 characters.
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
 _HEADER = """\
 # Tako's server inventory. Manage it with `tako servers add | ls | rm`, or edit it by hand.
-# Each server: name (used in tako.toml [servers.<name>]), host, port (default 22), description.
+# Each server: name (used in tako.toml [servers.<name>]), host, and optionally port and user (default: what
+# ~/.ssh/config says for the host, else 22 and tako) and description.
 """
 
 
@@ -33,17 +37,20 @@ _HEADER = """\
 class ServerEntry:
     name: str
     host: str
-    port: int = DEFAULT_PORT
+    port: int | None = None  # None: ~/.ssh/config's Port for the host, else 22
     description: str = ""
+    user: str | None = None  # None: ~/.ssh/config's User for the host, else tako
 
     @property
     def endpoint(self) -> str:
-        """`host:port`, with IPv6 hosts in brackets."""
+        """`host:port` (just `host` when the port is not set), with IPv6 hosts in brackets."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host if self.port is None else f"{host}:{self.port}"
 
     def same_endpoint(self, other: ServerEntry) -> bool:
-        return self.host.lower() == other.host.lower() and self.port == other.port
+        return self.host.lower() == other.host.lower() and (self.port or DEFAULT_PORT) == (
+            other.port or DEFAULT_PORT
+        )
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,7 @@ class Inventory:
     def names(self) -> list[str]:
         return sorted(entry.name for entry in self.servers)
 
-    def find_endpoint(self, host: str, port: int) -> ServerEntry | None:
+    def find_endpoint(self, host: str, port: int | None) -> ServerEntry | None:
         probe = ServerEntry("-", host, port)
         for entry in self.servers:
             if entry.same_endpoint(probe):
@@ -85,7 +92,7 @@ class Inventory:
 class AddOutcome(enum.Enum):
     ADDED = "added"
     UNCHANGED = "unchanged"  # the identical entry already exists
-    UPDATED = "updated"  # same name, host and port; only the description changed
+    UPDATED = "updated"  # same name, host and port; the description or the user changed
 
 
 def host_problem(host: str) -> str | None:
@@ -93,7 +100,7 @@ def host_problem(host: str) -> str | None:
     if not host:
         return "must not be empty"
     if "@" in host:
-        return "must be a host name or address without a user (Tako always connects as user 'tako')"
+        return 'must be a host name or address without a user (give the user with --user / user = "NAME")'
     if ":" in host:
         try:
             ipaddress.IPv6Address(host)
@@ -102,6 +109,13 @@ def host_problem(host: str) -> str | None:
         return None
     if not _HOSTNAME.match(host):
         return "may contain only letters, digits, '.', '-' and '_'"
+    return None
+
+
+def user_problem(user: str) -> str | None:
+    """Why `user` is not a usable login name, or None."""
+    if not _USER.match(user):
+        return "expected a login name: letters, digits, '_', '.', '-' (not first), at most 32 characters"
     return None
 
 
@@ -124,8 +138,12 @@ def validate_entry(entry: ServerEntry) -> None:
     problem = host_problem(entry.host)
     if problem:
         raise UsageError(f"invalid host {entry.host!r}: {problem}")
-    if not 1 <= entry.port <= 65535:
+    if entry.port is not None and not 1 <= entry.port <= 65535:
         raise UsageError(f"invalid port {entry.port}: expected 1-65535")
+    if entry.user is not None:
+        problem = user_problem(entry.user)
+        if problem:
+            raise UsageError(f"invalid user {entry.user!r}: {problem}")
 
 
 def load_inventory(path: Path | None = None) -> Inventory:
@@ -160,7 +178,7 @@ def parse_inventory(data: dict[str, Any], source: Source) -> Inventory:
         problem = host_problem(host)
         if problem:
             raise source.error([*path, "host"], f"invalid host {host!r}: {problem}")
-        port = DEFAULT_PORT
+        port = None
         if "port" in table:
             port = source.integer(table["port"], [*path, "port"], minimum=1, what="a port number (1-65535)")
             if port > 65535:
@@ -168,7 +186,13 @@ def parse_inventory(data: dict[str, Any], source: Source) -> Inventory:
         description = ""
         if "description" in table:
             description = source.string(table["description"], [*path, "description"], allow_empty=True)
-        entry = ServerEntry(name, host, port, description)
+        user = None
+        if "user" in table:
+            user = source.string(table["user"], [*path, "user"], allow_empty=True)
+            problem = user_problem(user)
+            if problem:
+                raise source.error([*path, "user"], f"invalid user {user!r}: {problem}")
+        entry = ServerEntry(name, host, port, description, user)
         for earlier in entries:
             if earlier.name == name:
                 raise source.error([*path, "name"], f"server name {name!r} is used twice")
@@ -190,7 +214,9 @@ def plan_add(inventory: Inventory, entry: ServerEntry) -> AddOutcome:
                 f"server {entry.name!r} is already configured with host {existing.endpoint}",
                 hint=f"to change it, remove it first: `tako servers rm {entry.name}`",
             )
-        return AddOutcome.UNCHANGED if existing.description == entry.description else AddOutcome.UPDATED
+        if (existing.description, existing.user) == (entry.description, entry.user):
+            return AddOutcome.UNCHANGED
+        return AddOutcome.UPDATED
     other = inventory.find_endpoint(entry.host, entry.port)
     if other is not None:
         raise UsageError(
@@ -211,15 +237,19 @@ def add_server(entry: ServerEntry, path: Path | None = None) -> AddOutcome:
     servers = _servers_array(doc, path)
     if outcome is AddOutcome.UPDATED:
         table = servers[_index_of(servers, entry.name)]
-        if entry.description:
-            table["description"] = entry.description
-        elif "description" in table:
-            del table["description"]
+        for key, value in (("user", entry.user), ("description", entry.description)):
+            if value:
+                table[key] = value
+            elif key in table:
+                del table[key]
     else:
         table = tomlkit.table()
         table.add("name", entry.name)
         table.add("host", entry.host)
-        table.add("port", entry.port)
+        if entry.port is not None:
+            table.add("port", entry.port)
+        if entry.user is not None:
+            table.add("user", entry.user)
         if entry.description:
             table.add("description", entry.description)
         table.trivia.indent = "\n"  # a blank line before each new [[servers]], as a person would write it

@@ -156,7 +156,7 @@ class ServerDeploy:
             raise DeployError(
                 f"another deploy holds the lock {self.layout.lock} ({holder})",
                 hint=f"wait for it to finish; if it was interrupted, remove the lock with "
-                f"`ssh tako@{address.host} rm -rf {self.layout.lock}`",
+                f"`ssh {address.ssh_destination} rm -rf {self.layout.lock}`",
             )
         if not result.ok:
             raise DeployError(f"cannot create {self.layout.lock}: {result.stderr.strip()}")

@@ -63,7 +63,7 @@ def resolve_targets(project: ProjectConfig, inventory: Inventory, env: str) -> l
             )
         targets.append(
             DeployTarget(
-                ServerAddress(entry.name, entry.host, entry.port),
+                ServerAddress.of(entry),
                 instances=mapping.instances,
                 idle_timeout=mapping.idle_timeout,
             )

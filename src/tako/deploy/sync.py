@@ -65,7 +65,7 @@ async def sync_server(ex: Executor, project: ProjectConfig, env: str) -> str:
             f"a deploy or another sync holds the lock {layout.lock} "
             f"({lock.stdout.strip() or 'unknown holder'})",
             hint=f"wait for it to finish, then run `tako secrets sync --env {env}` again; if it was "
-            f"interrupted, remove the lock with `ssh tako@{ex.address.host} rm -rf {layout.lock}`",
+            f"interrupted, remove the lock with `ssh {ex.address.ssh_destination} rm -rf {layout.lock}`",
         )
     if not lock.ok:
         raise DeployError(f"cannot create {layout.lock}: {lock.stderr.strip()}")

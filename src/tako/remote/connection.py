@@ -1,20 +1,31 @@
-"""SSH connections to servers as user `tako`, with host keys pinned in `~/.tako/known_hosts`.
+"""SSH connections to servers, logged in as OpenSSH would (`~/.ssh/config`, ssh-agent, `~/.ssh/id_*`;
+user `tako` unless the inventory or the config says otherwise), with host keys pinned in
+`~/.tako/known_hosts`.
 
 Trust on first use happens only in `probe_server(..., trust_new=True)` (`tako servers add`); every other
-connection requires the recorded key and refuses a changed one.
+connection requires the recorded key and refuses a changed one. Jump hosts (ProxyJump) are verified
+against `~/.ssh/known_hosts`, like ssh does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncssh
 
-from tako.errors import HostKeyError, RemoteError
+from tako.errors import HostKeyError, RemoteError, UsageError
 from tako.fsutil import write_atomic
+from tako.remote.client_keys import KEY_ENV, KeyOffer
+from tako.remote.ssh_config import DEFAULT_PORT, DEFAULT_USER, LoginTarget, local_user, resolve_login
+
+if TYPE_CHECKING:
+    from tako.config.inventory import ServerEntry
 
 CONNECT_TIMEOUT = 15.0
 KEEPALIVE_INTERVAL = 5.0
@@ -23,24 +34,38 @@ KEEPALIVE_COUNT_MAX = 3
 
 @dataclass(frozen=True)
 class ServerAddress:
+    """A server as the inventory names it; `port`/`user` are None unless given explicitly there."""
+
     name: str
     host: str
-    port: int = 22
-    user: str = "tako"
+    port: int | None = None
+    user: str | None = None
+
+    @classmethod
+    def of(cls, entry: ServerEntry) -> ServerAddress:
+        """The address of an inventory entry."""
+        return cls(entry.name, entry.host, entry.port, entry.user)
 
     @property
     def known_hosts_name(self) -> str:
-        """The host's name as written in known_hosts (`[host]:port` unless the port is 22)."""
-        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+        """The host's name as written in known_hosts (`[host]:port` unless the port is 22).
+
+        Always the inventory's host and port, whatever `~/.ssh/config` maps them to, so the pin stays
+        under the name the user chose (an alias keeps its key when its HostName changes)."""
+        port = self.port or DEFAULT_PORT
+        return self.host if port == DEFAULT_PORT else f"[{self.host}]:{port}"
+
+    def login(self) -> LoginTarget:
+        """The user, address and keys to log in with: inventory, then `~/.ssh/config`, then defaults."""
+        return resolve_login(self.host, user=self.user, port=self.port)
+
+    @property
+    def ssh_destination(self) -> str:
+        """`user@host` for messages telling the user to run something with `ssh`."""
+        return self.login().destination
 
     def __str__(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}"
-
-
-def _client_keys() -> list[str] | None:
-    """`TAKO_SSH_KEY` names a private key file; otherwise asyncssh's defaults (agent, ~/.ssh/id_*)."""
-    key = os.environ.get("TAKO_SSH_KEY")
-    return [os.path.expanduser(key)] if key else None
+        return f"{self.user or DEFAULT_USER}@{self.host}:{self.port or DEFAULT_PORT}"
 
 
 def recorded_keys(known_hosts: Path, address: ServerAddress) -> list[str]:
@@ -87,51 +112,184 @@ async def connect(
             f"{address.name} ({address.host}) has no recorded host key in {known_hosts}",
             hint=f"add it with `tako servers add {address.host} --name {address.name}`",
         )
-    trusted = (
-        asyncssh.import_known_hosts("".join(f"{address.known_hosts_name} {k}\n" for k in recorded))
-        if recorded
-        else None
+    target = address.login()
+    # Only the recorded keys are trusted, whatever name or address the server is reached by (an alias,
+    # a HostName from ~/.ssh/config, a jump host's view of it): the pin belongs to the inventory entry.
+    trusted: tuple[list[asyncssh.SSHKey], list[asyncssh.SSHKey], list[asyncssh.SSHKey]] | None = (
+        ([asyncssh.import_public_key(k) for k in recorded], [], []) if recorded else None
     )
+    tunnel = await _open_jumps(address, target)
+    offer = KeyOffer(target)
     try:
-        conn = await asyncio.wait_for(
-            asyncssh.connect(
-                address.host,
-                address.port,
-                username=address.user,
-                known_hosts=trusted if recorded else None,
-                client_keys=_client_keys(),
-                keepalive_interval=KEEPALIVE_INTERVAL,
-                keepalive_count_max=KEEPALIVE_COUNT_MAX,
-                config=[],
-            ),
-            timeout=CONNECT_TIMEOUT,
-        )
+        conn = await _login(target, offer, known_hosts=trusted, tunnel=tunnel)
     except asyncssh.HostKeyNotVerifiable as exc:
+        _close(tunnel)
         raise HostKeyError(
-            f"the host key of {address.name} ({address.host}:{address.port}) has changed since it was "
+            f"the host key of {address.name} ({_endpoint(target)}) has changed since it was "
             f"recorded in {known_hosts}; refusing to connect",
             hint=f"if the server was reinstalled on purpose, run `tako servers rm {address.name}` (which "
             f"forgets the old key) and `tako servers add {address.host} --name {address.name}"
-            + ("`" if address.port == 22 else f" --port {address.port}`")
+            + ("`" if address.port is None else f" --port {address.port}`")
             + " again",
         ) from exc
     except asyncssh.PermissionDenied as exc:
-        raise RemoteError(
-            f"{address.name}: SSH login as {address.user}@{address.host} was refused",
-            hint="authorize your public key for the tako user (scripts/install-server with "
-            "TAKO_SSH_PUBKEY), or point TAKO_SSH_KEY at the right private key",
-        ) from exc
-    except TimeoutError as exc:
-        raise RemoteError(f"{address.name}: connecting to {address.host}:{address.port} timed out") from exc
-    except (OSError, asyncssh.Error) as exc:
-        raise RemoteError(
-            f"{address.name}: cannot connect to {address.host}:{address.port}: {_reason(exc)}"
-        ) from exc
+        _close(tunnel)
+        raise _refused(address.name, target, offer) from exc
+    except BaseException as exc:
+        _close(tunnel)
+        if isinstance(exc, TimeoutError):
+            raise RemoteError(f"{address.name}: connecting to {_endpoint(target)} timed out") from exc
+        if isinstance(exc, OSError | asyncssh.Error):
+            raise RemoteError(
+                f"{address.name}: cannot connect to {_endpoint(target)}: {_reason(exc)}"
+            ) from exc
+        raise
+    finally:
+        offer.close()
+    if tunnel is not None:
+        conn.set_tunnel(tunnel)  # closed with the connection
     if not recorded:
         key = conn.get_server_host_key()
         if key is not None:
             record_key(known_hosts, address, key)
     return conn
+
+
+async def _login(
+    target: LoginTarget,
+    offer: KeyOffer,
+    *,
+    known_hosts: object,
+    tunnel: asyncssh.SSHClientConnection | None,
+) -> asyncssh.SSHClientConnection:
+    """Connect and authenticate within CONNECT_TIMEOUT, not counting time spent typing a passphrase."""
+    task = asyncio.ensure_future(
+        asyncssh.connect(
+            target.alias,
+            target.port,
+            tunnel=tunnel,  # None: direct, even if the config has a ProxyJump (the caller opened it)
+            config=list(target.config_files),
+            username=target.user,
+            known_hosts=known_hosts,
+            # None: asyncssh loads no keys itself and opens no agent; every key comes from the offer.
+            client_keys=None,
+            client_factory=lambda: _OfferingClient(offer),
+            keepalive_interval=KEEPALIVE_INTERVAL,
+            keepalive_count_max=KEEPALIVE_COUNT_MAX,
+        )
+    )
+    try:
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
+            if done:
+                return task.result()
+            # Time spent at the passphrase prompt does not count: the user is the one being waited for.
+            if offer.prompting:
+                deadline = time.monotonic() + CONNECT_TIMEOUT
+            elif offer.prompt_ended + CONNECT_TIMEOUT > time.monotonic():
+                deadline = offer.prompt_ended + CONNECT_TIMEOUT
+            else:
+                raise TimeoutError
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+class _OfferingClient(asyncssh.SSHClient):
+    """Takes its keys one at a time from a KeyOffer (agent, key files, then encrypted key files)."""
+
+    def __init__(self, offer: KeyOffer) -> None:
+        self._offer = offer
+
+    async def public_key_auth_requested(self) -> asyncssh.SSHKeyPair | None:
+        return await self._offer.next_key()
+
+
+async def _open_jumps(address: ServerAddress, target: LoginTarget) -> asyncssh.SSHClientConnection | None:
+    """Log in to each ProxyJump host in turn (each through the previous); the last one carries the
+    connection to the server. Jump hosts are verified against ~/.ssh/known_hosts, as ssh does."""
+    if target.proxy_jump is None:
+        return None
+    tunnel: asyncssh.SSHClientConnection | None = None
+    for hop_text in target.proxy_jump.split(","):
+        user, hop, port = _parse_jump(hop_text.strip())
+        hop_target = resolve_login(hop, user=user, port=port, default_user=local_user())
+        offer = KeyOffer(hop_target)
+        label = f"{address.name}: jump host {hop_target.destination}"
+        try:
+            conn = await _login(hop_target, offer, known_hosts=(), tunnel=tunnel)
+        except asyncssh.HostKeyNotVerifiable as exc:
+            _close(tunnel)
+            raise HostKeyError(
+                f"{label}: its host key is not in ~/.ssh/known_hosts or does not match it",
+                hint=f"log in once with `ssh {hop_target.destination}` to check and record its key",
+            ) from exc
+        except asyncssh.PermissionDenied as exc:
+            _close(tunnel)
+            raise _refused(address.name, hop_target, offer, jump=True) from exc
+        except BaseException as exc:
+            _close(tunnel)
+            if isinstance(exc, TimeoutError | OSError | asyncssh.Error):
+                reason = "timed out" if isinstance(exc, TimeoutError) else _reason(exc)
+                raise RemoteError(f"{label}: cannot connect to {_endpoint(hop_target)}: {reason}") from exc
+            raise
+        finally:
+            offer.close()
+        if tunnel is not None:
+            conn.set_tunnel(tunnel)
+        tunnel = conn
+    return tunnel
+
+
+def _parse_jump(text: str) -> tuple[str | None, str, int | None]:
+    """`[user@]host[:port]` (also `ssh://` form and `[ipv6]:port`) → (user, host, port)."""
+    text = text.removeprefix("ssh://")
+    user, _, host = text.rpartition("@")
+    port: int | None = None
+    if host.startswith("["):
+        inner, _, rest = host[1:].partition("]")
+        host = inner
+        if rest.startswith(":") and rest[1:].isdigit():
+            port = int(rest[1:])
+    elif host.count(":") == 1:
+        host, _, port_text = host.partition(":")
+        if not port_text.isdigit():
+            raise UsageError(f"invalid ProxyJump port in {text!r}", hint="fix ProxyJump in ~/.ssh/config")
+        port = int(port_text)
+    return user or None, host, port
+
+
+def _refused(name: str, target: LoginTarget, offer: KeyOffer, *, jump: bool = False) -> RemoteError:
+    """The refusal: who, where, which keys were offered, and the ways to authorize one."""
+    where = f"jump host {target.host}" if jump else target.alias
+    via = "" if target.host == target.alias else f" ({_endpoint(target)})"
+    pub = offer.public_key_to_authorize()
+    port = "" if target.port == DEFAULT_PORT else f" -p {target.port}"
+    hint = (
+        f"{offer.describe()}. Authorize one of your public keys for {target.user} on {where}: "
+        f"`ssh-copy-id -i {pub}{port} {target.destination}`"
+    )
+    if not jump:
+        hint += (
+            f', or (re)install the server with scripts/install-server and TAKO_SSH_PUBKEY="$(cat {pub})"'
+            f"; or set {KEY_ENV} to the private key that is authorized"
+        )
+        if target.user == DEFAULT_USER:
+            hint += "; to log in as another user: `tako servers add HOST --name NAME --user USER`"
+    return RemoteError(f"{name}: SSH login as {target.user}@{target.alias}{via} was refused", hint=hint)
+
+
+def _endpoint(target: LoginTarget) -> str:
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    return f"{host}:{target.port}"
+
+
+def _close(conn: asyncssh.SSHClientConnection | None) -> None:
+    if conn is not None:
+        conn.close()
 
 
 def _reason(exc: BaseException) -> str:
