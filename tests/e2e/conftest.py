@@ -1,6 +1,9 @@
 """Fixtures for end-to-end tests: a per-session testbed (real namespaces, sshd and tako-server), a temporary
 TAKO_HOME, and a runner for the `tako` CLI as a subprocess.
 
+The CLI logs in the way a user's machine does: HOME is a directory of the test's whose `~/.ssh/id_ed25519`
+is the testbed key (`user_ssh_env`), with no TAKO_SSH_KEY and no ssh-agent unless a test sets them.
+
 E2E tests need root (they create network namespaces). Without it they fail with a clear message; CI is root.
 """
 
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.support.testbed import Testbed
+from tests.support.testbed import Host, Testbed
 
 STATE_ROOT = Path("/var/tmp")
 STATE_PATTERN = "tako-e2e-"
@@ -85,17 +88,63 @@ def tako_executable() -> str:
     return found
 
 
+def user_home_with_key(key: str | Path, home: Path | None = None) -> Path:
+    """A HOME whose `~/.ssh/id_ed25519` is a copy of `key` (0600 in a 0700 ~/.ssh), as `ssh-keygen`
+    leaves it. Default: `user-home` beside the key, so a testbed's home goes away with the testbed."""
+    key = Path(key)
+    home = home if home is not None else key.parent / "user-home"
+    ssh_dir = home / ".ssh"
+    target = ssh_dir / "id_ed25519"
+    if not target.exists():
+        ssh_dir.mkdir(parents=True, exist_ok=True)
+        home.chmod(0o700)
+        ssh_dir.chmod(0o700)
+        for source, name, mode in ((key, "id_ed25519", 0o600), (Path(f"{key}.pub"), "id_ed25519.pub", 0o644)):
+            if source.exists():
+                # Several modules may create it at once: each copies to its own name, then renames.
+                partial = ssh_dir / f".{name}.{os.getpid()}"
+                shutil.copyfile(source, partial)
+                partial.chmod(mode)
+                os.replace(partial, ssh_dir / name)
+    return home
+
+
+def user_ssh_env(host: Host) -> dict[str, str]:
+    """CLI environment logging in to testbed hosts with the default key file `~/.ssh/id_ed25519`."""
+    return {"HOME": str(user_home_with_key(host.key))}
+
+
+# The developer's own settings that tools run by the CLI (pip, git) read from HOME: kept when HOME moves.
+_XDG_DEFAULTS = {"XDG_CONFIG_HOME": ".config", "XDG_CACHE_HOME": ".cache"}
+
+
 @dataclass
 class TakoCLI:
-    """Runs the real `tako` CLI as a subprocess with its own TAKO_HOME."""
+    """Runs the real `tako` CLI as a subprocess with its own TAKO_HOME and HOME (an empty one unless the
+    caller passes `user_ssh_env(host)` or its own HOME)."""
 
     home: Path
     executable: str
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {**os.environ, "TAKO_HOME": str(self.home), "NO_COLOR": "1", "COLUMNS": "200", "TERM": "dumb"}
+        # Only what the test sets up logs in: not the machine's agent, keys or TAKO_SSH_KEY.
+        for name in ("SSH_AUTH_SOCK", "SSH_AGENT_PID", "TAKO_SSH_KEY"):
+            env.pop(name, None)
+        real_home = Path.home()
+        for name, sub in _XDG_DEFAULTS.items():
+            env.setdefault(name, str(real_home / sub))
+        if "GIT_CONFIG_GLOBAL" not in env and (real_home / ".gitconfig").exists():
+            env["GIT_CONFIG_GLOBAL"] = str(real_home / ".gitconfig")
+        env["HOME"] = str(self.empty_user_home())
         env.update(extra or {})
         return env
+
+    def empty_user_home(self) -> Path:
+        """The HOME used when the caller gives none: no ~/.ssh at all."""
+        home = self.home.with_name(f"{self.home.name}-user")
+        home.mkdir(mode=0o700, exist_ok=True)
+        return home
 
     def run(
         self,
@@ -127,7 +176,8 @@ class TakoCLI:
 
 @pytest.fixture
 def tako(tako_home: Path) -> TakoCLI:
-    """`tako.run(*args, cwd=...)` runs the CLI with TAKO_HOME=tako_home."""
+    """`tako.run(*args, cwd=...)` runs the CLI with TAKO_HOME=tako_home (and `env=user_ssh_env(host)` to
+    log in to testbed hosts)."""
     return TakoCLI(tako_home, tako_executable())
 
 

@@ -22,7 +22,7 @@ import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from tests.e2e.conftest import TakoCLI
+from tests.e2e.conftest import TakoCLI, user_ssh_env
 from tests.support.acme_testbed import (
     AcmeOptions,
     control_status,
@@ -51,7 +51,7 @@ def hosts(testbed: Testbed) -> dict[str, Host]:
 
 
 def ssh_env(host: Host) -> dict[str, str]:
-    return {"TAKO_SSH_KEY": host.key}
+    return user_ssh_env(host)
 
 
 def add_server(tako: TakoCLI, host: Host) -> None:

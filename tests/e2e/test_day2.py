@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import TakoCLI, tako_executable
+from tests.e2e.conftest import TakoCLI, tako_executable, user_ssh_env
 from tests.support.projects import body_and_status, curl, git, make_project, wait_for
 from tests.support.testbed import Host, Testbed
 
@@ -32,7 +32,7 @@ class Deployed:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"TAKO_SSH_KEY": self.hosts[0].key}
+        return user_ssh_env(self.hosts[0])
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def deployed(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iter
     home = tmp_path_factory.mktemp("d2-home")
     home.chmod(0o700)
     cli = TakoCLI(home, tako_executable())
-    env = {"TAKO_SSH_KEY": hosts[0].key}
+    env = user_ssh_env(hosts[0])
     for host in hosts:
         cli.ok("servers", "add", host.address, "--name", host.name, env=env)
     project = make_project(

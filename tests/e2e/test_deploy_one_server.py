@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import TakoCLI
+from tests.e2e.conftest import TakoCLI, user_ssh_env
 from tests.support.projects import body_and_status, commit_all, curl, git, make_project
 from tests.support.testbed import Host, Testbed
 
@@ -20,7 +20,7 @@ def host(testbed: Testbed) -> Host:
 
 
 def ssh_env(host: Host) -> dict[str, str]:
-    return {"TAKO_SSH_KEY": host.key}
+    return user_ssh_env(host)
 
 
 def _head(project: Path) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import TakoCLI, tako_executable
+from tests.e2e.conftest import TakoCLI, tako_executable, user_ssh_env
 from tests.support.projects import body_and_status, commit_all, curl, git, make_project, wait_for
 from tests.support.testbed import Host, Testbed
 
@@ -40,7 +40,7 @@ def cli(hosts: list[Host], tmp_path_factory: pytest.TempPathFactory) -> TakoCLI:
 
 
 def ssh_env(host: Host) -> dict[str, str]:
-    return {"TAKO_SSH_KEY": host.key}
+    return user_ssh_env(host)
 
 
 def remote(host: Host, command: str) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import TakoCLI, tako_executable
+from tests.e2e.conftest import TakoCLI, tako_executable, user_ssh_env
 from tests.support.projects import body_and_status, commit_all, curl, git, wait_for
 from tests.support.testbed import Host, Testbed
 
@@ -56,7 +56,7 @@ class Deployed:
 
 
 def ssh_env(host: Host) -> dict[str, str]:
-    return {"TAKO_SSH_KEY": host.key}
+    return user_ssh_env(host)
 
 
 def remote(host: Host, command: str) -> str:

@@ -15,6 +15,9 @@ from tako.remote.client_keys import KeyOffer
 from tako.remote.connection import ServerAddress, _parse_jump
 from tako.remote.ssh_config import resolve_login
 
+# Test keys use few bcrypt rounds, which bcrypt warns about (pytest resets the CLI's own filter per test).
+pytestmark = pytest.mark.filterwarnings("ignore:Warning. bcrypt.kdf:UserWarning")
+
 
 @pytest.fixture(autouse=True)
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -91,8 +94,8 @@ def test_parse_jump() -> None:
 
 def make_key(path: Path, passphrase: str | None = None) -> asyncssh.SSHKey:
     key = asyncssh.generate_private_key("ssh-ed25519")
-    # Few bcrypt rounds (bcrypt warns below 2): the default (16) makes each decryption slow in tests.
-    key.write_private_key(path, passphrase=passphrase, rounds=2)
+    # Few bcrypt rounds: with ssh-keygen's 16, each decryption takes a noticeable fraction of a second.
+    key.write_private_key(path, passphrase=passphrase, rounds=4)
     key.write_public_key(f"{path}.pub")
     return key
 

@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,10 @@ _decrypted: dict[Path, asyncssh.SSHKeyPair] = {}
 _prompt_lock = threading.Lock()
 
 AskPassphrase = Callable[[Path], str | None]
+
+# bcrypt warns about fewer than 50 KDF rounds on every decryption, and ssh-keygen's default is 16: the
+# advice is for whoever made the key, not for someone unlocking their own, so it must not reach them.
+warnings.filterwarnings("ignore", message=r"Warning: bcrypt\.kdf\(\) called with only", category=UserWarning)
 
 
 def terminal_passphrase(path: Path) -> str | None:
