@@ -1,0 +1,158 @@
+"""tako-server-service on a testbed host (no systemd) tells the truth after a SIGKILL of tako-server, for
+root and for the tako user: `status` is right, `start` brings one server back, `restart` never leaves a
+second one running, and the app serves afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.support.projects import body_and_status, curl, wait_for
+from tests.support.testbed import Host, Testbed
+
+pytestmark = pytest.mark.e2e
+
+APP = "svc"
+ROUTE = "svc.tako.test"
+APP_DIR = f"/opt/tako/apps/{APP}"
+RELEASE = f"{APP_DIR}/releases/v1"
+LOCK = "/opt/tako/tako-server.lock"
+VENV_PYTHON = "/opt/tako-server/venv/bin/python"
+TESTAPP = Path(__file__).resolve().parents[1] / "support" / "apps" / "testapp.py"
+
+CONTROL = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(60)
+s.connect("/var/run/tako/tako.sock")
+s.sendall(sys.argv[1].encode() + b"\\n")
+print(s.makefile("rb").readline().decode().strip())
+"""
+
+
+def control(host: Host, command: str, **fields: object) -> dict[str, object]:
+    line = json.dumps({"command": command, **fields})
+    proc = host.exec([VENV_PYTHON, "-c", CONTROL, line], user="tako", check=True)
+    reply: dict[str, object] = json.loads(proc.stdout)
+    assert reply["status"] == "ok", reply
+    return reply
+
+
+def service(host: Host, action: str, user: str) -> tuple[int, str]:
+    proc = host.exec(["tako-server-service", action], user=user, timeout=90)
+    return proc.returncode, (proc.stdout + proc.stderr).strip()
+
+
+def servers_on(host: Host) -> list[int]:
+    """Live tako-server processes of this host (processes of every host share the pid space: the host's
+    own are those in its mount namespace)."""
+    mnt = os.stat(f"/proc/{host.pid}/ns/mnt").st_ino
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            same_host = os.stat(f"/proc/{entry}/ns/mnt").st_ino == mnt
+        except OSError:
+            continue
+        if same_host and state != "Z" and any(a.endswith(b"/bin/tako-server") for a in argv[:2]):
+            found.append(int(entry))
+    return found
+
+
+def the_server(host: Host) -> int:
+    """The one tako-server of the host (waits for a start in progress to settle)."""
+    wait_for(lambda: len(servers_on(host)) == 1, timeout=30, what="exactly one tako-server")
+    (pid,) = servers_on(host)
+    return pid
+
+
+def serves(host: Host) -> bool:
+    body, status = body_and_status(curl(host.address, ROUTE))
+    return status == 200 and body.startswith("version=v1")
+
+
+def kill_9(host: Host) -> None:
+    pid = the_server(host)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: servers_on(host) == [], timeout=30, what="the killed tako-server gone")
+
+
+@pytest.fixture(scope="module")
+def host(testbed: Testbed) -> Iterator[Host]:
+    """A host with app `svc` (one always-on instance of the test app) deployed through the control socket."""
+    (host,) = testbed.up("svc")
+    host.exec(f"mkdir -p {RELEASE} {APP_DIR}/shared/logs", user="tako", check=True)
+    host.exec(f"cat > {RELEASE}/testapp.py", user="tako", input=TESTAPP.read_text(), check=True)
+    meta = {"name": APP, "version": "v1", "start": "python3 testapp.py", "env": "production"}
+    host.exec(f"cat > {RELEASE}/app.json", user="tako", input=json.dumps(meta), check=True)
+    host.exec(f"umask 077 && printf 'TAKO_BUILD=\"v1\"\\n' > {RELEASE}/.env", user="tako", check=True)
+    control(host, "deploy", app=APP, version="v1", path=RELEASE, routes=[ROUTE], instances=1)
+    wait_for(lambda: serves(host), timeout=30, what="the app serving")
+    try:
+        yield host
+    finally:
+        testbed.down("svc")
+
+
+@pytest.mark.parametrize("user", ["tako", "root"])
+def test_after_a_kill_9_status_and_start_tell_the_truth(host: Host, user: str) -> None:
+    # The server the installer (root) started, or the previous case's.
+    kill_9(host)
+    assert service(host, "status", user) == (3, "inactive")
+
+    code, out = service(host, "start", user)
+    assert code == 0, out
+    pid = the_server(host)
+    assert f"tako-server started (pid {pid})" in out
+    assert host.exec(f"cat {LOCK}", check=True).stdout.strip() == str(pid)
+    wait_for(lambda: serves(host), timeout=60, what="the app serving after start")
+
+    for who in ("tako", "root"):
+        assert service(host, "status", who) == (0, "active")
+        code, out = service(host, "start", who)
+        assert (code, out) == (0, f"tako-server is already running (pid {pid})")
+    assert servers_on(host) == [pid]
+
+
+def test_restart_after_a_kill_9_runs_exactly_one_server(host: Host) -> None:
+    kill_9(host)
+    code, out = service(host, "restart", "tako")
+    assert code == 0, out
+    first = the_server(host)
+    wait_for(lambda: serves(host), timeout=60, what="the app serving after restart")
+
+    # A restart of a running server replaces it: still one server, a new pid, the app back.
+    code, out = service(host, "restart", "root")
+    assert code == 0, out
+    second = the_server(host)
+    assert second != first
+    wait_for(lambda: serves(host), timeout=60, what="the app serving after the second restart")
+    assert servers_on(host) == [second]
+    assert service(host, "status", "tako") == (0, "active")
+
+
+def test_a_start_that_fails_says_why_and_leaves_nothing_running(host: Host) -> None:
+    config = "/opt/tako/server-config.toml"
+    code, out = service(host, "stop", "tako")
+    assert (code, out) == (0, "tako-server stopped"), out
+    host.exec(f"cp -p {config} {config}.saved", check=True)
+    host.exec(f"cat > {config}", input='[server]\nhttp_port = "x"\n', check=True)
+    try:
+        code, out = service(host, "start", "tako")
+        assert code == 1, out
+        assert "error: tako-server exited at once (status 2)" in out and "http_port" in out, out
+        assert service(host, "status", "root") == (3, "inactive")
+        assert servers_on(host) == []
+    finally:
+        host.exec(f"mv -f {config}.saved {config}", check=True)
+    code, out = service(host, "start", "tako")
+    assert code == 0, out
+    the_server(host)
+    wait_for(lambda: serves(host), timeout=60, what="the app serving after the fixed start")
