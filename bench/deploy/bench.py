@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -180,6 +181,16 @@ def bump(project: Path, n: int) -> str:
     return commit_all(project, f"rev {n}")
 
 
+def user_home_with_key(home: Path, key: str) -> Path:
+    """A HOME whose ~/.ssh/id_ed25519 (0600, in a 0700 ~/.ssh) is the testbed key."""
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(parents=True, mode=0o700)
+    home.chmod(0o700)
+    shutil.copyfile(key, ssh_dir / "id_ed25519")
+    (ssh_dir / "id_ed25519").chmod(0o600)
+    return home
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -205,7 +216,10 @@ def main() -> int:
             env = {
                 **os.environ,
                 "TAKO_HOME": str(home),
-                "TAKO_SSH_KEY": hosts[0].key,
+                # Logs in as a user does, with ~/.ssh/id_ed25519; pip keeps the real HOME's config and cache.
+                "HOME": str(user_home_with_key(Path(tmp) / "user", hosts[0].key)),
+                "XDG_CONFIG_HOME": os.environ.get("XDG_CONFIG_HOME", str(Path.home() / ".config")),
+                "XDG_CACHE_HOME": os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")),
                 "NO_COLOR": "1",
                 "TERM": "dumb",
                 "COLUMNS": "200",

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from tests.e2e.conftest import TakoCLI, user_home_with_key
+from tests.support.projects import make_project
 from tests.support.testbed import Host, Testbed
 
 pytestmark = pytest.mark.e2e
@@ -226,16 +227,24 @@ def _take_terminal() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
-def test_passphrase_asked_on_a_terminal(host: Host, tako: TakoCLI, home: Path, authorize: Authorizer) -> None:
+def test_passphrase_asked_on_a_terminal(
+    host: Host, tako: TakoCLI, home: Path, authorize: Authorizer, tmp_path: Path
+) -> None:
     authorize(new_key(home / ".ssh" / "id_ed25519", passphrase="on the tty"))
-    status, output = run_on_terminal(
-        tako, ["servers", "add", host.address, "--name", NAME], {"HOME": str(home)}, "on the tty"
-    )
+    env = {"HOME": str(home), "TERM": "xterm"}
+    add = ["servers", "add", host.address, "--name", NAME]
+    status, output = run_on_terminal(tako, add, env, "on the tty")
     assert status == 0, output
     assert "Enter passphrase for key '~/.ssh/id_ed25519':" in output
     assert "on the tty" not in output  # not echoed
     assert "bcrypt" not in output and "Warning" not in output
     assert "host key recorded" in output
+    # During a deploy the live progress lines stand aside for the prompt.
+    project = make_project(tmp_path / "project", servers={NAME: "production"})
+    status, output = run_on_terminal(tako, ["-C", str(project), "deploy", "--yes"], env, "on the tty")
+    assert status == 0, output
+    assert "Enter passphrase for key '~/.ssh/id_ed25519':" in output
+    assert "1/1 server(s) succeeded" in output
 
 
 # --- (3) a ~/.ssh/config alias ----------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -56,12 +58,26 @@ class LiveProgress:
         self.live = Live(self._render(), console=console, refresh_per_second=10, transient=False)
 
     def __enter__(self) -> LiveProgress:
+        from tako.remote.client_keys import set_terminal_pause  # the SSH library loads only when used
+
         self.live.__enter__()
+        set_terminal_pause(self._paused)  # a passphrase prompt must not be painted over
         return self
 
     def __exit__(self, *exc: object) -> None:
+        from tako.remote.client_keys import set_terminal_pause
+
+        set_terminal_pause(None)
         self.live.update(self._render())
         self.live.__exit__(None, None, None)
+
+    @contextlib.contextmanager
+    def _paused(self) -> Iterator[None]:
+        self.live.stop()
+        try:
+            yield
+        finally:
+            self.live.start()
 
     def _render(self) -> Group:
         rows: list[Spinner | Text] = []

@@ -17,6 +17,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import asyncssh
@@ -33,6 +34,18 @@ _decrypted: dict[Path, asyncssh.SSHKeyPair] = {}
 _prompt_lock = threading.Lock()
 
 AskPassphrase = Callable[[Path], str | None]
+TerminalPause = Callable[[], AbstractContextManager[object]]
+
+# Whatever redraws the terminal meanwhile (the deploy's live progress) stands aside while a passphrase
+# is asked, or it would paint over the prompt.
+_terminal_pause: TerminalPause | None = None
+
+
+def set_terminal_pause(pause: TerminalPause | None) -> None:
+    """Register (or, with None, remove) what to enter around a passphrase prompt."""
+    global _terminal_pause
+    _terminal_pause = pause
+
 
 # bcrypt warns about fewer than 50 KDF rounds on every decryption, and ssh-keygen's default is 16: the
 # advice is for whoever made the key, not for someone unlocking their own, so it must not reach them.
@@ -43,10 +56,11 @@ def terminal_passphrase(path: Path) -> str | None:
     """Ask on the terminal (None without one: stdin is not a TTY, or the user pressed Ctrl-D)."""
     if not sys.stdin.isatty():
         return None
-    try:
-        return getpass.getpass(f"Enter passphrase for key '{display_path(path)}': ")
-    except EOFError:
-        return None
+    with _terminal_pause() if _terminal_pause is not None else nullcontext():
+        try:
+            return getpass.getpass(f"Enter passphrase for key '{display_path(path)}': ")
+        except EOFError:
+            return None
 
 
 def display_path(path: Path) -> str:
