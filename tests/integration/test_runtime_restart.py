@@ -74,3 +74,23 @@ def test_restart_serves_a_fast_app_while_a_slow_one_boots_and_requests_for_it_wa
         assert get(slow["instances"][0]["port"])[0] == 200
     finally:
         srv.cleanup()
+
+
+def test_sigterm_while_an_always_on_app_boots_stops_it_and_exits_cleanly() -> None:
+    srv = TakoServer(app_settings={"healthy_timeout": 60.0})
+    gate = srv.base / "may-boot"
+    try:
+        gate.touch()
+        srv.start()
+        srv.deploy("slow", "v1", instances=1, env={"BOOT_WHEN_EXISTS": str(gate)})
+        gate.unlink()
+        assert srv.stop() == 0
+
+        srv.start()
+        wait_for(lambda: srv.instance_processes(), what="the slow instance booting")
+        assert srv.call("status", app="slow")["state"] == "starting"
+        assert srv.stop() == 0
+        assert srv.instance_processes() == []
+        assert "Traceback" not in srv.log()
+    finally:
+        srv.cleanup()
