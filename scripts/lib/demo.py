@@ -32,6 +32,21 @@ def tako(*args: str, cwd: Path | None = None, env: dict[str, str]) -> None:
     subprocess.run([str(ROOT / ".venv/bin/tako"), *args], cwd=cwd, env=env, check=True)
 
 
+def user_home(host: Host) -> Path:
+    """A fresh HOME set up as a user's would be: the host's authorized key as ~/.ssh/id_ed25519 (0600 in a
+    0700 ~/.ssh); Tako keeps its inventory and known_hosts in ~/.tako there."""
+    home = STATE / "home"
+    shutil.rmtree(home, ignore_errors=True)
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(parents=True, mode=0o700)
+    home.chmod(0o700)
+    ssh_dir.chmod(0o700)
+    shutil.copyfile(host.key, ssh_dir / "id_ed25519")
+    (ssh_dir / "id_ed25519").chmod(0o600)
+    shutil.copyfile(f"{host.key}.pub", ssh_dir / "id_ed25519.pub")
+    return home
+
+
 def fetch(host: Host, root_ca: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
@@ -75,10 +90,10 @@ def main(argv: list[str]) -> int:
         root_ca = STATE / "pebble-root.pem"
         root_ca.write_bytes(pebble.root_pem())
 
-        home = STATE / "home"
-        shutil.rmtree(home, ignore_errors=True)
-        home.mkdir(parents=True, mode=0o700)
-        env = {**os.environ, "TAKO_HOME": str(home), "TAKO_SSH_KEY": host.key}
+        home = user_home(host)
+        env = {**os.environ, "HOME": str(home)}
+        for name in ("TAKO_HOME", "TAKO_SSH_KEY", "SSH_AUTH_SOCK"):  # only the demo user's own setup
+            env.pop(name, None)
         app = STATE / "hello"
         shutil.rmtree(app, ignore_errors=True)
         shutil.copytree(
@@ -105,10 +120,7 @@ def main(argv: list[str]) -> int:
         say(f"curl --cacert {root_ca} --resolve {ROUTE}:443:{host.address} https://{ROUTE}/")
         print(result.stdout, end="", flush=True)
 
-    print(
-        f"\nThe host keeps serving: TAKO_HOME={home} TAKO_SSH_KEY={host.key} .venv/bin/tako status\n"
-        "Remove it with: scripts/demo down"
-    )
+    print(f"\nThe host keeps serving: HOME={home} .venv/bin/tako status\nRemove it with: scripts/demo down")
     return 0
 
 
