@@ -26,7 +26,8 @@ SECRET_FILE = "private.key"
 SECRET_TEXT = "only-for-isoa"
 
 PROBE_APP = '''\
-"""Answers what this process may do: GET /read?path=, /list?path=, /write?path=, /connect?path=, /whoami."""
+"""Answers what this process may do: GET /read?path=, /list?path=, /write?path=, /connect?path=,
+/symlink?path=TARGET|LINK, /whoami."""
 import json, os, socket
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -42,6 +43,10 @@ def attempt(action, path):
         if action == "write":
             with open(path, "w") as f:
                 f.write("written")
+            return {"ok": True, "value": ""}
+        if action == "symlink":
+            target, _, link = path.partition("|")
+            os.symlink(target, link)
             return {"ok": True, "value": ""}
         if action == "connect":
             with socket.socket(socket.AF_UNIX) as s:
@@ -74,7 +79,7 @@ class Handler(BaseHTTPRequestHandler):
         action = url.path.strip("/")
         if action == "whoami":
             body = whoami()
-        elif action in ("read", "list", "write", "connect"):
+        elif action in ("read", "list", "write", "connect", "symlink"):
             body = attempt(action, parse_qs(url.query)["path"][0])
         else:
             body = {"ok": True}
@@ -278,12 +283,22 @@ def test_shared_data_becomes_writable_by_its_app_only(deployed: Deployed) -> Non
     host = deployed.host
     data = "/opt/tako/apps/isoa/shared/data"
     host.exec(["sh", "-c", f"mkdir -p {data} && echo old > {data}/old.txt"], user="tako", check=True)
+    # Links the app plants there are never followed when tako-server hands the directory over.
+    private = "/opt/tako/acme /opt/tako/certs /opt/tako/tako.db"
+    before = remote(host, f"stat -c '%a %U %G' {private}")
+    restart_server(host)
+    wait_for(lambda: healthy(host, "isoa"), timeout=60, what="isoa serving after the restart")
+    for target in private.split():
+        answer = ask(host, "isoa", "symlink", f"{target}|{data}/{target.rsplit('/', 1)[1]}")
+        assert answer["ok"] is True, answer
     restart_server(host)
     wait_for(lambda: healthy(host, "isoa"), timeout=60, what="isoa serving after the restart")
     assert ask(host, "isoa", "write", f"{data}/old.txt")["ok"] is True
     assert ask(host, "isoa", "write", f"{data}/new.txt")["ok"] is True
     assert ask(host, "isoa", "read", f"{data}/new.txt") == {"ok": True, "value": "written"}
     assert ask(host, "isob", "read", f"{data}/new.txt") == {"ok": False, "value": "PermissionError"}
+    assert remote(host, f"stat -c '%a %U %G' {private}") == before
+    assert ask(host, "isoa", "read", f"{data}/tako.db")["ok"] is False
 
 
 def healthy(host: Host, app: str) -> bool:
@@ -324,5 +339,12 @@ def test_delete_removes_what_the_app_wrote(deployed: Deployed, cli: TakoCLI) -> 
     assert ask(host, "isob", "write", f"{home['HOME']}/made-by-the-app")["ok"] is True
     owner = remote(host, f"stat -c %u {home['HOME']}/made-by-the-app")
     assert owner == str(ask(host, "isob", "whoami")["uid"])
+    private = "/opt/tako/acme /opt/tako/certs /opt/tako/tako.db"
+    before = remote(host, f"stat -c '%a %U %G' {private}")
+    for target in private.split():
+        assert (
+            ask(host, "isob", "symlink", f"{target}|{home['HOME']}/{target.rsplit('/', 1)[1]}")["ok"] is True
+        )
     cli.ok("delete", "--yes", "--app", "isob", "--server", HOST, env={"TAKO_SSH_KEY": host.key})
+    assert remote(host, f"stat -c '%a %U %G' {private}") == before
     assert host.exec(["test", "-e", "/opt/tako/apps/isob"]).returncode != 0

@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,29 +134,81 @@ def check_release_path(app_dir: Path, release: Path) -> None:
         )
 
 
-def _fix_tree(root: Path, gid: int, skip: frozenset[Path]) -> None:
-    """Give every file and directory under `root` (symlinks not followed) group `gid` and its private mode."""
-    for dirpath, dirnames, filenames in os.walk(root):
+Visit = Callable[[str, os.stat_result], None]
+
+
+def _walk(root: Path, visit: Visit, skip_top: frozenset[str] = frozenset()) -> None:
+    """Call `visit(path, st)` for `root` and every file and directory under it; `path` names the entry
+    through an O_PATH descriptor (/proc/self/fd/N), so changes reach exactly the inode that was checked.
+
+    Symlinks are never followed nor visited, and an app that swaps an entry of a directory it can write
+    (its HOME, shared/data) for a symlink meanwhile gains nothing: os.fwalk checks each directory it
+    enters, and each entry is opened O_NOFOLLOW before it is looked at. `visit` runs on a directory
+    before the walk enters it, so it may make it enterable. `skip_top`: names at the top left alone.
+    """
+    _visit_at(None, str(root), visit)
+    for dirpath, dirnames, filenames, dirfd in os.fwalk(root, follow_symlinks=False):
+        top = dirpath == str(root)
         for name in (*dirnames, *filenames):
-            path = Path(dirpath, name)
-            if path in skip:
-                continue
-            _fix_entry(path, gid)
-    _fix_entry(root, gid)
+            if not (top and name in skip_top):
+                _visit_at(dirfd, name, visit)
 
 
-def _fix_entry(path: Path, gid: int) -> None:
+def _visit_at(dirfd: int | None, name: str, visit: Visit) -> None:
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(st.st_mode):
-        return  # a link's own owner and mode never matter; its target is fixed where it lives
-    mode = private_mode(st.st_mode, is_dir=stat.S_ISDIR(st.st_mode))
-    if st.st_gid != gid:
-        os.chown(path, -1, gid, follow_symlinks=False)
-    if stat.S_IMODE(st.st_mode) != mode:
-        os.chmod(path, mode)
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=dirfd)
+    except OSError:
+        return  # gone meanwhile
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISLNK(st.st_mode):  # a link's own owner and mode never matter
+            visit(f"/proc/self/fd/{fd}", st)
+    finally:
+        os.close(fd)
+
+
+def _private(gid: int) -> Visit:
+    """Release files: group `gid`, the group gets the owner's read/execute bits, others nothing."""
+
+    def visit(path: str, st: os.stat_result) -> None:
+        mode = private_mode(st.st_mode, is_dir=stat.S_ISDIR(st.st_mode))
+        if st.st_gid != gid:
+            os.chown(path, -1, gid)
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(path, mode)
+
+    return visit
+
+
+def _shared(gid: int) -> Visit:
+    """`shared/data`: kept tako's, but group `gid` with the owner's bits (write included) makes it the
+    app's to write, also what was there before isolation; setgid directories keep new files in the group."""
+    me = os.getuid()
+
+    def visit(path: str, st: os.stat_result) -> None:
+        if st.st_uid != me:
+            return  # what the app made itself is already its own
+        owner = stat.S_IMODE(st.st_mode) & 0o700
+        mode = owner | owner >> 3 | (stat.S_ISGID if stat.S_ISDIR(st.st_mode) else 0)
+        if st.st_gid != gid:
+            os.chown(path, -1, gid)
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(path, mode)
+
+    return visit
+
+
+def _reclaimed(uid: int) -> Visit:
+    me = os.getuid()
+
+    def visit(path: str, st: os.stat_result) -> None:
+        if st.st_uid == uid:
+            with contextlib.suppress(OSError):  # best effort: the removal that follows reports what is left
+                os.chown(path, me, -1)
+                if stat.S_ISDIR(st.st_mode):
+                    os.chmod(path, stat.S_IMODE(st.st_mode) | 0o700)
+
+    return visit
 
 
 def prepare(app_dir: Path, release: Path, uid: int) -> None:
@@ -168,14 +221,14 @@ def prepare(app_dir: Path, release: Path, uid: int) -> None:
     os.chown(app_dir, -1, uid)
     os.chmod(app_dir, 0o750)
     env_file = release / ".env"
-    _fix_tree(release, uid, frozenset({env_file}))
+    _walk(release, _private(uid), skip_top=frozenset({env_file.name}))
     if env_file.exists() and not env_file.is_symlink():
         os.chmod(env_file, 0o600)
     venv = release / ".venv"
     if venv.is_symlink():
         target = venv.resolve()
         if target.parent == (app_dir / "shared" / "venvs").resolve() and target.is_dir():
-            _fix_tree(target, uid, frozenset())
+            _walk(target, _private(uid))
     shared = app_dir / "shared"
     shared.mkdir(exist_ok=True)
     home = shared / HOME_DIR
@@ -185,42 +238,12 @@ def prepare(app_dir: Path, release: Path, uid: int) -> None:
         os.chown(home, uid, uid, follow_symlinks=False)
     data = shared / DATA_DIR
     if data.is_dir() and not data.is_symlink():
-        _share_tree(data, uid)
-
-
-def _share_tree(root: Path, gid: int) -> None:
-    """`shared/data`: kept tako's, but group `gid` with the owner's bits (write included) makes it the
-    app's to write, also what was there before isolation; setgid directories keep new files in the group."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in (*dirnames, *filenames):
-            _share_entry(Path(dirpath, name), gid)
-    _share_entry(root, gid)
-
-
-def _share_entry(path: Path, gid: int) -> None:
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode) or st.st_uid != os.getuid():
-        return  # what the app made itself is already its own
-    owner = stat.S_IMODE(st.st_mode) & 0o700
-    mode = owner | owner >> 3 | (stat.S_ISGID if stat.S_ISDIR(st.st_mode) else 0)
-    if st.st_gid != gid:
-        os.chown(path, -1, gid, follow_symlinks=False)
-    if stat.S_IMODE(st.st_mode) != mode:
-        os.chmod(path, mode)
+        _walk(data, _shared(uid))
 
 
 def reclaim(app_dir: Path, uid: int) -> None:
     """Before the app dir is removed: give what the app created back to tako-server's user, so `rm -rf`
     by the deploy user can remove it all."""
-    me = os.getuid()
-    if me == uid or not app_dir.is_dir():
+    if os.getuid() == uid or not app_dir.is_dir():
         return
-    for dirpath, dirnames, filenames in os.walk(app_dir):
-        for name in (*dirnames, *filenames):
-            path = Path(dirpath, name)
-            with contextlib.suppress(OSError):
-                st = os.lstat(path)
-                if st.st_uid == uid:
-                    os.chown(path, me, -1, follow_symlinks=False)
-                    if stat.S_ISDIR(st.st_mode):
-                        os.chmod(path, stat.S_IMODE(st.st_mode) | 0o700)
+    _walk(app_dir, _reclaimed(uid))
