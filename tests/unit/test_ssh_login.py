@@ -4,6 +4,10 @@ beats Tako's defaults, and which keys are offered in which order."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncssh
@@ -96,6 +100,7 @@ def make_key(path: Path, passphrase: str | None = None) -> asyncssh.SSHKey:
     key = asyncssh.generate_private_key("ssh-ed25519")
     # Few bcrypt rounds: with ssh-keygen's 16, each decryption takes a noticeable fraction of a second.
     key.write_private_key(path, passphrase=passphrase, rounds=4)
+    path.chmod(0o600)  # as ssh-keygen leaves it (ssh-add refuses anything looser)
     key.write_public_key(f"{path}.pub")
     return key
 
@@ -147,14 +152,55 @@ def test_identity_file_replaces_the_defaults(home: Path) -> None:
     assert offer.describe() == "tried ~/.ssh/deploy; skipped ~/.ssh/missing (no such file)"
 
 
-def test_tako_ssh_key_overrides(home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    make_key(home / ".ssh" / "id_ed25519")
-    chosen = make_key(tmp_path / "chosen")
-    monkeypatch.setenv("TAKO_SSH_KEY", str(tmp_path / "chosen"))
-    monkeypatch.setenv("SSH_AUTH_SOCK", str(tmp_path / "no-agent-here"))
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[str]:
+    """A private ssh-agent in the foreground (stopped by the test); yields its socket."""
+    sock = tmp_path / "agent.sock"
+    proc = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "ssh-agent did not start"
+            time.sleep(0.02)
+        yield str(sock)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def ssh_add(agent: str, key: Path) -> None:
+    env = {**os.environ, "SSH_AUTH_SOCK": agent}
+    subprocess.run(["ssh-add", "-q", str(key)], env=env, check=True, timeout=30, stdin=subprocess.DEVNULL)
+
+
+def test_agent_keys_come_first(
+    home: Path, agent: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_file = make_key(home / ".ssh" / "id_ed25519")
+    in_agent = make_key(tmp_path / "agent_only")
+    ssh_add(agent, tmp_path / "agent_only")
+    monkeypatch.setenv("SSH_AUTH_SOCK", agent)
     offer = KeyOffer(resolve_login("h"))
-    assert offered(offer) == [chosen.public_data]
-    assert offer.agent_path is None  # the override is the one key: the agent is not asked
+    assert offered(offer) == [in_agent.public_data, on_file.public_data]
+    assert offer.tried[0].startswith("ssh-agent (1 key: ")
+
+
+def test_tako_ssh_key_overrides(
+    home: Path, agent: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    make_key(home / ".ssh" / "id_ed25519")
+    make_key(tmp_path / "agent_only")
+    ssh_add(agent, tmp_path / "agent_only")
+    chosen = make_key(tmp_path / "chosen")
+    monkeypatch.setenv("SSH_AUTH_SOCK", agent)
+    monkeypatch.setenv("TAKO_SSH_KEY", str(tmp_path / "chosen"))
+    offer = KeyOffer(resolve_login("h"))
+    assert offered(offer) == [chosen.public_data]  # not the agent's other key, not ~/.ssh/id_ed25519
+    # When the agent holds the override key, it is used from there (no passphrase needed).
+    ssh_add(agent, tmp_path / "chosen")
+    offer = KeyOffer(resolve_login("h"))
+    assert offered(offer) == [chosen.public_data, chosen.public_data]
+    assert offer.tried[0].startswith("ssh-agent (1 key")
 
 
 def test_encrypted_key_without_terminal_says_to_use_the_agent(home: Path) -> None:

@@ -1,6 +1,6 @@
 """The keys an SSH login offers, in OpenSSH's order: the ssh-agent's keys, then key files (`IdentityFile`
 from `~/.ssh/config`, else `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`). `TAKO_SSH_KEY` names the one key
-file to use instead.
+file to use instead (the agent then offers only that key, if it holds it).
 
 An encrypted key file is offered last, and only then decrypted: with a passphrase asked on the terminal
 when there is one, otherwise it is skipped and the refusal says to add it to ssh-agent. Every key offered
@@ -75,9 +75,11 @@ class KeyOffer:
 
     def __init__(self, target: LoginTarget, *, ask_passphrase: AskPassphrase = terminal_passphrase) -> None:
         self.override = os.environ.get(KEY_ENV, "").strip()
-        self.agent_path = None if self.override else _agent_path(target)
+        self.agent_path = _agent_path(target)
         self.files = self._key_files(target)
-        self.identities_only = target.identities_only and bool(target.identity_files)
+        # TAKO_SSH_KEY is the one key: the agent is asked only for it (when it holds it, an encrypted
+        # key file needs no passphrase), like IdentitiesOnly.
+        self.identities_only = bool(self.override) or (target.identities_only and bool(target.identity_files))
         self.ask_passphrase = ask_passphrase
         self.tried: list[str] = []
         self.skipped: list[str] = []
