@@ -115,7 +115,9 @@ def test_installed_server_runs_the_compiled_proxy(pair: tuple[Host, Host]) -> No
     log = a.exec(["cat", "/opt/tako/logs/tako-server.log"], check=True).stdout
     ready = [line for line in log.splitlines() if "tako-server ready" in line]
     assert ready, log[-2000:]
-    assert ready[-1].endswith("data_plane=compiled"), ready[-1]
+    assert "data_plane=compiled" in ready[-1].split(), ready[-1]
+    # Installed by install-server, it holds the capabilities to run each app as its own uid.
+    assert "isolation=on" in ready[-1].split(), ready[-1]
 
 
 def test_tako_server_serves_port_80_as_tako(pair: tuple[Host, Host]) -> None:
