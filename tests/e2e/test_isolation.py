@@ -305,6 +305,32 @@ def healthy(host: Host, app: str) -> bool:
     return body_and_status(curl(host.address, route(app), "/"))[1] == 200
 
 
+def test_instances_left_by_a_killed_server_are_swept_at_restart(deployed: Deployed) -> None:
+    """Signalling another uid's process group needs CAP_KILL: the orphan sweep still works isolated."""
+    host = deployed.host
+    old = ask(host, "isoa", "whoami")["pid"]
+    hello = control(host, "hello")["data"]
+    assert isinstance(hello, dict) and hello["isolation"] == "on"
+    remote(host, f"kill -KILL {hello['pid']}")
+    wait_for(
+        lambda: host.exec(["test", "-d", f"/proc/{hello['pid']}"]).returncode != 0, timeout=30, what="exit"
+    )
+    assert alive(host, old)  # the instance outlived its server
+    remote(host, "tako-server-service start")
+    wait_for(lambda: control_answers(host), timeout=60, what="tako-server answering after a start")
+    wait_for(
+        lambda: host.exec(["test", "-d", f"/proc/{old}"]).returncode != 0, timeout=30, what="orphan gone"
+    )
+    wait_for(lambda: healthy(host, "isoa"), timeout=60, what="isoa serving again")
+    assert ask(host, "isoa", "whoami")["pid"] != old
+
+
+def alive(host: Host, pid: object) -> bool:
+    """The process runs (a zombie waiting for its reaper does not count)."""
+    result = host.exec(["cat", f"/proc/{pid}/stat"])
+    return result.returncode == 0 and result.stdout.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def test_a_tampered_uid_in_the_state_db_is_refused(deployed: Deployed) -> None:
     """The state db is writable by tako: a row naming uid 0 or tako's own uid never makes an app run so."""
     host = deployed.host
