@@ -20,8 +20,9 @@ from pathlib import Path
 
 from tako.errors import TakoError
 
-# 200000-299999: above the uids of real accounts and of the subordinate ranges useradd hands out by
-# default (100000 + 65536 per user), so an app can never share a uid with a person or a service.
+# 200000-299999: far above the uids of accounts (useradd stops at 60000) and past the subordinate range
+# useradd gives the first user (100000-165535, for user namespaces). A second user with subordinate ids
+# would overlap it: docs/server.md says to check /etc/subuid.
 UID_FIRST = 200_000
 UID_COUNT = 100_000
 
