@@ -217,7 +217,7 @@ def test_an_app_cannot_reach_tako_servers_keys_state_or_control_socket(deployed:
     for path in private:
         answer = ask(host, "isob", "read", path)
         assert answer["ok"] is False, (path, answer)
-    for path in ("/opt/tako/acme", "/opt/tako/certs", "/opt/tako"):
+    for path in ("/opt/tako/acme", "/opt/tako/certs", "/opt/tako", "/var/run/tako"):
         answer = ask(host, "isob", "list", path)
         assert answer == {"ok": False, "value": "PermissionError"}, (path, answer)
     answer = ask(host, "isob", "connect", "/var/run/tako/tako.sock")
