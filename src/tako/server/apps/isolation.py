@@ -72,8 +72,8 @@ def detect(setting: str) -> Isolation:
     if missing:
         return Isolation(
             False,
-            f"tako-server lacks {', '.join(missing)}; start it with install-server's systemd unit or "
-            "tako-server-service, which grant them",
+            f"tako-server lacks {', '.join(missing)}; start it with install-server's systemd unit, or "
+            "with tako-server-service run as root, which grant them",
         )
     setpriv = shutil.which("setpriv", path=SETPRIV_PATH)
     if setpriv is None:
