@@ -110,6 +110,37 @@ def test_forwarded_headers_and_hop_by_hop_removed(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_connection_header_cannot_drop_host_or_framing(tmp_path: Path) -> None:
+    """Naming Host or the framing headers in Connection drops neither; other named headers still go."""
+
+    async def scenario() -> None:
+        async with one_app_proxy(tmp_path) as (p, _):
+            requests = (
+                b"POST /echo HTTP/1.1\r\nHost: a.tako.test\r\n"
+                b"Connection: host, content-length, transfer-encoding, x-a\r\nX-A: 1\r\n"
+                b"Content-Length: 5\r\n\r\nhello"
+                b"GET /hopframe HTTP/1.1\r\nHost: a.tako.test\r\nConnection: Host\r\n\r\n"
+                b"GET /echo HTTP/1.1\r\nHost: a.tako.test\r\nConnection: close\r\n\r\n"
+            )
+            data = await raw_exchange(
+                p.https_port, requests, ssl_context=p.client_context(), server_hostname="a.tako.test"
+            )
+            responses = parse_responses(data)
+            assert [r.status for r in responses] == [200, 200, 200]
+            seen = json.loads(responses[0].body)
+            headers = {k.lower(): v for k, v in seen["headers"]}
+            assert headers["host"] == "a.tako.test"
+            assert headers["content-length"] == "5" and seen["body_len"] == 5
+            assert "x-a" not in headers
+            # The response side: its Content-Length is kept, so the next response on the connection parses.
+            assert responses[1].body == b"framed"
+            assert responses[1].header("content-length") == "6"
+            assert responses[1].header("x-b") is None
+            assert json.loads(responses[2].body)["target"] == "/echo"
+
+    run(scenario())
+
+
 def test_unavailable_app_cold_start_and_dead_upstream(tmp_path: Path) -> None:
     async def scenario() -> None:
         up = await HttpUpstream("cold").start()

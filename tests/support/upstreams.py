@@ -5,6 +5,7 @@
   /close/<n>      n bytes, close-delimited         /sink          reads the body: {"received", "sha256"}
   /slow/<sec>     answers after <sec> seconds      /status/<code> that status (no body for 1xx/204/304)
   /interim        103 Early Hints, then 200        /hop           hop-by-hop response headers to be dropped
+  /hopframe       a Connection header naming Content-Length and Transfer-Encoding
   /die/<n>        promises 2n bytes, sends n, closes  /bye        answers, then closes without saying so
   anything else   JSON echo of method, path, headers, body length and the connection number
 HEAD gets the GET headers without a body. `Expect: 100-continue` is answered with 100 before the body is read.
@@ -128,6 +129,13 @@ class HttpUpstream:
         elif parts[0] == "interim":
             writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
             _json(writer, {"interim": True}, head=head)
+        elif parts[0] == "hopframe":
+            # A Connection header naming the framing headers: the proxy must keep framing the response.
+            body = b"framed"
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nConnection: Content-Length, Transfer-Encoding, X-B\r\nX-B: 1\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), b"" if head else body)
+            )
         elif parts[0] == "hop":
             body = b"hop"
             writer.write(

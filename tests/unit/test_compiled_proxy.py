@@ -110,4 +110,4 @@ def test_a_none_where_an_object_belongs_raises_instead_of_crashing() -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     # The first attribute read of the missing cycle, exactly as in Python (unchecked, compiled code reads
     # past the None object instead and fails later, if at all).
-    assert proc.stdout.strip() == f"{compiled.mode()} | 'NoneType' object has no attribute 'body_done'"
+    assert proc.stdout.strip() == f"{compiled.mode()} | 'NoneType' object has no attribute 'conn'"

@@ -142,7 +142,7 @@ def test_only_identical_normalised_patterns_conflict(first: str, second: str) ->
 
 
 @settings(max_examples=300, deadline=None)
-@given(hosts, st.one_of(st.none(), st.integers(0, 65535)), st.booleans(), st.booleans())
+@given(hosts, st.one_of(st.none(), st.integers(1, 65535)), st.booleans(), st.booleans())
 def test_normalise_host_ignores_case_port_and_trailing_dot(
     host: str, port: int | None, upper: bool, trailing_dot: bool
 ) -> None:

@@ -74,3 +74,15 @@ def test_a_pool_keeps_every_connection_a_burst_released() -> None:
     _release(pool, burst)
     assert len(pool.idle) == 5000
     assert not any(c.closed for c in burst)
+
+
+def test_release_takes_back_only_connections_in_step_with_the_app() -> None:
+    # A connection whose last request was not sent whole (a body announced but not all sent) would have
+    # the next request read by the app as the rest of that body: it is closed, never pooled.
+    pool = _pool(_Clock())
+    short, whole = _connections(pool, 2)
+    short.request_complete = False
+    _release(pool, [short, whole])
+    assert (short.closed, whole.closed) == (True, False)
+    assert pool.acquire() is whole
+    assert pool.acquire() is None

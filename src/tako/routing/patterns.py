@@ -273,6 +273,10 @@ def normalise_host(host_header: str) -> str | None:
 
 
 def _is_port_suffix(text: str) -> bool:
-    # ":" alone is allowed by RFC 3986 (empty port); otherwise up to five ASCII digits.
+    # ":" alone is allowed by RFC 3986 (empty port); otherwise ASCII digits naming a port in 1-65535.
     digits = text[1:]
-    return text[0] == ":" and len(digits) <= 5 and (not digits or (digits.isascii() and digits.isdigit()))
+    if text[0] != ":":
+        return False
+    if not digits:
+        return True
+    return len(digits) <= 5 and digits.isascii() and digits.isdigit() and 0 < int(digits) <= 65535

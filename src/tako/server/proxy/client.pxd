@@ -32,7 +32,6 @@ cdef class RequestCycle:
     cdef public bytes upgrade_header
     cdef public object upstream
     cdef public bytes url
-    cdef public bint wants_upgrade
     cdef public bytes xff
 
 
@@ -64,6 +63,7 @@ cdef class ClientConnection:
     cdef public double response_timeout
     cdef public double send_deadline
     cdef public object server
+    cdef public bint starting
     cdef public bint tls
     cdef public object transport
     cdef public UpstreamConnection tunnel

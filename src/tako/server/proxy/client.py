@@ -34,6 +34,7 @@ PAUSE_PIPELINE = 1  # a later request waits for the current response
 PAUSE_BUFFER = 2  # body buffered while no upstream connection is ready yet
 # PAUSE_UPSTREAM = 4 (upstream.py): the instance reads the request body slower than the client sends it
 PAUSE_UPGRADE = 8  # waiting for the instance to accept an Upgrade
+PAUSE_WRITE = 16  # the client is not taking its responses: parse no more requests until it does
 
 BODY_BUFFER_LIMIT = 64 * 1024
 LINGER_SECONDS = 2.0  # after an error, keep reading (discarding) so the client sees the response, not RST
@@ -45,7 +46,6 @@ _DEADLINE_BODY = 4  # no request body bytes for keepalive_timeout while the prox
 _DEADLINE_TUNNEL = 5  # tunnel_idle_timeout: checked, then re-armed if bytes moved (no clock read per read)
 
 _CRLF = b"\r\n"
-_CHUNK_END = b"0\r\n\r\n"
 _STATUS_PATH = b"/_tako/status"
 _ACME_PREFIX = b"/.well-known/acme-challenge/"
 
@@ -73,6 +73,13 @@ _REQUEST_SPECIAL: dict[bytes, int] = {
     b"te": _H_DROP,
     b"trailer": _H_DROP,
 }
+
+# Names a Connection header cannot make hop-by-hop: Host routes the request (and the app needs it), the
+# framing headers are the proxy's own (written from its parse, never copied), and close / keep-alive /
+# upgrade are the tokens the proxy itself acts on.
+_NOT_HOP_BY_HOP = frozenset(
+    (b"host", b"content-length", b"transfer-encoding", b"close", b"keep-alive", b"upgrade")
+)
 
 _request_kinds = HeaderKinds(_REQUEST_SPECIAL, prefix=b"proxy-", prefix_kind=_H_DROP)
 _request_kinds_cache = _request_kinds.cache  # the same dict for good (cleared in place): one global lookup
@@ -114,7 +121,6 @@ class RequestCycle:
         "upgrade_header",
         "upstream",
         "url",
-        "wants_upgrade",
         "xff",
     )
 
@@ -129,7 +135,6 @@ class RequestCycle:
         self.te: bytes | None = None
         self.upgrade_header: bytes | None = None
         self.upgrade: bytes | None = None  # set when the request asks to switch protocols
-        self.wants_upgrade = False
         self.conn_tokens: list[bytes] | None = None
         self.content_length: int | None = None
         self.chunked = False
@@ -187,6 +192,7 @@ class ClientConnection:
         "response_timeout",
         "send_deadline",
         "server",
+        "starting",
         "tls",
         "transport",
         "tunnel",
@@ -222,6 +228,7 @@ class ClientConnection:
         self.pipeline: collections.deque[RequestCycle] = collections.deque()
         self.pause_mask = 0
         self.write_paused = False
+        self.starting = False  # inside _next_in_pipeline
         # While the client reads nothing of what is written to it (writing paused), it must make room
         # within keepalive_timeout or the connection is dropped: a stalled reader cannot hold it forever.
         self.send_deadline = 0.0
@@ -281,11 +288,20 @@ class ClientConnection:
         if self.cycle is None and not self.pipeline:
             return False  # idle or lingering: close now
         self.eof = True
+        if self.parsing is not None and not self.broken:
+            # A request cut short (head or body): it can never be completed, so the instance must not wait
+            # for the rest of it. The requests before it are still answered.
+            self._fail(400)
         return True  # keep the write side open for the responses still owed
 
     def pause_writing(self) -> None:
+        # Every response path writes through here, local answers included: while the client takes none
+        # of what it asked for, neither the instance is read nor further requests from the client (which
+        # would each add a response to the buffer), and the send deadline drops a client that never reads.
         self.write_paused = True
         self.send_deadline = self.loop.time() + self.keepalive_timeout
+        if self.tunnel is None:
+            self.pause(PAUSE_WRITE)
         cycle = self.cycle
         if cycle is not None and cycle.uconn is not None:
             cycle.uconn.transport.pause_reading()
@@ -294,8 +310,12 @@ class ClientConnection:
         self.write_paused = False
         self.send_deadline = 0.0
         cycle = self.cycle
-        if cycle is not None and cycle.uconn is not None:
-            cycle.uconn.transport.resume_reading()
+        if cycle is not None:
+            if cycle.uconn is not None:
+                cycle.uconn.transport.resume_reading()
+        elif self.pipeline and not self.closed:
+            self._next_in_pipeline()  # held back while the client was not reading
+        self.resume(PAUSE_WRITE)
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
@@ -388,9 +408,7 @@ class ClientConnection:
                 return  # the common values, which need nothing recorded (the parser reads them too)
             for token in lvalue.split(b","):
                 token = token.strip()
-                if token == b"upgrade":
-                    cycle.wants_upgrade = True
-                elif token and token != b"close" and token != b"keep-alive":
+                if token and token not in _NOT_HOP_BY_HOP:
                     if cycle.conn_tokens is None:
                         cycle.conn_tokens = []
                     cycle.conn_tokens.append(token)
@@ -443,10 +461,16 @@ class ClientConnection:
             self._reject(400)
         if self.max_body and cycle.content_length is not None and cycle.content_length > self.max_body:
             self._reject(413)
-        if cycle.wants_upgrade and cycle.upgrade_header is not None:
+        if cycle.upgrade_header is not None and parser.should_upgrade():
+            # The parser's verdict, not a reading of our own: whatever llhttp treats as a switch of
+            # protocols, it parses no body for and nothing after. A body announced with it would be framed
+            # one way here and another by the app (h11 and gunicorn read it, httptools-based servers do
+            # not), which is how a request gets smuggled: refused (docs/proxy.md, "Hostile clients").
+            if cycle.chunked or cycle.content_length:
+                self._reject(400)
             cycle.upgrade = cycle.upgrade_header
-            # httptools parses nothing after a request that asks to switch protocols: whatever the answer
-            # (101 and a tunnel, or anything else), this connection carries no further requests.
+            # Whatever the answer (101 and a tunnel, or anything else), this connection carries no
+            # further requests.
             cycle.keep_alive = False
         if not cycle.chunked and not cycle.content_length:
             cycle.body_done = True  # nothing more to read for this request: answering it may start now
@@ -454,7 +478,7 @@ class ClientConnection:
         if not cycle.body_done:
             self.deadline = self.loop.time() + self.keepalive_timeout
             self.deadline_kind = _DEADLINE_BODY
-        if self.cycle is None:
+        if self.cycle is None and not self.write_paused and not self.pipeline:
             self._start(cycle)
         else:
             self.pipeline.append(cycle)
@@ -499,8 +523,7 @@ class ClientConnection:
             self.deadline_kind = 0
         uconn = cycle.uconn
         if uconn is not None:
-            if cycle.chunked:
-                uconn.transport.write(_CHUNK_END)
+            uconn.end_request(cycle)
             self.request_sent(cycle)
 
     def _absolute_form(self, cycle: RequestCycle) -> None:
@@ -721,11 +744,9 @@ class ClientConnection:
             self._close(linger=not cycle.body_done or self.parsing is not None or self.broken)
             return
         if self.pipeline:
-            nxt = self.pipeline.popleft()
-            if not self.pipeline:
-                self.resume(PAUSE_PIPELINE)
-            self._start(nxt)
-            return
+            if not self.write_paused and not self.starting:
+                self._next_in_pipeline()
+            return  # resume_writing, or the loop in _next_in_pipeline, goes on
         if self.eof:
             self._close(linger=False)
             return
@@ -733,6 +754,19 @@ class ClientConnection:
             # _idle, inline: wait for the next request.
             self.deadline = self.loop.time() + self.keepalive_timeout
             self.deadline_kind = _DEADLINE_KEEPALIVE
+
+    def _next_in_pipeline(self) -> None:
+        """Answer queued requests in order: a loop, not a recursion through response_complete (local answers
+        complete at once), and it stops while the client is not reading."""
+        self.starting = True
+        try:
+            while self.pipeline and self.cycle is None and not self.write_paused and not self.closed:
+                nxt = self.pipeline.popleft()
+                if not self.pipeline:
+                    self.resume(PAUSE_PIPELINE)
+                self._start(nxt)
+        finally:
+            self.starting = False
 
     def _idle(self) -> None:
         if not self.broken:
@@ -744,6 +778,15 @@ class ClientConnection:
     def _upgrade_requested(self, rest: bytes) -> None:
         # httptools stops after a request that asks to switch protocols; the bytes after it belong to
         # the new protocol (or, if the app declines, are never read: the connection closes).
+        if self.broken:
+            self.parsing = None
+            return  # answered already (locally, or refused) and closing: the rest is never read
+        last = self.pipeline[-1] if self.pipeline else self.cycle
+        if last is None or last.upgrade is None:
+            # The parser switched protocols on a request not forwarded as an upgrade (cannot happen while
+            # on_headers_complete asks the parser): nothing after it can be framed, so drop everything.
+            self.abort()
+            return
         self.parsing = None
         self.upgrade_buffer = [rest] if rest else []
         self.pause(PAUSE_UPGRADE)
@@ -853,8 +896,9 @@ class ClientConnection:
 
     def _close(self, *, linger: bool) -> None:
         self.broken = True
-        if not linger or self.tls:
+        if not linger or self.tls or self.eof:
             # TLS: close() sends close_notify and keeps reading until the peer's, which lingers already.
+            # After the client's EOF there is nothing left to drain.
             self.transport.close()
             return
         if self.closed:

@@ -1,5 +1,7 @@
 # Cython declarations for upstream.py (see docs/compiled.md): C types for the attributes and the calls the
 # per-request path makes. The .py file stays the source; these only take effect when it is compiled.
+cimport cython
+
 from tako.server.proxy.client cimport ClientConnection, RequestCycle
 
 
@@ -35,14 +37,17 @@ cdef class UpstreamConnection:
     cdef public double idle_since
     cdef public object parser
     cdef public UpstreamPool pool
+    cdef public bint request_complete
     cdef public Py_ssize_t requests
     cdef public object transport
     cdef public bint tunnel
     cdef public bint write_paused
 
     cpdef attach(self, RequestCycle cycle)
+    cpdef end_request(self, RequestCycle cycle)
     cpdef close(self)
     cpdef abort(self)
+    @cython.locals(client=ClientConnection)
     cpdef _finish_response(self, RequestCycle cycle)
 
 

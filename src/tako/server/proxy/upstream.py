@@ -103,6 +103,9 @@ class UpstreamPool:
     def release(self, conn: UpstreamConnection) -> None:
         if conn.closed:
             return
+        if not conn.request_complete or conn.cycle is not None:
+            conn.close()  # out of step with the app: the next request would be read as this one's rest
+            return
         if len(self.idle) >= POOL_MAX_IDLE:
             conn.close()
             return
@@ -157,6 +160,7 @@ class UpstreamConnection:
         "idle_since",
         "parser",
         "pool",
+        "request_complete",
         "requests",
         "transport",
         "tunnel",
@@ -170,6 +174,11 @@ class UpstreamConnection:
         self.cycle: RequestCycle | None = None
         self.closed = False
         self.requests = 0  # requests completed on this connection: > 0 means it came from the pool
+        # The request last attached was sent whole, exactly as its head framed it (head, the body it
+        # announced, chunk terminator included). Set only where its last byte is written (attach, or
+        # ClientConnection.on_message_complete): UpstreamPool.release takes nothing else back, so a
+        # connection the app still reads a body from is never handed to another request.
+        self.request_complete = True  # nothing sent yet: in step
         self.idle_since = 0.0
         self.deadline = 0.0  # upstream response deadline (loop time), 0 = none
         self.write_paused = False
@@ -284,6 +293,7 @@ class UpstreamConnection:
         """Send `cycle`'s request head (and any body received so far) on this connection."""
         self.cycle = cycle
         cycle.uconn = self
+        self.request_complete = False
         self._got_bytes = False
         self._frame = FRAME_NONE
         self.deadline = 0.0
@@ -298,13 +308,22 @@ class UpstreamConnection:
         else:
             transport.write(cycle.head)
         if cycle.body_done:
-            if cycle.chunked:
-                transport.write(_CHUNK_END)
+            self.end_request(cycle)
             if not cycle.response_started:
                 # ClientConnection.request_sent, inline: the response timeout starts now.
                 self.deadline = conn.loop.time() + conn.response_timeout
         if self.write_paused:
             conn.pause(PAUSE_UPSTREAM)
+
+    def end_request(self, cycle: RequestCycle) -> None:
+        """The client's request is complete and all of its body written: end the body on the wire and
+        record whether it went exactly as the head framed it (the only place `request_complete` is set)."""
+        if cycle.chunked:
+            self.transport.write(_CHUNK_END)  # the proxy re-chunks, so its own terminator ends it exactly
+            self.request_complete = True
+        else:
+            length = cycle.content_length
+            self.request_complete = cycle.body_received == (length if length is not None else 0)
 
     def close(self) -> None:
         if not self.closed:
@@ -442,22 +461,17 @@ class UpstreamConnection:
     # -- completion -------------------------------------------------------------------------------
 
     def _finish_response(self, cycle: RequestCycle) -> None:
+        client = cycle.conn
         self._frame = FRAME_NONE
         self.cycle = None
         self.requests += 1
-        if (
-            not self._until_close
-            and not self._conn_close
-            and cycle.body_done
-            and not self.closed
-            and self._keep_alive
-        ):
-            if cycle.conn.write_paused:
+        if not self._until_close and not self._conn_close and self.request_complete and self._keep_alive:
+            if client.write_paused:
                 self.transport.resume_reading()
             self.pool.release(self)
         else:
             self.close()
-        cycle.conn.response_complete(cycle)
+        client.response_complete(cycle)
 
     def _start_tunnel(self, cycle: RequestCycle, rest: bytes) -> None:
         self.tunnel = True
