@@ -16,10 +16,11 @@ from pathlib import Path
 from tako.errors import TakoError
 
 LOCK_NAME = "tako-server.lock"
-# The service script's `flock -n` probe holds the lock for the moment it takes to run `true` (a few ms):
-# a server starting right then retries this long before it concludes that another server holds the lock.
+# The service script's `flock -n -s` probe holds a shared lock for a moment (about a millisecond): a server
+# starting right then retries this long before it concludes that another server holds the lock.
 PROBE_GRACE = 0.5
 _RETRY = 0.02
+PID_WIDTH = 16  # the pid, space-padded, and a newline
 
 
 class DataDirInUse(TakoError):
@@ -64,9 +65,14 @@ class DataDirLock:
                         "a second server needs its own data dir (--data-dir), socket and ports",
                     ) from None
                 await asyncio.sleep(_RETRY)
-        # Only the holder writes: a reader sees an old pid or an empty file, never a pid being written over.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # Always the same 16 bytes, written over the old ones: no block to allocate on a full disk after the
+        # first start, and a reader sees a whole pid (readers ignore the padding).
+        try:
+            os.pwrite(fd, f"{os.getpid():<15}\n".encode(), 0)
+            os.ftruncate(fd, PID_WIDTH)
+        except OSError as exc:
+            os.close(fd)
+            raise TakoError(f"cannot write the pid into {path}: {exc.strerror}") from exc
         return cls(path, fd)
 
     def release(self) -> None:
