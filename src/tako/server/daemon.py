@@ -76,13 +76,13 @@ class Daemon:
         settings = self.config.server
         # Nothing tako-server creates (state db, logs, keys) is readable by other users, apps included.
         os.umask(0o027)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything else (orphan sweep, state, sockets): a second server must leave the first one's
+        # instances alone, and say only that it is refused.
+        self.lock = await DataDirLock.acquire(self.data_dir)
         self.isolation = isolation.detect(self.config.apps.isolation)
         if not self.isolation.enabled and self.config.apps.isolation != "off":
             log.warning("app isolation is off: apps run as tako-server's own user: %s", self.isolation.reason)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        # Before anything that touches the data dir's processes, state or sockets: a second server must
-        # leave the first one's instances alone.
-        self.lock = await DataDirLock.acquire(self.data_dir)
         (self.data_dir / "apps").mkdir(exist_ok=True)
         self.store = StateStore(self.data_dir / DB_NAME)
         self.registry = AppRegistry(
