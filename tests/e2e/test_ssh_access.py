@@ -245,6 +245,10 @@ def test_passphrase_asked_on_a_terminal(
     assert status == 0, output
     assert "Enter passphrase for key '~/.ssh/id_ed25519':" in output
     assert "1/1 server(s) succeeded" in output
+    # Ctrl-C at the prompt ends the command at once, as in ssh (exit status 130, no traceback).
+    status, output = run_on_terminal(tako, ["servers", "status", NAME], env, "\x03")
+    assert status == 130, output
+    assert "Traceback" not in output
 
 
 # --- (3) a ~/.ssh/config alias ----------------------------------------------------------------------------

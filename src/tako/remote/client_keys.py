@@ -9,15 +9,15 @@ or skipped is described (agent comment or file path, never key material) for tha
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import os
+import signal
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import asyncssh
@@ -29,7 +29,7 @@ DEFAULT_KEY_FILES = ("id_ed25519", "id_ecdsa", "id_rsa")
 PASSPHRASE_ATTEMPTS = 3  # as ssh's NumberOfPasswordPrompts
 
 # Decrypted keys, shared by the connections of one command, so a deploy to several servers asks for a
-# key's passphrase once. The lock keeps two servers' prompts from interleaving on the terminal.
+# key's passphrase once. The lock keeps prompts from interleaving should two threads ever ask at once.
 _decrypted: dict[Path, asyncssh.SSHKeyPair] = {}
 _prompt_lock = threading.Lock()
 
@@ -56,11 +56,34 @@ def terminal_passphrase(path: Path) -> str | None:
     """Ask on the terminal (None without one: stdin is not a TTY, or the user pressed Ctrl-D)."""
     if not sys.stdin.isatty():
         return None
-    with _terminal_pause() if _terminal_pause is not None else nullcontext():
+    with _terminal_pause() if _terminal_pause is not None else nullcontext(), _interruptible():
         try:
             return getpass.getpass(f"Enter passphrase for key '{display_path(path)}': ")
         except EOFError:
-            return None
+            pass
+    return None
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C at the prompt stops the command as Ctrl-C anywhere else does.
+
+    asyncio.run's SIGINT handler only cancels the main task, which cannot run while the prompt blocks
+    the loop: the command hung until a second Ctrl-C. So the prompt gets Python's default handler (getpass
+    then restores the terminal's echo), and the interrupt is handed back to the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupted = False
+    try:
+        yield
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        signal.raise_signal(signal.SIGINT)  # asyncio.run's handler cancels the command cleanly
 
 
 def display_path(path: Path) -> str:
@@ -109,7 +132,11 @@ class KeyOffer:
             path = self._encrypted.pop(0)
             self.prompting = True
             try:
-                key = await asyncio.get_running_loop().run_in_executor(None, self._decrypt, path)
+                # On the event loop's own thread, blocking it: other servers' logins wait (they would
+                # want the same passphrase), and Ctrl-C at the prompt interrupts getpass itself, which
+                # restores the terminal's echo. In a worker thread, the interpreter would wait for the
+                # prompt to be answered before it could exit.
+                key = self._decrypt(path)
             finally:
                 self.prompting = False
                 self.prompt_ended = time.monotonic()
@@ -184,7 +211,7 @@ class KeyOffer:
         return keys
 
     def _decrypt(self, path: Path) -> asyncssh.SSHKeyPair | None:
-        """Runs in a worker thread: asks for the passphrase (up to three times) unless already decrypted."""
+        """Asks for the passphrase (up to three times) unless the key was already decrypted."""
         shown = display_path(path)
         with _prompt_lock:
             if path in _decrypted:

@@ -10,7 +10,6 @@ against `~/.ssh/known_hosts`, like ssh does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -192,10 +191,7 @@ async def _login(
             else:
                 raise TimeoutError
     finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        task.cancel()  # no-op when done; otherwise the loop finishes the cancellation
 
 
 class _OfferingClient(asyncssh.SSHClient):
