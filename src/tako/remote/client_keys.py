@@ -109,8 +109,7 @@ class KeyOffer:
         self._agent: asyncssh.SSHAgentClient | None = None
         self._queue: list[asyncssh.SSHKeyPair] | None = None
         self._encrypted: list[Path] = []
-        self.prompting = False  # a passphrase may be being typed (connect timeouts wait for it)
-        self.prompt_ended = 0.0  # time.monotonic() when the last passphrase step ended
+        self.prompt_ended = 0.0  # time.monotonic() after the last passphrase prompt (timeouts start there)
 
     def _key_files(self, target: LoginTarget) -> list[tuple[Path, bool]]:
         """(path, explicit): explicit files are reported when missing; absent default files are not."""
@@ -130,7 +129,6 @@ class KeyOffer:
             return self._queue.pop(0)
         while self._encrypted:
             path = self._encrypted.pop(0)
-            self.prompting = True
             try:
                 # On the event loop's own thread, blocking it: other servers' logins wait (they would
                 # want the same passphrase), and Ctrl-C at the prompt interrupts getpass itself, which
@@ -138,7 +136,6 @@ class KeyOffer:
                 # prompt to be answered before it could exit.
                 key = self._decrypt(path)
             finally:
-                self.prompting = False
                 self.prompt_ended = time.monotonic()
             if key is not None:
                 self.tried.append(display_path(path))

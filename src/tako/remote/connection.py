@@ -184,9 +184,7 @@ async def _login(
             if done:
                 return task.result()
             # Time spent at the passphrase prompt does not count: the user is the one being waited for.
-            if offer.prompting:
-                deadline = time.monotonic() + CONNECT_TIMEOUT
-            elif offer.prompt_ended + CONNECT_TIMEOUT > time.monotonic():
+            if offer.prompt_ended + CONNECT_TIMEOUT > time.monotonic():
                 deadline = offer.prompt_ended + CONNECT_TIMEOUT
             else:
                 raise TimeoutError
