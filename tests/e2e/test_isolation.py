@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from tests.e2e.conftest import TakoCLI, tako_executable
+from tests.e2e.conftest import TakoCLI, tako_executable, user_ssh_env
 from tests.support.projects import body_and_status, commit_all, curl, make_project, wait_for
 from tests.support.testbed import Host, Testbed
 
@@ -105,7 +105,7 @@ def cli(host: Host, tmp_path_factory: pytest.TempPathFactory) -> TakoCLI:
     home = tmp_path_factory.mktemp("iso-home")
     home.chmod(0o700)
     runner = TakoCLI(home, tako_executable())
-    runner.ok("servers", "add", host.address, "--name", HOST, env={"TAKO_SSH_KEY": host.key})
+    runner.ok("servers", "add", host.address, "--name", HOST, env=user_ssh_env(host))
     return runner
 
 
@@ -135,12 +135,12 @@ def deployed(cli: TakoCLI, host: Host, tmp_path_factory: pytest.TempPathFactory)
         (project / SECRET_FILE).write_text(SECRET_TEXT)
         (project / SECRET_FILE).chmod(0o600)
         commit_all(project, "probe app")
-        proc = cli.ok("deploy", "--yes", cwd=project, env={"TAKO_SSH_KEY": host.key})
+        proc = cli.ok("deploy", "--yes", cwd=project, env=user_ssh_env(host))
         assert "1/1 server(s) succeeded" in proc.stdout + proc.stderr
         versions[app] = remote(host, f"readlink /opt/tako/apps/{app}/current").rsplit("/", 1)[1]
     yield Deployed(host, versions)
     for app in APPS:
-        cli.run("delete", "--yes", "--app", app, "--server", HOST, env={"TAKO_SSH_KEY": host.key})
+        cli.run("delete", "--yes", "--app", app, "--server", HOST, env=user_ssh_env(host))
 
 
 def remote(host: Host, command: str) -> str:
@@ -371,6 +371,6 @@ def test_delete_removes_what_the_app_wrote(deployed: Deployed, cli: TakoCLI) -> 
         assert (
             ask(host, "isob", "symlink", f"{target}|{home['HOME']}/{target.rsplit('/', 1)[1]}")["ok"] is True
         )
-    cli.ok("delete", "--yes", "--app", "isob", "--server", HOST, env={"TAKO_SSH_KEY": host.key})
+    cli.ok("delete", "--yes", "--app", "isob", "--server", HOST, env=user_ssh_env(host))
     assert remote(host, f"stat -c '%a %U %G' {private}") == before
     assert host.exec(["test", "-e", "/opt/tako/apps/isob"]).returncode != 0
