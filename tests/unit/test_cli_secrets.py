@@ -174,8 +174,11 @@ def test_rm_with_yes_from_every_env_or_one(project: Path) -> None:
     _seed(project)
     result = run(["rm", "--env", "staging", "API_KEY", "--yes"])
     assert result.exit_code == 0, result.output
+    assert "until `tako secrets sync --env staging`." in result.output
     assert secret_names(project) == {"production": {"API_KEY", "DB_URL"}}
-    assert run(["rm", "API_KEY", "--yes"]).exit_code == 0
+    result = run(["rm", "API_KEY", "--yes"])
+    assert result.exit_code == 0
+    assert "until `tako secrets sync --env production`." in result.output  # the env it was removed from
     assert secret_names(project) == {"production": {"DB_URL"}}
     err = error_of(run(["rm", "API_KEY", "--yes"]))
     assert "not set in any env" in err.message

@@ -166,7 +166,7 @@ def rm_cmd(env: str | None, yes: bool, name: str) -> None:
     project_dir = cli.project_dir()
     present = service.envs_with_secret(project_dir, name)
     targets = present if env is None else [e for e in present if e == env]
-    env_flag = f"--env {env} " if env is not None else ""
+    env_flag = f"--env {env} " if env is not None else ""  # ends in a space: a prefix of the name
     if not targets:
         where = f"env {env}" if env is not None else "any env"
         raise SecretsError(f"secret {name} is not set in {where}", hint="list secrets with `tako secrets ls`")
@@ -182,7 +182,8 @@ def rm_cmd(env: str | None, yes: bool, name: str) -> None:
             raise click.exceptions.Exit(1)
     removed = service.remove_secret(project_dir, name, env)
     print_success(cli.console, f"Removed {name} from {', '.join(removed)}.")
-    print_message(cli.console, f"Running apps keep it until `tako secrets sync {env_flag}`".rstrip() + ".")
+    syncs = " and ".join(f"`tako secrets sync --env {e}`" for e in removed)
+    print_message(cli.console, f"Running apps keep it until {syncs}.")
 
 
 # --- ls ----------------------------------------------------------------------------------------

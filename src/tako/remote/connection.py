@@ -289,7 +289,14 @@ def _close(conn: asyncssh.SSHClientConnection | None) -> None:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, asyncssh.Error):
         return exc.reason
-    return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+    if isinstance(exc, OSError):
+        # asyncio's connect errors read "Connect call failed ('10.0.0.5', 22)": the errno says it better
+        # ("connection refused"), and the message already names host and port.
+        if exc.errno:
+            text = os.strerror(exc.errno)
+            return text[:1].lower() + text[1:]
+        return exc.strerror or str(exc)
+    return str(exc)
 
 
 async def probe_server(address: ServerAddress, known_hosts: Path, *, trust_new: bool) -> str:
