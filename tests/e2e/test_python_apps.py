@@ -382,3 +382,27 @@ def test_dependency_without_a_wheel_for_the_server_fails_before_upload(
     assert remote(host, f"test -e {flask_app.app_dir}/.deploy_lock || echo free") == "free"
     # The previous release keeps serving, from its venv.
     check_serving(host, flask_app, good)
+
+
+def test_a_failed_dependency_install_is_reported_at_its_own_step(
+    host: Host, cli: TakoCLI, fastapi_app: Deployed
+) -> None:
+    good = head(fastapi_app.project)
+    check_serving(host, fastapi_app, good)
+    reqs = fastapi_app.project / "requirements.txt"
+    reqs.write_text(reqs.read_text() + "# a new venv key, so the server installs one\n")
+    commit_all(fastapi_app.project, "requirements changed")
+    # The server cannot make the new venv: its directory belongs to root for the length of this deploy.
+    venvs = f"{fastapi_app.app_dir}/shared/venvs"
+    owner = host.exec(["stat", "-c", "%u:%g", venvs], check=True).stdout.strip()
+    host.exec(["chown", "root:root", venvs], check=True)
+    try:
+        result = deploy(cli, host, fastapi_app.project)
+    finally:
+        host.exec(["chown", owner, venvs], check=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert f"✗ {SERVER}: failed at python: installing Python dependencies failed" in output, output
+    assert "failed at extract" not in output, output
+    assert remote(host, f"test -e {fastapi_app.app_dir}/.deploy_lock || echo free") == "free"
+    check_serving(host, fastapi_app, good)

@@ -28,6 +28,9 @@ from tako.remote.connection import ServerAddress, connect
 from tako.remote.executor import Command, Executor
 from tako.routing import find_conflicts
 
+# Reports the step a server's deploy is at: (step name, what it is doing). The name is what a failure names.
+StepReporter = Callable[[str, str], None]
+
 DISK_HEADROOM = 64 * 1024 * 1024
 
 
@@ -52,7 +55,9 @@ class DeployPlan:
     known_hosts: Path = Path()
     root: str = "/opt/tako"
     # Extra per-release work run after extraction (e.g. installing Python dependencies).
-    after_extract: tuple[Callable[[Executor, str, Progress], Awaitable[None]], ...] = ()
+    # Steps after the extract, each given the executor, the staged release dir and the step reporter (so a
+    # failure is reported at the hook's own step, e.g. "python", not at "extract").
+    after_extract: tuple[Callable[[Executor, str, StepReporter], Awaitable[None]], ...] = ()
     # Extra cleanup after old releases are pruned (e.g. venvs no release uses any more).
     after_prune: tuple[Command, ...] = ()
 
@@ -216,7 +221,7 @@ class ServerDeploy:
         self._step("extract", "unpacking the release")
         await ex.run(commands.extract(upload_path, self.staging), what="extract")
         for hook in plan.after_extract:
-            await hook(ex, self.staging, self.progress)
+            await hook(ex, self.staging, self._step)
 
         self._step("env", "linking shared directories, writing .env")
         await ex.run(

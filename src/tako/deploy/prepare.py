@@ -16,8 +16,8 @@ from tako.deploy import python_deps, python_step
 from tako.deploy.archive import build_archive
 from tako.deploy.build import run_build
 from tako.deploy.layout import AppLayout
-from tako.deploy.pipeline import DeployPlan, DeployTarget
-from tako.deploy.report import Progress, ServerOutcome
+from tako.deploy.pipeline import DeployPlan, DeployTarget, StepReporter
+from tako.deploy.report import ServerOutcome
 from tako.deploy.version import compute_version
 from tako.errors import DeployError, SecretsError, UsageError
 from tako.protocol import MAX_ENV_BYTES
@@ -137,7 +137,7 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
     }
     early_failures: list[ServerOutcome] = []
     extra_dirs: dict[str, Path] = {}
-    hooks: tuple[Callable[[Executor, str, Progress], Awaitable[None]], ...] = ()
+    hooks: tuple[Callable[[Executor, str, StepReporter], Awaitable[None]], ...] = ()
     after_prune: tuple[Command, ...] = ()
     reqs = python_deps.detect_requirements(project.root)
     if reqs is not None:

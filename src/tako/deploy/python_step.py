@@ -9,8 +9,7 @@ from pathlib import Path
 
 from tako.config.paths import tako_home
 from tako.deploy import python_deps
-from tako.deploy.pipeline import DeployTarget
-from tako.deploy.report import Progress
+from tako.deploy.pipeline import DeployTarget, StepReporter
 from tako.errors import DeployError, RemoteError
 from tako.remote.executor import Command, Executor
 from tako.remote.fanout import HostResult, fan_out
@@ -86,12 +85,12 @@ def build_wheelhouses(
     return PythonDeps(extra, key_by_server)
 
 
-def install_hook(deps: PythonDeps) -> Callable[[Executor, str, Progress], Awaitable[None]]:
+def install_hook(deps: PythonDeps) -> Callable[[Executor, str, StepReporter], Awaitable[None]]:
     """The pipeline step that installs the release's venv from its wheelhouse."""
 
-    async def install(ex: Executor, release_dir: str, progress: Progress) -> None:
+    async def install(ex: Executor, release_dir: str, step: StepReporter) -> None:
         key = deps.key_by_server[ex.address.name]
-        progress.step(ex.address.name, "python", "installing Python dependencies")
+        step("python", "installing Python dependencies")
         for argv in python_deps.remote_install_commands(release_dir, python_deps.wheelhouse_rel(key), key):
             try:
                 result = await ex.run(Command(tuple(argv)), what="dependency install", timeout=900)
@@ -99,7 +98,7 @@ def install_hook(deps: PythonDeps) -> Callable[[Executor, str, Progress], Awaita
                 raise DeployError(f"installing Python dependencies failed: {exc.message}") from exc
             for line in result.stdout.splitlines():
                 if line.strip():
-                    progress.step(ex.address.name, "python", line.strip())
+                    step("python", line.strip())
 
     return install
 
