@@ -247,7 +247,7 @@ def test_toml_syntax_error_has_line(tmp_path: Path) -> None:
         (MINIMAL + "[servers]\ninstances = -1\n", "servers.instances", 7, "non-negative integer", None),
         (MINIMAL + "[servers]\ninstances = 1.5\n", "servers.instances", 7, "non-negative integer", None),
         (MINIMAL + "[servers]\ninstances = true\n", "servers.instances", 7, "non-negative integer", None),
-        (MINIMAL + "[servers]\nidle_timeout = 0\n", "servers.idle_timeout", 7, "positive number", None),
+        (MINIMAL + "[servers]\nidle_timeout = -1\n", "servers.idle_timeout", 7, "non-negative number", None),
         (
             MINIMAL + "[servers]\ninstances = 1000000\n",
             "servers.instances",
@@ -320,6 +320,12 @@ def test_a_variable_over_the_value_limit_is_refused(tmp_path: Path, table: str) 
     assert error.key is not None and error.key.endswith(".BIG")
     assert "at most 64 KiB" in error.detail and "x" * 100 not in error.message
     load_project(write(tmp_path, text.replace("x" * (MAX_ENV_VALUE_BYTES + 1), "x" * MAX_ENV_VALUE_BYTES)))
+
+
+def test_idle_timeout_zero_means_never_stop_idle_instances(tmp_path: Path) -> None:
+    # tako-server reads 0 as "idle stop off" (docs/server.md): the config must accept what the server means.
+    project = load_project(write(tmp_path, MINIMAL + "[servers]\ninstances = 0\nidle_timeout = 0\n"))
+    assert (project.instances, project.idle_timeout) == (0, 0)
 
 
 def test_the_limits_themselves_are_accepted(tmp_path: Path) -> None:

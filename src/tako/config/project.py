@@ -420,7 +420,10 @@ def _scaling(
             )
     if "idle_timeout" in table:
         idle = source.integer(
-            table["idle_timeout"], [*path, "idle_timeout"], minimum=1, what="a positive number of seconds"
+            table["idle_timeout"],
+            [*path, "idle_timeout"],
+            minimum=0,
+            what="a non-negative number of seconds (0 = never stop idle instances)",
         )
         if idle > MAX_IDLE_TIMEOUT:
             raise source.error(
