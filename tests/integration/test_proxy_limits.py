@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import select
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -282,3 +286,91 @@ def test_a_client_that_stops_reading_is_dropped(tmp_path: Path) -> None:
             assert _statuses(data) == [200]
 
     run(scenario())
+
+
+MB = 1024 * 1024
+PIPELINE_SEND_MAX = 48 * MB  # a proxy that never stops reading gets this much (and fails the RSS bound)
+PIPELINE_RSS_LIMIT = 8 * MB
+
+PIPELINED: dict[str, tuple[bytes, bool]] = {
+    # kind: (one request, whether the plain listener forwards)
+    "redirect": (b"GET /a HTTP/1.1\r\nHost: a.tako.test\r\n\r\n", False),
+    "not-found": (b"GET /a HTTP/1.1\r\nHost: nowhere.tako.test\r\n\r\n", False),
+    "status": (b"GET /_tako/status HTTP/1.1\r\nHost: x\r\n\r\n", False),
+    # A long path: the app's answer repeats it, so the proxy's send buffer fills within a few hundred.
+    "proxied": (b"GET /" + b"a" * 8000 + b" HTTP/1.1\r\nHost: a.tako.test\r\n\r\n", True),
+}
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.parametrize("kind", sorted(PIPELINED))
+def test_a_client_that_never_reads_cannot_grow_the_proxy(tmp_path: Path, kind: str) -> None:
+    """Pipelined requests from a client that reads nothing: whatever answers them (the proxy itself or an
+    app), the proxy stops reading once its send buffer is full, so its memory stays flat, and it drops the
+    connection after keepalive_timeout."""
+    request, forward = PIPELINED[kind]
+    app_log = tmp_path / "app.jsonl"
+    app_port = _free_port()
+    app = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.framing_apps", str(app_port)],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "FRAMING_LOG": str(app_log)},
+    )
+    config = {
+        "routes": {"a.tako.test": [app_port]},
+        "certs_dir": str(tmp_path / "certs"),
+        "settings": {"keepalive_timeout": 2.0},
+        "forward_http": forward,
+    }
+    try:
+        (tmp_path / "certs").mkdir()
+        with proxy_process(config) as (proc, ports):
+            port = ports["http"]
+            # Warm up (lazy imports, first allocations) with the same kind of request, read normally.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                        s.sendall(request.replace(b"HTTP/1.1\r\n", b"HTTP/1.1\r\nConnection: close\r\n", 1))
+                        if s.recv(64).startswith(b"HTTP/1.1 "):
+                            break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, "the proxy or the app did not answer within 30 s"
+            baseline = peak = _rss(proc.pid)
+            burst = request * (65536 // len(request))
+            sent = 0
+            dropped = False
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # takes nothing of the answers
+                s.connect(("127.0.0.1", port))
+                s.setblocking(False)
+                deadline = time.monotonic() + 30
+                while sent < PIPELINE_SEND_MAX and time.monotonic() < deadline:
+                    peak = max(peak, _rss(proc.pid))
+                    try:
+                        sent += s.send(burst)
+                    except BlockingIOError:
+                        select.select([], [s], [], 0.1)  # the proxy stopped reading: wait for it to drop us
+                    except (ConnectionResetError, BrokenPipeError):
+                        dropped = True
+                        break
+            peak = max(peak, _rss(proc.pid))
+            print(
+                f"{kind}: sent {sent / MB:.1f} MB, proxy RSS {baseline / MB:.1f} -> peak {peak / MB:.1f} MB"
+            )
+            assert peak - baseline < PIPELINE_RSS_LIMIT, (kind, sent, baseline, peak)
+            assert dropped, f"{kind}: the connection was not dropped after keepalive_timeout"
+    finally:
+        app.terminate()
+        app.wait(10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

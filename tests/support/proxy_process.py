@@ -3,7 +3,8 @@
     python -m tests.support.proxy_process '{"routes": {"a.tako.test": [PORT, ...]}, "certs_dir": "...",
                                             "settings": {...ProxySettings fields...}}'
 
-Optional `"nofile": N` lowers the open-file limit. Prints one JSON line `{"http": port, "https": port}`
+Optional `"nofile": N` lowers the open-file limit; `"forward_http": true` makes the plain listener
+proxy. Prints one JSON line `{"http": port, "https": port}`
 once listening; SIGTERM shuts it down gracefully.
 """
 
@@ -47,7 +48,7 @@ async def _main(config: dict[str, Any]) -> None:
     settings = ProxySettings(**config.get("settings", {}))
     certs = CertStore(Path(config["certs_dir"]), lambda host: False)
     server = ProxyServer(settings, StaticServices(), certs, snapshot(routes))
-    http = await server.start_http("127.0.0.1", 0)
+    http = await server.start_http("127.0.0.1", 0, forward=config.get("forward_http", False))
     https = await server.start_https("127.0.0.1", 0)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
