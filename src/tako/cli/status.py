@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from tako.cli.context import get_cli
+from tako.cli.context import CliContext, get_cli
 from tako.errors import ServerError, UsageError
 from tako.protocol import List, Status
 from tako.remote.connection import ServerAddress
@@ -49,6 +50,29 @@ def instance_counts(app: dict[str, Any]) -> str:
     return f"{healthy}/{len(instances)}"
 
 
+def one_line(text: str, limit: int = 200) -> str:
+    """An error as one line: whitespace runs (newlines included) collapsed, long ones cut with an ellipsis."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def certificate_lines(apps: list[dict[str, Any]]) -> list[str]:
+    """One line per certificate of a server: several apps (or routes) naming one host share one line."""
+    certs: dict[str, dict[str, Any]] = {}
+    for app in apps:
+        certs.update(app.get("certificates") or {})
+    lines = []
+    for host, cert in sorted(certs.items()):
+        state = cert.get("state", "?")
+        line = f"  certificate for {host}: {state}"
+        if cert.get("not_after") and state in ("valid", "user-managed"):
+            line += f" until {local_time(cert['not_after'])}"
+        if cert.get("last_error"):
+            line += f" ({one_line(cert['last_error'])})"
+        lines.append(line)
+    return lines
+
+
 def render_status(console: Console, results: list[HostResult[dict[str, Any]]]) -> None:
     for result in results:
         server = result.server
@@ -67,9 +91,15 @@ def render_status(console: Console, results: list[HostResult[dict[str, Any]]]) -
         if not apps:
             continue
         table = Table(show_edge=False, pad_edge=False, box=None, padding=(0, 2))
-        for column in ("app", "env", "state", "instances", "version", "deployed"):
-            table.add_column(column)
-        for app in sorted(apps, key=lambda a: str(a.get("app"))):
+        # The app's name and its version are what users compare and copy: never cut or folded, however
+        # narrow the terminal (the other columns give way first).
+        table.add_column("app", no_wrap=True, min_width=max(len(str(a.get("app"))) for a in apps))
+        for column in ("env", "state", "instances"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("version", no_wrap=True, min_width=max(len(str(a.get("version"))) for a in apps))
+        table.add_column("deployed", no_wrap=True)
+        ordered = sorted(apps, key=lambda a: str(a.get("app")))
+        for app in ordered:
             table.add_row(
                 str(app.get("app")),
                 str(app.get("env") or "-"),
@@ -79,29 +109,77 @@ def render_status(console: Console, results: list[HostResult[dict[str, Any]]]) -
                 local_time(app.get("deployed_at")),
             )
         console.print(table)
-        for app in apps:
+        for app in ordered:
+            routes = ", ".join(str(r) for r in app.get("routes") or []) or "none"
+            console.print(f"  {app.get('app')}: routes {routes}", highlight=False, soft_wrap=True)
             if app.get("last_error"):
-                console.print(f"  {app.get('app')}: last error: {app['last_error']}", highlight=False)
-            for host, cert in sorted((app.get("certificates") or {}).items()):
-                state = cert.get("state", "?")
-                line = f"  {app.get('app')}: certificate for {host}: {state}"
-                if cert.get("not_after") and state in ("valid", "user-managed"):
-                    line += f" until {local_time(cert['not_after'])}"
-                if cert.get("last_error"):
-                    line += f" ({cert['last_error']})"
-                console.print(line, highlight=False)
+                console.print(
+                    f"  {app.get('app')}: last error: {one_line(app['last_error'])}", highlight=False
+                )
+        for line in certificate_lines(apps):
+            console.print(line, highlight=False)
+
+
+@dataclass(frozen=True)
+class StatusFilter:
+    """What `tako status` shows: every server of the inventory unless an env narrows it, and matching apps."""
+
+    servers: frozenset[str] | None = None  # None: every server of the inventory
+    app: str | None = None
+    env: str | None = None
+
+    def keeps(self, app: dict[str, Any]) -> bool:
+        return (self.app is None or app.get("app") == self.app) and (
+            self.env is None or app.get("env") == self.env
+        )
+
+
+def status_filter(cli: CliContext, env: str | None, app: str | None) -> StatusFilter:
+    """`--env E`: apps deployed as env E; inside a project also only E's servers and the project's own app
+    (unless --app names another). `--app NAME`: that app only, anywhere."""
+    if env is None:
+        return StatusFilter(app=app)
+    try:
+        project = cli.load_project()
+    except UsageError:
+        return StatusFilter(app=app, env=env)  # outside a project: the env recorded on each server
+    project.env(env)  # an unknown env is an error with a did-you-mean hint
+    servers = frozenset(name for name, mapping in project.servers.items() if mapping.env == env)
+    if not servers:
+        raise UsageError(
+            f"no server of {project.file} belongs to env {env}",
+            hint=f'map one with [servers.NAME] env = "{env}" in tako.toml',
+        )
+    return StatusFilter(servers=servers, app=app or project.name, env=env)
 
 
 @click.command()
+@click.option(
+    "--env", "env", default=None, metavar="ENV", help="Only apps of this env (in a project: its servers)."
+)
+@click.option("--app", "app", default=None, metavar="NAME", help="Only this app.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def status(as_json: bool) -> None:
+def status(env: str | None, app: str | None, as_json: bool) -> None:
     """Show every server's tako-server and the apps it runs."""
     cli = get_cli()
     inventory = cli.load_inventory()
     if not inventory.servers:
         raise UsageError("no servers configured", hint="add one with `tako servers add HOST --name NAME`")
-    addresses = [ServerAddress.of(s) for s in sorted(inventory.servers, key=lambda s: s.name)]
+    wanted = status_filter(cli, env, app)
+    entries = sorted(inventory.servers, key=lambda s: s.name)
+    if wanted.servers is not None:
+        missing = sorted(wanted.servers - {s.name for s in entries})
+        if missing:
+            raise UsageError(
+                f"tako.toml names server(s) not in the inventory: {', '.join(missing)}",
+                hint="add them with `tako servers add HOST --name NAME`",
+            )
+        entries = [s for s in entries if s.name in wanted.servers]
+    addresses = [ServerAddress.of(s) for s in entries]
     results = asyncio.run(fan_out(addresses, cli.known_hosts_path, _server_status))
+    for result in results:
+        if result.value is not None:
+            result.value["apps"] = [a for a in result.value.get("apps", []) if wanted.keeps(a)]
     console = cli.console
     if as_json:
         doc = [
