@@ -229,6 +229,25 @@ def test_low_disk_fails_at_preflight_and_leaves_nothing(
     cli.ok("delete", "--yes", "--app", "tiny", "--server", hosts[0].name, env=ssh_env(small))
 
 
+def test_a_release_larger_unpacked_than_the_free_disk_fails_at_preflight(
+    cli: TakoCLI, tmp_path: Path, testbed: Testbed
+) -> None:
+    # 130 MB of zeros packs to a few hundred KiB: a check of the archive's size alone passed here and the
+    # deploy failed at extract with tar's "Wrote only 7168 of 10240 bytes".
+    (mid,) = testbed.up("ms-mid", disk_mb=100)
+    cli.ok("servers", "add", mid.address, "--name", mid.name, env=ssh_env(mid))
+    project = make_project(tmp_path, name="zeros", route="zeros.tako.test", servers={mid.name: "production"})
+    with (project / "zeros.bin").open("wb") as handle:
+        handle.truncate(130 * 1024 * 1024)
+    commit_all(project, "130 MB of zeros")
+    result = cli.run("deploy", "--yes", cwd=project, env=ssh_env(mid), timeout=300)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert f"✗ {mid.name}: failed at disk: not enough disk space under /opt/tako:" in out, out
+    assert "MiB unpacked" in out, out
+    assert remote(mid, "ls -A /opt/tako/apps") == ""
+
+
 def test_stopped_tako_server_fails_only_that_host(hosts: list[Host], cli: TakoCLI, tmp_path: Path) -> None:
     project = make_project(tmp_path, servers=everywhere(hosts))
     first = head(project)

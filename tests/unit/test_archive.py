@@ -499,3 +499,19 @@ def test_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
     assert build_archive(project, "v1", APP_JSON).file_count == 3  # dangling link inside the tree is fine
     os.mkfifo(project / "pipe")
     assert build_archive(project, "v1", APP_JSON).file_count == 3  # special files are skipped
+
+
+def test_the_unpacked_size_is_counted_not_only_the_compressed_one(tmp_path: Path) -> None:
+    # The disk preflight needs what the release takes once extracted: zeros pack to almost nothing.
+    project = tmp_path / "p"
+    write(project, {"app.py": "print('hi')\n"})
+    with (project / "zeros.bin").open("wb") as handle:
+        handle.truncate(8 * 1024 * 1024)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "dep-1.0-py3-none-any.whl").write_bytes(b"w" * 10_000)
+    info = build_archive(project, "nogit_12345678", APP_JSON, extra_dirs={".tako-wheels/k": wheels})
+    assert info.size < 1024 * 1024
+    # Each entry in whole 4 KiB blocks: zeros.bin 8 MiB, app.py, app.json, the wheel (3 blocks), 2 dirs.
+    assert info.unpacked_size == 8 * 1024 * 1024 + 4096 * (1 + 1 + 3 + 2)
+    assert info.wheel_size == 10_000

@@ -90,3 +90,11 @@ def test_preflight_reports_space_and_server() -> None:
 def test_df_parsing() -> None:
     out = "Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/vda 100 50 2048 50% /\n"
     assert commands.parse_df_available(out) == 2048 * 1024
+
+
+def test_a_full_disk_is_recognised_in_what_remote_commands_print() -> None:
+    from tako.remote.executor import _disk_full
+
+    assert _disk_full("tar: app/zeros.bin: Wrote only 7168 of 10240 bytes\ntar: Exiting with failure status")
+    assert _disk_full("cp: error writing 'x': No space left on device")
+    assert not _disk_full("tar: app.py: Cannot open: Permission denied")

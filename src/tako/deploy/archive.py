@@ -46,6 +46,8 @@ class ArchiveInfo:
     size: int
     sha256: str
     file_count: int  # regular files and symlinks in the archive, app.json included
+    unpacked_size: int = 0  # disk the extracted release takes: every entry rounded up to 4 KiB blocks
+    wheel_size: int = 0  # bytes of Python wheels shipped in it (installed into a venv on the server)
 
 
 # --- exclude patterns -----------------------------------------------------------------------------------
@@ -366,6 +368,7 @@ def build_archive(
                 count = _add_entries(tar, project_dir, files, app_json_bytes)
                 for prefix, source in sorted((extra_dirs or {}).items()):
                     count += _add_extra_dir(tar, prefix, source)
+                members = tar.getmembers()
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, final)
@@ -378,7 +381,19 @@ def build_archive(
     for old in build_dir.glob("*.tar.gz"):
         if old != final:
             old.unlink(missing_ok=True)
-    return ArchiveInfo(path=final, size=writer.size, sha256=writer.sha256.hexdigest(), file_count=count)
+    return ArchiveInfo(
+        path=final,
+        size=writer.size,
+        sha256=writer.sha256.hexdigest(),
+        file_count=count,
+        unpacked_size=sum(_disk_blocks(m.size) for m in members),
+        wheel_size=sum(m.size for m in members if m.isfile() and m.name.endswith(".whl")),
+    )
+
+
+def _disk_blocks(size: int, block: int = 4096) -> int:
+    """What `size` bytes take on a filesystem of 4 KiB blocks (an empty file or a directory: one block)."""
+    return max(1, -(-size // block)) * block
 
 
 def _add_entries(tar: tarfile.TarFile, project_dir: Path, files: list[str], app_json: bytes) -> int:

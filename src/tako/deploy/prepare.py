@@ -165,6 +165,8 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
         routes=env_config.routes,
         archive=archive.path,
         archive_size=archive.size,
+        unpacked_size=archive.unpacked_size,
+        wheel_size=archive.wheel_size,
         env_file=envfile.render(values).encode(),
         known_hosts=known_hosts_path(),
         after_extract=hooks,

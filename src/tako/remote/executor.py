@@ -86,7 +86,14 @@ class Executor:
         status = result.exit_status if result.exit_status is not None else 255
         if check and status != 0:
             detail = stderr.strip() or stdout.strip() or f"exit status {status}"
-            raise RemoteError(f"{self.address.name}: {what or command.argv[0]} failed: {detail}")
+            step = what or command.argv[0]
+            if _disk_full(detail):
+                raise RemoteError(
+                    f"{self.address.name}: the server's disk is full: {step} failed: {detail}",
+                    hint="free some space on the server (`df -h /opt/tako`; old releases live in "
+                    "/opt/tako/apps/*/releases) and deploy again",
+                )
+            raise RemoteError(f"{self.address.name}: {step} failed: {detail}")
         return CommandResult(status, stdout, stderr)
 
     async def upload(
@@ -196,3 +203,8 @@ def _text(data: str | bytes | None) -> str:
     if isinstance(data, bytes):
         return data.decode("utf-8", errors="replace")
     return data
+
+
+def _disk_full(stderr: str) -> bool:
+    """Whether a remote command failed for lack of disk space: ENOSPC's text, or tar's short write."""
+    return "No space left on device" in stderr or ("tar: Wrote only" in stderr and " bytes" in stderr)
