@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -205,6 +206,10 @@ def _text(data: str | bytes | None) -> str:
     return data
 
 
+# GNU tar when a write to an extracted file came up short: "tar: f: Wrote only 7168 of 10240 bytes".
+_SHORT_WRITE = re.compile(r"Wrote only \d+ of \d+ bytes")
+
+
 def _disk_full(stderr: str) -> bool:
     """Whether a remote command failed for lack of disk space: ENOSPC's text, or tar's short write."""
-    return "No space left on device" in stderr or ("tar: Wrote only" in stderr and " bytes" in stderr)
+    return "No space left on device" in stderr or _SHORT_WRITE.search(stderr) is not None
