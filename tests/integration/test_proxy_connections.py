@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import socket
 from pathlib import Path
 
 import pytest
@@ -283,5 +284,40 @@ def test_a_client_that_half_closes_mid_body_gets_400_and_frees_the_instance(tmp_
                 await wait_for(lambda: instance.in_flight == 0 and not up._writers)
         finally:
             await up.stop()
+
+    run(scenario())
+
+
+def test_pipelined_local_answers_to_a_slow_reader_arrive_all_and_in_order(tmp_path: Path) -> None:
+    # The proxy stops parsing while the client's send buffer is full and resumes as it drains: every
+    # request is still answered, once, in order (far more answers than the buffers hold).
+    count = 20000
+
+    async def scenario() -> None:
+        async with running_proxy(
+            tmp_path, {"a.tako.test": StaticGate("a", [StaticUpstream(1)])}, https=False
+        ) as p:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", p.http_port))
+            reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+            requests = b"".join(b"GET /p/%d HTTP/1.1\r\nHost: a.tako.test\r\n\r\n" % i for i in range(count))
+
+            async def read_all() -> bytes:
+                data = b""
+                while data.count(b"\r\n\r\nMoved Permanently") < count:
+                    chunk = await reader.read(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                return data
+
+            reading = asyncio.create_task(read_all())
+            writer.write(requests)
+            data = await asyncio.wait_for(reading, 60)
+            writer.close()
+            locations = [r.header("location") or "" for r in parse_responses(data)]
+            assert len(locations) == count
+            assert all(loc.endswith(f"/p/{i}") for i, loc in enumerate(locations))
 
     run(scenario())

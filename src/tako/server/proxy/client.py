@@ -309,13 +309,13 @@ class ClientConnection:
     def resume_writing(self) -> None:
         self.write_paused = False
         self.send_deadline = 0.0
+        self.resume(PAUSE_WRITE)  # first: answering the queue below may pause writing (and reading) again
         cycle = self.cycle
         if cycle is not None:
             if cycle.uconn is not None:
                 cycle.uconn.transport.resume_reading()
         elif self.pipeline and not self.closed:
             self._next_in_pipeline()  # held back while the client was not reading
-        self.resume(PAUSE_WRITE)
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
@@ -862,10 +862,10 @@ class ClientConnection:
         sentinel.keep_alive = False
         sentinel.body_done = True
         sentinel.headers_done = True
-        if cycle is None:
+        if cycle is None and not self.pipeline:
             self._start(sentinel)
         else:
-            self.pipeline.append(sentinel)
+            self.pipeline.append(sentinel)  # after the requests queued while the client was not reading
 
     def on_deadline(self) -> None:
         """Called by the server's sweeper when `deadline` has passed."""
