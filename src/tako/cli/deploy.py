@@ -93,11 +93,24 @@ def deploy(env: str, yes: bool, directory: Path | None) -> None:
         highlight=False,
     )
     servers = [t.address.name for t in prepared.targets]
+    interrupted = False
+
+    def on_interrupt() -> None:
+        nonlocal interrupted
+        interrupted = True
+        cli.err_console.print(
+            "Interrupted: servers not yet switching stop and undo this deploy; servers already switching "
+            "finish. Press Ctrl-C again to quit at once.",
+            highlight=False,
+        )
+
     if console.is_terminal:
         with LiveProgress(console, servers) as live:
-            outcomes = asyncio.run(deploy_all(plan, prepared.targets, live))
+            outcomes = asyncio.run(deploy_all(plan, prepared.targets, live, on_interrupt=on_interrupt))
     else:
-        outcomes = asyncio.run(deploy_all(plan, prepared.targets, PlainProgress(console)))
+        progress = PlainProgress(console)
+        outcomes = asyncio.run(deploy_all(plan, prepared.targets, progress, on_interrupt=on_interrupt))
     report = build_report(plan, prepared.early_failures + outcomes)
     render_report(console, report)
-    raise click.exceptions.Exit(report.exit_code)
+    # Interrupted and not everything deployed: the shell's convention for a command stopped by Ctrl-C.
+    raise click.exceptions.Exit(130 if interrupted and report.exit_code else report.exit_code)

@@ -11,6 +11,7 @@ import asyncio
 import getpass
 import os
 import secrets as random_tokens
+import signal
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,15 +24,18 @@ from tako.deploy import commands
 from tako.deploy.layout import AppLayout
 from tako.deploy.report import DeployReport, Progress, ServerOutcome
 from tako.errors import DeployError, RemoteError, ServerError, TakoError
-from tako.protocol import Deploy, Routes
+from tako.protocol import Deploy, Routes, Status
 from tako.remote.connection import ServerAddress, connect
 from tako.remote.executor import Command, Executor
+from tako.remote.fanout import with_executor
 from tako.routing import find_conflicts
 
 # Reports the step a server's deploy is at: (step name, what it is doing). The name is what a failure names.
 StepReporter = Callable[[str, str], None]
 
 DISK_HEADROOM = 64 * 1024 * 1024
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+RECONNECT_TIMEOUT = 10.0  # asking a server what it runs after the control connection was lost
 VENV_PER_WHEEL_BYTE = 6
 
 
@@ -135,6 +139,9 @@ class ServerDeploy:
         self.executor: Executor | None = None
         self.locked = False
         self.staged = False
+        # tako-server was asked to run the release: from then on an interrupt lets this server finish (the
+        # server completes the rollout whatever the CLI does; stopping here would only leave a lock).
+        self.committed = False
         self.step_name = "connect"
 
     def _step(self, step: str, text: str) -> None:
@@ -152,6 +159,17 @@ class ServerDeploy:
         except Exception as exc:  # one server's unexpected failure must not stop the others
             await self._cleanup()
             return ServerOutcome(self.name, False, self.step_name, f"unexpected error: {exc!r}")
+        except asyncio.CancelledError:
+            # Interrupted (Ctrl-C, SIGTERM, a closed terminal) before tako-server was asked: undo what this
+            # deploy made, so the server is exactly as before.
+            await self._cleanup()
+            return ServerOutcome(
+                self.name,
+                False,
+                self.step_name,
+                "interrupted before tako-server was asked to switch: nothing changed, the previous release "
+                "keeps serving and the lock is released",
+            )
         finally:
             if self.executor is not None:
                 await self.executor.close()
@@ -245,16 +263,25 @@ class ServerDeploy:
         )
 
         self._step("deploy", "starting instances")
-        reply = await ex.control(
-            Deploy(
-                app=plan.app,
-                version=plan.version,
-                path=self.release,
-                routes=plan.routes,
-                instances=self.target.instances,
-                idle_timeout=self.target.idle_timeout,
-            )
+        self.committed = True
+        request = Deploy(
+            app=plan.app,
+            version=plan.version,
+            path=self.release,
+            routes=plan.routes,
+            instances=self.target.instances,
+            idle_timeout=self.target.idle_timeout,
         )
+        try:
+            reply = await ex.control(request)
+        except RemoteError as exc:
+            # The server may be starting this release, or have switched to it already: never remove it.
+            self.staged = False
+            raise DeployError(
+                f"{exc.message}; {await self._rollout_outcome()}",
+                hint="run `tako status` to see what each server runs; the next `tako deploy` removes "
+                "the lock this one left",
+            ) from exc
         if not reply.ok:
             raise DeployError(f"tako-server refused the release: {reply.message}")
 
@@ -271,6 +298,25 @@ class ServerDeploy:
                 await ex.run(command, check=False, what="prune")
             await ex.run(commands.release_lock(self.layout, self.holder), what="unlock")
         self.locked = False
+
+    async def _rollout_outcome(self) -> str:
+        """After the control connection was lost mid-rollout: ask again, on a new connection, what runs."""
+        plan = self.plan
+        try:
+            live = await asyncio.wait_for(
+                with_executor(
+                    self.target.address, plan.known_hosts, lambda ex: ex.control(Status(app=plan.app))
+                ),
+                RECONNECT_TIMEOUT,
+            )
+        except (TakoError, TimeoutError):
+            return "the server cannot be reached to ask whether it finished the rollout"
+        version = live.data.get("version") if live.ok and isinstance(live.data, dict) else None
+        if version == plan.version:
+            return f"tako-server finished the rollout: {plan.version} is live"
+        if version is None:
+            return f"tako-server did not finish the rollout: {plan.app} is not running there"
+        return f"tako-server did not finish the rollout: {version} keeps serving"
 
     async def _cleanup(self) -> None:
         """Undo what this deploy created, best effort; the connection may be gone."""
@@ -291,16 +337,51 @@ class ServerDeploy:
 
 
 async def deploy_all(
-    plan: DeployPlan, targets: list[DeployTarget], progress: Progress
+    plan: DeployPlan,
+    targets: list[DeployTarget],
+    progress: Progress,
+    *,
+    on_interrupt: Callable[[], None] = lambda: None,
 ) -> list[ServerOutcome]:
-    """Run every server's pipeline at once; each returns its own outcome."""
+    """Run every server's pipeline at once; each returns its own outcome.
 
-    async def one(target: DeployTarget) -> ServerOutcome:
-        outcome = await ServerDeploy(plan, target, progress).run()
+    The first SIGINT, SIGTERM or SIGHUP stops the servers whose deploy has not yet asked tako-server to
+    switch (their steps not yet started are skipped, what they made is removed, their locks released) and
+    lets the others finish; a second one exits at once.
+    """
+    deploys = [ServerDeploy(plan, target, progress) for target in targets]
+
+    async def one(deploy: ServerDeploy) -> ServerOutcome:
+        outcome = await deploy.run()
         progress.finished(outcome)
         return outcome
 
-    return list(await asyncio.gather(*(one(t) for t in targets)))
+    tasks = [asyncio.ensure_future(one(d)) for d in deploys]
+    interrupted = False
+
+    def interrupt(signum: int) -> None:
+        nonlocal interrupted
+        if interrupted:
+            os._exit(128 + signum)  # the second interrupt: the user wants out now, whatever is left
+        interrupted = True
+        on_interrupt()
+        for deploy, task in zip(deploys, tasks, strict=True):
+            if not deploy.committed and not task.done():
+                task.cancel()
+
+    loop = asyncio.get_running_loop()
+    installed = []
+    for signum in INTERRUPT_SIGNALS:
+        try:
+            loop.add_signal_handler(signum, interrupt, signum)
+            installed.append(signum)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (tests calling this directly): no handler
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
 
 
 def build_report(plan: DeployPlan, outcomes: list[ServerOutcome]) -> DeployReport:

@@ -1,4 +1,4 @@
-"""`tako secrets sync`: rewrite the current release's `.env` on every server of an env and reload the app
+"""`tako secrets sync`: rewrite the live release's `.env` on every server of an env and reload the app
 with zero downtime."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from tako.config.project import ProjectConfig, load_project
 from tako.deploy import commands
 from tako.deploy.layout import AppLayout
 from tako.deploy.prepare import env_values, resolve_targets
-from tako.errors import DeployError, UsageError
-from tako.protocol import Reload
-from tako.remote.executor import Executor, cmd, sh
+from tako.errors import DeployError, ServerError, UsageError
+from tako.protocol import ERROR_UNKNOWN_APP, Reload, Status
+from tako.remote.executor import Executor, sh
 from tako.remote.fanout import HostResult, fan_out
 
 # The release's .env before the rewrite (mode kept: 0600), restored if tako-server cannot reload.
@@ -42,20 +42,27 @@ def _lock_holder() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} syncing secrets since {when}"
 
 
-async def _current_version(ex: Executor, layout: AppLayout, project: ProjectConfig, env: str) -> str:
-    link = await ex.run(cmd("readlink", layout.current), check=False, what="readlink current")
-    target = link.stdout.strip()
-    if not link.ok or not target.startswith("releases/"):
-        raise DeployError(
-            f"{project.name} is not deployed here (no {layout.current})",
-            hint=f"deploy it first with `tako deploy --env {env}`",
-        )
-    return target.removeprefix("releases/")
+async def _live_release(ex: Executor, project: ProjectConfig, env: str) -> tuple[str, str]:
+    """(version, release dir) of the release tako-server runs for the app: tako-server is the one owner of
+    "which release is live" (after an interrupted deploy it may run a newer one than a link last said)."""
+    reply = await ex.control(Status(app=project.name))
+    if not reply.ok:
+        if reply.extra.get("code") == ERROR_UNKNOWN_APP:
+            raise DeployError(
+                f"{project.name} is not deployed here",
+                hint=f"deploy it first with `tako deploy --env {env}`",
+            )
+        raise ServerError(f"tako-server could not tell which release of {project.name} runs: {reply.message}")
+    data = reply.data if isinstance(reply.data, dict) else {}
+    version, path = data.get("version"), data.get("path")
+    if not isinstance(version, str) or not isinstance(path, str):
+        raise ServerError(f"tako-server's status of {project.name} names no release")
+    return version, path
 
 
 async def sync_server(ex: Executor, project: ProjectConfig, env: str) -> str:
     layout = AppLayout(project.name)
-    await _current_version(ex, layout, project, env)
+    await _live_release(ex, project, env)  # not deployed here: fail before taking the lock
     # Under the deploy lock: a deploy in progress would otherwise switch `current` to a release whose
     # .env was rendered before this change.
     holder = _lock_holder()
@@ -76,8 +83,7 @@ async def sync_server(ex: Executor, project: ProjectConfig, env: str) -> str:
 
 
 async def _rewrite_and_reload(ex: Executor, layout: AppLayout, project: ProjectConfig, env: str) -> str:
-    version = await _current_version(ex, layout, project, env)
-    release = layout.release(version)
+    version, release = await _live_release(ex, project, env)
     values = env_values(project, env, version)
     await ex.run(sh(_KEEP_ENV, release), what="back up .env")
     await ex.run(commands.write_env(release), input=envfile.render(values).encode(), what="write .env")

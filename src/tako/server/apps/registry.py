@@ -23,7 +23,7 @@ from tako.server.apps import isolation, rollout
 from tako.server.apps.app import AppState, ManagedApp
 from tako.server.apps.instance import LIVE, InstanceFailed
 from tako.server.apps.logs import AppLog
-from tako.server.apps.release import Release, load_release
+from tako.server.apps.release import Release, load_release, point_current
 from tako.server.apps.spawner import group_members, proc_stat
 from tako.server.proxy.backend import AppGate, Snapshot
 from tako.server.state import AppRecord, ProcessRecord, StateStore
@@ -239,6 +239,7 @@ class AppRegistry:
             raise
         await self._commit_routes(app, routes)
         self._save(app)
+        self._point_current(app)
         app.log_file.event(f"deployed {release.version} with routes {', '.join(routes)}")
         return app.status()
 
@@ -272,8 +273,17 @@ class AppRegistry:
             await self._commit_routes(app, routes)
             app.refresh()
             self._save(app)
+            self._point_current(app)
         app.log_file.event(f"deployed {release.version} with routes {', '.join(routes)}")
         return app.status()
+
+    def _point_current(self, app: ManagedApp) -> None:
+        """`current` names the release now serving: tako-server owns "which release is live"."""
+        try:
+            point_current(app.release)
+        except OSError as exc:
+            # The release serves; only the link is stale. Commands ask tako-server, not the link.
+            log.warning("app %s: cannot point current to %s: %s", app.name, app.release.path, exc)
 
     async def _commit_routes(self, app: ManagedApp, routes: tuple[str, ...]) -> None:
         async with self._commit:

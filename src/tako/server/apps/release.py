@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,3 +78,28 @@ def load_release(app: str, version: str, path: Path, uid: int | None = None) -> 
         env=env,
         uid=uid,
     )
+
+
+def point_current(release: Release) -> bool:
+    """Make `<app dir>/current` name `release` (a relative link, replaced atomically); False when the release
+    is not in an app dir's `releases/` (then there is no `current` to keep).
+
+    tako-server does this as the last step of a successful rollout, so `current` always names the release it
+    runs, even when the CLI that asked for the deploy was interrupted or cut off before its own last step.
+    """
+    releases = release.path.parent
+    if releases.name != "releases":
+        return False
+    app_dir = releases.parent
+    target = f"releases/{release.path.name}"
+    current = app_dir / "current"
+    if os.path.islink(current) and os.readlink(current) == target:
+        return True
+    temporary = app_dir / f".current-{secrets.token_hex(4)}"
+    os.symlink(target, temporary)
+    try:
+        os.replace(temporary, current)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
+    return True

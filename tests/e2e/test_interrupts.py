@@ -1,0 +1,183 @@
+"""End to end: a deploy interrupted at any moment leaves the server consistent.
+
+Ctrl-C (SIGINT to the CLI) before tako-server was asked to switch undoes the deploy: no lock, no staged
+release, the previous release serving. Ctrl-C while tako-server switches lets that server finish. A CLI
+killed outright mid-rollout leaves tako-server to finish it and point `current` at the release it runs, so a
+later `secrets sync` rewrites the `.env` of the release that actually serves.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.e2e.conftest import TakoCLI, tako_executable, user_ssh_env
+from tests.support.projects import body_and_status, commit_all, curl, make_project, wait_for
+from tests.support.testbed import Host, Testbed
+
+pytestmark = pytest.mark.e2e
+
+SERVER = "int1"
+APP = "intr"
+ROUTE = "intr.tako.test"
+APP_DIR = f"/opt/tako/apps/{APP}"
+
+
+@pytest.fixture(scope="module")
+def host(testbed: Testbed) -> Host:
+    return testbed.up(SERVER)[0]
+
+
+@pytest.fixture(scope="module")
+def cli(host: Host, tmp_path_factory: pytest.TempPathFactory) -> TakoCLI:
+    home = tmp_path_factory.mktemp("interrupts") / "tako-home"
+    home.mkdir(mode=0o700)
+    runner = TakoCLI(home, tako_executable())
+    runner.ok("servers", "add", host.address, "--name", SERVER, env=user_ssh_env(host))
+    return runner
+
+
+@pytest.fixture(scope="module")
+def project(cli: TakoCLI, host: Host, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    servers = {SERVER: "production"}
+    root = make_project(tmp_path_factory.mktemp("intr"), name=APP, route=ROUTE, servers=servers)
+    cli.ok("deploy", "--yes", cwd=root, env=user_ssh_env(host), timeout=120)
+    yield root
+    cli.run("delete", "--yes", cwd=root, env=user_ssh_env(host))
+
+
+def remote(host: Host, command: str) -> str:
+    result = host.exec(command, user="tako")
+    assert result.returncode == 0, f"{command}: {result.stderr}"
+    return result.stdout.strip()
+
+
+def serving(host: Host) -> str:
+    body, status = body_and_status(curl(host.address, ROUTE))
+    assert status == 200, body
+    return body
+
+
+def live_link(host: Host) -> str:
+    return remote(host, f"readlink {APP_DIR}/current")
+
+
+def assert_consistent(host: Host, version: str) -> None:
+    """No lock, nothing staged or half-uploaded, `current` and tako-server both on `version`."""
+    assert remote(host, f"test -e {APP_DIR}/.deploy_lock || echo free") == "free"
+    leftovers = remote(host, f"ls -A {APP_DIR} {APP_DIR}/releases")
+    assert ".upload-" not in leftovers and ".partial-" not in leftovers, leftovers
+    assert live_link(host) == f"releases/{version}"
+    assert f"build {version}" in serving(host)
+
+
+class Deploying:
+    """`tako deploy` as a subprocess whose progress lines (stdout, one per step) are read as they come."""
+
+    def __init__(self, cli: TakoCLI, host: Host, project: Path) -> None:
+        self.proc = subprocess.Popen(
+            [cli.executable, "deploy", "--yes"],
+            cwd=project,
+            env=cli.env(user_ssh_env(host)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._seen = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._seen:
+                self.lines.append(line)
+                self._seen.notify_all()
+
+    def wait_for_line(self, text: str, timeout: float = 60) -> None:
+        with self._seen:
+            found = self._seen.wait_for(
+                lambda: any(text in line for line in self.lines) or self.proc.poll() is not None, timeout
+            )
+        assert found and any(text in line for line in self.lines), "".join(self.lines)
+
+    def finish(self, timeout: float = 120) -> tuple[int, str]:
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(timeout=10)
+        assert self.proc.stderr is not None
+        return self.proc.returncode, "".join(self.lines) + self.proc.stderr.read()
+
+
+def test_ctrl_c_before_the_switch_undoes_the_deploy(cli: TakoCLI, host: Host, project: Path) -> None:
+    before = live_link(host).removeprefix("releases/")
+    # An incompressible file, so the upload lasts long enough for the interrupt to land in it.
+    (project / "blob.bin").write_bytes(os.urandom(48 * 1024 * 1024))
+    new = commit_all(project, "a big file")
+    run = Deploying(cli, host, project)
+    run.wait_for_line(f"[{SERVER}] uploading")
+    run.proc.send_signal(signal.SIGINT)
+    code, out = run.finish()
+    assert code == 130, out
+    assert "Interrupted:" in out, out
+    assert f"✗ {SERVER}: failed at upload: interrupted before tako-server was asked to switch" in out, out
+    assert_consistent(host, before)
+    assert new not in remote(host, f"ls -A {APP_DIR}/releases")
+
+    # The next deploy goes through as usual.
+    cli.ok("deploy", "--yes", cwd=project, env=user_ssh_env(host), timeout=180)
+    assert_consistent(host, new)
+
+
+def test_ctrl_c_while_tako_server_switches_lets_it_finish(cli: TakoCLI, host: Host, project: Path) -> None:
+    toml = project / "tako.toml"
+    toml.write_text(toml.read_text().replace('start = "python3 app.py"', 'start = "sleep 2; python3 app.py"'))
+    new = commit_all(project, "boots in two seconds")
+    run = Deploying(cli, host, project)
+    run.wait_for_line(f"[{SERVER}] starting instances")
+    run.proc.send_signal(signal.SIGINT)
+    code, out = run.finish()
+    assert code == 0, out
+    assert "Interrupted:" in out and f"✓ {SERVER}: deployed {APP} {new}" in out, out
+    assert_consistent(host, new)
+
+
+def test_a_killed_cli_leaves_tako_server_to_finish_and_sync_writes_the_live_release(
+    cli: TakoCLI, host: Host, project: Path
+) -> None:
+    toml = project / "tako.toml"
+    text = toml.read_text()
+    if "sleep 2;" not in text:
+        toml.write_text(text.replace('start = "python3 app.py"', 'start = "sleep 2; python3 app.py"'))
+    (project / "CHANGES.txt").write_text("killed mid-rollout\n")
+    new = commit_all(project, "deployed by a CLI that gets killed")
+    run = Deploying(cli, host, project)
+    run.wait_for_line(f"[{SERVER}] starting instances")
+    # Killed once tako-server has the request (it logs the rollout's start), with no chance to finish.
+    wait_for(
+        lambda: f"rolling update to {new}:" in remote(host, f"cat {APP_DIR}/shared/logs/app.log"),
+        timeout=30,
+        what="tako-server to start the rollout",
+    )
+    run.proc.kill()
+    run.finish()
+    wait_for(lambda: f"build {new}" in serving(host), timeout=60, what=f"{new} serving")
+    assert live_link(host) == f"releases/{new}"  # switched by tako-server, not by the CLI
+
+    # The killed CLI's lock stays until removed (by hand here; the next deploy would find it stale).
+    remote(host, f"rm -rf {APP_DIR}/.deploy_lock")
+    cli.ok("secrets", "set", "--env", "production", "GREETING", cwd=project, input="Hello after a kill\n")
+    sync = cli.ok("secrets", "sync", "--env", "production", cwd=project, env=user_ssh_env(host))
+    assert f"{APP} reloaded" in sync.stdout, sync.stdout
+    wait_for(lambda: "Hello after a kill!" in serving(host), timeout=60, what="the synced secret served")
+    assert f"build {new}" in serving(host)
