@@ -292,13 +292,13 @@ MB = 1024 * 1024
 PIPELINE_SEND_MAX = 48 * MB  # a proxy that never stops reading gets this much (and fails the RSS bound)
 PIPELINE_RSS_LIMIT = 8 * MB
 
-PIPELINED: dict[str, tuple[bytes, bool]] = {
-    # kind: (one request, whether the plain listener forwards)
-    "redirect": (b"GET /a HTTP/1.1\r\nHost: a.tako.test\r\n\r\n", False),
-    "not-found": (b"GET /a HTTP/1.1\r\nHost: nowhere.tako.test\r\n\r\n", False),
-    "status": (b"GET /_tako/status HTTP/1.1\r\nHost: x\r\n\r\n", False),
+PIPELINED: dict[str, tuple[bytes, bool, bytes]] = {
+    # kind: (one request, whether the plain listener forwards, the status line it gets)
+    "redirect": (b"GET /a HTTP/1.1\r\nHost: a.tako.test\r\n\r\n", False, b"HTTP/1.1 301 "),
+    "not-found": (b"GET /a HTTP/1.1\r\nHost: nowhere.tako.test\r\n\r\n", False, b"HTTP/1.1 404 "),
+    "status": (b"GET /_tako/status HTTP/1.1\r\nHost: x\r\n\r\n", False, b"HTTP/1.1 200 "),
     # A long path: the app's answer repeats it, so the proxy's send buffer fills within a few hundred.
-    "proxied": (b"GET /" + b"a" * 8000 + b" HTTP/1.1\r\nHost: a.tako.test\r\n\r\n", True),
+    "proxied": (b"GET /" + b"a" * 8000 + b" HTTP/1.1\r\nHost: a.tako.test\r\n\r\n", True, b"HTTP/1.1 200 "),
 }
 
 
@@ -312,13 +312,14 @@ def test_a_client_that_never_reads_cannot_grow_the_proxy(tmp_path: Path, kind: s
     """Pipelined requests from a client that reads nothing: whatever answers them (the proxy itself or an
     app), the proxy stops reading once its send buffer is full, so its memory stays flat, and it drops the
     connection after keepalive_timeout."""
-    request, forward = PIPELINED[kind]
+    request, forward, answer = PIPELINED[kind]
     app_log = tmp_path / "app.jsonl"
     app_port = _free_port()
     app = subprocess.Popen(
         [sys.executable, "-m", "tests.support.framing_apps", str(app_port)],
         cwd=Path(__file__).resolve().parents[2],
         env={**os.environ, "FRAMING_LOG": str(app_log)},
+        stderr=subprocess.DEVNULL,  # it reports each connection the proxy drops
     )
     config = {
         "routes": {"a.tako.test": [app_port]},
@@ -330,17 +331,19 @@ def test_a_client_that_never_reads_cannot_grow_the_proxy(tmp_path: Path, kind: s
         (tmp_path / "certs").mkdir()
         with proxy_process(config) as (proc, ports):
             port = ports["http"]
-            # Warm up (lazy imports, first allocations) with the same kind of request, read normally.
+            # Warm up (lazy imports, first allocations) with the same kind of request, read normally; this
+            # also waits for the app to listen (until then the proxy answers 502).
             deadline = time.monotonic() + 30
             while True:
                 try:
                     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                         s.sendall(request.replace(b"HTTP/1.1\r\n", b"HTTP/1.1\r\nConnection: close\r\n", 1))
-                        if s.recv(64).startswith(b"HTTP/1.1 "):
+                        if s.recv(64).startswith(answer):
                             break
                 except OSError:
                     pass
                 assert time.monotonic() < deadline, "the proxy or the app did not answer within 30 s"
+                select.select([], [], [], 0.02)  # poll interval while the app starts
             baseline = peak = _rss(proc.pid)
             burst = request * (65536 // len(request))
             sent = 0
@@ -367,7 +370,11 @@ def test_a_client_that_never_reads_cannot_grow_the_proxy(tmp_path: Path, kind: s
             assert dropped, f"{kind}: the connection was not dropped after keepalive_timeout"
     finally:
         app.terminate()
-        app.wait(10)
+        try:
+            app.wait(10)
+        except subprocess.TimeoutExpired:
+            app.kill()
+            app.wait(10)
 
 
 def _free_port() -> int:
