@@ -108,6 +108,7 @@ def test_logs_prefix_every_line_with_its_server(deployed: Deployed) -> None:
     wait_for(lambda: logged() is not None, timeout=15, what="request lines from every host in `tako logs`")
     lines = logged() or []
     assert lines and all(line.startswith(tuple(f"[{n}] " for n in NAMES)) for line in lines), lines
+    assert all(line.split("] ", 1)[1].strip() for line in lines), lines  # no bare "[server] " line
 
 
 def test_status_reports_an_unreachable_server(deployed: Deployed, testbed: Testbed) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 from pathlib import Path
 
 import asyncssh
@@ -19,6 +22,8 @@ from tako.remote.connection import ServerAddress
 from tako.remote.executor import Executor, sh
 from tako.remote.fanout import with_executor
 
+INTERRUPT_GRACE = 2.0  # seconds Ctrl-C leaves the SSH connections to close before the process just exits
+
 _TAIL = 'f="$1/app.log"; [ -e "$f" ] || { echo "no log yet at $f" >&2; [ "$3" = follow ] || exit 0; }; '
 _TAIL += 'if [ "$3" = follow ]; then exec tail -n "$2" -F "$f" 2>/dev/null; else exec tail -n "$2" "$f"; fi'
 
@@ -28,10 +33,15 @@ async def _stream(address: ServerAddress, log_dir: str, lines: int, follow: bool
         command = sh(_TAIL, log_dir, str(lines), "follow" if follow else "once")
         try:
             process = await ex.conn.create_process(command.render(), encoding="utf-8", errors="replace")
+            # Blank lines are skipped: a bare "[server] " prefix says nothing and read as a stray line.
             async for line in process.stdout:
-                console.print(f"[{address.name}] {line.rstrip()}", markup=False, highlight=False)
+                if line.strip():
+                    console.print(f"[{address.name}] {line.rstrip()}", markup=False, highlight=False)
             async for line in process.stderr:
-                console.print(f"[{address.name}] {line.rstrip()}", markup=False, highlight=False, style="dim")
+                if line.strip():
+                    console.print(
+                        f"[{address.name}] {line.rstrip()}", markup=False, highlight=False, style="dim"
+                    )
             await process.wait()
         except (asyncssh.Error, OSError) as exc:
             raise RemoteError(f"{address.name}: connection lost while reading logs") from exc
@@ -42,9 +52,24 @@ async def _stream(address: ServerAddress, log_dir: str, lines: int, follow: bool
 async def _all(
     addresses: list[ServerAddress], log_dir: str, lines: int, follow: bool, console: Console
 ) -> int:
-    results = await asyncio.gather(
+    streams = asyncio.gather(
         *(_stream(a, log_dir, lines, follow, console) for a in addresses), return_exceptions=True
     )
+    loop = asyncio.get_running_loop()
+
+    def interrupted() -> None:
+        # Ctrl-C ends the command promptly: the streams are cancelled (their SSH connections close), and
+        # should closing hang (a busy machine, a server that stopped answering), the process ends anyway.
+        streams.cancel()
+        loop.call_later(INTERRUPT_GRACE, _exit_now)
+
+    loop.add_signal_handler(signal.SIGINT, interrupted)
+    try:
+        results = await streams
+    except asyncio.CancelledError:
+        return 0
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
     failed = 0
     for address, result in zip(addresses, results, strict=True):
         if isinstance(result, TakoError):
@@ -73,6 +98,11 @@ def logs(env: str, lines: int, follow: bool, directory: Path | None) -> None:
     log_dir = AppLayout(project.name).shared_logs
     try:
         code = asyncio.run(_all([t.address for t in targets], log_dir, lines, follow, console))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the handler was installed, or a second Ctrl-C
         code = 0
     raise click.exceptions.Exit(code)
+
+
+def _exit_now() -> None:
+    sys.stdout.flush()
+    os._exit(0)
