@@ -171,8 +171,9 @@ def test_a_killed_cli_leaves_tako_server_to_finish_and_sync_writes_the_live_rele
     )
     run.proc.kill()
     run.finish()
-    wait_for(lambda: f"build {new}" in serving(host), timeout=60, what=f"{new} serving")
-    assert live_link(host) == f"releases/{new}"  # switched by tako-server, not by the CLI
+    # tako-server finishes the rollout and, as its last step, points `current` at the new release.
+    wait_for(lambda: live_link(host) == f"releases/{new}", timeout=60, what=f"current -> {new}")
+    assert f"build {new}" in serving(host)
 
     # The killed CLI's lock stays until removed (by hand here; the next deploy would find it stale).
     remote(host, f"rm -rf {APP_DIR}/.deploy_lock")
@@ -181,3 +182,31 @@ def test_a_killed_cli_leaves_tako_server_to_finish_and_sync_writes_the_live_rele
     assert f"{APP} reloaded" in sync.stdout, sync.stdout
     wait_for(lambda: "Hello after a kill!" in serving(host), timeout=60, what="the synced secret served")
     assert f"build {new}" in serving(host)
+
+
+def test_a_reader_that_goes_away_does_not_split_the_server(cli: TakoCLI, host: Host, project: Path) -> None:
+    # `tako deploy | head -3`: the deploy's output has nowhere to go after three lines.
+    (project / "CHANGES.txt").write_text("deployed into a closed pipe\n")
+    new = commit_all(project, "output into a closed pipe")
+    proc = subprocess.Popen(
+        [cli.executable, "deploy", "--yes"],
+        cwd=project,
+        env=cli.env(user_ssh_env(host)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for _ in range(3):
+            proc.stdout.readline()
+        proc.stdout.close()
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert "Traceback" not in stderr, stderr
+    assert code == 0, stderr  # the deploy's own outcome: it went on to the end, lock released
+    assert_consistent(host, new)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from difflib import get_close_matches
@@ -122,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except (click.exceptions.Abort, KeyboardInterrupt):
         # Ctrl-C (or EOF at a prompt): the user knows what they did; no traceback, no message.
         code = 130
+    except BrokenPipeError:
+        # The reader of our output went away (`tako status | head -3`): end as a program killed by SIGPIPE
+        # would, without a traceback, and without Python's own error when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 128 + signal.SIGPIPE
     else:
         # click returns the exit code of ctx.exit(n) here; commands themselves return None.
         code = result if isinstance(result, int) and not isinstance(result, bool) else 0

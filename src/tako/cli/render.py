@@ -7,8 +7,10 @@ config error prints as written.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
@@ -28,7 +30,7 @@ def make_console(
 ) -> Console:
     """A console for stdout (or stderr). With no `file` it writes to whatever sys.stdout/err is at print
     time, which is what click's test runner swaps in."""
-    return Console(
+    return _Console(
         stderr=stderr,
         file=file,
         width=width,
@@ -37,6 +39,20 @@ def make_console(
         markup=False,
         emoji=False,
     )
+
+
+class _Console(Console):
+    """A console whose reader going away (`tako deploy | head -3`) silences it instead of exiting.
+
+    rich raises SystemExit there, which in the middle of a deploy would stop every server between two
+    steps; the command should rather go on and end with its own exit status.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        with contextlib.suppress(OSError, ValueError):
+            # Nothing more reaches the reader; also spares Python's failing flush of the stream at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.file.fileno())
 
 
 def error_text(message: str, hint: str | None = None) -> Text:

@@ -8,6 +8,7 @@ serving the previous release and a re-run just works.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import os
 import secrets as random_tokens
@@ -84,6 +85,13 @@ class DeployPlan:
         return ", ".join(parts) + f" and {_size(DISK_HEADROOM)} to spare"
 
 
+def _show(show: Callable[..., None], *args: object) -> None:
+    """Progress output that cannot fail a deploy: with stdout gone (`tako deploy | head -5`, a closed
+    terminal) the deploy goes on, since stopping between steps could leave a server half switched."""
+    with contextlib.suppress(OSError):
+        show(*args)
+
+
 def _lock_holder(version: str) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} deploying {version} since {when}"
@@ -146,7 +154,7 @@ class ServerDeploy:
 
     def _step(self, step: str, text: str) -> None:
         self.step_name = step
-        self.progress.step(self.name, step, text)
+        _show(self.progress.step, self.name, step, text)
 
     async def run(self) -> ServerOutcome:
         try:
@@ -247,7 +255,7 @@ class ServerDeploy:
         await ex.upload(
             plan.archive,
             upload_path,
-            progress=lambda sent, total: self.progress.transfer(self.name, sent, total),
+            progress=lambda sent, total: _show(self.progress.transfer, self.name, sent, total),
         )
 
         self._step("extract", "unpacking the release")
@@ -353,7 +361,7 @@ async def deploy_all(
 
     async def one(deploy: ServerDeploy) -> ServerOutcome:
         outcome = await deploy.run()
-        progress.finished(outcome)
+        _show(progress.finished, outcome)
         return outcome
 
     tasks = [asyncio.ensure_future(one(d)) for d in deploys]
