@@ -210,3 +210,37 @@ def test_a_reader_that_goes_away_does_not_split_the_server(cli: TakoCLI, host: H
     assert "Traceback" not in stderr, stderr
     assert code == 0, stderr  # the deploy's own outcome: it went on to the end, lock released
     assert_consistent(host, new)
+
+
+def test_a_network_cut_mid_rollout_says_what_is_known_and_the_next_deploy_recovers(
+    cli: TakoCLI, host: Host, project: Path
+) -> None:
+    toml = project / "tako.toml"
+    text = toml.read_text()
+    if "sleep 2;" not in text:
+        toml.write_text(text.replace('start = "python3 app.py"', 'start = "sleep 2; python3 app.py"'))
+    (project / "CHANGES.txt").write_text("deployed across a network cut\n")
+    new = commit_all(project, "a network cut mid-rollout")
+    run = Deploying(cli, host, project)
+    run.wait_for_line(f"[{SERVER}] starting instances")
+    wait_for(
+        lambda: f"rolling update to {new}:" in remote(host, f"cat {APP_DIR}/shared/logs/app.log"),
+        timeout=30,
+        what="tako-server to start the rollout",
+    )
+    host.cut()
+    try:
+        code, out = run.finish(timeout=90)
+    finally:
+        host.heal()
+    assert code == 1, out
+    assert f"✗ {SERVER}: failed at deploy:" in out, out
+    # Reconnecting fails while the cut lasts: the report says so rather than guessing.
+    assert "cannot be reached to ask whether it finished the rollout" in out, out
+    # The server finished on its own meanwhile; the cut CLI's lock is stale and the next deploy clears it.
+    wait_for(lambda: live_link(host) == f"releases/{new}", timeout=60, what=f"current -> {new}")
+    (project / "CHANGES.txt").write_text("after the cut\n")
+    after = commit_all(project, "after the cut")
+    redeploy = cli.ok("deploy", "--yes", cwd=project, env=user_ssh_env(host), timeout=180)
+    assert "removing a stale lock of an interrupted deploy" in redeploy.stdout, redeploy.stdout
+    assert_consistent(host, after)
