@@ -48,6 +48,7 @@ cdef class ClientConnection:
     cdef public bytes forwarded_for
     cdef public Py_ssize_t head_pending
     cdef public double header_timeout
+    cdef public bytes held
     cdef public double keepalive_timeout
     cdef public str last_host
     cdef public bytes last_host_header
