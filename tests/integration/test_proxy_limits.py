@@ -381,3 +381,22 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_header_timeout_does_not_run_while_the_proxy_is_not_reading(tmp_path: Path) -> None:
+    # A pipelined request whose head arrives in two pieces while the proxy waits for a slow answer to an
+    # earlier one: the proxy is not reading (requests are answered in order), so the client is not late.
+    settings = ProxySettings(header_timeout=0.3, upstream_response_timeout=10.0)
+
+    async def scenario() -> None:
+        async with one_app_proxy(tmp_path, settings) as (p, _):
+            head = b"GET /slow/1 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+            head += b"GET /echo?2 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+            head += b"GET /echo?3 HTTP/1.1\r\nHo"
+            rest = b"st: a.tako.test\r\nConnection: close\r\n\r\n"
+            data = await raw_exchange(
+                p.https_port, [head, rest], ssl_context=p.client_context(), server_hostname="a.tako.test"
+            )
+            assert _statuses(data) == [200, 200, 200]
+
+    run(scenario())

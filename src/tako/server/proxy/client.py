@@ -919,9 +919,11 @@ class ClientConnection:
     def on_deadline(self) -> None:
         """Called by the server's sweeper when `deadline` has passed."""
         kind = self.deadline_kind
-        if kind == _DEADLINE_BODY and self.pause_mask and not self.broken:
-            # The proxy itself stopped reading (flow control): the client is not idle.
-            self.deadline = self.loop.time() + self.keepalive_timeout
+        if self.pause_mask and not self.broken and kind in (_DEADLINE_BODY, _DEADLINE_HEADER):
+            # The proxy itself stopped reading (flow control, or requests answered in order): the client is
+            # not late. What bounds such a pause is the response or send deadline of what it waits for.
+            timeout = self.keepalive_timeout if kind == _DEADLINE_BODY else self.header_timeout
+            self.deadline = self.loop.time() + timeout
             return
         if kind == _DEADLINE_TUNNEL:
             if self.tunnel_active:
