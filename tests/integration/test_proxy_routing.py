@@ -141,6 +141,28 @@ def test_connection_header_cannot_drop_host_or_framing(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_a_response_whose_last_transfer_coding_is_not_chunked_ends_with_the_connection(
+    tmp_path: Path,
+) -> None:
+    # Framed as the parser frames it (until the app closes), then re-chunked for the client: complete.
+    async def scenario() -> None:
+        async with one_app_proxy(tmp_path) as (p, _):
+            data = await raw_exchange(
+                p.https_port,
+                b"GET /te-gzip HTTP/1.1\r\nHost: a.tako.test\r\n\r\n",
+                until_closed=False,
+                expect_responses=1,
+                ssl_context=p.client_context(),
+                server_hostname="a.tako.test",
+            )
+            responses = parse_responses(data)
+            assert len(responses) == 1 and responses[0].complete, data
+            assert responses[0].body == b"not really gzip"
+            assert responses[0].header("transfer-encoding") == "chunked"
+
+    run(scenario())
+
+
 def test_unavailable_app_cold_start_and_dead_upstream(tmp_path: Path) -> None:
     async def scenario() -> None:
         up = await HttpUpstream("cold").start()

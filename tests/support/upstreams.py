@@ -6,6 +6,7 @@
   /slow/<sec>     answers after <sec> seconds      /status/<code> that status (no body for 1xx/204/304)
   /interim        103 Early Hints, then 200        /hop           hop-by-hop response headers to be dropped
   /hopframe       a Connection header naming Content-Length and Transfer-Encoding
+  /te-gzip        Transfer-Encoding: gzip (not chunked): the body ends with the connection
   /die/<n>        promises 2n bytes, sends n, closes  /bye        answers, then closes without saying so
   anything else   JSON echo of method, path, headers, body length and the connection number
 HEAD gets the GET headers without a body. `Expect: 100-continue` is answered with 100 before the body is read.
@@ -129,6 +130,13 @@ class HttpUpstream:
         elif parts[0] == "interim":
             writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
             _json(writer, {"interim": True}, head=head)
+        elif parts[0] == "te-gzip":
+            # A transfer coding other than chunked last: the body runs until the connection closes.
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n")
+            if not head:
+                writer.write(b"not really gzip")
+            await writer.drain()
+            return False
         elif parts[0] == "hopframe":
             # A Connection header naming the framing headers: the proxy must keep framing the response.
             body = b"framed"

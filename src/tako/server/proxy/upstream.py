@@ -363,7 +363,9 @@ class UpstreamConnection:
         elif kind == _H_LENGTH:
             self._length = value.strip()
         elif kind == _H_TE:
-            self._chunked = True
+            # Chunked only if that is the last coding, as the parser reads it; otherwise the body runs until
+            # the app closes (and is re-framed as such). The last Transfer-Encoding line decides, as there.
+            self._chunked = value == b"chunked" or value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
         elif kind == _H_CONNECTION:
             lvalue = value.lower()
             if lvalue == b"keep-alive":
