@@ -235,6 +235,15 @@ def test_http_listener_redirects_answers_acme_and_status(tmp_path: Path) -> None
                     r = await client.get("/path/x?q=1&r=%20", headers={"Host": "a.tako.test:80"})
                     assert r.status_code == 301
                     assert r.headers["location"] == f"https://a.tako.test:{p.https_port}/path/x?q=1&r=%20"
+                    # Any other method gets 308, so that a client repeats it (a POST stays a POST).
+                    for method in ("POST", "PUT", "DELETE", "PATCH"):
+                        r = await client.request(
+                            method, "/form", headers={"Host": "a.tako.test"}, content=b"x=1"
+                        )
+                        assert r.status_code == 308, method
+                        assert r.headers["location"] == f"https://a.tako.test:{p.https_port}/form"
+                    r = await client.head("/h", headers={"Host": "a.tako.test"})
+                    assert r.status_code == 301
                     r = await client.get("/", headers={"Host": "unrouted.tako.test"})
                     assert r.status_code == 404
                     r = await client.get(

@@ -56,8 +56,15 @@ def test_unavailable_carries_reason_and_retry_after() -> None:
 
 
 def test_redirect_location() -> None:
-    code, headers, _ = _parse(responses.redirect(b"https://a.example/x?y=1", close=False, head_only=False))
+    data = responses.redirect(b"https://a.example/x?y=1", keep_method=False, close=False, head_only=False)
+    code, headers, _ = _parse(data)
     assert code == 301 and headers[b"location"] == b"https://a.example/x?y=1"
+    code, headers, body = _parse(
+        responses.redirect(b"https://a/", keep_method=True, close=True, head_only=False)
+    )
+    assert (
+        code == 308 and headers[b"location"] == b"https://a/" and body == b"Permanent Redirect: https://a/\n"
+    )
 
 
 def test_connection_named_headers_are_dropped_case_insensitively() -> None:

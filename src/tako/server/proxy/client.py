@@ -675,7 +675,9 @@ class ClientConnection:
             return
         if host is not None and server.snapshot.router.is_routed_host(host):
             location = b"https://" + host.encode("ascii", "replace") + server.https_suffix + cycle.url
-            self._respond(cycle, responses.redirect(location, close=close, head_only=cycle.is_head))
+            keep_method = cycle.method != b"GET" and not cycle.is_head
+            data = responses.redirect(location, keep_method=keep_method, close=close, head_only=cycle.is_head)
+            self._respond(cycle, data)
             return
         self._respond(cycle, responses.error(404, close=close, head_only=cycle.is_head))
 

@@ -13,6 +13,7 @@ REASONS: dict[int, bytes] = {
     204: b"No Content",
     301: b"Moved Permanently",
     304: b"Not Modified",
+    308: b"Permanent Redirect",
     400: b"Bad Request",
     404: b"Not Found",
     405: b"Method Not Allowed",
@@ -92,6 +93,9 @@ def unavailable(
     return response(status, body, close=close, extra=extra, head_only=head_only)
 
 
-def redirect(location: bytes, *, close: bool, head_only: bool) -> bytes:
-    body = b"Moved Permanently: " + location + b"\n"
-    return response(301, body, close=close, extra=b"Location: " + location + b"\r\n", head_only=head_only)
+def redirect(location: bytes, *, keep_method: bool, close: bool, head_only: bool) -> bytes:
+    """301 for GET and HEAD; 308 when the method must be kept (clients turn a POST redirected by 301 into
+    a GET and drop its body)."""
+    status = 308 if keep_method else 301
+    body = REASONS[status] + b": " + location + b"\n"
+    return response(status, body, close=close, extra=b"Location: " + location + b"\r\n", head_only=head_only)
