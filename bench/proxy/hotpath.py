@@ -98,6 +98,9 @@ class FakeTransport(asyncio.Transport):
     def can_write_eof(self) -> bool:
         return True
 
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
     def write_eof(self) -> None:
         self.closing = True
 

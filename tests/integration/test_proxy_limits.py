@@ -31,6 +31,7 @@ SETTINGS = ProxySettings(
     upstream_connect_timeout=0.3,
     upstream_response_timeout=0.3,
     max_body_bytes=1000,
+    body_rate_window=0.3,
 )
 
 
@@ -228,7 +229,8 @@ def test_stalled_request_body_is_408(tmp_path: Path) -> None:
                     p.https_port, stalled, ssl_context=p.client_context(), server_hostname="a.tako.test"
                 )
                 assert _statuses(data) == [408]
-                assert upstream.in_flight == 0 and upstream.started == 1
+                # The body is buffered by the proxy: the instance never saw the incomplete request.
+                assert upstream.in_flight == 0 and upstream.started == 0
         finally:
             await up.stop()
 

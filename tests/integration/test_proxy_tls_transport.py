@@ -155,9 +155,9 @@ def test_slow_reader_download_is_complete_and_buffered_within_bounds(tmp_path: P
             for offset in range(0, size, len(_BLOCK)):
                 expected.update(_BLOCK[: size - offset])
             assert total == size and digest == expected.hexdigest()
-            # The proxy stops reading the upstream once ~64 KiB wait for the client: one read of
-            # the upstream (at most 256 KiB) can land on top of that, never the whole body.
-            assert peak[0] < 1024 * 1024
+            # The proxy stops reading the upstream once response_buffer_bytes wait for the client: one
+            # read of the upstream (at most 256 KiB) can land on top of that, never the whole body.
+            assert peak[0] < ProxySettings().response_buffer_bytes + 512 * 1024
 
     run(scenario(), timeout=180)
 

@@ -41,7 +41,7 @@ class ListenSettings:
 @dataclass(frozen=True)
 class ProxySettings:
     """Limits and timeouts of the data plane (seconds and bytes). 0 for max_body_bytes = unlimited, for
-    tunnel_idle_timeout = never."""
+    tunnel_idle_timeout = never, for min_body_rate = only "no body byte for a whole window"."""
 
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
@@ -49,7 +49,22 @@ class ProxySettings:
     keepalive_timeout: float = 75.0
     upstream_connect_timeout: float = 5.0
     upstream_response_timeout: float = 60.0
-    max_body_bytes: int = 0
+    # Request bodies are buffered (memory, then a temporary file under the data dir) before an instance
+    # sees them, so the cap bounds disk use per request too: 1 GiB allows large uploads while keeping a
+    # handful of hostile clients from filling the disk. Raise it (or 0) for apps that take bigger uploads.
+    max_body_bytes: int = 1024 * 1024 * 1024
+    # Receive each request body completely before forwarding it: a slow client never holds an app worker.
+    request_buffering: bool = True
+    # Bytes of one request body kept in memory before the rest goes to a temporary file.
+    request_buffer_memory: int = 1024 * 1024
+    # A request body arriving slower than min_body_rate bytes/s over a body_rate_window gets 408 and the
+    # connection is closed (with 0: when not a single byte came in a window). The first window is the
+    # grace period of a slow start.
+    min_body_rate: int = 1024
+    body_rate_window: float = 10.0
+    # Bytes of response a client connection may have pending before the proxy stops reading from the
+    # instance: a response up to this size releases the instance at once, however slowly the client reads.
+    response_buffer_bytes: int = 1024 * 1024
     # A WebSocket (or other upgraded connection) with no bytes either way for this long is closed: a
     # vanished peer would otherwise hold it, and keep its app instance busy (never scaled to zero), for good.
     tunnel_idle_timeout: float = 3600.0

@@ -129,7 +129,9 @@ class Daemon:
         multi = settings.workers > 1  # see workers.py: this process serves too, beside workers - 1 others
         services = PidServices(self) if multi else self
         snapshot = registry.snapshot
-        proxy = self.proxy = ProxyServer(self.config.proxy, services, certs, snapshot, reuse_port=multi)
+        proxy = self.proxy = ProxyServer(
+            self.config.proxy, services, certs, snapshot, reuse_port=multi, body_dir=self.data_dir / "tmp"
+        )
         registry.set_publisher(proxy.set_snapshot)
         with _listener_errors(settings.listen, settings.http_port, "HTTP", "http_port"):
             self.http_port = await proxy.start_http(settings.listen, settings.http_port)

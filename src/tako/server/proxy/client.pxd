@@ -4,15 +4,17 @@ from tako.server.proxy.upstream cimport UpstreamConnection
 
 
 cdef class RequestCycle:
+    cdef public object body
     cdef public bint body_done
     cdef public object body_received
-    cdef public list buffer
-    cdef public Py_ssize_t buffered
+    cdef public bint buffering
     cdef public bint chunked
     cdef public ClientConnection conn
     cdef public list conn_tokens
     cdef public object content_length
     cdef public int error_status
+    cdef public bytes expect
+    cdef public object gate
     cdef public bytes head
     cdef public Py_ssize_t header_bytes
     cdef public Py_ssize_t header_count
@@ -36,7 +38,11 @@ cdef class RequestCycle:
 
 
 cdef class ClientConnection:
+    cdef public object body_mark
+    cdef public object body_need
+    cdef public double body_window
     cdef public bint broken
+    cdef public bint buffer_bodies
     cdef public bytes client_ip
     cdef public bint closed
     cdef public RequestCycle cycle
@@ -59,6 +65,7 @@ cdef class ClientConnection:
     cdef public object parser
     cdef public RequestCycle parsing
     cdef public int pause_mask
+    cdef public bint paused_in_window
     cdef public object pipeline
     cdef public int reject_status
     cdef public double response_timeout
@@ -78,6 +85,8 @@ cdef class ClientConnection:
     cpdef _use_upstream(self, RequestCycle cycle, upstream)
     cpdef _respond(self, RequestCycle cycle, bytes data)
     cpdef request_sent(self, RequestCycle cycle)
+    cpdef send_body(self, RequestCycle cycle)
+    cpdef pump_body(self, RequestCycle cycle)
     cpdef response_complete(self, RequestCycle cycle)
     cpdef pause(self, int reason)
     cpdef resume(self, int reason)
@@ -86,3 +95,4 @@ cdef class ClientConnection:
 
 cdef bint _close_after_local(RequestCycle cycle)
 cdef _finish_upstream(RequestCycle cycle)
+cdef _drop_body(RequestCycle cycle)

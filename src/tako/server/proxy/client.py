@@ -23,6 +23,7 @@ import httptools
 
 from tako.server.proxy import responses
 from tako.server.proxy.backend import AppGate, AppUnavailable, Upstream
+from tako.server.proxy.body_buffer import READ_CHUNK, BodyBuffer
 from tako.server.proxy.headers import PASS, HeaderKinds
 from tako.server.proxy.upstream import PAUSE_UPSTREAM, UpstreamConnection, UpstreamPool
 
@@ -31,12 +32,12 @@ if TYPE_CHECKING:
 
 # Reasons to stop reading from the client, as bits: reading resumes when none is left.
 PAUSE_PIPELINE = 1  # a later request waits for the current response
-PAUSE_BUFFER = 2  # body buffered while no upstream connection is ready yet
+PAUSE_BUFFER = 2  # body held while no upstream connection is ready yet (streaming, or not started)
 # PAUSE_UPSTREAM = 4 (upstream.py): the instance reads the request body slower than the client sends it
 PAUSE_UPGRADE = 8  # waiting for the instance to accept an Upgrade
 PAUSE_WRITE = 16  # the client is not taking its responses: parse no more requests until it does
 
-BODY_BUFFER_LIMIT = 64 * 1024
+BODY_BUFFER_LIMIT = 64 * 1024  # held before a request is started, or while a streamed one waits to connect
 # A read larger than this is parsed in slices, and what follows a slice that paused the connection is held
 # unparsed until it resumes. A plain-TCP read can be 256 KB: parsed whole while the client takes none of
 # its answers, that was ~8000 tiny pipelined requests queued at once (measured: +3.7 MB of RSS per such
@@ -47,10 +48,12 @@ LINGER_SECONDS = 2.0  # after an error, keep reading (discarding) so the client 
 _DEADLINE_HEADER = 1
 _DEADLINE_KEEPALIVE = 2
 _DEADLINE_LINGER = 3
-_DEADLINE_BODY = 4  # no request body bytes for keepalive_timeout while the proxy was reading
+_DEADLINE_BODY = 4  # the end of a window of the request body rate (min_body_rate, body_rate_window)
 _DEADLINE_TUNNEL = 5  # tunnel_idle_timeout: checked, then re-armed if bytes moved (no clock read per read)
 
 _CRLF = b"\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_EXPECT = b"expect"
 _STATUS_PATH = b"/_tako/status"
 _ACME_PREFIX = b"/.well-known/acme-challenge/"
 
@@ -63,6 +66,7 @@ _H_TE = 3
 _H_CONNECTION = 4
 _H_UPGRADE = 5
 _H_XFF = 6
+_H_EXPECT = 7
 _REQUEST_SPECIAL: dict[bytes, int] = {
     b"host": _H_HOST,
     b"content-length": _H_LENGTH,
@@ -70,6 +74,7 @@ _REQUEST_SPECIAL: dict[bytes, int] = {
     b"connection": _H_CONNECTION,
     b"upgrade": _H_UPGRADE,
     b"x-forwarded-for": _H_XFF,
+    b"expect": _H_EXPECT,
     b"x-forwarded-proto": _H_DROP,
     b"x-forwarded-host": _H_DROP,
     b"keep-alive": _H_DROP,
@@ -98,15 +103,17 @@ class RequestCycle:
     """One request and its response."""
 
     __slots__ = (
+        "body",
         "body_done",
         "body_received",
-        "buffer",
-        "buffered",
+        "buffering",
         "chunked",
         "conn",
         "conn_tokens",
         "content_length",
         "error_status",
+        "expect",
+        "gate",
         "head",
         "header_bytes",
         "header_count",
@@ -138,6 +145,7 @@ class RequestCycle:
         self.host: str | None = None
         self.xff: bytes | None = None
         self.te: bytes | None = None
+        self.expect: bytes | None = None
         self.upgrade_header: bytes | None = None
         self.upgrade: bytes | None = None  # set when the request asks to switch protocols
         self.conn_tokens: list[bytes] | None = None
@@ -152,8 +160,10 @@ class RequestCycle:
         self.header_count = 0
         self.header_bytes = 0
         self.head = b""
-        self.buffer: list[bytes] | None = None
-        self.buffered = 0
+        # The body received while no upstream connection takes it: all of it when buffering.
+        self.body: BodyBuffer | None = None
+        self.buffering = False  # the whole body is received before the request is forwarded
+        self.gate: AppGate | None = None  # the app a buffered request goes to once its body is complete
         self.uconn: UpstreamConnection | None = None
         self.upstream: Upstream | None = None
         self.response_started = False
@@ -170,7 +180,11 @@ class ClientConnection:
 
     # Slots: attribute access stays on the interpreter's fast paths however many fields there are.
     __slots__ = (
+        "body_mark",
+        "body_need",
+        "body_window",
         "broken",
+        "buffer_bodies",
         "client_ip",
         "closed",
         "cycle",
@@ -193,6 +207,7 @@ class ClientConnection:
         "parser",
         "parsing",
         "pause_mask",
+        "paused_in_window",
         "pipeline",
         "reject_status",
         "response_timeout",
@@ -221,6 +236,16 @@ class ClientConnection:
         self.keepalive_timeout = settings.keepalive_timeout
         self.response_timeout = settings.upstream_response_timeout
         self.tunnel_timeout = settings.tunnel_idle_timeout
+        self.buffer_bodies = settings.request_buffering
+        # The request body rate rule: at least body_need bytes in every body_window seconds of reading.
+        if settings.min_body_rate:
+            self.body_window = settings.body_rate_window or self.keepalive_timeout
+            self.body_need = max(1, int(settings.min_body_rate * self.body_window))
+        else:
+            self.body_window = self.keepalive_timeout
+            self.body_need = 1
+        self.body_mark = 0  # body bytes received when the current window began
+        self.paused_in_window = False  # reading was paused by the proxy during the current window
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = b""
@@ -263,6 +288,8 @@ class ClientConnection:
         self.forwarded = self.client_ip + b"\r\nX-Forwarded-Proto: " + proto + _CRLF
         self.forwarded_for = b"X-Forwarded-For: " + self.forwarded
         self.server.connections.add(self)
+        # Responses up to this size are taken from the instance at once (see pause_writing).
+        self.transport.set_write_buffer_limits(high=self.server.settings.response_buffer_bytes)
         self.deadline = self.loop.time() + self.header_timeout
         self.deadline_kind = _DEADLINE_HEADER
         if self.server.shutting_down:
@@ -285,6 +312,12 @@ class ClientConnection:
                 if uconn.cycle is cycle:
                     uconn.abort()
             _finish_upstream(cycle)
+            _drop_body(cycle)
+        parsing = self.parsing
+        if parsing is not None:
+            _drop_body(parsing)
+        for waiting in self.pipeline:
+            _drop_body(waiting)
         self.pipeline.clear()
 
     def eof_received(self) -> bool | None:
@@ -462,6 +495,9 @@ class ClientConnection:
             cycle.upgrade_header = value
         elif kind == _H_XFF:
             cycle.xff = value if cycle.xff is None else cycle.xff + b", " + value
+        elif kind == _H_EXPECT:
+            cycle.expect = value  # forwarded, unless the proxy buffers the body and answers it itself
+            cycle.pieces.extend((name, b": ", value, _CRLF))
 
     def on_headers_complete(self) -> None:
         cycle = self.parsing
@@ -520,8 +556,10 @@ class ClientConnection:
             cycle.body_done = True  # nothing more to read for this request: answering it may start now
         cycle.head = self._build_head(cycle)
         if not cycle.body_done:
-            self.deadline = self.loop.time() + self.keepalive_timeout
+            self.deadline = self.loop.time() + self.body_window
             self.deadline_kind = _DEADLINE_BODY
+            self.body_mark = 0
+            self.paused_in_window = False
         if self.cycle is None and not self.write_paused and not self.pipeline:
             self._start(cycle)
         else:
@@ -534,8 +572,6 @@ class ClientConnection:
         cycle.body_received += len(body)
         if self.max_body and cycle.body_received > self.max_body:
             self._reject(413)
-        if self.deadline_kind == _DEADLINE_BODY:
-            self.deadline = self.loop.time() + self.keepalive_timeout
         uconn = cycle.uconn
         if uconn is not None:
             if cycle.chunked:
@@ -543,14 +579,14 @@ class ClientConnection:
             else:
                 uconn.transport.write(body)
         elif not cycle.response_started:
-            if cycle.buffer is None:
-                cycle.buffer = []
-            if cycle.chunked:
-                cycle.buffer.extend((b"%x\r\n" % len(body), body, _CRLF))
-            else:
-                cycle.buffer.append(body)
-            cycle.buffered += len(body)
-            if cycle.buffered > BODY_BUFFER_LIMIT:
+            held = cycle.body
+            if held is None:
+                held = cycle.body = self.server.body_buffer()
+            try:
+                held.append(body)
+            except OSError:
+                self._reject(500)  # the temporary file could not be written (disk full?)
+            if not cycle.buffering and held.size > BODY_BUFFER_LIMIT:
                 self.pause(PAUSE_BUFFER)
 
     def on_message_complete(self) -> None:
@@ -565,6 +601,10 @@ class ClientConnection:
         if self.deadline_kind == _DEADLINE_BODY:
             self.deadline = 0.0
             self.deadline_kind = 0
+        if cycle.buffering:
+            if self.cycle is cycle and not cycle.response_started:
+                self._forward_buffered(cycle)
+            return
         uconn = cycle.uconn
         if uconn is not None:
             uconn.end_request(cycle)
@@ -606,6 +646,8 @@ class ClientConnection:
             parts += cycle.pieces
         else:
             parts += _without(cycle.pieces, cycle.conn_tokens)
+        if cycle.buffering and cycle.expect is not None:
+            parts = parts[:4] + _without(parts[4:], [_EXPECT])  # answered by the proxy (_buffer_body)
         if cycle.xff is None:
             parts.append(self.forwarded_for)
         else:
@@ -654,11 +696,99 @@ class ClientConnection:
                 cycle, responses.error(404, close=_close_after_local(cycle), head_only=cycle.is_head)
             )
             return
+        if (cycle.content_length or cycle.chunked) and self.buffer_bodies and cycle.upgrade is None:
+            self._buffer_body(cycle, gate)
+            return
         upstream = gate.pick()
         if upstream is None:
             server.spawn(self._wait_upstream(cycle, gate))
             return
         self._use_upstream(cycle, upstream)
+
+    def _buffer_body(self, cycle: RequestCycle, gate: AppGate) -> None:
+        """Receive the whole body before an instance is chosen: a slow client holds no app worker."""
+        cycle.buffering = True
+        cycle.gate = gate
+        if cycle.body_done:
+            self._forward_buffered(cycle)
+            return
+        if (
+            cycle.expect is not None
+            and not cycle.http10
+            and cycle.expect.strip().lower() == b"100-continue"
+            and cycle.body is None
+        ):
+            # The size was checked with the head (413 otherwise): ask for the body now.
+            self.transport.write(_CONTINUE)
+        if self.pause_mask & PAUSE_BUFFER:
+            self.resume(PAUSE_BUFFER)
+
+    def _forward_buffered(self, cycle: RequestCycle) -> None:
+        """The buffered body is complete: forward the request with its exact Content-Length."""
+        body = cycle.body
+        cycle.content_length = body.size if body is not None else 0
+        cycle.chunked = False
+        cycle.head = self._build_head(cycle)
+        gate = cycle.gate
+        assert gate is not None
+        cycle.gate = None
+        upstream = gate.pick()
+        if upstream is None:
+            self.server.spawn(self._wait_upstream(cycle, gate))
+            return
+        self._use_upstream(cycle, upstream)
+
+    def send_body(self, cycle: RequestCycle) -> None:
+        """Send the head and the held body to the attached instance (called by UpstreamConnection.attach).
+
+        Streaming: what arrived while connecting, then the rest as it comes. Buffering: the whole body,
+        from memory and then from the temporary file as the instance's connection drains (pump_body).
+        """
+        uconn = cycle.uconn
+        body = cycle.body
+        assert uconn is not None and body is not None
+        transport = uconn.transport
+        chunks = body.take_chunks()
+        if cycle.buffering:
+            transport.writelines([cycle.head, *chunks])
+            body.rewind()
+            self.pump_body(cycle)
+            return
+        cycle.body = None
+        body.close()
+        if cycle.chunked:
+            framed = [cycle.head]
+            for chunk in chunks:
+                framed += (b"%x\r\n" % len(chunk), chunk, _CRLF)
+            transport.writelines(framed)
+        else:
+            transport.writelines([cycle.head, *chunks])
+        if cycle.body_done:
+            uconn.end_request(cycle)
+            self.request_sent(cycle)
+
+    def pump_body(self, cycle: RequestCycle) -> None:
+        """Forward the buffered body's file a chunk at a time until the instance's connection is full."""
+        uconn = cycle.uconn
+        body = cycle.body
+        if uconn is None or body is None or uconn.cycle is not cycle:
+            return
+        transport = uconn.transport
+        while not uconn.write_paused:
+            try:
+                data = body.read(READ_CHUNK)
+            except OSError:
+                data = b""
+                uconn.abort()
+                self.upstream_failed(cycle, retryable=False)
+                return
+            if not data:
+                cycle.body = None
+                body.close()
+                uconn.end_request(cycle)
+                self.request_sent(cycle)
+                return
+            transport.write(data)
 
     def _answer_plain_http(self, cycle: RequestCycle, path: bytes, host: str | None, close: bool) -> None:
         server = self.server
@@ -708,7 +838,7 @@ class ClientConnection:
             self.server.spawn(self._connect(cycle, pool))
         else:
             uconn.attach(cycle)
-            if cycle.buffer is None and self.pause_mask:
+            if self.pause_mask & PAUSE_BUFFER:
                 self.resume(PAUSE_BUFFER)
 
     async def _connect(self, cycle: RequestCycle, pool: UpstreamPool) -> None:
@@ -783,6 +913,8 @@ class ClientConnection:
         if upstream is not None:
             cycle.upstream = None
             upstream.request_finished()
+        if cycle.body is not None:
+            _drop_body(cycle)
         self.cycle = None
         if not cycle.body_done or not cycle.keep_alive or self.server.shutting_down:
             # A response that ended before its request body did: the rest of the body is unread and the
@@ -867,6 +999,7 @@ class ClientConnection:
         if not self.pause_mask:
             self.transport.pause_reading()
         self.pause_mask |= reason
+        self.paused_in_window = True
 
     def resume(self, reason: int) -> None:
         if self.pause_mask & reason:
@@ -889,6 +1022,8 @@ class ClientConnection:
         bad = self.parsing
         self.parsing = None
         cycle = self.cycle
+        if bad is not None:
+            _drop_body(bad)
         if bad is not None and bad is cycle:
             # The request being answered went bad mid-body (bad chunk, body too large).
             uconn = cycle.uconn
@@ -921,11 +1056,20 @@ class ClientConnection:
     def on_deadline(self) -> None:
         """Called by the server's sweeper when `deadline` has passed."""
         kind = self.deadline_kind
-        if self.pause_mask and not self.broken and kind in (_DEADLINE_BODY, _DEADLINE_HEADER):
+        if kind == _DEADLINE_BODY and not self.broken:
+            parsing = self.parsing
+            received = parsing.body_received if parsing is not None else 0
+            if self.pause_mask or self.paused_in_window or received - self.body_mark >= self.body_need:
+                # Fast enough, or the proxy itself stopped reading (flow control, or requests answered in
+                # order) during the window: the client is not to blame. Next window.
+                self.body_mark = received
+                self.paused_in_window = bool(self.pause_mask)
+                self.deadline = self.loop.time() + self.body_window
+                return
+        if self.pause_mask and not self.broken and kind == _DEADLINE_HEADER:
             # The proxy itself stopped reading (flow control, or requests answered in order): the client is
             # not late. What bounds such a pause is the response or send deadline of what it waits for.
-            timeout = self.keepalive_timeout if kind == _DEADLINE_BODY else self.header_timeout
-            self.deadline = self.loop.time() + timeout
+            self.deadline = self.loop.time() + self.header_timeout
             return
         if kind == _DEADLINE_TUNNEL:
             if self.tunnel_active:
@@ -988,6 +1132,14 @@ def _finish_upstream(cycle: RequestCycle) -> None:
     if upstream is not None:
         cycle.upstream = None
         upstream.request_finished()
+
+
+def _drop_body(cycle: RequestCycle) -> None:
+    """Free the held body (and its temporary file)."""
+    body = cycle.body
+    if body is not None:
+        cycle.body = None
+        body.close()
 
 
 def _without(pieces: list[bytes], names: list[bytes]) -> list[bytes]:

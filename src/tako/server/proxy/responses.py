@@ -30,7 +30,7 @@ ERROR_BODIES: dict[int, bytes] = {
     400: b"Bad Request\n",
     404: b"Not Found: no app is deployed at this address\n",
     405: b"Method Not Allowed\n",
-    408: b"Request Timeout: the request headers took too long to arrive\n",
+    408: b"Request Timeout: the request (its headers or body) took too long to arrive\n",
     413: b"Content Too Large: the request body is over this server's limit\n",
     431: b"Request Header Fields Too Large\n",
     500: b"Internal Server Error\n",

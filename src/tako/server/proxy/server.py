@@ -13,12 +13,14 @@ import logging
 import socket
 import ssl
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, cast
 
 from tako.config.server import ProxySettings
 from tako.routing import normalise_host
 from tako.server.proxy import tls
 from tako.server.proxy.backend import ServerServices, Snapshot, Upstream
+from tako.server.proxy.body_buffer import BodyBuffer, default_directory
 from tako.server.proxy.client import ClientConnection
 from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool
 from tako.server.tls.certstore import CertStore
@@ -54,8 +56,11 @@ class ProxyServer:
         *,
         https_redirect_port: int | None = None,
         reuse_port: bool = False,
+        body_dir: Path | None = None,
     ) -> None:
         self.settings = settings
+        # Request bodies past request_buffer_memory go to anonymous temporary files here (<data dir>/tmp).
+        self.body_dir = body_dir if body_dir is not None else default_directory()
         self.services = services
         self.certs = certs
         self.snapshot = snapshot
@@ -77,6 +82,7 @@ class ProxyServer:
             settings.keepalive_timeout,
             settings.upstream_response_timeout,
             settings.tunnel_idle_timeout,
+            settings.body_rate_window,
         )
         self._sweep_interval = max(0.05, min(1.0, min((t for t in timeouts if t > 0), default=4.0) / 4))
         certs.set_routed_host_predicate(self._is_routed_host)
@@ -165,6 +171,10 @@ class ProxyServer:
                 lambda: _as_protocol(UpstreamConnection(pool)), pool.host, pool.port
             )
         return cast(UpstreamConnection, protocol)
+
+    def body_buffer(self) -> BodyBuffer:
+        """A buffer for one request body."""
+        return BodyBuffer(self.settings.request_buffer_memory, self.body_dir)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)

@@ -229,8 +229,11 @@ class UpstreamConnection:
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.cycle is not None:
-            self.cycle.conn.resume(PAUSE_UPSTREAM)
+        cycle = self.cycle
+        if cycle is not None:
+            if cycle.body is not None:
+                cycle.conn.pump_body(cycle)  # a buffered request body: the next chunks of its file
+            cycle.conn.resume(PAUSE_UPSTREAM)
 
     def data_received(self, data: bytes) -> None:
         cycle = self.cycle
@@ -301,17 +304,15 @@ class UpstreamConnection:
         transport = self.transport
         if conn.write_paused:
             transport.pause_reading()
-        buffered = cycle.buffer
-        if buffered:
-            cycle.buffer = None
-            transport.writelines([cycle.head, *buffered])
+        if cycle.body is not None:
+            conn.send_body(cycle)  # the head, then the body held so far (all of it, when buffered)
         else:
             transport.write(cycle.head)
-        if cycle.body_done:
-            self.end_request(cycle)
-            if not cycle.response_started:
-                # ClientConnection.request_sent, inline: the response timeout starts now.
-                self.deadline = conn.loop.time() + conn.response_timeout
+            if cycle.body_done:
+                self.end_request(cycle)
+                if not cycle.response_started:
+                    # ClientConnection.request_sent, inline: the response timeout starts now.
+                    self.deadline = conn.loop.time() + conn.response_timeout
         if self.write_paused:
             conn.pause(PAUSE_UPSTREAM)
 

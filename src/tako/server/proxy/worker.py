@@ -315,6 +315,7 @@ async def serve(fd: int) -> None:
         Snapshot(router=worker.router),
         https_redirect_port=config["https_port"],
         reuse_port=True,
+        body_dir=Path(config["certs"]).parent / "tmp",  # <data dir>/tmp, as in the main process
     )
     reading = asyncio.create_task(worker.read_loop())
     http_port = await proxy.start_http(config["listen"], config["http_port"])
