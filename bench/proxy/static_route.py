@@ -24,6 +24,7 @@ class StaticUpstream:
 
 class StaticGate:
     name = "bench"
+    request_buffering = True
 
     def __init__(self, upstream: StaticUpstream) -> None:
         self.upstream = upstream

@@ -133,11 +133,12 @@ def _wait_accepting(port: int, process: subprocess.Popen[bytes], timeout: float 
 
 @contextlib.asynccontextmanager
 async def app_proxy(
-    tmp_path: Path, settings: ProxySettings | None = None
+    tmp_path: Path, settings: ProxySettings | None = None, *, request_buffering: bool = True
 ) -> AsyncIterator[tuple[ProxyHarness, StaticUpstream]]:
     with gunicorn_app(tmp_path) as app:
         instance = StaticUpstream(app.port)
-        async with running_proxy(tmp_path, {HOST: StaticGate("a", [instance])}, settings) as p:
+        gate = StaticGate("a", [instance], request_buffering=request_buffering)
+        async with running_proxy(tmp_path, {HOST: gate}, settings) as p:
             p.issue(HOST)
             yield p, instance
 
@@ -358,11 +359,13 @@ def test_expect_100_continue_is_answered_by_the_proxy(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_streaming_mode_forwards_the_body_before_it_is_complete(tmp_path: Path) -> None:
-    settings = ProxySettings(request_buffering=False)
+@pytest.mark.parametrize("where", ["server", "app"])
+def test_streaming_mode_forwards_the_body_before_it_is_complete(tmp_path: Path, where: str) -> None:
+    # Off for the whole server ([proxy] request_buffering), or for one app (tako.toml, via its gate).
+    settings = ProxySettings(request_buffering=where != "server")
 
     async def scenario() -> None:
-        async with app_proxy(tmp_path, settings) as (p, _):
+        async with app_proxy(tmp_path, settings, request_buffering=where != "app") as (p, _):
             reader, writer = await _open(p)
             writer.write(_post_head("/early", length=10) + b"hello")
             # The request reaches the app, and its answer the client, while half of the body is unsent.

@@ -52,8 +52,11 @@ class StaticGate:
         name: str,
         upstreams: list[StaticUpstream],
         waiter: Callable[[], Awaitable[StaticUpstream]] | None = None,
+        *,
+        request_buffering: bool = True,
     ) -> None:
         self._name = name
+        self.request_buffering = request_buffering
         self.upstreams = upstreams
         self.waiter = waiter
         self._next = 0

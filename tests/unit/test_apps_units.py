@@ -62,6 +62,13 @@ def test_load_release_reads_app_json_and_env(tmp_path: Path) -> None:
     rel = load_release("web", "v1", path)
     assert rel.start == "python app.py"
     assert rel.health_check == "/_tako/status"
+    assert rel.request_buffering is True  # releases made before the option buffer too
+    assert (
+        load_release(
+            "web", "v1", _release(tmp_path, {"start": "x", "request_buffering": False})
+        ).request_buffering
+        is False
+    )
     assert rel.env == {"A": 'x "y" $z', "TAKO_BUILD": "v1"}
 
 
@@ -71,6 +78,7 @@ def test_load_release_reads_app_json_and_env(tmp_path: Path) -> None:
         ({}, None, "no start command"),
         ({"start": "x", "health_check": "status"}, None, "health_check"),
         ([1], None, "expected a JSON object"),
+        ({"start": "x", "request_buffering": "no"}, None, "request_buffering must be true or false"),
         ({"start": "x"}, 'A="unterminated\n', "line 1"),
     ],
 )

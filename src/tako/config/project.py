@@ -45,7 +45,7 @@ RESERVED_VARS = frozenset({"ENV", "TAKO_BUILD", "PORT", "HOST", "TAKO_APP", "TAK
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 _TOP_LEVEL = ("tako", "vars", "envs", "servers")
-_TAKO_KEYS = ("name", "build", "start", "health_check", "exclude")
+_TAKO_KEYS = ("name", "build", "start", "health_check", "exclude", "request_buffering")
 _SCALING_KEYS = ("instances", "idle_timeout")
 _SERVER_KEYS = ("env", "instances", "idle_timeout")
 _ROUTE_KEYS = ("route", "routes")
@@ -106,6 +106,8 @@ class ProjectConfig:
     instances: int
     idle_timeout: int
     servers: Mapping[str, ServerMapping]
+    # false: the proxy streams request bodies to the app as they arrive (large uploads, progress)
+    request_buffering: bool = True
 
     def env(self, name: str) -> EnvConfig:
         """The named env. `development` always exists (implicitly with no routes and no inline vars)."""
@@ -215,6 +217,13 @@ def parse_project(data: dict[str, Any], source: Source, *, file: Path, root: Pat
                 hint=f'for example health_check = "{DEFAULT_HEALTH_CHECK}"',
             )
     exclude = tuple(source.string_list(tako["exclude"], ["tako", "exclude"])) if "exclude" in tako else ()
+    request_buffering = tako.get("request_buffering", True)
+    if not isinstance(request_buffering, bool):
+        raise source.error(
+            ["tako", "request_buffering"],
+            f"expected true or false, got {describe(request_buffering)}",
+            hint="request_buffering = false streams request bodies to the app as they arrive",
+        )
 
     envs = _envs(source, data.get("envs", {}))
     global_vars, env_vars = _vars(source, data.get("vars", {}), envs)
@@ -234,6 +243,7 @@ def parse_project(data: dict[str, Any], source: Source, *, file: Path, root: Pat
         instances=instances,
         idle_timeout=idle_timeout,
         servers=MappingProxyType(servers),
+        request_buffering=request_buffering,
     )
 
 

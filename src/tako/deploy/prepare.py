@@ -134,6 +134,7 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
         "start": project.start,
         "health_check": project.health_check,
         "env": env,
+        "request_buffering": project.request_buffering,
     }
     early_failures: list[ServerOutcome] = []
     extra_dirs: dict[str, Path] = {}

@@ -206,6 +206,7 @@ class WorkerPool:
                     "routes": list(app.routes),
                     "up": [[i.key, i.host, i.port] for i in app.rotation],
                     "stopped": app.stopped or app.closing,
+                    "request_buffering": app.request_buffering,
                 }
             )
         # Instances a worker still counts requests on stay known until the counts come back to zero.

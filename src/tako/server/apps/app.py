@@ -92,6 +92,10 @@ class ManagedApp:
         return self._closing
 
     # -- AppGate (hot path) ---------------------------------------------------------------------------
+    @property
+    def request_buffering(self) -> bool:
+        return self.release.request_buffering
+
     def pick(self) -> Instance | None:
         self._rr, chosen = pick_next(self.rotation, self._rr)
         return chosen

@@ -29,6 +29,7 @@ class Release:
     start: str
     health_check: str = DEFAULT_HEALTH_CHECK
     env_name: str = ""  # the deploy environment (app.json "env"), shown in status
+    request_buffering: bool = True  # false: the proxy streams request bodies (app.json, from tako.toml)
     env: dict[str, str] = field(default_factory=dict, compare=False, repr=False)  # holds secrets
     uid: int | None = None  # the app's own uid when apps are isolated; None: run as tako-server's user
 
@@ -68,6 +69,9 @@ def load_release(app: str, version: str, path: Path, uid: int | None = None) -> 
             raise ReleaseError(f"{env_path}: {exc}") from exc
     env_value = meta.get("env")
     env_name = env_value if isinstance(env_value, str) else ""
+    buffering = meta.get("request_buffering", True)  # absent in releases made before the option
+    if not isinstance(buffering, bool):
+        raise ReleaseError(f"{meta_path}: request_buffering must be true or false, got {buffering!r}")
     return Release(
         app=app,
         version=version,
@@ -75,6 +79,7 @@ def load_release(app: str, version: str, path: Path, uid: int | None = None) -> 
         start=start,
         health_check=health,
         env_name=env_name,
+        request_buffering=buffering,
         env=env,
         uid=uid,
     )

@@ -72,6 +72,10 @@ class AppGate(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def request_buffering(self) -> bool:
+        """Whether request bodies are received whole before forwarding (false: streamed to the app)."""
+
     def pick(self) -> Upstream | None:
         """A healthy instance in rotation, chosen round-robin/least-busy; None if there is none now."""
 

@@ -696,7 +696,12 @@ class ClientConnection:
                 cycle, responses.error(404, close=_close_after_local(cycle), head_only=cycle.is_head)
             )
             return
-        if (cycle.content_length or cycle.chunked) and self.buffer_bodies and cycle.upgrade is None:
+        if (
+            (cycle.content_length or cycle.chunked)
+            and self.buffer_bodies
+            and cycle.upgrade is None
+            and gate.request_buffering
+        ):
             self._buffer_body(cycle, gate)
             return
         upstream = gate.pick()

@@ -64,6 +64,7 @@ class WorkerGate:
         self.name = name
         self.rotation: tuple[WorkerUpstream, ...] = ()
         self.stopped = False
+        self.request_buffering = True
         self.gone = False
         self.failure: AppUnavailable | None = None
         self.waking = False
@@ -192,6 +193,7 @@ class Worker:
                 keep.add(key)
             gate.rotation = tuple(rotation)
             gate.stopped = bool(app["stopped"])
+            gate.request_buffering = bool(app.get("request_buffering", True))
             gate.gone = False
             if gate.rotation:
                 gate.waking = False
