@@ -55,7 +55,9 @@ def live_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proxy
         asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: loop_errors.append(ctx))
         up = await HttpUpstream().start()
         stop.append(asyncio.Event())
-        settings = ProxySettings(header_timeout=0.2, keepalive_timeout=0.2, max_body_bytes=100_000)
+        settings = ProxySettings(
+            header_timeout=0.2, keepalive_timeout=0.2, body_rate_window=0.2, max_body_bytes=100_000
+        )
         routes = {"a.tako.test": StaticGate("a", [StaticUpstream(up.port)])}
         try:
             async with running_proxy(Path(tmp), routes, settings) as p:

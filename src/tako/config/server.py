@@ -61,7 +61,7 @@ class ProxySettings:
     # connection is closed (with 0: when not a single byte came in a window). The first window is the
     # grace period of a slow start.
     min_body_rate: int = 1024
-    body_rate_window: float = 10.0
+    body_rate_window: float = 20.0
     # Bytes of response a client connection may have pending before the proxy stops reading from the
     # instance: a response up to this size releases the instance at once, however slowly the client reads.
     response_buffer_bytes: int = 1024 * 1024

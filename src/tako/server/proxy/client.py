@@ -755,6 +755,9 @@ class ClientConnection:
         transport = uconn.transport
         chunks = body.take_chunks()
         if cycle.buffering:
+            # The whole body is here: an instance that stops taking it is as late as one that does not
+            # answer, so the response timeout covers the sending too (re-armed when the last byte is sent).
+            uconn.deadline = self.loop.time() + self.response_timeout
             transport.writelines([cycle.head, *chunks])
             body.rewind()
             self.pump_body(cycle)
