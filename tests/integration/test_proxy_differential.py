@@ -271,6 +271,13 @@ SHAPES: dict[str, Shape] = {
 }
 
 
+# With request buffering (the default) a body that never completes never reaches the app: the client gets
+# 408 from the body rate rule instead of the app's early answer.
+BUFFERED: dict[str, Shape] = {
+    "early-response-partial-body": Shape(SHAPES["early-response-partial-body"].sends, [[408]], []),
+}
+
+
 async def _exchange(p: ProxyHarness, data: bytes, expect: int, timeout: float = 8.0) -> bytes:
     """Send `data` on a new TLS connection; read until the proxy closes or `expect` responses are complete
     (0: close at once without reading)."""
@@ -295,11 +302,18 @@ async def _exchange(p: ProxyHarness, data: bytes, expect: int, timeout: float = 
     return received
 
 
+@pytest.mark.parametrize("mode", ["buffered", "streamed"])
 @pytest.mark.parametrize("shape", sorted(SHAPES))
-def test_framing_matches_app_server(tmp_path: Path, app_server: AppServer, shape: str) -> None:
-    spec = SHAPES[shape]
+def test_framing_matches_app_server(tmp_path: Path, app_server: AppServer, shape: str, mode: str) -> None:
+    buffered = mode == "buffered"
+    spec = BUFFERED.get(shape, SHAPES[shape]) if buffered else SHAPES[shape]
     app_server.log.unlink(missing_ok=True)
-    settings = ProxySettings(upstream_response_timeout=5.0, keepalive_timeout=5.0)
+    settings = ProxySettings(
+        upstream_response_timeout=5.0,
+        keepalive_timeout=5.0,
+        request_buffering=buffered,
+        body_rate_window=1.0,
+    )
 
     async def scenario() -> None:
         routes = {HOST: StaticGate("a", [StaticUpstream(app_server.port)])}
