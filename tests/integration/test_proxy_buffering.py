@@ -417,3 +417,36 @@ def test_a_slow_response_reader_does_not_hold_the_instance(tmp_path: Path) -> No
             assert responses[0].status == 200 and len(responses[0].body) == size
 
     run(scenario())
+
+
+def test_an_instance_that_takes_no_body_gets_504_and_the_body_is_freed(tmp_path: Path) -> None:
+    body = os.urandom(32 * MB)  # more than the kernel's socket buffers: sending it stalls
+    bodies = tmp_path / "bodies"
+    settings = ProxySettings(upstream_response_timeout=1.0)
+
+    async def scenario() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+
+        async def never_read(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(writer)  # an app stuck before reading its request
+
+        app = await asyncio.start_server(never_read, "127.0.0.1", 0)
+        instance = StaticUpstream(app.sockets[0].getsockname()[1])
+        try:
+            async with running_proxy(tmp_path, {HOST: StaticGate("a", [instance])}, settings) as p:
+                p.issue(HOST)
+                p.server.body_dir = bodies
+                reader, writer = await _open(p)
+                writer.write(_post_head("/sink", length=len(body)) + body)
+                data = await _read_response(reader)
+                await _close(writer)
+                assert [r.status for r in parse_responses(data)] == [504]
+                await _wait_for(lambda: instance.in_flight == 0 and not _open_fds_under(bodies))
+                assert instance.started == 1
+        finally:
+            for stuck in accepted:
+                stuck.close()
+            app.close()
+            await app.wait_closed()
+
+    run(scenario())
