@@ -3,6 +3,7 @@
 Request bodies are received whole by the proxy (memory, then an anonymous temporary file) and forwarded with
 their exact length; a body arriving too slowly is cut with 408; responses up to response_buffer_bytes are
 taken from the instance at once, however slowly the client reads; `request_buffering = false` streams.
+An instance that takes none of a buffered body gets 504; stalled uploads cost bounded memory.
 """
 
 from __future__ import annotations
@@ -21,12 +22,17 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
+import trustme
 from tests.support.pebble import free_port
 from tests.support.proxy_harness import ProxyHarness, parse_responses, run, running_proxy
+from tests.support.proxy_process import proxy_process
 from tests.support.proxy_routes import StaticGate, StaticUpstream
+from tests.support.upstreams import HttpUpstream
 
 from tako.config.server import ProxySettings
+from tako.server.proxy.body_buffer import default_directory
 
 pytestmark = pytest.mark.integration
 
@@ -450,3 +456,62 @@ def test_an_instance_that_takes_no_body_gets_504_and_the_body_is_freed(tmp_path:
             await app.wait_closed()
 
     run(scenario())
+
+
+def test_stalled_large_uploads_cost_bounded_memory(tmp_path: Path) -> None:
+    """Each upload announces 100 MB, sends 3 MB and stalls: past request_buffer_memory the bodies are on
+    disk, so the proxy's memory grows by well under 3 MB per connection."""
+    uploads = 16
+    sent = 3 * MB
+    bodies = default_directory()  # the proxy process is given no body_dir
+    ca = trustme.CA()
+    (tmp_path / "certs" / HOST).mkdir(parents=True)
+    cert = ca.issue_cert(HOST)
+    cert.private_key_pem.write_to_path(str(tmp_path / "certs" / HOST / "privkey.pem"))
+    (tmp_path / "certs" / HOST / "fullchain.pem").write_bytes(
+        b"".join(b.bytes() for b in cert.cert_chain_pems)
+    )
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+
+    def spilled(pid: int) -> int:
+        count = 0
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith(str(bodies))
+        return count
+
+    async def scenario() -> None:
+        up = await HttpUpstream().start()
+        config = {"routes": {HOST: [up.port]}, "certs_dir": str(tmp_path / "certs")}
+        writers: list[asyncio.StreamWriter] = []
+        try:
+            with proxy_process(config) as (proc, ports):
+                rss = psutil.Process(proc.pid)
+
+                async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+                    return await asyncio.open_connection(
+                        "127.0.0.1", ports["https"], ssl=context, server_hostname=HOST
+                    )
+
+                reader, writer = await connect()  # warm-up: TLS, the upstream pool
+                writer.write(f"GET /warm HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+                assert [r.status for r in parse_responses(await _read_all(reader))] == [200]
+                await _close(writer)
+                baseline = rss.memory_info().rss
+                chunk = os.urandom(sent)
+                for _ in range(uploads):
+                    _, writer = await connect()
+                    writers.append(writer)
+                    writer.write(_post_head("/sink", length=100 * MB) + chunk)
+                # Every body has gone past the memory limit into its (unnamed) file.
+                await _wait_for(lambda: spilled(proc.pid) == uploads, timeout=60)
+                growth = rss.memory_info().rss - baseline
+                print(f"RSS growth with {uploads} stalled uploads of {sent // MB} MB: {growth / MB:.1f} MB")
+                assert growth < uploads * 2 * MB, growth
+        finally:
+            for writer in writers:
+                await _close(writer)
+            await up.stop()
+
+    run(scenario(), timeout=120)
