@@ -263,25 +263,31 @@ def test_upgrade_answered_locally_closes_the_connection(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_a_client_that_half_closes_mid_body_gets_400_and_frees_the_instance(tmp_path: Path) -> None:
+@pytest.mark.parametrize("buffering", [False, True], ids=["streamed", "buffered"])
+def test_a_client_that_half_closes_mid_body_gets_400_and_frees_the_instance(
+    tmp_path: Path, buffering: bool
+) -> None:
     # The rest of the body can never come: waiting for it would hold the app's connection (and a worker
-    # of a synchronous app server) until a timeout.
+    # of a synchronous app server) until a timeout; a buffered body never reached the app at all.
     async def scenario() -> None:
         up = await HttpUpstream().start()
         instance = StaticUpstream(up.port)
         try:
             routes = {"a.tako.test": StaticGate("a", [instance])}
-            async with running_proxy(tmp_path, routes, https=False) as p:
+            settings = ProxySettings(request_buffering=buffering)
+            async with running_proxy(tmp_path, routes, settings, https=False) as p:
                 port = await p.server.start_http("127.0.0.1", 0, forward=True)
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.write(b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: 100\r\n\r\n0123")
                 await writer.drain()
-                await wait_for(lambda: up.requests == 1)  # the app is reading the body
+                if not buffering:
+                    await wait_for(lambda: up.requests == 1)  # the app is reading the body
                 writer.write_eof()
                 data = await asyncio.wait_for(reader.read(), 10)
                 writer.close()
                 assert [r.status for r in parse_responses(data)] == [400]
                 await wait_for(lambda: instance.in_flight == 0 and not up._writers)
+                assert instance.started == (0 if buffering else 1)
         finally:
             await up.stop()
 
