@@ -91,6 +91,25 @@ async def test_both_processes_take_connections(server: TakoServer) -> None:
     assert [a["app"] for a in doc["apps"]] == ["web"] and doc["healthy"] is True
 
 
+async def test_an_app_that_streams_request_bodies_does_so_in_every_process(server: TakoServer) -> None:
+    # request_buffering = false (tako.toml -> app.json) reaches the proxies of the main process and of the
+    # worker: the app answers a request whose body is still incomplete (buffered, it would wait for it).
+    assert server.proc is not None
+    await asyncio.to_thread(server.deploy, "web", "v1", instances=1, request_buffering=False)
+    (worker,) = await asyncio.to_thread(worker_pids, server)
+    for pid in (server.proc.pid, worker):
+        conn = await connection_to(server, pid)
+        try:
+            assert conn.writer is not None
+            conn.writer.write(
+                f"GET /pid HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 10\r\n\r\nhello".encode()
+            )
+            resp = await asyncio.wait_for(conn._read(), 10)
+        finally:
+            await conn.close()
+        assert resp.status == 200, pid
+
+
 async def test_rolling_update_under_load_with_workers(server: TakoServer) -> None:
     assert server.https_port
     await asyncio.to_thread(server.deploy, "web", "v1", instances=2)
