@@ -326,8 +326,9 @@ def test_a_client_that_never_reads_cannot_grow_the_proxy(tmp_path: Path, kind: s
     config = {
         "routes": {"a.tako.test": [app_port]},
         "certs_dir": str(tmp_path / "certs"),
-        # A 64 KiB response buffer (default 1 MiB): the app answers a few dozen of these requests a second,
-        # so with 1 MiB to fill on top of the kernel's buffers the drop would come after the 30 s bound.
+        # A 64 KiB response buffer instead of the default 1 MiB: the bounds below are about what parsing
+        # ahead costs. The response buffer adds up to its size per connection by design (answers held for
+        # a slow reader), and filling 1 MiB with the app's few dozen answers a second can take past 30 s.
         "settings": {"keepalive_timeout": 2.0, "response_buffer_bytes": 65536},
         "forward_http": forward,
     }
