@@ -326,9 +326,9 @@ def test_a_client_that_never_reads_cannot_grow_the_proxy(tmp_path: Path, kind: s
     config = {
         "routes": {"a.tako.test": [app_port]},
         "certs_dir": str(tmp_path / "certs"),
-        # A 64 KiB response buffer instead of the default 1 MiB: the bounds below are about what parsing
+        # A 64 KiB response buffer instead of the default 256 KiB: the bounds below are about what parsing
         # ahead costs. The response buffer adds up to its size per connection by design (answers held for
-        # a slow reader), and filling 1 MiB with the app's few dozen answers a second can take past 30 s.
+        # a slow reader), and filling it with the app's few dozen answers a second takes long.
         "settings": {"keepalive_timeout": 2.0, "response_buffer_bytes": 65536},
         "forward_http": forward,
     }

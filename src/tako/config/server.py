@@ -64,7 +64,9 @@ class ProxySettings:
     body_rate_window: float = 20.0
     # Bytes of response a client connection may have pending before the proxy stops reading from the
     # instance: a response up to this size releases the instance at once, however slowly the client reads.
-    response_buffer_bytes: int = 1024 * 1024
+    # 256 KiB covers most pages and API answers; more would let each connection that never reads (a
+    # request of a few bytes) hold that much of the server's memory.
+    response_buffer_bytes: int = 256 * 1024
     # A WebSocket (or other upgraded connection) with no bytes either way for this long is closed: a
     # vanished peer would otherwise hold it, and keep its app instance busy (never scaled to zero), for good.
     tunnel_idle_timeout: float = 3600.0
