@@ -119,6 +119,29 @@ class Deploying:
         return self.proc.returncode, "".join(self.lines) + self.proc.stderr.read()
 
 
+def slow_boot_change(project: Path, note: str) -> str:
+    """Commit a change whose instances take two seconds to boot (a window to act in while tako-server
+    switches); returns the new version."""
+    toml = project / "tako.toml"
+    text = toml.read_text()
+    if "sleep 2;" not in text:
+        toml.write_text(text.replace('start = "python3 app.py"', 'start = "sleep 2; python3 app.py"'))
+    (project / "CHANGES.txt").write_text(f"{note}\n")
+    return commit_all(project, note)
+
+
+def deploy_until_tako_server_switches(cli: TakoCLI, host: Host, project: Path, version: str) -> Deploying:
+    """A deploy of `version`, returned once tako-server has the request (it logs the rollout's start)."""
+    run = Deploying(cli, host, project)
+    run.wait_for_line(f"[{SERVER}] starting instances")
+    wait_for(
+        lambda: f"rolling update to {version}:" in remote(host, f"cat {APP_DIR}/shared/logs/app.log"),
+        timeout=30,
+        what="tako-server to start the rollout",
+    )
+    return run
+
+
 def test_ctrl_c_before_the_switch_undoes_the_deploy(cli: TakoCLI, host: Host, project: Path) -> None:
     before = live_link(host).removeprefix("releases/")
     # An incompressible file, so the upload lasts long enough for the interrupt to land in it.
@@ -140,11 +163,8 @@ def test_ctrl_c_before_the_switch_undoes_the_deploy(cli: TakoCLI, host: Host, pr
 
 
 def test_ctrl_c_while_tako_server_switches_lets_it_finish(cli: TakoCLI, host: Host, project: Path) -> None:
-    toml = project / "tako.toml"
-    toml.write_text(toml.read_text().replace('start = "python3 app.py"', 'start = "sleep 2; python3 app.py"'))
-    new = commit_all(project, "boots in two seconds")
-    run = Deploying(cli, host, project)
-    run.wait_for_line(f"[{SERVER}] starting instances")
+    new = slow_boot_change(project, "boots in two seconds")
+    run = deploy_until_tako_server_switches(cli, host, project, new)
     run.proc.send_signal(signal.SIGINT)
     code, out = run.finish()
     assert code == 0, out
@@ -155,21 +175,9 @@ def test_ctrl_c_while_tako_server_switches_lets_it_finish(cli: TakoCLI, host: Ho
 def test_a_killed_cli_leaves_tako_server_to_finish_and_sync_writes_the_live_release(
     cli: TakoCLI, host: Host, project: Path
 ) -> None:
-    toml = project / "tako.toml"
-    text = toml.read_text()
-    if "sleep 2;" not in text:
-        toml.write_text(text.replace('start = "python3 app.py"', 'start = "sleep 2; python3 app.py"'))
-    (project / "CHANGES.txt").write_text("killed mid-rollout\n")
-    new = commit_all(project, "deployed by a CLI that gets killed")
-    run = Deploying(cli, host, project)
-    run.wait_for_line(f"[{SERVER}] starting instances")
-    # Killed once tako-server has the request (it logs the rollout's start), with no chance to finish.
-    wait_for(
-        lambda: f"rolling update to {new}:" in remote(host, f"cat {APP_DIR}/shared/logs/app.log"),
-        timeout=30,
-        what="tako-server to start the rollout",
-    )
-    run.proc.kill()
+    new = slow_boot_change(project, "deployed by a CLI that gets killed")
+    run = deploy_until_tako_server_switches(cli, host, project, new)
+    run.proc.kill()  # no chance to finish
     run.finish()
     # tako-server finishes the rollout and, as its last step, points `current` at the new release.
     wait_for(lambda: live_link(host) == f"releases/{new}", timeout=60, what=f"current -> {new}")
@@ -215,19 +223,8 @@ def test_a_reader_that_goes_away_does_not_split_the_server(cli: TakoCLI, host: H
 def test_a_network_cut_mid_rollout_says_what_is_known_and_the_next_deploy_recovers(
     cli: TakoCLI, host: Host, project: Path
 ) -> None:
-    toml = project / "tako.toml"
-    text = toml.read_text()
-    if "sleep 2;" not in text:
-        toml.write_text(text.replace('start = "python3 app.py"', 'start = "sleep 2; python3 app.py"'))
-    (project / "CHANGES.txt").write_text("deployed across a network cut\n")
-    new = commit_all(project, "a network cut mid-rollout")
-    run = Deploying(cli, host, project)
-    run.wait_for_line(f"[{SERVER}] starting instances")
-    wait_for(
-        lambda: f"rolling update to {new}:" in remote(host, f"cat {APP_DIR}/shared/logs/app.log"),
-        timeout=30,
-        what="tako-server to start the rollout",
-    )
+    new = slow_boot_change(project, "deployed across a network cut")
+    run = deploy_until_tako_server_switches(cli, host, project, new)
     host.cut()
     try:
         code, out = run.finish(timeout=90)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from tests.e2e.conftest import TakoCLI, user_home_with_key
+from tests.support.processes import stop_process
 from tests.support.projects import make_project
 from tests.support.testbed import Host, Testbed
 
@@ -131,12 +132,7 @@ def agent(tmp_path: Path) -> Iterator[str]:
             time.sleep(0.02)
         yield str(sock)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
 
 
 def ssh_add(agent_sock: str, key: Path, passphrase: str, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ import psutil
 import pytest
 import trustme
 from tests.support.pebble import free_port
+from tests.support.processes import stop_process
 from tests.support.proxy_harness import ProxyHarness, parse_responses, run, running_proxy
 from tests.support.proxy_process import proxy_process
 from tests.support.proxy_routes import StaticGate, StaticUpstream
@@ -116,12 +117,7 @@ def gunicorn_app(tmp_path: Path) -> Iterator[Gunicorn]:
         _wait_accepting(port, process)
         yield Gunicorn(port, process)
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process, grace=15)
 
 
 def _wait_accepting(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

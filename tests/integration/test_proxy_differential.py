@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tests.support.processes import stop_process
 from tests.support.proxy_harness import ProxyHarness, parse_responses, run, running_proxy
 from tests.support.proxy_routes import StaticGate, StaticUpstream
 
@@ -114,12 +115,7 @@ def app_server(
             time.sleep(0.05)
         yield AppServer(name, port, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
 
 
 def _report(method: str, path: str, body: bytes | None) -> dict[str, object]:

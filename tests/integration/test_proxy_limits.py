@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.support.processes import stop_process
 from tests.support.proxy_harness import one_app_proxy, parse_responses, raw_exchange, run, running_proxy
 from tests.support.proxy_process import proxy_process
 from tests.support.proxy_routes import StaticGate, StaticUpstream
@@ -374,12 +375,7 @@ def test_a_client_that_never_reads_cannot_grow_the_proxy(tmp_path: Path, kind: s
             assert peak - baseline < PIPELINE_RSS_LIMIT, (kind, sent, baseline, peak)
             assert dropped, f"{kind}: the connection was not dropped after keepalive_timeout"
     finally:
-        app.terminate()
-        try:
-            app.wait(10)
-        except subprocess.TimeoutExpired:
-            app.kill()
-            app.wait(10)
+        stop_process(app)
 
 
 def _free_port() -> int:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.support.processes import stop_process
 from tests.support.proxy_routes import StaticGate, StaticServices, StaticUpstream, snapshot
 
 from tako.config.server import ProxySettings
@@ -76,12 +77,7 @@ def proxy_process(config: dict[str, Any]) -> Iterator[tuple[subprocess.Popen[str
             raise RuntimeError(f"proxy process exited early with {proc.wait(10)}")
         yield proc, json.loads(line)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
 
 
 if __name__ == "__main__":
