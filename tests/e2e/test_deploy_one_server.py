@@ -54,7 +54,7 @@ def test_add_deploy_redeploy_and_layout(host: Host, tako: TakoCLI, tmp_path: Pat
     _, code = body_and_status(redirect)
     assert code == 301
 
-    # The remote layout matches the seed.
+    # The remote layout is the one docs/deployment.md describes.
     assert remote(host, f"readlink {APP_DIR}/current") == f"releases/{version}"
     assert remote(host, f"stat -c %a {APP_DIR}/releases/{version}/.env") == "600"
     env_text = remote(host, f"cat {APP_DIR}/releases/{version}/.env")

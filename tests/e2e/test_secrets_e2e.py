@@ -126,7 +126,7 @@ def remote(host: Host, command: str) -> str:
 @pytest.fixture(scope="module")
 def deployed(cli: TakoCLI, host: Host, tmp_path_factory: pytest.TempPathFactory) -> Deployed:
     """The secrets app deployed to production with API_KEY (one line) and CERT (multi-line) set."""
-    # A plain variable of the same name: the secret wins (DESIGN §3 merge order).
+    # A plain variable of the same name: the secret wins (the merge order of docs/tako-toml.md).
     vars_toml = '\n[vars]\nAPI_KEY = "from-vars"\nPLAIN = "plain value"\n'
     project = secrets_project(tmp_path_factory.mktemp("secrets-project"), extra_toml=vars_toml)
     values = {"API_KEY": one_line_value(), "CERT": multi_line_value()}

@@ -1,4 +1,4 @@
-"""tako.toml loading: every section of DESIGN §3, defaults, merging, errors naming file, key and line."""
+"""tako.toml loading: each section of docs/tako-toml.md, defaults, merging, errors naming file, key, line."""
 
 from __future__ import annotations
 

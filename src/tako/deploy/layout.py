@@ -1,4 +1,4 @@
-"""Remote paths of one app on a server (seed "Remote Layout"), as pure functions."""
+"""Remote paths of one app on a server (docs/deployment.md, "Remote layout"), as pure functions."""
 
 from __future__ import annotations
 

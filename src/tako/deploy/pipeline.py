@@ -1,4 +1,4 @@
-"""The per-server deploy pipeline (seed "Deploy Flow (Per Server)", DESIGN §4), and the parallel runner.
+"""The per-server deploy pipeline (the steps of docs/deployment.md), and the parallel runner.
 
 Every server runs the same steps independently; a failure on one never stops the others. Each failure
 path releases the lock and removes the release directory this deploy created, so the server keeps

@@ -72,7 +72,7 @@ def resolve_targets(project: ProjectConfig, inventory: Inventory, env: str) -> l
 
 
 def env_values(project: ProjectConfig, env: str, version: str) -> dict[str, str]:
-    """Merged vars of DESIGN §3, then secrets, then the reserved names Tako sets."""
+    """Merged vars (docs/tako-toml.md, "Variables"), then secrets, then the reserved names Tako sets."""
     from tako.secrets import load_env_secrets, missing_secrets
 
     missing = missing_secrets(project.root, env)

@@ -1,4 +1,4 @@
-"""One frozen dataclass per control command (DESIGN §5), and the reply envelope.
+"""One frozen dataclass per control command (docs/server.md, "Control socket"), and the reply envelope.
 
 Requests are `{"command": <name>, ...fields}`; replies are `{"status": "ok", "data": ...}` or
 `{"status": "error", "message": ...}`.

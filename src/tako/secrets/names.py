@@ -12,7 +12,7 @@ from tako.errors import SecretsError
 MAX_SECRET_NAME_LENGTH = 128
 _SECRET_NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 _ENV_NAME = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
-# Tako sets these itself after the merge (DESIGN §3); a secret by these names would be overridden silently.
+# Tako sets these itself after the merge (docs/tako-toml.md): a secret of that name would be overridden.
 RESERVED_NAMES = frozenset({"ENV", "TAKO_BUILD", "PORT", "HOST", "TAKO_APP", "TAKO_INSTANCE"})
 
 

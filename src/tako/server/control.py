@@ -1,4 +1,4 @@
-"""The control socket: JSON lines over a unix socket (DESIGN §5), one short handler per command.
+"""The control socket: JSON lines over a unix socket (docs/server.md), one short handler per command.
 
 Malformed or oversized lines and unknown commands get an error reply; the connection stays usable.
 The socket file is created atomically with mode 0600; a stale one is replaced, a live one is refused.

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = load_config(args)
-        # uvloop: the proxy's event loop (DESIGN §2); its child watcher also reports exits at once.
+        # uvloop: the proxy's event loop (docs/proxy.md); its child watcher also reports exits at once.
         import uvloop
 
         uvloop.run(Daemon(config).run())

@@ -1,4 +1,4 @@
-"""Health checks: one HTTP probe of an instance, and the failure-count policy (DESIGN §6).
+"""Health checks: one HTTP probe of an instance and the failure-count policy (docs/server.md).
 
 Any answer below 500 is healthy. 2 consecutive failures take an instance out of rotation, 5 mark it dead;
 one success brings it back.

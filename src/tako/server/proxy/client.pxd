@@ -1,4 +1,4 @@
-# Cython declarations for client.py (see docs/compiled.md): C types for the attributes and the calls the
+# Cython declarations for client.py (see docs/proxy.md, "Compiled hot path"): C types for the attributes and the calls the
 # per-request path makes. The .py file stays the source; these only take effect when it is compiled.
 from tako.server.proxy.upstream cimport UpstreamConnection
 

@@ -1,4 +1,4 @@
-# Cython declarations for upstream.py (see docs/compiled.md): C types for the attributes and the calls the
+# Cython declarations for upstream.py (see docs/proxy.md, "Compiled hot path"): C types for the attributes and the calls the
 # per-request path makes. The .py file stays the source; these only take effect when it is compiled.
 cimport cython
 
