@@ -14,6 +14,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 from tests.e2e.conftest import TakoCLI, tako_executable, user_ssh_env
@@ -77,7 +78,8 @@ def assert_consistent(host: Host, version: str) -> None:
 
 
 class Deploying:
-    """`tako deploy` as a subprocess whose progress lines (stdout, one per step) are read as they come."""
+    """`tako deploy` as a subprocess whose output lines (progress on stdout, notices on stderr) are read as
+    they come."""
 
     def __init__(self, cli: TakoCLI, host: Host, project: Path) -> None:
         self.proc = subprocess.Popen(
@@ -90,12 +92,16 @@ class Deploying:
         )
         self.lines: list[str] = []
         self._seen = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream,), daemon=True)
+            for stream in (self.proc.stdout, self.proc.stderr)
+        ]
+        for reader in self._readers:
+            reader.start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+    def _read(self, stream: IO[str] | None) -> None:
+        assert stream is not None
+        for line in stream:
             with self._seen:
                 self.lines.append(line)
                 self._seen.notify_all()
@@ -114,9 +120,9 @@ class Deploying:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
-        self._reader.join(timeout=10)
-        assert self.proc.stderr is not None
-        return self.proc.returncode, "".join(self.lines) + self.proc.stderr.read()
+        for reader in self._readers:
+            reader.join(timeout=10)
+        return self.proc.returncode, "".join(self.lines)
 
 
 def slow_boot_change(project: Path, note: str) -> str:
@@ -238,6 +244,37 @@ def test_a_network_cut_mid_rollout_says_what_is_known_and_the_next_deploy_recove
     wait_for(lambda: live_link(host) == f"releases/{new}", timeout=60, what=f"current -> {new}")
     (project / "CHANGES.txt").write_text("after the cut\n")
     after = commit_all(project, "after the cut")
+    redeploy = cli.ok("deploy", "--yes", cwd=project, env=user_ssh_env(host), timeout=180)
+    assert "removing a stale lock of an interrupted deploy" in redeploy.stdout, redeploy.stdout
+    assert_consistent(host, after)
+
+
+def test_sigterm_is_an_interrupt_too(cli: TakoCLI, host: Host, project: Path) -> None:
+    before = live_link(host).removeprefix("releases/")
+    (project / "blob.bin").write_bytes(os.urandom(48 * 1024 * 1024))
+    new = commit_all(project, "another big file")
+    run = Deploying(cli, host, project)
+    run.wait_for_line(f"[{SERVER}] uploading")
+    run.proc.send_signal(signal.SIGTERM)
+    code, out = run.finish()
+    assert code == 130, out
+    assert "interrupted before tako-server was asked to switch" in out, out
+    assert_consistent(host, before)
+    assert new not in remote(host, f"ls -A {APP_DIR}/releases")
+
+
+def test_a_second_ctrl_c_quits_at_once(cli: TakoCLI, host: Host, project: Path) -> None:
+    new = slow_boot_change(project, "interrupted twice")
+    run = deploy_until_tako_server_switches(cli, host, project, new)
+    run.proc.send_signal(signal.SIGINT)  # this server is switching: the first one lets it finish
+    run.wait_for_line("Interrupted:")
+    run.proc.send_signal(signal.SIGINT)
+    code, out = run.finish(timeout=10)  # no waiting for the instances to boot
+    assert code == 130, out
+    assert f"✓ {SERVER}" not in out, out
+    # tako-server finishes on its own; the quit CLI's lock is stale for the next deploy.
+    wait_for(lambda: live_link(host) == f"releases/{new}", timeout=60, what=f"current -> {new}")
+    after = slow_boot_change(project, "after quitting")
     redeploy = cli.ok("deploy", "--yes", cwd=project, env=user_ssh_env(host), timeout=180)
     assert "removing a stale lock of an interrupted deploy" in redeploy.stdout, redeploy.stdout
     assert_consistent(host, after)
