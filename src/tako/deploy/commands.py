@@ -189,10 +189,6 @@ def rollback(staging: str, release: str, replaced: str) -> Command:
     return sh(_ROLLBACK, staging, release, replaced)
 
 
-def switch_current(layout: AppLayout, version: str, nonce: str) -> Command:
-    return sh(_SWITCH_CURRENT, layout.app_dir, version, nonce)
-
-
 def parse_df_available(output: str) -> int:
     """Available bytes from `df -Pk` output (last line, 4th column)."""
     lines = [line for line in output.strip().splitlines() if line.strip()]

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from tako.deploy import commands
-from tako.deploy.layout import AppLayout
+from tako.deploy.layout import TAKO_ROOT, AppLayout
 from tako.deploy.report import DeployReport, Progress, ServerOutcome
 from tako.errors import DeployError, RemoteError, ServerError, TakoError
 from tako.protocol import Deploy, Routes, Status
@@ -61,7 +61,7 @@ class DeployPlan:
     unpacked_size: int = 0  # the release once extracted (ArchiveInfo.unpacked_size)
     wheel_size: int = 0  # Python wheels in it, which the server installs into a venv
     known_hosts: Path = Path()
-    root: str = "/opt/tako"
+    root: str = TAKO_ROOT
     # Steps after the extract, each given the executor, the staged release dir and the step reporter (so a
     # failure is reported at the hook's own step, e.g. "python", not at "extract").
     after_extract: tuple[Callable[[Executor, str, StepReporter], Awaitable[None]], ...] = ()
@@ -214,7 +214,7 @@ class ServerDeploy:
             raise DeployError(
                 f"not enough disk space under {plan.root}: {_size(plan.required_disk)} required "
                 f"({plan.describe_required_disk()}), {_size(available)} available",
-                hint="free some space on the server (old releases live in /opt/tako/apps/*/releases)",
+                hint=f"free some space on the server (old releases live in {plan.root}/apps/*/releases)",
             )
 
         self._step("server", "checking tako-server")

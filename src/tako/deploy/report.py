@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -13,7 +13,6 @@ class ServerOutcome:
     step: str
     message: str = ""
     hint: str | None = None
-    detail: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -45,14 +44,3 @@ class Progress(Protocol):
     def transfer(self, server: str, sent: int, total: int) -> None: ...
 
     def finished(self, outcome: ServerOutcome) -> None: ...
-
-
-class SilentProgress:
-    def step(self, server: str, step: str, text: str) -> None:
-        pass
-
-    def transfer(self, server: str, sent: int, total: int) -> None:
-        pass
-
-    def finished(self, outcome: ServerOutcome) -> None:
-        pass

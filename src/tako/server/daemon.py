@@ -51,7 +51,6 @@ class Daemon:
         self.workers: WorkerPool | None = None  # [server] workers > 1: data-plane worker processes
         self.http_port: int | None = None
         self.https_port: int | None = None
-        self._routed_hosts: set[str] = set()
         self.challenges = ChallengeStore(config.data_dir / CHALLENGES_DIR)
         self.acme = AcmeManager(config.acme, config.data_dir, self.challenges)
         self._tasks: list[asyncio.Task[None]] = []
@@ -68,7 +67,6 @@ class Daemon:
     def _routed_hosts_changed(self, hosts: set[str]) -> None:
         """Routes changed: certificates for new hosts are requested in the background (a deploy never
         waits for them)."""
-        self._routed_hosts = set(hosts)
         self.acme.set_hosts(h for h in hosts if not h.startswith("*."))
 
     # -- lifecycle ------------------------------------------------------------------------------------

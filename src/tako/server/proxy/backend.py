@@ -1,8 +1,8 @@
 """The narrow interface between the data plane (proxy) and the rest of tako-server.
 
 The proxy reads an immutable `Snapshot` (swapped whole by the runtime on every change) and reports
-request activity through `Upstream.request_started/finished`. It never imports the app runtime, so it
-can later run in worker processes fed with snapshots.
+request activity through `Upstream.request_started/finished`. It never imports the app runtime, which is
+what lets the data-plane workers (`[server] workers`) run it unchanged from plain-data snapshots.
 """
 
 from __future__ import annotations

@@ -121,11 +121,6 @@ class CertStore:
             self._context = ctx
         return self._context
 
-    def reload_if_changed(self) -> None:
-        """Re-check every known certificate directory now, ignoring the once-per-second throttle."""
-        for name in list(self._entries):
-            self._entry(name, force=True)
-
     def select(self, server_name: str) -> ssl.SSLContext | None:
         """The context to serve for `server_name` (already lower-case), or None to refuse the handshake."""
         name = server_name.rstrip(".")
