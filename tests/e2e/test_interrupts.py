@@ -8,7 +8,9 @@ later `secrets sync` rewrites the `.env` of the release that actually serves.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -18,7 +20,7 @@ from typing import IO
 
 import pytest
 from tests.e2e.conftest import TakoCLI, tako_executable, user_ssh_env
-from tests.support.projects import body_and_status, commit_all, curl, make_project, wait_for
+from tests.support.projects import body_and_status, commit_all, curl, git, make_project, wait_for
 from tests.support.testbed import Host, Testbed
 
 pytestmark = pytest.mark.e2e
@@ -148,24 +150,70 @@ def deploy_until_tako_server_switches(cli: TakoCLI, host: Host, project: Path, v
     return run
 
 
-def test_ctrl_c_before_the_switch_undoes_the_deploy(cli: TakoCLI, host: Host, project: Path) -> None:
+# The steps before tako-server is asked to switch, in order, and the progress line each one starts with.
+PRE_SWITCH_STEPS = {
+    "connect": "connecting to",
+    "lock": "taking the deploy lock",
+    "disk": "checking free disk space",
+    "server": "checking tako-server",
+    "routes": "checking route conflicts",
+    "dirs": "creating release directories",
+    "upload": "uploading",
+    "extract": "unpacking the release",
+}
+
+
+def big_change(project: Path) -> str:
+    """An incompressible 24 MB file, committed once: upload and extract last long enough to be hit."""
+    blob = project / "blob.bin"
+    if not blob.exists():
+        blob.write_bytes(os.urandom(24 * 1024 * 1024))
+        commit_all(project, "a big file")
+    return git(project, "rev-parse", "--short=7", "HEAD")
+
+
+@pytest.mark.parametrize("step", list(PRE_SWITCH_STEPS))
+def test_ctrl_c_before_the_switch_undoes_the_deploy(
+    step: str, cli: TakoCLI, host: Host, project: Path
+) -> None:
     before = live_link(host).removeprefix("releases/")
-    # An incompressible file, so the upload lasts long enough for the interrupt to land in it.
-    (project / "blob.bin").write_bytes(os.urandom(48 * 1024 * 1024))
-    new = commit_all(project, "a big file")
+    new = big_change(project)
+    run = Deploying(cli, host, project)
+    run.wait_for_line(f"[{SERVER}] {PRE_SWITCH_STEPS[step]}")
+    run.proc.send_signal(signal.SIGINT)
+    code, out = run.finish()
+    assert code == 130, out
+    assert "Interrupted:" in out, out
+    # Stopped in that step, or (a short one) in one of the next before the switch.
+    failed = re.search(
+        rf"✗ {SERVER}: failed at (\w+): interrupted before tako-server was asked to switch", out
+    )
+    steps = list(PRE_SWITCH_STEPS)
+    assert failed and failed.group(1) in steps[steps.index(step) :], out
+    assert_consistent(host, before)
+    assert new not in remote(host, f"ls -A {APP_DIR}/releases")
+    (server,) = json.loads(cli.ok("status", "--json", env=user_ssh_env(host)).stdout)
+    assert [a["version"] for a in server["apps"] if a["app"] == APP] == [before]
+
+
+def test_the_next_deploy_after_an_interrupt_goes_through(cli: TakoCLI, host: Host, project: Path) -> None:
+    new = big_change(project)
+    cli.ok("deploy", "--yes", cwd=project, env=user_ssh_env(host), timeout=180)
+    assert_consistent(host, new)
+
+
+def test_an_interrupted_redeploy_of_the_live_version_keeps_it(
+    cli: TakoCLI, host: Host, project: Path
+) -> None:
+    live = live_link(host).removeprefix("releases/")
+    assert big_change(project) == live  # nothing changed: the same version once more
     run = Deploying(cli, host, project)
     run.wait_for_line(f"[{SERVER}] uploading")
     run.proc.send_signal(signal.SIGINT)
     code, out = run.finish()
     assert code == 130, out
-    assert "Interrupted:" in out, out
-    assert f"✗ {SERVER}: failed at upload: interrupted before tako-server was asked to switch" in out, out
-    assert_consistent(host, before)
-    assert new not in remote(host, f"ls -A {APP_DIR}/releases")
-
-    # The next deploy goes through as usual.
-    cli.ok("deploy", "--yes", cwd=project, env=user_ssh_env(host), timeout=180)
-    assert_consistent(host, new)
+    assert remote(host, f"test -f {APP_DIR}/releases/{live}/app.json && echo kept") == "kept"
+    assert_consistent(host, live)
 
 
 def test_ctrl_c_while_tako_server_switches_lets_it_finish(cli: TakoCLI, host: Host, project: Path) -> None:
@@ -251,7 +299,7 @@ def test_a_network_cut_mid_rollout_says_what_is_known_and_the_next_deploy_recove
 
 def test_sigterm_is_an_interrupt_too(cli: TakoCLI, host: Host, project: Path) -> None:
     before = live_link(host).removeprefix("releases/")
-    (project / "blob.bin").write_bytes(os.urandom(48 * 1024 * 1024))
+    (project / "blob.bin").write_bytes(os.urandom(24 * 1024 * 1024))
     new = commit_all(project, "another big file")
     run = Deploying(cli, host, project)
     run.wait_for_line(f"[{SERVER}] uploading")

@@ -82,6 +82,35 @@ def test_finish_staging_writes_env_from_stdin_and_promotes(tmp_path: Path) -> No
     assert not staging.exists()
 
 
+def test_rollback_keeps_a_release_of_the_same_version_it_did_not_promote(tmp_path: Path) -> None:
+    layout = AppLayout("app", root=str(tmp_path))
+    Path(layout.shared_logs).mkdir(parents=True)
+    release = Path(layout.release("v1"))
+    release.mkdir(parents=True)
+    (release / "live.txt").write_text("the live release")
+    staging, replaced = layout.staging("v1", "n2"), layout.replaced("v1", "n2")
+    Path(staging).mkdir()
+    # Interrupted before its promotion: the existing v1 stays.
+    assert run(commands.rollback(staging, str(release), replaced)).returncode == 0
+    assert (release / "live.txt").exists() and not Path(staging).exists()
+    # Promoted (the old v1 moved aside), then undone: the old v1 is back.
+    Path(staging).mkdir()
+    assert run(commands.finish_staging(layout, staging, str(release), replaced), b"").returncode == 0
+    assert not (release / "live.txt").exists()
+    assert run(commands.rollback(staging, str(release), replaced)).returncode == 0
+    assert (release / "live.txt").read_text() == "the live release" and not Path(replaced).exists()
+    # A new version promoted by this deploy, then undone: removed.
+    new, staging3 = Path(layout.release("v2")), layout.staging("v2", "n3")
+    Path(staging3).mkdir()
+    assert (
+        run(commands.finish_staging(layout, staging3, str(new), layout.replaced("v2", "n3")), b"").returncode
+        == 0
+    )
+    assert new.is_dir()
+    assert run(commands.rollback(staging3, str(new), layout.replaced("v2", "n3"))).returncode == 0
+    assert not new.exists()
+
+
 def test_preflight_reports_space_and_server() -> None:
     available, installed = commands.parse_preflight("/dev/vda 100 50 2048 50% /\nmissing\n")
     assert (available, installed) == (2048 * 1024, False)

@@ -72,9 +72,18 @@ cat > "$1/.env.tmp"
 mv -f "$1/.env.tmp" "$1/.env"
 """
 
+# Undo a deploy's staging ($1 staging, $2 release, $3 where an existing release of the same version was
+# moved aside). releases/<version> is removed only if this deploy put it there (its marker names this
+# staging dir): a redeploy of a version that already exists, interrupted before its promotion, must not
+# take the existing (maybe live) release with it.
 _ROLLBACK = """
-rm -rf "$1" "$2"
-if [ -e "$3" ]; then mv "$3" "$2"; fi
+rm -rf "$1"
+if [ -e "$3" ]; then
+  rm -rf "$2"
+  mv "$3" "$2"
+elif [ "$(cat "$2/.tako-staged-from" 2>/dev/null)" = "${1##*/}" ]; then
+  rm -rf "$2"
+fi
 """
 
 # Disk space and whether tako-server is installed, in one round trip: the last line of `df -Pk`, then
@@ -92,6 +101,7 @@ rm -rf "$1/logs"
 ln -s "$2" "$1/logs"
 (umask 077; cat > "$1/.env.tmp")
 mv -f "$1/.env.tmp" "$1/.env"
+printf '%s\n' "${1##*/}" > "$1/.tako-staged-from"
 if [ -e "$3" ]; then mv "$3" "$4"; fi
 mv "$1" "$3"
 """

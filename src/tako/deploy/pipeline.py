@@ -85,6 +85,10 @@ class DeployPlan:
         return ", ".join(parts) + f" and {_size(DISK_HEADROOM)} to spare"
 
 
+class _Interrupted(Exception):
+    """Raised at the start of a step once the deploy was interrupted (before tako-server was asked)."""
+
+
 def _show(show: Callable[..., None], *args: object) -> None:
     """Progress output that cannot fail a deploy: with stdout gone (`tako deploy | head -5`, a closed
     terminal) the deploy goes on, since stopping between steps could leave a server half switched."""
@@ -150,11 +154,24 @@ class ServerDeploy:
         # tako-server was asked to run the release: from then on an interrupt lets this server finish (the
         # server completes the rollout whatever the CLI does; stopping here would only leave a lock).
         self.committed = False
+        self.interrupted = False
         self.step_name = "connect"
 
     def _step(self, step: str, text: str) -> None:
+        if self.interrupted:
+            raise _Interrupted  # a step not yet started is skipped
         self.step_name = step
         _show(self.progress.step, self.name, step, text)
+
+    def interrupt(self) -> bool:
+        """Stop before the next step; True when the step in progress may be cut short too.
+
+        Only the upload is cut (its remote end stops at end of input). A remote command cut short would go
+        on running on the server while the cleanup runs beside it (a `mkdir` or `tar` recreating what the
+        cleanup just removed), so the others finish first: they take seconds at most.
+        """
+        self.interrupted = True
+        return self.step_name == "upload"
 
     async def run(self) -> ServerOutcome:
         try:
@@ -164,10 +181,7 @@ class ServerDeploy:
             # Remote errors start with the server's name; the outcome already carries it.
             message = exc.message.removeprefix(f"{self.name}: ")
             return ServerOutcome(self.name, False, self.step_name, message, exc.hint)
-        except Exception as exc:  # one server's unexpected failure must not stop the others
-            await self._cleanup()
-            return ServerOutcome(self.name, False, self.step_name, f"unexpected error: {exc!r}")
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, _Interrupted):
             # Interrupted (Ctrl-C, SIGTERM, a closed terminal) before tako-server was asked: undo what this
             # deploy made, so the server is exactly as before.
             await self._cleanup()
@@ -178,6 +192,9 @@ class ServerDeploy:
                 "interrupted before tako-server was asked to switch: nothing changed, the previous release "
                 "keeps serving and the lock is released",
             )
+        except Exception as exc:  # one server's unexpected failure must not stop the others
+            await self._cleanup()
+            return ServerOutcome(self.name, False, self.step_name, f"unexpected error: {exc!r}")
         finally:
             if self.executor is not None:
                 await self.executor.close()
@@ -247,8 +264,8 @@ class ServerDeploy:
             )
 
         self._step("dirs", "creating release directories")
+        self.staged = True  # before the command: an interrupt may land after the server made the dirs
         await ex.run(commands.prepare_dirs(self.layout, self.staging), what="mkdir")
-        self.staged = True
 
         self._step("upload", f"uploading {_size(plan.archive_size)}")
         upload_path = self.upload_path
@@ -374,7 +391,7 @@ async def deploy_all(
         interrupted = True
         on_interrupt()
         for deploy, task in zip(deploys, tasks, strict=True):
-            if not deploy.committed and not task.done():
+            if not deploy.committed and not task.done() and deploy.interrupt():
                 task.cancel()
 
     loop = asyncio.get_running_loop()
