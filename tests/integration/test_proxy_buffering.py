@@ -27,7 +27,14 @@ import pytest
 import trustme
 from tests.support.pebble import free_port
 from tests.support.processes import stop_process
-from tests.support.proxy_harness import ProxyHarness, parse_responses, run, running_proxy
+from tests.support.proxy_harness import (
+    ProxyHarness,
+    parse_responses,
+    raw_exchange,
+    read_responses,
+    run,
+    running_proxy,
+)
 from tests.support.proxy_process import proxy_process
 from tests.support.proxy_routes import StaticGate, StaticUpstream
 from tests.support.upstreams import HttpUpstream
@@ -157,17 +164,15 @@ async def _open(
 
 
 async def _read_all(reader: asyncio.StreamReader, timeout: float = 30.0) -> bytes:
-    data = b""
     async with asyncio.timeout(timeout):
-        while True:
-            try:
-                chunk = await reader.read(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            data += chunk
-    return data
+        return await read_responses(reader)
+
+
+async def _exchange(p: ProxyHarness, data: bytes) -> bytes:
+    """`data` on a new TLS connection; everything the proxy sends until it closes."""
+    return await raw_exchange(
+        p.https_port, data, ssl_context=p.client_context(), server_hostname=HOST, timeout=30.0
+    )
 
 
 async def _read_response(reader: asyncio.StreamReader, timeout: float = 30.0) -> bytes:
@@ -320,17 +325,10 @@ def test_max_body_bytes_answers_413_without_involving_the_app(tmp_path: Path) ->
 
     async def scenario() -> None:
         async with app_proxy(tmp_path, settings) as (p, instance):
-            reader, writer = await _open(p)
-            writer.write(_post_head("/sink", length=1001) + b"x" * 1001)
-            data = await _read_all(reader)
-            await _close(writer)
+            data = await _exchange(p, _post_head("/sink", length=1001) + b"x" * 1001)
             assert [r.status for r in parse_responses(data)] == [413]
-            reader, writer = await _open(p)
-            writer.write(
-                _post_head("/sink", chunked=True) + b"3e8\r\n" + b"x" * 1000 + b"\r\n1\r\nx\r\n0\r\n\r\n"
-            )
-            data = await _read_all(reader)
-            await _close(writer)
+            chunked = b"3e8\r\n" + b"x" * 1000 + b"\r\n1\r\nx\r\n0\r\n\r\n"
+            data = await _exchange(p, _post_head("/sink", chunked=True) + chunked)
             assert [r.status for r in parse_responses(data)] == [413]
             assert instance.started == 0
 

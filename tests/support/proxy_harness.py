@@ -190,6 +190,22 @@ def parse_responses(data: bytes) -> list[RawResponse]:
     return collector.responses
 
 
+async def read_responses(reader: asyncio.StreamReader, *, expect: int = 0) -> bytes:
+    """What the peer sends until it closes (or resets), or until `expect` (> 0) responses are complete."""
+    received = b""
+    while True:
+        try:
+            chunk = await reader.read(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        received += chunk
+        if expect and sum(r.complete for r in parse_responses(received)) >= expect:
+            break
+    return received
+
+
 async def raw_exchange(
     port: int,
     data: bytes | list[bytes],
@@ -204,24 +220,12 @@ async def raw_exchange(
     reader, writer = await asyncio.open_connection(
         "127.0.0.1", port, ssl=ssl_context, server_hostname=server_hostname
     )
-    received = b""
     try:
         async with asyncio.timeout(timeout):
             for piece in [data] if isinstance(data, bytes) else data:
                 writer.write(piece)
                 await writer.drain()
-            while True:
-                try:
-                    chunk = await reader.read(65536)
-                except ConnectionResetError:
-                    break
-                if not chunk:
-                    break
-                received += chunk
-                if not until_closed and expect_responses:
-                    done = [r for r in parse_responses(received) if r.complete]
-                    if len(done) >= expect_responses:
-                        break
+            received = await read_responses(reader, expect=0 if until_closed else expect_responses)
     finally:
         writer.close()
         with contextlib.suppress(Exception):
