@@ -174,6 +174,16 @@ class TakoCLI:
         return proc
 
 
+def cli_with_server(host: Host, tmp_path_factory: pytest.TempPathFactory, name: str) -> TakoCLI:
+    """A TakoCLI with a TAKO_HOME of its own (0700) and `host` added to its inventory as server `name`,
+    logging in as a user does (`user_ssh_env`): for a test module's `cli` fixture."""
+    home = tmp_path_factory.mktemp(f"{name}-home")
+    home.chmod(0o700)
+    runner = TakoCLI(home, tako_executable())
+    runner.ok("servers", "add", host.address, "--name", name, env=user_ssh_env(host))
+    return runner
+
+
 @pytest.fixture
 def tako(tako_home: Path) -> TakoCLI:
     """`tako.run(*args, cwd=...)` runs the CLI with TAKO_HOME=tako_home (and `env=user_ssh_env(host)` to

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from tests.e2e.conftest import TakoCLI, tako_executable, user_ssh_env
+from tests.e2e.conftest import TakoCLI, cli_with_server, user_ssh_env
 from tests.support.projects import body_and_status, commit_all, curl, git, make_project, wait_for
 from tests.support.testbed import Host, Testbed
 
@@ -38,11 +38,7 @@ def host(testbed: Testbed) -> Host:
 
 @pytest.fixture(scope="module")
 def cli(host: Host, tmp_path_factory: pytest.TempPathFactory) -> TakoCLI:
-    home = tmp_path_factory.mktemp("interrupts") / "tako-home"
-    home.mkdir(mode=0o700)
-    runner = TakoCLI(home, tako_executable())
-    runner.ok("servers", "add", host.address, "--name", SERVER, env=user_ssh_env(host))
-    return runner
+    return cli_with_server(host, tmp_path_factory, SERVER)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from tests.e2e.conftest import TakoCLI, tako_executable, user_ssh_env
+from tests.e2e.conftest import TakoCLI, cli_with_server, user_ssh_env
 from tests.support.projects import body_and_status, commit_all, curl, make_project, wait_for
 from tests.support.testbed import Host, Testbed
 
@@ -102,11 +102,7 @@ def host(testbed: Testbed) -> Host:
 
 @pytest.fixture(scope="module")
 def cli(host: Host, tmp_path_factory: pytest.TempPathFactory) -> TakoCLI:
-    home = tmp_path_factory.mktemp("iso-home")
-    home.chmod(0o700)
-    runner = TakoCLI(home, tako_executable())
-    runner.ok("servers", "add", host.address, "--name", HOST, env=user_ssh_env(host))
-    return runner
+    return cli_with_server(host, tmp_path_factory, HOST)
 
 
 def route(app: str) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import TakoCLI, tako_executable, user_ssh_env
+from tests.e2e.conftest import TakoCLI, cli_with_server, user_ssh_env
 from tests.support.projects import body_and_status, commit_all, curl, git, wait_for
 from tests.support.testbed import Host, Testbed
 
@@ -77,11 +77,7 @@ def host(testbed: Testbed) -> Host:
 @pytest.fixture(scope="module")
 def cli(host: Host, tmp_path_factory: pytest.TempPathFactory) -> TakoCLI:
     """One TAKO_HOME for the module, so its wheelhouse cache (TAKO_HOME/cache/wheels) is shared."""
-    home = tmp_path_factory.mktemp("python-apps") / "tako-home"
-    home.mkdir(mode=0o700)
-    runner = TakoCLI(home, tako_executable())
-    runner.ok("servers", "add", host.address, "--name", SERVER, env=ssh_env(host))
-    return runner
+    return cli_with_server(host, tmp_path_factory, SERVER)
 
 
 def copy_example(root: Path, example: Example) -> Path:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import TakoCLI, tako_executable, user_ssh_env
+from tests.e2e.conftest import TakoCLI, cli_with_server, user_ssh_env
 from tests.support.projects import body_and_status, commit_all, curl, git, make_project, wait_for
 from tests.support.testbed import Host, Testbed
 
@@ -59,11 +59,7 @@ def host(testbed: Testbed) -> Host:
 @pytest.fixture(scope="module")
 def cli(host: Host, tmp_path_factory: pytest.TempPathFactory) -> TakoCLI:
     """One TAKO_HOME for the module (the env keys live there), with the host in the inventory."""
-    home = tmp_path_factory.mktemp("secrets-home")
-    home.chmod(0o700)
-    runner = TakoCLI(home, tako_executable())
-    runner.ok("servers", "add", host.address, "--name", HOST, env=ssh_env(host))
-    return runner
+    return cli_with_server(host, tmp_path_factory, HOST)
 
 
 def ssh_env(host: Host) -> dict[str, str]:
