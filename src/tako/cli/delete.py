@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from tako.cli.confirm import Confirmation, confirm_or_require_yes
 from tako.cli.context import get_cli
 from tako.config.project import find_project_dir, load_project
 from tako.deploy.delete import delete_app
@@ -52,14 +53,13 @@ def delete(
             addresses.append(ServerAddress.of(entry))
     names = ", ".join(a.name for a in addresses)
     if not yes:
-        if not cli.interactive:
-            raise UsageError(
-                f"deleting {app!r} from {names} needs confirmation",
-                hint="pass --yes to delete without a terminal",
-            )
-        if not cli.confirm(f"Delete {app} ({env}) from {names}? Its files and logs are removed."):
-            click.echo("not deleted")
-            raise click.exceptions.Exit(1)
+        ask = Confirmation(
+            question=f"Delete {app} ({env}) from {names}? Its files and logs are removed.",
+            refusal=f"deleting {app!r} from {names} needs confirmation",
+            hint="pass --yes to delete without a terminal",
+            declined=f"{app} not deleted.",
+        )
+        confirm_or_require_yes(cli, ask)
     console = cli.console
     results = asyncio.run(fan_out(addresses, cli.known_hosts_path, lambda ex: delete_app(ex, app)))
     for result in results:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from tako.cli.confirm import Confirmation, confirm_or_require_yes
 from tako.cli.context import get_cli
 from tako.cli.progress import LiveProgress, PlainProgress
 from tako.config.edit import add_server_mapping
@@ -75,14 +76,13 @@ def deploy(env: str, yes: bool, directory: Path | None) -> None:
     console = cli.console
     interactive = cli.interactive
     if env == "production" and not yes:
-        if not interactive:
-            raise UsageError(
-                "deploying to production needs confirmation",
-                hint="pass --yes to deploy to production without a terminal",
-            )
-        if not cli.confirm("Deploy to production?"):
-            cli.err_console.print("Not deployed.")
-            raise click.exceptions.Exit(1)
+        ask = Confirmation(
+            question="Deploy to production?",
+            refusal="deploying to production needs confirmation",
+            hint="pass --yes to deploy to production without a terminal",
+            declined="Not deployed.",
+        )
+        confirm_or_require_yes(cli, ask)
     if interactive:
         offer_server(project_dir, env)
     prepared = prepare(project_dir, env, output=lambda line: console.print(f"  {line}", markup=False))

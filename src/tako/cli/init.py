@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 import tomlkit
 
+from tako.cli.confirm import Confirmation, confirm_or_require_yes
 from tako.cli.context import CliContext, pass_cli
 from tako.cli.render import print_message, print_success
 from tako.config.loading import NAME_RULES, name_problem, write_atomic
@@ -116,11 +117,13 @@ def init(cli: CliContext, directory: Path | None, force: bool, name: str | None)
             raise UsageError(f"invalid app name {name!r}: {problem}", hint=NAME_RULES)
     path = target / PROJECT_FILE
     if path.exists() and not force:
-        if not cli.interactive:
-            raise UsageError(f"{path} already exists", hint="pass --force to overwrite it")
-        if not cli.confirm(f"{path} already exists. Overwrite it?"):
-            print_message(cli.err_console, f"{path} not overwritten.")
-            raise click.exceptions.Exit(1)
+        ask = Confirmation(
+            question=f"{path} already exists. Overwrite it?",
+            refusal=f"{path} already exists",
+            hint="pass --force to overwrite it",
+            declined=f"{path} not overwritten.",
+        )
+        confirm_or_require_yes(cli, ask)
     app_name = name or detect_app_name(target) or FALLBACK_NAME
     detection = detect_framework(target)
     written = write_project_file(target, render_template(app_name, detection.start, detection.comment))

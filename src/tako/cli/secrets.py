@@ -14,6 +14,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from tako.cli.confirm import Confirmation, confirm_or_require_yes
 from tako.cli.context import CliContext, get_cli
 from tako.cli.render import print_json, print_message, print_success, print_warning
 from tako.errors import SecretsError, TakoError, UsageError
@@ -172,14 +173,13 @@ def rm_cmd(env: str | None, yes: bool, name: str) -> None:
         raise SecretsError(f"secret {name} is not set in {where}", hint="list secrets with `tako secrets ls`")
     where = ", ".join(targets)
     if not yes:
-        if not cli.interactive:
-            raise UsageError(
-                f"not removing {name} from {where}: confirmation needed and stdin is not a terminal",
-                hint=f"confirm with --yes: `tako secrets rm {env_flag}{name} --yes`",
-            )
-        if not cli.confirm(f"Remove secret {name} from {where}?"):
-            print_message(cli.err_console, f"Secret {name} not removed.")
-            raise click.exceptions.Exit(1)
+        ask = Confirmation(
+            question=f"Remove secret {name} from {where}?",
+            refusal=f"not removing {name} from {where}: confirmation needed and stdin is not a terminal",
+            hint=f"confirm with --yes: `tako secrets rm {env_flag}{name} --yes`",
+            declined=f"Secret {name} not removed.",
+        )
+        confirm_or_require_yes(cli, ask)
     removed = service.remove_secret(project_dir, name, env)
     print_success(cli.console, f"Removed {name} from {', '.join(removed)}.")
     syncs = " and ".join(f"`tako secrets sync --env {e}`" for e in removed)

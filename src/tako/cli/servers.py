@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
+from tako.cli.confirm import Confirmation, confirm_or_require_yes
 from tako.cli.context import CliContext, pass_cli
 from tako.cli.render import make_table, print_hint, print_json, print_message, print_success, print_warning
 from tako.config.inventory import (
@@ -21,7 +22,7 @@ from tako.config.inventory import (
     plan_add,
     remove_server,
 )
-from tako.errors import RemoteError, TakoError, UsageError
+from tako.errors import RemoteError, TakoError
 
 if TYPE_CHECKING:
     from tako.remote.executor import Executor
@@ -153,14 +154,13 @@ def rm(cli: CliContext, name: str, yes: bool) -> None:
     """Remove server NAME from the inventory (nothing is changed on the server)."""
     entry = cli.load_inventory().require(name)
     if not yes:
-        if not cli.interactive:
-            raise UsageError(
-                f"not removing server {name!r} without confirmation (no terminal to ask on)",
-                hint=f"pass --yes: `tako servers rm {name} --yes`",
-            )
-        if not cli.confirm(f"Remove server {name} ({entry.endpoint}) from {cli.inventory_path}?"):
-            print_message(cli.err_console, f"Server {name} not removed.")
-            raise click.exceptions.Exit(1)
+        ask = Confirmation(
+            question=f"Remove server {name} ({entry.endpoint}) from {cli.inventory_path}?",
+            refusal=f"not removing server {name!r} without confirmation (no terminal to ask on)",
+            hint=f"pass --yes: `tako servers rm {name} --yes`",
+            declined=f"Server {name} not removed.",
+        )
+        confirm_or_require_yes(cli, ask)
     remove_server(name, cli.inventory_path)
     print_success(cli.console, f"Removed server {name} ({entry.endpoint}).")
     _forget_host_key(cli, entry)
