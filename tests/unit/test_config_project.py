@@ -447,3 +447,16 @@ def test_error_in_inline_table_points_at_its_line(tmp_path: Path) -> None:
     error = load_error(tmp_path, 'tako.name = "app"\n\nenvs.production = { route = "a.com:80" }\n')
     assert error.key == "envs.production.route"
     assert error.line == 3
+
+
+def test_keep_releases_defaults_to_five_and_is_read_from_servers(tmp_path: Path) -> None:
+    assert load_project(write(tmp_path, MINIMAL)).keep_releases == 5
+    project = load_project(write(tmp_path, MINIMAL + "[servers]\nkeep_releases = 2\ninstances = 1\n"))
+    assert (project.keep_releases, project.instances) == (2, 1)
+
+
+@pytest.mark.parametrize("value", ["1", "0", '"3"', "true"])
+def test_keep_releases_below_two_is_refused_with_the_reason(tmp_path: Path, value: str) -> None:
+    error = load_error(tmp_path, MINIMAL + f"[servers]\nkeep_releases = {value}\n")
+    assert "servers.keep_releases" in error.message and "at least 2" in error.message, error.message
+    assert error.hint and "rollback" in error.hint

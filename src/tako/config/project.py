@@ -39,6 +39,10 @@ DEVELOPMENT = "development"
 DEFAULT_HEALTH_CHECK = "/_tako/status"
 DEFAULT_INSTANCES = 0
 DEFAULT_IDLE_TIMEOUT = 300
+# Releases kept on each server, the live one included (`[servers] keep_releases`); at least the live one
+# and one to roll back to.
+DEFAULT_KEEP_RELEASES = 5
+MIN_KEEP_RELEASES = 2
 # Set by Tako (deploy) or by tako-server for every instance; a config value could only be silently lost.
 RESERVED_VARS = frozenset({"ENV", "TAKO_BUILD", "PORT", "HOST", "TAKO_APP", "TAKO_INSTANCE"})
 
@@ -48,6 +52,7 @@ _TOP_LEVEL = ("tako", "vars", "envs", "servers")
 _TAKO_KEYS = ("name", "build", "start", "health_check", "exclude", "request_buffering")
 _SCALING_KEYS = ("instances", "idle_timeout")
 _SERVER_KEYS = ("env", "instances", "idle_timeout")
+_SERVERS_ONLY_KEYS = ("keep_releases",)  # [servers] itself, never [servers.<name>]
 _ROUTE_KEYS = ("route", "routes")
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -108,6 +113,7 @@ class ProjectConfig:
     servers: Mapping[str, ServerMapping]
     # false: the proxy streams request bodies to the app as they arrive (large uploads, progress)
     request_buffering: bool = True
+    keep_releases: int = DEFAULT_KEEP_RELEASES
 
     def env(self, name: str) -> EnvConfig:
         """The named env. `development` always exists (implicitly with no routes and no inline vars)."""
@@ -244,6 +250,7 @@ def parse_project(data: dict[str, Any], source: Source, *, file: Path, root: Pat
         idle_timeout=idle_timeout,
         servers=MappingProxyType(servers),
         request_buffering=request_buffering,
+        keep_releases=_keep_releases(source, data.get("servers", {})),
     )
 
 
@@ -449,7 +456,7 @@ def _servers(
 ) -> tuple[int, int, dict[str, ServerMapping]]:
     table = source.table(raw, ["servers"])
     for key, value in table.items():
-        if key not in _SCALING_KEYS and not isinstance(value, dict):
+        if key not in (*_SCALING_KEYS, *_SERVERS_ONLY_KEYS) and not isinstance(value, dict):
             raise source.error(
                 ["servers", key],
                 "unknown key",
@@ -467,7 +474,7 @@ def _servers(
     deployable = sorted(name for name in envs if name != DEVELOPMENT)
     servers: dict[str, ServerMapping] = {}
     for server_name, server_raw in table.items():
-        if server_name in _SCALING_KEYS:
+        if server_name in (*_SCALING_KEYS, *_SERVERS_ONLY_KEYS):
             continue
         path: list[str | int] = ["servers", server_name]
         problem = name_problem(server_name)
@@ -520,3 +527,17 @@ def _line_of(file: Path, path: KeyPath) -> int | None:
         return find_line(file.read_text(encoding="utf-8"), path)
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def _keep_releases(source: Source, raw: Any) -> int:
+    """`[servers] keep_releases`: how many releases each server keeps, the live one included."""
+    if not isinstance(raw, dict) or "keep_releases" not in raw:
+        return DEFAULT_KEEP_RELEASES
+    value = raw["keep_releases"]
+    if not isinstance(value, int) or isinstance(value, bool) or value < MIN_KEEP_RELEASES:
+        raise source.error(
+            ["servers", "keep_releases"],
+            f"expected an integer of at least {MIN_KEEP_RELEASES}, got {describe(value)}",
+            hint="each server keeps the live release and at least one before it, for `tako rollback`",
+        )
+    return value
