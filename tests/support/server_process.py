@@ -142,7 +142,8 @@ class TakoServer:
         self.https_port: int | None = None
         self._clients: list[ControlClient] = []
 
-    def start(self, timeout: float = 30.0) -> TakoServer:
+    def start(self, timeout: float = 30.0, *, flags: tuple[str, ...] = ()) -> TakoServer:
+        """Run tako-server with this directory's config; `flags` are added to its command line."""
         cmd = [
             sys.executable,
             "-m",
@@ -159,6 +160,7 @@ class TakoServer:
             "0",
             "--https-port",
             "0",
+            *flags,
         ]
         stderr = open(self.stderr_path, "ab")  # noqa: SIM115 - handed to the child
         env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
