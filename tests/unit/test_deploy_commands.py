@@ -60,10 +60,23 @@ def test_finalize_switches_current_prunes_and_unlocks(tmp_path: Path) -> None:
         d.mkdir()
         os.utime(d, (1000 + i, 1000 + i))
     assert run(commands.acquire_lock(layout, "me")).returncode == 0
-    assert run(commands.finalize(layout, "v2", "n1", "me", keep=4)).returncode == 0
+    assert run(commands.finalize(layout, "v2", "n1", "me", keep=5)).returncode == 0
     assert os.readlink(layout.current) == "releases/v2"
+    # keep counts the live release: it and the four newest others.
     assert sorted(p.name for p in releases.iterdir()) == ["v2", "v4", "v5", "v6", "v7"]
     assert not Path(layout.lock).exists()
+
+
+def test_prune_keeps_exactly_keep_releases_with_the_live_one_among_the_newest(tmp_path: Path) -> None:
+    layout = AppLayout("app", root=str(tmp_path))
+    releases = Path(layout.releases)
+    releases.mkdir(parents=True)
+    for i in range(4):
+        d = releases / f"v{i}"
+        d.mkdir()
+        os.utime(d, (1000 + i, 1000 + i))
+    assert run(commands.finalize(layout, "v3", "n1", "", keep=2, unlock=False)).returncode == 0
+    assert sorted(p.name for p in releases.iterdir()) == ["v2", "v3"]
 
 
 def test_finish_staging_writes_env_from_stdin_and_promotes(tmp_path: Path) -> None:

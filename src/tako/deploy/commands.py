@@ -112,12 +112,13 @@ ln -sfn "releases/$2" "$1/.current-$3"
 mv -T "$1/.current-$3" "$1/current"
 """
 
-# Keep the current release and the N newest; remove the rest and what redeploys replaced.
+# Keep $2 releases: the current one and the $2 - 1 newest others; remove the rest and what redeploys
+# replaced.
 _PRUNE = """
 cd "$1" || exit 0
 current=$(readlink ../current 2>/dev/null); current=${current#releases/}
 rm -rf .replaced-* 2>/dev/null
-ls -1t | awk -v keep="$2" -v cur="$current" '$0 != cur { n++; if (n > keep) print }' |
+ls -1t | awk -v keep="$2" -v cur="$current" '$0 != cur { n++; if (n >= keep) print }' |
   while IFS= read -r old; do rm -rf -- "$old"; done
 """
 
@@ -175,8 +176,8 @@ def finalize(
     *,
     unlock: bool = True,
 ) -> Command:
-    """Switch `current`, prune old releases (best effort) and, with `unlock`, release the lock, in one
-    round trip. Exits non-zero only if `current` could not be switched (the lock is then left to the
+    """Switch `current`, prune old releases down to `keep` (the live one included; best effort) and, with
+    `unlock`, release the lock, in one round trip. Exits non-zero only if `current` could not be switched (the lock is then left to the
     caller)."""
     lock = layout.lock if unlock else ""  # an empty lock path makes the unlock part a no-op
     return sh(_FINALIZE, layout.app_dir, version, nonce, layout.releases, str(keep), lock, holder)

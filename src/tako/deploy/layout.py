@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tako.config.project import DEFAULT_KEEP_RELEASES
+
 TAKO_ROOT = "/opt/tako"
-KEEP_RELEASES = 4
+KEEP_RELEASES = DEFAULT_KEEP_RELEASES  # releases a server keeps, the live one included
+RELEASE_INFO = "app.json"  # at a release's root; its "release" object says who deployed what, when
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,11 @@ class AppLayout:
     @property
     def shared_logs(self) -> str:
         return f"{self.shared}/logs"
+
+    @property
+    def shared_data(self) -> str:
+        """The app's persistent data (TAKO_DATA_DIR): kept across deploys and rollbacks, removed by delete."""
+        return f"{self.shared}/data"
 
     @property
     def lock(self) -> str:
