@@ -177,8 +177,8 @@ def finalize(
     unlock: bool = True,
 ) -> Command:
     """Switch `current`, prune old releases down to `keep` (the live one included; best effort) and, with
-    `unlock`, release the lock, in one round trip. Exits non-zero only if `current` could not be switched (the lock is then left to the
-    caller)."""
+    `unlock`, release the lock, in one round trip. Exits non-zero only if `current` could not be switched
+    (the lock is then left to the caller)."""
     lock = layout.lock if unlock else ""  # an empty lock path makes the unlock part a no-op
     return sh(_FINALIZE, layout.app_dir, version, nonce, layout.releases, str(keep), lock, holder)
 
