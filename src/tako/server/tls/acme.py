@@ -1,14 +1,14 @@
 """Automatic certificates: ACME HTTP-01 issuance and renewal in the background, per-host state and backoff.
 
-`AcmeManager` decides when to act (hosts routed, certificates on disk, retry schedule); `_Issuer` talks
-to the CA with the synchronous `acme` library in worker threads. Nothing here blocks the event loop.
+`AcmeManager` decides when to act (hosts routed, certificates on disk, retry schedule); the issuer
+(`acme_issuer.AcmeIssuer`, behind the `acme_base.Issuer` interface) talks to the CA with the synchronous
+`acme` library in worker threads. Nothing here blocks the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import enum
 import logging
 import threading
@@ -16,21 +16,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from tako.config.server import AcmeSettings
-from tako.errors import TakoError
 from tako.server.tls import renewal
+from tako.server.tls.acme_base import Account, AcmeError, Issuer, iso_utc
 from tako.server.tls.challenges import ChallengeStore
 
-if TYPE_CHECKING:
-    from tako.server.tls.acme_issuer import _Account, _Issuer
-
 log = logging.getLogger("tako.acme")
-
-NETWORK_TIMEOUT = 30  # seconds per HTTP request to the CA
-ORDER_TIMEOUT = 90.0  # seconds from new order to downloaded certificate
-
 
 _T = TypeVar("_T")
 
@@ -76,22 +69,6 @@ class HostState(enum.Enum):
     DISABLED = "disabled"  # [acme] enabled = false and no certificate on disk
 
 
-class AcmeError(TakoError):
-    """One issuance attempt failed. `retry_after` is the CA's minimum wait (rate limits), if it gave one."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        hint: str | None = None,
-        retry_after: float | None = None,
-        account_invalid: bool = False,
-    ) -> None:
-        super().__init__(message, hint=hint)
-        self.retry_after = retry_after
-        self.account_invalid = account_invalid
-
-
 @dataclass
 class _Host:
     name: str
@@ -103,14 +80,6 @@ class _Host:
     failures: int = 0
     task: asyncio.Task[None] | None = None
     cancel: threading.Event | None = None
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return (
-        datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
 
 
 class AcmeManager:
@@ -134,11 +103,11 @@ class AcmeManager:
         self._clock = clock
         self._acme_dir = data_dir / "acme"
         self._challenges = challenges
-        self._issuer_instance: _Issuer | None = None
+        self._issuer_instance: Issuer | None = None
         self._hosts: dict[str, _Host] = {}
         self._semaphore = asyncio.Semaphore(max(1, max_concurrent))
         self._account_lock = asyncio.Lock()
-        self._account: _Account | None = None
+        self._account: Account | None = None
         self._wake = asyncio.Event()
         self._rescan = True  # re-read the disk at the next loop turn
         self._next_check = 0.0
@@ -146,13 +115,15 @@ class AcmeManager:
         self._stopping = False
 
     @property
-    def _issuer(self) -> _Issuer:
+    def _issuer(self) -> Issuer:
         """The ACME client side, imported on first use: the `acme`, `josepy` and `requests` libraries
         cost about 9 MB of memory that an idle server with no routed host should not pay."""
         if self._issuer_instance is None:
-            from tako.server.tls.acme_issuer import _Issuer
+            from tako.server.tls.acme_issuer import AcmeIssuer
 
-            self._issuer_instance = _Issuer(self._settings, self._acme_dir, self._certs_dir, self._challenges)
+            self._issuer_instance = AcmeIssuer(
+                self._settings, self._acme_dir, self._certs_dir, self._challenges
+            )
         return self._issuer_instance
 
     # -- API used by the daemon ------------------------------------------------------------------
@@ -200,9 +171,9 @@ class AcmeManager:
         return {
             name: {
                 "state": r.state.value,
-                "not_after": _iso(r.not_after),
+                "not_after": iso_utc(r.not_after),
                 "last_error": r.last_error,
-                "next_attempt": _iso(r.next_attempt) if r.state is HostState.FAILED else None,
+                "next_attempt": iso_utc(r.next_attempt) if r.state is HostState.FAILED else None,
                 "failures": r.failures,
             }
             for name, r in sorted(self._hosts.items())
@@ -339,7 +310,7 @@ class AcmeManager:
         self._set_state(record, HostState.FAILED, error=error)
         self._rescan = True  # the user may have placed a certificate meanwhile: look again
 
-    async def _ensure_account(self) -> _Account:
+    async def _ensure_account(self) -> Account:
         async with self._account_lock:
             if self._account is None:
                 # `self._issuer` is read in the thread: its first use imports the ACME libraries (~0.2 s),

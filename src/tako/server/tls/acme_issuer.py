@@ -9,7 +9,6 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,10 @@ from tako import __version__
 from tako.config.server import AcmeSettings
 from tako.fsutil import write_atomic
 from tako.server.tls import renewal
-from tako.server.tls.acme import NETWORK_TIMEOUT, ORDER_TIMEOUT, AcmeError, _iso
+from tako.server.tls.acme_base import NETWORK_TIMEOUT, ORDER_TIMEOUT, Account, AcmeError, iso_utc
 from tako.server.tls.challenges import ChallengeStore
 
 log = logging.getLogger("tako.acme")
-
-
-@dataclass(frozen=True)
-class _Account:
-    key: JWKEC
-    regr: messages.RegistrationResource
 
 
 class _Network(acme_client.ClientNetwork):
@@ -66,8 +59,10 @@ def _parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
 
 
-class _Issuer:
-    """The blocking half: account key and registration, orders, challenges, files. Runs in threads."""
+class AcmeIssuer:
+    """The blocking half: account key and registration, orders, challenges, files. Runs in threads.
+
+    The manager's `acme_base.Issuer`."""
 
     def __init__(self, settings: AcmeSettings, acme_dir: Path, certs_dir: Path, challenges: ChallengeStore):
         self._settings = settings
@@ -82,7 +77,7 @@ class _Issuer:
 
     # -- account ---------------------------------------------------------------------------------
 
-    def account(self) -> _Account:
+    def account(self) -> Account:
         """Load or create the account key, then register it (or find the existing registration)."""
         key = self._account_key()
         net = self._network(key, None)
@@ -104,7 +99,7 @@ class _Issuer:
             raise self._translate(exc, net, "registering the ACME account") from exc
         self._save_registration(regr)
         log.info("acme: account %s at %s", regr.uri, self._directory_url)
-        return _Account(key=key, regr=regr)
+        return Account(key=key, regr=regr)
 
     def _account_key(self) -> JWKEC:
         path = self._acme_dir / "account.key"
@@ -147,14 +142,34 @@ class _Issuer:
 
     # -- issuance --------------------------------------------------------------------------------
 
-    def issue(self, host: str, account: _Account, cancel: threading.Event) -> float:
+    def issue(self, host: str, account: Account, cancel: threading.Event) -> float:
         """Obtain and store a certificate for `host`; return its notAfter (epoch seconds)."""
-        net = self._network(account.key, account.regr)
         key = ec.generate_private_key(ec.SECP256R1())
         key_pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        csr_pem = crypto_util.make_csr(key_pem, [host])
+        fullchain = self._order(host, account, crypto_util.make_csr(key_pem, [host]), cancel)
+        try:
+            with self._write_lock:
+                if cancel.is_set():
+                    raise AcmeError(f"issuance for {host} was cancelled")
+                renewal.write_managed(
+                    self._certs_dir, host, fullchain, key_pem, directory_url=self._directory_url
+                )
+        except OSError as exc:
+            raise AcmeError(
+                f"cannot store the certificate for {host} in {self._certs_dir / host}: {exc}",
+                hint="check the permissions of the data directory",
+            ) from exc
+        info = renewal.read_cert(self._certs_dir / host / renewal.FULLCHAIN)
+        if info is None:
+            raise AcmeError(f"the CA returned an unreadable certificate for {host}")
+        log.info("acme: issued certificate for %s, valid until %s", host, iso_utc(info.not_after))
+        return info.not_after
+
+    def _order(self, host: str, account: Account, csr_pem: bytes, cancel: threading.Event) -> bytes:
+        """Order a certificate for the CSR, answer its HTTP-01 challenges; the PEM chain the CA issued."""
+        net = self._network(account.key, account.regr)
         tokens: list[str] = []
         try:
             client = self._client(net)
@@ -184,24 +199,8 @@ class _Issuer:
         finally:
             for token in tokens:
                 self._challenges.remove(token)
-        fullchain = order.fullchain_pem.encode()
-        try:
-            with self._write_lock:
-                if cancel.is_set():
-                    raise AcmeError(f"issuance for {host} was cancelled")
-                renewal.write_managed(
-                    self._certs_dir, host, fullchain, key_pem, directory_url=self._directory_url
-                )
-        except OSError as exc:
-            raise AcmeError(
-                f"cannot store the certificate for {host} in {self._certs_dir / host}: {exc}",
-                hint="check the permissions of the data directory",
-            ) from exc
-        info = renewal.read_cert(self._certs_dir / host / renewal.FULLCHAIN)
-        if info is None:
-            raise AcmeError(f"the CA returned an unreadable certificate for {host}")
-        log.info("acme: issued certificate for %s, valid until %s", host, _iso(info.not_after))
-        return info.not_after
+        fullchain: bytes = order.fullchain_pem.encode()
+        return fullchain
 
     @staticmethod
     def _http01(host: str, authzr: messages.AuthorizationResource) -> messages.ChallengeBody:
