@@ -11,7 +11,7 @@ import pytest
 from tako.config import envfile
 from tako.server.apps.health import HealthTracker, Verdict
 from tako.server.apps.logs import AppLog, LineSplitter
-from tako.server.apps.release import ReleaseError, load_release
+from tako.server.apps.release import ReleaseError, ensure_data_dir, load_release
 from tako.server.apps.spawner import instance_env
 from tako.server.state import MIGRATIONS, AppRecord, ProcessRecord, StateError, StateStore
 
@@ -117,6 +117,24 @@ def test_instance_env_is_minimal_and_tako_wins(tmp_path: Path) -> None:
         "TAKO_APP",
         "TAKO_INSTANCE",
     }
+
+
+def test_a_release_of_an_app_dir_gets_its_persistent_data_dir(tmp_path: Path) -> None:
+    app_dir = tmp_path / "apps" / "web"
+    (app_dir / "releases").mkdir(parents=True)
+    (app_dir / "releases" / "v1").mkdir()
+    release = load_release("web", "v1", _release(app_dir / "releases" / "v1", {"start": "x"}))
+    data = app_dir / "shared" / "data"
+    assert ensure_data_dir(release) == data and data.is_dir()
+    (data / "kept.txt").write_text("kept")
+    assert ensure_data_dir(release) == data and (data / "kept.txt").read_text() == "kept"
+    assert instance_env(release, 4000, "i1")["TAKO_DATA_DIR"] == str(data)
+
+
+def test_a_release_outside_an_app_dir_has_no_data_dir(tmp_path: Path) -> None:
+    release = load_release("web", "v1", _release(tmp_path, {"start": "x"}, None))
+    assert ensure_data_dir(release) is None
+    assert "TAKO_DATA_DIR" not in instance_env(release, 4000, "i1")
 
 
 def test_state_store_roundtrip_wal_and_migrations(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ UID_COUNT = 100_000
 REQUIRED_CAPS = {"CAP_CHOWN": 0, "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7}
 SETPRIV_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
 HOME_DIR = "home"  # under <app>/shared: the app's HOME, the one directory of the app dir it may write
-DATA_DIR = "data"  # under <app>/shared: made writable for the app when it exists
+DATA_DIR = "data"  # under <app>/shared: TAKO_DATA_DIR, made at deploy; the app's group may write it
 
 
 class IsolationError(TakoError):

@@ -23,7 +23,7 @@ from tako.server.apps import isolation, rollout
 from tako.server.apps.app import AppState, ManagedApp
 from tako.server.apps.instance import LIVE, InstanceFailed
 from tako.server.apps.logs import AppLog
-from tako.server.apps.release import Release, load_release, point_current
+from tako.server.apps.release import Release, ReleaseError, ensure_data_dir, load_release, point_current
 from tako.server.apps.spawner import group_members, proc_stat
 from tako.server.proxy.backend import AppGate, Snapshot
 from tako.server.state import AppRecord, ProcessRecord, StateStore
@@ -139,8 +139,16 @@ class AppRegistry:
 
     # -- building apps ----------------------------------------------------------------------------------
     async def _load(self, name: str, version: str, path: Path) -> Release:
-        """The release at `path`; with isolation, run as the app's uid, its files prepared for that uid."""
+        """The release at `path`, its app's data dir made; with isolation, run as the app's uid, its files
+        prepared for that uid."""
         release = load_release(name, version, path)
+        try:
+            ensure_data_dir(release)
+        except OSError as exc:
+            raise ReleaseError(
+                f"cannot create the data dir of {name}: {exc}",
+                hint="tako-server must be able to write the app dir; check its owner with `ls -ld`",
+            ) from exc
         if not self.isolation.enabled:
             return release
         app_dir = self.data_dir / "apps" / name

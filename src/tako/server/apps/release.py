@@ -13,6 +13,7 @@ from tako.config import envfile
 from tako.errors import TakoError
 
 DEFAULT_HEALTH_CHECK = "/_tako/status"
+DATA_DIR = ("shared", "data")  # under the app dir: TAKO_DATA_DIR, kept across releases
 
 
 class ReleaseError(TakoError):
@@ -85,6 +86,27 @@ def load_release(app: str, version: str, path: Path, uid: int | None = None) -> 
     )
 
 
+def app_dir_of(release: Release) -> Path | None:
+    """The app dir holding `release` (`<app dir>/releases/<version>`), or None for a release elsewhere."""
+    releases = release.path.parent
+    return releases.parent if releases.name == "releases" else None
+
+
+def data_dir_of(release: Release) -> Path | None:
+    """The app's persistent data dir (TAKO_DATA_DIR), or None for a release outside an app dir."""
+    app_dir = app_dir_of(release)
+    return app_dir.joinpath(*DATA_DIR) if app_dir is not None else None
+
+
+def ensure_data_dir(release: Release) -> Path | None:
+    """Create the app's data dir if it is missing (never touching what is in it); its path, or None for a
+    release outside an app dir. With isolation, `isolation.prepare` then makes it the app's to write."""
+    data = data_dir_of(release)
+    if data is not None:
+        data.mkdir(mode=0o750, parents=True, exist_ok=True)
+    return data
+
+
 def point_current(release: Release) -> bool:
     """Make `<app dir>/current` name `release` (a relative link, replaced atomically); False when the release
     is not in an app dir's `releases/` (then there is no `current` to keep).
@@ -92,10 +114,9 @@ def point_current(release: Release) -> bool:
     tako-server does this as the last step of a successful rollout, so `current` always names the release it
     runs, even when the CLI that asked for the deploy was interrupted or cut off before its own last step.
     """
-    releases = release.path.parent
-    if releases.name != "releases":
+    app_dir = app_dir_of(release)
+    if app_dir is None:
         return False
-    app_dir = releases.parent
     target = f"releases/{release.path.name}"
     current = app_dir / "current"
     if os.path.islink(current) and os.readlink(current) == target:

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from tako.server.apps import isolation
-from tako.server.apps.release import Release
+from tako.server.apps.release import Release, data_dir_of
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
-RESERVED = ("PORT", "HOST", "TAKO_APP", "TAKO_INSTANCE")
+RESERVED = ("PORT", "HOST", "TAKO_APP", "TAKO_INSTANCE", "TAKO_DATA_DIR")
 
 
 def _home() -> str:
@@ -41,6 +41,9 @@ def instance_env(release: Release, port: int, instance_id: str) -> dict[str, str
     env.update(
         {"PORT": str(port), "HOST": "127.0.0.1", "TAKO_APP": release.app, "TAKO_INSTANCE": instance_id}
     )
+    data = data_dir_of(release)
+    if data is not None:
+        env["TAKO_DATA_DIR"] = str(data)
     return env
 
 
