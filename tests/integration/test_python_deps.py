@@ -19,21 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tako.deploy.python_deps import (
-    CACHE_HIT_MARKER,
-    INSTALLED_MARKER,
-    PINNED_REQUIREMENTS,
-    PROBE_COMMAND,
-    Requirements,
-    TargetPython,
-    Wheelhouse,
-    build_wheelhouse,
-    detect_requirements,
-    parse_probe,
-    remote_install_commands,
-    remote_prune_commands,
-    wheelhouse_rel,
-)
+from tako.deploy.python.layout import PINNED_REQUIREMENTS, wheelhouse_rel
+from tako.deploy.python.remote import CACHE_HIT_MARKER, INSTALLED_MARKER, install_command, prune_commands
+from tako.deploy.python.requirements import Requirements, detect_requirements
+from tako.deploy.python.target import PROBE_COMMAND, TargetPython, parse_probe
+from tako.deploy.python.wheelhouse import Wheelhouse, build_wheelhouse
 from tako.errors import DeployError
 
 pytestmark = pytest.mark.integration
@@ -54,7 +44,7 @@ def pip_env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def target() -> TargetPython:
     """This machine's /usr/bin/python3, probed with the same command a server runs."""
-    out = subprocess.run(PROBE_COMMAND, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(PROBE_COMMAND.argv, capture_output=True, text=True, check=True).stdout
     return parse_probe(out)
 
 
@@ -73,13 +63,11 @@ def _install(app_dir: Path, version: str, wh: Wheelhouse) -> tuple[Path, str]:
     dest.mkdir(parents=True)
     for f in wh.path.iterdir():
         (dest / f.name).write_bytes(f.read_bytes())
-    out = ""
     env = {"PATH": "/usr/bin:/bin", "HOME": str(app_dir)}
-    for argv in remote_install_commands(str(release), wheelhouse_rel(wh.key), wh.key):
-        res = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-        assert res.returncode == 0, res.stderr
-        out += res.stdout
-    return release, out
+    command = install_command(str(release), wh.key)
+    res = subprocess.run(command.argv, capture_output=True, text=True, env=env, check=False)
+    assert res.returncode == 0, res.stderr
+    return release, res.stdout
 
 
 def test_build_install_offline_and_cache(
@@ -126,8 +114,8 @@ def test_build_install_offline_and_cache(
 
     # Pruning keeps venvs that a release links to and drops the rest.
     (app / "shared" / "venvs" / "orphan").mkdir()
-    for argv in remote_prune_commands(str(app)):
-        subprocess.run(argv, check=True)
+    for command in prune_commands(str(app)):
+        subprocess.run(command.argv, check=True)
     assert sorted(p.name for p in (app / "shared" / "venvs").iterdir()) == [wh.key]
 
 

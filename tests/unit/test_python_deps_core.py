@@ -1,4 +1,4 @@
-"""Pure parts of tako.deploy.python_deps: probe parsing, requirements (incl. uv.lock), keys, commands."""
+"""Pure parts of tako.deploy.python: probe parsing, requirements (incl. uv.lock), keys, commands."""
 
 from __future__ import annotations
 
@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tako.deploy.python_deps import (
-    PROBE_COMMAND,
-    TargetPython,
-    detect_requirements,
-    parse_probe,
-    remote_install_commands,
-    requirements_key,
-    wheelhouse_rel,
-)
+from tako.deploy.python.remote import install_command
+from tako.deploy.python.requirements import detect_requirements, requirements_key
+from tako.deploy.python.target import PROBE_COMMAND, TargetPython, parse_probe
 from tako.errors import ConfigError, DeployError
 
 TARGET = TargetPython(
@@ -25,9 +19,9 @@ TARGET = TargetPython(
 
 
 def test_probe_runs_on_system_python_and_parses() -> None:
-    out = subprocess.run(PROBE_COMMAND, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(PROBE_COMMAND.argv, capture_output=True, text=True, check=True).stdout
     target = parse_probe(out)
-    assert PROBE_COMMAND[0] == "/usr/bin/python3"
+    assert PROBE_COMMAND.argv[0] == "/usr/bin/python3"
     assert target.implementation == "cp" and target.abi == f"cp{target.version.replace('.', '')}"
     assert target.platforms[-1].startswith("linux_")
     # glibc-derived tags include the legacy alias pip's own tag list has.
@@ -188,9 +182,30 @@ def test_included_requirement_files_change_the_key(tmp_path: Path) -> None:
 
 
 def test_remote_install_command_is_a_value() -> None:
-    [argv] = remote_install_commands("/opt/tako/apps/a/releases/v1", wheelhouse_rel("k1"), "k1")
-    assert argv[:2] == ["/bin/sh", "-c"]
-    assert argv[3:] == ["tako-python-deps", "/opt/tako/apps/a/releases/v1", ".tako-wheels/k1", "k1"]
+    argv = install_command("/opt/tako/apps/a/releases/v1", "k1").argv
+    assert argv[:2] == ("sh", "-c")
+    # Data only as positional parameters, never in the script.
+    assert argv[4:] == ("/opt/tako/apps/a/releases/v1", ".tako-wheels/k1", "k1")
     script = argv[2]
     assert "/usr/bin/python3 -m venv" in script and "--no-index" in script
     assert "dependencies unchanged (cache hit)" in script
+
+
+def test_uv_lock_names_are_matched_and_written_pep503_normalised(tmp_path: Path) -> None:
+    """Runs of `-`, `_` and `.` are one separator: `typing__extensions` is `typing-extensions`."""
+    (tmp_path / "uv.lock").write_text(
+        'version = 1\n[[package]]\nname = "app"\nversion = "0.1.0"\nsource = { virtual = "." }\n'
+        'dependencies = [{ name = "typing__extensions" }, { name = "Zope._Interface" }]\n'
+        '[[package]]\nname = "typing-extensions"\nversion = "4.12.2"\n'
+        'source = { registry = "https://pypi.org/simple" }\n'
+        'wheels = [{ url = "https://x/t.whl", hash = "sha256:aaa", size = 1 }]\n'
+        '[[package]]\nname = "zope-interface"\nversion = "7.0"\n'
+        'source = { registry = "https://pypi.org/simple" }\n'
+        'wheels = [{ url = "https://x/z.whl", hash = "sha256:bbb", size = 1 }]\n'
+    )
+    reqs = detect_requirements(tmp_path)
+    assert reqs is not None
+    assert reqs.text.splitlines() == [
+        "typing-extensions==4.12.2 --hash=sha256:aaa",
+        "zope-interface==7.0 --hash=sha256:bbb",
+    ]

@@ -12,12 +12,12 @@ from tako.config import envfile
 from tako.config.inventory import Inventory, load_inventory
 from tako.config.paths import known_hosts_path
 from tako.config.project import ProjectConfig, load_project
-from tako.deploy import python_deps, python_step
+from tako.deploy import python
 from tako.deploy.archive import build_archive
 from tako.deploy.build import run_build
 from tako.deploy.layout import AppLayout
-from tako.deploy.pipeline import DeployPlan, DeployTarget, StepReporter
-from tako.deploy.report import ServerOutcome
+from tako.deploy.plan import DependencyInstaller, DeployPlan, DeployTarget
+from tako.deploy.report import Outcome, StepFailed
 from tako.deploy.version import compute_version
 from tako.errors import DeployError, SecretsError, UsageError
 from tako.protocol import MAX_ENV_BYTES
@@ -32,8 +32,8 @@ class Prepared:
     project: ProjectConfig
     plan: DeployPlan
     targets: list[DeployTarget]
-    # Servers that failed before the pipeline could start (e.g. the Python probe could not reach them).
-    early_failures: list[ServerOutcome]
+    # Servers that failed before their steps could start (e.g. the Python probe could not reach them).
+    early_failures: list[Outcome]
 
 
 def resolve_targets(project: ProjectConfig, inventory: Inventory, env: str) -> list[DeployTarget]:
@@ -136,28 +136,27 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
         "env": env,
         "request_buffering": project.request_buffering,
     }
-    early_failures: list[ServerOutcome] = []
+    early_failures: list[Outcome] = []
     extra_dirs: dict[str, Path] = {}
-    hooks: tuple[Callable[[Executor, str, StepReporter], Awaitable[None]], ...] = ()
+    hooks: tuple[DependencyInstaller, ...] = ()
     after_prune: tuple[Command, ...] = ()
-    reqs = python_deps.detect_requirements(project.root)
+    reqs = python.detect_requirements(project.root)
     if reqs is not None:
         output(f"Python dependencies from {reqs.source.name}: probing the servers' Python")
         app_dir = AppLayout(project.name).app_dir
-        probes = asyncio.run(python_step.probe_targets(targets, known_hosts_path(), app_dir))
+        probes = asyncio.run(python.probe_targets([t.address for t in targets], known_hosts_path(), app_dir))
         found = {p.server.name: p.value.target for p in probes if p.ok and p.value is not None}
         installed = {p.server.name: p.value.venv_keys for p in probes if p.ok and p.value is not None}
         for probe in probes:
             if not probe.ok and probe.error is not None:
-                early_failures.append(
-                    ServerOutcome(probe.server.name, False, "python", probe.error.message, probe.error.hint)
-                )
+                failure = StepFailed("python", probe.error.message, hint=probe.error.hint)
+                early_failures.append(HostResult(probe.server, error=failure))
         targets = [t for t in targets if t.address.name in found]
         if found:
-            deps = python_step.build_wheelhouses(reqs, found, output, installed)
+            deps = python.build_wheelhouses(reqs, found, output, installed)
             extra_dirs = deps.extra_dirs
-            hooks = (python_step.install_hook(deps),)
-            after_prune = tuple(python_step.prune_commands(app_dir))
+            hooks = (python.install_step(deps),)
+            after_prune = tuple(python.prune_commands(app_dir))
     archive = build_archive(project.root, version, app_json, project.exclude, extra_dirs=extra_dirs)
     plan = DeployPlan(
         app=project.name,
@@ -170,7 +169,10 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
         wheel_size=archive.wheel_size,
         env_file=envfile.render(values).encode(),
         known_hosts=known_hosts_path(),
-        after_extract=hooks,
+        installers=hooks,
         after_prune=after_prune,
+        release_command=project.release,
+        release_timeout=project.release_timeout,
+        fleet=project.fleet,
     )
     return Prepared(project, plan, targets, early_failures)

@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tako.deploy.python.reqfile import canonical_name
 from tako.errors import ConfigError
+
+# (dependency reference, the marker of the edge that reached it, the extras it asks for)
+_Edge = tuple[dict[str, Any], str | None, tuple[str, ...]]
 
 
 @dataclass
@@ -20,50 +24,67 @@ class _Reach:
     extras: set[str] = field(default_factory=set)
 
 
-def _canonical(name: str) -> str:
-    return name.replace("_", "-").replace(".", "-").lower()
+class _Lock:
+    """The lock's packages, found by PEP 503 name (and version when a reference gives one)."""
 
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"invalid TOML: {exc}") from exc
+        self.packages: list[dict[str, Any]] = data.get("package", [])
+        self.by_name: dict[str, list[dict[str, Any]]] = {}
+        for pkg in self.packages:
+            self.by_name.setdefault(canonical_name(pkg["name"]), []).append(pkg)
 
-def uv_lock_requirements(lock: Path) -> str:
-    """Requirements-file text pinning every package the project needs at run time, with hashes."""
-    try:
-        data = tomllib.loads(lock.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(lock), f"invalid TOML: {exc}") from exc
-    packages: list[dict[str, Any]] = data.get("package", [])
-    by_name: dict[str, list[dict[str, Any]]] = {}
-    for pkg in packages:
-        by_name.setdefault(_canonical(pkg["name"]), []).append(pkg)
-    roots = [
-        p
-        for p in packages
-        if p.get("source", {}).get("editable") == "." or p.get("source", {}).get("virtual") == "."
-    ]
-    if not roots:
-        raise ConfigError(
-            str(lock),
-            'no package for the project itself (source editable/virtual ".")',
-            hint="regenerate it with `uv lock` in the project directory",
-        )
+    def roots(self) -> list[dict[str, Any]]:
+        """The project's own entries (source editable or virtual ".")."""
+        roots = [
+            p
+            for p in self.packages
+            if p.get("source", {}).get("editable") == "." or p.get("source", {}).get("virtual") == "."
+        ]
+        if not roots:
+            raise ConfigError(
+                str(self.path),
+                'no package for the project itself (source editable/virtual ".")',
+                hint="regenerate it with `uv lock` in the project directory",
+            )
+        return roots
 
-    def find(ref: dict[str, Any]) -> dict[str, Any]:
-        cands = by_name.get(_canonical(ref["name"]), [])
+    def find(self, ref: dict[str, Any]) -> dict[str, Any]:
+        cands = self.by_name.get(canonical_name(ref["name"]), [])
         if "version" in ref:
             cands = [c for c in cands if c.get("version") == ref["version"]]
         if not cands:
-            raise ConfigError(str(lock), f"dependency {ref['name']!r} has no [[package]] entry")
+            raise ConfigError(str(self.path), f"dependency {ref['name']!r} has no [[package]] entry")
         return cands[0]
 
+
+def uv_lock_requirements(path: Path) -> str:
+    """Requirements-file text pinning every package the project needs at run time, with hashes."""
+    lock = _Lock(path)
+    lines = []
+    for (name, version), entry in sorted(_reachable(lock).items()):
+        pkg = lock.find({"name": name, "version": version}) if version else lock.find({"name": name})
+        lines.append(_line(path, pkg, entry))
+    return "".join(line + "\n" for line in lines)
+
+
+def _edges(deps: list[dict[str, Any]]) -> list[_Edge]:
+    return [(dep, dep.get("marker"), tuple(dep.get("extra", []))) for dep in deps]
+
+
+def _reachable(lock: _Lock) -> dict[tuple[str, str], _Reach]:
+    """Every (name, version) the project's runtime dependencies reach, with the markers and extras."""
     reach: dict[tuple[str, str], _Reach] = {}
-    queue: list[tuple[dict[str, Any], str | None, tuple[str, ...]]] = []
-    for root in roots:
-        for dep in root.get("dependencies", []):
-            queue.append((dep, dep.get("marker"), tuple(dep.get("extra", []))))
+    queue = [edge for root in lock.roots() for edge in _edges(root.get("dependencies", []))]
     seen: set[tuple[str, str, str | None, tuple[str, ...]]] = set()
     while queue:
         ref, marker, extras = queue.pop()
-        pkg = find(ref)
-        ident = (_canonical(pkg["name"]), str(pkg.get("version", "")))
+        pkg = lock.find(ref)
+        ident = (canonical_name(pkg["name"]), str(pkg.get("version", "")))
         state = (*ident, marker, extras)
         if state in seen:
             continue
@@ -73,21 +94,15 @@ def uv_lock_requirements(lock: Path) -> str:
         entry.extras.update(extras)
         # A dependency's own markers are relative to its parent; keeping only the edge's marker is an
         # approximation that can only include more packages, never fewer.
-        edges = list(pkg.get("dependencies", []))
+        deps = list(pkg.get("dependencies", []))
         for extra in extras:
-            edges += pkg.get("optional-dependencies", {}).get(extra, [])
-        for dep in edges:
-            queue.append((dep, dep.get("marker"), tuple(dep.get("extra", []))))
-
-    lines = []
-    for (name, _version), entry in sorted(reach.items()):
-        pkg = find({"name": name, "version": _version}) if _version else find({"name": name})
-        lines.append(_line(lock, pkg, entry))
-    return "".join(line + "\n" for line in lines)
+            deps += pkg.get("optional-dependencies", {}).get(extra, [])
+        queue += _edges(deps)
+    return reach
 
 
 def _line(lock: Path, pkg: dict[str, Any], entry: _Reach) -> str:
-    name = _canonical(pkg["name"])
+    name = canonical_name(pkg["name"])
     source = pkg.get("source", {})
     marker = ""
     if None not in entry.markers:
