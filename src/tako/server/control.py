@@ -143,7 +143,7 @@ class ControlServer:
 
     # -- socket ---------------------------------------------------------------------------------------
     async def start(self, path: Path) -> None:
-        sock = _bind_socket(path)
+        sock = bind_socket(path)
         self._path = path
         self._inode = os.stat(path).st_ino
         self._server = await asyncio.start_unix_server(self._client, sock=sock, limit=MAX_LINE_BYTES + 2)
@@ -180,7 +180,7 @@ async def _read_line(reader: asyncio.StreamReader) -> bytes | ProtocolError | No
         return line
 
 
-def _bind_socket(path: Path) -> socket.socket:
+def bind_socket(path: Path, what: str = "control socket") -> socket.socket:
     """Bind at a temporary name with mode 0600, then rename over `path` (replacing a stale socket)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
@@ -205,7 +205,7 @@ def _bind_socket(path: Path) -> socket.socket:
         sock.bind(str(tmp))
     except OSError as exc:
         sock.close()
-        raise ControlError(f"cannot create the control socket {path}: {exc}") from exc
+        raise ControlError(f"cannot create the {what} {path}: {exc}") from exc
     finally:
         os.umask(old_umask)
     os.chmod(tmp, 0o600)

@@ -22,7 +22,8 @@ from typing import Any
 from tako.config.server import ServerConfig
 from tako.errors import TakoError
 from tako.server import status
-from tako.server.apps import isolation, scaling
+from tako.server.apps import isolation, oneoff, scaling
+from tako.server.apps.oneoff import OneOffServer
 from tako.server.apps.registry import AppRegistry
 from tako.server.control import ControlServer
 from tako.server.data_lock import DataDirLock
@@ -47,6 +48,7 @@ class Daemon:
         self.store: StateStore | None = None
         self.registry: AppRegistry | None = None
         self.control: ControlServer | None = None
+        self.oneoff: OneOffServer | None = None
         self.proxy: ProxyServer | None = None
         self.workers: WorkerPool | None = None  # [server] workers > 1: data-plane worker processes
         self.http_port: int | None = None
@@ -98,6 +100,8 @@ class Daemon:
         await self.acme.start()  # after the HTTP listener: HTTP-01 validations must find it
         self.control = ControlServer(self.registry, self._info, self.acme.status)
         await self.control.start(Path(settings.socket))
+        self.oneoff = OneOffServer(self.registry)
+        await self.oneoff.start(oneoff.socket_path(Path(settings.socket)))
         self._tasks.append(asyncio.create_task(scaling.idle_loop(lambda: self.registry or ())))
         log.info(
             "tako-server ready data_dir=%s socket=%s http_port=%s https_port=%s apps=%d data_plane=%s "
@@ -165,6 +169,8 @@ class Daemon:
         await self.acme.stop()
         if self.control is not None:
             await self.control.close()
+        if self.oneoff is not None:
+            await self.oneoff.close()
         workers = None
         if self.workers is not None:
             workers = asyncio.create_task(self.workers.stop(self.config.apps.drain_timeout))

@@ -28,6 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, help="HTTP port (0 = any free port)")
     p.add_argument("--https-port", type=int, help="HTTPS port (0 = any free port)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    commands = p.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser(
+        "run-as-app",
+        help="run a command as an app, in a release dir, with its environment",
+        description="Run CMD as APP's user in its live release (or --release DIR, also a staged release "
+        "not yet live) with the release's environment (.env vars and secrets, TAKO_*), stdin, stdout and "
+        "stderr attached; exits with CMD's status. tako-server must be running: it starts the command.",
+    )
+    run.add_argument("--config", default=argparse.SUPPRESS, help="server config file")
+    run.add_argument("--socket", default=argparse.SUPPRESS, help="control socket path")
+    run.add_argument("--release", help="a release directory of APP (default: the live release)")
+    run.add_argument("app", metavar="APP")
+    run.add_argument("argv", nargs="*", metavar="-- CMD", help="the command and its arguments, after --")
     return p
 
 
@@ -43,8 +56,36 @@ def load_config(args: argparse.Namespace) -> ServerConfig:
     return config
 
 
+def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """tako-server's own arguments, and the command after the first `--` (which may hold options)."""
+    if "--" not in argv:
+        return argv, []
+    at = argv.index("--")
+    return argv[:at], argv[at + 1 :]
+
+
+def run_as_app(args: argparse.Namespace, command: list[str]) -> int:
+    """`tako-server run-as-app`: hand the command to the running tako-server (see apps/oneoff.py)."""
+    from tako.server.apps import oneoff
+
+    try:
+        if not command:
+            raise TakoError("run-as-app needs a command", hint="tako-server run-as-app APP -- CMD ARGS...")
+        socket = Path(args.socket) if args.socket else Path(load_config(args).server.socket)
+        return oneoff.run(
+            oneoff.socket_path(socket), oneoff.RunRequest(args.app, tuple(command), args.release)
+        )
+    except TakoError as exc:
+        hint = f"\n  hint: {exc.hint}" if exc.hint else ""
+        print(f"tako-server: error: {exc.message}{hint}", file=sys.stderr)
+        return exc.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    own, command = split_command(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(own)
+    if args.command == "run-as-app":
+        return run_as_app(args, [*args.argv, *command])
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

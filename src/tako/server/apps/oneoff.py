@@ -1,0 +1,339 @@
+"""One-off commands: run a command as an app, in one of its release directories, with that release's
+environment (`tako run`, and a deploy's release command such as `python manage.py migrate`).
+
+The SSH user (`tako`) cannot become an app's uid; tako-server can. So `tako-server run-as-app` (the client
+half, run over SSH) connects to tako-server's one-off socket beside the control socket and hands over its
+stdin, stdout and stderr as file descriptors (SCM_RIGHTS) with the request; tako-server (the server half)
+starts the command on exactly those descriptors — a PTY stays a PTY — and answers with its exit status.
+Signals the client receives (Ctrl-C through a PTY, SIGTERM, SIGHUP when the SSH session ends) are
+forwarded to the command's process group; a client that goes away leaves the command SIGHUP, then
+SIGKILL. Secrets travel in neither direction: tako-server reads them from the release's `.env`.
+
+The release is the live one by default, or any directory under `<app dir>/releases/`, staged ones
+(`.partial-*`, not yet known to tako-server) included: a deploy runs its release command there before any
+server switches.
+
+Wire format, one JSON object per line. Client: {"app", "release" (path or null), "argv"} sent with the
+three descriptors, later {"signal": N}. Server: {"started": pid} or {"error", "hint"}, then {"exit": status}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tako.errors import TakoError
+from tako.server.apps import isolation, spawner
+from tako.server.apps.registry import AppRegistry
+from tako.server.apps.release import Release, load_release
+from tako.server.control import bind_socket
+
+log = logging.getLogger("tako.server.oneoff")
+
+MAX_REQUEST_BYTES = 256 * 1024
+HANGUP_GRACE = 10.0  # seconds a command gets after SIGHUP (its client went away) before SIGKILL
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH)
+# Variables an instance gets that make no sense for a command that serves nothing.
+INSTANCE_ONLY = ("PORT", "HOST", "TAKO_INSTANCE")
+
+
+class OneOffError(TakoError):
+    """A one-off command cannot be started (unknown app, bad release dir, tako-server unreachable)."""
+
+    exit_code = 125  # as `env` and container runners: the runner failed, not the command
+
+
+NOT_FOUND = 127  # a shell's status for a command that does not exist
+NOT_EXECUTABLE = 126
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    app: str
+    argv: tuple[str, ...]
+    release: str | None = None  # a release directory; None: the live release
+
+    def encode(self) -> bytes:
+        data = {"app": self.app, "release": self.release, "argv": list(self.argv)}
+        return json.dumps(data).encode() + b"\n"
+
+    @classmethod
+    def decode(cls, line: bytes) -> RunRequest:
+        try:
+            data: Any = json.loads(line)
+            app, release, argv = data["app"], data["release"], data["argv"]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise OneOffError(f"malformed one-off request: {exc}") from exc
+        ok = isinstance(app, str) and (release is None or isinstance(release, str))
+        if not ok or not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise OneOffError("malformed one-off request: app, release and a non-empty argv are required")
+        return cls(app, tuple(argv), release)
+
+
+def socket_path(control_socket: Path) -> Path:
+    """The one-off socket, beside the control socket: `tako.sock` -> `tako-run.sock`."""
+    return control_socket.with_name(f"{control_socket.stem}-run{control_socket.suffix}")
+
+
+def data_dir(app_dir: Path) -> Path:
+    """The app's data directory, kept across releases: `<app dir>/shared/data` (TAKO_DATA_DIR)."""
+    return app_dir / "shared" / isolation.DATA_DIR
+
+
+def command_env(release: Release, app_dir: Path) -> dict[str, str]:
+    """An instance's environment (the release's `.env`, TAKO_*, its venv on PATH) without its port."""
+    env = spawner.instance_env(release, 0, "")
+    for name in INSTANCE_ONLY:
+        env.pop(name, None)
+        if name in release.env:
+            env[name] = release.env[name]
+    env.setdefault("TAKO_DATA_DIR", str(data_dir(app_dir)))
+    return env
+
+
+def command_argv(release: Release, argv: tuple[str, ...], setpriv: str) -> list[str]:
+    """`argv` as the app's uid when it has one (no groups, no capabilities, as its instances)."""
+    if release.uid is None:
+        return list(argv)
+    return isolation.run_as(setpriv, release.uid, list(argv))
+
+
+def exit_status(returncode: int) -> int:
+    """A shell's exit status: 128 + N for a command killed by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class OneOffServer:
+    """tako-server's half: accept run requests on the one-off socket and start their commands."""
+
+    def __init__(self, registry: AppRegistry) -> None:
+        self.registry = registry
+        self._sock: socket.socket | None = None
+        self._path: Path | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._running: set[asyncio.subprocess.Process] = set()
+        self._clients: set[asyncio.Task[None]] = set()
+
+    async def start(self, path: Path) -> None:
+        self._sock = bind_socket(path, "one-off socket")
+        self._path = path
+        self._accepting = asyncio.create_task(self._accept_loop(self._sock))
+        log.info("one-off socket listening path=%s", path)
+
+    async def close(self) -> None:
+        """Stop accepting; commands still running get SIGTERM, then SIGKILL after the app's stop grace."""
+        if self._accepting is not None:
+            self._accepting.cancel()
+        if self._sock is not None:
+            self._sock.close()
+        if self._path is not None:
+            with contextlib.suppress(OSError):
+                self._path.unlink()
+        for process in list(self._running):
+            spawner.signal_group(process.pid, signal.SIGTERM)
+        if self._running:
+            await asyncio.wait(
+                [asyncio.create_task(p.wait()) for p in self._running],
+                timeout=self.registry.settings.stop_grace,
+            )
+        for process in list(self._running):
+            spawner.kill_group(process.pid)
+        for task in list(self._clients):
+            task.cancel()
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            task = asyncio.create_task(self._client(conn))
+            self._clients.add(task)
+            task.add_done_callback(self._clients.discard)
+
+    async def _client(self, conn: socket.socket) -> None:
+        fds: list[int] = []
+        program = "the command"
+        try:
+            line, fds = await _receive_request(conn)
+            request = RunRequest.decode(line)
+            program = request.argv[0]
+            process = await self._start(request, fds)
+        except TakoError as exc:
+            _send(conn, {"error": exc.message, "hint": exc.hint, "status": OneOffError.exit_code})
+            conn.close()
+            return
+        except OSError as exc:
+            status = NOT_FOUND if isinstance(exc, FileNotFoundError) else NOT_EXECUTABLE
+            hint = "the release's PATH is its .venv/bin (if any), then /usr/local/bin:/usr/bin:/bin"
+            _send(conn, {"error": f"cannot run {program}: {exc.strerror}", "hint": hint, "status": status})
+            conn.close()
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)  # the child has its own copies
+        self._running.add(process)
+        try:
+            await self._supervise(conn, process)  # owns `conn` from here on
+        finally:
+            self._running.discard(process)
+
+    async def _start(self, request: RunRequest, fds: list[int]) -> asyncio.subprocess.Process:
+        if len(fds) != 3:
+            raise OneOffError(
+                f"a one-off request carries stdin, stdout and stderr; got {len(fds)} descriptors"
+            )
+        release = await self._release(request)
+        app_dir = self.registry.data_dir / "apps" / request.app
+        process = await asyncio.create_subprocess_exec(
+            *command_argv(release, request.argv, self.registry.isolation.setpriv),
+            cwd=str(release.path),
+            env=command_env(release, app_dir),
+            stdin=fds[0],
+            stdout=fds[1],
+            stderr=fds[2],
+            start_new_session=True,  # its own group: signals reach the command and all it started
+        )
+        log.info("one-off started app=%s release=%s pid=%d", request.app, release.path.name, process.pid)
+        return process
+
+    async def _release(self, request: RunRequest) -> Release:
+        """The live release, or the release at `request.release` prepared for the app's uid."""
+        if request.release is None:
+            return self.registry.get(request.app).release
+        app_dir = self.registry.data_dir / "apps" / request.app
+        path = Path(request.release)
+        isolation.check_release_path(app_dir, path)
+        release = load_release(request.app, path.name, path)
+        data_dir(app_dir).mkdir(parents=True, exist_ok=True)
+        if not self.registry.isolation.enabled:
+            return release
+        store = self.registry.store
+        uid = isolation.check_uid(store.app_uid(request.app, isolation.UID_FIRST, isolation.UID_COUNT))
+        await asyncio.to_thread(isolation.prepare, app_dir, path, uid)
+        return replace(release, uid=uid)
+
+    async def _supervise(self, conn: socket.socket, process: asyncio.subprocess.Process) -> None:
+        """Forward the client's signals until the command exits; a client gone means SIGHUP, then KILL."""
+        _send(conn, {"started": process.pid})
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=conn)
+        except OSError:
+            conn.close()
+            raise
+        forwarding = asyncio.create_task(_forward_signals(reader, process.pid))
+        exited = asyncio.create_task(process.wait())
+        await asyncio.wait({forwarding, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if not exited.done():
+            spawner.signal_group(process.pid, signal.SIGHUP)
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), HANGUP_GRACE)
+            except TimeoutError:
+                spawner.kill_group(process.pid)
+                await exited
+        forwarding.cancel()
+        status = exit_status(exited.result())
+        log.info("one-off exited pid=%d status=%d", process.pid, status)
+        with contextlib.suppress(OSError):
+            writer.write(json.dumps({"exit": status}).encode() + b"\n")
+            await writer.drain()
+        writer.close()
+
+
+async def _receive_request(conn: socket.socket) -> tuple[bytes, list[int]]:
+    """The request line and the descriptors sent with it (with its first bytes)."""
+    loop = asyncio.get_running_loop()
+    conn.setblocking(False)
+    readable: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(conn.fileno(), ready)
+    try:
+        await readable
+    finally:
+        loop.remove_reader(conn.fileno())
+    data, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST_BYTES, 3)
+    while not data.endswith(b"\n"):
+        if not data or len(data) >= MAX_REQUEST_BYTES:
+            for fd in fds:
+                os.close(fd)
+            raise OneOffError("incomplete one-off request")
+        more = await loop.sock_recv(conn, MAX_REQUEST_BYTES)
+        if not more:
+            data = b""
+        data += more
+    return data, fds
+
+
+async def _forward_signals(reader: asyncio.StreamReader, pgid: int) -> None:
+    """Send each {"signal": N} the client writes to the command's group; returns when the client goes."""
+    allowed = {int(s) for s in FORWARDED_SIGNALS}
+    while line := await reader.readline():
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            number = int(json.loads(line)["signal"])
+            if number in allowed:
+                spawner.signal_group(pgid, signal.Signals(number))
+
+
+def _send(conn: socket.socket, message: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):
+        conn.setblocking(True)
+        conn.sendall(json.dumps(message).encode() + b"\n")
+        conn.setblocking(False)
+
+
+# -- the client half, run by `tako-server run-as-app` ------------------------------------------------------
+
+
+def run(path: Path, request: RunRequest) -> int:
+    """Hand our stdin/stdout/stderr and `request` to tako-server; forward signals; its exit status."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(str(path))
+    except OSError as exc:
+        conn.close()
+        raise OneOffError(
+            f"cannot reach tako-server's one-off socket {path}: {exc.strerror or exc}",
+            hint="is tako-server running (and recent enough to run one-off commands)? "
+            "`tako servers status` shows it",
+        ) from exc
+    with conn:
+        socket.send_fds(conn, [request.encode()], [0, 1, 2])
+        lines = conn.makefile("rb")
+        first = _reply(lines.readline())
+        if "error" in first:
+            hint = str(first.get("hint") or "") or None
+            raise OneOffError(str(first["error"]), hint=hint, exit_code=int(first.get("status", 125)))
+        previous = {sig: signal.signal(sig, lambda n, _f: _forward(conn, n)) for sig in FORWARDED_SIGNALS}
+        try:
+            last = _reply(lines.readline())
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    if "exit" not in last:
+        raise OneOffError("tako-server stopped before the command finished")
+    return int(last["exit"])
+
+
+def _forward(conn: socket.socket, number: int) -> None:
+    with contextlib.suppress(OSError):
+        conn.sendall(json.dumps({"signal": number}).encode() + b"\n")
+
+
+def _reply(line: bytes) -> dict[str, Any]:
+    if not line:
+        return {}
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        raise OneOffError(f"unexpected reply from tako-server: {line[:200]!r}") from exc
+    return data if isinstance(data, dict) else {}
