@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "deploy": "tako.cli.deploy:deploy",
     "status": "tako.cli.status:status",
     "logs": "tako.cli.logs:logs",
+    "releases": "tako.cli.releases:releases",
+    "rollback": "tako.cli.rollback:rollback",
     "servers": "tako.cli.servers:servers",
     "secrets": "tako.cli.secrets:secrets",
     "delete": "tako.cli.delete:delete",
