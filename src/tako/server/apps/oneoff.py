@@ -33,7 +33,7 @@ from typing import Any
 from tako.errors import TakoError
 from tako.server.apps import isolation, spawner
 from tako.server.apps.registry import AppRegistry
-from tako.server.apps.release import Release, load_release
+from tako.server.apps.release import Release, ensure_data_dir, load_release
 from tako.server.control import bind_socket
 
 log = logging.getLogger("tako.server.oneoff")
@@ -83,19 +83,14 @@ def socket_path(control_socket: Path) -> Path:
     return control_socket.with_name(f"{control_socket.stem}-run{control_socket.suffix}")
 
 
-def data_dir(app_dir: Path) -> Path:
-    """The app's data directory, kept across releases: `<app dir>/shared/data` (TAKO_DATA_DIR)."""
-    return app_dir / "shared" / isolation.DATA_DIR
-
-
-def command_env(release: Release, app_dir: Path) -> dict[str, str]:
-    """An instance's environment (the release's `.env`, TAKO_*, its venv on PATH) without its port."""
+def command_env(release: Release) -> dict[str, str]:
+    """An instance's environment (the release's `.env`, TAKO_* with TAKO_DATA_DIR, its venv on PATH)
+    without its port."""
     env = spawner.instance_env(release, 0, "")
     for name in INSTANCE_ONLY:
         env.pop(name, None)
         if name in release.env:
             env[name] = release.env[name]
-    env.setdefault("TAKO_DATA_DIR", str(data_dir(app_dir)))
     return env
 
 
@@ -190,11 +185,10 @@ class OneOffServer:
                 f"a one-off request carries stdin, stdout and stderr; got {len(fds)} descriptors"
             )
         release = await self._release(request)
-        app_dir = self.registry.data_dir / "apps" / request.app
         process = await asyncio.create_subprocess_exec(
             *command_argv(release, request.argv, self.registry.isolation.setpriv),
             cwd=str(release.path),
-            env=command_env(release, app_dir),
+            env=command_env(release),
             stdin=fds[0],
             stdout=fds[1],
             stderr=fds[2],
@@ -211,7 +205,7 @@ class OneOffServer:
         path = Path(request.release)
         isolation.check_release_path(app_dir, path)
         release = load_release(request.app, path.name, path)
-        data_dir(app_dir).mkdir(parents=True, exist_ok=True)
+        ensure_data_dir(release)  # before `prepare`, which makes it the app's to write
         if not self.registry.isolation.enabled:
             return release
         store = self.registry.store
