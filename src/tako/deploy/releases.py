@@ -1,0 +1,174 @@
+"""Releases as objects: what a deploy records about itself, and what each server keeps.
+
+A deploy writes a `release` object into the release's `app.json` (version, when, by whom, the git commit
+and subject). A server's releases are listed in one command (`releases/*`: name, size, that `app.json`);
+which one is live comes from tako-server, which owns that answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tako.config.project import DEFAULT_IDLE_TIMEOUT
+from tako.deploy.archive import run_git, uses_git
+from tako.deploy.layout import AppLayout
+from tako.errors import ServerError
+from tako.protocol import ERROR_UNKNOWN_APP, Status
+from tako.remote.executor import Command, Executor, sh
+
+RELEASE_KEY = "release"  # the object in app.json
+
+# One line per release: name, KiB used (du, the shared virtualenv not counted), mtime, then its app.json
+# flattened to one line (JSON never holds a raw newline inside a string).
+_LIST = """
+cd "$1" 2>/dev/null || exit 0
+for d in * ; do
+  [ -d "$d" ] && [ ! -L "$d" ] || continue
+  printf '%s\\t%s\\t%s\\t' "$d" "$(du -sk "$d" 2>/dev/null | cut -f1)" "$(stat -c %Y "$d")"
+  tr '\\n\\t' '  ' < "$d/app.json" 2>/dev/null
+  echo
+done
+"""
+
+
+@dataclass(frozen=True)
+class ReleaseEntry:
+    """One release kept on a server."""
+
+    version: str
+    size: int  # bytes of the release directory on the server
+    deployed_at: str  # ISO 8601 UTC; the directory's mtime for releases made before Tako recorded it
+    deployed_by: str = ""  # user@host
+    commit: str = ""  # empty: the project was not in git
+    subject: str = ""
+
+    def describe_commit(self) -> str:
+        return f"{self.commit[:7]} {self.subject}".strip() if self.commit else "no git"
+
+    def as_json(self, live: bool) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "deployed_at": self.deployed_at,
+            "deployed_by": self.deployed_by or None,
+            "commit": self.commit or None,
+            "subject": self.subject or None,
+            "size": self.size,
+            "live": live,
+        }
+
+
+@dataclass(frozen=True)
+class ServerReleases:
+    """A server's kept releases, newest first, and the one tako-server runs (None: the app is not running
+    there)."""
+
+    releases: tuple[ReleaseEntry, ...]
+    live: str | None
+    routes: tuple[str, ...] = ()
+    instances: int = 0
+    idle_timeout: int = DEFAULT_IDLE_TIMEOUT
+
+    def versions(self) -> list[str]:
+        return [r.version for r in self.releases]
+
+    def previous(self) -> str | None:
+        """The release deployed before the live one, if kept."""
+        names = self.versions()
+        if self.live not in names:
+            return None
+        index = names.index(self.live) + 1
+        return names[index] if index < len(names) else None
+
+
+def release_info(project_dir: Path, version: str, now: datetime | None = None) -> dict[str, str]:
+    """The `release` object of app.json: who deploys which commit, when."""
+    when = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    info = {
+        "version": version,
+        "deployed_at": when,
+        "deployed_by": f"{getpass.getuser()}@{socket.gethostname()}",
+        "commit": "",
+        "subject": "",
+    }
+    if uses_git(project_dir):
+        result = run_git(project_dir, "log", "-1", "--format=%H%n%s", "HEAD")
+        lines = result.stdout.decode(errors="replace").splitlines() if result.returncode == 0 else []
+        if lines:
+            info["commit"] = lines[0].strip()
+            info["subject"] = lines[1].strip() if len(lines) > 1 else ""
+    return info
+
+
+def list_releases(layout: AppLayout) -> Command:
+    return sh(_LIST, layout.releases)
+
+
+def parse_listing(output: str) -> list[ReleaseEntry]:
+    """The releases of `list_releases` output, newest deploy first."""
+    entries = []
+    for line in output.splitlines():
+        fields = line.split("\t", 3)
+        if len(fields) < 3 or not fields[0]:
+            continue
+        name, kib, mtime = fields[0], fields[1], fields[2]
+        info = _release_object(fields[3] if len(fields) > 3 else "")
+        fallback = _iso(mtime)
+        entries.append(
+            ReleaseEntry(
+                version=name,
+                size=int(kib) * 1024 if kib.isdigit() else 0,
+                deployed_at=_text(info.get("deployed_at")) or fallback,
+                deployed_by=_text(info.get("deployed_by")),
+                commit=_text(info.get("commit")),
+                subject=_text(info.get("subject")),
+            )
+        )
+    return sorted(entries, key=lambda e: (e.deployed_at, e.version), reverse=True)
+
+
+def _release_object(app_json: str) -> dict[str, Any]:
+    try:
+        meta = json.loads(app_json) if app_json.strip() else {}
+    except ValueError:
+        return {}
+    found = meta.get(RELEASE_KEY) if isinstance(meta, dict) else None
+    return found if isinstance(found, dict) else {}
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _iso(mtime: str) -> str:
+    try:
+        return datetime.fromtimestamp(int(mtime), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return ""
+
+
+async def server_releases(ex: Executor, app: str, root: str | None = None) -> ServerReleases:
+    """One server's releases and its live one: the listing and tako-server's `status`, at once."""
+    layout = AppLayout(app) if root is None else AppLayout(app, root)
+    listing, status = await asyncio.gather(
+        ex.run(list_releases(layout), what="list releases"), ex.control(Status(app=app))
+    )
+    entries = tuple(parse_listing(listing.stdout))
+    if not status.ok:
+        if status.extra.get("code") == ERROR_UNKNOWN_APP:
+            return ServerReleases(entries, None)
+        raise ServerError(f"tako-server refused `status`: {status.message}")
+    data = status.data if isinstance(status.data, dict) else {}
+    return ServerReleases(
+        entries,
+        _text(data.get("version")) or None,
+        routes=tuple(str(r) for r in data.get("routes") or ()),
+        instances=int(data.get("min_instances") or 0),
+        idle_timeout=int(data.get("idle_timeout", DEFAULT_IDLE_TIMEOUT)),
+    )

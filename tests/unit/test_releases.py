@@ -1,0 +1,81 @@
+"""Release records: the `release` object a deploy writes, and a server's listing run by a real shell."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tako.deploy.layout import AppLayout
+from tako.deploy.releases import ServerReleases, list_releases, parse_listing, release_info
+from tests.support.projects import git, make_project
+
+
+def _listing(layout: AppLayout) -> str:
+    command = list_releases(layout)
+    return subprocess.run(list(command.argv), capture_output=True, text=True, check=True).stdout
+
+
+def _release(layout: AppLayout, version: str, info: dict[str, str] | None, mtime: int) -> None:
+    path = Path(layout.release(version))
+    path.mkdir(parents=True)
+    meta: dict[str, object] = {"name": "app", "start": "x"}
+    if info is not None:
+        meta["release"] = info
+    (path / "app.json").write_text(json.dumps(meta, indent=2))
+    (path / "data.bin").write_bytes(b"x" * 10000)
+    os.utime(path, (mtime, mtime))
+
+
+def test_release_info_names_commit_subject_and_who(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    git(project, "commit", "-q", "--allow-empty", "-m", "Fix the\ttab subject")
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    info = release_info(project, "abc1234", now)
+    assert info["commit"] == git(project, "rev-parse", "HEAD")
+    assert info["subject"] == "Fix the\ttab subject"
+    assert info["deployed_at"] == "2026-01-02T03:04:05Z"
+    assert "@" in info["deployed_by"] and info["version"] == "abc1234"
+
+
+def test_release_info_without_git(tmp_path: Path) -> None:
+    project = make_project(tmp_path, use_git=False)
+    info = release_info(project, "nogit_1")
+    assert info["commit"] == "" and info["subject"] == ""
+
+
+def test_listing_newest_first_with_sizes_metadata_and_old_releases(tmp_path: Path) -> None:
+    layout = AppLayout("app", root=str(tmp_path))
+    first = {
+        "deployed_at": "2026-01-01T00:00:00Z",
+        "deployed_by": "me@laptop",
+        "commit": "a" * 40,
+        "subject": "first\nline",
+    }
+    second = {"deployed_at": "2026-01-03T00:00:00Z", "deployed_by": "you@desk", "commit": "", "subject": ""}
+    _release(layout, "v1", first, 2_000_000_000)  # touched later (e.g. a secrets sync): order by record
+    _release(layout, "v2", second, 1_700_000_000)
+    _release(layout, "old", None, 1_600_000_000)  # made before releases were recorded: its mtime
+    Path(layout.releases, ".partial-v3-n1").mkdir()  # staging never lists
+    entries = parse_listing(_listing(layout))
+    assert [e.version for e in entries] == ["v2", "v1", "old"]
+    v2, v1, old = entries
+    assert v1.commit == "a" * 40 and v1.subject == "first\nline" and v1.deployed_by == "me@laptop"
+    assert v1.describe_commit() == "aaaaaaa first\nline" and v2.describe_commit() == "no git"
+    assert old.deployed_at == "2020-09-13T12:26:40Z" and old.deployed_by == ""
+    assert all(e.size >= 10000 for e in entries)
+
+
+def test_listing_of_an_app_never_deployed_is_empty(tmp_path: Path) -> None:
+    assert parse_listing(_listing(AppLayout("nope", root=str(tmp_path)))) == []
+
+
+def test_previous_is_the_release_deployed_before_the_live_one() -> None:
+    layout_free = parse_listing("v3\t4\t3\t{}\nv2\t4\t2\t{}\nv1\t4\t1\t{}\n")
+    assert [e.version for e in layout_free] == ["v3", "v2", "v1"]
+    assert ServerReleases(tuple(layout_free), "v3").previous() == "v2"
+    assert ServerReleases(tuple(layout_free), "v2").previous() == "v1"
+    assert ServerReleases(tuple(layout_free), "v1").previous() is None
+    assert ServerReleases(tuple(layout_free), None).previous() is None
