@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 from click.testing import CliRunner, Result
+from tests.support.cli import cli_context
 
 from tako.cli.confirm import Confirmation, confirm_or_require_yes
 from tako.cli.context import CliContext
 from tako.cli.main import cli
-from tako.cli.render import make_console
 from tako.errors import UsageError
 
 ASK = Confirmation(
@@ -28,19 +28,8 @@ def remove(cli: CliContext) -> None:
     click.echo("removed")
 
 
-def context(tmp_path: Path, *, terminal: bool) -> CliContext:
-    return CliContext(
-        console=make_console(width=100),
-        err_console=make_console(stderr=True, width=100),
-        stdin_isatty=terminal,
-        stdout_isatty=terminal,
-        home=tmp_path,
-        cwd=tmp_path,
-    )
-
-
 def run(tmp_path: Path, *, terminal: bool, input: str | None = None) -> Result:
-    return CliRunner().invoke(remove, [], obj=context(tmp_path, terminal=terminal), input=input)
+    return CliRunner().invoke(remove, [], obj=cli_context(tmp_path, tty=terminal), input=input)
 
 
 def test_off_a_terminal_it_refuses_and_names_the_flag(tmp_path: Path) -> None:
@@ -66,14 +55,14 @@ def test_a_yes_on_a_terminal_goes_on(tmp_path: Path) -> None:
 
 
 def test_delete_asks_and_says_what_was_not_deleted(tmp_path: Path) -> None:
-    env = {"TAKO_HOME": str(tmp_path), "HOME": str(tmp_path / "user"), "TAKO_SSH_KEY": None}
+    env = {"TAKO_HOME": str(tmp_path / "home"), "HOME": str(tmp_path / "user"), "TAKO_SSH_KEY": None}
     add = ["servers", "add", "10.0.0.1", "--name", "web1", "--no-test"]
     assert CliRunner().invoke(cli, add, env=env).exit_code == 0
     delete = ["delete", "--app", "shop", "--server", "web1"]
-    result = CliRunner().invoke(cli, delete, env=env, obj=context(tmp_path, terminal=True), input="n\n")
+    result = CliRunner().invoke(cli, delete, env=env, obj=cli_context(tmp_path), input="n\n")
     assert result.exit_code == 1
     assert "Delete shop (production) from web1?" in result.stderr
     assert "shop not deleted." in result.stderr
-    refused = CliRunner().invoke(cli, delete, env=env, obj=context(tmp_path, terminal=False))
+    refused = CliRunner().invoke(cli, delete, env=env, obj=cli_context(tmp_path, tty=False))
     assert refused.exit_code == 2
     assert "hint: pass --yes to delete without a terminal" in refused.stderr

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tests.support.cli import cli_context
 
 from tako.cli import main as main_module
 from tako.cli.context import CliContext
 from tako.cli.init import render_template
 from tako.cli.main import cli, main
-from tako.cli.render import make_console, make_table, render_text
+from tako.cli.render import make_table, render_text
 from tako.config.project import load_project
 
 
@@ -31,18 +32,6 @@ def run(tmp_path: Path, *args: str, obj: CliContext | None = None, input: str | 
         input=input,
         env={"TAKO_HOME": str(tmp_path / "home")},
         catch_exceptions=False,
-    )
-
-
-def terminal(tmp_path: Path) -> CliContext:
-    """A context as if stdin and stdout were a terminal."""
-    return CliContext(
-        console=make_console(width=100),
-        err_console=make_console(stderr=True, width=100),
-        stdin_isatty=True,
-        stdout_isatty=True,
-        home=tmp_path / "home",
-        cwd=tmp_path,
     )
 
 
@@ -214,12 +203,12 @@ def test_init_refuses_to_overwrite_off_a_terminal(tmp_path: Path) -> None:
 
 def test_init_asks_on_a_terminal(tmp_path: Path) -> None:
     (tmp_path / "tako.toml").write_text("# mine\n")
-    result = run(tmp_path, "init", obj=terminal(tmp_path), input="n\n")
+    result = run(tmp_path, "init", obj=cli_context(tmp_path), input="n\n")
     assert result.exit_code == 1
     assert "Overwrite it?" in result.stderr
     assert "not overwritten" in result.stderr
     assert (tmp_path / "tako.toml").read_text() == "# mine\n"
-    result = run(tmp_path, "init", obj=terminal(tmp_path), input="y\n")
+    result = run(tmp_path, "init", obj=cli_context(tmp_path), input="y\n")
     assert result.exit_code == 0
     assert "[envs.production]" in (tmp_path / "tako.toml").read_text()
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from tests.support.cli import cli_context
 
 from tako.cli.context import CliContext
 from tako.cli.main import cli
-from tako.cli.render import make_console
 from tako.config.inventory import ServerEntry, load_inventory
 
 
@@ -29,17 +29,6 @@ def run(tmp_path: Path, *args: str, obj: CliContext | None = None, input: str | 
         input=input,
         env={"TAKO_HOME": str(tmp_path / "home"), "HOME": str(tmp_path / "user"), "TAKO_SSH_KEY": None},
         catch_exceptions=False,
-    )
-
-
-def terminal(tmp_path: Path) -> CliContext:
-    return CliContext(
-        console=make_console(width=100),
-        err_console=make_console(stderr=True, width=100),
-        stdin_isatty=True,
-        stdout_isatty=True,
-        home=tmp_path / "home",
-        cwd=tmp_path,
     )
 
 
@@ -182,12 +171,12 @@ def test_rm_off_a_terminal_needs_yes(tmp_path: Path) -> None:
 
 def test_rm_asks_on_a_terminal(tmp_path: Path) -> None:
     add(tmp_path, "10.0.0.1", "web1")
-    result = run(tmp_path, "servers", "rm", "web1", obj=terminal(tmp_path), input="n\n")
+    result = run(tmp_path, "servers", "rm", "web1", obj=cli_context(tmp_path), input="n\n")
     assert result.exit_code == 1
     assert "Remove server web1 (10.0.0.1)" in result.stderr
     assert "not removed" in result.stderr
     assert len(inventory(tmp_path)) == 1
-    result = run(tmp_path, "servers", "rm", "web1", obj=terminal(tmp_path), input="y\n")
+    result = run(tmp_path, "servers", "rm", "web1", obj=cli_context(tmp_path), input="y\n")
     assert result.exit_code == 0
     assert inventory(tmp_path) == []
 

@@ -1,0 +1,20 @@
+"""A CLI context for click's runner: fixed-width consoles, chosen terminal flags, TAKO_HOME in a temp dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tako.cli.context import CliContext
+from tako.cli.render import make_console
+
+
+def cli_context(tmp_path: Path, *, tty: bool = True) -> CliContext:
+    """A context as if stdin and stdout were (`tty`) or were not a terminal, its home `tmp_path/home`."""
+    return CliContext(
+        console=make_console(width=100),
+        err_console=make_console(stderr=True, width=100),
+        stdin_isatty=tty,
+        stdout_isatty=tty,
+        home=tmp_path / "home",
+        cwd=tmp_path,
+    )
