@@ -17,6 +17,7 @@ from tako.deploy.archive import build_archive
 from tako.deploy.build import run_build
 from tako.deploy.layout import AppLayout
 from tako.deploy.plan import DependencyInstaller, DeployPlan, DeployTarget
+from tako.deploy.releases import release_info
 from tako.deploy.report import Outcome, StepFailed
 from tako.deploy.version import compute_version
 from tako.errors import DeployError, SecretsError, UsageError
@@ -135,6 +136,7 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
         "health_check": project.health_check,
         "env": env,
         "request_buffering": project.request_buffering,
+        "release": release_info(project.root, version),  # who deploys which commit, when
     }
     early_failures: list[Outcome] = []
     extra_dirs: dict[str, Path] = {}
