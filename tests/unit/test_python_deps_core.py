@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tako.deploy.python.remote import install_command
+from tako.deploy.python.remote import (
+    install_command,
+    installed_keys_command,
+    parse_installed_keys,
+    prune_commands,
+)
 from tako.deploy.python.requirements import detect_requirements, requirements_key
 from tako.deploy.python.target import PROBE_COMMAND, TargetPython, parse_probe
 from tako.errors import ConfigError, DeployError
@@ -100,30 +105,27 @@ wheels = [{ url = "https://x/uvicorn-0.30.0-py3-none-any.whl", hash = "sha256:bb
 [package.optional-dependencies]
 standard = [{ name = "httptools" }]
 
-[[package]]
-name = "h11"
-version = "0.14.0"
-source = { registry = "https://pypi.org/simple" }
-wheels = [{ url = "https://x/h11.whl", hash = "sha256:ccc", size = 1 }]
-
-[[package]]
-name = "httptools"
-version = "0.6.1"
-source = { registry = "https://pypi.org/simple" }
-wheels = [{ url = "https://x/httptools.whl", hash = "sha256:ddd", size = 1 }]
-
-[[package]]
-name = "colorama"
-version = "0.4.6"
-source = { registry = "https://pypi.org/simple" }
-wheels = [{ url = "https://x/colorama.whl", hash = "sha256:eee", size = 1 }]
-
-[[package]]
-name = "pytest"
-version = "8.0.0"
-source = { registry = "https://pypi.org/simple" }
-wheels = [{ url = "https://x/pytest.whl", hash = "sha256:fff", size = 1 }]
 """
+
+
+def registry_package(name: str, version: str, digest: str) -> str:
+    """A uv.lock [[package]] from the index with one wheel."""
+    return (
+        f'\n[[package]]\nname = "{name}"\nversion = "{version}"\n'
+        'source = { registry = "https://pypi.org/simple" }\n'
+        f'wheels = [{{ url = "https://x/{name}.whl", hash = "sha256:{digest}", size = 1 }}]\n'
+    )
+
+
+UV_LOCK += "".join(
+    registry_package(*package)
+    for package in (
+        ("h11", "0.14.0", "ccc"),
+        ("httptools", "0.6.1", "ddd"),
+        ("colorama", "0.4.6", "eee"),
+        ("pytest", "8.0.0", "fff"),
+    )
+)
 
 
 def test_uv_lock_exports_runtime_dependencies_with_hashes(tmp_path: Path) -> None:
@@ -191,17 +193,22 @@ def test_remote_install_command_is_a_value() -> None:
     assert "dependencies unchanged (cache hit)" in script
 
 
+def test_venv_list_and_prune_take_the_app_dir_as_a_parameter() -> None:
+    [prune] = prune_commands("/opt/tako/apps/a b")
+    for command in (installed_keys_command("/opt/tako/apps/a b"), prune):
+        assert command.argv[:2] == ("sh", "-c") and command.argv[4:] == ("/opt/tako/apps/a b",)
+        assert "apps/a b" not in command.argv[2]
+    keys = parse_installed_keys("0123456789abcdef01234567\nnot-a-key\n")
+    assert keys == frozenset({"0123456789abcdef01234567"})
+
+
 def test_uv_lock_names_are_matched_and_written_pep503_normalised(tmp_path: Path) -> None:
     """Runs of `-`, `_` and `.` are one separator: `typing__extensions` is `typing-extensions`."""
     (tmp_path / "uv.lock").write_text(
         'version = 1\n[[package]]\nname = "app"\nversion = "0.1.0"\nsource = { virtual = "." }\n'
         'dependencies = [{ name = "typing__extensions" }, { name = "Zope._Interface" }]\n'
-        '[[package]]\nname = "typing-extensions"\nversion = "4.12.2"\n'
-        'source = { registry = "https://pypi.org/simple" }\n'
-        'wheels = [{ url = "https://x/t.whl", hash = "sha256:aaa", size = 1 }]\n'
-        '[[package]]\nname = "zope-interface"\nversion = "7.0"\n'
-        'source = { registry = "https://pypi.org/simple" }\n'
-        'wheels = [{ url = "https://x/z.whl", hash = "sha256:bbb", size = 1 }]\n'
+        + registry_package("typing-extensions", "4.12.2", "aaa")
+        + registry_package("zope-interface", "7.0", "bbb")
     )
     reqs = detect_requirements(tmp_path)
     assert reqs is not None
