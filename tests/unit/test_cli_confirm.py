@@ -62,6 +62,7 @@ def test_delete_asks_and_says_what_was_not_deleted(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, delete, env=env, obj=cli_context(tmp_path), input="n\n")
     assert result.exit_code == 1
     assert "Delete shop (production) from web1?" in result.stderr
+    assert "its data dir (shared/data, TAKO_DATA_DIR)" in result.stderr
     assert "shop not deleted." in result.stderr
     refused = CliRunner().invoke(cli, delete, env=env, obj=cli_context(tmp_path, tty=False))
     assert refused.exit_code == 2

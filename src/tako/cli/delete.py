@@ -54,7 +54,8 @@ def delete(
     names = ", ".join(a.name for a in addresses)
     if not yes:
         ask = Confirmation(
-            question=f"Delete {app} ({env}) from {names}? Its files and logs are removed.",
+            question=f"Delete {app} ({env}) from {names}? Its releases, logs and its data dir "
+            "(shared/data, TAKO_DATA_DIR) are removed for good.",
             refusal=f"deleting {app!r} from {names} needs confirmation",
             hint="pass --yes to delete without a terminal",
             declined=f"{app} not deleted.",
