@@ -14,7 +14,7 @@ A deploy plugs this in at three points, and uses nothing else from the package:
 (c) After old releases are pruned, still under the deploy lock: run `prune_commands(app_dir)`, best
     effort (they remove venvs no kept release links to).
 
-Inside: `target` (the probe), `requirements` and `reqfile` and `lock` (what the project needs), `pip` and
+Inside: `target` (the probe), `requirements`, `reqfile` and `uv_lock` (what the project needs), `pip` and
 `wheelhouse` (the local build), `local` (one wheelhouse per server Python), `remote` (the server's
 commands and the install step), `layout` (the names both halves agree on).
 """

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tako.deploy.python import reqfile
-from tako.deploy.python.lock import uv_lock_requirements
 from tako.deploy.python.target import TargetPython
+from tako.deploy.python.uv_lock import uv_lock_requirements
 from tako.errors import ConfigError
 
 # Bumped whenever the wheelhouse layout or build rules change, so old cache entries are not reused.
