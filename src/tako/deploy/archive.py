@@ -14,7 +14,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -339,45 +339,23 @@ def build_archive(
         app_json_bytes = (json.dumps(app_json, sort_keys=True, indent=2) + "\n").encode()
     except (TypeError, ValueError) as exc:
         raise DeployError(f"app.json cannot be written as JSON: {exc}") from exc
-    matcher = ExcludeMatcher(exclude)
-    files = list_relative(project_dir, matcher)
+    files = list_relative(project_dir, ExcludeMatcher(exclude))
     if APP_JSON in files:
         raise DeployError(
             f"the project has its own {APP_JSON} at its root, where Tako puts the release description",
             hint=f'rename it, or add "/{APP_JSON}" to exclude in tako.toml if the app does not need it',
         )
-
     _check_logs_name(project_dir, files)
+
+    def add_all(tar: tarfile.TarFile) -> int:
+        count = _add_entries(tar, project_dir, files, app_json_bytes)
+        for prefix, source in sorted((extra_dirs or {}).items()):
+            count += _add_extra_dir(tar, prefix, source)
+        return count
 
     build_dir = project_dir / ".tako" / "build"
     final = build_dir / f"{version}.tar.gz"
-    try:
-        build_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=build_dir, prefix=f".{version}.", suffix=".tmp")
-    except OSError as exc:
-        raise DeployError(f"cannot write the archive in {build_dir}: {exc.strerror}") from exc
-    tmp = Path(tmp_name)
-    done = False
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            writer = _HashingWriter(raw)
-            with (
-                gzip.GzipFile(filename="", mode="wb", fileobj=writer, mtime=0, compresslevel=6) as gz,
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-            ):
-                count = _add_entries(tar, project_dir, files, app_json_bytes)
-                for prefix, source in sorted((extra_dirs or {}).items()):
-                    count += _add_extra_dir(tar, prefix, source)
-                members = tar.getmembers()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, final)
-        done = True
-    except OSError as exc:
-        raise DeployError(f"cannot write the archive {final}: {exc}") from exc
-    finally:
-        if not done:
-            tmp.unlink(missing_ok=True)
+    writer, members, count = _write_archive(build_dir, final, add_all)
     for old in build_dir.glob("*.tar.gz"):
         if old != final:
             old.unlink(missing_ok=True)
@@ -389,6 +367,40 @@ def build_archive(
         unpacked_size=sum(_disk_blocks(m.size) for m in members),
         wheel_size=sum(m.size for m in members if m.isfile() and m.name.endswith(".whl")),
     )
+
+
+def _write_archive(
+    build_dir: Path, final: Path, add_all: Callable[[tarfile.TarFile], int]
+) -> tuple[_HashingWriter, list[tarfile.TarInfo], int]:
+    """Write the gzipped tar that `add_all` fills to a temporary file, fsync it and rename it to `final`
+    (so a half-written archive never has the final name); the hashing writer, the members, the count."""
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        prefix = f".{final.name.removesuffix('.tar.gz')}."
+        fd, tmp_name = tempfile.mkstemp(dir=build_dir, prefix=prefix, suffix=".tmp")
+    except OSError as exc:
+        raise DeployError(f"cannot write the archive in {build_dir}: {exc.strerror}") from exc
+    tmp = Path(tmp_name)
+    done = False
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            writer = _HashingWriter(raw)
+            with (
+                gzip.GzipFile(filename="", mode="wb", fileobj=writer, mtime=0, compresslevel=6) as gz,
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+            ):
+                count = add_all(tar)
+                members = tar.getmembers()
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, final)
+        done = True
+    except OSError as exc:
+        raise DeployError(f"cannot write the archive {final}: {exc}") from exc
+    finally:
+        if not done:
+            tmp.unlink(missing_ok=True)
+    return writer, members, count
 
 
 def _disk_blocks(size: int, block: int = 4096) -> int:
