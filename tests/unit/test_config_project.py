@@ -460,3 +460,37 @@ def test_keep_releases_below_two_is_refused_with_the_reason(tmp_path: Path, valu
     error = load_error(tmp_path, MINIMAL + f"[servers]\nkeep_releases = {value}\n")
     assert "servers.keep_releases" in error.message and "at least 2" in error.message, error.message
     assert error.hint and "rollback" in error.hint
+
+
+def test_release_command_and_fleet_settings_default_to_today(tmp_path: Path) -> None:
+    project = load_project(write(tmp_path, MINIMAL))
+    assert (project.release, project.release_timeout) == ("", 600)
+    assert (project.fleet.strategy, project.fleet.batch, project.fleet.atomic) == ("parallel", 1, False)
+
+
+def test_release_command_and_fleet_settings_are_read(tmp_path: Path) -> None:
+    text = MINIMAL.replace("[tako]\n", '[tako]\nrelease = "python manage.py migrate"\nrelease_timeout = 30\n')
+    text += '[deploy]\nstrategy = "rolling"\nbatch = 2\natomic = true\n'
+    project = load_project(write(tmp_path, text))
+    assert (project.release, project.release_timeout) == ("python manage.py migrate", 30)
+    assert (project.fleet.strategy, project.fleet.batch, project.fleet.atomic) == ("rolling", 2, True)
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "says"),
+    [
+        ('[deploy]\nstrategy = "blue-green"\n', "deploy.strategy", "expected one of 'parallel', 'rolling'"),
+        ("[deploy]\nbatch = 2\n", "deploy.batch", "batch only applies to rolling deploys"),
+        ('[deploy]\nstrategy = "rolling"\nbatch = 0\n', "deploy.batch", "expected a positive integer"),
+        ('[deploy]\natomic = "yes"\n', "deploy.atomic", "expected true or false"),
+        ("[deploy]\nbatches = 2\n", "deploy.batches", "unknown key"),
+    ],
+)
+def test_bad_fleet_settings_name_the_key(tmp_path: Path, extra: str, key: str, says: str) -> None:
+    error = load_error(tmp_path, MINIMAL + extra)
+    assert error.key == key and says in error.message, error
+
+
+def test_release_timeout_must_be_positive(tmp_path: Path) -> None:
+    error = load_error(tmp_path, MINIMAL.replace("[tako]\n", "[tako]\nrelease_timeout = 0\n"))
+    assert error.key == "tako.release_timeout" and "positive number of seconds" in error.message

@@ -14,21 +14,24 @@ from tako.cli.progress import LiveProgress, PlainProgress
 from tako.config.edit import add_server_mapping
 from tako.config.inventory import load_inventory
 from tako.config.project import load_project
-from tako.deploy.pipeline import build_report, deploy_all
+from tako.deploy.fleet import build_report, deploy_all
 from tako.deploy.prepare import prepare
-from tako.deploy.report import DeployReport
+from tako.deploy.report import DeployReport, failed_step, outcome_hint, outcome_text
 from tako.errors import UsageError
 
 
 def render_report(console: Console, report: DeployReport) -> None:
     console.print()
     for outcome in report.outcomes:
+        name = outcome.server.name
         if outcome.ok:
-            console.print(f"✓ {outcome.server}: deployed {report.app} {report.version}", highlight=False)
+            console.print(f"✓ {name}: deployed {report.app} {report.version}", highlight=False)
         else:
-            console.print(f"✗ {outcome.server}: failed at {outcome.step}: {outcome.message}", highlight=False)
-            if outcome.hint:
-                console.print(f"    hint: {outcome.hint}", highlight=False)
+            text = f"✗ {name}: failed at {failed_step(outcome)}: {outcome_text(outcome)}"
+            console.print(text, highlight=False)
+            hint = outcome_hint(outcome)
+            if hint:
+                console.print(f"    hint: {hint}", highlight=False)
     total = len(report.outcomes)
     ok = len(report.succeeded)
     console.print(

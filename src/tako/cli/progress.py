@@ -11,7 +11,7 @@ from rich.live import Live
 from rich.spinner import Spinner
 from rich.text import Text
 
-from tako.deploy.report import ServerOutcome
+from tako.deploy.report import Outcome, failed_step, outcome_text
 
 
 def _rate(sent: int, elapsed: float) -> str:
@@ -41,9 +41,13 @@ class PlainProgress:
                 highlight=False,
             )
 
-    def finished(self, outcome: ServerOutcome) -> None:
-        word = "ok" if outcome.ok else f"FAILED at {outcome.step}"
-        self.console.print(f"[{outcome.server}] {word}: {outcome.message}", markup=False, highlight=False)
+    def output(self, server: str, line: str) -> None:
+        self.console.print(f"[{server}] {line}", markup=False, highlight=False)
+
+    def finished(self, outcome: Outcome) -> None:
+        word = "ok" if outcome.ok else f"FAILED at {failed_step(outcome)}"
+        text = f"[{outcome.server.name}] {word}: {outcome_text(outcome)}"
+        self.console.print(text, markup=False, highlight=False)
 
 
 class LiveProgress:
@@ -53,7 +57,7 @@ class LiveProgress:
         self.console = console
         self.servers = servers
         self.state: dict[str, str] = {s: "waiting" for s in servers}
-        self.done: dict[str, ServerOutcome] = {}
+        self.done: dict[str, Outcome] = {}
         self._upload_started: dict[str, float] = {}
         self.live = Live(self._render(), console=console, refresh_per_second=10, transient=False)
 
@@ -86,9 +90,10 @@ class LiveProgress:
             if outcome is None:
                 rows.append(Spinner("dots", Text(f" {server}: {self.state[server]}")))
             elif outcome.ok:
-                rows.append(Text.assemble(("✓ ", "green"), f"{server}: {outcome.message}"))
+                rows.append(Text.assemble(("✓ ", "green"), f"{server}: {outcome_text(outcome)}"))
             else:
-                rows.append(Text.assemble(("✗ ", "red"), f"{server}: {outcome.step}: {outcome.message}"))
+                failure = f"{server}: {failed_step(outcome)}: {outcome_text(outcome)}"
+                rows.append(Text.assemble(("✗ ", "red"), failure))
         return Group(*rows)
 
     def step(self, server: str, step: str, text: str) -> None:
@@ -104,6 +109,10 @@ class LiveProgress:
         )
         self.live.update(self._render())
 
-    def finished(self, outcome: ServerOutcome) -> None:
-        self.done[outcome.server] = outcome
+    def output(self, server: str, line: str) -> None:
+        """A line of the release command's output, printed above the live lines."""
+        self.live.console.print(Text(f"[{server}] {line}"))
+
+    def finished(self, outcome: Outcome) -> None:
+        self.done[outcome.server.name] = outcome
         self.live.update(self._render())

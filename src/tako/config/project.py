@@ -48,8 +48,20 @@ RESERVED_VARS = frozenset({"ENV", "TAKO_BUILD", "PORT", "HOST", "TAKO_APP", "TAK
 
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
-_TOP_LEVEL = ("tako", "vars", "envs", "servers")
-_TAKO_KEYS = ("name", "build", "start", "health_check", "exclude", "request_buffering")
+_TOP_LEVEL = ("tako", "vars", "envs", "servers", "deploy")
+_TAKO_KEYS = (
+    "name",
+    "build",
+    "start",
+    "health_check",
+    "exclude",
+    "request_buffering",
+    "release",
+    "release_timeout",
+)
+_DEPLOY_KEYS = ("strategy", "batch", "atomic")
+STRATEGIES = ("parallel", "rolling")
+DEFAULT_RELEASE_TIMEOUT = 600
 _SCALING_KEYS = ("instances", "idle_timeout")
 _SERVER_KEYS = ("env", "instances", "idle_timeout")
 _SERVERS_ONLY_KEYS = ("keep_releases",)  # [servers] itself, never [servers.<name>]
@@ -62,6 +74,7 @@ __all__ = [
     "PROJECT_FILE",
     "RESERVED_VARS",
     "EnvConfig",
+    "FleetSettings",
     "ProjectConfig",
     "ServerMapping",
     "check_servers_known",
@@ -95,6 +108,15 @@ class ServerMapping:
 
 
 @dataclass(frozen=True)
+class FleetSettings:
+    """`[deploy]`: how the servers of an env switch to a new release."""
+
+    strategy: str = "parallel"  # "parallel": all at once; "rolling": `batch` servers at a time
+    batch: int = 1
+    atomic: bool = False  # every server prepared before any switches; a failed switch switches back
+
+
+@dataclass(frozen=True)
 class ProjectConfig:
     """A validated tako.toml. `vars` is `[vars]`, `env_vars[E]` is `[vars.E]`."""
 
@@ -114,6 +136,9 @@ class ProjectConfig:
     # false: the proxy streams request bodies to the app as they arrive (large uploads, progress)
     request_buffering: bool = True
     keep_releases: int = DEFAULT_KEEP_RELEASES
+    release: str = ""  # [tako] release: run once per deploy, before any server switches
+    release_timeout: int = DEFAULT_RELEASE_TIMEOUT
+    fleet: FleetSettings = FleetSettings()
 
     def env(self, name: str) -> EnvConfig:
         """The named env. `development` always exists (implicitly with no routes and no inline vars)."""
@@ -251,7 +276,48 @@ def parse_project(data: dict[str, Any], source: Source, *, file: Path, root: Pat
         servers=MappingProxyType(servers),
         request_buffering=request_buffering,
         keep_releases=_keep_releases(source, data.get("servers", {})),
+        release=source.string(tako["release"], ["tako", "release"]) if "release" in tako else "",
+        release_timeout=_release_timeout(source, tako),
+        fleet=_fleet(source, data.get("deploy", {})),
     )
+
+
+def _release_timeout(source: Source, tako: dict[str, Any]) -> int:
+    if "release_timeout" not in tako:
+        return DEFAULT_RELEASE_TIMEOUT
+    return source.integer(
+        tako["release_timeout"], ["tako", "release_timeout"], minimum=1, what="a positive number of seconds"
+    )
+
+
+def _fleet(source: Source, raw: Any) -> FleetSettings:
+    """`[deploy]`: strategy ("parallel" or "rolling"), batch (servers at a time when rolling), atomic."""
+    table = source.table(raw, ["deploy"])
+    source.check_keys(table, ["deploy"], _DEPLOY_KEYS)
+    strategy = source.string(table.get("strategy", "parallel"), ["deploy", "strategy"])
+    if strategy not in STRATEGIES:
+        raise source.error(
+            ["deploy", "strategy"],
+            f"expected one of {', '.join(repr(s) for s in STRATEGIES)}, got {strategy!r}",
+            hint='strategy = "rolling" with batch = N switches N servers at a time',
+        )
+    batch = 1
+    if "batch" in table:
+        batch = source.integer(table["batch"], ["deploy", "batch"], minimum=1, what="a positive integer")
+        if strategy != "rolling":
+            raise source.error(
+                ["deploy", "batch"],
+                "batch only applies to rolling deploys",
+                hint='add strategy = "rolling" to [deploy], or remove batch',
+            )
+    atomic = table.get("atomic", False)
+    if not isinstance(atomic, bool):
+        raise source.error(
+            ["deploy", "atomic"],
+            f"expected true or false, got {describe(atomic)}",
+            hint="atomic = true: no server switches unless every server prepared the release",
+        )
+    return FleetSettings(strategy, batch, atomic)
 
 
 def _app_name(source: Source, tako: dict[str, Any], root: Path) -> str:

@@ -4,7 +4,7 @@ version, archive, and render the release `.env`."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,8 @@ from tako.deploy.version import compute_version
 from tako.errors import DeployError, SecretsError, UsageError
 from tako.protocol import MAX_ENV_BYTES
 from tako.remote.connection import ServerAddress
-from tako.remote.executor import Command, Executor
+from tako.remote.executor import Command
+from tako.remote.fanout import HostResult
 
 RESERVED = ("ENV", "TAKO_BUILD")
 

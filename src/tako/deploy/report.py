@@ -1,18 +1,37 @@
-"""Deploy outcomes as data: one `ServerOutcome` per server; the report decides the exit code."""
+"""Deploy outcomes as data: one `HostResult` per server (its value says what is live, its error names the
+step that failed); the report decides the exit code."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
 
+from tako.errors import DeployError, TakoError
+from tako.remote.fanout import HostResult
 
-@dataclass(frozen=True)
-class ServerOutcome:
-    server: str
-    ok: bool
-    step: str
-    message: str = ""
-    hint: str | None = None
+Outcome = HostResult[str]  # value: what the server now serves; error: why not (a StepFailed)
+
+
+class StepFailed(DeployError):
+    """A server's deploy stopped at `step` (a name of the step table) for the reason in the message."""
+
+    def __init__(self, step: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.step = step
+
+
+def failed_step(outcome: Outcome) -> str:
+    return outcome.error.step if isinstance(outcome.error, StepFailed) else "connect"
+
+
+def outcome_text(outcome: Outcome) -> str:
+    if outcome.error is not None:
+        return outcome.error.message
+    return outcome.value or ""
+
+
+def outcome_hint(outcome: Outcome) -> str | None:
+    return outcome.error.hint if isinstance(outcome.error, TakoError) else None
 
 
 @dataclass(frozen=True)
@@ -21,14 +40,14 @@ class DeployReport:
     version: str
     env: str
     urls: tuple[str, ...]
-    outcomes: tuple[ServerOutcome, ...]
+    outcomes: tuple[Outcome, ...]
 
     @property
-    def succeeded(self) -> list[ServerOutcome]:
+    def succeeded(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.ok]
 
     @property
-    def failed(self) -> list[ServerOutcome]:
+    def failed(self) -> list[Outcome]:
         return [o for o in self.outcomes if not o.ok]
 
     @property
@@ -43,4 +62,6 @@ class Progress(Protocol):
 
     def transfer(self, server: str, sent: int, total: int) -> None: ...
 
-    def finished(self, outcome: ServerOutcome) -> None: ...
+    def output(self, server: str, line: str) -> None: ...
+
+    def finished(self, outcome: Outcome) -> None: ...

@@ -7,6 +7,7 @@ snippet travels as positional parameters of `sh -c`, never spliced into the scri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import shlex
@@ -96,6 +97,33 @@ class Executor:
                 )
             raise RemoteError(f"{self.address.name}: {step} failed: {detail}")
         return CommandResult(status, stdout, stderr)
+
+    async def stream(
+        self, command: Command, on_line: Callable[[str], None], *, timeout: float, what: str
+    ) -> int:
+        """Run `command` with no input, handing each line of its output (stdout and stderr as they
+        interleave) to `on_line` as it comes; its exit status. Cancelled or timed out, the channel closes."""
+        try:
+            async with asyncio.timeout(timeout):
+                process = await self.conn.create_process(
+                    command.render(), stdin=asyncssh.DEVNULL, stderr=asyncssh.STDOUT, encoding=None
+                )
+                try:
+                    async for line in process.stdout:
+                        on_line(_text(line).rstrip("\r\n"))
+                    completed = await process.wait()
+                except BaseException:
+                    # Cut short: ask the remote command to stop too (a closed channel alone may not).
+                    with contextlib.suppress(asyncssh.Error, OSError):
+                        process.send_signal("TERM")
+                    raise
+                finally:
+                    process.close()
+        except TimeoutError as exc:
+            raise RemoteError(f"{self.address.name}: {what} timed out after {timeout:.0f}s") from exc
+        except (asyncssh.Error, OSError) as exc:
+            raise RemoteError(f"{self.address.name}: connection lost during {what}") from exc
+        return completed.exit_status if completed.exit_status is not None else 255
 
     async def upload(
         self,

@@ -37,19 +37,27 @@ async def with_executor(
         await executor.close()
 
 
-async def fan_out(
-    servers: Sequence[ServerAddress],
-    known_hosts: Path,
-    fn: Callable[[Executor], Awaitable[T]],
+async def each_server(
+    servers: Sequence[ServerAddress], fn: Callable[[ServerAddress], Awaitable[T]]
 ) -> list[HostResult[T]]:
-    """`fn` on every server in parallel; a TakoError on one becomes that server's result."""
+    """`fn` for every server in parallel, results in the order of `servers`; a TakoError (or any other
+    exception) of one becomes that server's result."""
 
     async def one(address: ServerAddress) -> HostResult[T]:
         try:
-            return HostResult(address, value=await with_executor(address, known_hosts, fn))
+            return HostResult(address, value=await fn(address))
         except TakoError as exc:
             return HostResult(address, error=exc)
         except Exception as exc:  # keep the other servers going; report this one
             return HostResult(address, error=TakoError(f"{address.name}: unexpected error: {exc!r}"))
 
     return list(await asyncio.gather(*(one(s) for s in servers)))
+
+
+async def fan_out(
+    servers: Sequence[ServerAddress],
+    known_hosts: Path,
+    fn: Callable[[Executor], Awaitable[T]],
+) -> list[HostResult[T]]:
+    """`fn` on every server in parallel, each on its own connection."""
+    return await each_server(servers, lambda address: with_executor(address, known_hosts, fn))
