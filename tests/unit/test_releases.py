@@ -8,9 +8,13 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+from tests.support.projects import git, make_project
+
 from tako.deploy.layout import AppLayout
 from tako.deploy.releases import ServerReleases, list_releases, parse_listing, release_info
-from tests.support.projects import git, make_project
+from tako.deploy.rollback import choose_version
+from tako.errors import DeployError
 
 
 def _listing(layout: AppLayout) -> str:
@@ -79,3 +83,30 @@ def test_previous_is_the_release_deployed_before_the_live_one() -> None:
     assert ServerReleases(tuple(layout_free), "v2").previous() == "v1"
     assert ServerReleases(tuple(layout_free), "v1").previous() is None
     assert ServerReleases(tuple(layout_free), None).previous() is None
+
+
+def _kept(*versions: str, live: str | None) -> ServerReleases:
+    listing = "".join(f"{v}\t4\t{100 - i}\t{{}}\n" for i, v in enumerate(versions))
+    return ServerReleases(tuple(parse_listing(listing)), live)
+
+
+def test_rollback_goes_to_the_release_before_the_live_one_or_the_one_named() -> None:
+    found = _kept("v3", "v2", "v1", live="v2")
+    assert choose_version("app", found, None) == "v1"
+    assert choose_version("app", found, "v3") == "v3"
+
+
+@pytest.mark.parametrize(
+    ("found", "wanted", "message", "hint"),
+    [
+        (_kept("v2", "v1", live="v2"), "v9", "does not have release v9 (it keeps: v2, v1)", "tako releases"),
+        (_kept("v1", live="v1"), None, "no release before the live one (v1)", "tako rollback VERSION"),
+        (_kept("v1", live=None), None, "app is not running on this server", "tako deploy"),
+    ],
+)
+def test_a_rollback_that_cannot_be_done_says_why_and_what_the_server_has(
+    found: ServerReleases, wanted: str | None, message: str, hint: str
+) -> None:
+    with pytest.raises(DeployError) as info:
+        choose_version("app", found, wanted)
+    assert message in info.value.message and info.value.hint and hint in info.value.hint

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "status": "tako.cli.status:status",
     "logs": "tako.cli.logs:logs",
     "releases": "tako.cli.releases:releases",
+    "rollback": "tako.cli.rollback:rollback",
     "servers": "tako.cli.servers:servers",
     "secrets": "tako.cli.secrets:secrets",
     "delete": "tako.cli.delete:delete",

@@ -1,0 +1,181 @@
+"""End to end on two testbed hosts: `tako releases` lists what each server keeps; `tako rollback` switches
+back to a kept release with its code and its secrets as deployed, without a failed request; a version one
+server lacks fails there only; the app's data dir outlives deploys and rollbacks."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tests.e2e.conftest import TakoCLI, cli_with_server, user_ssh_env
+from tests.support.projects import body_and_status, commit_all, curl, make_project
+from tests.support.testbed import Host, Testbed
+
+pytestmark = pytest.mark.e2e
+
+NAMES = ("rl-a", "rl-b")
+APP = "rel"
+ROUTE = "rel.tako.test"
+APP_DIR = f"/opt/tako/apps/{APP}"
+
+# /data appends a line to a file in TAKO_DATA_DIR and answers with the number of lines: the app's own
+# writes, kept across releases.
+DATA_ROUTE = """        elif self.path == "/data":
+            path = os.path.join(os.environ["TAKO_DATA_DIR"], "visits.txt")
+            with open(path, "a") as f:
+                f.write("visit\\n")
+            with open(path) as f:
+                body = f"visits {len(f.readlines())}\\n".encode()
+            content_type = "text/plain"
+        else:
+"""
+
+
+@dataclass
+class Fleet:
+    hosts: list[Host]
+    cli: TakoCLI
+    project: Path
+    first: str  # version deployed with GREETING=first
+    second: str  # version deployed with GREETING=second
+
+    @property
+    def env(self) -> dict[str, str]:
+        return user_ssh_env(self.hosts[0])
+
+    def tako(self, *args: str) -> str:
+        return self.cli.ok(*args, cwd=self.project, env=self.env).stdout
+
+    def releases(self) -> dict[str, dict[str, object]]:
+        doc = json.loads(self.tako("releases", "--json"))
+        return {server["server"]: server for server in doc}
+
+
+def set_greeting(cli: TakoCLI, project: Path, env: dict[str, str], value: str) -> None:
+    """The secret GREETING (the app answers with it), its value on stdin."""
+    cli.ok("secrets", "set", "--env", "production", "GREETING", cwd=project, input=value + "\n", env=env)
+
+
+@pytest.fixture(scope="module")
+def fleet(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """App `rel` on two hosts: deployed with secret GREETING=first, then (new code) GREETING=second."""
+    hosts = testbed.up(*NAMES)
+    env = user_ssh_env(hosts[0])
+    cli = cli_with_server(hosts[0], tmp_path_factory, NAMES[0])
+    cli.ok("servers", "add", hosts[1].address, "--name", NAMES[1], env=env)
+    project = make_project(
+        tmp_path_factory.mktemp("rl-project"),
+        name=APP,
+        route=ROUTE,
+        servers={name: "production" for name in NAMES},
+    )
+    app = project / "app.py"
+    app.write_text(app.read_text().replace("        else:\n", DATA_ROUTE, 1))
+    first = commit_all(project, "First release")
+    set_greeting(cli, project, env, "first")
+    cli.ok("deploy", "--yes", cwd=project, env=env)
+    (project / "NOTES.txt").write_text("second\n")
+    second = commit_all(project, "Second release")
+    set_greeting(cli, project, env, "second")
+    cli.ok("deploy", "--yes", cwd=project, env=env)
+    yield Fleet(hosts, cli, project, first, second)
+
+
+def greeting(host: Host) -> tuple[str, int]:
+    return body_and_status(curl(host.address, ROUTE))
+
+
+def visits(host: Host) -> int:
+    body, status = body_and_status(curl(host.address, ROUTE, "/data"))
+    assert status == 200, body
+    return int(body.split()[1])
+
+
+def remote(host: Host, command: str) -> str:
+    result = host.exec(command, user="tako")
+    assert result.returncode == 0, f"{host.name}: {command}: {result.stderr}"
+    return result.stdout.strip()
+
+
+def test_releases_lists_every_kept_release_with_the_live_one(fleet: Fleet) -> None:
+    doc = fleet.releases()
+    assert sorted(doc) == sorted(NAMES)
+    for server in doc.values():
+        assert server["reachable"] is True and server["live"] == fleet.second
+        listed = server["releases"]
+        assert isinstance(listed, list)
+        assert [r["version"] for r in listed] == [fleet.second, fleet.first]  # newest first
+        assert [r["live"] for r in listed] == [True, False]
+        assert [r["subject"] for r in listed] == ["Second release", "First release"]
+        assert all(r["commit"] and "@" in r["deployed_by"] and r["size"] > 0 for r in listed), listed
+
+    text = fleet.tako("releases")
+    for name in NAMES:
+        assert f"{name}: {APP}, live {fleet.second}, 2 release(s) kept" in text, text
+    assert f"* {fleet.second}" in text and "Second release" in text and "First release" in text
+    assert "disagree" not in text
+
+
+def test_rollback_restores_the_old_code_and_secret_with_no_failed_request(fleet: Fleet) -> None:
+    counts = {host.name: visits(host) for host in fleet.hosts}
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            for host in fleet.hosts:
+                statuses.append(greeting(host)[1])
+
+    client = threading.Thread(target=hammer)
+    client.start()
+    try:
+        out = fleet.tako("rollback", "--yes")
+    finally:
+        stop.set()
+        client.join(timeout=60)
+    for name in NAMES:
+        assert f"✓ {name}: rolled back from {fleet.second} to {fleet.first}" in out, out
+    assert "2/2 server(s) rolled back" in out
+    assert statuses and set(statuses) == {200}, statuses
+    for host in fleet.hosts:
+        body, status = greeting(host)
+        assert status == 200 and body.startswith(f"first! build {fleet.first}"), body
+        # tako-server's state and `current` agree; no lock left behind; the data dir kept its file.
+        assert remote(host, f"readlink {APP_DIR}/current") == f"releases/{fleet.first}"
+        assert host.exec(f"test -e {APP_DIR}/.deploy_lock", user="tako").returncode != 0
+        assert visits(host) == counts[host.name] + 1
+    assert {s["live"] for s in fleet.releases().values()} == {fleet.first}
+
+
+def test_rollback_to_a_version_one_server_lacks_fails_there_only(fleet: Fleet) -> None:
+    lacking, keeping = fleet.hosts[1], fleet.hosts[0]
+    remote(lacking, f"rm -rf {APP_DIR}/releases/{fleet.second}")
+    result = fleet.cli.run("rollback", fleet.second, "--yes", cwd=fleet.project, env=fleet.env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"✓ {keeping.name}: rolled back from {fleet.first} to {fleet.second}" in result.stdout
+    assert (
+        f"✗ {lacking.name}: this server does not have release {fleet.second} (it keeps: {fleet.first})"
+        in result.stdout
+    ), result.stdout
+    assert greeting(keeping)[0].startswith(f"second! build {fleet.second}")
+    assert greeting(lacking)[0].startswith(f"first! build {fleet.first}")
+    text = fleet.tako("releases")
+    assert "servers disagree on the live release" in text, text
+    assert f"{keeping.name} runs {fleet.second}" in text and f"{lacking.name} runs {fleet.first}" in text
+
+
+def test_deploy_after_rollback_works_and_keeps_the_data_dir(fleet: Fleet) -> None:
+    counts = {host.name: visits(host) for host in fleet.hosts}
+    (fleet.project / "NOTES.txt").write_text("third\n")
+    third = commit_all(fleet.project, "Third release")
+    out = fleet.tako("deploy", "--yes")
+    assert "2/2 server(s) succeeded" in out, out
+    for host in fleet.hosts:
+        assert greeting(host)[0].startswith(f"second! build {third}")
+        assert remote(host, f"readlink {APP_DIR}/current") == f"releases/{third}"
+        assert visits(host) == counts[host.name] + 1
+    assert {s["live"] for s in fleet.releases().values()} == {third}
