@@ -6,18 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from tako.errors import DeployError, TakoError
+from tako.errors import StepFailed as StepFailed  # defined with every other error; imported from here too
+from tako.errors import TakoError
 from tako.remote.fanout import HostResult
 
 Outcome = HostResult[str]  # value: what the server now serves; error: why not (a StepFailed)
-
-
-class StepFailed(DeployError):
-    """A server's deploy stopped at `step` (a name of the step table) for the reason in the message."""
-
-    def __init__(self, step: str, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.step = step
 
 
 def failed_step(outcome: Outcome) -> str:

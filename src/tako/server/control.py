@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tako import __version__
-from tako.errors import ProtocolError, TakoError
+from tako.errors import ControlError, ProtocolError, TakoError
 from tako.protocol import (
     MAX_LINE_BYTES,
     PROTOCOL_VERSION,
@@ -38,10 +38,6 @@ from tako.server.apps.registry import AppRegistry
 log = logging.getLogger("tako.server.control")
 
 CAPABILITIES = ("deploy", "status", "list", "routes", "stop", "delete", "reload")
-
-
-class ControlError(TakoError):
-    """The control socket cannot be created."""
 
 
 class ControlServer:
@@ -112,9 +108,8 @@ class ControlServer:
             result = await self._handlers[type(request)](request)
         except TakoError as exc:
             extra = {"hint": exc.hint} if exc.hint else {}
-            code = getattr(exc, "code", None)
-            if code:
-                extra["code"] = code
+            if exc.code:
+                extra["code"] = exc.code
             return error_reply(exc.message, **extra)
         except Exception as exc:
             log.exception("control command failed")

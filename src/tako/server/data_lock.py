@@ -13,7 +13,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from tako.errors import TakoError
+from tako.errors import DataDirInUse, TakoError
 
 LOCK_NAME = "tako-server.lock"
 # The service script's `flock -n -s` probe holds a shared lock for a moment (about a millisecond): a server
@@ -21,10 +21,6 @@ LOCK_NAME = "tako-server.lock"
 PROBE_GRACE = 0.5
 _RETRY = 0.02
 PID_WIDTH = 16  # the pid, space-padded, and a newline
-
-
-class DataDirInUse(TakoError):
-    """Another tako-server holds the data dir."""
 
 
 class DataDirLock:

@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from tako.errors import TakoError
+from tako.errors import StateError
 
 DB_NAME = "tako.db"
 
@@ -46,10 +46,6 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
 )
-
-
-class StateError(TakoError):
-    """The state database cannot be opened or written."""
 
 
 @dataclass(frozen=True)

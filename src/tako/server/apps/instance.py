@@ -17,9 +17,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from tako.config.server import AppSettings
-from tako.errors import TakoError
+from tako.errors import (
+    InstanceFailed as InstanceFailed,  # defined with every other error; imported from here too
+)
+from tako.errors import IsolationError
 from tako.server.apps import health, spawner
-from tako.server.apps.isolation import IsolationError
 from tako.server.apps.logs import AppLog, LineSplitter
 from tako.server.apps.release import Release
 
@@ -39,10 +41,6 @@ class InstanceState(enum.Enum):
 
 
 LIVE = frozenset({InstanceState.STARTING, InstanceState.HEALTHY, InstanceState.UNHEALTHY})
-
-
-class InstanceFailed(TakoError):
-    """An instance did not come up or died; the message names it and quotes its last output."""
 
 
 class Activity:

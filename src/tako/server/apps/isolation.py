@@ -18,7 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tako.errors import TakoError
+from tako.errors import (
+    IsolationError as IsolationError,  # defined with every other error; imported from here too
+)
 
 # 200000-299999: far above the uids of accounts (useradd stops at 60000) and past the subordinate range
 # useradd gives the first user (100000-165535, for user namespaces). A second user with subordinate ids
@@ -31,10 +33,6 @@ REQUIRED_CAPS = {"CAP_CHOWN": 0, "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7
 SETPRIV_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
 HOME_DIR = "home"  # under <app>/shared: the app's HOME, the one directory of the app dir it may write
 DATA_DIR = "data"  # under <app>/shared: TAKO_DATA_DIR, made at deploy; the app's group may write it
-
-
-class IsolationError(TakoError):
-    """An app cannot be run isolated (bad uid, release outside its app dir)."""
 
 
 @dataclass(frozen=True)

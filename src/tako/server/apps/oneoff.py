@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tako.errors import TakoError
+from tako.errors import OneOffError, TakoError
 from tako.server.apps import isolation, spawner
 from tako.server.apps.registry import AppRegistry
 from tako.server.apps.release import Release, ensure_data_dir, load_release
@@ -43,12 +43,6 @@ HANGUP_GRACE = 10.0  # seconds a command gets after SIGHUP (its client went away
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH)
 # Variables an instance gets that make no sense for a command that serves nothing.
 INSTANCE_ONLY = ("PORT", "HOST", "TAKO_INSTANCE")
-
-
-class OneOffError(TakoError):
-    """A one-off command cannot be started (unknown app, bad release dir, tako-server unreachable)."""
-
-    exit_code = 125  # as `env` and container runners: the runner failed, not the command
 
 
 NOT_FOUND = 127  # a shell's status for a command that does not exist

@@ -16,14 +16,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tako.config.server import AppSettings
-from tako.errors import TakoError
-from tako.protocol import ERROR_UNKNOWN_APP, Deploy
+from tako.errors import AppError, InstanceFailed, ReleaseError, TakoError, UnknownApp
+from tako.protocol import Deploy
 from tako.routing import RouteError, RouteTable, find_conflicts, parse_route
 from tako.server.apps import isolation, rollout
 from tako.server.apps.app import AppState, ManagedApp
-from tako.server.apps.instance import LIVE, InstanceFailed
+from tako.server.apps.instance import LIVE
 from tako.server.apps.logs import AppLog
-from tako.server.apps.release import Release, ReleaseError, ensure_data_dir, load_release, point_current
+from tako.server.apps.release import Release, ensure_data_dir, load_release, point_current
 from tako.server.apps.spawner import group_members, proc_stat
 from tako.server.proxy.backend import AppGate, Snapshot
 from tako.server.state import AppRecord, ProcessRecord, StateStore
@@ -31,16 +31,6 @@ from tako.server.state import AppRecord, ProcessRecord, StateStore
 log = logging.getLogger("tako.server.apps")
 
 _APP_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}\Z")
-
-
-class AppError(TakoError):
-    """A control command about an app cannot be done (unknown app, busy, conflicting routes...)."""
-
-    code: str | None = None  # sent as the error reply's `code` when a client may act on it
-
-
-class UnknownApp(AppError):
-    code = ERROR_UNKNOWN_APP
 
 
 class AppRouter:

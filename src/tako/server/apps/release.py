@@ -10,14 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from tako.config import envfile
-from tako.errors import TakoError
+from tako.errors import ReleaseError as ReleaseError  # defined with every other error; imported from here too
 
 DEFAULT_HEALTH_CHECK = "/_tako/status"
 DATA_DIR = ("shared", "data")  # under the app dir: TAKO_DATA_DIR, kept across releases
-
-
-class ReleaseError(TakoError):
-    """A release directory cannot be used: missing or invalid app.json or .env."""
 
 
 @dataclass(frozen=True)

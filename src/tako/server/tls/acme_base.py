@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from tako.errors import TakoError
+from tako.errors import AcmeError as AcmeError  # defined with every other error; imported from here too
 
 if TYPE_CHECKING:
     from acme import messages
@@ -20,22 +20,6 @@ if TYPE_CHECKING:
 
 NETWORK_TIMEOUT = 30  # seconds per HTTP request to the CA
 ORDER_TIMEOUT = 90.0  # seconds from new order to downloaded certificate
-
-
-class AcmeError(TakoError):
-    """One issuance attempt failed. `retry_after` is the CA's minimum wait (rate limits), if it gave one."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        hint: str | None = None,
-        retry_after: float | None = None,
-        account_invalid: bool = False,
-    ) -> None:
-        super().__init__(message, hint=hint)
-        self.retry_after = retry_after
-        self.account_invalid = account_invalid
 
 
 @dataclass(frozen=True)
