@@ -13,6 +13,7 @@ from pathlib import Path
 # Both servers finish in-flight requests on SIGTERM; the timeouts bound that below tako-server's grace.
 UVICORN = "uvicorn {target} --host 127.0.0.1 --port $PORT"
 GUNICORN = "gunicorn {target} --bind 127.0.0.1:$PORT --workers 2 --graceful-timeout 20"
+DJANGO_RELEASE = "python manage.py migrate"
 TODO_COMMENT = (
     "TODO: no FastAPI, Starlette, Flask or Django app found: set `start` to the command that runs one\n"
     "instance of your app listening on 127.0.0.1:$PORT."
@@ -40,6 +41,7 @@ class Detection:
     framework: str | None  # "fastapi", "starlette", "flask", "django" or None
     start: str | None  # the start command, None when nothing was found
     comment: str  # one or two lines for tako.toml explaining the choice (or what to do)
+    release: str | None = None  # a release command (Django: apply migrations), None: none suggested
 
 
 @dataclass(frozen=True)
@@ -178,18 +180,32 @@ def _detect_django(project_dir: Path, deps: set[str]) -> Detection | None:
     if package is None:
         wsgi = sorted(project_dir.glob("*/wsgi.py"))
         package = wsgi[0].parent.name if wsgi else None
-    server_note = "" if "gunicorn" in deps or not deps else "; add `gunicorn` to your requirements"
+    # Migrations run once per deploy, before any server switches; they need manage.py.
+    release = DJANGO_RELEASE if manage.is_file() else None
+    start, served = _django_start(package or "mysite", deps)
     if package is None:
         return Detection(
             "django",
-            GUNICORN.format(target="mysite.wsgi:application"),
+            start,
             "Django is a dependency but its project package was not found.\n"
-            f"TODO: replace `mysite` with the package holding wsgi.py{server_note}.",
+            f"TODO: replace `mysite` with the package holding wsgi.py.\n{served}.",
+            release,
         )
     return Detection(
         "django",
-        GUNICORN.format(target=f"{package}.wsgi:application"),
-        f"Detected Django (settings {settings or package + '.settings'}), served by gunicorn{server_note}.\n"
-        "On SIGTERM gunicorn lets workers finish in-flight requests (up to --graceful-timeout s).\n"
+        start,
+        f"Detected Django (settings {settings or package + '.settings'}).\n{served}.\n"
         'Static files: build = "python manage.py collectstatic --noinput" (or use WhiteNoise).',
+        release,
     )
+
+
+def _django_start(package: str, deps: set[str]) -> tuple[str, str]:
+    """The start command for a Django project package and how it is served: by uvicorn (ASGI) when the
+    project depends on uvicorn and not on gunicorn, else by gunicorn (WSGI)."""
+    if "uvicorn" in deps and "gunicorn" not in deps:
+        shutdown = "On SIGTERM uvicorn stops accepting and lets in-flight requests finish"
+        return UVICORN.format(target=f"{package}.asgi:application"), f"Served by uvicorn (ASGI).\n{shutdown}"
+    note = "" if "gunicorn" in deps or not deps else "; add `gunicorn` to your requirements"
+    shutdown = "On SIGTERM gunicorn lets workers finish in-flight requests (up to --graceful-timeout s)"
+    return GUNICORN.format(target=f"{package}.wsgi:application"), f"Served by gunicorn{note}.\n{shutdown}"

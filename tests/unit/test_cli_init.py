@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,27 @@ def test_init_writes_a_loadable_template(tmp_path: Path) -> None:
     project = load_project(app)
     assert project.name == "my-shop"
     assert project.envs["production"].routes == ("my-shop.example.com",)
+
+
+def test_init_in_a_django_project_writes_the_release_line(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "django"
+    project_dir = tmp_path / "site"
+    shutil.copytree(example, project_dir, ignore=shutil.ignore_patterns("tako.toml", "__pycache__"))
+    result = run(tmp_path, "init", str(project_dir))
+    assert result.exit_code == 0, result.output
+    project = load_project(project_dir)
+    assert project.release == "python manage.py migrate"
+    assert (
+        project.start
+        == "gunicorn mysite.wsgi:application --bind 127.0.0.1:$PORT --workers 2 --graceful-timeout 20"
+    )
+
+
+def test_template_without_a_release_command_shows_it_commented(tmp_path: Path) -> None:
+    text = render_template("shop", None, None)
+    assert '\n# release = "python manage.py migrate"\n' in text
+    (tmp_path / "tako.toml").write_text(text)
+    assert load_project(tmp_path).release == ""
 
 
 def test_init_uses_metadata_name_and_option(tmp_path: Path) -> None:

@@ -126,3 +126,43 @@ def test_examples_are_detected() -> None:
     fl = detect_framework(root / "flask")
     assert fa.framework == "fastapi" and fa.start is not None and fa.start.startswith("uvicorn main:app")
     assert fl.framework == "flask" and fl.start is not None and fl.start.startswith("gunicorn app:app")
+
+
+def test_a_django_project_gets_the_migrate_release_command(tmp_path: Path) -> None:
+    manage = 'os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")\n'
+    write(tmp_path, {"manage.py": manage, "shop/wsgi.py": "", "requirements.txt": "Django\ngunicorn\n"})
+    d = detect_framework(tmp_path)
+    assert d.release == "python manage.py migrate"
+    assert d.start is not None and d.start.startswith("gunicorn shop.wsgi:application")
+
+
+def test_django_without_manage_py_suggests_no_release_command(tmp_path: Path) -> None:
+    write(tmp_path, {"requirements.txt": "django\ngunicorn\n", "proj/wsgi.py": ""})
+    assert detect_framework(tmp_path).release is None
+
+
+def test_django_served_by_uvicorn_when_it_is_the_projects_server(tmp_path: Path) -> None:
+    manage = 'os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")\n'
+    files = {
+        "manage.py": manage,
+        "shop/asgi.py": "",
+        "shop/wsgi.py": "",
+        "requirements.txt": "django\nuvicorn\n",
+    }
+    d = detect_framework(write(tmp_path, files))
+    assert d.start == "uvicorn shop.asgi:application --host 127.0.0.1 --port $PORT"
+    assert "Served by uvicorn (ASGI)" in d.comment and d.release == "python manage.py migrate"
+    # Both servers listed: gunicorn (WSGI), the production default.
+    (tmp_path / "requirements.txt").write_text("django\nuvicorn\ngunicorn\n")
+    assert (detect_framework(tmp_path).start or "").startswith("gunicorn shop.wsgi:application")
+
+
+def test_other_frameworks_suggest_no_release_command(tmp_path: Path) -> None:
+    write(tmp_path, {"main.py": "app = FastAPI()\n", "requirements.txt": "fastapi\nuvicorn\n"})
+    assert detect_framework(tmp_path).release is None
+
+
+def test_the_django_example_is_detected() -> None:
+    d = detect_framework(Path(__file__).resolve().parents[2] / "examples" / "django")
+    assert d.framework == "django" and d.release == "python manage.py migrate"
+    assert d.start is not None and d.start.startswith("gunicorn mysite.wsgi:application")

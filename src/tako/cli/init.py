@@ -17,34 +17,50 @@ from tako.errors import UsageError
 
 FALLBACK_NAME = "app"
 PLACEHOLDER_START = "uvicorn main:app --host 127.0.0.1 --port $PORT"
+EXAMPLE_RELEASE = "python manage.py migrate"
 
 
 def _toml_string(value: str) -> str:
     return tomlkit.string(value).as_string()
 
 
-def render_template(app_name: str, start: str | None, comment: str | None) -> str:
+def render_template(app_name: str, start: str | None, comment: str | None, release: str | None = None) -> str:
     """The text of a new tako.toml: every setting shown, optional ones commented out with their defaults.
 
     `start` is the detected start command (None: a placeholder to replace); `comment` explains where it
-    came from (e.g. "Detected FastAPI in main.py") and is written as comment lines above it.
+    came from (e.g. "Detected FastAPI in main.py") and is written as comment lines above it. `release`, a
+    detected release command (Django's migrations), is written set; otherwise it is shown commented out.
     """
-    start_lines = []
-    if comment:
-        start_lines += [f"# {line}".rstrip() for line in comment.splitlines()]
+    return "\n".join(
+        (_header(), _tako_section(app_name, start, comment, release), _vars_and_envs(app_name), _servers())
+    )
+
+
+def _start_lines(start: str | None, comment: str | None) -> list[str]:
+    lines = [f"# {line}".rstrip() for line in comment.splitlines()] if comment else []
     if start is None:
-        start_lines += [
+        lines += [
             "# Replace with your app's command, for example:",
             '#   start = "gunicorn --bind 127.0.0.1:$PORT app:app"',
             '#   start = "node server.js"',
         ]
-    start_lines.append(f"start = {_toml_string(start or PLACEHOLDER_START)}")
-    start_block = "\n".join(start_lines)
-    route = f"{app_name}.example.com"
-    return f"""\
+    lines.append(f"start = {_toml_string(start or PLACEHOLDER_START)}")
+    return lines
+
+
+def _header() -> str:
+    return """\
 # tako.toml: how Tako builds, runs and routes this app. Reference: docs/tako-toml.md
 # Commented-out settings are optional; the values shown are their defaults or examples.
+"""
 
+
+def _tako_section(app_name: str, start: str | None, comment: str | None, release: str | None) -> str:
+    start_block = "\n".join(_start_lines(start, comment))
+    release_line = (
+        f"release = {_toml_string(release)}" if release else f"# release = {_toml_string(EXAMPLE_RELEASE)}"
+    )
+    return f"""\
 [tako]
 # App name: 1-63 characters of a-z, 0-9 and '-', starting with a letter.
 name = "{app_name}"
@@ -56,13 +72,22 @@ name = "{app_name}"
 # The app must listen on 127.0.0.1:$PORT.
 {start_block}
 
+# Command run once per deploy (database migrations), on one server, in the new release with its
+# environment, before any server switches to it; if it fails, nothing switches.
+{release_line}
+
 # Path probed on every instance; any answer below 500 counts as healthy.
 # health_check = "{DEFAULT_HEALTH_CHECK}"
 
 # Extra glob patterns to leave out of the deploy archive (.git, .tako, .env*, __pycache__, .venv and
 # node_modules are always left out).
 # exclude = ["tests/*", "*.sqlite3"]
+"""
 
+
+def _vars_and_envs(app_name: str) -> str:
+    route = f"{app_name}.example.com"
+    return f"""\
 # Variables (strings) for every environment. Later wins: [vars] < [vars.<env>] < [envs.<env>] < secrets.
 # Tako sets ENV, TAKO_BUILD, PORT, HOST, TAKO_APP and TAKO_INSTANCE itself; they cannot be set here.
 [vars]
@@ -81,7 +106,11 @@ route = "{route}"
 
 # [envs.staging]
 # route = "staging.{route}"
+"""
 
+
+def _servers() -> str:
+    return """\
 # Scaling defaults for every server below.
 [servers]
 # instances = 0        # instances kept running; 0 = started by the first request, stopped when idle
@@ -126,7 +155,8 @@ def init(cli: CliContext, directory: Path | None, force: bool, name: str | None)
         confirm_or_require_yes(cli, ask)
     app_name = name or detect_app_name(target) or FALLBACK_NAME
     detection = detect_framework(target)
-    written = write_project_file(target, render_template(app_name, detection.start, detection.comment))
+    text = render_template(app_name, detection.start, detection.comment, detection.release)
+    written = write_project_file(target, text)
     print_success(cli.console, f"Wrote {written} for app {app_name!r}.")
     print_message(cli.console, "Next steps:")
     for step in (
