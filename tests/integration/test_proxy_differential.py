@@ -26,12 +26,12 @@ from pathlib import Path
 
 import pytest
 from tests.support.processes import stop_process
-from tests.support.proxy_harness import ProxyHarness, parse_responses, run, running_proxy
+from tests.support.proxy_harness import ProxyHarness, parse_responses, running_proxy
 from tests.support.proxy_routes import StaticGate, StaticUpstream
 
 from tako.config.server import ProxySettings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.uvloop]
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "a.tako.test"
@@ -300,7 +300,10 @@ async def _exchange(p: ProxyHarness, data: bytes, expect: int, timeout: float = 
 
 @pytest.mark.parametrize("mode", ["buffered", "streamed"])
 @pytest.mark.parametrize("shape", sorted(SHAPES))
-def test_framing_matches_app_server(tmp_path: Path, app_server: AppServer, shape: str, mode: str) -> None:
+@pytest.mark.deadline(60)
+async def test_framing_matches_app_server(
+    tmp_path: Path, app_server: AppServer, shape: str, mode: str
+) -> None:
     buffered = mode == "buffered"
     spec = BUFFERED.get(shape, SHAPES[shape]) if buffered else SHAPES[shape]
     app_server.log.unlink(missing_ok=True)
@@ -311,24 +314,21 @@ def test_framing_matches_app_server(tmp_path: Path, app_server: AppServer, shape
         body_rate_window=1.0,
     )
 
-    async def scenario() -> None:
-        routes = {HOST: StaticGate("a", [StaticUpstream(app_server.port)])}
-        async with running_proxy(tmp_path, routes, settings) as p:
-            p.issue(HOST)
-            got: list[list[int]] = []
-            for data, read in spec.sends:
-                received = await _exchange(p, data, len(spec.statuses[len(got)]) if read else 0)
-                got.append([r.status for r in parse_responses(received) if r.complete])
-            # Victims on fresh connections: each must get the report of its own request.
-            victims = []
-            for i in range(3):
-                path = f"/victim/{i}"
-                data = await _exchange(p, f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode(), 1)
-                answers = parse_responses(data)
-                assert len(answers) == 1 and answers[0].complete, (app_server.name, path, data[:300])
-                assert json.loads(answers[0].body) == _report("GET", path, b""), (app_server.name, path)
-                victims.append(_report("GET", path, b""))
-            assert app_server.entries() == spec.parsed + victims, app_server.name
-            assert got == spec.statuses, app_server.name
-
-    run(scenario(), timeout=60)
+    routes = {HOST: StaticGate("a", [StaticUpstream(app_server.port)])}
+    async with running_proxy(tmp_path, routes, settings) as p:
+        p.issue(HOST)
+        got: list[list[int]] = []
+        for data, read in spec.sends:
+            received = await _exchange(p, data, len(spec.statuses[len(got)]) if read else 0)
+            got.append([r.status for r in parse_responses(received) if r.complete])
+        # Victims on fresh connections: each must get the report of its own request.
+        victims = []
+        for i in range(3):
+            path = f"/victim/{i}"
+            data = await _exchange(p, f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode(), 1)
+            answers = parse_responses(data)
+            assert len(answers) == 1 and answers[0].complete, (app_server.name, path, data[:300])
+            assert json.loads(answers[0].body) == _report("GET", path, b""), (app_server.name, path)
+            victims.append(_report("GET", path, b""))
+        assert app_server.entries() == spec.parsed + victims, app_server.name
+        assert got == spec.statuses, app_server.name

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 from tests.support.processes import stop_process
-from tests.support.proxy_harness import one_app_proxy, parse_responses, raw_exchange, run, running_proxy
+from tests.support.proxy_harness import one_app_proxy, parse_responses, raw_exchange, running_proxy
 from tests.support.proxy_process import proxy_process
 from tests.support.proxy_routes import StaticGate, StaticUpstream
 from tests.support.upstreams import HttpUpstream
 
 from tako.config.server import ProxySettings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.uvloop]
 
 SETTINGS = ProxySettings(
     max_header_bytes=4096,
@@ -40,228 +40,196 @@ def _statuses(data: bytes) -> list[int]:
     return [r.status for r in parse_responses(data)]
 
 
-def test_header_size_and_count_limits(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        up = await HttpUpstream().start()
+async def test_header_size_and_count_limits(tmp_path: Path) -> None:
+    up = await HttpUpstream().start()
+    try:
+        async with running_proxy(
+            tmp_path, {"a.tako.test": StaticGate("a", [StaticUpstream(up.port)])}, SETTINGS
+        ) as p:
+            big = b"GET / HTTP/1.1\r\nHost: a.tako.test\r\nX-Big: " + b"v" * 5000 + b"\r\n\r\n"
+            many = (
+                b"GET / HTTP/1.1\r\nHost: a.tako.test\r\n"
+                + b"".join(b"X-%d: 1\r\n" % i for i in range(30))
+                + b"\r\n"
+            )
+            long_url = b"GET /" + b"u" * 5000 + b" HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+            endless = b"GET / HTTP/1.1\r\nHost: a.tako.test\r\nX-Endless: " + b"e" * 20000
+            for request in (big, many, long_url, endless):
+                data = await raw_exchange(p.http_port, request)
+                assert _statuses(data) == [431], request[:40]
+                assert parse_responses(data)[0].header("connection") == "close"
+            assert up.requests == 0
+            # Just under the limits is fine.
+            ok = (
+                b"GET / HTTP/1.1\r\nHost: a.tako.test\r\nX-Ok: "
+                + b"v" * 3000
+                + b"\r\nConnection: close\r\n\r\n"
+            )
+            assert _statuses(await raw_exchange(p.http_port, ok)) == [301]
+    finally:
+        await up.stop()
+
+
+async def test_header_timeout_answers_408_and_closes(tmp_path: Path) -> None:
+    async with running_proxy(tmp_path, {}, SETTINGS) as p:
+        # Slowloris: a request line and part of a header, then nothing.
+        data = await raw_exchange(p.http_port, b"GET / HTTP/1.1\r\nHost: a.tako.te")
+        assert _statuses(data) == [408]
+        # A connection that sends nothing at all is closed the same way.
+        data = await raw_exchange(p.http_port, b"")
+        assert _statuses(data) == [408]
+        assert not p.server.connections or all(c.closed or c.broken for c in p.server.connections)
+
+
+async def test_header_timeout_applies_to_later_requests_on_a_connection(tmp_path: Path) -> None:
+    async with running_proxy(tmp_path, {}, SETTINGS) as p:
+        status = b"GET /_tako/status HTTP/1.1\r\nHost: x\r\n\r\n"
+        # A complete request and, in the same packet, the start of another that never completes.
+        data = await raw_exchange(p.http_port, status + b"GET /_tako/status HTTP/1.1\r\nHo")
+        assert _statuses(data) == [200, 408]
+        # The same start of a request after the first response, once the connection was idle.
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.http_port)
         try:
-            async with running_proxy(
-                tmp_path, {"a.tako.test": StaticGate("a", [StaticUpstream(up.port)])}, SETTINGS
-            ) as p:
-                big = b"GET / HTTP/1.1\r\nHost: a.tako.test\r\nX-Big: " + b"v" * 5000 + b"\r\n\r\n"
-                many = (
-                    b"GET / HTTP/1.1\r\nHost: a.tako.test\r\n"
-                    + b"".join(b"X-%d: 1\r\n" % i for i in range(30))
-                    + b"\r\n"
-                )
-                long_url = b"GET /" + b"u" * 5000 + b" HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
-                endless = b"GET / HTTP/1.1\r\nHost: a.tako.test\r\nX-Endless: " + b"e" * 20000
-                for request in (big, many, long_url, endless):
-                    data = await raw_exchange(p.http_port, request)
-                    assert _statuses(data) == [431], request[:40]
-                    assert parse_responses(data)[0].header("connection") == "close"
-                assert up.requests == 0
-                # Just under the limits is fine.
-                ok = (
-                    b"GET / HTTP/1.1\r\nHost: a.tako.test\r\nX-Ok: "
-                    + b"v" * 3000
-                    + b"\r\nConnection: close\r\n\r\n"
-                )
-                assert _statuses(await raw_exchange(p.http_port, ok)) == [301]
-        finally:
-            await up.stop()
-
-    run(scenario())
-
-
-def test_header_timeout_answers_408_and_closes(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        async with running_proxy(tmp_path, {}, SETTINGS) as p:
-            # Slowloris: a request line and part of a header, then nothing.
-            data = await raw_exchange(p.http_port, b"GET / HTTP/1.1\r\nHost: a.tako.te")
-            assert _statuses(data) == [408]
-            # A connection that sends nothing at all is closed the same way.
-            data = await raw_exchange(p.http_port, b"")
-            assert _statuses(data) == [408]
-            assert not p.server.connections or all(c.closed or c.broken for c in p.server.connections)
-
-    run(scenario())
-
-
-def test_header_timeout_applies_to_later_requests_on_a_connection(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        async with running_proxy(tmp_path, {}, SETTINGS) as p:
-            status = b"GET /_tako/status HTTP/1.1\r\nHost: x\r\n\r\n"
-            # A complete request and, in the same packet, the start of another that never completes.
-            data = await raw_exchange(p.http_port, status + b"GET /_tako/status HTTP/1.1\r\nHo")
-            assert _statuses(data) == [200, 408]
-            # The same start of a request after the first response, once the connection was idle.
-            reader, writer = await asyncio.open_connection("127.0.0.1", p.http_port)
-            try:
-                writer.write(status)
-                await reader.readuntil(b"}")
-                writer.write(b"G")
-                data = await asyncio.wait_for(reader.read(), 10)
-                assert _statuses(data) == [408]
-            finally:
-                writer.close()
-
-    run(scenario())
-
-
-def test_idle_keepalive_connection_is_closed(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        async with running_proxy(tmp_path, {}, SETTINGS) as p:
-            reader, writer = await asyncio.open_connection("127.0.0.1", p.http_port)
-            writer.write(b"GET /_tako/status HTTP/1.1\r\nHost: x\r\n\r\n")
-            head = await reader.readuntil(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" not in head
+            writer.write(status)
             await reader.readuntil(b"}")
-            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the proxy, no response
+            writer.write(b"G")
+            data = await asyncio.wait_for(reader.read(), 10)
+            assert _statuses(data) == [408]
+        finally:
             writer.close()
 
-    run(scenario())
+
+async def test_idle_keepalive_connection_is_closed(tmp_path: Path) -> None:
+    async with running_proxy(tmp_path, {}, SETTINGS) as p:
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.http_port)
+        writer.write(b"GET /_tako/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" not in head
+        await reader.readuntil(b"}")
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the proxy, no response
+        writer.close()
 
 
-def test_upstream_connect_failures_are_502(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        # A listener whose backlog is full drops new SYNs: the connect hangs until the proxy's timeout.
-        blackhole = socket.socket()
-        blackhole.bind(("127.0.0.1", 0))
-        blackhole.listen(0)
-        fillers = []
-        for _ in range(8):
-            s = socket.socket()
-            s.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                s.connect(blackhole.getsockname())
-            fillers.append(s)
-        refused = socket.socket()
-        refused.bind(("127.0.0.1", 0))
-        refused_port = refused.getsockname()[1]
-        refused.close()
-        routes = {
-            "hang.tako.test": StaticGate("hang", [StaticUpstream(blackhole.getsockname()[1])]),
-            "refused.tako.test": StaticGate("refused", [StaticUpstream(refused_port)]),
-        }
-        try:
-            async with running_proxy(tmp_path, routes, SETTINGS) as p:
-                p.issue("hang.tako.test")
-                p.issue("refused.tako.test")
-                for host in (b"hang.tako.test", b"refused.tako.test"):
-                    data = await raw_exchange(
-                        p.https_port,
-                        b"GET / HTTP/1.1\r\nHost: "
-                        + host
-                        + b"\r\n\r\nGET /_tako/status HTTP/1.1\r\nHost: x\r\n"
-                        b"Connection: close\r\n\r\n",
-                        ssl_context=p.client_context(),
-                        server_hostname=host.decode(),
-                    )
-                    # The client connection survives an upstream failure.
-                    assert _statuses(data) == [502, 200], host
-                    assert b"Bad Gateway" in parse_responses(data)[0].body
-        finally:
-            for s in fillers:
-                s.close()
-            blackhole.close()
-
-    run(scenario())
-
-
-def test_upstream_response_timeout_is_504(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        up = await HttpUpstream().start()
-        upstream = StaticUpstream(up.port)
-        try:
-            async with running_proxy(tmp_path, {"a.tako.test": StaticGate("a", [upstream])}, SETTINGS) as p:
-                p.issue("a.tako.test")
+async def test_upstream_connect_failures_are_502(tmp_path: Path) -> None:
+    # A listener whose backlog is full drops new SYNs: the connect hangs until the proxy's timeout.
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    fillers = []
+    for _ in range(8):
+        s = socket.socket()
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(blackhole.getsockname())
+        fillers.append(s)
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))
+    refused_port = refused.getsockname()[1]
+    refused.close()
+    routes = {
+        "hang.tako.test": StaticGate("hang", [StaticUpstream(blackhole.getsockname()[1])]),
+        "refused.tako.test": StaticGate("refused", [StaticUpstream(refused_port)]),
+    }
+    try:
+        async with running_proxy(tmp_path, routes, SETTINGS) as p:
+            p.issue("hang.tako.test")
+            p.issue("refused.tako.test")
+            for host in (b"hang.tako.test", b"refused.tako.test"):
                 data = await raw_exchange(
                     p.https_port,
-                    b"GET /slow/5 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
-                    b"GET /slow/0 HTTP/1.1\r\nHost: a.tako.test\r\nConnection: close\r\n\r\n",
+                    b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\nGET /_tako/status HTTP/1.1\r\nHost: x\r\n"
+                    b"Connection: close\r\n\r\n",
                     ssl_context=p.client_context(),
-                    server_hostname="a.tako.test",
+                    server_hostname=host.decode(),
                 )
-                assert _statuses(data) == [504, 200]
-                assert upstream.in_flight == 0 and upstream.started == 2
-        finally:
-            await up.stop()
+                # The client connection survives an upstream failure.
+                assert _statuses(data) == [502, 200], host
+                assert b"Bad Gateway" in parse_responses(data)[0].body
+    finally:
+        for s in fillers:
+            s.close()
+        blackhole.close()
 
-    run(scenario())
 
-
-def test_body_limit_is_413(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        async with one_app_proxy(tmp_path, SETTINGS) as (p, up):
-            ctx = p.client_context()
-            declared = (
-                b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: 2000\r\n\r\n" + b"a" * 2000
-            )
-            data = await raw_exchange(p.https_port, declared, ssl_context=ctx, server_hostname="a.tako.test")
-            assert _statuses(data) == [413]
-            assert up.requests == 0
-            chunk = b"400\r\n" + b"c" * 1024 + b"\r\n"
-            streamed = (
-                b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 3
-            )
-            data = await raw_exchange(p.https_port, streamed, ssl_context=ctx, server_hostname="a.tako.test")
-            assert _statuses(data) == [413]
-            within = (
-                b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: 1000\r\n"
-                b"Connection: close\r\n\r\n"
-            )
+async def test_upstream_response_timeout_is_504(tmp_path: Path) -> None:
+    up = await HttpUpstream().start()
+    upstream = StaticUpstream(up.port)
+    try:
+        async with running_proxy(tmp_path, {"a.tako.test": StaticGate("a", [upstream])}, SETTINGS) as p:
+            p.issue("a.tako.test")
             data = await raw_exchange(
-                p.https_port, within + b"b" * 1000, ssl_context=ctx, server_hostname="a.tako.test"
+                p.https_port,
+                b"GET /slow/5 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+                b"GET /slow/0 HTTP/1.1\r\nHost: a.tako.test\r\nConnection: close\r\n\r\n",
+                ssl_context=p.client_context(),
+                server_hostname="a.tako.test",
+            )
+            assert _statuses(data) == [504, 200]
+            assert upstream.in_flight == 0 and upstream.started == 2
+    finally:
+        await up.stop()
+
+
+async def test_body_limit_is_413(tmp_path: Path) -> None:
+    async with one_app_proxy(tmp_path, SETTINGS) as (p, up):
+        ctx = p.client_context()
+        declared = b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: 2000\r\n\r\n" + b"a" * 2000
+        data = await raw_exchange(p.https_port, declared, ssl_context=ctx, server_hostname="a.tako.test")
+        assert _statuses(data) == [413]
+        assert up.requests == 0
+        chunk = b"400\r\n" + b"c" * 1024 + b"\r\n"
+        streamed = (
+            b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 3
+        )
+        data = await raw_exchange(p.https_port, streamed, ssl_context=ctx, server_hostname="a.tako.test")
+        assert _statuses(data) == [413]
+        within = (
+            b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n"
+        )
+        data = await raw_exchange(
+            p.https_port, within + b"b" * 1000, ssl_context=ctx, server_hostname="a.tako.test"
+        )
+        assert _statuses(data) == [200]
+
+
+async def test_stalled_request_body_is_408(tmp_path: Path) -> None:
+    up = await HttpUpstream().start()
+    upstream = StaticUpstream(up.port)
+    try:
+        async with running_proxy(tmp_path, {"a.tako.test": StaticGate("a", [upstream])}, SETTINGS) as p:
+            p.issue("a.tako.test")
+            stalled = b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: 10\r\n\r\nabc"
+            data = await raw_exchange(
+                p.https_port, stalled, ssl_context=p.client_context(), server_hostname="a.tako.test"
+            )
+            assert _statuses(data) == [408]
+            # The body is buffered by the proxy: the instance never saw the incomplete request.
+            assert upstream.in_flight == 0 and upstream.started == 0
+    finally:
+        await up.stop()
+
+
+async def test_running_out_of_file_descriptors_recovers(tmp_path: Path) -> None:
+    up = await HttpUpstream().start()
+    config = {"routes": {"a.tako.test": [up.port]}, "certs_dir": str(tmp_path), "nofile": 64}
+    try:
+        with proxy_process(config) as (proc, ports):
+            # Far more connections than descriptors: the proxy pauses accepting instead of failing.
+            held = []
+            for _ in range(150):
+                held.append(await asyncio.open_connection("127.0.0.1", ports["http"]))
+            for _, writer in held:
+                writer.close()
+            data = await raw_exchange(
+                ports["http"], b"GET /_tako/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
             )
             assert _statuses(data) == [200]
-
-    run(scenario())
-
-
-def test_stalled_request_body_is_408(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        up = await HttpUpstream().start()
-        upstream = StaticUpstream(up.port)
-        try:
-            async with running_proxy(tmp_path, {"a.tako.test": StaticGate("a", [upstream])}, SETTINGS) as p:
-                p.issue("a.tako.test")
-                stalled = b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: 10\r\n\r\nabc"
-                data = await raw_exchange(
-                    p.https_port, stalled, ssl_context=p.client_context(), server_hostname="a.tako.test"
-                )
-                assert _statuses(data) == [408]
-                # The body is buffered by the proxy: the instance never saw the incomplete request.
-                assert upstream.in_flight == 0 and upstream.started == 0
-        finally:
-            await up.stop()
-
-    run(scenario())
+            assert proc.poll() is None
+    finally:
+        await up.stop()
 
 
-def test_running_out_of_file_descriptors_recovers(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        up = await HttpUpstream().start()
-        config = {"routes": {"a.tako.test": [up.port]}, "certs_dir": str(tmp_path), "nofile": 64}
-        try:
-            with proxy_process(config) as (proc, ports):
-                # Far more connections than descriptors: the proxy pauses accepting instead of failing.
-                held = []
-                for _ in range(150):
-                    held.append(await asyncio.open_connection("127.0.0.1", ports["http"]))
-                for _, writer in held:
-                    writer.close()
-                data = await raw_exchange(
-                    ports["http"], b"GET /_tako/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                )
-                assert _statuses(data) == [200]
-                assert proc.poll() is None
-        finally:
-            await up.stop()
-
-    run(scenario())
-
-
-def test_a_client_that_stops_reading_is_dropped(tmp_path: Path) -> None:
+async def test_a_client_that_stops_reading_is_dropped(tmp_path: Path) -> None:
     request = b"GET /bytes/50000000 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
 
     def stalled_client(port: int, ctx: ssl.SSLContext | None) -> socket.socket:
@@ -272,23 +240,20 @@ def test_a_client_that_stops_reading_is_dropped(tmp_path: Path) -> None:
         sock.sendall(request)
         return sock  # and never reads
 
-    async def scenario() -> None:
-        async with one_app_proxy(tmp_path, SETTINGS) as (p, _):
-            plain_port = await p.server.start_http("127.0.0.1", 0, forward=True)
-            for port, ctx in ((plain_port, None), (p.https_port, p.client_context())):
-                sock = await asyncio.to_thread(stalled_client, port, ctx)
-                try:
-                    # Dropped once it has made no room for keepalive_timeout (0.3 s here).
-                    deadline = time.monotonic() + 20
-                    while p.server.connections:
-                        assert time.monotonic() < deadline, f"the stalled client on {port} is still connected"
-                        await asyncio.sleep(0.05)
-                finally:
-                    sock.close()
-            data = await raw_exchange(p.http_port, b"GET /_tako/status HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert _statuses(data) == [200]
-
-    run(scenario())
+    async with one_app_proxy(tmp_path, SETTINGS) as (p, _):
+        plain_port = await p.server.start_http("127.0.0.1", 0, forward=True)
+        for port, ctx in ((plain_port, None), (p.https_port, p.client_context())):
+            sock = await asyncio.to_thread(stalled_client, port, ctx)
+            try:
+                # Dropped once it has made no room for keepalive_timeout (0.3 s here).
+                deadline = time.monotonic() + 20
+                while p.server.connections:
+                    assert time.monotonic() < deadline, f"the stalled client on {port} is still connected"
+                    await asyncio.sleep(0.05)
+            finally:
+                sock.close()
+        data = await raw_exchange(p.http_port, b"GET /_tako/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _statuses(data) == [200]
 
 
 MB = 1024 * 1024
@@ -384,20 +349,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_header_timeout_does_not_run_while_the_proxy_is_not_reading(tmp_path: Path) -> None:
+async def test_header_timeout_does_not_run_while_the_proxy_is_not_reading(tmp_path: Path) -> None:
     # A pipelined request whose head arrives in two pieces while the proxy waits for a slow answer to an
     # earlier one: the proxy is not reading (requests are answered in order), so the client is not late.
     settings = ProxySettings(header_timeout=0.3, upstream_response_timeout=10.0)
 
-    async def scenario() -> None:
-        async with one_app_proxy(tmp_path, settings) as (p, _):
-            head = b"GET /slow/1 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
-            head += b"GET /echo?2 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
-            head += b"GET /echo?3 HTTP/1.1\r\nHo"
-            rest = b"st: a.tako.test\r\nConnection: close\r\n\r\n"
-            data = await raw_exchange(
-                p.https_port, [head, rest], ssl_context=p.client_context(), server_hostname="a.tako.test"
-            )
-            assert _statuses(data) == [200, 200, 200]
-
-    run(scenario())
+    async with one_app_proxy(tmp_path, settings) as (p, _):
+        head = b"GET /slow/1 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+        head += b"GET /echo?2 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+        head += b"GET /echo?3 HTTP/1.1\r\nHo"
+        rest = b"st: a.tako.test\r\nConnection: close\r\n\r\n"
+        data = await raw_exchange(
+            p.https_port, [head, rest], ssl_context=p.client_context(), server_hostname="a.tako.test"
+        )
+        assert _statuses(data) == [200, 200, 200]

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.support.proxy_harness import one_app_proxy, parse_responses, raw_exchange, run
+from tests.support.proxy_harness import one_app_proxy, parse_responses, raw_exchange
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.uvloop]
 
 H = b"Host: a.tako.test\r\n"
 
@@ -107,22 +107,19 @@ SHAPES: dict[str, tuple[bytes, int]] = {
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
-def test_smuggling_shape_refused(tmp_path: Path, shape: str) -> None:
+async def test_smuggling_shape_refused(tmp_path: Path, shape: str) -> None:
     request, status = SHAPES[shape]
 
-    async def scenario() -> None:
-        async with one_app_proxy(tmp_path) as (p, up):
-            valid = b"GET /echo?first HTTP/1.1\r\n" + H + b"\r\n"
-            data = await raw_exchange(
-                p.https_port,
-                valid + request,
-                ssl_context=p.client_context(),
-                server_hostname="a.tako.test",
-            )
-            responses = parse_responses(data)
-            assert [r.status for r in responses] == [200, status]
-            assert b"/echo?first" in responses[0].body
-            assert responses[1].header("connection") == "close"
-            assert up.requests == 1  # only the valid request reached the app
-
-    run(scenario())
+    async with one_app_proxy(tmp_path) as (p, up):
+        valid = b"GET /echo?first HTTP/1.1\r\n" + H + b"\r\n"
+        data = await raw_exchange(
+            p.https_port,
+            valid + request,
+            ssl_context=p.client_context(),
+            server_hostname="a.tako.test",
+        )
+        responses = parse_responses(data)
+        assert [r.status for r in responses] == [200, status]
+        assert b"/echo?first" in responses[0].body
+        assert responses[1].header("connection") == "close"
+        assert up.requests == 1  # only the valid request reached the app

@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.support.proxy_harness import ProxyHarness, one_app_proxy, parse_responses, run, running_proxy
+from tests.support.proxy_harness import ProxyHarness, one_app_proxy, parse_responses, running_proxy
 from tests.support.upstreams import _BLOCK
 
 from tako.config.server import ProxySettings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.uvloop]
 
 HOST = "a.tako.test"
 
@@ -58,7 +58,7 @@ async def _wait_for(predicate: object, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_handshake_deadline_closes_silent_and_stalled_clients(tmp_path: Path) -> None:
+async def test_handshake_deadline_closes_silent_and_stalled_clients(tmp_path: Path) -> None:
     def silent_then_partial(port: int) -> tuple[bytes, bytes]:
         results = []
         for first in (b"", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"):  # nothing; half a ClientHello
@@ -67,22 +67,19 @@ def test_handshake_deadline_closes_silent_and_stalled_clients(tmp_path: Path) ->
                 results.append(raw.recv(100))
         return results[0], results[1]
 
-    async def scenario() -> None:
-        async with running_proxy(tmp_path, {}, ProxySettings(header_timeout=0.3)) as p:
-            p.issue(HOST)
-            started = time.monotonic()
-            silent, partial = await asyncio.to_thread(silent_then_partial, p.https_port)
-            assert silent == b"" and partial == b""  # closed by the proxy, well before the client's 10 s
-            assert time.monotonic() - started < 9
-            # The listener still serves complete handshakes afterwards.
-            async with p.https() as client:
-                r = await client.get("/_tako/status", extensions={"sni_hostname": HOST})
-                assert r.status_code == 200
-
-    run(scenario())
+    async with running_proxy(tmp_path, {}, ProxySettings(header_timeout=0.3)) as p:
+        p.issue(HOST)
+        started = time.monotonic()
+        silent, partial = await asyncio.to_thread(silent_then_partial, p.https_port)
+        assert silent == b"" and partial == b""  # closed by the proxy, well before the client's 10 s
+        assert time.monotonic() - started < 9
+        # The listener still serves complete handshakes afterwards.
+        async with p.https() as client:
+            r = await client.get("/_tako/status", extensions={"sni_hostname": HOST})
+            assert r.status_code == 200
 
 
-def test_requests_in_separate_records_and_pipelined_in_one(tmp_path: Path) -> None:
+async def test_requests_in_separate_records_and_pipelined_in_one(tmp_path: Path) -> None:
     request = b"GET /sink HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
 
     def exchange(p: ProxyHarness) -> tuple[bytes, bytes]:
@@ -96,37 +93,32 @@ def test_requests_in_separate_records_and_pipelined_in_one(tmp_path: Path) -> No
             pipelined = _read_responses(sock, 3)
         return separate, pipelined
 
-    async def scenario() -> None:
-        async with one_app_proxy(tmp_path) as (p, _):
-            separate, pipelined = await asyncio.to_thread(exchange, p)
-            for data in (separate, pipelined):
-                assert [r.status for r in parse_responses(data)] == [200, 200, 200]
-
-    run(scenario())
+    async with one_app_proxy(tmp_path) as (p, _):
+        separate, pipelined = await asyncio.to_thread(exchange, p)
+        for data in (separate, pipelined):
+            assert [r.status for r in parse_responses(data)] == [200, 200, 200]
 
 
-def test_closing_sends_close_notify(tmp_path: Path) -> None:
+async def test_closing_sends_close_notify(tmp_path: Path) -> None:
     def until_closed(p: ProxyHarness, request: bytes) -> bytes:
         with _tls_client(p) as sock:
             sock.sendall(request)
             return _read_until_closed(sock)
 
-    async def scenario() -> None:
-        settings = ProxySettings(keepalive_timeout=0.3)
-        async with one_app_proxy(tmp_path, settings) as (p, _):
-            # The client asks to close; then an idle keep-alive connection the proxy times out.
-            closing = b"GET /sink HTTP/1.1\r\nHost: a.tako.test\r\nConnection: close\r\n\r\n"
-            data = await asyncio.to_thread(until_closed, p, closing)
-            assert [r.status for r in parse_responses(data)] == [200]
-            idle = b"GET /sink HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
-            data = await asyncio.to_thread(until_closed, p, idle)
-            assert [r.status for r in parse_responses(data)] == [200]
-            await _wait_for(lambda: not p.server.connections)
-
-    run(scenario())
+    settings = ProxySettings(keepalive_timeout=0.3)
+    async with one_app_proxy(tmp_path, settings) as (p, _):
+        # The client asks to close; then an idle keep-alive connection the proxy times out.
+        closing = b"GET /sink HTTP/1.1\r\nHost: a.tako.test\r\nConnection: close\r\n\r\n"
+        data = await asyncio.to_thread(until_closed, p, closing)
+        assert [r.status for r in parse_responses(data)] == [200]
+        idle = b"GET /sink HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+        data = await asyncio.to_thread(until_closed, p, idle)
+        assert [r.status for r in parse_responses(data)] == [200]
+        await _wait_for(lambda: not p.server.connections)
 
 
-def test_slow_reader_download_is_complete_and_buffered_within_bounds(tmp_path: Path) -> None:
+@pytest.mark.deadline(180)
+async def test_slow_reader_download_is_complete_and_buffered_within_bounds(tmp_path: Path) -> None:
     size = 32 * 1024 * 1024
 
     def slow_download(p: ProxyHarness, peak: list[int]) -> tuple[int, str]:
@@ -147,22 +139,19 @@ def test_slow_reader_download_is_complete_and_buffered_within_bounds(tmp_path: P
                     peak[0] = max(peak[0], conn.transport.get_write_buffer_size())
             return total, digest.hexdigest()
 
-    async def scenario() -> None:
-        async with one_app_proxy(tmp_path) as (p, _):
-            peak = [0]
-            total, digest = await asyncio.to_thread(slow_download, p, peak)
-            expected = hashlib.sha256()
-            for offset in range(0, size, len(_BLOCK)):
-                expected.update(_BLOCK[: size - offset])
-            assert total == size and digest == expected.hexdigest()
-            # The proxy stops reading the upstream once response_buffer_bytes wait for the client: one
-            # read of the upstream (at most 256 KiB) can land on top of that, never the whole body.
-            assert peak[0] < ProxySettings().response_buffer_bytes + 512 * 1024
-
-    run(scenario(), timeout=180)
+    async with one_app_proxy(tmp_path) as (p, _):
+        peak = [0]
+        total, digest = await asyncio.to_thread(slow_download, p, peak)
+        expected = hashlib.sha256()
+        for offset in range(0, size, len(_BLOCK)):
+            expected.update(_BLOCK[: size - offset])
+        assert total == size and digest == expected.hexdigest()
+        # The proxy stops reading the upstream once response_buffer_bytes wait for the client: one
+        # read of the upstream (at most 256 KiB) can land on top of that, never the whole body.
+        assert peak[0] < ProxySettings().response_buffer_bytes + 512 * 1024
 
 
-def test_clients_that_vanish_leave_no_connection_behind(tmp_path: Path) -> None:
+async def test_clients_that_vanish_leave_no_connection_behind(tmp_path: Path) -> None:
     def vanish(p: ProxyHarness) -> None:
         ctx = p.client_context()
         # Mid-handshake: a ClientHello, then a reset.
@@ -181,35 +170,29 @@ def test_clients_that_vanish_leave_no_connection_behind(tmp_path: Path) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         sock.close()
 
-    async def scenario() -> None:
-        async with one_app_proxy(tmp_path) as (p, _):
-            await asyncio.to_thread(vanish, p)
-            await _wait_for(lambda: not p.server.connections)
-            async with p.https() as client:
-                r = await client.get("/sink", headers={"Host": HOST}, extensions={"sni_hostname": HOST})
-                assert r.status_code == 200
-
-    run(scenario())
+    async with one_app_proxy(tmp_path) as (p, _):
+        await asyncio.to_thread(vanish, p)
+        await _wait_for(lambda: not p.server.connections)
+        async with p.https() as client:
+            r = await client.get("/sink", headers={"Host": HOST}, extensions={"sni_hostname": HOST})
+            assert r.status_code == 200
 
 
-def test_shutdown_closes_connections_still_in_their_handshake(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        async with running_proxy(tmp_path, {}, ProxySettings(header_timeout=60)) as p:
-            raw = socket.create_connection(("127.0.0.1", p.https_port), timeout=30)
-            try:
-                await _wait_for(lambda: p.server._handshaking)  # accepted, waiting for a ClientHello
-                started = time.monotonic()
-                await p.server.shutdown(1)
-                assert await asyncio.to_thread(raw.recv, 100) == b""
-                assert time.monotonic() - started < 30  # closed by the shutdown, not the 60 s deadline
-                assert not p.server._handshaking
-            finally:
-                raw.close()
-
-    run(scenario())
+async def test_shutdown_closes_connections_still_in_their_handshake(tmp_path: Path) -> None:
+    async with running_proxy(tmp_path, {}, ProxySettings(header_timeout=60)) as p:
+        raw = socket.create_connection(("127.0.0.1", p.https_port), timeout=30)
+        try:
+            await _wait_for(lambda: p.server._handshaking)  # accepted, waiting for a ClientHello
+            started = time.monotonic()
+            await p.server.shutdown(1)
+            assert await asyncio.to_thread(raw.recv, 100) == b""
+            assert time.monotonic() - started < 30  # closed by the shutdown, not the 60 s deadline
+            assert not p.server._handshaking
+        finally:
+            raw.close()
 
 
-def test_corrupt_records_after_the_handshake_close_only_that_connection(tmp_path: Path) -> None:
+async def test_corrupt_records_after_the_handshake_close_only_that_connection(tmp_path: Path) -> None:
     def corrupt(p: ProxyHarness, record: bytes) -> bytes | str:
         with _tls_client(p) as sock:
             sock.sendall(b"GET /sink HTTP/1.1\r\nHost: a.tako.test\r\n\r\n")
@@ -222,21 +205,18 @@ def test_corrupt_records_after_the_handshake_close_only_that_connection(tmp_path
             except (ssl.SSLError, OSError) as exc:
                 return type(exc).__name__
 
-    async def scenario() -> None:
-        loop_errors: list[object] = []
-        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: loop_errors.append(ctx))
-        async with one_app_proxy(tmp_path) as (p, _):
-            for record in (
-                b"\x17\x03\x03\x00\x20" + bytes(range(32)),  # application data that fails to decrypt
-                b"\x16\x03\x03\x40\x00" + b"\x00" * 64,  # an oversized handshake record, cut short
-                b"GET / HTTP/1.1\r\n\r\n",  # plaintext inside a TLS connection
-            ):
-                result = await asyncio.to_thread(corrupt, p, record)
-                assert result in (b"", "SSLError", "ConnectionResetError", "SSLEOFError"), result
-            await _wait_for(lambda: not p.server.connections)
-            async with p.https() as client:
-                r = await client.get("/sink", headers={"Host": HOST}, extensions={"sni_hostname": HOST})
-                assert r.status_code == 200
-        assert not loop_errors, loop_errors[0]
-
-    run(scenario())
+    loop_errors: list[object] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: loop_errors.append(ctx))
+    async with one_app_proxy(tmp_path) as (p, _):
+        for record in (
+            b"\x17\x03\x03\x00\x20" + bytes(range(32)),  # application data that fails to decrypt
+            b"\x16\x03\x03\x40\x00" + b"\x00" * 64,  # an oversized handshake record, cut short
+            b"GET / HTTP/1.1\r\n\r\n",  # plaintext inside a TLS connection
+        ):
+            result = await asyncio.to_thread(corrupt, p, record)
+            assert result in (b"", "SSLError", "ConnectionResetError", "SSLEOFError"), result
+        await _wait_for(lambda: not p.server.connections)
+        async with p.https() as client:
+            r = await client.get("/sink", headers={"Host": HOST}, extensions={"sni_hostname": HOST})
+            assert r.status_code == 200
+    assert not loop_errors, loop_errors[0]

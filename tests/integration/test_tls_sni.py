@@ -12,11 +12,11 @@ import pytest
 import trustme
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from tests.support.proxy_harness import ProxyHarness, https_get, run, running_proxy
+from tests.support.proxy_harness import ProxyHarness, https_get, running_proxy
 from tests.support.proxy_routes import StaticGate, StaticUpstream, wait_for
 from tests.support.upstreams import HttpUpstream
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.uvloop]
 
 
 async def _handshake(
@@ -46,111 +46,102 @@ def _sans(cert: x509.Certificate) -> list[str]:
     )
 
 
-def test_sni_exact_wildcard_fallback_unknown(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        up = await HttpUpstream().start()
-        gate = StaticGate("a", [StaticUpstream(up.port)])
-        routes = {"exact.tako.test": gate, "*.wild.tako.test": gate, "pending.tako.test": gate}
-        try:
-            async with running_proxy(tmp_path, routes) as p:
-                p.issue("exact.tako.test")
-                p.issue("*.wild.tako.test", directory="_wildcard.wild.tako.test")
-                async with p.https() as client:
-                    # Exact and wildcard certificates verify against the CA with a real client.
-                    r = await https_get(client, "exact.tako.test", "/echo")
-                    assert r.status_code == 200
-                    r = await https_get(client, "a.wild.tako.test", "/echo")
-                    assert r.status_code == 200
-                cert, alpn = await _handshake(p, "exact.tako.test")
-                assert _sans(cert) == ["exact.tako.test"] and alpn == "http/1.1"
-                cert, _ = await _handshake(p, "Other.Wild.tako.test")
-                assert _sans(cert) == ["*.wild.tako.test"]
-                # A routed host without a certificate yet gets a self-signed one for its name.
-                cert, _ = await _handshake(p, "pending.tako.test")
-                assert _cn(cert) == "pending.tako.test" and cert.issuer == cert.subject
-                with pytest.raises(ssl.SSLCertVerificationError):
-                    await _handshake(p, "pending.tako.test", p.client_context())
-                # A TLS wildcard covers one label; deeper names under a wildcard route fall back.
-                cert, _ = await _handshake(p, "a.b.wild.tako.test")
-                assert _cn(cert) == "a.b.wild.tako.test"
-                # Unknown names fail the handshake, and directory names cannot be asked for.
-                for name in ("unknown.tako.test", "_wildcard.wild.tako.test", "x.unknown.tako.test"):
-                    with pytest.raises((ssl.SSLError, ConnectionError)):
-                        await _handshake(p, name)
-                info = p.certs.certificate_info()
-                assert info["exact.tako.test"]["source"] == "file"
-                assert info["*.wild.tako.test"]["source"] == "file"
-                assert info["pending.tako.test"]["source"] == "self-signed"
-                assert "not_after" in info["exact.tako.test"] and info["exact.tako.test"]["issuer"]
-        finally:
-            await up.stop()
-
-    run(scenario())
+async def test_sni_exact_wildcard_fallback_unknown(tmp_path: Path) -> None:
+    up = await HttpUpstream().start()
+    gate = StaticGate("a", [StaticUpstream(up.port)])
+    routes = {"exact.tako.test": gate, "*.wild.tako.test": gate, "pending.tako.test": gate}
+    try:
+        async with running_proxy(tmp_path, routes) as p:
+            p.issue("exact.tako.test")
+            p.issue("*.wild.tako.test", directory="_wildcard.wild.tako.test")
+            async with p.https() as client:
+                # Exact and wildcard certificates verify against the CA with a real client.
+                r = await https_get(client, "exact.tako.test", "/echo")
+                assert r.status_code == 200
+                r = await https_get(client, "a.wild.tako.test", "/echo")
+                assert r.status_code == 200
+            cert, alpn = await _handshake(p, "exact.tako.test")
+            assert _sans(cert) == ["exact.tako.test"] and alpn == "http/1.1"
+            cert, _ = await _handshake(p, "Other.Wild.tako.test")
+            assert _sans(cert) == ["*.wild.tako.test"]
+            # A routed host without a certificate yet gets a self-signed one for its name.
+            cert, _ = await _handshake(p, "pending.tako.test")
+            assert _cn(cert) == "pending.tako.test" and cert.issuer == cert.subject
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await _handshake(p, "pending.tako.test", p.client_context())
+            # A TLS wildcard covers one label; deeper names under a wildcard route fall back.
+            cert, _ = await _handshake(p, "a.b.wild.tako.test")
+            assert _cn(cert) == "a.b.wild.tako.test"
+            # Unknown names fail the handshake, and directory names cannot be asked for.
+            for name in ("unknown.tako.test", "_wildcard.wild.tako.test", "x.unknown.tako.test"):
+                with pytest.raises((ssl.SSLError, ConnectionError)):
+                    await _handshake(p, name)
+            info = p.certs.certificate_info()
+            assert info["exact.tako.test"]["source"] == "file"
+            assert info["*.wild.tako.test"]["source"] == "file"
+            assert info["pending.tako.test"]["source"] == "self-signed"
+            assert "not_after" in info["exact.tako.test"] and info["exact.tako.test"]["issuer"]
+    finally:
+        await up.stop()
 
 
-def test_certificate_replaced_on_disk_is_served_without_restart(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        async with running_proxy(tmp_path, {}) as p:
-            p.issue("rotate.tako.test")
-            first, _ = await _handshake(p, "rotate.tako.test")
-            other_ca = trustme.CA()
-            p.ca = other_ca
-            p.issue("rotate.tako.test")  # same directory, new issuer
-            new_issuer = other_ca.cert_pem.bytes()
-            expected = x509.load_pem_x509_certificate(new_issuer).subject
+async def test_certificate_replaced_on_disk_is_served_without_restart(tmp_path: Path) -> None:
+    async with running_proxy(tmp_path, {}) as p:
+        p.issue("rotate.tako.test")
+        first, _ = await _handshake(p, "rotate.tako.test")
+        other_ca = trustme.CA()
+        p.ca = other_ca
+        p.issue("rotate.tako.test")  # same directory, new issuer
+        new_issuer = other_ca.cert_pem.bytes()
+        expected = x509.load_pem_x509_certificate(new_issuer).subject
 
-            async def served_issuer() -> x509.Name:
-                cert, _ = await _handshake(p, "rotate.tako.test")
-                return cert.issuer
+        async def served_issuer() -> x509.Name:
+            cert, _ = await _handshake(p, "rotate.tako.test")
+            return cert.issuer
 
-            deadline = asyncio.get_running_loop().time() + 10
-            while await served_issuer() != expected:
-                assert asyncio.get_running_loop().time() < deadline, "new certificate not picked up"
-                await asyncio.sleep(0.1)
-            assert first.issuer != expected
-            # A certificate added for a new name is picked up too.
-            p.issue("added.tako.test")
-            await wait_for(lambda: p.certs.select("added.tako.test") is not None)
-            cert, _ = await _handshake(p, "added.tako.test")
-            assert _sans(cert) == ["added.tako.test"]
-
-    run(scenario())
+        deadline = asyncio.get_running_loop().time() + 10
+        while await served_issuer() != expected:
+            assert asyncio.get_running_loop().time() < deadline, "new certificate not picked up"
+            await asyncio.sleep(0.1)
+        assert first.issuer != expected
+        # A certificate added for a new name is picked up too.
+        p.issue("added.tako.test")
+        await wait_for(lambda: p.certs.select("added.tako.test") is not None)
+        cert, _ = await _handshake(p, "added.tako.test")
+        assert _sans(cert) == ["added.tako.test"]
 
 
-def test_tls_versions_alpn_and_clients_without_sni(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        async with running_proxy(tmp_path, {}) as p:
-            p.issue("a.tako.test")
-            old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            old.check_hostname = False
-            old.verify_mode = ssl.CERT_NONE
-            old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                old.maximum_version = ssl.TLSVersion.TLSv1_1
-            with pytest.raises((ssl.SSLError, ConnectionError)):
-                await _handshake(p, "a.tako.test", old)
-            for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
-                ctx = p.client_context()
-                ctx.minimum_version = ctx.maximum_version = version
-                ctx.set_alpn_protocols(["h2", "http/1.1"])
-                _, alpn = await _handshake(p, "a.tako.test", ctx)
-                assert alpn == "http/1.1"
-            # No SNI (a client dialling the IP): the default self-signed certificate; status still answers.
-            cert, _ = await _handshake(p, None)
-            assert _cn(cert) == "tako-server"
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            reader, writer = await asyncio.open_connection("127.0.0.1", p.https_port, ssl=ctx)
-            writer.write(b"GET /_tako/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            assert (await reader.read()).startswith(b"HTTP/1.1 200")
-            writer.close()
-
-    run(scenario())
+async def test_tls_versions_alpn_and_clients_without_sni(tmp_path: Path) -> None:
+    async with running_proxy(tmp_path, {}) as p:
+        p.issue("a.tako.test")
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old.check_hostname = False
+        old.verify_mode = ssl.CERT_NONE
+        old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            old.maximum_version = ssl.TLSVersion.TLSv1_1
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await _handshake(p, "a.tako.test", old)
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            ctx = p.client_context()
+            ctx.minimum_version = ctx.maximum_version = version
+            ctx.set_alpn_protocols(["h2", "http/1.1"])
+            _, alpn = await _handshake(p, "a.tako.test", ctx)
+            assert alpn == "http/1.1"
+        # No SNI (a client dialling the IP): the default self-signed certificate; status still answers.
+        cert, _ = await _handshake(p, None)
+        assert _cn(cert) == "tako-server"
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.https_port, ssl=ctx)
+        writer.write(b"GET /_tako/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert (await reader.read()).startswith(b"HTTP/1.1 200")
+        writer.close()
 
 
-def test_openssl_client_sees_tls12_and_13_only(tmp_path: Path) -> None:
+async def test_openssl_client_sees_tls12_and_13_only(tmp_path: Path) -> None:
     async def s_client(port: int, *args: str) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
             "openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "a.tako.test", *args,
@@ -161,15 +152,12 @@ def test_openssl_client_sees_tls12_and_13_only(tmp_path: Path) -> None:
         out, _ = await proc.communicate()
         return proc.returncode or 0, out.decode(errors="replace")
 
-    async def scenario() -> None:
-        async with running_proxy(tmp_path, {}) as p:
-            p.issue("a.tako.test")
-            # SECLEVEL=0 lets the client offer TLS 1.1, so a refusal comes from the server.
-            code, out = await s_client(p.https_port, "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0")
-            assert code != 0 and "Cipher is (NONE)" in out
-            for version, name in (("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")):
-                code, out = await s_client(p.https_port, version, "-alpn", "h2,http/1.1")
-                assert code == 0 and f"New, {name}" in out
-                assert "ALPN protocol: http/1.1" in out
-
-    run(scenario())
+    async with running_proxy(tmp_path, {}) as p:
+        p.issue("a.tako.test")
+        # SECLEVEL=0 lets the client offer TLS 1.1, so a refusal comes from the server.
+        code, out = await s_client(p.https_port, "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0")
+        assert code != 0 and "Cipher is (NONE)" in out
+        for version, name in (("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")):
+            code, out = await s_client(p.https_port, version, "-alpn", "h2,http/1.1")
+            assert code == 0 and f"New, {name}" in out
+            assert "ALPN protocol: http/1.1" in out

@@ -231,14 +231,3 @@ async def raw_exchange(
         with contextlib.suppress(Exception):
             await writer.wait_closed()
     return received
-
-
-def run(coro_fn: object, timeout: float = 120.0) -> None:
-    """Run an async test body on uvloop (the loop tako-server uses), bounded by `timeout` seconds."""
-    import uvloop
-
-    async def bounded() -> None:
-        async with asyncio.timeout(timeout):
-            await coro_fn  # type: ignore[misc]
-
-    uvloop.run(bounded())
