@@ -86,7 +86,7 @@ def test_a_staged_release_of_an_app_never_deployed_runs(server: TakoServer) -> N
 def test_mistakes_get_clear_errors(server: TakoServer, tmp_path: Path) -> None:
     result = run_as_app(server, "nosuch", "--", "true")
     assert result.returncode == 125
-    assert "unknown app 'nosuch'" in result.stderr and "demo" in result.stderr
+    assert "nosuch has no live release on this server (deployed apps: demo" in result.stderr
     make_release(tmp_path, "demo", "v9")
     outside = tmp_path / "apps" / "demo" / "releases" / "v9"
     result = run_as_app(server, "demo", "--release", str(outside), "--", "true")

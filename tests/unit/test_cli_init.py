@@ -40,7 +40,7 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
     result = run(tmp_path, "--help")
     assert result.exit_code == 0
     commands = result.stdout.split("Commands:")[1].split()
-    for name in ("init", "deploy", "status", "logs", "servers", "secrets", "delete"):
+    for name in ("init", "deploy", "status", "logs", "run", "servers", "secrets", "delete"):
         assert name in commands
 
 

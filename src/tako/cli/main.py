@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "deploy": "tako.cli.deploy:deploy",
     "status": "tako.cli.status:status",
     "logs": "tako.cli.logs:logs",
+    "run": "tako.cli.run:run",
     "releases": "tako.cli.releases:releases",
     "rollback": "tako.cli.rollback:rollback",
     "servers": "tako.cli.servers:servers",

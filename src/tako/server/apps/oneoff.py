@@ -194,7 +194,14 @@ class OneOffServer:
     async def _release(self, request: RunRequest) -> Release:
         """The live release, or the release at `request.release` prepared for the app's uid."""
         if request.release is None:
-            return self.registry.get(request.app).release
+            app = self.registry.apps.get(request.app)
+            if app is None:
+                known = ", ".join(sorted(self.registry.apps)) or "none"
+                raise OneOffError(
+                    f"{request.app} has no live release on this server (deployed apps: {known})",
+                    hint="deploy it first (`tako deploy`)",
+                )
+            return app.release
         app_dir = self.registry.data_dir / "apps" / request.app
         path = Path(request.release)
         isolation.check_release_path(app_dir, path)

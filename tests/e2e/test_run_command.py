@@ -1,0 +1,185 @@
+"""End to end on a testbed host: `tako run` runs a one-off command in the live release, as the app's own uid,
+with the release's vars and secrets; stdin, stdout and the exit status pass through; with a terminal it is
+interactive; a secret never appears in any process's argv; mistakes get clear errors."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pty
+import select
+import struct
+import subprocess
+import termios
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tests.e2e.conftest import TakoCLI, cli_with_server, user_ssh_env
+from tests.e2e.test_secrets_e2e import ProcWatch
+from tests.support.processes import stop_process
+from tests.support.projects import make_project, wait_for
+from tests.support.testbed import Host, Testbed
+
+pytestmark = pytest.mark.e2e
+
+HOST = "run1"
+APP = "runapp"
+SECRET = "run-secret-7c1f9a3e5b"
+GREETING = "hello from vars"
+
+
+@dataclass
+class Deployed:
+    project: Path
+    host: Host
+    cli: TakoCLI
+
+    def run(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return self.cli.run("run", *args, cwd=self.project, input=input, env=user_ssh_env(self.host))
+
+    def remote(self, command: str) -> str:
+        result = self.host.exec(command)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def deployed(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Deployed:
+    host = testbed.up(HOST)[0]
+    cli = cli_with_server(host, tmp_path_factory, HOST)
+    extra = f'\n[vars]\nGREETING = "{GREETING}"\n'
+    project = make_project(
+        tmp_path_factory.mktemp("run"),
+        name=APP,
+        route="run.tako.test",
+        servers={HOST: "production"},
+        extra_toml=extra,
+    )
+    cli.ok("secrets", "set", "API_TOKEN", cwd=project, input=SECRET + "\n")
+    cli.ok("deploy", "--yes", cwd=project, env=user_ssh_env(host), timeout=300)
+    return Deployed(project, host, cli)
+
+
+def test_a_var_is_printed_and_the_command_runs_in_the_live_release_as_the_app(deployed: Deployed) -> None:
+    result = deployed.run("--", "sh", "-c", 'echo "$GREETING"; id -u; pwd -P; echo "$TAKO_DATA_DIR"')
+    assert result.returncode == 0, result.stderr
+    greeting, uid, cwd, data_dir = result.stdout.splitlines()
+    assert greeting == GREETING
+    app_dir = f"/opt/tako/apps/{APP}"
+    assert cwd == deployed.remote(f"readlink -f {app_dir}/current")
+    assert data_dir == f"{app_dir}/shared/data"
+    # The app's uid (its gid owns the app dir), not the SSH user's nor root's.
+    assert int(uid) >= 200_000
+    assert uid == deployed.remote(f"stat -c %g {app_dir}")
+
+
+def test_stdin_passes_through_and_the_exit_status_comes_back(deployed: Deployed) -> None:
+    result = deployed.run("--", "cat", input="first line\nsecond line\n")
+    assert (result.returncode, result.stdout) == (0, "first line\nsecond line\n"), result.stderr
+    result = deployed.run("--", "sh", "-c", "echo on-stderr >&2; exit 7")
+    assert (result.returncode, result.stderr.strip()) == (7, "on-stderr")
+
+
+def test_arguments_arrive_as_given(deployed: Deployed) -> None:
+    tricky = ["a b", "$HOME", "'quoted'", "semi;colon", "-l"]
+    result = deployed.run("--", "python3", "-c", "import sys; print(repr(sys.argv[1:]))", *tricky)
+    assert (result.returncode, result.stdout.strip()) == (0, repr(tricky)), result.stderr
+
+
+def test_a_secret_reaches_the_command_through_its_environment_never_argv(deployed: Deployed) -> None:
+    watch = ProcWatch([SECRET.encode()], APP)
+    argv = [deployed.cli.executable, "run", "--", "sh", "-c", 'echo "$API_TOKEN"; read done']
+    env = deployed.cli.env(user_ssh_env(deployed.host))
+    with watch.running():
+        proc = subprocess.Popen(
+            argv, cwd=deployed.project, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            assert proc.stdout.readline().strip() == SECRET
+            scans = (
+                watch.scans
+            )  # the command now waits on stdin: let the scan see every process at least twice
+            wait_for(lambda: watch.scans > scans + 2, timeout=30, what="/proc scans while the command runs")
+            proc.stdin.write("\n")
+            proc.stdin.close()
+            assert proc.wait(timeout=60) == 0
+        finally:
+            stop_process(proc)
+    assert watch.leaks == []
+    assert SECRET.encode() in watch.delivered  # seen in the environ of the command, run as the app
+
+
+def test_with_a_terminal_the_command_is_interactive(deployed: Deployed) -> None:
+    script = 'tty; stty size; printf "name? "; read name; echo "hi $name"'
+    with terminal_session(deployed, ["--", "sh", "-c", script], rows=33, columns=101) as (proc, master):
+        output = read_until(master, b"name? ")
+        assert b"/dev/pts/" in output and b"33 101" in output
+        os.write(master, b"tako\r")
+        output = read_until(master, b"hi tako")
+        assert proc.wait(timeout=60) == 0
+
+
+def test_mistakes_get_clear_errors(deployed: Deployed, tmp_path: Path) -> None:
+    result = deployed.run("--server", "nope", "--", "true")
+    assert result.returncode == 2
+    assert "server 'nope' is not a server of environment 'production'" in result.stderr
+    assert HOST in result.stderr
+    other = make_project(
+        tmp_path, name="neverdeployed", route="never.tako.test", servers={HOST: "production"}
+    )
+    result = deployed.cli.run("run", "--", "true", cwd=other, env=user_ssh_env(deployed.host))
+    assert result.returncode == 125
+    assert "neverdeployed has no live release on this server" in result.stderr
+    result = deployed.run("--", "no-such-program")
+    assert result.returncode == 127 and "no-such-program" in result.stderr
+
+
+# --- a local terminal ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def terminal_session(
+    deployed: Deployed, args: list[str], *, rows: int, columns: int
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`tako run ARGS` with a pseudo-terminal of `rows` x `columns` as its stdin, stdout and stderr."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    env = {**deployed.cli.env(user_ssh_env(deployed.host)), "TERM": "xterm"}
+    proc = subprocess.Popen(
+        [deployed.cli.executable, "run", *args],
+        cwd=deployed.project,
+        env=env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
+    os.close(slave)
+    try:
+        yield proc, master
+    finally:
+        stop_process(proc)
+        os.close(master)
+
+
+def read_until(master: int, wanted: bytes, timeout: float = 60) -> bytes:
+    """What the terminal shows until `wanted` appears (fails after `timeout` seconds)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while wanted not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"timed out waiting for {wanted!r} on the terminal; saw {seen!r}"
+        ready, _, _ = select.select([master], [], [], left)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the other side closed
+                chunk = b""
+            assert chunk, f"the terminal closed before {wanted!r}; saw {seen!r}"
+            seen += chunk
+    return seen
