@@ -8,7 +8,6 @@ import signal
 import sys
 from pathlib import Path
 
-import asyncssh
 import click
 from rich.console import Console
 
@@ -17,7 +16,8 @@ from tako.config.paths import known_hosts_path
 from tako.config.project import load_project
 from tako.deploy.layout import AppLayout
 from tako.deploy.prepare import resolve_targets
-from tako.errors import RemoteError, TakoError
+from tako.errors import TakoError
+from tako.errors.library import TRANSPORT_ERRORS, remote_failure
 from tako.remote.connection import ServerAddress
 from tako.remote.executor import Executor, sh
 from tako.remote.fanout import with_executor
@@ -43,8 +43,9 @@ async def _stream(address: ServerAddress, log_dir: str, lines: int, follow: bool
                         f"[{address.name}] {line.rstrip()}", markup=False, highlight=False, style="dim"
                     )
             await process.wait()
-        except (asyncssh.Error, OSError) as exc:
-            raise RemoteError(f"{address.name}: connection lost while reading logs") from exc
+        except TRANSPORT_ERRORS as exc:
+            lost = f"{address.name}: connection lost while reading logs"
+            raise remote_failure(exc, address.name, "reading logs", message=lost) from exc
 
     await with_executor(address, known_hosts_path(), run)
 

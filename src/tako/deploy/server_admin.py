@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tako.errors import RemoteError, ServerError, TakoError
+from tako.errors import CommandFailed, ServerError, ServerTimeout, TakoError
 from tako.protocol import List, Reload
 from tako.remote.executor import Executor, sh
 
@@ -66,7 +66,7 @@ async def restart_server(ex: Executor, *, timeout: float = 60.0) -> str:
     """Restart tako-server through its service script and wait until it answers again."""
     result = await ex.run(sh(f"{SERVICE_SCRIPT} restart"), check=False, what="restart", timeout=timeout)
     if not result.ok:
-        raise RemoteError(
+        raise CommandFailed(
             f"{ex.address.name}: restarting tako-server failed: {(result.stderr or result.stdout).strip()}"
         )
     deadline = time.monotonic() + timeout
@@ -79,7 +79,7 @@ async def restart_server(ex: Executor, *, timeout: float = 60.0) -> str:
         except TakoError:
             pass
         if time.monotonic() > deadline:
-            raise ServerError(f"{ex.address.name}: tako-server did not come back within {timeout:.0f}s")
+            raise ServerTimeout(f"{ex.address.name}: tako-server did not come back within {timeout:.0f}s")
         await asyncio.sleep(0.2)
 
 

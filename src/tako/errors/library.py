@@ -38,14 +38,19 @@ def reason(exc: BaseException) -> str:
 
 
 def remote_failure(
-    exc: BaseException, server: str, doing: str, *, timeout: float | None = None
+    exc: BaseException,
+    server: str,
+    doing: str,
+    *,
+    timeout: float | None = None,
+    message: str | None = None,
 ) -> RemoteError:
     """What went wrong while `doing` ran on `server` over an open connection: it timed out (after
-    `timeout` seconds, when given), or the connection broke."""
+    `timeout` seconds, when given), or the connection broke. `message` replaces the default text."""
     if isinstance(exc, TimeoutError):
         after = "" if timeout is None else f" after {timeout:.0f}s"
-        return RemoteTimeout(f"{server}: {doing} timed out{after}")
-    return ConnectionLost(f"{server}: connection lost during {doing}")
+        return RemoteTimeout(message or f"{server}: {doing} timed out{after}")
+    return ConnectionLost(message or f"{server}: connection lost during {doing}")
 
 
 def connect_failure(exc: BaseException, label: str, endpoint: str) -> RemoteError:

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
-from tako.errors import HostKeyError, RemoteError, UsageError
+from tako.errors import CommandFailed, HostKeyError, LoginRefused, RemoteError, UsageError
+from tako.errors.library import TRANSPORT_ERRORS, connect_failure
 from tako.fsutil import write_atomic
 from tako.remote.client_keys import KEY_ENV, KeyOffer
 from tako.remote.ssh_config import DEFAULT_PORT, DEFAULT_USER, LoginTarget, local_user, resolve_login
@@ -136,12 +137,8 @@ async def connect(
         raise _refused(address.name, target, offer) from exc
     except BaseException as exc:
         _close(tunnel)
-        if isinstance(exc, TimeoutError):
-            raise RemoteError(f"{address.name}: connecting to {_endpoint(target)} timed out") from exc
-        if isinstance(exc, OSError | asyncssh.Error):
-            raise RemoteError(
-                f"{address.name}: cannot connect to {_endpoint(target)}: {_reason(exc)}"
-            ) from exc
+        if isinstance(exc, TRANSPORT_ERRORS):
+            raise connect_failure(exc, address.name, _endpoint(target)) from exc
         raise
     finally:
         offer.close()
@@ -226,9 +223,8 @@ async def _open_jumps(address: ServerAddress, target: LoginTarget) -> asyncssh.S
             raise _refused(address.name, hop_target, offer, jump=True) from exc
         except BaseException as exc:
             _close(tunnel)
-            if isinstance(exc, TimeoutError | OSError | asyncssh.Error):
-                reason = "timed out" if isinstance(exc, TimeoutError) else _reason(exc)
-                raise RemoteError(f"{label}: cannot connect to {_endpoint(hop_target)}: {reason}") from exc
+            if isinstance(exc, TRANSPORT_ERRORS):
+                raise connect_failure(exc, label, _endpoint(hop_target)) from exc
             raise
         finally:
             offer.close()
@@ -256,7 +252,7 @@ def _parse_jump(text: str) -> tuple[str | None, str, int | None]:
     return user or None, host, port
 
 
-def _refused(name: str, target: LoginTarget, offer: KeyOffer, *, jump: bool = False) -> RemoteError:
+def _refused(name: str, target: LoginTarget, offer: KeyOffer, *, jump: bool = False) -> LoginRefused:
     """The refusal: who, where, which keys were offered, and the ways to authorize one."""
     where = f"jump host {target.host}" if jump else target.alias
     via = "" if target.host == target.alias else f" ({_endpoint(target)})"
@@ -273,7 +269,7 @@ def _refused(name: str, target: LoginTarget, offer: KeyOffer, *, jump: bool = Fa
         )
         if target.user == DEFAULT_USER:
             hint += "; to log in as another user: `tako servers add HOST --name NAME --user USER`"
-    return RemoteError(f"{name}: SSH login as {target.user}@{target.alias}{via} was refused", hint=hint)
+    return LoginRefused(f"{name}: SSH login as {target.user}@{target.alias}{via} was refused", hint=hint)
 
 
 def _endpoint(target: LoginTarget) -> str:
@@ -286,19 +282,6 @@ def _close(conn: asyncssh.SSHClientConnection | None) -> None:
         conn.close()
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, asyncssh.Error):
-        return exc.reason
-    if isinstance(exc, OSError):
-        # asyncio's connect errors read "Connect call failed ('10.0.0.5', 22)": the errno says it better
-        # ("connection refused"), and the message already names host and port.
-        if exc.errno:
-            text = os.strerror(exc.errno)
-            return text[:1].lower() + text[1:]
-        return exc.strerror or str(exc)
-    return str(exc)
-
-
 async def probe_server(address: ServerAddress, known_hosts: Path, *, trust_new: bool) -> str:
     """Connect, run `uname -sm`, and return its output (used by `tako servers add`)."""
     conn = await connect(address, known_hosts, trust_new=trust_new)
@@ -307,5 +290,5 @@ async def probe_server(address: ServerAddress, known_hosts: Path, *, trust_new: 
     finally:
         conn.close()
     if result.exit_status != 0:
-        raise RemoteError(f"{address.name}: `uname -sm` failed: {result.stderr!s}".strip())
+        raise CommandFailed(f"{address.name}: `uname -sm` failed: {result.stderr!s}".strip())
     return str(result.stdout).strip()

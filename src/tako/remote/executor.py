@@ -17,7 +17,8 @@ from pathlib import Path
 
 import asyncssh
 
-from tako.errors import RemoteError, ServerError
+from tako.errors import CommandFailed, RemoteError, ServerNotAnswering, ServerTimeout
+from tako.errors.library import TRANSPORT_ERRORS, remote_failure
 from tako.protocol import Hello, Reply, Request, decode_reply, encode_request
 from tako.remote.connection import ServerAddress
 
@@ -77,12 +78,8 @@ class Executor:
             result = await self.conn.run(
                 command.render(), input=data, check=False, timeout=timeout, encoding=None
             )
-        except asyncssh.TimeoutError as exc:
-            raise RemoteError(f"{self.address.name}: {what or command.argv[0]} timed out") from exc
-        except (asyncssh.Error, OSError) as exc:
-            raise RemoteError(
-                f"{self.address.name}: connection lost during {what or command.argv[0]}"
-            ) from exc
+        except TRANSPORT_ERRORS as exc:
+            raise remote_failure(exc, self.address.name, what or command.argv[0]) from exc
         stdout = _text(result.stdout)
         stderr = _text(result.stderr)
         status = result.exit_status if result.exit_status is not None else 255
@@ -90,12 +87,12 @@ class Executor:
             detail = stderr.strip() or stdout.strip() or f"exit status {status}"
             step = what or command.argv[0]
             if _disk_full(detail):
-                raise RemoteError(
+                raise CommandFailed(
                     f"{self.address.name}: the server's disk is full: {step} failed: {detail}",
                     hint="free some space on the server (`df -h /opt/tako`; old releases live in "
                     "/opt/tako/apps/*/releases) and deploy again",
                 )
-            raise RemoteError(f"{self.address.name}: {step} failed: {detail}")
+            raise CommandFailed(f"{self.address.name}: {step} failed: {detail}")
         return CommandResult(status, stdout, stderr)
 
     async def stream(
@@ -119,10 +116,8 @@ class Executor:
                     raise
                 finally:
                     process.close()
-        except TimeoutError as exc:
-            raise RemoteError(f"{self.address.name}: {what} timed out after {timeout:.0f}s") from exc
-        except (asyncssh.Error, OSError) as exc:
-            raise RemoteError(f"{self.address.name}: connection lost during {what}") from exc
+        except TRANSPORT_ERRORS as exc:
+            raise remote_failure(exc, self.address.name, what, timeout=timeout) from exc
         return completed.exit_status if completed.exit_status is not None else 255
 
     async def upload(
@@ -151,12 +146,11 @@ class Executor:
                         progress(sent, total)
             process.stdin.write_eof()
             completed = await asyncio.wait_for(process.wait(), timeout=120)
-        except (asyncssh.Error, OSError, TimeoutError) as exc:
-            raise RemoteError(
-                f"{self.address.name}: upload interrupted after {sent} of {total} bytes"
-            ) from exc
+        except TRANSPORT_ERRORS as exc:
+            interrupted = f"{self.address.name}: upload interrupted after {sent} of {total} bytes"
+            raise remote_failure(exc, self.address.name, "the upload", message=interrupted) from exc
         if completed.exit_status != 0:
-            raise RemoteError(f"{self.address.name}: upload failed: {_text(completed.stderr).strip()}")
+            raise CommandFailed(f"{self.address.name}: upload failed: {_text(completed.stderr).strip()}")
         expected = digest.hexdigest()
         checksum = _text(completed.stdout).split()
         actual = checksum[0] if checksum else ""
@@ -174,7 +168,7 @@ class Executor:
                 return await asyncio.wait_for(self._control_roundtrip(line), timeout=timeout)
             except TimeoutError as exc:
                 self._control = None
-                raise ServerError(
+                raise ServerTimeout(
                     f"{self.address.name}: tako-server did not answer {request.command!r} in {timeout:.0f}s"
                 ) from exc
 
@@ -188,12 +182,13 @@ class Executor:
         try:
             writer.write(line)
             reply = await reader.readline()
-        except (asyncssh.Error, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             self._control = None
-            raise RemoteError(f"{self.address.name}: control connection to tako-server lost") from exc
+            lost = f"{self.address.name}: control connection to tako-server lost"
+            raise remote_failure(exc, self.address.name, "a control request", message=lost) from exc
         if not reply:
             self._control = None
-            raise RemoteError(f"{self.address.name}: tako-server closed the control connection")
+            raise ServerNotAnswering(f"{self.address.name}: tako-server closed the control connection")
         return decode_reply(reply)
 
     async def _control_via_nc(self, line: bytes) -> Reply:
@@ -203,7 +198,7 @@ class Executor:
         )
         first = result.stdout.split("\n", 1)[0]
         if not first:
-            raise ServerError(
+            raise ServerNotAnswering(
                 f"{self.address.name}: tako-server is not answering on {CONTROL_SOCKET}",
                 hint="check it with `tako servers status " + self.address.name + "`",
             )
