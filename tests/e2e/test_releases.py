@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.e2e.conftest import TakoCLI, cli_with_server, user_ssh_env
@@ -50,7 +51,7 @@ class Fleet:
     def tako(self, *args: str) -> str:
         return self.cli.ok(*args, cwd=self.project, env=self.env).stdout
 
-    def releases(self) -> dict[str, dict[str, object]]:
+    def releases(self) -> dict[str, dict[str, Any]]:
         doc = json.loads(self.tako("releases", "--json"))
         return {server["server"]: server for server in doc}
 
@@ -73,6 +74,9 @@ def fleet(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         route=ROUTE,
         servers={name: "production" for name in NAMES},
     )
+    # Keep two releases per server: the live one and one to roll back to.
+    toml = project / "tako.toml"
+    toml.write_text(toml.read_text().replace("[servers]\n", "[servers]\nkeep_releases = 2\n", 1))
     app = project / "app.py"
     app.write_text(app.read_text().replace("        else:\n", DATA_ROUTE, 1))
     first = commit_all(project, "First release")
@@ -107,7 +111,6 @@ def test_releases_lists_every_kept_release_with_the_live_one(fleet: Fleet) -> No
     for server in doc.values():
         assert server["reachable"] is True and server["live"] == fleet.second
         listed = server["releases"]
-        assert isinstance(listed, list)
         assert [r["version"] for r in listed] == [fleet.second, fleet.first]  # newest first
         assert [r["live"] for r in listed] == [True, False]
         assert [r["subject"] for r in listed] == ["Second release", "First release"]
@@ -168,7 +171,7 @@ def test_rollback_to_a_version_one_server_lacks_fails_there_only(fleet: Fleet) -
     assert f"{keeping.name} runs {fleet.second}" in text and f"{lacking.name} runs {fleet.first}" in text
 
 
-def test_deploy_after_rollback_works_and_keeps_the_data_dir(fleet: Fleet) -> None:
+def test_deploy_after_rollback_works_keeps_the_data_dir_and_prunes_to_keep_releases(fleet: Fleet) -> None:
     counts = {host.name: visits(host) for host in fleet.hosts}
     (fleet.project / "NOTES.txt").write_text("third\n")
     third = commit_all(fleet.project, "Third release")
@@ -178,4 +181,8 @@ def test_deploy_after_rollback_works_and_keeps_the_data_dir(fleet: Fleet) -> Non
         assert greeting(host)[0].startswith(f"second! build {third}")
         assert remote(host, f"readlink {APP_DIR}/current") == f"releases/{third}"
         assert visits(host) == counts[host.name] + 1
-    assert {s["live"] for s in fleet.releases().values()} == {third}
+    doc = fleet.releases()
+    assert {s["live"] for s in doc.values()} == {third}
+    kept = {name: [r["version"] for r in server["releases"]] for name, server in doc.items()}
+    # keep_releases = 2: the live one and the newest other; the second host had lost `second` already.
+    assert kept == {NAMES[0]: [third, fleet.second], NAMES[1]: [third, fleet.first]}, kept

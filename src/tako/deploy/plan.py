@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tako.config.project import FleetSettings
-from tako.deploy.layout import TAKO_ROOT
+from tako.deploy.layout import KEEP_RELEASES, TAKO_ROOT
 from tako.remote.connection import ServerAddress
 from tako.remote.executor import Command, Executor
 
@@ -48,6 +48,7 @@ class DeployPlan:
     after_prune: tuple[Command, ...] = ()
     release_command: str = ""  # [tako] release: run once per deploy before any server switches
     release_timeout: int = 600
+    keep_releases: int = KEEP_RELEASES  # [servers] keep_releases: releases kept, the live one included
     fleet: FleetSettings = field(default_factory=FleetSettings)
 
     @property

@@ -177,5 +177,6 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
         release_command=project.release,
         release_timeout=project.release_timeout,
         fleet=project.fleet,
+        keep_releases=project.keep_releases,
     )
     return Prepared(project, plan, targets, early_failures)

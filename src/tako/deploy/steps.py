@@ -201,7 +201,8 @@ async def _current(d: ServerDeploy) -> None:
     d.staged = False  # from here on the release is live: never removed by cleanup
     unlock = not plan.after_prune
     await d.ex.run(
-        commands.finalize(d.layout, plan.version, d.nonce, d.holder, unlock=unlock), what="switch current"
+        commands.finalize(d.layout, plan.version, d.nonce, d.holder, plan.keep_releases, unlock=unlock),
+        what="switch current",
     )
     if plan.after_prune:  # e.g. venvs no kept release uses; still under the lock
         for command in plan.after_prune:
