@@ -130,3 +130,19 @@ def test_a_caller_that_vanishes_leaves_the_command_hung_up(server: TakoServer, t
         wait_for(hung_up.exists, timeout=30, what="the command to get SIGHUP")
     finally:
         stop_process(proc)
+
+
+def test_a_session_that_ends_hangs_the_command_up(server: TakoServer, tmp_path: Path) -> None:
+    """The SSH channel closed without a terminal: the caller's stdout loses its reader. The command (which
+    writes nothing, so no SIGPIPE ends it) gets SIGHUP, and the caller leaves with 129."""
+    ready, hung_up = tmp_path / "ready", tmp_path / "hung-up"
+    script = f"trap 'touch {hung_up}; exit 0' HUP; touch {ready}; while :; do sleep 0.1; done"
+    proc = popen_run_as_app(server, "demo", "--", "sh", "-c", script)
+    try:
+        wait_for(ready.exists, timeout=30, what="the command to start")
+        assert proc.stdout is not None
+        proc.stdout.close()
+        wait_for(hung_up.exists, timeout=30, what="the command to get SIGHUP")
+        assert proc.wait(timeout=30) == 129
+    finally:
+        stop_process(proc)

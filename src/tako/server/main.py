@@ -65,14 +65,14 @@ def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def run_as_app(args: argparse.Namespace, command: list[str]) -> int:
-    """`tako-server run-as-app`: hand the command to the running tako-server (see apps/oneoff.py)."""
-    from tako.server.apps import oneoff
+    """`tako-server run-as-app`: hand the command to the running tako-server (apps/oneoff_client.py)."""
+    from tako.server.apps import oneoff, oneoff_client
 
     try:
         if not command:
             raise TakoError("run-as-app needs a command", hint="tako-server run-as-app APP -- CMD ARGS...")
         socket = Path(args.socket) if args.socket else Path(load_config(args).server.socket)
-        return oneoff.run(
+        return oneoff_client.run(
             oneoff.socket_path(socket), oneoff.RunRequest(args.app, tuple(command), args.release)
         )
     except TakoError as exc:

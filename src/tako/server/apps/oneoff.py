@@ -1,13 +1,15 @@
-"""One-off commands: run a command as an app, in one of its release directories, with that release's
-environment (`tako run`, and a deploy's release command such as `python manage.py migrate`).
+"""One-off commands, the server half (oneoff_client.py is the other): run a command as an app, in one of
+its release directories, with that release's environment (`tako run`, and a deploy's release command
+such as `python manage.py migrate`).
 
 The SSH user (`tako`) cannot become an app's uid; tako-server can. So `tako-server run-as-app` (the client
 half, run over SSH) connects to tako-server's one-off socket beside the control socket and hands over its
 stdin, stdout and stderr as file descriptors (SCM_RIGHTS) with the request; tako-server (the server half)
 starts the command on exactly those descriptors — a PTY stays a PTY — and answers with its exit status.
 Signals the client receives (Ctrl-C through a PTY, SIGTERM, SIGHUP when the SSH session ends) are
-forwarded to the command's process group; a client that goes away leaves the command SIGHUP, then
-SIGKILL. Secrets travel in neither direction: tako-server reads them from the release's `.env`.
+forwarded to the command's process group; a client that goes away (killed, or leaving because its
+session's stdout hung up) leaves the command SIGHUP, then SIGKILL. Secrets travel in neither direction:
+tako-server reads them from the release's `.env`.
 
 The release is the live one by default, or any directory under `<app dir>/releases/`, staged ones
 (`.partial-*`, not yet known to tako-server) included: a deploy runs its release command there before any
@@ -284,51 +286,3 @@ def _send(conn: socket.socket, message: dict[str, Any]) -> None:
         conn.setblocking(True)
         conn.sendall(json.dumps(message).encode() + b"\n")
         conn.setblocking(False)
-
-
-# -- the client half, run by `tako-server run-as-app` ------------------------------------------------------
-
-
-def run(path: Path, request: RunRequest) -> int:
-    """Hand our stdin/stdout/stderr and `request` to tako-server; forward signals; its exit status."""
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        conn.connect(str(path))
-    except OSError as exc:
-        conn.close()
-        raise OneOffError(
-            f"cannot reach tako-server's one-off socket {path}: {exc.strerror or exc}",
-            hint="is tako-server running (and recent enough to run one-off commands)? "
-            "`tako servers status` shows it",
-        ) from exc
-    with conn:
-        socket.send_fds(conn, [request.encode()], [0, 1, 2])
-        lines = conn.makefile("rb")
-        first = _reply(lines.readline())
-        if "error" in first:
-            hint = str(first.get("hint") or "") or None
-            raise OneOffError(str(first["error"]), hint=hint, exit_code=int(first.get("status", 125)))
-        previous = {sig: signal.signal(sig, lambda n, _f: _forward(conn, n)) for sig in FORWARDED_SIGNALS}
-        try:
-            last = _reply(lines.readline())
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-    if "exit" not in last:
-        raise OneOffError("tako-server stopped before the command finished")
-    return int(last["exit"])
-
-
-def _forward(conn: socket.socket, number: int) -> None:
-    with contextlib.suppress(OSError):
-        conn.sendall(json.dumps({"signal": number}).encode() + b"\n")
-
-
-def _reply(line: bytes) -> dict[str, Any]:
-    if not line:
-        return {}
-    try:
-        data = json.loads(line)
-    except ValueError as exc:
-        raise OneOffError(f"unexpected reply from tako-server: {line[:200]!r}") from exc
-    return data if isinstance(data, dict) else {}
