@@ -350,7 +350,15 @@ def test_uppercase_route_like_variable_is_a_variable(tmp_path: Path) -> None:
 
 
 def test_reserved_names() -> None:
-    assert {"ENV", "TAKO_BUILD", "PORT", "HOST", "TAKO_APP", "TAKO_INSTANCE"} == RESERVED_VARS
+    assert {
+        "ENV",
+        "TAKO_BUILD",
+        "PORT",
+        "HOST",
+        "TAKO_APP",
+        "TAKO_INSTANCE",
+        "TAKO_DATA_DIR",
+    } == RESERVED_VARS
 
 
 # -- names ---------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ DEFAULT_IDLE_TIMEOUT = 300
 DEFAULT_KEEP_RELEASES = 5
 MIN_KEEP_RELEASES = 2
 # Set by Tako (deploy) or by tako-server for every instance; a config value could only be silently lost.
-RESERVED_VARS = frozenset({"ENV", "TAKO_BUILD", "PORT", "HOST", "TAKO_APP", "TAKO_INSTANCE"})
+RESERVED_VARS = frozenset({"ENV", "TAKO_BUILD", "PORT", "HOST", "TAKO_APP", "TAKO_INSTANCE", "TAKO_DATA_DIR"})
 
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 

@@ -13,7 +13,9 @@ MAX_SECRET_NAME_LENGTH = 128
 _SECRET_NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 _ENV_NAME = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 # Tako sets these itself after the merge (docs/tako-toml.md): a secret of that name would be overridden.
-RESERVED_NAMES = frozenset({"ENV", "TAKO_BUILD", "PORT", "HOST", "TAKO_APP", "TAKO_INSTANCE"})
+RESERVED_NAMES = frozenset(
+    {"ENV", "TAKO_BUILD", "PORT", "HOST", "TAKO_APP", "TAKO_INSTANCE", "TAKO_DATA_DIR"}
+)
 
 
 def is_secret_name(name: str) -> bool:
