@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
+from tests.support.git import git, keep_git_config_out
 
 from tako.deploy.archive import build_archive
 from tako.deploy.version import compute_version
@@ -15,16 +15,7 @@ from tako.deploy.version import compute_version
 
 @pytest.fixture(autouse=True)
 def hermetic_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Keep the machine's and the user's git config out of the tests."""
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "no-global-gitconfig"))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=repo, check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL
-    ).stdout.strip()
+    keep_git_config_out(monkeypatch, tmp_path)
 
 
 def make_repo(path: Path, files: dict[str, str] | None = None) -> Path:
