@@ -150,26 +150,7 @@ def test_stale_socket_is_replaced_and_live_one_refused(tmp_path_factory: pytest.
         srv.start()
         assert srv.call("hello")["protocol"] == 1
         second = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tako.server.main",
-                "--config",
-                str(srv.config),
-                "--data-dir",
-                str(srv.base / "data2"),
-                "--socket",
-                str(srv.socket),
-                "--listen",
-                "127.0.0.1",
-                "--http-port",
-                "0",
-                "--https-port",
-                "0",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
+            srv.command(data_dir=srv.base / "data2"), capture_output=True, text=True, timeout=60
         )
         assert second.returncode != 0
         assert "another tako-server is already listening on" in second.stderr

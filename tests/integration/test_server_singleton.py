@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import psutil
@@ -21,23 +20,7 @@ LOCK_NAME = "tako-server.lock"
 
 def run_server(srv: TakoServer, *, socket_path: Path, http_port: int = 0) -> subprocess.CompletedProcess[str]:
     """A tako-server on `srv`'s config and data dir, run to its exit (bounded): its code and output."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "tako.server.main",
-        "--config",
-        str(srv.config),
-        "--data-dir",
-        str(srv.data_dir),
-        "--socket",
-        str(socket_path),
-        "--listen",
-        "127.0.0.1",
-        "--http-port",
-        str(http_port),
-        "--https-port",
-        "0",
-    ]
+    cmd = srv.command(socket=socket_path, http_port=http_port)
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO / "src")}
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env, cwd=srv.base)

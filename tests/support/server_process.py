@@ -142,26 +142,32 @@ class TakoServer:
         self.https_port: int | None = None
         self._clients: list[ControlClient] = []
 
-    def start(self, timeout: float = 30.0, *, flags: tuple[str, ...] = ()) -> TakoServer:
-        """Run tako-server with this directory's config; `flags` are added to its command line."""
-        cmd = [
+    def command(
+        self, *, data_dir: Path | None = None, socket: Path | None = None, http_port: int = 0
+    ) -> list[str]:
+        """The tako-server command line on this directory's config, listening on loopback (any ports);
+        its data dir and control socket are this server's unless given."""
+        return [
             sys.executable,
             "-m",
             "tako.server.main",
             "--config",
             str(self.config),
             "--data-dir",
-            str(self.data_dir),
+            str(data_dir or self.data_dir),
             "--socket",
-            str(self.socket),
+            str(socket or self.socket),
             "--listen",
             "127.0.0.1",
             "--http-port",
-            "0",
+            str(http_port),
             "--https-port",
             "0",
-            *flags,
         ]
+
+    def start(self, timeout: float = 30.0, *, flags: tuple[str, ...] = ()) -> TakoServer:
+        """Run tako-server with this directory's config; `flags` are added to its command line."""
+        cmd = [*self.command(), *flags]
         stderr = open(self.stderr_path, "ab")  # noqa: SIM115 - handed to the child
         env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
         self.proc = subprocess.Popen(cmd, stdout=stderr, stderr=stderr, env=env, cwd=self.base)
