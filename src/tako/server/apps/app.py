@@ -29,6 +29,7 @@ from tako.server.apps.logs import AppLog
 from tako.server.apps.release import Release, load_release
 from tako.server.apps.spawner import allocate_port
 from tako.server.proxy.backend import AppUnavailable, pick_next
+from tako.server.proxy.cold_start import ColdStartQueue, app_stopped
 
 log = logging.getLogger("tako.server.apps")
 
@@ -80,7 +81,7 @@ class ManagedApp:
         self._ports = ports
         self._changed = changed
         self._rr = 0
-        self._waiters = 0
+        self._cold_start_queue = ColdStartQueue()
         self._cold_start: asyncio.Task[None] | None = None
         self._crashes: deque[float] = deque(maxlen=16)
         self._background: set[asyncio.Task[None]] = set()
@@ -101,41 +102,28 @@ class ManagedApp:
         return chosen
 
     async def wait_upstream(self) -> Instance:
-        up = self.pick()
-        if up is not None:
-            return up
-        if self.stopped or self._closing:
-            raise AppUnavailable(f"App {self.name} is stopped", retry_after=None)
-        if self._waiters >= self.settings.cold_start_queue:
-            raise AppUnavailable("App is starting", retry_after=1)
-        self._waiters += 1
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.cold_start_timeout
+        return await self._cold_start_queue.wait(
+            self, self.settings.cold_start_queue, self.settings.cold_start_timeout
+        )
+
+    # -- cold start (the queue's policy is shared with the data-plane workers' gates) ------------------
+    def is_stopped(self) -> bool:
+        return self.stopped or self._closing
+
+    async def await_cold_start(self, remaining: float) -> None:
+        task = self._ensure_cold_start()
         try:
-            while True:
-                task = self._ensure_cold_start()
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise AppUnavailable("App is starting", retry_after=1)
-                try:
-                    await asyncio.wait_for(asyncio.shield(task), remaining)
-                except TimeoutError:
-                    raise AppUnavailable("App is starting", retry_after=1) from None
-                except InstanceFailed as exc:
-                    raise AppUnavailable(f"App {self.name} failed to start", retry_after=5) from exc
-                except asyncio.CancelledError:
-                    me = asyncio.current_task()
-                    if task.cancelled() and (me is None or not me.cancelling()):
-                        # The cold start itself was cancelled (stop, delete, shutdown): answer, don't hang.
-                        raise AppUnavailable(f"App {self.name} is stopped", retry_after=None) from None
-                    raise
-                up = self.pick()
-                if up is not None:
-                    return up
-                if self.stopped:
-                    raise AppUnavailable(f"App {self.name} is stopped", retry_after=None)
-        finally:
-            self._waiters -= 1
+            await asyncio.wait_for(asyncio.shield(task), remaining)
+        except TimeoutError:
+            return  # the queue's deadline has passed: it answers "App is starting"
+        except InstanceFailed as exc:
+            raise AppUnavailable(f"App {self.name} failed to start", retry_after=5) from exc
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if task.cancelled() and (me is None or not me.cancelling()):
+                # The cold start itself was cancelled (stop, delete, shutdown): answer, don't hang.
+                raise app_stopped(self.name) from None
+            raise
 
     def _ensure_cold_start(self) -> asyncio.Task[None]:
         task = self._cold_start
