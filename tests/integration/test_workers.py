@@ -12,12 +12,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import psutil
 import pytest
+from tests.support.processes import stop_process
 from tests.support.server_process import (
     REPO,
     HttpsConnection,
@@ -29,9 +31,13 @@ from tests.support.server_process import (
     wait_for,
 )
 
+from tako.config.server import ProxySettings
+from tako.server.workers import messages as wm
+
 pytestmark = pytest.mark.integration
 
 HOST = "web.tako.test"
+M = TypeVar("M", bound=wm.FromWorker)
 
 
 @pytest.fixture
@@ -54,15 +60,19 @@ async def served_by(conn: HttpsConnection) -> int:
     return int(json.loads(resp.body)["served_by"])
 
 
-async def connection_to(server: TakoServer, pid: int) -> HttpsConnection:
-    """A keep-alive connection the kernel handed to process `pid` (new connections spread by hash)."""
+async def connection_to(server: TakoServer, pid: int, timeout: float = 15.0) -> HttpsConnection:
+    """A keep-alive connection the kernel handed to process `pid` (new connections spread by hash; a
+    worker just restarted listens once it has started, which takes a while on a busy machine)."""
     assert server.https_port
-    for _ in range(200):
+    deadline = time.monotonic() + timeout
+    for _ in range(10_000):
         conn = HttpsConnection(server.https_port, HOST)
         if await served_by(conn) == pid:
             return conn
         await conn.close()
-    raise AssertionError(f"no connection reached process {pid}")
+        if time.monotonic() > deadline:
+            break
+    raise AssertionError(f"no connection reached process {pid} within {timeout:g} s")
 
 
 async def test_both_processes_take_connections(server: TakoServer) -> None:
@@ -223,6 +233,28 @@ async def test_worker_dies_with_a_sigkilled_server(server: TakoServer) -> None:
     await asyncio.to_thread(wait_for, gone, 10)
 
 
+async def test_the_log_level_reaches_the_workers() -> None:
+    """`tako-server --log-level debug` makes its workers log at debug too (each routing snapshot they
+    apply); at the default level they do not."""
+    for flags, expected in (((), False), (("--log-level", "debug"), True)):
+        srv = TakoServer(app_settings={"healthy_timeout": 3.0})
+        srv.config.write_text(srv.config.read_text() + "\n[server]\nworkers = 2\n")
+        try:
+            await asyncio.to_thread(srv.start, flags=flags)
+            await asyncio.to_thread(srv.deploy, "web", "v1", instances=1)
+            (worker,) = await asyncio.to_thread(worker_pids, srv)
+            conn = await connection_to(srv, worker)
+            try:
+                resp = await conn.get("/")  # the worker routed it: it applied the snapshot with the app
+            finally:
+                await conn.close()
+            assert resp.status == 200
+            line = f"DEBUG tako.server.worker[{worker}]: routing snapshot"
+            assert (line in srv.log()) is expected, srv.log()
+        finally:
+            await asyncio.to_thread(srv.cleanup)
+
+
 async def test_worker_process_protocol(tmp_path: Path) -> None:
     """One worker process driven directly over its channel: it routes by the snapshot, answers status and
     ACME tokens from what it was sent, asks for a cold start and answers 503 when told it failed, and
@@ -236,70 +268,89 @@ async def test_worker_process_protocol(tmp_path: Path) -> None:
 
     app_server = await asyncio.start_server(upstream, "127.0.0.1", 0)
     app_port = app_server.sockets[0].getsockname()[1]
-    ours, theirs = socket.socketpair()
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    argv = [sys.executable, "-m", "tako.server.proxy.worker", str(theirs.fileno()), str(os.getpid())]
-    proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env=env)
-    theirs.close()
+    proc, ours = start_worker_process()
     reader, writer = await asyncio.open_unix_connection(sock=ours)
 
-    def send(message: dict[str, Any]) -> None:
-        writer.write(json.dumps(message).encode() + b"\n")
+    def send(message: wm.ToWorker) -> None:
+        writer.write(wm.encode(message))
 
-    async def receive(kind: str) -> dict[str, Any]:
+    async def receive(kind: type[M]) -> M:
         while True:
-            message: dict[str, Any] = json.loads(await asyncio.wait_for(reader.readline(), 15))
-            if message["t"] == kind:
+            message = wm.decode_from_worker(await asyncio.wait_for(reader.readline(), 15))
+            if isinstance(message, kind):
                 return message
 
     try:
-        send(
-            {
-                "t": "config",
-                "listen": "127.0.0.1",
-                "http_port": 0,
-                "https_port": 0,
-                "certs": str(tmp_path / "certs"),
-                "proxy": {},
-                "cold_start_queue": 10,
-                "cold_start_timeout": 10.0,
-                "drain_timeout": 5.0,
-            }
+        send(configure(tmp_path))
+        apps = (
+            wm.AppRouting("web", (HOST,), (wm.InstanceAddress("k1", "127.0.0.1", app_port),), False, True),
+            wm.AppRouting("cold", ("cold.tako.test",), (), False, True),
         )
-        apps = [
-            {"name": "web", "routes": [HOST], "up": [["k1", "127.0.0.1", app_port]], "stopped": False},
-            {"name": "cold", "routes": ["cold.tako.test"], "up": [], "stopped": False},
-        ]
-        send({"t": "snap", "v": 1, "apps": apps})
-        send({"t": "status", "code": 200, "body": '{"healthy":true,"apps":[]}'})
-        send({"t": "tokens", "tokens": {"tok-1": "tok-1.thumb"}})
-        ready = await receive("ready")
-        assert ready["pid"] == proc.pid
-        ack = await receive("report")
-        assert ack["v"] == 1
+        send(wm.RoutingSnapshot(version=1, apps=apps))
+        send(wm.StatusDocument(code=200, body='{"healthy":true,"apps":[]}'))
+        send(wm.AcmeTokens(tokens={"tok-1": "tok-1.thumb"}))
+        ready = await receive(wm.Ready)
+        assert ready.pid == proc.pid and ready.channel == wm.CHANNEL_VERSION
+        assert (await receive(wm.Report)).version == 1
 
-        resp = await https_get(ready["https_port"], HOST, "/")
+        resp = await https_get(ready.https_port, HOST, "/")
         assert (resp.status, resp.body) == (200, "up\n")
-        report = await receive("report")
-        assert report["up"]["k1"] == [0, 1]  # one request started and finished
+        report = await receive(wm.Report)
+        assert report.counters["k1"] == wm.Counters(inflight=0, starts=1)  # one request started and finished
 
-        status = await https_get(ready["https_port"], HOST, "/_tako/status")
+        status = await https_get(ready.https_port, HOST, "/_tako/status")
         assert json.loads(status.body) == {"healthy": True, "apps": [], "served_by": proc.pid}
-        assert get(ready["http_port"], "/.well-known/acme-challenge/tok-1") == (200, "tok-1.thumb")
+        assert get(ready.http_port, "/.well-known/acme-challenge/tok-1") == (200, "tok-1.thumb")
 
-        cold = asyncio.create_task(https_get(ready["https_port"], "cold.tako.test", "/"))
-        assert (await receive("wake"))["app"] == "cold"
-        send(
-            {"t": "wake_failed", "app": "cold", "reason": "App is starting", "status": 503, "retry_after": 1}
-        )
+        cold = asyncio.create_task(https_get(ready.https_port, "cold.tako.test", "/"))
+        assert (await receive(wm.Wake)).app == "cold"
+        send(wm.WakeFailed(app="cold", reason="App is starting", status=503, retry_after=1))
         resp = await cold
         assert resp.status == 503 and "App is starting" in resp.body
 
-        send({"t": "stop", "timeout": 5})
+        send(wm.Stop(timeout=5))
         assert await asyncio.to_thread(proc.wait, 15) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         writer.close()
         app_server.close()
+
+
+def start_worker_process(stderr: int | None = None) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """`python -m tako.server.workers.child` as the supervisor runs it, and our end of its channel."""
+    ours, theirs = socket.socketpair()
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    argv = [sys.executable, "-m", "tako.server.workers.child", str(theirs.fileno()), str(os.getpid())]
+    proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env=env, stderr=stderr)
+    theirs.close()
+    return proc, ours
+
+
+def configure(data_dir: Path, channel: int = wm.CHANNEL_VERSION) -> wm.Configure:
+    return wm.Configure(
+        channel=channel,
+        log_level="INFO",
+        listen="127.0.0.1",
+        http_port=0,
+        https_port=0,
+        data_dir=str(data_dir),
+        proxy=ProxySettings(),
+        cold_start_queue=10,
+        cold_start_timeout=10.0,
+        drain_timeout=5.0,
+    )
+
+
+def test_a_worker_refuses_a_main_process_of_another_channel_version(tmp_path: Path) -> None:
+    """A worker started by a main process of another Tako version (files upgraded under a running
+    server) exits at once, saying why, instead of misreading its messages."""
+    proc, ours = start_worker_process(stderr=subprocess.PIPE)
+    try:
+        ours.sendall(wm.encode(configure(tmp_path, channel=wm.CHANNEL_VERSION + 1)))
+        _, stderr = proc.communicate(timeout=15)
+    finally:
+        stop_process(proc)
+        ours.close()
+    assert proc.returncode == 2
+    assert f"speaks worker channel version {wm.CHANNEL_VERSION + 1}" in stderr.decode()
+    assert "restart tako-server" in stderr.decode()

@@ -33,7 +33,8 @@ from tako.server.state import DB_NAME, StateStore
 from tako.server.tls.acme import AcmeManager
 from tako.server.tls.certstore import CertStore
 from tako.server.tls.challenges import CHALLENGES_DIR, ChallengeStore
-from tako.server.workers import PidServices, WorkerPool
+from tako.server.workers.served_by import PidServices
+from tako.server.workers.supervisor import WorkerPool
 
 log = logging.getLogger("tako.server")
 
@@ -128,7 +129,7 @@ class Daemon:
         settings = self.config.server
         registry = self.registry
         certs = CertStore(self.data_dir / "certs", lambda h: registry.router.is_routed_host(h))
-        multi = settings.workers > 1  # see workers.py: this process serves too, beside workers - 1 others
+        multi = settings.workers > 1  # see server/workers: this process serves too, beside workers - 1 others
         services = PidServices(self) if multi else self
         snapshot = registry.snapshot
         proxy = self.proxy = ProxyServer(

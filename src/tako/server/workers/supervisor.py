@@ -1,61 +1,62 @@
-"""Data-plane worker processes for `[server] workers = N` (N > 1): the main process keeps its own listeners
-and runs N-1 `tako.server.proxy.worker` processes on the same ports (SO_REUSEPORT). It feeds them routing
-snapshots, the status document and ACME tokens, folds their in-flight reports into the instances, wakes
-apps for them, restarts a worker that dies and stops them all gracefully at shutdown.
+"""The main process's side of `[server] workers = N` (N > 1): it keeps its own listeners and runs N-1
+worker processes (`python -m tako.server.workers.child`) on the same ports (SO_REUSEPORT). It feeds them
+routing snapshots, the status document and ACME tokens, folds their reports into the instances' in-flight
+counts (`ledger`), cold-starts apps for them, restarts a worker that dies or hangs and stops them all
+gracefully at shutdown. Every message is a dataclass of `messages`, built in one method here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
 import logging
 import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from tako.config.server import ServerConfig
-from tako.errors import TakoError
+from tako.errors import ProtocolError, TakoError
 from tako.server.apps.instance import Instance
 from tako.server.apps.registry import AppRegistry
 from tako.server.proxy.backend import AppUnavailable, ServerServices, Snapshot
 from tako.server.tls.challenges import ChallengeStore
+from tako.server.workers.ledger import InflightLedger
+from tako.server.workers.messages import (
+    CHANNEL_VERSION,
+    MAX_FROM_WORKER,
+    AcmeTokens,
+    AppRouting,
+    Configure,
+    FromWorker,
+    InstanceAddress,
+    Ready,
+    Report,
+    RoutingSnapshot,
+    StatusDocument,
+    Stop,
+    ToWorker,
+    Wake,
+    WakeFailed,
+    check_channel,
+    decode_from_worker,
+    encode,
+)
 
 log = logging.getLogger("tako.server.workers")
 
 STATUS_INTERVAL = 0.5  # the status document workers serve is at most this old (plus a change's push)
 TOKENS_INTERVAL = 0.05  # pending ACME tokens reach the workers this fast
 READY_TIMEOUT = 30.0
-LINE_LIMIT = 16 * 1024 * 1024
 MAX_RESTART_DELAY = 10.0
 SILENCE_LIMIT = 10.0  # a ready worker silent this long (it reports every second) is hung: killed, replaced
 MAX_BACKLOG = 64 * 1024 * 1024  # a worker this far behind on its channel is stuck: it is killed and replaced
 
 
-class PidServices:
-    """The main process's `ServerServices` when workers run: the status document says which process
-    answered (`served_by`), like the workers' do."""
-
-    def __init__(self, inner: ServerServices) -> None:
-        self._inner = inner
-        self._served_by = b',"served_by":%d}' % os.getpid()
-
-    def status_document(self) -> tuple[int, bytes]:
-        code, body = self._inner.status_document()
-        if body.endswith(b"}") and len(body) > 2:
-            body = body[:-1] + self._served_by
-        return code, body
-
-    def acme_key_authorization(self, token: str) -> str | None:
-        return self._inner.acme_key_authorization(token)
-
-
-class _Worker:
-    """The main process's record of one worker and of what it may still be using."""
+class WorkerHandle:
+    """The main process's handle on one worker process and its account of what the worker uses."""
 
     def __init__(self, slot: int) -> None:
         self.slot = slot
@@ -63,15 +64,7 @@ class _Worker:
         self.writer: asyncio.StreamWriter | None = None
         self.pid: int | None = None
         self.ready = asyncio.Event()
-        self.counts: dict[str, int] = {}  # in-flight requests it reported, folded into the instances
-        self.starts: dict[str, int] = {}
-        # Instances it may still pick: those of every snapshot sent but not yet acknowledged. An instance
-        # leaving rotation stays "pinned" (one in-flight request held for the worker) until the worker
-        # acknowledges a snapshot without it, so a drain never stops an instance the worker still uses.
-        self.possible: dict[str, Instance] = {}
-        self.sent: dict[int, dict[str, Instance]] = {}
-        self.pins: list[tuple[int, list[Instance]]] = []
-        self.acked = -1
+        self.ledger = InflightLedger()
         self.restarts = 0
         self.started_at = 0.0
         self.last_heard = 0.0
@@ -82,6 +75,7 @@ class _Worker:
                 self.proc.kill()
 
     def send(self, line: bytes) -> None:
+        """One encoded message (encoded once for every worker it goes to)."""
         writer = self.writer
         if writer is None or writer.is_closing():
             return
@@ -91,10 +85,6 @@ class _Worker:
             self.kill()
             return
         writer.write(line)
-
-
-def _line(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
 class WorkerPool:
@@ -116,7 +106,7 @@ class WorkerPool:
         self.challenges = challenges
         self.http_port = http_port
         self.https_port = https_port
-        self.workers = [_Worker(slot) for slot in range(config.server.workers - 1)]
+        self.workers = [WorkerHandle(slot) for slot in range(config.server.workers - 1)]
         self.version = 0
         self._snapshot_line = b""
         self._rotation: dict[str, Instance] = {}
@@ -160,9 +150,7 @@ class WorkerPool:
     async def stop(self, timeout: float) -> None:
         """Workers stop accepting and finish in-flight requests within `timeout`, then exit."""
         self._stopping = True
-        line = _line({"t": "stop", "timeout": timeout})
-        for worker in self.workers:
-            worker.send(line)
+        self._broadcast(Stop(timeout=timeout))
         procs = [w.proc for w in self.workers if w.proc is not None and w.proc.returncode is None]
         if procs:
             _, pending = await asyncio.wait(
@@ -180,7 +168,7 @@ class WorkerPool:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for worker in self.workers:
-            self._release(worker)
+            worker.ledger.release(self._instances)
 
     @property
     def stopping(self) -> bool:
@@ -189,6 +177,11 @@ class WorkerPool:
     def info(self) -> list[dict[str, Any]]:
         return [{"pid": w.pid, "restarts": w.restarts} for w in self.workers]
 
+    def _broadcast(self, message: ToWorker) -> None:
+        line = encode(message)
+        for worker in self.workers:
+            worker.send(line)
+
     # -- snapshots (called on every route or instance change) -----------------------------------------
     def publish(self) -> None:
         self.version += 1
@@ -196,104 +189,38 @@ class WorkerPool:
         rotation: dict[str, Instance] = {}
         instances: dict[str, Instance] = {}
         for app in self.registry.apps.values():
-            for inst in app.instances:
-                instances[inst.key] = inst
-            for inst in app.rotation:
-                rotation[inst.key] = inst
+            instances.update((inst.key, inst) for inst in app.instances)
+            rotation.update((inst.key, inst) for inst in app.rotation)
             apps.append(
-                {
-                    "name": app.name,
-                    "routes": list(app.routes),
-                    "up": [[i.key, i.host, i.port] for i in app.rotation],
-                    "stopped": app.stopped or app.closing,
-                    "request_buffering": app.request_buffering,
-                }
+                AppRouting(
+                    name=app.name,
+                    routes=tuple(app.routes),
+                    rotation=tuple(InstanceAddress(i.key, i.host, i.port) for i in app.rotation),
+                    stopped=app.stopped or app.closing,
+                    request_buffering=app.request_buffering,
+                )
             )
         # Instances a worker still counts requests on stay known until the counts come back to zero.
         for worker in self.workers:
-            for key in worker.counts:
+            for key in worker.ledger.counts:
                 if key not in instances and key in self._instances:
                     instances[key] = self._instances[key]
         self._instances = instances
         self._rotation = rotation
-        self._snapshot_line = _line({"t": "snap", "v": self.version, "apps": apps})
+        self._snapshot_line = encode(RoutingSnapshot(version=self.version, apps=tuple(apps)))
         for worker in self.workers:
             if worker.writer is not None:
                 self._send_snapshot(worker)
         self._push_status_soon()
 
-    def _send_snapshot(self, worker: _Worker) -> None:
-        rotation = self._rotation
-        removed = [inst for key, inst in worker.possible.items() if key not in rotation]
-        for inst in removed:
-            inst.request_started()
-        worker.pins.append((self.version, removed))
-        worker.sent[self.version] = rotation
-        worker.possible.update(rotation)
+    def _send_snapshot(self, worker: WorkerHandle) -> None:
+        worker.ledger.snapshot_sent(self.version, self._rotation)
         worker.send(self._snapshot_line)
-
-    def _on_report(self, worker: _Worker, message: dict[str, Any]) -> None:
-        # Counts first, then the pins the acknowledged version releases: never a moment at zero too early.
-        for key, (inflight, starts) in message["up"].items():
-            inst = self._instances.get(key)
-            delta = inflight - worker.counts.get(key, 0)
-            if inflight:
-                worker.counts[key] = inflight
-            else:
-                worker.counts.pop(key, None)
-            active = starts != worker.starts.get(key, 0)
-            worker.starts[key] = starts
-            if inst is None:
-                if not inflight:
-                    worker.starts.pop(key, None)  # an instance gone for good
-                continue
-            for _ in range(delta):
-                inst.request_started()
-            for _ in range(-delta):
-                inst.request_finished()
-            if active and delta == 0:
-                inst.request_started()  # requests came and went within the batch: still activity
-                inst.request_finished()
-        version = int(message["v"])
-        if version > worker.acked:
-            worker.acked = version
-            keep = []
-            for pinned_version, pinned in worker.pins:
-                if pinned_version <= version:
-                    for inst in pinned:
-                        inst.request_finished()
-                else:
-                    keep.append((pinned_version, pinned))
-            worker.pins = keep
-            current = worker.sent.get(version, {})
-            for v in [v for v in worker.sent if v <= version]:
-                del worker.sent[v]
-            possible = dict(current)
-            for later in worker.sent.values():
-                possible.update(later)
-            worker.possible = possible
-
-    def _release(self, worker: _Worker) -> None:
-        """A worker is gone: whatever it held is over."""
-        for key, count in worker.counts.items():
-            inst = self._instances.get(key)
-            if inst is not None:
-                for _ in range(count):
-                    inst.request_finished()
-        for _, pinned in worker.pins:
-            for inst in pinned:
-                inst.request_finished()
-        worker.counts.clear()
-        worker.starts.clear()
-        worker.pins.clear()
-        worker.sent.clear()
-        worker.possible.clear()
-        worker.acked = -1
 
     # -- status and ACME tokens -----------------------------------------------------------------------
     def _status_line(self) -> bytes:
         code, body = self.services.status_document()
-        return _line({"t": "status", "code": code, "body": body.decode()})
+        return encode(StatusDocument(code=code, body=body.decode()))
 
     def _push_status_soon(self) -> None:
         if not self._status_pending:
@@ -314,9 +241,7 @@ class WorkerPool:
             tokens = dict(self.challenges._pending)
         if tokens != self._tokens or force:
             self._tokens = tokens
-            line = _line({"t": "tokens", "tokens": tokens})
-            for worker in self.workers:
-                worker.send(line)
+            self._broadcast(AcmeTokens(tokens=tokens))
 
     async def _status_loop(self) -> None:
         last_status = 0.0
@@ -327,27 +252,26 @@ class WorkerPool:
             if now - last_status >= STATUS_INTERVAL:
                 last_status = now
                 self._push_status()
-                for worker in self.workers:
-                    if (
-                        worker.ready.is_set()
-                        and worker.writer is not None
-                        and now - worker.last_heard > SILENCE_LIMIT
-                    ):
-                        log.error(
-                            "data-plane worker pid=%s silent for %g s; killing it", worker.pid, SILENCE_LIMIT
-                        )
-                        worker.last_heard = now
-                        worker.kill()
+                self._kill_silent(now)
+
+    def _kill_silent(self, now: float) -> None:
+        for worker in self.workers:
+            if (
+                worker.ready.is_set()
+                and worker.writer is not None
+                and now - worker.last_heard > SILENCE_LIMIT
+            ):
+                log.error("data-plane worker pid=%s silent for %g s; killing it", worker.pid, SILENCE_LIMIT)
+                worker.last_heard = now
+                worker.kill()
 
     # -- cold starts asked by workers ------------------------------------------------------------------
     def _wake(self, name: str) -> None:
         task = self._waking.get(name)
         if task is not None and not task.done():
             return
-        app = self.registry.apps.get(name)
-        if app is None:
-            return
-        self._waking[name] = self._spawn_task(self._run_wake(name))
+        if name in self.registry.apps:
+            self._waking[name] = self._spawn_task(self._run_wake(name))
 
     async def _run_wake(self, name: str) -> None:
         app = self.registry.apps.get(name)
@@ -356,42 +280,33 @@ class WorkerPool:
         try:
             await app.wait_upstream()
         except AppUnavailable as exc:
-            line = _line(
-                {
-                    "t": "wake_failed",
-                    "app": name,
-                    "reason": exc.reason,
-                    "status": exc.status,
-                    "retry_after": exc.retry_after,
-                }
-            )
-            for worker in self.workers:
-                worker.send(line)
+            failed = WakeFailed(app=name, reason=exc.reason, status=exc.status, retry_after=exc.retry_after)
+            self._broadcast(failed)
 
     # -- supervision ----------------------------------------------------------------------------------
-    def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
+    def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _config_line(self) -> bytes:
+    def _configure(self) -> Configure:
         cfg = self.config
-        return _line(
-            {
-                "t": "config",
-                "listen": cfg.server.listen,
-                "http_port": self.http_port,
-                "https_port": self.https_port,
-                "certs": str(cfg.data_dir / "certs"),
-                "proxy": dataclasses.asdict(cfg.proxy),
-                "cold_start_queue": cfg.apps.cold_start_queue,
-                "cold_start_timeout": cfg.apps.cold_start_timeout,
-                "drain_timeout": cfg.apps.drain_timeout,
-            }
+        return Configure(
+            channel=CHANNEL_VERSION,
+            # This process's level (tako-server --log-level), so a worker logs what the main process does.
+            log_level=logging.getLevelName(logging.getLogger("tako").getEffectiveLevel()),
+            listen=cfg.server.listen,
+            http_port=self.http_port,
+            https_port=self.https_port,
+            data_dir=str(cfg.data_dir),
+            proxy=cfg.proxy,
+            cold_start_queue=cfg.apps.cold_start_queue,
+            cold_start_timeout=cfg.apps.cold_start_timeout,
+            drain_timeout=cfg.apps.drain_timeout,
         )
 
-    async def _supervise(self, worker: _Worker) -> None:
+    async def _supervise(self, worker: WorkerHandle) -> None:
         delay = 0.0
         while not self._stopping:
             if delay:
@@ -401,7 +316,7 @@ class WorkerPool:
                 await self._run_worker(worker)
             except Exception:
                 log.exception("data-plane worker %d failed", worker.slot)
-            self._release(worker)
+            worker.ledger.release(self._instances)
             if not worker.ready.is_set():
                 self._start_failed.set()
             if self.stopping:
@@ -415,13 +330,13 @@ class WorkerPool:
             worker.restarts += 1
             log.warning("data-plane worker pid=%s exited; restarting in %.1f s", worker.pid, delay)
 
-    async def _run_worker(self, worker: _Worker) -> None:
+    async def _run_worker(self, worker: WorkerHandle) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "tako.server.proxy.worker",
+                "tako.server.workers.child",
                 str(theirs.fileno()),
                 str(os.getpid()),
                 pass_fds=(theirs.fileno(),),
@@ -432,26 +347,14 @@ class WorkerPool:
         worker.proc = proc
         worker.pid = proc.pid
         worker.last_heard = time.monotonic()
-        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=LINE_LIMIT)
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_FROM_WORKER)
         worker.writer = writer
         try:
-            writer.write(self._config_line())
+            writer.write(encode(self._configure()))
             self._send_snapshot(worker)
             writer.write(self._status_line())
             self._push_tokens(force=True)
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                worker.last_heard = time.monotonic()
-                message = json.loads(line)
-                kind = message["t"]
-                if kind == "report":
-                    self._on_report(worker, message)
-                elif kind == "wake":
-                    self._wake(message["app"])
-                elif kind == "ready":
-                    worker.ready.set()
+            await self._read_messages(worker, reader)
         finally:
             worker.writer = None
             writer.close()
@@ -459,3 +362,23 @@ class WorkerPool:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
             await proc.wait()
+
+    async def _read_messages(self, worker: WorkerHandle, reader: asyncio.StreamReader) -> None:
+        """Until the worker closes its channel; a message that does not parse ends the worker."""
+        while line := await reader.readline():
+            worker.last_heard = time.monotonic()
+            try:
+                self._on_message(worker, decode_from_worker(line))
+            except ProtocolError as exc:
+                log.error("data-plane worker pid=%s: %s; killing it", worker.pid, exc)
+                return
+
+    def _on_message(self, worker: WorkerHandle, message: FromWorker) -> None:
+        match message:
+            case Report():
+                worker.ledger.apply(message, self._instances)
+            case Wake():
+                self._wake(message.app)
+            case Ready():
+                check_channel(message.channel, f"worker pid={worker.pid}")
+                worker.ready.set()

@@ -1,0 +1,370 @@
+"""A data-plane worker process (`[server] workers = N`): a `ProxyServer` on the shared ports (SO_REUSEPORT)
+fed routing snapshots, the status document and ACME tokens by the main process over a socketpair (the
+messages of `tako.server.workers.messages`); it reports per-instance in-flight counters back in batches and
+asks the main process to cold-start apps.
+
+Run by the supervisor as `python -m tako.server.workers.child FD PARENT_PID`; never started by hand.
+
+When the main process disappears, a worker today stops at once: the kernel SIGKILLs it when its parent
+dies (`PR_SET_PDEATHSIG`), and if its channel closes otherwise it stops accepting and gives in-flight
+requests at most one second. It never serves on from its last routing snapshot alone: its counts could no
+longer hold a drain or an idle stop back, so an instance could be stopped under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from tako.errors import ProtocolError
+from tako.routing import RouteTable, parse_route
+from tako.server.proxy.backend import AppUnavailable, Snapshot, pick_next
+from tako.server.proxy.cold_start import ColdStartQueue
+from tako.server.proxy.server import ProxyServer
+from tako.server.tls.certstore import CertStore
+from tako.server.tls.challenges import CHALLENGES_DIR, ChallengeStore, read_token_file
+from tako.server.workers.messages import (
+    CHANNEL_VERSION,
+    MAX_TO_WORKER,
+    AcmeTokens,
+    AppRouting,
+    Configure,
+    Counters,
+    FromWorker,
+    Ready,
+    Report,
+    RoutingSnapshot,
+    StatusDocument,
+    Stop,
+    ToWorker,
+    Wake,
+    WakeFailed,
+    check_channel,
+    decode_to_worker,
+    encode,
+)
+from tako.server.workers.served_by import stamp_served_by
+
+log = logging.getLogger("tako.server.worker")
+
+REPORT_INTERVAL = 0.05  # in-flight counts reach the main process at most this late
+HEARTBEAT = 1.0  # a report is sent at least this often, so the main process can tell a hung worker
+WAKE_RESEND = 1.0  # a waiting cold start asks the main process again this often
+ORPHAN_DRAIN = 1.0  # seconds in-flight requests get when the channel to the main process closes
+_PR_SET_PDEATHSIG = 1
+
+
+class WorkerUpstream:
+    """One instance as a worker sees it: address plus local counters (hot path: two integer updates)."""
+
+    __slots__ = ("host", "inflight", "key", "port", "reported", "starts")
+
+    def __init__(self, key: str, host: str, port: int) -> None:
+        self.key = key
+        self.host = host
+        self.port = port
+        self.inflight = 0
+        self.starts = 0  # cumulative, so the main process sees activity even if in-flight did not change
+        self.reported = (0, 0)
+
+    def request_started(self) -> None:
+        self.inflight += 1
+        self.starts += 1
+
+    def request_finished(self) -> None:
+        self.inflight -= 1
+
+
+class WorkerGate:
+    """The proxy's `AppGate` in a worker; updated in place by each snapshot so cold-start waiters see it."""
+
+    def __init__(self, name: str, child: DataPlaneChild) -> None:
+        self.name = name
+        self.rotation: tuple[WorkerUpstream, ...] = ()
+        self.stopped = False
+        self.request_buffering = True
+        self.gone = False
+        self.failure: AppUnavailable | None = None
+        self.waking = False
+        self._child = child
+        self._rr = 0
+        self._changed = asyncio.Event()
+        self._queue = ColdStartQueue()
+
+    def pick(self) -> WorkerUpstream | None:
+        self._rr, chosen = pick_next(self.rotation, self._rr)
+        return chosen
+
+    async def wait_upstream(self) -> WorkerUpstream:
+        config = self._child.config
+        return await self._queue.wait(self, config.cold_start_queue, config.cold_start_timeout)
+
+    def is_stopped(self) -> bool:
+        return self.stopped or self.gone
+
+    async def await_cold_start(self, remaining: float) -> None:
+        """Ask the main process for an instance and wait for a snapshot (or a failure) about this app."""
+        if not self.waking:
+            self.failure = None
+            self.waking = True
+            self._child.send(Wake(app=self.name))
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), min(remaining, WAKE_RESEND))
+        if not changed.is_set():
+            self.waking = False  # nothing heard for a while: ask again (the main process dedupes wakes)
+        failure = self.failure
+        if failure is not None and not self.rotation:
+            raise AppUnavailable(failure.reason, status=failure.status, retry_after=failure.retry_after)
+
+    def update(self, app: AppRouting, rotation: tuple[WorkerUpstream, ...]) -> None:
+        self.rotation = rotation
+        self.stopped = app.stopped
+        self.request_buffering = app.request_buffering
+        self.gone = False
+        if rotation:
+            self.waking = False
+        self.notify()
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
+class DataPlaneChild:
+    """The worker's side of the channel, and the `ServerServices` its listeners answer from."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, config: Configure) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.config = config
+        self.data_dir = Path(config.data_dir)
+        self.version = 0
+        self.gates: dict[str, WorkerGate] = {}
+        self.upstreams: dict[str, WorkerUpstream] = {}
+        # The proxy's `Router` as it is: a route table from patterns to gates, rebuilt on every snapshot.
+        self.router: RouteTable[WorkerGate] = RouteTable(())
+        self.challenges = ChallengeStore()
+        self._status: tuple[int, bytes] | None = None
+        self._routed = False
+        # Set once a routing snapshot and the status document arrived: only then does the worker listen,
+        # so a restarted worker never refuses a routed host's TLS handshake or answers status with 503.
+        self.primed = asyncio.Event()
+        self._acked = -1
+        self._keep: set[str] = set()
+        self._last_sent = 0.0
+        self.proxy: ProxyServer | None = None
+        self.stopping = asyncio.Event()
+        self.stop_timeout = config.drain_timeout
+
+    # -- ServerServices -------------------------------------------------------------------------------
+    def status_document(self) -> tuple[int, bytes]:
+        return self._status or (503, b'{"error":"starting"}')
+
+    def acme_key_authorization(self, token: str) -> str | None:
+        found = self.challenges.get(token)
+        if found is None:  # set by the issuer, not pushed here yet
+            found = read_token_file(self.data_dir / CHALLENGES_DIR, token)
+        return found
+
+    # -- channel --------------------------------------------------------------------------------------
+    def send(self, message: FromWorker) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(encode(message))
+
+    def apply(self, message: ToWorker) -> None:
+        """One message from the main process."""
+        match message:
+            case RoutingSnapshot():
+                self.apply_snapshot(message)
+            case StatusDocument():
+                body = stamp_served_by(message.body.encode(), os.getpid())
+                self._status = (message.code, body)
+            case AcmeTokens():
+                self.apply_tokens(message.tokens)
+            case WakeFailed():
+                self.apply_wake_failed(message)
+            case Stop():
+                self.stop(message.timeout)
+            case Configure():
+                raise ProtocolError("the main process sent its configuration twice")
+        if self._routed and self._status is not None:
+            self.primed.set()
+
+    def stop(self, timeout: float) -> None:
+        self.stop_timeout = min(self.stop_timeout, timeout) if self.stopping.is_set() else timeout
+        self.stopping.set()
+
+    def apply_snapshot(self, snapshot: RoutingSnapshot) -> None:
+        entries = []
+        keep: set[str] = set()
+        for app in snapshot.apps:
+            gate = self.gates.get(app.name)
+            if gate is None:
+                gate = self.gates[app.name] = WorkerGate(app.name, self)
+            gate.update(app, tuple(self._upstream(a.key, a.host, a.port) for a in app.rotation))
+            keep.update(a.key for a in app.rotation)
+            entries += [(parse_route(route), gate) for route in app.routes]
+        listed = {app.name for app in snapshot.apps}
+        for name in [n for n in self.gates if n not in listed]:
+            gate = self.gates.pop(name)
+            gate.gone = True
+            gate.rotation = ()
+            gate.notify()
+        self.router = RouteTable(entries)
+        self.version = snapshot.version
+        self._routed = True
+        self._keep = keep
+        if self.proxy is not None:
+            self.proxy.set_snapshot(Snapshot(router=self.router))
+        log.debug(
+            "routing snapshot %d applied: %d app(s), %d instance(s) in rotation",
+            snapshot.version,
+            len(snapshot.apps),
+            len(keep),
+        )
+        self.report()  # acknowledges this version with counts taken after it applies
+
+    def _upstream(self, key: str, host: str, port: int) -> WorkerUpstream:
+        up = self.upstreams.get(key)
+        if up is None or up.port != port or up.host != host:
+            up = self.upstreams[key] = WorkerUpstream(key, host, port)
+        return up
+
+    def report(self) -> None:
+        """Send changed per-instance counters (and the applied snapshot version) to the main process."""
+        changed: dict[str, Counters] = {}
+        for key, up in list(self.upstreams.items()):
+            counters = (up.inflight, up.starts)
+            if counters != up.reported:
+                changed[key] = Counters(inflight=up.inflight, starts=up.starts)
+                up.reported = counters
+            elif up.inflight <= 0 and key not in self._keep:
+                del self.upstreams[key]  # out of every rotation, idle, and its zero already reported
+        now = time.monotonic()
+        if changed or self.version != self._acked or now - self._last_sent >= HEARTBEAT:
+            self._acked = self.version
+            self._last_sent = now
+            self.send(Report(version=self.version, counters=changed))
+
+    def apply_tokens(self, tokens: dict[str, str]) -> None:
+        store = ChallengeStore()
+        for token, value in tokens.items():
+            with contextlib.suppress(ValueError):
+                store.set(token, value)
+        self.challenges = store
+
+    def apply_wake_failed(self, message: WakeFailed) -> None:
+        gate = self.gates.get(message.app)
+        if gate is not None:
+            gate.waking = False
+            gate.failure = AppUnavailable(
+                message.reason, status=message.status, retry_after=message.retry_after
+            )
+            gate.notify()
+
+    async def read_loop(self) -> None:
+        """Apply messages until the main process says stop or goes away."""
+        while line := await self.reader.readline():
+            try:
+                self.apply(decode_to_worker(line))
+            except Exception:
+                # Serving stale routes would be worse than a restart: exit, the main process starts another.
+                log.exception("bad message from the main process; stopping")
+                break
+        else:
+            log.warning("the main process closed the channel; stopping")
+        self.stop(ORPHAN_DRAIN)
+
+    async def report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL)
+            self.report()
+
+
+def _die_with_parent(parent: int) -> None:
+    """No orphan if the main process is SIGKILLed: the kernel kills us when it dies (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+async def _configure(reader: asyncio.StreamReader) -> Configure:
+    """The first message: the configuration, from a main process that speaks this channel version."""
+    config = decode_to_worker(await reader.readline())
+    if not isinstance(config, Configure):
+        raise ProtocolError(f"the main process sent {config.kind!r} before its configuration")
+    check_channel(config.channel, "the main process")
+    logging.getLogger().setLevel(config.log_level)
+    return config
+
+
+async def serve(fd: int) -> None:
+    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd), limit=MAX_TO_WORKER)
+    child = DataPlaneChild(reader, writer, await _configure(reader))
+    config = child.config
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, child.stopping.set)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # Ctrl-C reaches the group: the main stops us
+    proxy = child.proxy = ProxyServer(
+        config.proxy,
+        child,
+        CertStore(child.data_dir / "certs", child.router.is_routed_host),
+        Snapshot(router=child.router),
+        https_redirect_port=config.https_port,
+        reuse_port=True,
+        body_dir=child.data_dir / "tmp",  # as in the main process
+    )
+    reading = asyncio.create_task(child.read_loop())
+    await _first_of(child.primed, child.stopping)  # routes and status first, then listen
+    if not child.stopping.is_set():
+        http_port = await proxy.start_http(config.listen, config.http_port)
+        https_port = await proxy.start_https(config.listen, config.https_port)
+        child.send(Ready(CHANNEL_VERSION, pid=os.getpid(), http_port=http_port, https_port=https_port))
+    reporting = asyncio.create_task(child.report_loop())
+    await child.stopping.wait()
+    await proxy.shutdown(child.stop_timeout)
+    child.report()  # the last counts (all zero once drained)
+    reporting.cancel()
+    reading.cancel()
+    with contextlib.suppress(Exception):
+        await writer.drain()
+    writer.close()
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+
+
+def main() -> None:
+    fd = int(sys.argv[1])
+    _die_with_parent(int(sys.argv[2]))
+    logging.basicConfig(
+        level=logging.INFO,  # until the configuration names tako-server's level
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+    import uvloop
+
+    try:
+        uvloop.run(serve(fd))
+    except ProtocolError as exc:
+        log.error("cannot start: %s%s", exc, f" ({exc.hint})" if exc.hint else "")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

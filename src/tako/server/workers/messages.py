@@ -1,0 +1,180 @@
+"""The channel between tako-server's main process and a data-plane worker: one frozen dataclass per
+message, sent as one JSON line (`{"kind": ..., ...fields}`) and checked on arrival by the control
+protocol's codec, over a socketpair. Nothing travels on it per request.
+
+Main process → worker: `Configure` (first and once), then `RoutingSnapshot`, `StatusDocument`,
+`AcmeTokens`, `WakeFailed` and `Stop` as things change. Worker → main process: `Ready` (listening),
+`Report` (in-flight counters and the snapshot applied, every 50 ms when something changed and at least
+every second) and `Wake` (a request waits for an on-demand app). `Configure` and `Ready` carry
+`CHANNEL_VERSION`, raised whenever a message changes meaning, so processes of two Tako versions (a worker
+restarted after the files on disk were upgraded) refuse each other with a clear error instead of
+misreading a field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from tako.config.server import ProxySettings
+from tako.errors import ProtocolError
+from tako.protocol.codec import decode_message, encode_message
+
+CHANNEL_VERSION = 1
+TAG = "kind"
+MAX_TO_WORKER = 64 * 1024 * 1024  # a routing snapshot lists every app, route and instance
+MAX_FROM_WORKER = 16 * 1024 * 1024
+
+
+# -- main process → worker ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Configure:
+    """What a worker needs to serve: listeners, data dir, proxy limits, cold-start bounds, log level."""
+
+    kind: ClassVar[str] = "configure"
+    channel: int
+    log_level: str  # a `logging` level name, as tako-server's own `--log-level`
+    listen: str
+    http_port: int
+    https_port: int
+    data_dir: str  # certificates, ACME challenge files and buffered bodies live below it
+    proxy: ProxySettings
+    cold_start_queue: int
+    cold_start_timeout: float
+    drain_timeout: float
+
+
+@dataclass(frozen=True)
+class InstanceAddress:
+    """An instance in rotation; `key` names it in reports."""
+
+    key: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class AppRouting:
+    name: str
+    routes: tuple[str, ...]
+    rotation: tuple[InstanceAddress, ...]
+    stopped: bool  # stopped, or going away: answered 503 without a cold start
+    request_buffering: bool
+
+
+@dataclass(frozen=True)
+class RoutingSnapshot:
+    """Every app's routes and instances in rotation, sent on every route or instance change."""
+
+    kind: ClassVar[str] = "snapshot"
+    version: int  # increases with each snapshot; a `Report` acknowledges the one applied
+    apps: tuple[AppRouting, ...]
+
+
+@dataclass(frozen=True)
+class StatusDocument:
+    """The `/_tako/status` answer as the main process computed it (the worker adds `served_by`)."""
+
+    kind: ClassVar[str] = "status"
+    code: int
+    body: str
+
+
+@dataclass(frozen=True)
+class AcmeTokens:
+    """Every pending HTTP-01 token with its key authorization (the whole set, replacing the last)."""
+
+    kind: ClassVar[str] = "tokens"
+    tokens: dict[str, str]
+
+
+@dataclass(frozen=True)
+class WakeFailed:
+    """A cold start a worker asked for failed: its waiting requests get this answer."""
+
+    kind: ClassVar[str] = "wake_failed"
+    app: str
+    reason: str
+    status: int
+    retry_after: int | None
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Stop accepting, finish in-flight requests within `timeout` seconds, exit."""
+
+    kind: ClassVar[str] = "stop"
+    timeout: float
+
+
+# -- worker → main process ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ready:
+    """The worker listens on both ports."""
+
+    kind: ClassVar[str] = "ready"
+    channel: int
+    pid: int
+    http_port: int
+    https_port: int
+
+
+@dataclass(frozen=True)
+class Counters:
+    inflight: int
+    starts: int  # cumulative: activity shows even when requests came and went between two reports
+
+
+@dataclass(frozen=True)
+class Report:
+    """Counters that changed since the last report, and the routing snapshot version applied."""
+
+    kind: ClassVar[str] = "report"
+    version: int
+    counters: dict[str, Counters]
+
+
+@dataclass(frozen=True)
+class Wake:
+    """A request waits for an app with no instance: the main process cold-starts it."""
+
+    kind: ClassVar[str] = "wake"
+    app: str
+
+
+ToWorker = Configure | RoutingSnapshot | StatusDocument | AcmeTokens | WakeFailed | Stop
+FromWorker = Ready | Report | Wake
+
+TO_WORKER: dict[str, type[ToWorker]] = {
+    cls.kind: cls for cls in (Configure, RoutingSnapshot, StatusDocument, AcmeTokens, WakeFailed, Stop)
+}
+FROM_WORKER: dict[str, type[FromWorker]] = {cls.kind: cls for cls in (Ready, Report, Wake)}
+
+
+def encode(message: ToWorker | FromWorker) -> bytes:
+    return encode_message(message, TAG, message.kind)
+
+
+def decode_to_worker(line: bytes) -> ToWorker:
+    """A line from the main process; ProtocolError if it is not one of its messages."""
+    message: ToWorker = decode_message(
+        line, TO_WORKER, tag=TAG, noun="message from the main process", limit=MAX_TO_WORKER
+    )
+    return message
+
+
+def decode_from_worker(line: bytes) -> FromWorker:
+    """A line from a worker; ProtocolError if it is not one of its messages."""
+    message: FromWorker = decode_message(
+        line, FROM_WORKER, tag=TAG, noun="message from a worker", limit=MAX_FROM_WORKER
+    )
+    return message
+
+
+def check_channel(version: int, peer: str) -> None:
+    """Both ends must speak the same channel version."""
+    if version != CHANNEL_VERSION:
+        raise ProtocolError(
+            f"{peer} speaks worker channel version {version}, this process {CHANNEL_VERSION}",
+            hint="tako was upgraded under a running tako-server: restart tako-server",
+        )
