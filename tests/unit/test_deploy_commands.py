@@ -49,16 +49,20 @@ def test_extract_refuses_escaping_symlinks(tmp_path: Path) -> None:
     assert b"links outside the release" in result.stderr
 
 
-def test_finalize_switches_current_prunes_and_unlocks(tmp_path: Path) -> None:
-    import os
-
+def releases_v0_to(count: int, tmp_path: Path) -> tuple[AppLayout, Path]:
+    """An app layout with releases v0 .. v<count-1>, each newer than the one before."""
     layout = AppLayout("app", root=str(tmp_path))
     releases = Path(layout.releases)
     releases.mkdir(parents=True)
-    for i in range(8):
+    for i in range(count):
         d = releases / f"v{i}"
         d.mkdir()
         os.utime(d, (1000 + i, 1000 + i))
+    return layout, releases
+
+
+def test_finalize_switches_current_prunes_and_unlocks(tmp_path: Path) -> None:
+    layout, releases = releases_v0_to(8, tmp_path)
     assert run(commands.acquire_lock(layout, "me")).returncode == 0
     assert run(commands.finalize(layout, "v2", "n1", "me", keep=5)).returncode == 0
     assert os.readlink(layout.current) == "releases/v2"
@@ -68,13 +72,7 @@ def test_finalize_switches_current_prunes_and_unlocks(tmp_path: Path) -> None:
 
 
 def test_prune_keeps_exactly_keep_releases_with_the_live_one_among_the_newest(tmp_path: Path) -> None:
-    layout = AppLayout("app", root=str(tmp_path))
-    releases = Path(layout.releases)
-    releases.mkdir(parents=True)
-    for i in range(4):
-        d = releases / f"v{i}"
-        d.mkdir()
-        os.utime(d, (1000 + i, 1000 + i))
+    layout, releases = releases_v0_to(4, tmp_path)
     assert run(commands.finalize(layout, "v3", "n1", "", keep=2, unlock=False)).returncode == 0
     assert sorted(p.name for p in releases.iterdir()) == ["v2", "v3"]
 
