@@ -183,9 +183,13 @@ async def _read_response(reader: asyncio.StreamReader, timeout: float = 30.0) ->
             if not chunk:
                 return data
             data += chunk
-            parsed = parse_responses(data)
-            if parsed and parsed[0].complete:
+            if _one_response_in(data):
                 return data
+
+
+def _one_response_in(data: bytes) -> bool:
+    parsed = parse_responses(data)
+    return bool(parsed) and parsed[0].complete
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
@@ -367,8 +371,7 @@ def _read_blocking(tls: ssl.SSLSocket, timeout: float = 30.0) -> bytes:
         if not chunk:
             return data
         data += chunk
-        parsed = parse_responses(data)
-        if parsed and parsed[0].complete:
+        if _one_response_in(data):
             return data
 
 

@@ -183,28 +183,12 @@ class HttpUpstream:
                     while await reader.readuntil(b"\r\n") != b"\r\n":
                         pass
                     break
-                remaining = size
-                while remaining:
-                    data = await reader.read(min(remaining, 262144))
-                    if not data:
-                        raise asyncio.IncompleteReadError(b"", remaining)
-                    digest.update(data)
-                    remaining -= len(data)
-                    if slow:
-                        await asyncio.sleep(0.001)
+                await _hash_exactly(reader, size, digest, slow)
                 total += size
                 await reader.readexactly(2)
         elif "content-length" in headers:
-            remaining = int(headers["content-length"])
-            total = remaining
-            while remaining:
-                data = await reader.read(min(remaining, 262144))
-                if not data:
-                    raise asyncio.IncompleteReadError(b"", remaining)
-                digest.update(data)
-                remaining -= len(data)
-                if slow:
-                    await asyncio.sleep(0.001)
+            total = int(headers["content-length"])
+            await _hash_exactly(reader, total, digest, slow)
         return total, digest.hexdigest()
 
 
@@ -259,3 +243,16 @@ class WebSocketUpstream:
             self._server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
+
+
+async def _hash_exactly(reader: asyncio.StreamReader, size: int, digest: Any, slow: bool) -> None:
+    """Read `size` bytes into `digest`; `slow` pauses after each read (the reader falls behind)."""
+    remaining = size
+    while remaining:
+        data = await reader.read(min(remaining, 262144))
+        if not data:
+            raise asyncio.IncompleteReadError(b"", remaining)
+        digest.update(data)
+        remaining -= len(data)
+        if slow:
+            await asyncio.sleep(0.001)
