@@ -49,8 +49,11 @@ def rollback(version: str | None, env: str, yes: bool) -> None:
             highlight=False,
         )
 
+    def say(server: str, text: str) -> None:
+        console.print(f"  {server}: {text}", highlight=False, markup=False)
+
     results = asyncio.run(
-        rollback_all(project.name, addresses, version, cli.known_hosts_path, on_interrupt=on_interrupt)
+        rollback_all(project.name, addresses, version, cli.known_hosts_path, say, on_interrupt=on_interrupt)
     )
     for result in results:
         if result.error is None:

@@ -10,12 +10,10 @@ so it keeps serving the previous release.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import os
-import signal
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
+from tako.deploy.interrupts import interrupts
 from tako.deploy.plan import DeployPlan, DeployTarget
 from tako.deploy.report import DeployReport, Outcome, Progress
 from tako.deploy.server_deploy import ServerDeploy, show
@@ -23,8 +21,6 @@ from tako.deploy.steps import CURRENT, DEPLOY, PREPARE, RELEASE, SWITCH
 from tako.errors import TakoError
 from tako.protocol import ERROR_UNKNOWN_APP, Delete, Deploy, Status
 from tako.remote.fanout import each_server
-
-INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 async def deploy_all(
@@ -42,7 +38,7 @@ async def deploy_all(
     """
     deploys = [ServerDeploy(plan, target, progress) for target in targets]
     try:
-        with _interrupts(deploys, on_interrupt):
+        with interrupts(deploys, on_interrupt):
             await _run(plan, deploys)
         _report(deploys)  # those held back or switched back without a report of their own
     finally:
@@ -164,35 +160,6 @@ def _report(deploys: Sequence[ServerDeploy]) -> None:
         if not d.reported:
             d.reported = True
             show(d.progress.finished, d.outcome())
-
-
-@contextlib.contextmanager
-def _interrupts(deploys: list[ServerDeploy], on_interrupt: Callable[[], None]) -> Iterator[None]:
-    interrupted = False
-
-    def interrupt(signum: int) -> None:
-        nonlocal interrupted
-        if interrupted:
-            os._exit(128 + signum)  # the second interrupt: the user wants out now, whatever is left
-        interrupted = True
-        on_interrupt()
-        for d in deploys:
-            if not d.committed and d.interrupt() and d.task is not None:
-                d.task.cancel()
-
-    loop = asyncio.get_running_loop()
-    installed = []
-    for signum in INTERRUPT_SIGNALS:
-        try:
-            loop.add_signal_handler(signum, interrupt, signum)
-            installed.append(signum)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread (tests calling this directly): no handler
-    try:
-        yield
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
 
 
 def build_report(plan: DeployPlan, outcomes: list[Outcome]) -> DeployReport:

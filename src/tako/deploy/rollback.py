@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tako.deploy import commands
+from tako.deploy.interrupts import interrupts
 from tako.deploy.layout import TAKO_ROOT, AppLayout
 from tako.deploy.lock import lock_holder, stale_own_lock
 from tako.deploy.releases import ServerReleases, server_releases
@@ -26,11 +26,12 @@ from tako.remote.connection import ServerAddress, connect
 from tako.remote.executor import Executor
 from tako.remote.fanout import HostResult
 
-INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 INTERRUPTED = "interrupted before tako-server was asked to switch: nothing changed and the lock is released"
 
 # value: what the server serves now; error: why it was not switched
 RollbackOutcome = HostResult[str]
+# Told what a server's rollback is doing: (server name, text).
+Say = Callable[[str, str], None]
 
 
 class _Interrupted(Exception):
@@ -63,9 +64,16 @@ class ServerRollback:
     """One server's rollback, with the state its cleanup needs."""
 
     def __init__(
-        self, app: str, address: ServerAddress, wanted: str | None, known_hosts: Path, root: str = TAKO_ROOT
+        self,
+        app: str,
+        address: ServerAddress,
+        wanted: str | None,
+        known_hosts: Path,
+        say: Say,
+        root: str = TAKO_ROOT,
     ) -> None:
         self.app = app
+        self.say = say
         self.address = address
         self.wanted = wanted
         self.known_hosts = known_hosts
@@ -76,6 +84,7 @@ class ServerRollback:
         self.committed = False  # tako-server was asked: from then on the server finishes, interrupt or not
         self.interrupted = False
         self.step = "connect"
+        self.task: asyncio.Task[Any] | None = None  # running this rollback; an interrupt may cancel it
 
     def interrupt(self) -> bool:
         """Stop before the next step; True when the step in progress may be cancelled (only connecting:
@@ -83,12 +92,15 @@ class ServerRollback:
         self.interrupted = True
         return self.step == "connect"
 
-    def _enter(self, step: str) -> None:
+    def _enter(self, step: str, text: str) -> None:
         if self.interrupted:
             raise _Interrupted
         self.step = step
+        with contextlib.suppress(OSError):  # output gone (a closed terminal): the rollback goes on
+            self.say(self.address.name, text)
 
     async def run(self) -> RollbackOutcome:
+        self.task = asyncio.current_task()
         try:
             return HostResult(self.address, value=await self._switch())
         except TakoError as exc:
@@ -106,16 +118,17 @@ class ServerRollback:
                 await self.executor.close()
 
     async def _switch(self) -> str:
+        self._enter("connect", f"connecting to {self.address.host}")
         self.executor = ex = Executor(await connect(self.address, self.known_hosts), self.address)
-        self._enter("lock")
+        self._enter("lock", "taking the deploy lock")
         await self._lock(ex)
-        self._enter("releases")
+        self._enter("releases", "listing releases, asking tako-server which one is live")
         found = await server_releases(ex, self.app, self.layout.root)
         version = choose_version(self.app, found, self.wanted)
         if version == found.live:
             await self._unlock(ex)
             return f"{version} is already live"
-        self._enter("deploy")
+        self._enter("deploy", f"switching from {found.live} to {version} (rolling update)")
         self.committed = True
         request = Deploy(
             app=self.app,
@@ -169,36 +182,13 @@ async def rollback_all(
     servers: Sequence[ServerAddress],
     wanted: str | None,
     known_hosts: Path,
+    say: Say,
     *,
     on_interrupt: Callable[[], None] = lambda: None,
     root: str = TAKO_ROOT,
 ) -> list[RollbackOutcome]:
-    """Every server's rollback at once. The first SIGINT, SIGTERM or SIGHUP stops the servers not yet
-    switching (lock released, nothing changed) and lets the others finish; a second one exits at once."""
-    rollbacks = [ServerRollback(app, address, wanted, known_hosts, root) for address in servers]
-    tasks = [asyncio.ensure_future(r.run()) for r in rollbacks]
-    interrupted = False
-
-    def interrupt(signum: int) -> None:
-        nonlocal interrupted
-        if interrupted:
-            os._exit(128 + signum)  # the second interrupt: the user wants out now
-        interrupted = True
-        on_interrupt()
-        for rollback, task in zip(rollbacks, tasks, strict=True):
-            if not rollback.committed and not task.done() and rollback.interrupt():
-                task.cancel()
-
-    loop = asyncio.get_running_loop()
-    installed = []
-    for signum in INTERRUPT_SIGNALS:
-        try:
-            loop.add_signal_handler(signum, interrupt, signum)
-            installed.append(signum)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread (tests calling this directly): no handler
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
+    """Every server's rollback at once; Ctrl-C stops those not yet switching (tako.deploy.interrupts):
+    their lock is released and nothing changed."""
+    rollbacks = [ServerRollback(app, address, wanted, known_hosts, say, root) for address in servers]
+    with interrupts(rollbacks, on_interrupt):
+        return list(await asyncio.gather(*(r.run() for r in rollbacks)))
