@@ -8,17 +8,14 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from tests.support.git import git as run_git
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def git(project: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=Tako Test", "-c", "user.email=test@tako.test", *args],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    """`git ARGS` in `project` as a fixed author."""
+    return run_git(project, "-c", "user.name=Tako Test", "-c", "user.email=test@tako.test", *args)
 
 
 def make_project(
