@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -9,12 +10,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from tests.support.projects import git, make_project
 
+from tako.cli.releases import releases_json, render_releases
 from tako.deploy.layout import AppLayout
 from tako.deploy.releases import ServerReleases, list_releases, parse_listing, release_info
 from tako.deploy.rollback import choose_version
-from tako.errors import DeployError
+from tako.errors import DeployError, RemoteError
+from tako.remote.connection import ServerAddress
+from tako.remote.fanout import HostResult
 
 
 def _listing(layout: AppLayout) -> str:
@@ -110,3 +115,22 @@ def test_a_rollback_that_cannot_be_done_says_why_and_what_the_server_has(
     with pytest.raises(DeployError) as info:
         choose_version("app", found, wanted)
     assert message in info.value.message and info.value.hint and hint in info.value.hint
+
+
+def test_the_listing_names_servers_that_disagree_and_those_it_cannot_reach() -> None:
+    a, b, c = (ServerAddress(name, f"10.0.0.{i}") for i, name in enumerate(("a", "b", "c"), 1))
+    results = [
+        HostResult(a, value=_kept("v2", "v1", live="v2")),
+        HostResult(b, value=_kept("v1", live="v1")),
+        HostResult(c, error=RemoteError("c: connection refused")),
+    ]
+    console = Console(file=io.StringIO(), width=200, no_color=True)
+    render_releases(console, "app", results)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "a: app, live v2, 2 release(s) kept" in text and "  * v2 " in text and "    v1 " in text
+    assert "✗ c: c: connection refused" not in text and "✗ c: connection refused" in text
+    assert "servers disagree on the live release: a runs v2, b runs v1" in text
+    doc = releases_json(results)
+    assert [s["live"] for s in doc] == ["v2", "v1", None]
+    assert doc[2]["reachable"] is False and doc[2]["releases"] == []
+    assert [r["live"] for r in doc[0]["releases"]] == [True, False]

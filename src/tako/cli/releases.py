@@ -38,7 +38,7 @@ def render_releases(console: Console, app: str, results: list[HostResult[ServerR
     for result in results:
         name = result.server.name
         if result.value is None:
-            console.print(f"✗ {name}: {result.error}", highlight=False)
+            console.print(f"✗ {name}: {_error(result)}", highlight=False, markup=False)
             continue
         found = result.value
         live = found.live or "nothing (not running)"
@@ -57,6 +57,11 @@ def render_releases(console: Console, app: str, results: list[HostResult[ServerR
         console.print(f"! {line}", highlight=False)
 
 
+def _error(result: HostResult[ServerReleases]) -> str:
+    """Why a server could not be listed, without the server's name that remote errors start with."""
+    return str(result.error).removeprefix(f"{result.server.name}: ")
+
+
 def releases_json(results: list[HostResult[ServerReleases]]) -> list[dict[str, Any]]:
     doc = []
     for result in results:
@@ -65,7 +70,7 @@ def releases_json(results: list[HostResult[ServerReleases]]) -> list[dict[str, A
             {
                 "server": result.server.name,
                 "reachable": found is not None,
-                "error": str(result.error) if result.error is not None else None,
+                "error": _error(result) if result.error is not None else None,
                 "live": found.live if found is not None else None,
                 "releases": [e.as_json(e.version == found.live) for e in found.releases] if found else [],
             }
