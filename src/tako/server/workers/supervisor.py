@@ -23,27 +23,8 @@ from tako.server.apps.instance import Instance
 from tako.server.apps.registry import AppRegistry
 from tako.server.proxy.backend import AppUnavailable, ServerServices, Snapshot
 from tako.server.tls.challenges import ChallengeStore
+from tako.server.workers import messages
 from tako.server.workers.ledger import InflightLedger
-from tako.server.workers.messages import (
-    CHANNEL_VERSION,
-    MAX_FROM_WORKER,
-    AcmeTokens,
-    AppRouting,
-    Configure,
-    FromWorker,
-    InstanceAddress,
-    Ready,
-    Report,
-    RoutingSnapshot,
-    StatusDocument,
-    Stop,
-    ToWorker,
-    Wake,
-    WakeFailed,
-    check_channel,
-    decode_from_worker,
-    encode,
-)
 
 log = logging.getLogger("tako.server.workers")
 
@@ -150,7 +131,7 @@ class WorkerPool:
     async def stop(self, timeout: float) -> None:
         """Workers stop accepting and finish in-flight requests within `timeout`, then exit."""
         self._stopping = True
-        self._broadcast(Stop(timeout=timeout))
+        self._broadcast(messages.Stop(timeout=timeout))
         procs = [w.proc for w in self.workers if w.proc is not None and w.proc.returncode is None]
         if procs:
             _, pending = await asyncio.wait(
@@ -177,8 +158,8 @@ class WorkerPool:
     def info(self) -> list[dict[str, Any]]:
         return [{"pid": w.pid, "restarts": w.restarts} for w in self.workers]
 
-    def _broadcast(self, message: ToWorker) -> None:
-        line = encode(message)
+    def _broadcast(self, message: messages.ToWorker) -> None:
+        line = messages.encode(message)
         for worker in self.workers:
             worker.send(line)
 
@@ -192,10 +173,10 @@ class WorkerPool:
             instances.update((inst.key, inst) for inst in app.instances)
             rotation.update((inst.key, inst) for inst in app.rotation)
             apps.append(
-                AppRouting(
+                messages.AppRouting(
                     name=app.name,
                     routes=tuple(app.routes),
-                    rotation=tuple(InstanceAddress(i.key, i.host, i.port) for i in app.rotation),
+                    rotation=tuple(messages.InstanceAddress(i.key, i.host, i.port) for i in app.rotation),
                     stopped=app.stopped or app.closing,
                     request_buffering=app.request_buffering,
                 )
@@ -207,7 +188,8 @@ class WorkerPool:
                     instances[key] = self._instances[key]
         self._instances = instances
         self._rotation = rotation
-        self._snapshot_line = encode(RoutingSnapshot(version=self.version, apps=tuple(apps)))
+        snapshot = messages.RoutingSnapshot(version=self.version, apps=tuple(apps))
+        self._snapshot_line = messages.encode(snapshot)
         for worker in self.workers:
             if worker.writer is not None:
                 self._send_snapshot(worker)
@@ -220,7 +202,7 @@ class WorkerPool:
     # -- status and ACME tokens -----------------------------------------------------------------------
     def _status_line(self) -> bytes:
         code, body = self.services.status_document()
-        return encode(StatusDocument(code=code, body=body.decode()))
+        return messages.encode(messages.StatusDocument(code=code, body=body.decode()))
 
     def _push_status_soon(self) -> None:
         if not self._status_pending:
@@ -241,7 +223,7 @@ class WorkerPool:
             tokens = dict(self.challenges._pending)
         if tokens != self._tokens or force:
             self._tokens = tokens
-            self._broadcast(AcmeTokens(tokens=tokens))
+            self._broadcast(messages.AcmeTokens(tokens=tokens))
 
     async def _status_loop(self) -> None:
         last_status = 0.0
@@ -280,8 +262,8 @@ class WorkerPool:
         try:
             await app.wait_upstream()
         except AppUnavailable as exc:
-            failed = WakeFailed(app=name, reason=exc.reason, status=exc.status, retry_after=exc.retry_after)
-            self._broadcast(failed)
+            reason, status, retry_after = exc.reason, exc.status, exc.retry_after
+            self._broadcast(messages.WakeFailed(name, reason, status, retry_after))
 
     # -- supervision ----------------------------------------------------------------------------------
     def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -290,10 +272,10 @@ class WorkerPool:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _configure(self) -> Configure:
+    def _configure(self) -> messages.Configure:
         cfg = self.config
-        return Configure(
-            channel=CHANNEL_VERSION,
+        return messages.Configure(
+            channel=messages.CHANNEL_VERSION,
             # This process's level (tako-server --log-level), so a worker logs what the main process does.
             log_level=logging.getLevelName(logging.getLogger("tako").getEffectiveLevel()),
             listen=cfg.server.listen,
@@ -347,10 +329,10 @@ class WorkerPool:
         worker.proc = proc
         worker.pid = proc.pid
         worker.last_heard = time.monotonic()
-        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_FROM_WORKER)
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=messages.MAX_FROM_WORKER)
         worker.writer = writer
         try:
-            writer.write(encode(self._configure()))
+            writer.write(messages.encode(self._configure()))
             self._send_snapshot(worker)
             writer.write(self._status_line())
             self._push_tokens(force=True)
@@ -368,17 +350,17 @@ class WorkerPool:
         while line := await reader.readline():
             worker.last_heard = time.monotonic()
             try:
-                self._on_message(worker, decode_from_worker(line))
+                self._on_message(worker, messages.decode_from_worker(line))
             except ProtocolError as exc:
                 log.error("data-plane worker pid=%s: %s; killing it", worker.pid, exc)
                 return
 
-    def _on_message(self, worker: WorkerHandle, message: FromWorker) -> None:
+    def _on_message(self, worker: WorkerHandle, message: messages.FromWorker) -> None:
         match message:
-            case Report():
+            case messages.Report():
                 worker.ledger.apply(message, self._instances)
-            case Wake():
+            case messages.Wake():
                 self._wake(message.app)
-            case Ready():
-                check_channel(message.channel, f"worker pid={worker.pid}")
+            case messages.Ready():
+                messages.check_channel(message.channel, f"worker pid={worker.pid}")
                 worker.ready.set()
