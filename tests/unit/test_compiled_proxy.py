@@ -27,24 +27,27 @@ BUILD_COMMAND = ".venv/bin/python setup.py build_ext --inplace"
 REQUIRE_BUILD_ENV = "TAKO_TEST_REQUIRE_COMPILED"
 
 _PROBE = (
-    "import json, tako.server.proxy as p, tako.server.proxy.client as c, tako.server.proxy.upstream as u;"
-    "print(json.dumps([p.compiled.mode(), c.__file__, u.__file__]))"
+    "import importlib, json, tako.server.proxy as p;"
+    "files = [importlib.import_module(f'{p.compiled.PACKAGE}.{m}').__file__ for m in p.compiled.MODULES];"
+    "print(json.dumps([p.compiled.mode(), *files]))"
 )
+SOURCES = tuple(f"{name}.py" for name in compiled.MODULES)
 
 
-def _probe(src: Path, **env: str) -> tuple[str, str, str]:
-    """Import the proxy from `src` in a new interpreter: its mode and where client and upstream came from."""
+def _probe(src: Path, **env: str) -> tuple[str, tuple[str, ...]]:
+    """Import the proxy from `src` in a new interpreter: its mode and the files its compiled-or-not
+    modules (cycle, upstream, client) came from."""
     environ = {k: v for k, v in os.environ.items() if k != compiled.PURE_PYTHON_ENV}
     environ.update(env, PYTHONPATH=str(src))
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE], env=environ, capture_output=True, text=True, timeout=60, check=True
     )
-    mode, client_file, upstream_file = json.loads(proc.stdout)
-    return mode, Path(client_file).name, Path(upstream_file).name
+    mode, *files = json.loads(proc.stdout)
+    return mode, tuple(Path(file).name for file in files)
 
 
 def _built_in_place() -> bool:
-    """Both modules compiled here, from the sources as they are now (what `compiled.select` trusts)."""
+    """All the modules compiled here, from the sources as they are now (what `compiled.select` trusts)."""
     try:
         manifest = json.loads((PROXY / compiled.MANIFEST).read_text())
     except (OSError, ValueError):
@@ -86,27 +89,22 @@ def test_this_checkout_runs_the_modules_it_was_told_to() -> None:
 
 
 def test_pure_python_on_request() -> None:
-    mode, client_file, upstream_file = _probe(SRC, TAKO_PURE_PYTHON="1")
-    assert (mode, client_file, upstream_file) == (
-        "python (TAKO_PURE_PYTHON is set)",
-        "client.py",
-        "upstream.py",
-    )
+    assert _probe(SRC, TAKO_PURE_PYTHON="1") == ("python (TAKO_PURE_PYTHON is set)", SOURCES)
 
 
 def test_a_build_older_than_its_source_is_not_used(tmp_path: Path) -> None:
     _needs_build()
-    # A checkout edited after its in-place build: the old compiled code must not run, for either module
-    # (they share C types, so both come from source).
+    # A checkout edited after its in-place build: the old compiled code must not run, for any of the modules
+    # (they share C types, so all come from source).
     copy = tmp_path / "src"
     shutil.copytree(SRC / "tako", copy / "tako", ignore=shutil.ignore_patterns("__pycache__"))
     assert _probe(copy)[0] == "compiled"
     with (copy / "tako" / "server" / "proxy" / "client.py").open("a") as fh:
         fh.write("# edited\n")
-    mode, client_file, upstream_file = _probe(copy)
+    mode, files = _probe(copy)
     assert mode.startswith("python (compiled from older sources of client;")
     assert "build_ext --inplace" in mode
-    assert (client_file, upstream_file) == ("client.py", "upstream.py")
+    assert files == SOURCES
 
 
 def test_without_a_manifest_the_build_is_not_trusted(tmp_path: Path) -> None:
@@ -114,18 +112,18 @@ def test_without_a_manifest_the_build_is_not_trusted(tmp_path: Path) -> None:
     copy = tmp_path / "src"
     shutil.copytree(SRC / "tako", copy / "tako", ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "tako" / "server" / "proxy" / compiled.MANIFEST).unlink()
-    mode, client_file, upstream_file = _probe(copy)
+    mode, files = _probe(copy)
     assert mode == f"python ({compiled.MANIFEST} is missing or unreadable)"
-    assert (client_file, upstream_file) == ("client.py", "upstream.py")
+    assert files == SOURCES
 
 
 def test_an_installation_without_the_pxd_files_runs_the_sources(tmp_path: Path) -> None:
     _needs_build()
     copy = tmp_path / "src"
     shutil.copytree(SRC / "tako", copy / "tako", ignore=shutil.ignore_patterns("__pycache__", "*.pxd"))
-    mode, client_file, upstream_file = _probe(copy)
+    mode, files = _probe(copy)
     assert mode.startswith("python (cannot hash the sources: ")
-    assert (client_file, upstream_file) == ("client.py", "upstream.py")
+    assert files == SOURCES
 
 
 def test_a_none_where_an_object_belongs_raises_instead_of_crashing() -> None:

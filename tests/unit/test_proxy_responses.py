@@ -6,7 +6,7 @@ import httptools
 import pytest
 
 from tako.server.proxy import responses
-from tako.server.proxy.client import _without
+from tako.server.proxy.headers import without_headers
 
 
 def _parse(data: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
@@ -69,4 +69,4 @@ def test_redirect_location() -> None:
 
 def test_connection_named_headers_are_dropped_case_insensitively() -> None:
     pieces = [b"X-A", b": ", b"1", b"\r\n", b"x-b", b": ", b"2", b"\r\n", b"Keep", b": ", b"3", b"\r\n"]
-    assert _without(pieces, [b"x-a", b"x-b"]) == [b"Keep", b": ", b"3", b"\r\n"]
+    assert without_headers(pieces, [b"x-a", b"x-b"]) == [b"Keep", b": ", b"3", b"\r\n"]

@@ -1,8 +1,10 @@
 """Client side of the data plane: one `ClientConnection` per accepted socket, one `RequestCycle` per request.
 
 The connection owns the parser, its deadlines (checked by the server's sweeper, so the hot path arms no
-timers), read flow control and the pipeline of parsed requests; a cycle owns one request: its validated
-head, routing, upstream connection and body framing. Requests are answered strictly in order.
+timers), read flow control and the pipeline of parsed requests; a cycle (cycle.py) owns one request: its
+validated head, routing, upstream connection and body framing. Requests are answered strictly in order.
+What the connection needs of its server is `ConnectionHost`; what upstream connections call on it is
+`cycle.ClientSide` (docs/proxy.md, "Modules of the data plane").
 
 Every forwarded request runs through the parser callbacks, `_start` and `UpstreamConnection.attach`, so
 that path is kept lean: settings and per-connection bytes are looked up once per connection, header names
@@ -17,25 +19,26 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 import httptools
 
+from tako.config.server import ProxySettings
 from tako.server.proxy import responses
-from tako.server.proxy.backend import AppGate, AppUnavailable, Upstream
+from tako.server.proxy.backend import AppGate, AppUnavailable, ServerServices, Snapshot, Upstream
 from tako.server.proxy.body_buffer import READ_CHUNK, BodyBuffer
-from tako.server.proxy.headers import PASS, HeaderKinds
-from tako.server.proxy.upstream import PAUSE_UPSTREAM, UpstreamConnection, UpstreamPool
-
-if TYPE_CHECKING:
-    from tako.server.proxy.server import ProxyServer
-
-# Reasons to stop reading from the client, as bits: reading resumes when none is left.
-PAUSE_PIPELINE = 1  # a later request waits for the current response
-PAUSE_BUFFER = 2  # body held while no upstream connection is ready yet (streaming, or not started)
-# PAUSE_UPSTREAM = 4 (upstream.py): the instance reads the request body slower than the client sends it
-PAUSE_UPGRADE = 8  # waiting for the instance to accept an Upgrade
-PAUSE_WRITE = 16  # the client is not taking its responses: parse no more requests until it does
+from tako.server.proxy.cycle import (
+    PAUSE_BUFFER,
+    PAUSE_PIPELINE,
+    PAUSE_UPGRADE,
+    PAUSE_UPSTREAM,
+    PAUSE_WRITE,
+    RequestCycle,
+    UpstreamSide,
+)
+from tako.server.proxy.headers import PASS, HeaderKinds, without_headers
+from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool
 
 BODY_BUFFER_LIMIT = 64 * 1024  # held before a request is started, or while a streamed one waits to connect
 # A read larger than this is parsed in slices, and what follows a slice that paused the connection is held
@@ -99,76 +102,29 @@ class _Reject(Exception):
     """Raised inside a parser callback to stop parsing; the status is in ClientConnection.reject_status."""
 
 
-class RequestCycle:
-    """One request and its response."""
+class ConnectionHost(Protocol):
+    """What a client connection uses of the server that accepted it (`server.ProxyServer`)."""
 
-    __slots__ = (
-        "body",
-        "body_done",
-        "body_received",
-        "buffering",
-        "chunked",
-        "conn",
-        "conn_tokens",
-        "content_length",
-        "error_status",
-        "expect",
-        "gate",
-        "head",
-        "header_bytes",
-        "header_count",
-        "headers_done",
-        "host",
-        "host_header",
-        "http10",
-        "is_head",
-        "keep_alive",
-        "method",
-        "pieces",
-        "response_started",
-        "retried",
-        "te",
-        "uconn",
-        "upgrade",
-        "upgrade_header",
-        "upstream",
-        "url",
-        "xff",
-    )
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def settings(self) -> ProxySettings: ...
+    @property
+    def services(self) -> ServerServices: ...
+    @property
+    def snapshot(self) -> Snapshot: ...
+    @property
+    def connections(self) -> set[ClientConnection]: ...
+    @property
+    def shutting_down(self) -> bool: ...
+    @property
+    def https_suffix(self) -> bytes: ...
 
-    def __init__(self, conn: ClientConnection) -> None:
-        self.conn = conn
-        self.method = b""
-        self.url = b""
-        self.pieces: list[bytes] = []  # forwarded headers as name, ": ", value, CRLF
-        self.host_header: bytes | None = None
-        self.host: str | None = None
-        self.xff: bytes | None = None
-        self.te: bytes | None = None
-        self.expect: bytes | None = None
-        self.upgrade_header: bytes | None = None
-        self.upgrade: bytes | None = None  # set when the request asks to switch protocols
-        self.conn_tokens: list[bytes] | None = None
-        self.content_length: int | None = None
-        self.chunked = False
-        self.keep_alive = True
-        self.http10 = False
-        self.is_head = False
-        self.headers_done = False
-        self.body_done = False
-        self.body_received = 0
-        self.header_count = 0
-        self.header_bytes = 0
-        self.head = b""
-        # The body received while no upstream connection takes it: all of it when buffering.
-        self.body: BodyBuffer | None = None
-        self.buffering = False  # the whole body is received before the request is forwarded
-        self.gate: AppGate | None = None  # the app a buffered request goes to once its body is complete
-        self.uconn: UpstreamConnection | None = None
-        self.upstream: Upstream | None = None
-        self.response_started = False
-        self.error_status = 0
-        self.retried = False
+    def normalise_host(self, host_header: bytes) -> str | None: ...
+    def pool_for(self, upstream: Upstream) -> UpstreamPool: ...
+    async def connect(self, pool: UpstreamPool) -> UpstreamConnection: ...
+    def body_buffer(self) -> BodyBuffer: ...
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
 
 
 class ClientConnection:
@@ -223,7 +179,7 @@ class ClientConnection:
         "write_paused",
     )
 
-    def __init__(self, server: ProxyServer, tls: bool, forward: bool) -> None:
+    def __init__(self, server: ConnectionHost, tls: bool, forward: bool) -> None:
         self.server = server
         self.loop = server.loop
         self.tls = tls
@@ -238,12 +194,7 @@ class ClientConnection:
         self.tunnel_timeout = settings.tunnel_idle_timeout
         self.buffer_bodies = settings.request_buffering
         # The request body rate rule: at least body_need bytes in every body_window seconds of reading.
-        if settings.min_body_rate:
-            self.body_window = settings.body_rate_window or self.keepalive_timeout
-            self.body_need = max(1, int(settings.min_body_rate * self.body_window))
-        else:
-            self.body_window = self.keepalive_timeout
-            self.body_need = 1
+        self.body_window, self.body_need = _body_rate(settings)
         self.body_mark = 0  # body bytes received when the current window began
         self.paused_in_window = False  # reading was paused by the proxy during the current window
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
@@ -270,7 +221,7 @@ class ClientConnection:
         self.broken = False  # input is discarded (after an error, or once closing)
         self.closed = False
         self.eof = False
-        self.tunnel: UpstreamConnection | None = None
+        self.tunnel: UpstreamSide | None = None
         self.tunnel_active = False  # bytes moved through the tunnel since its deadline was last checked
         self.upgrade_buffer: list[bytes] | None = None
         self.held: bytes | None = None  # received, not parsed yet: reading paused after a slice (FEED_SLICE)
@@ -507,6 +458,24 @@ class ClientConnection:
         if self.deadline_kind == _DEADLINE_HEADER:
             self.deadline = 0.0
             self.deadline_kind = 0
+        self._check_head(cycle)
+        if not cycle.chunked and not cycle.content_length:
+            cycle.body_done = True  # nothing more to read for this request: answering it may start now
+        cycle.head = self._build_head(cycle)
+        if not cycle.body_done:
+            self.deadline = self.loop.time() + self.body_window
+            self.deadline_kind = _DEADLINE_BODY
+            self.body_mark = 0
+            self.paused_in_window = False
+        if self.cycle is None and not self.write_paused and not self.pipeline:
+            self._start(cycle)
+        else:
+            self.pipeline.append(cycle)
+            self.pause(PAUSE_PIPELINE)
+
+    def _check_head(self, cycle: RequestCycle) -> None:
+        """Read what the parser decided about the complete head (version, method, keep-alive, upgrade) and
+        refuse what cannot be forwarded safely; normalise the target and the Host."""
         parser = self.parser
         version = parser.get_http_version()
         if version != "1.1":
@@ -552,19 +521,6 @@ class ClientConnection:
             # Whatever the answer (101 and a tunnel, or anything else), this connection carries no
             # further requests.
             cycle.keep_alive = False
-        if not cycle.chunked and not cycle.content_length:
-            cycle.body_done = True  # nothing more to read for this request: answering it may start now
-        cycle.head = self._build_head(cycle)
-        if not cycle.body_done:
-            self.deadline = self.loop.time() + self.body_window
-            self.deadline_kind = _DEADLINE_BODY
-            self.body_mark = 0
-            self.paused_in_window = False
-        if self.cycle is None and not self.write_paused and not self.pipeline:
-            self._start(cycle)
-        else:
-            self.pipeline.append(cycle)
-            self.pause(PAUSE_PIPELINE)
 
     def on_body(self, body: bytes) -> None:
         cycle = self.parsing
@@ -645,9 +601,9 @@ class ClientConnection:
         if cycle.conn_tokens is None:
             parts += cycle.pieces
         else:
-            parts += _without(cycle.pieces, cycle.conn_tokens)
+            parts += without_headers(cycle.pieces, cycle.conn_tokens)
         if cycle.buffering and cycle.expect is not None:
-            parts = parts[:4] + _without(parts[4:], [_EXPECT])  # answered by the proxy (_buffer_body)
+            parts = parts[:4] + without_headers(parts[4:], [_EXPECT])  # answered by the proxy (_buffer_body)
         if cycle.xff is None:
             parts.append(self.forwarded_for)
         else:
@@ -977,7 +933,7 @@ class ClientConnection:
         self.upgrade_buffer = [rest] if rest else []
         self.pause(PAUSE_UPGRADE)
 
-    def start_tunnel(self, cycle: RequestCycle, uconn: UpstreamConnection, rest: bytes) -> None:
+    def start_tunnel(self, cycle: RequestCycle, uconn: UpstreamSide, rest: bytes) -> None:
         """The instance switched protocols: copy bytes both ways until either side closes."""
         if rest:
             self.transport.write(rest)
@@ -1150,10 +1106,9 @@ def _drop_body(cycle: RequestCycle) -> None:
         body.close()
 
 
-def _without(pieces: list[bytes], names: list[bytes]) -> list[bytes]:
-    """Drop the headers a Connection header named (pieces are name, ": ", value, CRLF)."""
-    kept: list[bytes] = []
-    for i in range(0, len(pieces), 4):
-        if pieces[i].lower() not in names:
-            kept.extend(pieces[i : i + 4])
-    return kept
+def _body_rate(settings: ProxySettings) -> tuple[float, int]:
+    """The request body rate rule as (window in seconds, bytes needed per window)."""
+    if settings.min_body_rate:
+        window = settings.body_rate_window or settings.keepalive_timeout
+        return window, max(1, int(settings.min_body_rate * window))
+    return settings.keepalive_timeout, 1

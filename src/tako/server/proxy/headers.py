@@ -1,4 +1,5 @@
-"""`HeaderKinds`: what the proxy does with a header name, looked up once per distinct spelling.
+"""`HeaderKinds`: what the proxy does with a header name, looked up once per distinct spelling; and
+`without_headers`, which drops the headers a Connection header named (both directions).
 
 Both directions classify every header of every message; lower-casing each name and looking it up costs
 more than one dict lookup of the name as received. The cache is keyed by that spelling, holds short names
@@ -37,3 +38,12 @@ class HeaderKinds:
                 self.cache.clear()
             self.cache[name] = kind
         return kind
+
+
+def without_headers(pieces: list[bytes], names: list[bytes]) -> list[bytes]:
+    """Drop the headers a Connection header named (pieces: name, ": ", value, CRLF; names: lower-case)."""
+    kept: list[bytes] = []
+    for i in range(0, len(pieces), 4):
+        if pieces[i].lower() not in names:
+            kept.extend(pieces[i : i + 4])
+    return kept

@@ -2,7 +2,11 @@
 # per-request path makes. The .py file stays the source; these only take effect when it is compiled.
 cimport cython
 
-from tako.server.proxy.client cimport ClientConnection, RequestCycle
+from tako.server.proxy.client cimport ClientConnection
+from tako.server.proxy.cycle cimport RequestCycle
+
+
+cdef int FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE, FRAME_DONE
 
 
 cdef class UpstreamPool:
@@ -49,6 +53,8 @@ cdef class UpstreamConnection:
     cpdef abort(self)
     @cython.locals(client=ClientConnection)
     cpdef _finish_response(self, RequestCycle cycle)
+    cdef _parser_stopped(self, RequestCycle cycle, list out)
+    cdef _informational(self, RequestCycle cycle, int status, list headers)
 
 
 cdef _flush(RequestCycle cycle, list out)

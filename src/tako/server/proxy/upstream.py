@@ -3,6 +3,7 @@
 One `UpstreamConnection` per TCP connection to an instance; it parses the response with httptools and
 writes it straight to the client's transport, re-framed (Content-Length, chunked or close-delimited). One
 `UpstreamPool` per instance key keeps idle connections for reuse (LIFO, idle ones closed by the sweeper).
+It reaches the client connection of the request it carries only through `cycle.ClientSide`.
 
 Every response runs through the parser callbacks and `data_received`, so that path is kept lean: header
 names are classified through a cache, the response head is assembled from pieces and joined once per read
@@ -16,23 +17,19 @@ class here needs its line there too.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 import httptools
 
-from tako.server.proxy.headers import PASS, HeaderKinds
+from tako.server.proxy.cycle import PAUSE_UPSTREAM, RequestCycle
+from tako.server.proxy.headers import PASS, HeaderKinds, without_headers
 
-if TYPE_CHECKING:
-    from tako.server.proxy.client import RequestCycle
-
-# The ClientConnection pause reason this module sets (see client.py for the others).
-PAUSE_UPSTREAM = 4  # the instance reads the request body slower than the client sends it
-
-# Framing of the response towards the client.
+# Framing of the response towards the client. C ints when compiled (upstream.pxd): compared on every
+# response, they cost 0.1-0.2 µs per request in bench/proxy/hotpath.py as module globals.
 FRAME_NONE = 0  # no body (HEAD, 204, 304)
 FRAME_LENGTH = 1  # Content-Length, passed through
 FRAME_CHUNKED = 2  # re-encoded as chunked
 FRAME_CLOSE = 3  # body ends when the client connection closes (HTTP/1.0 client, unknown length)
+FRAME_DONE = -1  # the response is complete (set in a parser callback, finished after its bytes are written)
 
 # Idle upstream connections older than this are closed by the sweeper: below the 5 s keep-alive timeout
 # of uvicorn/gunicorn, so the proxy rarely reuses a connection the app is closing at the same moment.
@@ -258,21 +255,27 @@ class UpstreamConnection:
             self._start_tunnel(cycle, data[exc.args[0] :])
             return
         except httptools.HttpParserError:
-            if self._head_done:
-                # Not an error: the body-less response to HEAD is complete (see on_headers_complete).
-                self._head_done = False
-                self.parser = httptools.HttpResponseParser(self)
-                _flush(cycle, out)
-                out.clear()
-                self._finish_response(cycle)
-                return
-            if self._frame == -1:
-                # A complete response followed by stray bytes: deliver it, never reuse the connection.
-                self._keep_alive = False
-                _flush(cycle, out)
-                out.clear()
-                self._finish_response(cycle)
-                return
+            self._parser_stopped(cycle, out)
+            return
+        if out:
+            # _flush, inline: this is every response's path.
+            conn = cycle.conn
+            conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+        if self._frame == FRAME_DONE:
+            # The response completed inside feed_data; finish after its bytes were written.
+            self._finish_response(cycle)
+
+    def _parser_stopped(self, cycle: RequestCycle, out: list[bytes]) -> None:
+        """The parser stopped with an error: the end of a response to HEAD, stray bytes after a complete
+        response (delivered; the connection is not reused), or a malformed response."""
+        if self._head_done:
+            # Not an error: the body-less response to HEAD is complete (see on_headers_complete).
+            self._head_done = False
+            self.parser = httptools.HttpResponseParser(self)
+        elif self._frame == FRAME_DONE:
+            self._keep_alive = False
+        else:
             out.clear()
             self.close()
             self.cycle = None
@@ -281,14 +284,9 @@ class UpstreamConnection:
             else:
                 cycle.conn.upstream_failed(cycle, retryable=False)
             return
-        if out:
-            # _flush, inline: this is every response's path.
-            conn = cycle.conn
-            conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
-        if self._frame == -1:
-            # The response completed inside feed_data; finish after its bytes were written.
-            self._finish_response(cycle)
+        _flush(cycle, out)
+        out.clear()
+        self._finish_response(cycle)
 
     # -- request side -----------------------------------------------------------------------------
 
@@ -310,9 +308,7 @@ class UpstreamConnection:
             transport.write(cycle.head)
             if cycle.body_done:
                 self.end_request(cycle)
-                if not cycle.response_started:
-                    # ClientConnection.request_sent, inline: the response timeout starts now.
-                    self.deadline = conn.loop.time() + conn.response_timeout
+                conn.request_sent(cycle)
         if self.write_paused:
             conn.pause(PAUSE_UPSTREAM)
 
@@ -339,7 +335,7 @@ class UpstreamConnection:
     # -- httptools callbacks ----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self._frame == -1:
+        if self._frame == FRAME_DONE:
             raise _HeadDone  # bytes after the complete response: handled in data_received
         self._headers = []
         self._length = None
@@ -391,22 +387,10 @@ class UpstreamConnection:
         self._status = status
         self._keep_alive = parser.should_keep_alive()
         self.deadline = 0.0
-        client = cycle.conn
         if self._conn_tokens is not None:
-            headers = _without(headers, self._conn_tokens)
+            headers = without_headers(headers, self._conn_tokens)
         if status < 200:
-            if status == 101:
-                if cycle.upgrade is None:
-                    raise httptools.HttpParserError("101 without an upgrade request")
-                self._out.append(
-                    b"HTTP/1.1 101 %s\r\n%sConnection: upgrade\r\nUpgrade: %s\r\n\r\n"
-                    % (self._reason, b"".join(headers), cycle.upgrade)
-                )
-                cycle.response_started = True
-                return
-            # Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as they are.
-            if not cycle.http10:
-                self._out.append(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, self._reason, b"".join(headers)))
+            self._informational(cycle, status, headers)
             return
         cycle.response_started = True
         if cycle.upgrade is not None:
@@ -434,7 +418,7 @@ class UpstreamConnection:
             out.append(b"Transfer-Encoding: chunked\r\n")
         elif frame == FRAME_CLOSE:
             cycle.keep_alive = False
-        if not cycle.keep_alive or client.server.shutting_down:
+        if not cycle.keep_alive or cycle.conn.server.shutting_down:
             cycle.keep_alive = False
             out.append(b"Connection: close\r\n\r\n")
         elif cycle.http10:
@@ -446,6 +430,21 @@ class UpstreamConnection:
             # httptools cannot be told that a response to HEAD has no body; stop it here.
             self._head_done = True
             raise _HeadDone
+
+    def _informational(self, cycle: RequestCycle, status: int, headers: list[bytes]) -> None:
+        """A 1xx response: the 101 that starts a tunnel, or an interim one (100 Continue, 103 Early Hints)."""
+        if status == 101:
+            if cycle.upgrade is None:
+                raise httptools.HttpParserError("101 without an upgrade request")
+            self._out.append(
+                b"HTTP/1.1 101 %s\r\n%sConnection: upgrade\r\nUpgrade: %s\r\n\r\n"
+                % (self._reason, b"".join(headers), cycle.upgrade)
+            )
+            cycle.response_started = True
+            return
+        # Interim responses go to HTTP/1.1 clients as they are.
+        if not cycle.http10:
+            self._out.append(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, self._reason, b"".join(headers)))
 
     def on_body(self, body: bytes) -> None:
         if self._frame == FRAME_CHUNKED:
@@ -459,7 +458,7 @@ class UpstreamConnection:
             return  # an interim (1xx) response, or the 101 before a tunnel
         if self._frame == FRAME_CHUNKED:
             self._out.append(_CHUNK_END)
-        self._frame = -1
+        self._frame = FRAME_DONE
 
     # -- completion -------------------------------------------------------------------------------
 
@@ -485,12 +484,3 @@ def _flush(cycle: RequestCycle, out: list[bytes]) -> None:
     """Write what one read of the response produced at once (one TLS record rather than one per piece)."""
     conn = cycle.conn
     conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
-
-
-def _without(headers: list[bytes], names: list[bytes]) -> list[bytes]:
-    """Drop the headers that a Connection header named (headers are stored as name, ": ", value, CRLF)."""
-    kept: list[bytes] = []
-    for i in range(0, len(headers), 4):
-        if headers[i].lower() not in names:
-            kept.extend(headers[i : i + 4])
-    return kept

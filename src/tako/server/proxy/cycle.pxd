@@ -1,0 +1,39 @@
+# Cython declarations for cycle.py (see docs/proxy.md, "Compiled hot path"): C types for the attributes both
+# halves of the data plane read on every request. The .py file stays the source; these only take effect
+# when it is compiled.
+from tako.server.proxy.client cimport ClientConnection
+from tako.server.proxy.upstream cimport UpstreamConnection
+
+
+cdef class RequestCycle:
+    cdef public object body
+    cdef public bint body_done
+    cdef public object body_received
+    cdef public bint buffering
+    cdef public bint chunked
+    cdef public ClientConnection conn
+    cdef public list conn_tokens
+    cdef public object content_length
+    cdef public int error_status
+    cdef public bytes expect
+    cdef public object gate
+    cdef public bytes head
+    cdef public Py_ssize_t header_bytes
+    cdef public Py_ssize_t header_count
+    cdef public bint headers_done
+    cdef public str host
+    cdef public bytes host_header
+    cdef public bint http10
+    cdef public bint is_head
+    cdef public bint keep_alive
+    cdef public bytes method
+    cdef public list pieces
+    cdef public bint response_started
+    cdef public bint retried
+    cdef public bytes te
+    cdef public UpstreamConnection uconn
+    cdef public bytes upgrade
+    cdef public bytes upgrade_header
+    cdef public object upstream
+    cdef public bytes url
+    cdef public bytes xff
