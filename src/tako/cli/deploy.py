@@ -113,7 +113,7 @@ def deploy(env: str, yes: bool, directory: Path | None) -> None:
     else:
         progress = PlainProgress(console)
         outcomes = asyncio.run(deploy_all(plan, prepared.targets, progress, on_interrupt=on_interrupt))
-    report = build_report(plan, prepared.early_failures + outcomes)
+    report = build_report(plan, [*prepared.early_failures, *outcomes])
     render_report(console, report)
     # Interrupted and not everything deployed: the shell's convention for a command stopped by Ctrl-C.
     raise click.exceptions.Exit(130 if interrupted and report.exit_code else report.exit_code)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tako.config import envfile
@@ -35,7 +35,7 @@ class Prepared:
     plan: DeployPlan
     targets: list[DeployTarget]
     # Servers that failed before their steps could start (e.g. the Python probe could not reach them).
-    early_failures: list[Outcome]
+    early_failures: tuple[Outcome, ...]
 
 
 def resolve_targets(project: ProjectConfig, inventory: Inventory, env: str) -> list[DeployTarget]:
@@ -139,28 +139,9 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
         "request_buffering": project.request_buffering,
         "release": release_info(project.root, version),  # who deploys which commit, when
     }
-    early_failures: list[Outcome] = []
-    extra_dirs: dict[str, Path] = {}
-    hooks: tuple[DependencyInstaller, ...] = ()
-    after_prune: tuple[Command, ...] = ()
-    reqs = python.detect_requirements(project.root)
-    if reqs is not None:
-        output(f"Python dependencies from {reqs.source.name}: probing the servers' Python")
-        app_dir = AppLayout(project.name).app_dir
-        probes = asyncio.run(python.probe_targets([t.address for t in targets], known_hosts_path(), app_dir))
-        found = {p.server.name: p.value.target for p in probes if p.ok and p.value is not None}
-        installed = {p.server.name: p.value.venv_keys for p in probes if p.ok and p.value is not None}
-        for probe in probes:
-            if not probe.ok and probe.error is not None:
-                failure = StepFailed("python", probe.error.message, hint=probe.error.hint)
-                early_failures.append(HostResult(probe.server, error=failure))
-        targets = [t for t in targets if t.address.name in found]
-        if found:
-            deps = python.build_wheelhouses(reqs, found, output, installed)
-            extra_dirs = deps.extra_dirs
-            hooks = (python.install_step(deps),)
-            after_prune = tuple(python.prune_commands(app_dir))
-    archive = build_archive(project.root, version, app_json, project.exclude, extra_dirs=extra_dirs)
+    deps = _python_dependencies(project, targets, output)
+    targets = [t for t in targets if t.address.name not in {f.server.name for f in deps.early_failures}]
+    archive = build_archive(project.root, version, app_json, project.exclude, extra_dirs=deps.extra_dirs)
     plan = DeployPlan(
         app=project.name,
         version=version,
@@ -172,11 +153,48 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
         wheel_size=archive.wheel_size,
         env_file=envfile.render(values).encode(),
         known_hosts=known_hosts_path(),
-        installers=hooks,
-        after_prune=after_prune,
+        installers=deps.installers,
+        after_prune=deps.after_prune,
         release_command=project.release,
         release_timeout=project.release_timeout,
         fleet=project.fleet,
         keep_releases=project.keep_releases,
     )
-    return Prepared(project, plan, targets, early_failures)
+    return Prepared(project, plan, targets, deps.early_failures)
+
+
+@dataclass(frozen=True)
+class _Dependencies:
+    """What a Python app's dependencies add to a deploy."""
+
+    extra_dirs: dict[str, Path] = field(default_factory=dict)  # wheelhouses shipped in the archive
+    installers: tuple[DependencyInstaller, ...] = ()  # the "python" step
+    after_prune: tuple[Command, ...] = ()
+    early_failures: tuple[Outcome, ...] = ()  # servers whose Python could not be probed
+
+
+def _python_dependencies(
+    project: ProjectConfig, targets: list[DeployTarget], output: Callable[[str], None]
+) -> _Dependencies:
+    reqs = python.detect_requirements(project.root)
+    if reqs is None:
+        return _Dependencies()
+    output(f"Python dependencies from {reqs.source.name}: probing the servers' Python")
+    app_dir = AppLayout(project.name).app_dir
+    probes = asyncio.run(python.probe_targets([t.address for t in targets], known_hosts_path(), app_dir))
+    found = {p.server.name: p.value.target for p in probes if p.ok and p.value is not None}
+    installed = {p.server.name: p.value.venv_keys for p in probes if p.ok and p.value is not None}
+    failures: tuple[Outcome, ...] = tuple(
+        HostResult(p.server, error=StepFailed("python", p.error.message, hint=p.error.hint))
+        for p in probes
+        if p.error is not None
+    )
+    if not found:
+        return _Dependencies(early_failures=failures)
+    built = python.build_wheelhouses(reqs, found, output, installed)
+    return _Dependencies(
+        built.extra_dirs,
+        (python.install_step(built),),
+        tuple(python.prune_commands(app_dir)),
+        failures,
+    )
