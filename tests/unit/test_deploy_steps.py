@@ -1,0 +1,24 @@
+"""The deploy's step table is what docs/deployment.md lists, in the same order and under the same names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tako.deploy.steps import PREPARE, RELEASE, SWITCH
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
+
+
+def documented_steps() -> list[str]:
+    section = DOC.read_text().split("## Deploy steps", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| \*\*([a-z]+)\*\* \|", section, flags=re.MULTILINE)
+
+
+def test_the_docs_list_the_steps_of_the_table_in_order() -> None:
+    assert documented_steps() == [step.name for step in (*PREPARE, RELEASE, *SWITCH)]
+
+
+def test_every_step_says_what_it_does() -> None:
+    for step in (*PREPARE, RELEASE, *SWITCH):
+        assert step.does and step.name.isidentifier(), step
