@@ -184,6 +184,14 @@ def cli_with_server(host: Host, tmp_path_factory: pytest.TempPathFactory, name: 
     return runner
 
 
+def cli_with_hosts(hosts: Sequence[Host], tmp_path_factory: pytest.TempPathFactory) -> TakoCLI:
+    """`cli_with_server` for several hosts, each added under its own name."""
+    runner = cli_with_server(hosts[0], tmp_path_factory, hosts[0].name)
+    for host in hosts[1:]:
+        runner.ok("servers", "add", host.address, "--name", host.name, env=user_ssh_env(host))
+    return runner
+
+
 @pytest.fixture
 def tako(tako_home: Path) -> TakoCLI:
     """`tako.run(*args, cwd=...)` runs the CLI with TAKO_HOME=tako_home (and `env=user_ssh_env(host)` to
