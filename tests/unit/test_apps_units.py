@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from tako.config import envfile
+from tako.errors import ReleaseError, StateError
 from tako.server.apps.health import HealthTracker, Verdict
 from tako.server.apps.logs import AppLog, LineSplitter
-from tako.server.apps.release import ReleaseError, ensure_data_dir, load_release
+from tako.server.apps.release import ensure_data_dir, load_release
 from tako.server.apps.spawner import instance_env
-from tako.server.state import MIGRATIONS, AppRecord, ProcessRecord, StateError, StateStore
+from tako.server.state import MIGRATIONS, AppRecord, ProcessRecord, StateStore
 
 
 def test_health_policy_two_failures_out_five_dead_one_success_back() -> None:

@@ -15,8 +15,8 @@ from tako.deploy import commands
 from tako.deploy.layout import AppLayout
 from tako.deploy.lock import lock_holder
 from tako.deploy.plan import DeployPlan, DeployTarget, size_text
-from tako.deploy.report import Outcome, Progress, StepFailed
-from tako.errors import TakoError
+from tako.deploy.report import Outcome, Progress
+from tako.errors import StepFailed, TakoError
 from tako.remote.executor import Executor
 from tako.remote.fanout import HostResult
 

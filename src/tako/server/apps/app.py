@@ -17,12 +17,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tako.config.server import AppSettings
-from tako.errors import TakoError
+from tako.errors import InstanceFailed, TakoError
 from tako.server.apps.instance import (
     LIVE,
     Activity,
     Instance,
-    InstanceFailed,
     InstanceState,
 )
 from tako.server.apps.logs import AppLog

@@ -17,10 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from tako.config.server import AppSettings
-from tako.errors import (
-    InstanceFailed as InstanceFailed,  # defined with every other error; imported from here too
-)
-from tako.errors import IsolationError
+from tako.errors import InstanceFailed, IsolationError
 from tako.server.apps import health, spawner
 from tako.server.apps.logs import AppLog, LineSplitter
 from tako.server.apps.release import Release

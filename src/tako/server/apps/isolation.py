@@ -18,9 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tako.errors import (
-    IsolationError as IsolationError,  # defined with every other error; imported from here too
-)
+from tako.errors import IsolationError
 
 # 200000-299999: far above the uids of accounts (useradd stops at 60000) and past the subordinate range
 # useradd gives the first user (100000-165535, for user namespaces). A second user with subordinate ids

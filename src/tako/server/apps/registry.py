@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tako.config.server import AppSettings
-from tako.errors import AppError, InstanceFailed, ReleaseError, TakoError, UnknownApp
+from tako.errors import AppError, InstanceFailed, IsolationError, ReleaseError, TakoError, UnknownApp
 from tako.protocol import Deploy
 from tako.routing import RouteError, RouteTable, find_conflicts, parse_route
 from tako.server.apps import isolation, rollout
@@ -147,7 +147,7 @@ class AppRegistry:
         try:
             await asyncio.to_thread(isolation.prepare, app_dir, path, uid)
         except OSError as exc:
-            raise isolation.IsolationError(
+            raise IsolationError(
                 f"cannot give the files of {name} to its uid {uid}: {exc}",
                 hint="tako-server needs CAP_CHOWN; see docs/server.md, 'Threat model and app isolation'",
             ) from exc

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tako.config import envfile
-from tako.errors import ReleaseError as ReleaseError  # defined with every other error; imported from here too
+from tako.errors import ReleaseError
 
 DEFAULT_HEALTH_CHECK = "/_tako/status"
 DATA_DIR = ("shared", "data")  # under the app dir: TAKO_DATA_DIR, kept across releases

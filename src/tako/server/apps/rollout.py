@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from tako.errors import InstanceFailed
 from tako.server.apps.app import AppState, ManagedApp
-from tako.server.apps.instance import Instance, InstanceFailed, InstanceState
+from tako.server.apps.instance import Instance, InstanceState
 from tako.server.apps.release import Release
 
 log = logging.getLogger("tako.server.apps")

@@ -13,6 +13,7 @@ import socket
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from tako.errors import IsolationError
 from tako.server.apps import isolation
 from tako.server.apps.release import Release, data_dir_of
 
@@ -63,7 +64,7 @@ def allocate_port(in_use: set[int], host: str = "127.0.0.1") -> int:
 def _setpriv() -> str:
     path = shutil.which("setpriv", path=isolation.SETPRIV_PATH)
     if path is None:
-        raise isolation.IsolationError("setpriv is not installed (Debian package util-linux)")
+        raise IsolationError("setpriv is not installed (Debian package util-linux)")
     return path
 
 

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tako.config.server import AcmeSettings
+from tako.errors import AcmeError
 from tako.server.tls import renewal
-from tako.server.tls.acme_base import Account, AcmeError, Issuer, iso_utc
+from tako.server.tls.acme_base import Account, Issuer, iso_utc
 from tako.server.tls.challenges import ChallengeStore
 
 log = logging.getLogger("tako.acme")

@@ -12,8 +12,6 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from tako.errors import AcmeError as AcmeError  # defined with every other error; imported from here too
-
 if TYPE_CHECKING:
     from acme import messages
     from josepy.jwk import JWKEC

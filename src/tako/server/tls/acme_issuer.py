@@ -25,9 +25,10 @@ from josepy.jwk import JWKEC
 
 from tako import __version__
 from tako.config.server import AcmeSettings
+from tako.errors import AcmeError
 from tako.fsutil import write_atomic
 from tako.server.tls import renewal
-from tako.server.tls.acme_base import NETWORK_TIMEOUT, ORDER_TIMEOUT, Account, AcmeError, iso_utc
+from tako.server.tls.acme_base import NETWORK_TIMEOUT, ORDER_TIMEOUT, Account, iso_utc
 from tako.server.tls.challenges import ChallengeStore
 
 log = logging.getLogger("tako.acme")
