@@ -55,10 +55,6 @@ class Deployed:
         return f"/opt/tako/apps/{self.example.app}"
 
 
-def ssh_env(host: Host) -> dict[str, str]:
-    return user_ssh_env(host)
-
-
 def remote(host: Host, command: str) -> str:
     result = host.exec(command, user="tako")
     assert result.returncode == 0, f"{command}: {result.stderr}"
@@ -98,7 +94,7 @@ def copy_example(root: Path, example: Example) -> Path:
 
 
 def deploy(cli: TakoCLI, host: Host, project: Path) -> subprocess.CompletedProcess[str]:
-    return cli.run("deploy", "--yes", cwd=project, env=ssh_env(host), timeout=300)
+    return cli.run("deploy", "--yes", cwd=project, env=user_ssh_env(host), timeout=300)
 
 
 def deploy_ok(cli: TakoCLI, host: Host, project: Path) -> str:
