@@ -17,7 +17,8 @@ routed hosts). Redirects to HTTPS name the HTTPS listener's port unless it is 44
 `https_redirect_port` is given. Modules: `server` (listeners, pools, sweeper), `client` (per
 connection / per request), `upstream` (instance connections), `body_buffer` (request bodies held
 before forwarding), `responses` (local answers), `backend` (the interface to the app runtime),
-`compiled` (whether `client` and `upstream` run compiled). See docs/proxy.md.
+`cold_start` (the cold-start admission every gate uses), `compiled` (whether `client` and `upstream` run
+compiled). See docs/proxy.md.
 """
 
 from tako.server.proxy import compiled
