@@ -21,7 +21,8 @@ from typing import Any
 
 import asyncssh
 
-from tako.errors import RemoteError
+from tako.errors import ConnectionLost
+from tako.errors.library import TRANSPORT_ERRORS, remote_failure
 from tako.remote.connection import ServerAddress
 from tako.remote.executor import Command
 
@@ -39,8 +40,9 @@ async def attach(
         options = {"term_type": os.environ.get("TERM") or "xterm", "term_size": (columns, lines)}
     try:
         process = await conn.create_process(command.render(), encoding=None, **options)
-    except (asyncssh.Error, OSError) as exc:
-        raise RemoteError(f"{address.name}: cannot start the command: {exc}") from exc
+    except TRANSPORT_ERRORS as exc:
+        cannot = f"{address.name}: cannot start the command: {exc}"
+        raise remote_failure(exc, address.name, "starting the command", message=cannot) from exc
     with _raw_terminal(pty), _signals(process, pty) as cut:
         copies = [
             asyncio.create_task(_copy_out(process.stdout, 1)),
@@ -56,8 +58,8 @@ async def attach(
                 process.close()
                 return INTERRUPTED
             finished.result()
-        except (asyncssh.Error, OSError) as exc:
-            raise RemoteError(f"{address.name}: connection lost during the command") from exc
+        except TRANSPORT_ERRORS as exc:
+            raise remote_failure(exc, address.name, "the command") from exc
         finally:
             feeding.cancel()
     return _status(process, address)
@@ -71,7 +73,7 @@ def _status(process: asyncssh.SSHClientProcess[bytes], address: ServerAddress) -
         with contextlib.suppress(KeyError):
             return 128 + signal.Signals[f"SIG{name}"].value
         return 128 + signal.SIGTERM
-    raise RemoteError(f"{address.name}: the connection ended before the command reported its exit status")
+    raise ConnectionLost(f"{address.name}: the connection ended before the command reported its exit status")
 
 
 async def _copy_out(stream: asyncssh.SSHReader[bytes], fd: int) -> None:
