@@ -1,8 +1,11 @@
-"""A CLI context for click's runner: fixed-width consoles, chosen terminal flags, TAKO_HOME in a temp dir."""
+"""For CLI tests: a context for click's runner (fixed-width consoles, chosen terminal flags) and a TAKO_HOME
+in a temp dir."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
 
 from tako.cli.context import CliContext
 from tako.cli.render import make_console
@@ -18,3 +21,10 @@ def cli_context(tmp_path: Path, *, tty: bool = True) -> CliContext:
         home=tmp_path / "home",
         cwd=tmp_path,
     )
+
+
+def use_tako_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """TAKO_HOME set to `tmp_path/takohome` for the rest of the test (the env keys live there); its path."""
+    home = tmp_path / "takohome"
+    monkeypatch.setenv("TAKO_HOME", str(home))
+    return home

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from tests.support.cli import use_tako_home
 
 from tako.cli.context import CliContext
 from tako.cli.secrets import secrets
@@ -23,9 +24,7 @@ VALUE = 'p@ss "w0rd" $X `y` \\z = ok'
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "takohome"
-    monkeypatch.setenv("TAKO_HOME", str(home))
-    return home
+    return use_tako_home(tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.cli import use_tako_home
 
 from tako.errors import SecretsError, UsageError
 from tako.protocol import MAX_ENV_VALUE_BYTES
@@ -34,9 +35,7 @@ from tako.secrets.names import MAX_SECRET_NAME_LENGTH, check_env_name, check_sec
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "takohome"
-    monkeypatch.setenv("TAKO_HOME", str(home))
-    return home
+    return use_tako_home(tmp_path, monkeypatch)
 
 
 @pytest.fixture
