@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import TakoCLI, tako_executable, user_ssh_env
-from tests.support.projects import body_and_status, commit_all, curl, git, make_project, wait_for
+from tests.e2e.conftest import TakoCLI, cli_with_hosts, user_ssh_env
+from tests.support.fleet import everywhere, leftovers, remote, serves
+from tests.support.projects import commit_all, git, make_project, wait_for
 from tests.support.testbed import Host, Testbed
 
 pytestmark = pytest.mark.e2e
@@ -31,46 +32,15 @@ def hosts(testbed: Testbed) -> list[Host]:
 @pytest.fixture(scope="module")
 def cli(hosts: list[Host], tmp_path_factory: pytest.TempPathFactory) -> TakoCLI:
     """One TAKO_HOME for the module, with the three hosts in its inventory."""
-    home = tmp_path_factory.mktemp("ms-home")
-    home.chmod(0o700)
-    runner = TakoCLI(home, tako_executable())
-    for host in hosts:
-        runner.ok("servers", "add", host.address, "--name", host.name, env=ssh_env(host))
-    return runner
+    return cli_with_hosts(hosts, tmp_path_factory)
 
 
 def ssh_env(host: Host) -> dict[str, str]:
     return user_ssh_env(host)
 
 
-def remote(host: Host, command: str) -> str:
-    result = host.exec(command, user="tako")
-    assert result.returncode == 0, f"{host.name}: {command}: {result.stderr}"
-    return result.stdout.strip()
-
-
 def head(project: Path) -> str:
     return git(project, "rev-parse", "--short=7", "HEAD")
-
-
-def serves(host: Host, route: str, version: str) -> bool:
-    body, status = body_and_status(curl(host.address, route))
-    return status == 200 and f"build {version}" in body
-
-
-def leftovers(host: Host, app: str) -> list[str]:
-    """Locks, staged or replaced releases and uploads left in an app's dir (empty when clean)."""
-    app_dir = f"/opt/tako/apps/{app}"
-    found = host.exec(
-        f"ls -d {app_dir}/.deploy_lock {app_dir}/.upload-* {app_dir}/.current-* "
-        f"{app_dir}/releases/.partial-* {app_dir}/releases/.replaced-* 2>/dev/null",
-        user="tako",
-    ).stdout
-    return found.split()
-
-
-def everywhere(hosts: list[Host]) -> dict[str, str]:
-    return {h.name: "production" for h in hosts}
 
 
 def test_deploy_to_three_hosts_status_and_logs(hosts: list[Host], cli: TakoCLI, tmp_path: Path) -> None:
