@@ -9,6 +9,7 @@ import fcntl
 import os
 import pty
 import select
+import signal
 import struct
 import subprocess
 import termios
@@ -122,6 +123,20 @@ def test_with_a_terminal_the_command_is_interactive(deployed: Deployed) -> None:
         os.write(master, b"tako\r")
         output = read_until(master, b"hi tako")
         assert proc.wait(timeout=60) == 0
+
+
+def test_ctrl_c_without_a_terminal_reaches_the_command(deployed: Deployed) -> None:
+    script = 'trap "echo got-int; exit 5" INT; echo ready; while :; do sleep 0.1; done'
+    argv = [deployed.cli.executable, "run", "--", "sh", "-c", script]
+    env = deployed.cli.env(user_ssh_env(deployed.host))
+    proc = subprocess.Popen(argv, cwd=deployed.project, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        stop_process(proc)
+    assert (proc.returncode, out) == (5, "got-int\n")
 
 
 def test_mistakes_get_clear_errors(deployed: Deployed, tmp_path: Path) -> None:

@@ -34,8 +34,11 @@ def pick_server(servers: list[ServerAddress], name: str | None, env: str) -> Ser
 
 def remote_command(app: str, command: tuple[str, ...]) -> Command:
     """tako-server starts the command as the app (the SSH user cannot become the app's uid); the argv travels
-    as one argument each, quoted once by the executor."""
-    return cmd("tako-server", "run-as-app", app, "--", *command)
+    as one argument each, quoted once by the executor.
+
+    `exec`: sshd runs it through the login shell and signals that shell's whole process group; a shell left
+    waiting would die of the SIGINT it forwards and report that instead of the command's own exit status."""
+    return cmd("exec", "tako-server", "run-as-app", app, "--", *command)
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

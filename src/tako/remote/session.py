@@ -66,13 +66,13 @@ async def attach(
 
 
 def _status(process: asyncssh.SSHClientProcess[bytes], address: ServerAddress) -> int:
-    if process.exit_status is not None:
-        return process.exit_status
-    if process.exit_signal is not None:
+    if process.exit_signal is not None:  # then exit_status is -1
         name = process.exit_signal[0]
         with contextlib.suppress(KeyError):
             return 128 + signal.Signals[f"SIG{name}"].value
         return 128 + signal.SIGTERM
+    if process.exit_status is not None and process.exit_status >= 0:
+        return process.exit_status
     raise ConnectionLost(f"{address.name}: the connection ended before the command reported its exit status")
 
 
