@@ -30,7 +30,6 @@ from tests.support.processes import stop_process
 from tests.support.proxy_harness import (
     ProxyHarness,
     parse_responses,
-    raw_exchange,
     read_responses,
     running_proxy,
 )
@@ -169,9 +168,7 @@ async def _read_all(reader: asyncio.StreamReader, timeout: float = 30.0) -> byte
 
 async def _exchange(p: ProxyHarness, data: bytes) -> bytes:
     """`data` on a new TLS connection; everything the proxy sends until it closes."""
-    return await raw_exchange(
-        p.https_port, data, ssl_context=p.client_context(), server_hostname=HOST, timeout=30.0
-    )
+    return await p.exchange(data, host=HOST, timeout=30.0)
 
 
 async def _read_response(reader: asyncio.StreamReader, timeout: float = 30.0) -> bytes:

@@ -91,9 +91,7 @@ async def test_pipelined_requests_answered_in_order(tmp_path: Path) -> None:
         requests += b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: 3\r\n\r\nabc"
         requests += b"GET /_tako/status HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
         requests += b"GET /echo?last HTTP/1.1\r\nHost: a.tako.test\r\nConnection: close\r\n\r\n"
-        data = await raw_exchange(
-            p.https_port, requests, ssl_context=p.client_context(), server_hostname="a.tako.test"
-        )
+        data = await p.exchange(requests)
         responses = parse_responses(data)
         assert [r.status for r in responses] == [200] * 11
         assert [r.body for r in responses[:8]] == [b'{"slept": 0.0%d}' % (9 - i) for i in range(8)]
@@ -148,11 +146,8 @@ async def test_an_idle_tunnel_is_closed_and_releases_its_instance(tmp_path: Path
 
 async def test_upgrade_declined_by_app_is_answered_and_closed(tmp_path: Path) -> None:
     async with one_app_proxy(tmp_path) as (p, _):
-        data = await raw_exchange(
-            p.https_port,
-            b"GET /echo HTTP/1.1\r\nHost: a.tako.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-            ssl_context=p.client_context(),
-            server_hostname="a.tako.test",
+        data = await p.exchange(
+            b"GET /echo HTTP/1.1\r\nHost: a.tako.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
         )
         responses = parse_responses(data)
         assert [r.status for r in responses] == [200]

@@ -135,12 +135,10 @@ async def test_upstream_connect_failures_are_502(tmp_path: Path) -> None:
             p.issue("hang.tako.test")
             p.issue("refused.tako.test")
             for host in (b"hang.tako.test", b"refused.tako.test"):
-                data = await raw_exchange(
-                    p.https_port,
+                data = await p.exchange(
                     b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\nGET /_tako/status HTTP/1.1\r\nHost: x\r\n"
                     b"Connection: close\r\n\r\n",
-                    ssl_context=p.client_context(),
-                    server_hostname=host.decode(),
+                    host=host.decode(),
                 )
                 # The client connection survives an upstream failure.
                 assert _statuses(data) == [502, 200], host
@@ -157,12 +155,9 @@ async def test_upstream_response_timeout_is_504(tmp_path: Path) -> None:
     try:
         async with running_proxy(tmp_path, {"a.tako.test": StaticGate("a", [upstream])}, SETTINGS) as p:
             p.issue("a.tako.test")
-            data = await raw_exchange(
-                p.https_port,
+            data = await p.exchange(
                 b"GET /slow/5 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
-                b"GET /slow/0 HTTP/1.1\r\nHost: a.tako.test\r\nConnection: close\r\n\r\n",
-                ssl_context=p.client_context(),
-                server_hostname="a.tako.test",
+                b"GET /slow/0 HTTP/1.1\r\nHost: a.tako.test\r\nConnection: close\r\n\r\n"
             )
             assert _statuses(data) == [504, 200]
             assert upstream.in_flight == 0 and upstream.started == 2
@@ -199,9 +194,7 @@ async def test_stalled_request_body_is_408(tmp_path: Path) -> None:
         async with running_proxy(tmp_path, {"a.tako.test": StaticGate("a", [upstream])}, SETTINGS) as p:
             p.issue("a.tako.test")
             stalled = b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: 10\r\n\r\nabc"
-            data = await raw_exchange(
-                p.https_port, stalled, ssl_context=p.client_context(), server_hostname="a.tako.test"
-            )
+            data = await p.exchange(stalled)
             assert _statuses(data) == [408]
             # The body is buffered by the proxy: the instance never saw the incomplete request.
             assert upstream.in_flight == 0 and upstream.started == 0
@@ -359,7 +352,5 @@ async def test_header_timeout_does_not_run_while_the_proxy_is_not_reading(tmp_pa
         head += b"GET /echo?2 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
         head += b"GET /echo?3 HTTP/1.1\r\nHo"
         rest = b"st: a.tako.test\r\nConnection: close\r\n\r\n"
-        data = await raw_exchange(
-            p.https_port, [head, rest], ssl_context=p.client_context(), server_hostname="a.tako.test"
-        )
+        data = await p.exchange([head, rest])
         assert _statuses(data) == [200, 200, 200]

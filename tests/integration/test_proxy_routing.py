@@ -114,9 +114,7 @@ async def test_connection_header_cannot_drop_host_or_framing(tmp_path: Path) -> 
             b"GET /hopframe HTTP/1.1\r\nHost: a.tako.test\r\nConnection: Host\r\n\r\n"
             b"GET /echo HTTP/1.1\r\nHost: a.tako.test\r\nConnection: close\r\n\r\n"
         )
-        data = await raw_exchange(
-            p.https_port, requests, ssl_context=p.client_context(), server_hostname="a.tako.test"
-        )
+        data = await p.exchange(requests)
         responses = parse_responses(data)
         assert [r.status for r in responses] == [200, 200, 200]
         seen = json.loads(responses[0].body)
@@ -136,13 +134,8 @@ async def test_a_response_whose_last_transfer_coding_is_not_chunked_ends_with_th
 ) -> None:
     # Framed as the parser frames it (until the app closes), then re-chunked for the client: complete.
     async with one_app_proxy(tmp_path) as (p, _):
-        data = await raw_exchange(
-            p.https_port,
-            b"GET /te-gzip HTTP/1.1\r\nHost: a.tako.test\r\n\r\n",
-            until_closed=False,
-            expect_responses=1,
-            ssl_context=p.client_context(),
-            server_hostname="a.tako.test",
+        data = await p.exchange(
+            b"GET /te-gzip HTTP/1.1\r\nHost: a.tako.test\r\n\r\n", until_closed=False, expect_responses=1
         )
         responses = parse_responses(data)
         assert len(responses) == 1 and responses[0].complete, data
@@ -296,9 +289,7 @@ async def test_absolute_form_targets_route_by_their_authority(tmp_path: Path) ->
                 # HTTP/1.0 with no Host header at all.
                 b"GET http://a.tako.test:443/echo HTTP/1.0\r\n\r\n"
             )
-            data = await raw_exchange(
-                p.https_port, requests, ssl_context=p.client_context(), server_hostname="a.tako.test"
-            )
+            data = await p.exchange(requests)
             responses = parse_responses(data)
             assert [r.status for r in responses] == [200, 200, 200]
             seen = [json.loads(r.body) for r in responses]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.support.proxy_harness import one_app_proxy, parse_responses, raw_exchange
+from tests.support.proxy_harness import one_app_proxy, parse_responses
 
 pytestmark = [pytest.mark.integration, pytest.mark.uvloop]
 
@@ -85,12 +85,7 @@ async def test_smuggling_shape_refused(tmp_path: Path, shape: str) -> None:
 
     async with one_app_proxy(tmp_path) as (p, up):
         valid = b"GET /echo?first HTTP/1.1\r\n" + H + b"\r\n"
-        data = await raw_exchange(
-            p.https_port,
-            valid + request,
-            ssl_context=p.client_context(),
-            server_hostname="a.tako.test",
-        )
+        data = await p.exchange(valid + request)
         responses = parse_responses(data)
         assert [r.status for r in responses] == [200, status]
         assert b"/echo?first" in responses[0].body

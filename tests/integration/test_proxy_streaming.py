@@ -136,12 +136,7 @@ async def test_chunked_both_ways_and_content_length_upload(tmp_path: Path) -> No
                 assert r.json()["received"] == 5_000_000
             assert r.json()["sha256"] == _pattern_sha(5_000_000)
         # HTTP/1.0 client: no chunked encoding; the body is close-delimited.
-        data = await raw_exchange(
-            p.https_port,
-            b"GET /chunked/1000 HTTP/1.0\r\nHost: a.tako.test\r\n\r\n",
-            ssl_context=p.client_context(),
-            server_hostname="a.tako.test",
-        )
+        data = await p.exchange(b"GET /chunked/1000 HTTP/1.0\r\nHost: a.tako.test\r\n\r\n")
         head, body10 = data.split(b"\r\n\r\n", 1)
         assert b"chunked" not in head.lower() and body10 == b"x" * 1000
 

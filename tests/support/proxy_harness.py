@@ -47,6 +47,26 @@ class ProxyHarness:
         self.ca.configure_trust(ctx)
         return ctx
 
+    async def exchange(
+        self,
+        data: bytes | list[bytes],
+        *,
+        host: str = "a.tako.test",
+        until_closed: bool = True,
+        expect_responses: int = 0,
+        timeout: float = 10.0,
+    ) -> bytes:
+        """`raw_exchange` with the HTTPS listener, as a client that trusts the test CA and asks for `host`."""
+        return await raw_exchange(
+            self.https_port,
+            data,
+            until_closed=until_closed,
+            expect_responses=expect_responses,
+            timeout=timeout,
+            ssl_context=self.client_context(),
+            server_hostname=host,
+        )
+
     def http(self, **kwargs: object) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.http_port}", timeout=30, **kwargs)  # type: ignore[arg-type]
 
