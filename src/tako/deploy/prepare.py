@@ -18,9 +18,9 @@ from tako.deploy.build import run_build
 from tako.deploy.layout import AppLayout
 from tako.deploy.plan import DependencyInstaller, DeployPlan, DeployTarget
 from tako.deploy.releases import release_info
-from tako.deploy.report import Outcome, StepFailed
+from tako.deploy.report import Outcome
 from tako.deploy.version import compute_version
-from tako.errors import DeployError, SecretsError, UsageError
+from tako.errors import DeployError, SecretsError, StepFailed, UsageError
 from tako.protocol import MAX_ENV_BYTES
 from tako.remote.connection import ServerAddress
 from tako.remote.executor import Command

@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from tako.errors import StepFailed as StepFailed  # defined with every other error; imported from here too
-from tako.errors import TakoError
+from tako.errors import StepFailed, TakoError
 from tako.remote.fanout import HostResult
 
 Outcome = HostResult[str]  # value: what the server now serves; error: why not (a StepFailed)
