@@ -35,7 +35,7 @@ from tako.errors import (
     UnknownApp,
     UsageError,
 )
-from tako.errors.library import connect_failure, reason, remote_failure
+from tako.errors.library import connect_failure, exit_status, reason, remote_failure
 from tako.protocol import ERROR_UNKNOWN_APP
 
 SRC = Path(tako.__file__).resolve().parent
@@ -136,3 +136,10 @@ def test_connect_failures_say_why() -> None:
 def test_reason_prefers_the_errno_text() -> None:
     assert reason(OSError(errno.EHOSTUNREACH, "Connect call failed ('10.0.0.5', 22)")) == "no route to host"
     assert reason(asyncssh.ConnectionLost("Connection lost")) == "Connection lost"
+
+
+def test_no_exit_status_is_a_lost_connection() -> None:
+    # asyncssh's None: the channel closed with neither a status nor a signal.
+    assert exit_status(3, "web1", "tar") == 3
+    with pytest.raises(ConnectionLost, match=r"^web1: connection lost during tar$"):
+        exit_status(None, "web1", "tar")

@@ -53,6 +53,14 @@ def remote_failure(
     return ConnectionLost(message or f"{server}: connection lost during {doing}")
 
 
+def exit_status(status: int | None, server: str, doing: str) -> int:
+    """A finished remote command's exit status; asyncssh reports None when the channel closed with neither
+    a status nor a signal, which is a connection cut while `doing` ran (not a failure of the command)."""
+    if status is None:
+        raise ConnectionLost(f"{server}: connection lost during {doing}")
+    return status
+
+
 def connect_failure(exc: BaseException, label: str, endpoint: str) -> RemoteError:
     """Why no SSH connection to `endpoint` came about (`label` names the server or the jump host)."""
     if isinstance(exc, TimeoutError):

@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncssh
 
 from tako.errors import CommandFailed, RemoteError, ServerNotAnswering, ServerTimeout
-from tako.errors.library import TRANSPORT_ERRORS, remote_failure
+from tako.errors.library import TRANSPORT_ERRORS, exit_status, remote_failure
 from tako.protocol import Hello, Reply, Request, decode_reply, encode_request
 from tako.remote.connection import ServerAddress
 
@@ -82,7 +82,7 @@ class Executor:
             raise remote_failure(exc, self.address.name, what or command.argv[0]) from exc
         stdout = _text(result.stdout)
         stderr = _text(result.stderr)
-        status = result.exit_status if result.exit_status is not None else 255
+        status = exit_status(result.exit_status, self.address.name, what or command.argv[0])
         if check and status != 0:
             detail = stderr.strip() or stdout.strip() or f"exit status {status}"
             step = what or command.argv[0]
@@ -118,7 +118,7 @@ class Executor:
                     process.close()
         except TRANSPORT_ERRORS as exc:
             raise remote_failure(exc, self.address.name, what, timeout=timeout) from exc
-        return completed.exit_status if completed.exit_status is not None else 255
+        return exit_status(completed.exit_status, self.address.name, what)
 
     async def upload(
         self,
