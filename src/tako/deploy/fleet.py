@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from tako.deploy.interrupts import interrupts
 from tako.deploy.plan import DeployPlan, DeployTarget
 from tako.deploy.report import DeployReport, Outcome, Progress
-from tako.deploy.server_deploy import ServerDeploy, show
+from tako.deploy.server_deploy import INTERRUPTED, ServerDeploy, show
 from tako.deploy.steps import CURRENT, DEPLOY, PREPARE, RELEASE, SWITCH
 from tako.errors import TakoError
 from tako.protocol import ERROR_UNKNOWN_APP, Delete, Deploy, Status
@@ -137,8 +137,9 @@ def _previous_release(d: ServerDeploy, previous: dict[str, object]) -> Deploy:
 
 
 async def _hold_back(deploys: Sequence[ServerDeploy], why: str, step: str = "deploy") -> None:
-    """These servers do not switch: their staged releases and locks are removed."""
-    await _each(deploys, lambda d: d.fail(why, step=step))
+    """These servers do not switch: their staged releases and locks are removed. After an interrupt that
+    is the reason they give, whatever else failed."""
+    await _each(deploys, lambda d: d.fail(INTERRUPTED if d.interrupted else why, step=step))
 
 
 async def _each(
