@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.e2e.conftest import TakoCLI, cli_with_hosts, user_ssh_env
-from tests.support.fleet import everywhere, leftovers, remote, serves
+from tests.support.fleet import DeployProcess, everywhere, leftovers, remote, serves
 from tests.support.projects import commit_all, git, make_project, wait_for
 from tests.support.testbed import Host, Testbed
 
@@ -71,56 +68,6 @@ def test_deploy_to_three_hosts_status_and_logs(hosts: list[Host], cli: TakoCLI, 
     wait_for(all_logged, timeout=15, what="request lines from all three hosts in `tako logs`")
 
 
-class DeployProcess:
-    """`tako deploy` as a child process whose plain output is read line by line while it runs."""
-
-    def __init__(self, cli: TakoCLI, project: Path, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [cli.executable, "deploy", "--yes"],
-            cwd=project,
-            env={**cli.env(env), "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_for_line(self, needle: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no line with {needle!r} in {timeout}s:\n{''.join(self.seen)}")
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise AssertionError(f"deploy ended without {needle!r}:\n{''.join(self.seen)}")
-            self.seen.append(line)
-            if needle in line:
-                return line
-
-    def finish(self, timeout: float) -> tuple[int, str]:
-        code = self.proc.wait(timeout=timeout)
-        while (line := self.lines.get(timeout=5)) is not None:
-            self.seen.append(line)
-        return code, "".join(self.seen)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
 @contextlib.contextmanager
 def slow_link(host: Host) -> Iterator[None]:
     """The host's machine->host traffic shaped to 16 Mbit/s, so an upload lasts seconds."""
@@ -144,7 +91,7 @@ def test_partition_mid_upload_and_held_lock(
     remote(locked_host, f"mkdir -p {lock} && echo 'alice@laptop pid 4242 since noon' > {lock}/holder")
     try:
         with slow_link(cut_host):
-            deploy = DeployProcess(cli, project, ssh_env(ok_host))
+            deploy = DeployProcess(cli.executable, project, cli.env(ssh_env(ok_host)))
             try:
                 deploy.wait_for_line(f"[{cut_host.name}] uploading", timeout=60)
                 testbed.cut(cut_host.name)

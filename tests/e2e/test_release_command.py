@@ -3,14 +3,25 @@ the new release with its environment, before any server switches; a failing one 
 
 from __future__ import annotations
 
+import random
+import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.e2e.conftest import TakoCLI, cli_with_hosts, user_ssh_env
-from tests.support.fleet import everywhere, leftovers, live_link, releases, serves, set_tako_key
-from tests.support.projects import commit_all, make_project
+from tests.support.fleet import (
+    DeployProcess,
+    everywhere,
+    leftovers,
+    live_link,
+    releases,
+    serves,
+    set_tako_key,
+)
+from tests.support.projects import commit_all, make_project, wait_for
 from tests.support.testbed import Host, Testbed
 
 pytestmark = pytest.mark.e2e
@@ -50,6 +61,16 @@ def deploy(cli: TakoCLI, project: Path, host: Host) -> tuple[int, str]:
     return result.returncode, result.stdout + result.stderr
 
 
+def live_version(cli: TakoCLI, project: Path, hosts: list[Host]) -> str:
+    """The version the servers serve; deployed first when the app is not there yet (a test run alone)."""
+    if hosts[0].exec(f"test -L /opt/tako/apps/{APP}/current", user="tako").returncode != 0:
+        set_tako_key(project, "release = 'true'")
+        commit_all(project, "deployed first")
+        code, out = deploy(cli, project, hosts[0])
+        assert code == 0, out
+    return live_link(hosts[0], APP)
+
+
 def recorded(runs: Path) -> list[list[str]]:
     return [line.split() for line in runs.read_text().splitlines()]
 
@@ -85,6 +106,7 @@ def test_the_release_command_runs_once_in_the_new_release_before_any_switch(
 def test_a_failing_release_command_switches_no_server(
     cli: TakoCLI, hosts: list[Host], project: Path, runs: Path
 ) -> None:
+    live_version(cli, project, hosts)
     before = {host.name: live_link(host, APP) for host in hosts}
     set_tako_key(project, "release = 'echo \"cannot migrate\" >&2; exit 3'")
     broken = commit_all(project, "a release command that fails")
@@ -105,7 +127,7 @@ def test_a_failing_release_command_switches_no_server(
 def test_a_release_command_over_its_timeout_is_stopped(
     cli: TakoCLI, hosts: list[Host], project: Path
 ) -> None:
-    before = live_link(hosts[0], APP)
+    before = live_version(cli, project, hosts)
     set_tako_key(project, "release = 'echo started; sleep 600'")
     set_tako_key(project, "release_timeout = 2")
     commit_all(project, "a release command that hangs")
@@ -113,6 +135,35 @@ def test_a_release_command_over_its_timeout_is_stopped(
     assert code == 1, out
     assert f"[{hosts[0].name}] started" in out, out
     assert "did not finish within 2 s and was stopped" in out, out
+    for host in hosts:
+        assert live_link(host, APP) == before, host.name
+        assert leftovers(host, APP) == [], host.name
+
+
+def running(command_line: str) -> bool:
+    """Whether a process with this command line runs anywhere on the machine (hosts share its pids)."""
+    return subprocess.run(["pgrep", "-f", command_line], capture_output=True).returncode == 0
+
+
+def test_ctrl_c_during_the_release_command_stops_it_and_switches_nothing(
+    cli: TakoCLI, hosts: list[Host], project: Path
+) -> None:
+    before = live_version(cli, project, hosts)
+    sleeper = f"sleep {random.randint(700000, 799999)}"  # a command line of this test only
+    set_tako_key(project, f"release = 'echo started; {sleeper}'")
+    set_tako_key(project, "release_timeout = 600")
+    commit_all(project, "a release command that waits")
+    deploy = DeployProcess(cli.executable, project, cli.env(user_ssh_env(hosts[0])))
+    try:
+        deploy.wait_for_line(f"[{hosts[0].name}] started", timeout=120)
+        assert running(sleeper)
+        deploy.proc.send_signal(signal.SIGINT)
+        code, out = deploy.finish(timeout=60)
+    finally:
+        deploy.kill()
+    assert code == 130, out
+    assert f"✗ {hosts[0].name}: failed at release: interrupted before tako-server was asked" in out, out
+    wait_for(lambda: not running(sleeper), timeout=30, what="the release command to stop on the server")
     for host in hosts:
         assert live_link(host, APP) == before, host.name
         assert leftovers(host, APP) == [], host.name

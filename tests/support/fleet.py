@@ -1,7 +1,12 @@
-"""Checks on the servers of a multi-server e2e test: what each serves, what a deploy left behind."""
+"""Checks on the servers of a multi-server e2e test (what each serves, what a deploy left behind), and a
+`tako deploy` whose output is read while it runs."""
 
 from __future__ import annotations
 
+import queue
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 from tests.support.projects import body_and_status, curl
@@ -50,3 +55,53 @@ def set_tako_key(project: Path, line: str) -> None:
     lines = [entry for entry in toml.read_text().splitlines() if not entry.startswith(f"{key} =")]
     lines.insert(lines.index("[tako]") + 1, line)
     toml.write_text("\n".join(lines) + "\n")
+
+
+class DeployProcess:
+    """`tako deploy --yes` as a child process whose plain output is read line by line while it runs."""
+
+    def __init__(self, executable: str, project: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [executable, "deploy", "--yes"],
+            cwd=project,
+            env={**env, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for_line(self, needle: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no line with {needle!r} in {timeout}s:\n{''.join(self.seen)}")
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(f"deploy ended without {needle!r}:\n{''.join(self.seen)}")
+            self.seen.append(line)
+            if needle in line:
+                return line
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        code = self.proc.wait(timeout=timeout)
+        while (line := self.lines.get(timeout=5)) is not None:
+            self.seen.append(line)
+        return code, "".join(self.seen)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
