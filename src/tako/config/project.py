@@ -452,8 +452,9 @@ def _routes(source: Source, env_name: str, env_table: dict[str, Any]) -> tuple[s
         try:
             parsed = parse_route(text)
         except RouteError as exc:
-            problem = getattr(exc, "problem", str(exc))
-            raise source.error(route_path, f"invalid route {text!r}: {problem}", hint=ACCEPTED_FORMS) from exc
+            raise source.error(
+                route_path, f"invalid route {text!r}: {exc.problem}", hint=ACCEPTED_FORMS
+            ) from exc
         if parsed in seen:
             same = "" if text == seen[parsed] else f" (both mean {parsed})"
             raise source.error(route_path, f"route {text!r} is listed twice{same}", hint="remove one of them")
