@@ -5,6 +5,7 @@ first request already counts; the count survives a redeploy; `tako run` reaches 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from tests.e2e.conftest import TakoCLI, cli_with_server, user_ssh_env
 from tests.support.projects import body_and_status, commit_all, curl, git
+from tests.support.terminal import read_until, terminal_session
 from tests.support.testbed import Host, Testbed
 
 pytestmark = pytest.mark.e2e
@@ -99,3 +101,14 @@ def test_tako_run_reaches_manage_py(deployed: Deployed) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["visits", "[X]", "0001_initial"]
+
+
+def test_manage_py_shell_is_interactive_from_a_terminal(deployed: Deployed) -> None:
+    argv = [deployed.cli.executable, "run", "--", "python", "manage.py", "shell", "--no-startup"]
+    env = deployed.cli.env(user_ssh_env(deployed.host))
+    with terminal_session(argv, env=env, cwd=deployed.project, rows=40, columns=120) as (proc, master):
+        read_until(master, b">>> ")
+        os.write(master, b"from visits.models import Counter; print('hits', Counter.objects.count())\r")
+        read_until(master, b"hits 1")
+        os.write(master, b"exit()\r")
+        assert proc.wait(timeout=60) == 0

@@ -4,17 +4,9 @@ interactive; a secret never appears in any process's argv; mistakes get clear er
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-import pty
-import select
 import signal
-import struct
 import subprocess
-import termios
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +15,7 @@ from tests.e2e.conftest import TakoCLI, cli_with_server, user_ssh_env
 from tests.e2e.test_secrets_e2e import ProcWatch
 from tests.support.processes import stop_process
 from tests.support.projects import make_project, wait_for
+from tests.support.terminal import read_until, terminal_session
 from tests.support.testbed import Host, Testbed
 
 pytestmark = pytest.mark.e2e
@@ -117,7 +110,9 @@ def test_a_secret_reaches_the_command_through_its_environment_never_argv(deploye
 
 def test_with_a_terminal_the_command_is_interactive(deployed: Deployed) -> None:
     script = 'tty; stty size; printf "name? "; read name; echo "hi $name"'
-    with terminal_session(deployed, ["--", "sh", "-c", script], rows=33, columns=101) as (proc, master):
+    argv = [deployed.cli.executable, "run", "--", "sh", "-c", script]
+    env = deployed.cli.env(user_ssh_env(deployed.host))
+    with terminal_session(argv, env=env, cwd=deployed.project, rows=33, columns=101) as (proc, master):
         output = read_until(master, b"name? ")
         assert b"/dev/pts/" in output and b"33 101" in output
         os.write(master, b"tako\r")
@@ -152,49 +147,3 @@ def test_mistakes_get_clear_errors(deployed: Deployed, tmp_path: Path) -> None:
     assert "neverdeployed has no live release on this server" in result.stderr
     result = deployed.run("--", "no-such-program")
     assert result.returncode == 127 and "no-such-program" in result.stderr
-
-
-# --- a local terminal ------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def terminal_session(
-    deployed: Deployed, args: list[str], *, rows: int, columns: int
-) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """`tako run ARGS` with a pseudo-terminal of `rows` x `columns` as its stdin, stdout and stderr."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-    env = {**deployed.cli.env(user_ssh_env(deployed.host)), "TERM": "xterm"}
-    proc = subprocess.Popen(
-        [deployed.cli.executable, "run", *args],
-        cwd=deployed.project,
-        env=env,
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        start_new_session=True,
-    )
-    os.close(slave)
-    try:
-        yield proc, master
-    finally:
-        stop_process(proc)
-        os.close(master)
-
-
-def read_until(master: int, wanted: bytes, timeout: float = 60) -> bytes:
-    """What the terminal shows until `wanted` appears (fails after `timeout` seconds)."""
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while wanted not in seen:
-        left = deadline - time.monotonic()
-        assert left > 0, f"timed out waiting for {wanted!r} on the terminal; saw {seen!r}"
-        ready, _, _ = select.select([master], [], [], left)
-        if ready:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO: the other side closed
-                chunk = b""
-            assert chunk, f"the terminal closed before {wanted!r}; saw {seen!r}"
-            seen += chunk
-    return seen
