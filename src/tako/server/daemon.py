@@ -22,7 +22,7 @@ from typing import Any
 from tako.config.server import ServerConfig
 from tako.errors import TakoError
 from tako.server import status
-from tako.server.apps import isolation, oneoff, scaling
+from tako.server.apps import isolation, oneoff_protocol, scaling
 from tako.server.apps.oneoff import OneOffServer
 from tako.server.apps.registry import AppRegistry
 from tako.server.control import ControlServer
@@ -102,7 +102,7 @@ class Daemon:
         self.control = ControlServer(self.registry, self._info, self.acme.status)
         await self.control.start(Path(settings.socket))
         self.oneoff = OneOffServer(self.registry)
-        await self.oneoff.start(oneoff.socket_path(Path(settings.socket)))
+        await self.oneoff.start(oneoff_protocol.socket_path(Path(settings.socket)))
         self._tasks.append(asyncio.create_task(scaling.idle_loop(lambda: self.registry or ())))
         log.info(
             "tako-server ready data_dir=%s socket=%s http_port=%s https_port=%s apps=%d data_plane=%s "

@@ -66,14 +66,15 @@ def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def run_as_app(args: argparse.Namespace, command: list[str]) -> int:
     """`tako-server run-as-app`: hand the command to the running tako-server (apps/oneoff_client.py)."""
-    from tako.server.apps import oneoff, oneoff_client
+    from tako.server.apps import oneoff_client, oneoff_protocol
 
     try:
         if not command:
             raise TakoError("run-as-app needs a command", hint="tako-server run-as-app APP -- CMD ARGS...")
         socket = Path(args.socket) if args.socket else Path(load_config(args).server.socket)
         return oneoff_client.run(
-            oneoff.socket_path(socket), oneoff.RunRequest(args.app, tuple(command), args.release)
+            oneoff_protocol.socket_path(socket),
+            oneoff_protocol.RunRequest(args.app, tuple(command), args.release),
         )
     except TakoError as exc:
         hint = f"\n  hint: {exc.hint}" if exc.hint else ""

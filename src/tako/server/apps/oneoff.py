@@ -15,8 +15,7 @@ The release is the live one by default, or any directory under `<app dir>/releas
 (`.partial-*`, not yet known to tako-server) included: a deploy runs its release command there before any
 server switches.
 
-Wire format, one JSON object per line. Client: {"app", "release" (path or null), "argv"} sent with the
-three descriptors, later {"signal": N}. Server: {"started": pid} or {"error", "hint"}, then {"exit": status}.
+The wire format is in oneoff_protocol.py.
 """
 
 from __future__ import annotations
@@ -28,55 +27,28 @@ import logging
 import os
 import signal
 import socket
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tako.errors import OneOffError, TakoError
 from tako.server.apps import isolation, spawner
+from tako.server.apps.oneoff_protocol import (
+    FORWARDED_SIGNALS,
+    MAX_REQUEST_BYTES,
+    NOT_EXECUTABLE,
+    NOT_FOUND,
+    RunRequest,
+)
 from tako.server.apps.registry import AppRegistry
 from tako.server.apps.release import Release, ensure_data_dir, load_release
 from tako.server.control import bind_socket
 
 log = logging.getLogger("tako.server.oneoff")
 
-MAX_REQUEST_BYTES = 256 * 1024
 HANGUP_GRACE = 10.0  # seconds a command gets after SIGHUP (its client went away) before SIGKILL
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH)
 # Variables an instance gets that make no sense for a command that serves nothing.
 INSTANCE_ONLY = ("PORT", "HOST", "TAKO_INSTANCE")
-
-
-NOT_FOUND = 127  # a shell's status for a command that does not exist
-NOT_EXECUTABLE = 126
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    app: str
-    argv: tuple[str, ...]
-    release: str | None = None  # a release directory; None: the live release
-
-    def encode(self) -> bytes:
-        data = {"app": self.app, "release": self.release, "argv": list(self.argv)}
-        return json.dumps(data).encode() + b"\n"
-
-    @classmethod
-    def decode(cls, line: bytes) -> RunRequest:
-        try:
-            data: Any = json.loads(line)
-            app, release, argv = data["app"], data["release"], data["argv"]
-        except (ValueError, TypeError, KeyError) as exc:
-            raise OneOffError(f"malformed one-off request: {exc}") from exc
-        ok = isinstance(app, str) and (release is None or isinstance(release, str))
-        if not ok or not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            raise OneOffError("malformed one-off request: app, release and a non-empty argv are required")
-        return cls(app, tuple(argv), release)
-
-
-def socket_path(control_socket: Path) -> Path:
-    """The one-off socket, beside the control socket: `tako.sock` -> `tako-run.sock`."""
-    return control_socket.with_name(f"{control_socket.stem}-run{control_socket.suffix}")
 
 
 def command_env(release: Release) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""The client half of one-off commands, run by `tako-server run-as-app` (see oneoff.py for the server half).
+"""The client half of one-off commands, run by `tako-server run-as-app` (oneoff.py is the server half).
 
 It hands this process's stdin, stdout and stderr to tako-server with the request, forwards the signals it
 gets to the command, and returns the command's exit status. When the session that started it is gone (its
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tako.errors import OneOffError
-from tako.server.apps.oneoff import FORWARDED_SIGNALS, RunRequest
+from tako.server.apps.oneoff_protocol import FORWARDED_SIGNALS, RunRequest
 
 HUNG_UP = 128 + signal.SIGHUP  # the status a shell reports for a command ended by SIGHUP
 _GONE = select.POLLERR | select.POLLHUP
