@@ -15,15 +15,15 @@ Public API (used by the daemon):
 The proxy wires `certs.set_routed_host_predicate` to its current snapshot (self-signed fallback for
 routed hosts). Redirects to HTTPS name the HTTPS listener's port unless it is 443 or
 `https_redirect_port` is given. Modules: `server` (listeners, pools, sweeper), `client` (per
-connection / per request), `upstream` (instance connections), `body_buffer` (request bodies held
-before forwarding), `responses` (local answers), `backend` (the interface to the app runtime),
-`cold_start` (the cold-start admission every gate uses), `compiled` (whether `client` and `upstream` run
-compiled). See docs/proxy.md.
+connection), `cycle` (per request, and the callbacks between client and upstream), `upstream` (instance
+connections), `body_buffer` (request bodies held before forwarding), `responses` (local answers),
+`backend` (the interface to the app runtime), `cold_start` (the cold-start admission every gate uses),
+`compiled` (whether `cycle`, `client` and `upstream` run compiled). See docs/proxy.md.
 """
 
 from tako.server.proxy import compiled
 
-compiled.select()  # before anything imports client or upstream
+compiled.select()  # before anything imports the modules it chooses for
 
 from tako.server.proxy.server import ProxyServer  # noqa: E402
 
