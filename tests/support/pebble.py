@@ -157,9 +157,8 @@ class Pebble:
         if self._dns is not None and self._dns.poll() is None:
             return
         log = self.workdir / "challtestsrv.log"
-        out = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self._logs.append(out)
-        self._dns = subprocess.Popen(
+        self._dns = self._spawn(
+            log,
             [
                 CHALLTESTSRV_BIN,
                 "-dns01",
@@ -178,9 +177,6 @@ class Pebble:
                 "-defaultIPv6",
                 "",
             ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
         )
 
         def ready() -> bool:
@@ -212,9 +208,8 @@ class Pebble:
             "PEBBLE_WFE_NONCEREJECT": "0",
         }
         log = self.workdir / "pebble.log"
-        out = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self._logs.append(out)
-        self._pebble = subprocess.Popen(
+        self._pebble = self._spawn(
+            log,
             [
                 PEBBLE_BIN,
                 "-config",
@@ -223,17 +218,23 @@ class Pebble:
                 f"127.0.0.1:{self.dns_port}",
                 "-strict=false",
             ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
             env=env,
-            cwd=self.workdir,
         )
 
         def ready() -> bool:
             return httpx.get(self.directory_url, verify=self._client_ssl(), timeout=1.0).status_code == 200
 
         _wait(ready, timeout, "pebble", self._pebble, log)
+
+    def _spawn(
+        self, log: Path, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start `argv` in the work dir, its output appended to `log` (closed in stop())."""
+        out = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self._logs.append(out)
+        return subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=self.workdir
+        )
 
     def stop_pebble(self) -> None:
         """Stop Pebble only (the DNS keeps its records): the directory becomes unreachable."""
