@@ -15,7 +15,7 @@ from tests.e2e.conftest import TakoCLI, cli_with_server, user_ssh_env
 from tests.e2e.test_secrets_e2e import ProcWatch
 from tests.support.processes import stop_process
 from tests.support.projects import make_project, wait_for
-from tests.support.terminal import read_until, terminal_session
+from tests.support.terminal import read_until, set_window_size, terminal_session
 from tests.support.testbed import Host, Testbed
 
 pytestmark = pytest.mark.e2e
@@ -108,15 +108,21 @@ def test_a_secret_reaches_the_command_through_its_environment_never_argv(deploye
     assert SECRET.encode() in watch.delivered  # seen in the environ of the command, run as the app
 
 
-def test_with_a_terminal_the_command_is_interactive(deployed: Deployed) -> None:
-    script = 'tty; stty size; printf "name? "; read name; echo "hi $name"'
+def test_with_a_terminal_the_command_is_interactive_and_follows_the_window_size(deployed: Deployed) -> None:
+    script = 'tty; stty size; printf "name? "; read name; echo "hi $name"; '
+    script += 'while [ "$(stty size)" = "33 101" ]; do sleep 0.1; done; echo "now $(stty size)"'
     argv = [deployed.cli.executable, "run", "--", "sh", "-c", script]
     env = deployed.cli.env(user_ssh_env(deployed.host))
     with terminal_session(argv, env=env, cwd=deployed.project, rows=33, columns=101) as (proc, master):
         output = read_until(master, b"name? ")
         assert b"/dev/pts/" in output and b"33 101" in output
         os.write(master, b"tako\r")
-        output = read_until(master, b"hi tako")
+        read_until(master, b"hi tako")
+        # The window grows: a terminal emulator sets the size and the kernel signals the foreground group
+        # (here by hand: `tako run` runs in a session of its own, so the kernel would not).
+        set_window_size(master, rows=50, columns=132)
+        proc.send_signal(signal.SIGWINCH)
+        read_until(master, b"now 50 132")
         assert proc.wait(timeout=60) == 0
 
 

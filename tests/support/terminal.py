@@ -24,7 +24,7 @@ def terminal_session(
     """`argv` with a pseudo-terminal of `rows` x `columns` as its stdin, stdout and stderr; yields the
     process and the terminal's master side (what a terminal emulator reads and writes)."""
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    set_window_size(slave, rows=rows, columns=columns)
     proc = subprocess.Popen(
         argv,
         cwd=cwd,
@@ -40,6 +40,11 @@ def terminal_session(
     finally:
         stop_process(proc)
         os.close(master)
+
+
+def set_window_size(fd: int, *, rows: int, columns: int) -> None:
+    """Resize the terminal `fd` is a side of (either side will do)."""
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
 
 
 def read_until(master: int, wanted: bytes, timeout: float = 60) -> bytes:
