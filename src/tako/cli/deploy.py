@@ -73,7 +73,8 @@ def offer_server(project_dir: Path, env: str) -> None:
 )
 @click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
 def deploy(env: str, yes: bool, directory: Path | None) -> None:
-    """Build the app and deploy it to every server of an environment, in parallel."""
+    """Build the app and deploy it to every server of an environment (all at once, or as [deploy] in
+    tako.toml says)."""
     cli = get_cli()
     project_dir = directory.resolve() if directory else cli.project_dir()
     console = cli.console

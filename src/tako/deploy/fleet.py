@@ -51,7 +51,7 @@ async def _run(plan: DeployPlan, deploys: list[ServerDeploy]) -> None:
     if not plan.release_command and not fleet.atomic and fleet.strategy == "parallel":
         await _each(deploys, lambda d: d.run_steps((*PREPARE, *SWITCH)))
         return
-    await _each(deploys, lambda d: d.run_steps(PREPARE), report=False)
+    await _each(deploys, _prepare, report=False)
     ready = [d for d in deploys if d.ok]
     if fleet.atomic:
         await _each(ready, _remember_live, report=False)
@@ -64,6 +64,11 @@ async def _run(plan: DeployPlan, deploys: list[ServerDeploy]) -> None:
         await _hold_back(ready[1:], f"not switched: the release command failed on {ready[0].name}", "release")
         return
     await _switch(plan, ready)
+
+
+async def _prepare(d: ServerDeploy) -> None:
+    if await d.run_steps(PREPARE):
+        show(d.progress.step, d.name, "ready", "prepared; waiting for the other servers to switch")
 
 
 async def _switch(plan: DeployPlan, ready: list[ServerDeploy]) -> None:
