@@ -45,7 +45,7 @@ def test_release_info_names_commit_subject_and_who(tmp_path: Path) -> None:
     info = release_info(project, "abc1234", now)
     assert info["commit"] == git(project, "rev-parse", "HEAD")
     assert info["subject"] == "Fix the\ttab subject"
-    assert info["deployed_at"] == "2026-01-02T03:04:05Z"
+    assert info["deployed_at"] == "2026-01-02T03:04:05.000Z"
     assert "@" in info["deployed_by"] and info["version"] == "abc1234"
 
 
@@ -105,7 +105,8 @@ def test_rollback_goes_to_the_release_before_the_live_one_or_the_one_named() -> 
     ("found", "wanted", "message", "hint"),
     [
         (_kept("v2", "v1", live="v2"), "v9", "does not have release v9 (it keeps: v2, v1)", "tako releases"),
-        (_kept("v1", live="v1"), None, "no release before the live one (v1)", "tako rollback VERSION"),
+        (_kept("v2", "v1", live="v1"), None, "no release before the live one (v1)", "tako rollback v2"),
+        (_kept("v1", live="v1"), None, "no release before the live one (v1)", "tako deploy"),
         (_kept("v1", live=None), None, "app is not running on this server", "tako deploy"),
     ],
 )

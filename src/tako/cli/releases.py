@@ -25,6 +25,10 @@ def _size(n: int) -> str:
     return f"{value:.1f} GiB"
 
 
+def _row(mark: str, version: str, when: str, who: str, size: str, commit: str) -> str:
+    return f"  {mark} {version:<18} {when:<19}  {who:<24} {size:>10}  {commit}"
+
+
 def disagreement(results: list[HostResult[ServerReleases]]) -> str | None:
     """A line naming what each server runs when the reachable servers do not run the same release."""
     live = {r.server.name: r.value.live for r in results if r.value is not None}
@@ -35,26 +39,26 @@ def disagreement(results: list[HostResult[ServerReleases]]) -> str | None:
 
 
 def render_releases(console: Console, app: str, results: list[HostResult[ServerReleases]]) -> None:
+    def say(text: str) -> None:
+        console.print(text, highlight=False, markup=False)
+
     for result in results:
         name = result.server.name
         if result.value is None:
-            console.print(f"✗ {name}: {_error(result)}", highlight=False, markup=False)
+            say(f"✗ {name}: {_error(result)}")
             continue
         found = result.value
         live = found.live or "nothing (not running)"
-        console.print(f"{name}: {app}, live {live}, {len(found.releases)} release(s) kept", highlight=False)
+        say(f"{name}: {app}, live {live}, {len(found.releases)} release(s) kept")
+        if found.releases:
+            say(_row(" ", "VERSION", "DEPLOYED", "BY", "SIZE", "COMMIT"))
         for entry in found.releases:
             mark = "*" if entry.version == found.live else " "
-            who = entry.deployed_by or "-"
-            console.print(
-                f"  {mark} {entry.version:<18} {local_time(entry.deployed_at):<19}  {who:<24} "
-                f"{_size(entry.size):>10}  {entry.describe_commit()}",
-                highlight=False,
-                markup=False,
-            )
+            when, who, size = local_time(entry.deployed_at), entry.deployed_by or "-", _size(entry.size)
+            say(_row(mark, entry.version, when, who, size, entry.describe_commit()))
     line = disagreement(results)
     if line:
-        console.print(f"! {line}", highlight=False)
+        say(f"! {line}")
 
 
 def _error(result: HostResult[ServerReleases]) -> str:

@@ -50,7 +50,7 @@ def rollback(version: str | None, env: str, yes: bool) -> None:
         )
 
     def say(server: str, text: str) -> None:
-        console.print(f"  {server}: {text}", highlight=False, markup=False)
+        console.print(f"[{server}] {text}", highlight=False, markup=False)
 
     results = asyncio.run(
         rollback_all(project.name, addresses, version, cli.known_hosts_path, say, on_interrupt=on_interrupt)

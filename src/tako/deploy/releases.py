@@ -89,7 +89,8 @@ class ServerReleases:
 
 def release_info(project_dir: Path, version: str, now: datetime | None = None) -> dict[str, str]:
     """The `release` object of app.json: who deploys which commit, when."""
-    when = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Milliseconds: two deploys within a second still list in the order they were made.
+    when = (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     info = {
         "version": version,
         "deployed_at": when,

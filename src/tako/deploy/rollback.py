@@ -47,9 +47,12 @@ def choose_version(app: str, found: ServerReleases, wanted: str | None) -> str:
     if wanted is None:
         previous = found.previous()
         if previous is None:
+            others = [v for v in found.versions() if v != found.live]
             raise DeployError(
                 f"no release before the live one ({found.live}) is kept here (releases: {kept})",
-                hint="name a release to roll back to: `tako rollback VERSION` (see `tako releases`)",
+                hint=f"to switch to a newer one, name it: `tako rollback {others[0]}`"
+                if others
+                else "deploy a new release with `tako deploy`",
             )
         return previous
     if wanted not in found.versions():
