@@ -140,6 +140,26 @@ def test_ctrl_c_without_a_terminal_reaches_the_command(deployed: Deployed) -> No
     assert (proc.returncode, out) == (5, "got-int\n")
 
 
+def test_a_second_ctrl_c_disconnects_and_the_command_is_hung_up(deployed: Deployed) -> None:
+    """A command that ignores SIGINT: the second Ctrl-C leaves at once (130); the closed session makes
+    tako-server send the command SIGHUP."""
+    marker = f"/opt/tako/apps/{APP}/shared/data/hung-up"
+    script = 'trap "" INT; trap "touch \\"$TAKO_DATA_DIR/hung-up\\"; exit 0" HUP; echo ready; '
+    script += "while :; do sleep 0.1; done"
+    argv = [deployed.cli.executable, "run", "--", "sh", "-c", script]
+    env = deployed.cli.env(user_ssh_env(deployed.host))
+    deployed.host.exec(f"rm -f {marker}")
+    proc = subprocess.Popen(argv, cwd=deployed.project, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        stop_process(proc)
+    wait_for(lambda: deployed.host.exec(f"test -e {marker}").returncode == 0, timeout=30, what="SIGHUP")
+
+
 def test_mistakes_get_clear_errors(deployed: Deployed, tmp_path: Path) -> None:
     result = deployed.run("--server", "nope", "--", "true")
     assert result.returncode == 2
