@@ -5,6 +5,7 @@ servers that switched when another fails to."""
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,3 +143,35 @@ def test_atomic_switches_back_when_a_server_fails_to_switch(
     assert code == 0, out
     assert_all_on(hosts, live_link(hosts[0], APP))
     assert live_link(hosts[0], APP) != old
+
+
+def test_an_atomic_first_deploy_that_fails_to_switch_removes_the_app_again(
+    cli: TakoCLI, hosts: list[Host], tmp_path: Path
+) -> None:
+    # Nothing ran before on any server: switching back means tako-server forgets the app again.
+    marker = "/opt/tako/no-start-fleetnew"
+    project = make_project(
+        tmp_path,
+        name="fleetnew",
+        route="fleetnew.tako.test",
+        servers=everywhere(hosts),
+        start=f"test ! -e {marker} && exec python3 app.py",
+        extra_toml="\n[deploy]\natomic = true\n",
+    )
+    failing = hosts[1]
+    failing.exec(f"touch {marker}", check=True)
+    try:
+        result = cli.run("deploy", "--yes", cwd=project, env=user_ssh_env(hosts[0]), timeout=240)
+    finally:
+        failing.exec(f"rm -f {marker}", check=True)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    for host in (hosts[0], hosts[2]):
+        removed = f"{failing.name} failed to switch, so this atomic deploy was undone: the app, new here, was"
+        assert f"✗ {host.name}: failed at deploy: {removed} removed again" in out, out
+    servers = json.loads(cli.ok("status", "--json", env=user_ssh_env(hosts[0])).stdout)
+    assert [a["app"] for s in servers for a in s["apps"] if a["app"] == "fleetnew"] == [], servers
+    for host in hosts:
+        assert leftovers(host, "fleetnew") == [], host.name
+    cli.ok("deploy", "--yes", cwd=project, env=user_ssh_env(hosts[0]), timeout=240)
+    cli.ok("delete", "--yes", cwd=project, env=user_ssh_env(hosts[0]))
