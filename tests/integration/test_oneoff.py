@@ -93,6 +93,8 @@ def test_mistakes_get_clear_errors(server: TakoServer, tmp_path: Path) -> None:
     assert result.returncode == 125 and "is not in" in result.stderr
     result = run_as_app(server, "demo", "--", "no-such-command-here")
     assert result.returncode == 127 and "no-such-command-here" in result.stderr
+    result = run_as_app(server, "../demo", "--release", str(outside), "--", "true")
+    assert result.returncode == 125 and "invalid app name '../demo'" in result.stderr
     result = run_as_app(server, "demo")
     assert result.returncode != 0 and "needs a command" in result.stderr
 

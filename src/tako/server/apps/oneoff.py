@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tako.config.loading import name_problem
 from tako.errors import OneOffError, TakoError
 from tako.server.apps import isolation, spawner
 from tako.server.apps.oneoff_protocol import (
@@ -167,6 +168,9 @@ class OneOffServer:
 
     async def _release(self, request: RunRequest) -> Release:
         """The live release, or the release at `request.release` prepared for the app's uid."""
+        problem = name_problem(request.app)
+        if problem:  # the name becomes a path and may get a uid: nothing but an app name will do
+            raise OneOffError(f"invalid app name {request.app!r}: {problem}")
         if request.release is None:
             app = self.registry.apps.get(request.app)
             if app is None:
