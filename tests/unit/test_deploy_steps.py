@@ -10,13 +10,14 @@ from tako.deploy.steps import PREPARE, RELEASE, SWITCH
 DOC = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
 
 
-def documented_steps() -> list[str]:
+def documented_steps() -> list[tuple[str, str]]:
+    """(name, what the cleanup does) of each row of the steps table in docs/deployment.md."""
     section = DOC.read_text().split("## Deploy steps", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"^\| \*\*([a-z]+)\*\* \|", section, flags=re.MULTILINE)
+    return re.findall(r"^\| \*\*([a-z]+)\*\* \| .* \| (.*?) ?\|$", section, flags=re.MULTILINE)
 
 
-def test_the_docs_list_the_steps_of_the_table_in_order() -> None:
-    assert documented_steps() == [step.name for step in (*PREPARE, RELEASE, *SWITCH)]
+def test_the_docs_list_the_steps_of_the_table_in_order_with_their_cleanup() -> None:
+    assert documented_steps() == [(step.name, step.undoes) for step in (*PREPARE, RELEASE, *SWITCH)]
 
 
 def test_every_step_says_what_it_does() -> None:

@@ -27,7 +27,7 @@ INTERRUPTED = (
 
 
 # Steps an interrupt cuts short: the upload (its remote end stops at end of input) and the release command
-# (`tako-server run-as-app` stops the command when its session ends).
+# (the CLI signals it, and `tako-server run-as-app` passes that on to the command's process group).
 CUT_SHORT = ("upload", "release")
 
 

@@ -268,7 +268,7 @@ RELEASE = Step(
     "running the release command",
     "runs `[tako] release` once per deploy, on the first server that prepared, in the new release as the "
     "app with its environment",
-    "on failure no server switches: every staged release is removed, every lock released",
+    "no server switches: every staged release is removed, every lock released",
     _release,
     applies=lambda plan: bool(plan.release_command),
 )
