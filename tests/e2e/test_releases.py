@@ -22,6 +22,7 @@ NAMES = ("rl-a", "rl-b")
 APP = "rel"
 ROUTE = "rel.tako.test"
 APP_DIR = f"/opt/tako/apps/{APP}"
+DATA_DIR = f"{APP_DIR}/shared/data"
 
 # /data appends a line to a file in TAKO_DATA_DIR and answers with the number of lines: the app's own
 # writes, kept across releases.
@@ -181,6 +182,9 @@ def test_deploy_after_rollback_works_keeps_the_data_dir_and_prunes_to_keep_relea
         assert greeting(host)[0].startswith(f"second! build {third}")
         assert remote(host, f"readlink {APP_DIR}/current") == f"releases/{third}"
         assert visits(host) == counts[host.name] + 1
+        # The app's own uid (isolation: each app its own uid) wrote the file; the dir is its group's.
+        owner, group = remote(host, f"stat -c '%u %g' {DATA_DIR}/visits.txt").split()
+        assert int(owner) >= 200_000 and remote(host, f"stat -c %g {DATA_DIR}") == group == owner
     doc = fleet.releases()
     assert {s["live"] for s in doc.values()} == {third}
     kept = {name: [r["version"] for r in server["releases"]] for name, server in doc.items()}
