@@ -15,6 +15,7 @@ from tests.support.projects import git, make_project
 
 from tako.cli.releases import releases_json, render_releases
 from tako.deploy.layout import AppLayout
+from tako.deploy.lock import lock_holder, stale_own_lock
 from tako.deploy.releases import ServerReleases, list_releases, parse_listing, release_info
 from tako.deploy.rollback import choose_version
 from tako.errors import DeployError, RemoteError
@@ -135,3 +136,12 @@ def test_the_listing_names_servers_that_disagree_and_those_it_cannot_reach() -> 
     assert [s["live"] for s in doc] == ["v2", "v1", None]
     assert doc[2]["reachable"] is False and doc[2]["releases"] == []
     assert [r["live"] for r in doc[0]["releases"]] == [True, False]
+
+
+def test_a_rollback_lock_left_by_a_dead_process_of_ours_is_stale_like_a_deploys() -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    holder = lock_holder("v1", "rolling back to").replace(f" pid {os.getpid()} ", f" pid {gone.pid} ")
+    assert " rolling back to v1 since " in holder
+    assert stale_own_lock(holder)
+    assert not stale_own_lock(lock_holder("v1", "rolling back to"))  # this very process: alive

@@ -10,9 +10,11 @@ from datetime import UTC, datetime
 import psutil
 
 
-def lock_holder(version: str) -> str:
+def lock_holder(version: str, doing: str = "deploying") -> str:
+    """`user@host pid N <doing> <version> since <UTC time>`: who holds the lock, for the next one to read
+    (`stale_own_lock` reads the first three words)."""
     when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} deploying {version} since {when}"
+    return f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} {doing} {version} since {when}"
 
 
 def stale_own_lock(holder: str) -> bool:

@@ -81,7 +81,7 @@ class ServerRollback:
         self.wanted = wanted
         self.known_hosts = known_hosts
         self.layout = AppLayout(app, root)
-        self.holder = lock_holder(f"{wanted or 'the previous release'} (rollback)")
+        self.holder = lock_holder(wanted or "the previous release", "rolling back to")
         self.executor: Executor | None = None
         self.locked = False
         self.committed = False  # tako-server was asked: from then on the server finishes, interrupt or not
