@@ -1,5 +1,4 @@
 from django.urls import path
-
 from visits import views
 
 urlpatterns = [path("", views.index)]
