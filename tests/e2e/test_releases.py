@@ -5,6 +5,8 @@ server lacks fails there only; the app's data dir outlives deploys and rollbacks
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +17,8 @@ import pytest
 from tests.e2e.conftest import TakoCLI, cli_with_server, user_ssh_env
 from tests.support.projects import body_and_status, commit_all, curl, make_project
 from tests.support.testbed import Host, Testbed
+
+from tako.deploy.lock import lock_holder
 
 pytestmark = pytest.mark.e2e
 
@@ -170,6 +174,31 @@ def test_rollback_to_a_version_one_server_lacks_fails_there_only(fleet: Fleet) -
     text = fleet.tako("releases")
     assert "servers disagree on the live release" in text, text
     assert f"{keeping.name} runs {fleet.second}" in text and f"{lacking.name} runs {fleet.first}" in text
+
+
+def test_rollback_respects_a_held_lock_and_breaks_a_stale_one_of_ours(fleet: Fleet) -> None:
+    held, other = fleet.hosts  # live: `second` on the first host, `first` on the other
+    lock = f"{APP_DIR}/.deploy_lock"
+    foreign = "ana@laptop pid 1 deploying abc1234 since 2026-01-01T00:00:00Z"
+    remote(held, f"mkdir {lock} && echo '{foreign}' > {lock}/holder")
+    try:
+        result = fleet.cli.run("rollback", fleet.first, "--yes", cwd=fleet.project, env=fleet.env)
+    finally:
+        remote(held, f"rm -rf {lock}")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"✗ {held.name}: a deploy holds the lock {lock} ({foreign})" in result.stdout, result.stdout
+    assert f"✓ {other.name}: {fleet.first} is already live" in result.stdout
+    assert greeting(held)[0].startswith(f"second! build {fleet.second}")
+
+    # A lock of this user and machine whose process is gone was left by an interrupted deploy: broken.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = lock_holder("abc1234").replace(f" pid {os.getpid()} ", f" pid {gone.pid} ")
+    remote(held, f"mkdir {lock} && echo '{stale}' > {lock}/holder")
+    out = fleet.tako("rollback", fleet.first, "--yes")
+    assert f"✓ {held.name}: rolled back from {fleet.second} to {fleet.first}" in out, out
+    assert greeting(held)[0].startswith(f"first! build {fleet.first}")
+    assert held.exec(f"test -e {lock}", user="tako").returncode != 0
 
 
 def test_deploy_after_rollback_works_keeps_the_data_dir_and_prunes_to_keep_releases(fleet: Fleet) -> None:
