@@ -11,18 +11,10 @@ from rich.console import Console
 
 from tako.cli.context import get_cli
 from tako.cli.status import local_time
+from tako.deploy.plan import size_text
 from tako.deploy.prepare import resolve_targets
 from tako.deploy.releases import ServerReleases, server_releases
 from tako.remote.fanout import HostResult, fan_out
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
 
 
 def _row(mark: str, version: str, when: str, who: str, size: str, commit: str) -> str:
@@ -54,7 +46,7 @@ def render_releases(console: Console, app: str, results: list[HostResult[ServerR
             say(_row(" ", "VERSION", "DEPLOYED", "BY", "SIZE", "COMMIT"))
         for entry in found.releases:
             mark = "*" if entry.version == found.live else " "
-            when, who, size = local_time(entry.deployed_at), entry.deployed_by or "-", _size(entry.size)
+            when, who, size = local_time(entry.deployed_at), entry.deployed_by or "-", size_text(entry.size)
             say(_row(mark, entry.version, when, who, size, entry.describe_commit()))
     line = disagreement(results)
     if line:
