@@ -3,8 +3,8 @@
 
 A converter is built once per annotation and kept, so checking a message costs little more than building
 it: a routing snapshot of 100 apps with 4 instances each (31 KB) decodes in 1.2 ms, `json.loads` included
-(0.3 ms of it), where inspecting every value's annotation again took 7.9 ms. A value that does not fit raises ProtocolError naming the
-field's path (`apps[0].rotation[1].port`) and what it must be.
+(0.3 ms of it), where inspecting every value's annotation again took 7.9 ms. A value that does not fit
+raises ProtocolError naming the field's path (`apps[0].rotation[1].port`) and what it must be.
 """
 
 from __future__ import annotations
