@@ -192,6 +192,19 @@ def cli_with_hosts(hosts: Sequence[Host], tmp_path_factory: pytest.TempPathFacto
     return runner
 
 
+@pytest.fixture(scope="module")
+def host(testbed: Testbed, request: pytest.FixtureRequest) -> Host:
+    """The module's one testbed host, named by the module's SERVER (a module may define its own)."""
+    return testbed.up(request.module.SERVER)[0]
+
+
+@pytest.fixture(scope="module")
+def cli(host: Host, tmp_path_factory: pytest.TempPathFactory) -> TakoCLI:
+    """One TAKO_HOME for the module (its env keys and wheel cache live there), with `host` in the
+    inventory under its own name."""
+    return cli_with_server(host, tmp_path_factory, host.name)
+
+
 @pytest.fixture
 def tako(tako_home: Path) -> TakoCLI:
     """`tako.run(*args, cwd=...)` runs the CLI with TAKO_HOME=tako_home (and `env=user_ssh_env(host)` to

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from tests.e2e.conftest import TakoCLI, cli_with_server, user_ssh_env
+from tests.e2e.conftest import TakoCLI, user_ssh_env
 from tests.support.projects import body_and_status, commit_all, curl, git, make_project, wait_for
-from tests.support.testbed import Host, Testbed
+from tests.support.testbed import Host
 
 pytestmark = pytest.mark.e2e
 
@@ -29,16 +29,6 @@ SERVER = "int1"
 APP = "intr"
 ROUTE = "intr.tako.test"
 APP_DIR = f"/opt/tako/apps/{APP}"
-
-
-@pytest.fixture(scope="module")
-def host(testbed: Testbed) -> Host:
-    return testbed.up(SERVER)[0]
-
-
-@pytest.fixture(scope="module")
-def cli(host: Host, tmp_path_factory: pytest.TempPathFactory) -> TakoCLI:
-    return cli_with_server(host, tmp_path_factory, SERVER)
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from tests.e2e.conftest import TakoCLI, cli_with_server, user_ssh_env
+from tests.e2e.conftest import TakoCLI, user_ssh_env
 from tests.support.projects import body_and_status, commit_all, curl, make_project, wait_for
-from tests.support.testbed import Host, Testbed
+from tests.support.testbed import Host
 
 pytestmark = pytest.mark.e2e
 
-HOST = "iso1"
+SERVER = "iso1"
 APPS = ("isoa", "isob")
 SECRET_FILE = "private.key"
 SECRET_TEXT = "only-for-isoa"
@@ -95,16 +95,6 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forev
 '''
 
 
-@pytest.fixture(scope="module")
-def host(testbed: Testbed) -> Host:
-    return testbed.up(HOST)[0]
-
-
-@pytest.fixture(scope="module")
-def cli(host: Host, tmp_path_factory: pytest.TempPathFactory) -> TakoCLI:
-    return cli_with_server(host, tmp_path_factory, HOST)
-
-
 def route(app: str) -> str:
     return f"{app}.tako.test"
 
@@ -124,7 +114,7 @@ def deployed(cli: TakoCLI, host: Host, tmp_path_factory: pytest.TempPathFactory)
             root,
             name=app,
             route=route(app),
-            servers={HOST: "production"},
+            servers={SERVER: "production"},
             extra_toml=f'\n[vars]\nAPP_SECRET = "secret-of-{app}"\n',
         )
         (project / "app.py").write_text(PROBE_APP)
@@ -136,7 +126,7 @@ def deployed(cli: TakoCLI, host: Host, tmp_path_factory: pytest.TempPathFactory)
         versions[app] = remote(host, f"readlink /opt/tako/apps/{app}/current").rsplit("/", 1)[1]
     yield Deployed(host, versions)
     for app in APPS:
-        cli.run("delete", "--yes", "--app", app, "--server", HOST, env=user_ssh_env(host))
+        cli.run("delete", "--yes", "--app", app, "--server", SERVER, env=user_ssh_env(host))
 
 
 def remote(host: Host, command: str) -> str:
@@ -367,6 +357,6 @@ def test_delete_removes_what_the_app_wrote(deployed: Deployed, cli: TakoCLI) -> 
         assert (
             ask(host, "isob", "symlink", f"{target}|{home['HOME']}/{target.rsplit('/', 1)[1]}")["ok"] is True
         )
-    cli.ok("delete", "--yes", "--app", "isob", "--server", HOST, env=user_ssh_env(host))
+    cli.ok("delete", "--yes", "--app", "isob", "--server", SERVER, env=user_ssh_env(host))
     assert remote(host, f"stat -c '%a %U %G' {private}") == before
     assert host.exec(["test", "-e", "/opt/tako/apps/isob"]).returncode != 0

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import TakoCLI, cli_with_server, user_ssh_env
+from tests.e2e.conftest import TakoCLI, user_ssh_env
 from tests.support.projects import body_and_status, commit_all, curl, git, wait_for
-from tests.support.testbed import Host, Testbed
+from tests.support.testbed import Host
 
 from tako.deploy.layout import KEEP_RELEASES
 
@@ -63,17 +63,6 @@ def remote(host: Host, command: str) -> str:
 
 def head(project: Path) -> str:
     return git(project, "rev-parse", "--short=7", "HEAD")
-
-
-@pytest.fixture(scope="module")
-def host(testbed: Testbed) -> Host:
-    return testbed.up(SERVER)[0]
-
-
-@pytest.fixture(scope="module")
-def cli(host: Host, tmp_path_factory: pytest.TempPathFactory) -> TakoCLI:
-    """One TAKO_HOME for the module, so its wheelhouse cache (TAKO_HOME/cache/wheels) is shared."""
-    return cli_with_server(host, tmp_path_factory, SERVER)
 
 
 def copy_example(root: Path, example: Example) -> Path:

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import TakoCLI, cli_with_server, user_ssh_env
+from tests.e2e.conftest import TakoCLI, user_ssh_env
 from tests.support.projects import body_and_status, commit_all, curl, git, make_project, wait_for
-from tests.support.testbed import Host, Testbed
+from tests.support.testbed import Host
 
 pytestmark = pytest.mark.e2e
 
-HOST = "sec1"
+SERVER = "sec1"
 APP = "secretapp"
 ROUTE = "secrets.tako.test"
 APP_DIR = f"/opt/tako/apps/{APP}"
@@ -51,17 +51,6 @@ def sha(value: str) -> str:
 # --- fixtures ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def host(testbed: Testbed) -> Host:
-    return testbed.up(HOST)[0]
-
-
-@pytest.fixture(scope="module")
-def cli(host: Host, tmp_path_factory: pytest.TempPathFactory) -> TakoCLI:
-    """One TAKO_HOME for the module (the env keys live there), with the host in the inventory."""
-    return cli_with_server(host, tmp_path_factory, HOST)
-
-
 def ssh_env(host: Host) -> dict[str, str]:
     return user_ssh_env(host)
 
@@ -70,7 +59,7 @@ def secrets_project(
     root: Path, *, name: str = APP, env: str = "production", extra_toml: str = "", route: str = ROUTE
 ) -> Path:
     project = make_project(
-        root, name=name, route=route, servers={HOST: env}, instances=1, extra_toml=extra_toml, use_git=False
+        root, name=name, route=route, servers={SERVER: env}, instances=1, extra_toml=extra_toml, use_git=False
     )
     shutil.copyfile(APP_SOURCE, project / "app.py")
     git(project, "init", "-q")
@@ -163,7 +152,7 @@ def test_sync_delivers_a_new_value_without_a_failed_request(
         wait_for(lambda: poller.count_started_after(sync_done) >= 3, timeout=30, what="responses after sync")
     deployed.values["API_KEY"] = new
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"production / {HOST}" in proc.stdout and "reloaded" in proc.stdout, proc.stdout
+    assert f"production / {SERVER}" in proc.stdout and "reloaded" in proc.stdout, proc.stdout
 
     failures = [r for r in poller.results if r.status != 200 or r.digest not in (sha(old), sha(new))]
     assert not failures, f"{len(failures)} of {len(poller.results)} requests failed: {failures[:5]}"
@@ -196,7 +185,7 @@ def test_failed_sync_keeps_the_running_app_and_its_env(deployed: Deployed, cli: 
         wait_for(lambda: poller.count_started_after(done) >= 2, timeout=30, what="responses after sync")
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
-    assert f"✗ production / {HOST}" in output and "CRASH_AT_BOOT is set, exiting" in output, output
+    assert f"✗ production / {SERVER}" in output and "CRASH_AT_BOOT is set, exiting" in output, output
     failures = [r for r in poller.results if r.status != 200 or r.digest != sha(deployed.values["API_KEY"])]
     assert not failures, f"{len(failures)} of {len(poller.results)} requests failed: {failures[:5]}"
     assert remote(host, f"sha256sum < {APP_DIR}/{current}/.env") == env_before
