@@ -28,6 +28,7 @@ import pytest
 from tests.e2e.conftest import TakoCLI, user_ssh_env
 from tests.support.projects import body_and_status, commit_all, curl, git, make_project, wait_for
 from tests.support.testbed import Host
+from tests.support.threads import looping
 
 pytestmark = pytest.mark.e2e
 
@@ -260,13 +261,8 @@ class Poller:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Poller]:
-        thread = threading.Thread(target=self._loop, name="secrets-poller", daemon=True)
-        thread.start()
-        try:
+        with looping(self._loop, self._stop, "secrets-poller"):
             yield self
-        finally:
-            self._stop.set()
-            thread.join(timeout=30)
 
 
 # --- never leaked --------------------------------------------------------------------------------
@@ -323,13 +319,8 @@ class ProcWatch:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[ProcWatch]:
-        thread = threading.Thread(target=self._loop, name="proc-watch", daemon=True)
-        thread.start()
-        try:
+        with looping(self._loop, self._stop, "proc-watch"):
             yield self
-        finally:
-            self._stop.set()
-            thread.join(timeout=30)
 
     def saw(self, *parts: bytes) -> bool:
         return any(all(p in c for p in parts) for c in self.cmdlines)
