@@ -2,7 +2,7 @@
 
 The manager decides when to act and runs the issuer in threads; it imports the issuer only on first use
 (the ACME libraries cost about 9 MB). Both depend on this module and not on each other: the time limits,
-the error an attempt fails with, the account, and `Issuer`, the interface the manager calls.
+the account, and `Issuer`, the interface the manager calls (a failed attempt raises `tako.errors.AcmeError`).
 """
 
 from __future__ import annotations
