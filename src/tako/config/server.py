@@ -109,12 +109,46 @@ class AcmeSettings:
         return self.directory_url
 
 
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9898"
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The Prometheus `/metrics` listener, apart from the public ports. Loopback by default; a host's own
+    address exposes it to a scraper elsewhere; "" turns it off."""
+
+    listen: str = DEFAULT_METRICS_LISTEN
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to listen on, or None when off; `listen` was checked at load."""
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+def check_metrics_listen(file: str, value: str) -> None:
+    """`host:port` (`[v6]:port` for IPv6), port 0-65535, or "" for off."""
+    if value == "":
+        return
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            file,
+            f"expected HOST:PORT (or \"\" to turn the listener off), got {value!r}",
+            key="metrics.listen",
+            hint=f'e.g. listen = "{DEFAULT_METRICS_LISTEN}", or the server\'s own address to let a scraper in',
+        )
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     server: ListenSettings = field(default_factory=ListenSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     apps: AppSettings = field(default_factory=AppSettings)
     acme: AcmeSettings = field(default_factory=AcmeSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @property
     def data_dir(self) -> Path:
@@ -129,6 +163,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "proxy": ProxySettings,
     "apps": AppSettings,
     "acme": AcmeSettings,
+    "metrics": MetricsSettings,
 }
 
 
@@ -185,6 +220,8 @@ def parse_server_config(data: dict[str, Any], file: str) -> ServerConfig:
                     key=f"{name}.{key}",
                 )
         sections[name] = replace(defaults, **values)
+    if "metrics" in sections:
+        check_metrics_listen(file, sections["metrics"].listen)
     return ServerConfig(**sections)
 
 
