@@ -18,6 +18,7 @@ from typing import Any
 
 from tako.config.server import AppSettings
 from tako.errors import InstanceFailed, TakoError
+from tako.server.apps.events import AppEvents
 from tako.server.apps.instance import (
     LIVE,
     Activity,
@@ -61,8 +62,10 @@ class ManagedApp:
         ports: set[int],
         changed: Callable[[ManagedApp], None],
         deployed_at: datetime | None = None,
+        events: AppEvents | None = None,
     ) -> None:
         self.name = release.app
+        self.events = events or AppEvents()
         self.release = release
         self.routes = routes
         self.min_instances = min_instances
@@ -159,6 +162,7 @@ class ManagedApp:
     # -- instances ------------------------------------------------------------------------------------
     def new_instance(self, release: Release, *, restarts: int = 0) -> Instance:
         port = allocate_port(self._ports)
+        self.events.instance_starts += 1
         return Instance(
             release,
             port,
@@ -167,6 +171,7 @@ class ManagedApp:
             activity=self.activity,
             on_state=self._instance_changed,
             restarts=restarts,
+            events=self.events,
         )
 
     async def start_instance(
@@ -245,6 +250,7 @@ class ManagedApp:
                 with contextlib.suppress(TakoError):
                     old = self.release
                     self.release = load_release(self.name, old.version, old.path, uid=old.uid)
+            self.events.instance_restarts += 1
             try:
                 inst = await self.start_instance(
                     self.release,

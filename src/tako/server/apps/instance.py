@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from tako.config.server import AppSettings
 from tako.errors import InstanceFailed, IsolationError
 from tako.server.apps import health, spawner
+from tako.server.apps.events import AppEvents
 from tako.server.apps.logs import AppLog, LineSplitter
 from tako.server.apps.release import Release
 
@@ -63,6 +64,7 @@ class Instance:
         activity: Activity,
         on_state: Callable[[Instance, InstanceState, InstanceState], None],
         restarts: int = 0,
+        events: AppEvents | None = None,
     ) -> None:
         self.id = secrets.token_hex(4)
         self.release = release
@@ -72,6 +74,7 @@ class Instance:
         self._activity = activity
         self._on_state = on_state
         self.restarts = restarts
+        self._events = events or AppEvents()
         self.state = InstanceState.STARTING
         self.started_at = datetime.now(UTC)
         self.proc: asyncio.subprocess.Process | None = None
@@ -261,6 +264,8 @@ class Instance:
                 return
             ok = await health.probe(self.port, self.release.health_check, timeout=max(interval, 1.0))
             verdict = tracker.record(ok)
+            if not ok:
+                self._events.health_failures += 1
             if verdict is health.Verdict.OK and self.state is InstanceState.UNHEALTHY:
                 self._log_file.event(f"instance {self.id} is healthy again")
                 self.set_state(InstanceState.HEALTHY)

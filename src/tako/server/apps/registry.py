@@ -21,6 +21,7 @@ from tako.protocol import Deploy
 from tako.routing import RouteError, RouteTable, find_conflicts, parse_route
 from tako.server.apps import isolation, rollout
 from tako.server.apps.app import AppState, ManagedApp
+from tako.server.apps.events import AppEvents
 from tako.server.apps.instance import LIVE
 from tako.server.apps.logs import AppLog
 from tako.server.apps.release import Release, ensure_data_dir, load_release, point_current
@@ -70,6 +71,7 @@ class AppRegistry:
         self._publish = publish
         self._on_hosts_changed = on_hosts_changed
         self.apps: dict[str, ManagedApp] = {}
+        self.events: dict[str, AppEvents] = {}  # per app name, kept across redeploys (/metrics)
         self.ports: set[int] = set()
         self.router = AppRouter(RouteTable(()))
         self.snapshot = Snapshot(router=self.router)
@@ -176,6 +178,7 @@ class AppRegistry:
             ports=self.ports,
             changed=self._changed,
             deployed_at=deployed_at,
+            events=self.events.setdefault(release.app, AppEvents()),
         )
 
     def _save(self, app: ManagedApp) -> None:
@@ -238,6 +241,7 @@ class AppRegistry:
         await self._commit_routes(app, routes)
         self._save(app)
         self._point_current(app)
+        app.events.deployed(release.recorded_at)
         app.log_file.event(f"deployed {release.version} with routes {', '.join(routes)}")
         return app.status()
 
@@ -251,6 +255,7 @@ class AppRegistry:
             )
         async with app.operation:
             was_stopped = app.stopped
+            replaced = app.release
             app.stopped = False
             live = sum(1 for i in app.instances if i.state in LIVE)
             count = req.instances if req.instances else live
@@ -272,6 +277,7 @@ class AppRegistry:
             app.refresh()
             self._save(app)
             self._point_current(app)
+            app.events.deployed(release.recorded_at, replaced.recorded_at)
         app.log_file.event(f"deployed {release.version} with routes {', '.join(routes)}")
         return app.status()
 
@@ -332,6 +338,7 @@ class AppRegistry:
                 # What the app wrote (its HOME, shared/data) goes back to tako so its files can be removed.
                 await asyncio.to_thread(isolation.reclaim, self.data_dir / "apps" / name, app.release.uid)
             self.apps.pop(name, None)
+            self.events.pop(name, None)  # a deleted app's series leave /metrics with it
             self.store.delete_app(name)
             self._rebuild_routes()
         return {"app": name, "deleted": True}

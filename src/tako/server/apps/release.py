@@ -29,6 +29,7 @@ class Release:
     request_buffering: bool = True  # false: the proxy streams request bodies (app.json, from tako.toml)
     env: dict[str, str] = field(default_factory=dict, compare=False, repr=False)  # holds secrets
     uid: int | None = None  # the app's own uid when apps are isolated; None: run as tako-server's user
+    recorded_at: str = ""  # app.json's release.deployed_at (ISO 8601 UTC), "" when not recorded
 
 
 def load_release(app: str, version: str, path: Path, uid: int | None = None) -> Release:
@@ -79,7 +80,15 @@ def load_release(app: str, version: str, path: Path, uid: int | None = None) -> 
         request_buffering=buffering,
         env=env,
         uid=uid,
+        recorded_at=_recorded_at(meta),
     )
+
+
+def _recorded_at(meta: dict[str, Any]) -> str:
+    """When the deploy that made this release says it ran (tells a rollback from a deploy)."""
+    record = meta.get("release")
+    when = record.get("deployed_at") if isinstance(record, dict) else None
+    return when if isinstance(when, str) else ""
 
 
 def app_dir_of(release: Release) -> Path | None:
