@@ -362,9 +362,11 @@ class AppRegistry:
             log.warning("killed %d instance process group(s) left by a previous tako-server", killed)
         return killed
 
-    async def restore(self) -> None:
-        """Bring back every persisted app with its routes; `start_restored` then starts its instances."""
-        self.kill_orphans()
+    async def restore(self, *, handed_over: bool = False) -> None:
+        """Bring back every persisted app with its routes; `start_restored` then starts its instances.
+        In a hand-over (server/handover.py) the instances on record belong to the running tako-server."""
+        if not handed_over:
+            self.kill_orphans()
         records = self.store.load_apps()
         for rec in records:
             try:
