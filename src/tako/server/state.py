@@ -1,8 +1,8 @@
 """tako-server's persistent state: `<data_dir>/tako.db` (sqlite, WAL), with numbered migrations.
 
 It holds what must survive a restart: each app's version, release path, routes and settings, the uid
-each app runs as, and the process groups of running instances (so a restart after SIGKILL can clean up
-orphans).
+each app runs as, and the running instances (pid and start time, port, release version), which the next
+tako-server adopts: instances outlive tako-server, also its SIGKILL.
 """
 
 from __future__ import annotations
@@ -45,6 +45,12 @@ MIGRATIONS: tuple[str, ...] = (
         uid INTEGER NOT NULL UNIQUE
     );
     """,
+    # What adopting a running instance needs besides its pid: the port it serves on and the release it
+    # runs. Rows written before (port 0, no version) are never adopted: their instances are stopped.
+    """
+    ALTER TABLE processes ADD COLUMN port INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE processes ADD COLUMN version TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 
@@ -67,6 +73,8 @@ class ProcessRecord:
     app: str
     pid: int
     create_time: float  # process start time (clock ticks since boot), to recognise a recycled pid
+    port: int = 0  # 0: recorded by a tako-server that did not adopt instances
+    version: str = ""
 
 
 class StateStore:
@@ -160,16 +168,17 @@ class StateStore:
 
     def record_process(self, rec: ProcessRecord) -> None:
         self._write(
-            "INSERT OR REPLACE INTO processes (instance, app, pid, create_time) VALUES (?, ?, ?, ?)",
-            (rec.instance, rec.app, rec.pid, rec.create_time),
+            "INSERT OR REPLACE INTO processes (instance, app, pid, create_time, port, version) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (rec.instance, rec.app, rec.pid, rec.create_time, rec.port, rec.version),
         )
 
     def forget_process(self, instance: str) -> None:
         self._write("DELETE FROM processes WHERE instance = ?", (instance,))
 
     def processes(self) -> list[ProcessRecord]:
-        rows = self._db.execute("SELECT instance, app, pid, create_time FROM processes").fetchall()
-        return [ProcessRecord(r[0], r[1], int(r[2]), float(r[3])) for r in rows]
+        rows = self._db.execute("SELECT instance, app, pid, create_time, port, version FROM processes").fetchall()
+        return [ProcessRecord(r[0], r[1], int(r[2]), float(r[3]), int(r[4]), r[5]) for r in rows]
 
     def app_uid(self, app: str, first: int, count: int) -> int:
         """The uid of `app`, allocated from [first, first + count) on first use. The caller still checks
