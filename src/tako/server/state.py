@@ -1,8 +1,8 @@
 """tako-server's persistent state: `<data_dir>/tako.db` (sqlite, WAL), with numbered migrations.
 
-It holds what must survive a restart: each app's version, release path, routes and settings, the uid
-each app runs as, and the running instances (pid and start time, port, release version), which the next
-tako-server adopts: instances outlive tako-server, also its SIGKILL.
+It holds what must survive a restart: each app's version, release path, routes and settings, its
+maintenance mode, the uid each app runs as, and the running instances (pid and start time, port,
+release version), which the next tako-server adopts: instances outlive tako-server, also its SIGKILL.
 """
 
 from __future__ import annotations
@@ -51,6 +51,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE processes ADD COLUMN port INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE processes ADD COLUMN version TEXT NOT NULL DEFAULT '';
     """,
+    # Maintenance mode per app (on, its message, the clients let through), so it survives a restart. A
+    # table of its own: an app without a row is not in maintenance and lets nobody through.
+    """
+    CREATE TABLE app_maintenance (
+        app TEXT PRIMARY KEY,
+        enabled INTEGER NOT NULL,
+        message TEXT NOT NULL,
+        allow TEXT NOT NULL
+    );
+    """,
 )
 
 
@@ -65,6 +75,14 @@ class AppRecord:
     stopped: bool
     deployed_at: str
     last_error: str = ""
+
+
+@dataclass(frozen=True)
+class MaintenanceRecord:
+    app: str
+    on: bool
+    message: str
+    allow: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -165,6 +183,17 @@ class StateStore:
 
     def delete_app(self, name: str) -> None:
         self._write("DELETE FROM apps WHERE name = ?", (name,))
+        self._write("DELETE FROM app_maintenance WHERE app = ?", (name,))
+
+    def save_maintenance(self, rec: MaintenanceRecord) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO app_maintenance (app, enabled, message, allow) VALUES (?, ?, ?, ?)",
+            (rec.app, int(rec.on), rec.message, json.dumps(list(rec.allow))),
+        )
+
+    def load_maintenance(self) -> dict[str, MaintenanceRecord]:
+        rows = self._db.execute("SELECT app, enabled, message, allow FROM app_maintenance").fetchall()
+        return {r[0]: MaintenanceRecord(r[0], bool(r[1]), r[2], tuple(json.loads(r[3]))) for r in rows}
 
     def record_process(self, rec: ProcessRecord) -> None:
         self._write(
@@ -177,7 +206,9 @@ class StateStore:
         self._write("DELETE FROM processes WHERE instance = ?", (instance,))
 
     def processes(self) -> list[ProcessRecord]:
-        rows = self._db.execute("SELECT instance, app, pid, create_time, port, version FROM processes").fetchall()
+        rows = self._db.execute(
+            "SELECT instance, app, pid, create_time, port, version FROM processes"
+        ).fetchall()
         return [ProcessRecord(r[0], r[1], int(r[2]), float(r[3]), int(r[4]), r[5]) for r in rows]
 
     def app_uid(self, app: str, first: int, count: int) -> int:
