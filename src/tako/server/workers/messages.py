@@ -13,14 +13,14 @@ misreading a field.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from tako.config.server import ProxySettings
 from tako.errors import ProtocolError
 from tako.protocol.codec import decode_message, encode_message
 
-CHANNEL_VERSION = 1
+CHANNEL_VERSION = 2  # 2: AppRouting carries maintenance and error pages
 TAG = "kind"
 MAX_TO_WORKER = 64 * 1024 * 1024  # a routing snapshot lists every app, route and instance
 MAX_FROM_WORKER = 16 * 1024 * 1024
@@ -54,12 +54,22 @@ class InstanceAddress:
 
 
 @dataclass(frozen=True)
+class MaintenanceRouting:
+    """An app in maintenance: the page its routes answer with, and the clients let through."""
+
+    page: str
+    allow: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class AppRouting:
     name: str
     routes: tuple[str, ...]
     rotation: tuple[InstanceAddress, ...]
     stopped: bool  # stopped, or going away: answered 503 without a cold start
     request_buffering: bool
+    maintenance: MaintenanceRouting | None = None  # None: not in maintenance
+    error_pages: dict[str, str] = field(default_factory=dict)  # "502" -> the live release's errors/502.html
 
 
 @dataclass(frozen=True)
