@@ -136,6 +136,8 @@ class TakoServer:
         settings = {**FAST_APP_SETTINGS, **(app_settings or {})}
         lines = ["[apps]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
         lines += ["", "[acme]", "enabled = false", ""]
+        # Each test server's /metrics on a port of its own: many run at once on one machine.
+        lines += ["[metrics]", 'listen = "127.0.0.1:0"', ""]
         self.config.write_text("\n".join(lines))
         self.proc: subprocess.Popen[bytes] | None = None
         self.http_port: int | None = None

@@ -56,6 +56,9 @@ async def attach(
             if cut.done():
                 finished.cancel()
                 process.close()
+                # Collected, or asyncio prints "exception was never retrieved" on the user's terminal.
+                with contextlib.suppress(asyncio.CancelledError, asyncssh.Error, OSError):
+                    await finished
                 return INTERRUPTED
             finished.result()
         except TRANSPORT_ERRORS as exc:

@@ -48,10 +48,12 @@ class ControlServer:
         registry: AppRegistry,
         info: Callable[[], dict[str, Any]] = dict,
         certificates: Callable[[], dict[str, Any]] = dict,
+        figures: Callable[[str], dict[str, Any] | None] | None = None,
     ) -> None:
         self.registry = registry
         self._info = info
         self._certificates = certificates
+        self._figures = figures  # an app's last minute of traffic (requests/s, error rate, p95)
         self._server: asyncio.AbstractServer | None = None
         self._path: Path | None = None
         self._inode: int | None = None
@@ -83,7 +85,9 @@ class ControlServer:
         certs = self._certificates()
         routes = result.get("routes")
         hosts = {str(route).split("/", 1)[0] for route in routes} if isinstance(routes, list) else set()
-        return {**result, "certificates": {h: certs[h] for h in sorted(hosts) if h in certs}}
+        traffic = self._figures(req.app) if self._figures is not None else None
+        certificates = {h: certs[h] for h in sorted(hosts) if h in certs}
+        return {**result, "certificates": certificates, "traffic": traffic}
 
     async def list_apps(self, req: List) -> Any:
         return self.registry.list_apps()

@@ -27,6 +27,9 @@ from tako.server.apps.oneoff import OneOffServer
 from tako.server.apps.registry import AppRegistry
 from tako.server.control import ControlServer
 from tako.server.data_lock import DataDirLock
+from tako.server.observe.metrics import MetricsSources
+from tako.server.observe.metrics_service import MetricsService
+from tako.server.observe.traffic import TrafficSnapshot
 from tako.server.proxy import compiled as proxy_compiled
 from tako.server.proxy.server import ProxyServer
 from tako.server.state import DB_NAME, StateStore
@@ -52,6 +55,7 @@ class Daemon:
         self.oneoff: OneOffServer | None = None
         self.proxy: ProxyServer | None = None
         self.workers: WorkerPool | None = None  # [server] workers > 1: data-plane worker processes
+        self.metrics: MetricsService | None = None  # /metrics and the figures of `tako status`
         self.http_port: int | None = None
         self.https_port: int | None = None
         self.challenges = ChallengeStore(config.data_dir / CHALLENGES_DIR)
@@ -99,7 +103,8 @@ class Daemon:
         self.registry.start_restored()
         await self._start_workers()
         await self.acme.start()  # after the HTTP listener: HTTP-01 validations must find it
-        self.control = ControlServer(self.registry, self._info, self.acme.status)
+        await self._start_metrics()
+        self.control = ControlServer(self.registry, self._info, self.acme.status, self._figures)
         await self.control.start(Path(settings.socket))
         self.oneoff = OneOffServer(self.registry)
         await self.oneoff.start(oneoff_protocol.socket_path(Path(settings.socket)))
@@ -116,8 +121,28 @@ class Daemon:
             self.isolation.describe(),
         )
 
+    async def _start_metrics(self) -> None:
+        registry = self.registry
+        assert registry is not None
+        sources = MetricsSources(
+            traffic=self._traffic,
+            apps=lambda: registry.apps.values(),
+            events=lambda: registry.events,
+            certificates=self.acme.status,
+            workers=lambda: self.workers.info() if self.workers is not None else [],
+        )
+        self.metrics = MetricsService(self.config.metrics, sources)
+        await self.metrics.start()
+
+    def _traffic(self) -> TrafficSnapshot:
+        return TrafficSnapshot()
+
+    def _figures(self, app: str) -> dict[str, Any] | None:
+        return self.metrics.figures.for_app(app) if self.metrics is not None else None
+
     def _info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"http_port": self.http_port, "https_port": self.https_port}
+        info["metrics_port"] = self.metrics.port if self.metrics is not None else None
         info["pid"] = os.getpid()
         info["isolation"] = self.isolation.describe()
         if self.workers is not None:
@@ -168,6 +193,8 @@ class Daemon:
         if self.lock is None:
             return  # refused before it started anything (another server holds the data dir)
         await self.acme.stop()
+        if self.metrics is not None:
+            await self.metrics.close()
         if self.control is not None:
             await self.control.close()
         if self.oneoff is not None:

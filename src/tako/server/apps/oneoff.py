@@ -234,7 +234,9 @@ async def _receive_request(conn: socket.socket) -> tuple[bytes, list[int]]:
         await readable
     finally:
         loop.remove_reader(conn.fileno())
-    data, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST_BYTES, 3)
+    # Close-on-exec: without it every process tako-server starts meanwhile (instances too) would inherit
+    # the caller's stdio and keep its session's pipes open.
+    data, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST_BYTES, 3, socket.MSG_CMSG_CLOEXEC)
     while not data.endswith(b"\n"):
         if not data or len(data) >= MAX_REQUEST_BYTES:
             for fd in fds:
