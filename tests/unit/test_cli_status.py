@@ -92,3 +92,27 @@ def test_env_in_a_project_means_its_servers_and_its_app(tmp_path: Path) -> None:
 def test_env_outside_a_project_filters_on_what_the_servers_recorded(tmp_path: Path) -> None:
     cli = CliContext.create(cwd=tmp_path)
     assert status_filter(cli, "staging", "shop") == StatusFilter(app="shop", env="staging")
+
+
+def test_each_app_shows_its_last_minute_of_traffic() -> None:
+    busy = app("shop", "production", [], {})
+    busy["traffic"] = {
+        "window_seconds": 60.0,
+        "requests": 740,
+        "requests_per_second": 12.333,
+        "error_rate": 0.0135,
+        "p95_seconds": 0.0452,
+    }
+    quiet = app("blog", "production", [], {})
+    quiet["traffic"] = {
+        "window_seconds": 20.0,
+        "requests": 0,
+        "requests_per_second": 0.0,
+        "error_rate": None,
+        "p95_seconds": None,
+    }
+    older_server = app("docs", "production", [], {})  # a tako-server without figures: no line
+    text = " ".join(render([busy, quiet, older_server], 200).split())
+    assert "shop: last minute: 12.3 requests/s, 1.4% 5xx, p95 45 ms" in text, text
+    assert "blog: last 20 s: no requests" in text, text
+    assert "docs: last" not in text, text

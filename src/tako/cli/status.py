@@ -56,6 +56,20 @@ def one_line(text: str, limit: int = 200) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def traffic_line(figures: dict[str, Any]) -> str:
+    """The server's figures of one app over the last minute (less on a server younger than that)."""
+    window = float(figures.get("window_seconds") or 0)
+    when = "last minute" if window >= 60 else f"last {window:g} s"
+    if not figures.get("requests"):
+        return f"{when}: no requests"
+    text = f"{when}: {figures.get('requests_per_second', 0):.1f} requests/s"
+    if figures.get("error_rate") is not None:
+        text += f", {figures['error_rate']:.1%} 5xx"
+    if figures.get("p95_seconds") is not None:
+        text += f", p95 {figures['p95_seconds'] * 1000:.0f} ms"
+    return text
+
+
 def certificate_lines(apps: list[dict[str, Any]]) -> list[str]:
     """One line per certificate of a server: several apps (or routes) naming one host share one line."""
     certs: dict[str, dict[str, Any]] = {}
@@ -116,6 +130,8 @@ def render_status(console: Console, results: list[HostResult[dict[str, Any]]]) -
                 console.print(
                     f"  {app.get('app')}: last error: {one_line(app['last_error'])}", highlight=False
                 )
+            if isinstance(app.get("traffic"), dict):
+                console.print(f"  {app.get('app')}: {traffic_line(app['traffic'])}", highlight=False)
         for line in certificate_lines(apps):
             console.print(line, highlight=False)
 
