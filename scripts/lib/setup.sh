@@ -14,6 +14,7 @@ TAKO_PACKAGES=(
   "pebble-challtestsrv:pebble"
   "git:git"
   "setcap:libcap2-bin"
+  "prometheus:prometheus"  # the e2e test of /metrics scrapes with a real Prometheus
 )
 
 ensure_packages() {
