@@ -5,6 +5,11 @@ apps (routes) → HTTP/HTTPS listeners → always-on instances started in the ba
 still starting waits as in a cold start) → control socket. Shutdown (SIGTERM/SIGINT): control socket closed
 → listeners stop accepting and finish in-flight requests under a deadline → instances drained and stopped
 → state closed → lock released.
+
+Hand-over (`tako-server handover`, server/handover.py): this process starts its successor and passes it the
+lock and the listening sockets; once the successor is ready, this one stops accepting, closes its control
+socket, drains and exits like a shutdown. A successor starts the same way as above but with the inherited
+lock and sockets, leaves the instances on record to their owner, and binds its control socket last.
 """
 
 from __future__ import annotations
@@ -15,14 +20,16 @@ import errno
 import logging
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tako.config.server import ServerConfig
 from tako.errors import TakoError
-from tako.server import status
+from tako.server import handover, status
 from tako.server.apps import isolation, oneoff_protocol, scaling
+from tako.server.apps.app import AppState
 from tako.server.apps.oneoff import OneOffServer
 from tako.server.apps.registry import AppRegistry
 from tako.server.control import ControlServer
@@ -45,8 +52,9 @@ log = logging.getLogger("tako.server")
 class Daemon:
     """One tako-server. Implements the proxy's `ServerServices` (status document, ACME challenges)."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, handover_channel: socket.socket | None = None) -> None:
         self.config = config
+        self._handover_channel = handover_channel  # started by a running tako-server to take over from it
         self.data_dir = config.data_dir
         self.lock: DataDirLock | None = None
         self.store: StateStore | None = None
@@ -63,6 +71,9 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.isolation = isolation.OFF
+        self.inherited: handover.Inherited | None = None  # set in a successor during its hand-over
+        self.handover_server: handover.HandoverServer | None = None
+        self.handing_over = False
 
     # -- ServerServices -------------------------------------------------------------------------------
     def status_document(self) -> tuple[int, bytes]:
@@ -84,7 +95,11 @@ class Daemon:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Before anything else (orphan sweep, state, sockets): a second server must leave the first one's
         # instances alone, and say only that it is refused.
-        self.lock = await DataDirLock.acquire(self.data_dir)
+        if self._handover_channel is not None:
+            self.inherited = handover.receive(self._handover_channel)
+            self.lock = DataDirLock.inherit(self.data_dir, self.inherited.lock_fd)
+        else:
+            self.lock = await DataDirLock.acquire(self.data_dir)
         self.isolation = isolation.detect(self.config.apps.isolation)
         if not self.isolation.enabled and self.config.apps.isolation != "off":
             log.warning("app isolation is off: apps run as tako-server's own user: %s", self.isolation.reason)
@@ -97,17 +112,18 @@ class Daemon:
             on_hosts_changed=self._routed_hosts_changed,
             isolated=self.isolation,
         )
-        await self.registry.restore()
+        await self.registry.restore(handed_over=self.inherited is not None)
         await self._start_proxy()
         # Listeners first: one app with a slow boot must not keep every other app unreachable.
         self.registry.start_restored()
         await self._start_workers()
         await self.acme.start()  # after the HTTP listener: HTTP-01 validations must find it
         await self._start_metrics()
-        self.control = ControlServer(self.registry, self._info, self.acme.status, self._figures)
-        await self.control.start(Path(settings.socket))
-        self.oneoff = OneOffServer(self.registry)
-        await self.oneoff.start(oneoff_protocol.socket_path(Path(settings.socket)))
+        if self.inherited is not None:
+            await self._take_over(self.inherited)
+        await self._open_sockets(Path(settings.socket))
+        if self.inherited is not None:
+            handover.announce_serving(self.inherited)
         self._tasks.append(asyncio.create_task(scaling.idle_loop(lambda: self.registry or ())))
         log.info(
             "tako-server ready data_dir=%s socket=%s http_port=%s https_port=%s apps=%d data_plane=%s "
@@ -140,6 +156,69 @@ class Daemon:
     def _figures(self, app: str) -> dict[str, Any] | None:
         return self.metrics.figures.for_app(app) if self.metrics is not None else None
 
+    async def _open_sockets(self, socket: Path) -> None:
+        assert self.registry is not None
+        self.control = ControlServer(self.registry, self._info, self.acme.status, self._figures)
+        await self.control.start(socket)
+        self.oneoff = OneOffServer(self.registry)
+        await self.oneoff.start(oneoff_protocol.socket_path(socket))
+        self.handover_server = handover.HandoverServer(self._hand_over)
+        await self.handover_server.start(handover.socket_path(socket))
+
+    async def _take_over(self, inherited: handover.Inherited) -> None:
+        """A successor: ready once the always-on instances it restored are up (bounded, so the old process
+        serves meanwhile), then it waits for the old one to stop accepting and free the control socket."""
+        registry = self.registry
+        assert registry is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + handover.READY_TIMEOUT / 2
+        while loop.time() < deadline and any(a.state is AppState.STARTING for a in registry.apps.values()):
+            await asyncio.sleep(0.05)
+        await handover.announce_ready(inherited)
+
+    async def _hand_over(self) -> dict[str, Any]:
+        """`tako-server handover`: start a successor and hand it the lock and listeners; drain and exit
+        once it serves. On failure this process goes on serving, unchanged."""
+        assert self.lock is not None and self.proxy is not None
+        http, https = self.proxy.listening_sockets()
+        handing = handover.Handing(self.lock.fd, http, https, self._stop_listening, self._retire)
+        return await handover.hand_over(handing, handover.successor_argv())
+
+    async def _stop_listening(self) -> None:
+        assert self.proxy is not None
+        self.proxy.stop_accepting()
+        if self.workers is not None:
+            self.workers.stop_accepting()
+        if self.handover_server is not None:
+            self.handover_server.close()
+        if self.control is not None:
+            await self.control.close()
+        if self.oneoff is not None:
+            await self.oneoff.close()
+
+    def _retire(self) -> None:
+        self.handing_over = True
+        self.request_stop()
+
+    async def _start_metrics(self) -> None:
+        registry = self.registry
+        assert registry is not None
+        sources = MetricsSources(
+            traffic=self._traffic,
+            apps=lambda: registry.apps.values(),
+            events=lambda: registry.events,
+            certificates=self.acme.status,
+            workers=lambda: self.workers.info() if self.workers is not None else [],
+        )
+        self.metrics = MetricsService(self.config.metrics, sources)
+        await self.metrics.start()
+
+    def _traffic(self) -> TrafficSnapshot:
+        return self.traffic.snapshot() if self.traffic is not None else TrafficSnapshot()
+
+    def _figures(self, app: str) -> dict[str, Any] | None:
+        return self.metrics.figures.for_app(app) if self.metrics is not None else None
+
     def _info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"http_port": self.http_port, "https_port": self.https_port}
         info["metrics_port"] = self.metrics.port if self.metrics is not None else None
@@ -162,9 +241,11 @@ class Daemon:
         )
         registry.set_publisher(proxy.set_snapshot)
         with _listener_errors(settings.listen, settings.http_port, "HTTP", "http_port"):
-            self.http_port = await proxy.start_http(settings.listen, settings.http_port)
+            sock = self.inherited.http if self.inherited else None
+            self.http_port = await proxy.start_http(settings.listen, settings.http_port, sock=sock)
         with _listener_errors(settings.listen, settings.https_port, "HTTPS", "https_port"):
-            self.https_port = await proxy.start_https(settings.listen, settings.https_port)
+            sock = self.inherited.https if self.inherited else None
+            self.https_port = await proxy.start_https(settings.listen, settings.https_port, sock=sock)
 
     async def _start_workers(self) -> None:
         if self.config.server.workers > 1:
@@ -195,6 +276,8 @@ class Daemon:
         await self.acme.stop()
         if self.metrics is not None:
             await self.metrics.close()
+        if self.handover_server is not None:
+            self.handover_server.close()
         if self.control is not None:
             await self.control.close()
         if self.oneoff is not None:

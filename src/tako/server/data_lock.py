@@ -61,6 +61,17 @@ class DataDirLock:
                         "a second server needs its own data dir (--data-dir), socket and ports",
                     ) from None
                 await asyncio.sleep(_RETRY)
+        return cls._holding(path, fd)
+
+    @classmethod
+    def inherit(cls, data_dir: Path, fd: int) -> DataDirLock:
+        """The lock handed over by the running tako-server (server/handover.py): the same open file
+        description, so the flock is shared by exactly the two processes and no third server can start.
+        The pid in the file becomes this process's (the service script reads it)."""
+        return cls._holding(data_dir / LOCK_NAME, fd)
+
+    @classmethod
+    def _holding(cls, path: Path, fd: int) -> DataDirLock:
         # Always the same 16 bytes, written over the old ones: no block to allocate on a full disk after the
         # first start, and a reader sees a whole pid (readers ignore the padding).
         try:
@@ -70,6 +81,12 @@ class DataDirLock:
             os.close(fd)
             raise TakoError(f"cannot write the pid into {path}: {exc.strerror}") from exc
         return cls(path, fd)
+
+    @property
+    def fd(self) -> int:
+        """The lock's descriptor, to hand over to a new tako-server."""
+        assert self._fd is not None, "the lock was released"
+        return self._fd
 
     def release(self) -> None:
         if self._fd is not None:

@@ -41,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--release", help="a release directory of APP (default: the live release)")
     run.add_argument("app", metavar="APP")
     run.add_argument("argv", nargs="*", metavar="-- CMD", help="the command and its arguments, after --")
+    over = commands.add_parser(
+        "handover",
+        help="restart the running tako-server without dropping a request",
+        description="Ask the running tako-server to start a new process (the installed version) and hand "
+        "it the listening sockets; the old one then finishes its in-flight requests and exits. If the new "
+        "process fails or is not ready in time, the old one keeps serving and this says why.",
+    )
+    over.add_argument("--config", default=argparse.SUPPRESS, help="server config file")
+    over.add_argument("--socket", default=argparse.SUPPRESS, help="control socket path")
     return p
 
 
@@ -82,11 +91,36 @@ def run_as_app(args: argparse.Namespace, command: list[str]) -> int:
         return exc.exit_code
 
 
+def request_handover(args: argparse.Namespace) -> int:
+    """`tako-server handover`: ask the running server to hand over to a new process (server/handover.py)."""
+    from tako.server import handover
+
+    try:
+        socket = Path(args.socket) if args.socket else Path(load_config(args).server.socket)
+        reply = handover.request(handover.socket_path(socket))
+    except TakoError as exc:
+        hint = f"\n  hint: {exc.hint}" if exc.hint else ""
+        print(f"tako-server: error: {exc.message}{hint}", file=sys.stderr)
+        return exc.exit_code
+    print(f"tako-server {reply['version']} (pid {reply['pid']}) took over")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     own, command = split_command(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(own)
     if args.command == "run-as-app":
         return run_as_app(args, [*args.argv, *command])
+    if args.command == "handover":
+        return request_handover(args)
+    return serve(args)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the daemon; a successor in a hand-over tells the running server why it could not start."""
+    from tako.server import handover
+
+    channel = handover.pending_channel()
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -99,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         # uvloop: the proxy's event loop (docs/proxy.md); its child watcher also reports exits at once.
         import uvloop
 
-        uvloop.run(Daemon(config).run())
+        uvloop.run(Daemon(config, channel).run())
     except TakoError as exc:
+        handover.report_failure(channel, exc)
         print(f"tako-server: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -21,6 +21,7 @@ from tako.routing import normalise_host
 from tako.server.proxy import tls
 from tako.server.proxy.backend import ServerServices, Snapshot, Upstream
 from tako.server.proxy.body_buffer import BodyBuffer, default_directory
+from tako.server.proxy.client import _DEADLINE_HEADER as DEADLINE_HEADER
 from tako.server.proxy.client import ClientConnection
 from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool
 from tako.server.tls.certstore import CertStore
@@ -93,36 +94,56 @@ class ProxyServer:
         """Swap the routing snapshot; requests that start after this use the new one."""
         self.snapshot = snapshot
 
-    async def start_http(self, host: str, port: int, *, forward: bool = False) -> int:
-        """Listen for plain HTTP on host:port (0 = ephemeral); returns the bound port.
+    async def start_http(
+        self, host: str, port: int, *, forward: bool = False, sock: socket.socket | None = None
+    ) -> int:
+        """Listen for plain HTTP on host:port (0 = ephemeral), or on `sock`, a listening socket handed
+        over by the previous tako-server; returns the bound port.
 
         It answers ACME challenges and status and redirects routed hosts to HTTPS; with `forward=True` it
         proxies like the HTTPS listener instead (behind a TLS-terminating balancer, and for benchmarks).
         """
-        return self._listen(host, port, None, forward)
+        return self._listen(host, port, None, forward, sock)
 
-    async def start_https(self, host: str, port: int) -> int:
-        """Listen for HTTPS on host:port (0 = ephemeral); returns the bound port.
+    async def start_https(self, host: str, port: int, *, sock: socket.socket | None = None) -> int:
+        """Listen for HTTPS on host:port (0 = ephemeral) or on a handed-over `sock`; returns the port.
 
         HTTP->HTTPS redirects name this port unless it is 443 or `https_redirect_port` was given.
         """
-        bound = self._listen(host, port, self.certs.ssl_context(), True)
+        bound = self._listen(host, port, self.certs.ssl_context(), True, sock)
         if self._redirect_port is None:
             self.https_suffix = b"" if bound == 443 else b":%d" % bound
         return bound
 
-    async def shutdown(self, timeout: float) -> None:
-        """Stop accepting, let in-flight requests finish within `timeout`, then close everything."""
-        self.shutting_down = True
+    def listening_sockets(self) -> tuple[socket.socket, socket.socket]:
+        """The HTTP and HTTPS listening sockets (in the order started), to hand over."""
+        http, https = (listener.sock for listener in self._listeners)
+        return http, https
+
+    def stop_accepting(self) -> None:
+        """Accept no more connections; those accepted go on. Closing our descriptor leaves a socket
+        handed over to a new tako-server listening there, its backlog intact."""
         for listener in self._listeners:
             self.loop.remove_reader(listener.sock.fileno())
             listener.sock.close()
         self._listeners.clear()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting, let in-flight requests finish within `timeout`, then close everything."""
+        self.stop_accepting()
+        deadline = self.loop.time() + timeout
+        # Connections accepted but still before their first request (TLS handshake, head not read yet) get
+        # it answered: their clients cannot tell a close from a failure, whereas a client whose idle
+        # keep-alive connection closes retries on a new one. In a hand-over those new connections go to
+        # the new tako-server. Bounded by the header timeout, as such a connection would be anyway.
+        first_requests = min(deadline, self.loop.time() + (self.settings.header_timeout or timeout))
+        while self._awaiting_first_request() and self.loop.time() < first_requests:
+            await asyncio.sleep(0.02)
+        self.shutting_down = True
         for transport in list(self._handshaking):
             transport.abort()
         for conn in list(self.connections):
             conn.shutdown()
-        deadline = self.loop.time() + timeout
         while self.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
@@ -137,6 +158,11 @@ class ProxyServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+
+    def _awaiting_first_request(self) -> bool:
+        if self._handshaking:
+            return True
+        return any(c.deadline_kind == DEADLINE_HEADER and c.cycle is None for c in self.connections)
 
     @property
     def ports(self) -> list[int]:
@@ -191,7 +217,24 @@ class ProxyServer:
     def _is_routed_host(self, host: str) -> bool:
         return self.snapshot.router.is_routed_host(host)
 
-    def _listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None, forward: bool) -> int:
+    def _listen(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        forward: bool,
+        inherited: socket.socket | None,
+    ) -> int:
+        sock = inherited if inherited is not None else self._bind(host, port)
+        sock.setblocking(False)
+        listener = _Listener(sock, ssl_context, forward)
+        self._listeners.append(listener)
+        self.loop.add_reader(sock.fileno(), self._accept, listener)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self._sweep_interval, self._sweep)
+        return listener.port
+
+    def _bind(self, host: str, port: int) -> socket.socket:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, _, _, _, address = infos[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -201,16 +244,10 @@ class ProxyServer:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(address)
             sock.listen(LISTEN_BACKLOG)
-            sock.setblocking(False)
         except OSError:
             sock.close()
             raise
-        listener = _Listener(sock, ssl_context, forward)
-        self._listeners.append(listener)
-        self.loop.add_reader(sock.fileno(), self._accept, listener)
-        if self._sweeper is None:
-            self._sweeper = self.loop.call_later(self._sweep_interval, self._sweep)
-        return listener.port
+        return sock
 
     def _accept(self, listener: _Listener) -> None:
         # uvloop's own server accepts one connection per loop iteration; under a burst of new connections

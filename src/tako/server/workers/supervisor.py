@@ -128,6 +128,12 @@ class WorkerPool:
         self._spawn_task(self._status_loop())
         log.info("data-plane workers ready: %s", ", ".join(str(w.pid) for w in self.workers))
 
+    def stop_accepting(self) -> None:
+        """A hand-over: workers stop accepting and drain now (not restarted when they exit); `stop` then
+        waits for them."""
+        self._stopping = True
+        self._broadcast(messages.Stop(timeout=self.config.apps.drain_timeout))
+
     async def stop(self, timeout: float) -> None:
         """Workers stop accepting and finish in-flight requests within `timeout`, then exit."""
         self._stopping = True

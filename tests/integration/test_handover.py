@@ -1,0 +1,153 @@
+"""`tako-server handover`: a new tako-server process takes the listening sockets and the data-dir lock from
+the running one, which then drains and exits. Under a request loop over HTTPS (keep-alive and new
+connections) and with a WebSocket open, no request fails; a successor that cannot start leaves the running
+server serving, unchanged, and the requester learns why."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import psutil
+import pytest
+from tests.support.server_process import (
+    _CLIENT_TLS,
+    REPO,
+    LoadResult,
+    TakoServer,
+    https_get,
+    run_load,
+    wait_for,
+)
+
+from tako.server.state import DB_NAME
+
+pytestmark = pytest.mark.integration
+
+HOST = "web.tako.test"
+
+
+def request_handover(srv: TakoServer) -> subprocess.CompletedProcess[str]:
+    """`tako-server handover` as an operator (or `tako servers restart`) runs it."""
+    cmd = [sys.executable, "-m", "tako.server.main", "handover", "--socket", str(srv.socket)]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+def stop_pid(pid: int) -> None:
+    """SIGTERM a successor (not the test's child) and wait for it, bounded; SIGKILL past the bound."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc = psutil.Process(pid)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture
+def srv() -> Iterator[TakoServer]:
+    server = TakoServer(app_settings={"drain_timeout": 20.0})
+    successors: list[int] = []
+    server.successors = successors  # type: ignore[attr-defined]
+    try:
+        server.start()
+        yield server
+    finally:
+        for pid in successors:
+            stop_pid(pid)
+        server.cleanup()
+
+
+def hand_over(srv: TakoServer) -> int:
+    """A successful hand-over; returns the successor's pid (stopped by the fixture)."""
+    done = request_handover(srv)
+    assert done.returncode == 0, f"{done.stderr}\n{srv.log()}"
+    pid = int(srv.call("hello")["pid"])
+    srv.successors.append(pid)  # type: ignore[attr-defined]
+    return pid
+
+
+async def test_handover_under_load_fails_no_request_and_keeps_the_websocket_open(srv: TakoServer) -> None:
+    from websockets.asyncio.client import connect
+
+    await asyncio.to_thread(srv.deploy, "web", "v1", instances=1)
+    assert srv.proc is not None and srv.https_port is not None
+    old = srv.proc.pid
+    stop = asyncio.Event()
+    result = LoadResult()
+    async with connect(
+        f"wss://{HOST}/ws",
+        host="127.0.0.1",
+        port=srv.https_port,
+        ssl=_CLIENT_TLS,
+        server_hostname=HOST,
+        open_timeout=30,
+    ) as ws:
+        await ws.send("before")
+        assert await ws.recv() == "before"
+        load = asyncio.create_task(run_load(srv.https_port, HOST, stop, keepalive=3, fresh=2, result=result))
+        await asyncio.to_thread(wait_for, lambda: len(result.responses) > 50, 30, what="load running")
+        new = await asyncio.to_thread(hand_over, srv)
+        assert new != old
+        served_before = len(result.responses)
+        await asyncio.to_thread(wait_for, lambda: len(result.responses) > served_before + 50, 30)
+        # The old process still drains (the WebSocket is in flight on it) while the new one serves.
+        assert srv.proc.poll() is None
+        await ws.send("after")
+        assert await ws.recv() == "after"
+    stop.set()
+    await load
+    assert result.failures() == []
+    # With nothing left in flight, the old process exits; the successor keeps the data-dir lock.
+    await asyncio.to_thread(srv.proc.wait, 30)
+    assert srv.proc.returncode == 0
+    assert (await https_get(srv.https_port, HOST)).status == 200
+    assert srv.call("hello")["https_port"] == srv.https_port
+    # Exactly the two processes shared the lock: a third server on this data dir is still refused.
+    third = srv.command(socket=srv.base / "third.sock")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    refused = subprocess.run(third, capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert refused.returncode != 0 and "another tako-server" in refused.stderr, refused.stderr
+
+
+async def test_a_successor_that_cannot_start_leaves_the_running_server_serving(srv: TakoServer) -> None:
+    await asyncio.to_thread(srv.deploy, "web", "v1", instances=1)
+    assert srv.proc is not None and srv.https_port is not None
+    good = srv.config.read_text()
+    srv.config.write_text(good + "\n[server\n")  # a broken edit of server-config.toml
+    failed = await asyncio.to_thread(request_handover, srv)
+    assert failed.returncode != 0
+    assert "cannot start" in failed.stderr and "keeps serving" in failed.stderr, failed.stderr
+    assert "server-config.toml" in failed.stderr, failed.stderr
+    # Unchanged: same process, listeners and control socket.
+    assert srv.proc.poll() is None
+    assert srv.call("hello")["pid"] == srv.proc.pid
+    assert (await https_get(srv.https_port, HOST)).status == 200
+    # Fixed, the next hand-over goes through.
+    srv.config.write_text(good)
+    await asyncio.to_thread(hand_over, srv)
+    assert (await https_get(srv.https_port, HOST)).status == 200
+
+
+async def test_a_state_database_newer_than_the_successor_is_refused_before_it_takes_over(
+    srv: TakoServer,
+) -> None:
+    """A downgrade: the successor's code knows fewer migrations than the state database has."""
+    await asyncio.to_thread(srv.deploy, "web", "v1", instances=1)
+    assert srv.proc is not None and srv.https_port is not None
+    with contextlib.closing(sqlite3.connect(srv.data_dir / DB_NAME)) as db:
+        db.execute("PRAGMA user_version = 9999")
+    failed = await asyncio.to_thread(request_handover, srv)
+    assert failed.returncode != 0
+    assert "written by a newer tako-server" in failed.stderr, failed.stderr
+    assert srv.proc.poll() is None
+    assert srv.call("hello")["pid"] == srv.proc.pid
+    assert (await https_get(srv.https_port, HOST)).status == 200
