@@ -231,7 +231,8 @@ def status(cli: CliContext, name: str) -> None:
 @click.argument("name")
 @pass_cli
 def restart(cli: CliContext, name: str) -> None:
-    """Restart tako-server on NAME; routes and always-on apps come back from its saved state."""
+    """Restart tako-server on NAME without dropping a request: a new process takes over the listeners,
+    the old one finishes what is in flight. If the new one cannot start, the old one keeps serving."""
     from tako.deploy.server_admin import restart_server
 
     version = _run_on(cli, name, restart_server)

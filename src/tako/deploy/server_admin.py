@@ -1,4 +1,4 @@
-"""Day-2 operations on one server's tako-server: inspect, restart, reload every app."""
+"""Day-2 operations on one server's tako-server: inspect, restart (a hand-over), reload every app."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ from tako.protocol import List, Reload
 from tako.remote.executor import Executor, sh
 
 SERVICE_SCRIPT = "tako-server-service"
+HANDOVER = "tako-server handover"
+HANDOVER_TIMEOUT = 300.0  # the new process restores every app and starts its always-on instances first
+# `tako-server handover` answers so when there is nothing to hand over from (not running; a version from
+# before hand-overs): the service script restarts it instead.
+_NO_HANDOVER = ("no tako-server answers", "invalid choice")
 
 _INSPECT = """
 if command -v tako-server >/dev/null 2>&1; then
@@ -63,14 +68,30 @@ async def inspect_server(ex: Executor) -> ServerInfo:
 
 
 async def restart_server(ex: Executor, *, timeout: float = 60.0) -> str:
-    """Restart tako-server through its service script and wait until it answers again."""
+    """Restart tako-server without dropping a request: the running one hands its listeners over to a new
+    process of the installed version (`tako-server handover`) and drains. Where no tako-server runs, or
+    one too old to hand over, the service script restarts it. Returns the version that answers."""
+    result = await ex.run(sh(HANDOVER), check=False, what="hand over", timeout=HANDOVER_TIMEOUT)
+    if not result.ok:
+        error = (result.stderr or result.stdout).strip()
+        if not any(reason in error for reason in _NO_HANDOVER):
+            message = error.removeprefix("tako-server: error: ")
+            raise CommandFailed(f"{ex.address.name}: restarting tako-server failed: {message}")
+        await _service_restart(ex, timeout)
+    ex.forget_control()  # the old control connection ends with the old process
+    return await _wait_for_hello(ex, timeout)
+
+
+async def _service_restart(ex: Executor, timeout: float) -> None:
     result = await ex.run(sh(f"{SERVICE_SCRIPT} restart"), check=False, what="restart", timeout=timeout)
     if not result.ok:
         raise CommandFailed(
             f"{ex.address.name}: restarting tako-server failed: {(result.stderr or result.stdout).strip()}"
         )
+
+
+async def _wait_for_hello(ex: Executor, timeout: float) -> str:
     deadline = time.monotonic() + timeout
-    ex.forget_control()  # the old control connection died with the old process
     while True:
         try:
             hello = await ex.hello()
