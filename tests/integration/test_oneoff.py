@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 from tests.support.processes import stop_process
 from tests.support.server_process import REPO, TakoServer, make_release, wait_for
+
+from tako.server.apps.oneoff_protocol import RunRequest, socket_path
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +151,18 @@ def test_a_session_that_ends_hangs_the_command_up(server: TakoServer, tmp_path: 
         assert proc.wait(timeout=30) == 129
     finally:
         stop_process(proc)
+
+
+def test_a_signal_sent_right_behind_the_request_reaches_the_command(server: TakoServer) -> None:
+    """A Ctrl-C that comes before tako-server said "started" (the command may already have printed) is not
+    lost: sent in the same write as the request, it still stops the command."""
+    request = (
+        RunRequest("demo", ("sleep", "30")).encode() + json.dumps({"signal": signal.SIGINT}).encode() + b"\n"
+    )
+    with socket.socket(socket.AF_UNIX) as conn, open(os.devnull, "r+b") as devnull:
+        conn.settimeout(30)
+        conn.connect(str(socket_path(server.socket)))
+        socket.send_fds(conn, [request], [devnull.fileno()] * 3)
+        replies = conn.makefile("rb")
+        assert "started" in json.loads(replies.readline())
+        assert json.loads(replies.readline()) == {"exit": 128 + signal.SIGINT}

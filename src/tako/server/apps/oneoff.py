@@ -125,7 +125,7 @@ class OneOffServer:
         fds: list[int] = []
         program = "the command"
         try:
-            line, fds = await _receive_request(conn)
+            line, early, fds = await _receive_request(conn)
             request = RunRequest.decode(line)
             program = request.argv[0]
             process = await self._start(request, fds)
@@ -144,7 +144,7 @@ class OneOffServer:
                 os.close(fd)  # the child has its own copies
         self._running.add(process)
         try:
-            await self._supervise(conn, process)  # owns `conn` from here on
+            await self._supervise(conn, process, early)  # owns `conn` from here on
         finally:
             self._running.discard(process)
 
@@ -192,11 +192,14 @@ class OneOffServer:
         await asyncio.to_thread(isolation.prepare, app_dir, path, uid)
         return replace(release, uid=uid)
 
-    async def _supervise(self, conn: socket.socket, process: asyncio.subprocess.Process) -> None:
-        """Forward the client's signals until the command exits; a client gone means SIGHUP, then KILL."""
+    async def _supervise(
+        self, conn: socket.socket, process: asyncio.subprocess.Process, early: bytes
+    ) -> None:
+        """Forward the client's signals (`early`: those sent right behind the request) until the command
+        exits; a client gone means SIGHUP, then KILL."""
         _send(conn, {"started": process.pid})
         try:
-            reader, writer = await asyncio.open_unix_connection(sock=conn)
+            reader, writer = await _streams(conn, early)
         except OSError:
             conn.close()
             raise
@@ -219,8 +222,9 @@ class OneOffServer:
         writer.close()
 
 
-async def _receive_request(conn: socket.socket) -> tuple[bytes, list[int]]:
-    """The request line and the descriptors sent with it (with its first bytes)."""
+async def _receive_request(conn: socket.socket) -> tuple[bytes, bytes, list[int]]:
+    """The request line, what followed it (signals sent right behind it) and the descriptors sent with it
+    (with its first bytes)."""
     loop = asyncio.get_running_loop()
     conn.setblocking(False)
     readable: asyncio.Future[None] = loop.create_future()
@@ -237,7 +241,7 @@ async def _receive_request(conn: socket.socket) -> tuple[bytes, list[int]]:
     # Close-on-exec: without it every process tako-server starts meanwhile (instances too) would inherit
     # the caller's stdio and keep its session's pipes open.
     data, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST_BYTES, 3, socket.MSG_CMSG_CLOEXEC)
-    while not data.endswith(b"\n"):
+    while b"\n" not in data:
         if not data or len(data) >= MAX_REQUEST_BYTES:
             for fd in fds:
                 os.close(fd)
@@ -246,7 +250,18 @@ async def _receive_request(conn: socket.socket) -> tuple[bytes, list[int]]:
         if not more:
             data = b""
         data += more
-    return data, fds
+    line, _, early = data.partition(b"\n")
+    return line, early, fds
+
+
+async def _streams(conn: socket.socket, early: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Streams over `conn` whose reader first gives `early`, the bytes already read from it."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    reader.feed_data(early)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=conn)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 async def _forward_signals(reader: asyncio.StreamReader, pgid: int) -> None:

@@ -26,24 +26,52 @@ _GONE = select.POLLERR | select.POLLHUP
 def run(path: Path, request: RunRequest) -> int:
     """Hand our stdin/stdout/stderr and `request` to tako-server; forward signals; the command's status."""
     conn = _connect(path)
-    with conn:
-        socket.send_fds(conn, [request.encode()], [0, 1, 2])
-        replies = _Replies(conn)
-        first = replies.next(watch_session=False)
-        if "error" in first:
-            hint = str(first.get("hint") or "") or None
-            raise OneOffError(str(first["error"]), hint=hint, exit_code=int(first.get("status", 125)))
-        previous = {sig: signal.signal(sig, lambda n, _f: _forward(conn, n)) for sig in FORWARDED_SIGNALS}
-        try:
+    forwarder = _Forwarder(conn)
+    # Forwarding starts before the request goes: the command may start, print and be interrupted before
+    # tako-server's "started" arrives here, and that Ctrl-C must reach it, not end this process.
+    previous = {sig: signal.signal(sig, forwarder.handle) for sig in FORWARDED_SIGNALS}
+    try:
+        with conn:
+            socket.send_fds(conn, [request.encode()], [0, 1, 2])
+            forwarder.start()
+            replies = _Replies(conn)
+            first = replies.next(watch_session=False)
+            if "error" in first:
+                hint = str(first.get("hint") or "") or None
+                raise OneOffError(str(first["error"]), hint=hint, exit_code=int(first.get("status", 125)))
             last = replies.next(watch_session=True)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if last.get("hung_up"):
         return HUNG_UP  # nobody is left to tell; closing the connection made tako-server hang it up
     if "exit" not in last:
         raise OneOffError("tako-server stopped before the command finished")
     return int(last["exit"])
+
+
+class _Forwarder:
+    """Signal handler: each signal goes to tako-server as {"signal": N}; those caught before the request
+    went are held until it has (tako-server reads the request first)."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.held: list[int] | None = []
+
+    def handle(self, number: int, _frame: object) -> None:
+        if self.held is not None:
+            self.held.append(number)
+        else:
+            self._send(number)
+
+    def start(self) -> None:
+        held, self.held = self.held or [], None
+        for number in held:
+            self._send(number)
+
+    def _send(self, number: int) -> None:
+        with contextlib.suppress(OSError):  # tako-server is gone: the reply loop says so
+            self.conn.sendall(json.dumps({"signal": number}).encode() + b"\n")
 
 
 def _connect(path: Path) -> socket.socket:
@@ -84,11 +112,6 @@ class _Replies:
             self.buffer += data
         line, _, self.buffer = self.buffer.partition(b"\n")
         return _parse(line)
-
-
-def _forward(conn: socket.socket, number: int) -> None:
-    with contextlib.suppress(OSError):  # tako-server is gone: the reply loop says so
-        conn.sendall(json.dumps({"signal": number}).encode() + b"\n")
 
 
 def _parse(line: bytes) -> dict[str, Any]:
