@@ -14,12 +14,23 @@ from rich.console import Console
 from tests.support.projects import git, make_project
 
 from tako.cli.releases import releases_json, render_releases
+from tako.deploy.commands import LOCK_HELD_STATUS
 from tako.deploy.layout import AppLayout
 from tako.deploy.lock import lock_holder, stale_own_lock
-from tako.deploy.releases import ServerReleases, list_releases, parse_listing, release_info
+from tako.deploy.releases import (
+    SETTINGS_FILE,
+    ReleaseSettings,
+    ServerReleases,
+    linked_release,
+    list_releases,
+    lock_and_list,
+    parse_listing,
+    release_info,
+)
 from tako.deploy.rollback import choose_version
 from tako.errors import DeployError, RemoteError
 from tako.remote.connection import ServerAddress
+from tako.remote.executor import Command
 from tako.remote.fanout import HostResult
 
 
@@ -145,3 +156,37 @@ def test_a_rollback_lock_left_by_a_dead_process_of_ours_is_stale_like_a_deploys(
     assert " rolling back to v1 since " in holder
     assert stale_own_lock(holder)
     assert not stale_own_lock(lock_holder("v1", "rolling back to"))  # this very process: alive
+
+
+def _run(command: Command) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(command.argv), capture_output=True, text=True, check=False)
+
+
+def test_a_rollback_takes_the_lock_and_lists_in_one_command(tmp_path: Path) -> None:
+    layout = AppLayout("app", root=str(tmp_path))
+    _release(layout, "v1", {"deployed_at": "2026-01-01T00:00:00Z"}, 1_700_000_000)
+    _release(layout, "v2", {"deployed_at": "2026-01-02T00:00:00Z"}, 1_700_000_000)
+    settings = ReleaseSettings(("a.test", "b.test/api/*"), 3, 60)
+    Path(layout.release("v1"), SETTINGS_FILE).write_text(settings.as_json() + "\n")
+    os.symlink("releases/v2", layout.current)
+    mine = lock_holder("v1", "rolling back to")
+
+    taken = _run(lock_and_list(layout, mine))
+    assert taken.returncode == 0, taken.stderr
+    assert Path(layout.lock, "holder").read_text() == mine + "\n"
+    assert linked_release(taken.stdout) == "v2"
+    v2, v1 = parse_listing(taken.stdout)
+    assert (v2.version, v2.settings) == ("v2", None)  # deployed before settings were recorded
+    assert (v1.version, v1.settings) == ("v1", settings)
+
+    held = _run(lock_and_list(layout, "someone else"))
+    assert held.returncode == LOCK_HELD_STATUS and held.stdout.strip() == mine  # the holder, no listing
+
+
+def test_release_settings_that_cannot_be_read_are_none() -> None:
+    assert ReleaseSettings.parse("") is None
+    assert ReleaseSettings.parse("{not json") is None
+    assert ReleaseSettings.parse('{"routes": "a.test", "instances": 1, "idle_timeout": 5}') is None
+    assert ReleaseSettings.parse('{"routes": ["a.test"], "instances": 1, "idle_timeout": 5}') == (
+        ReleaseSettings(("a.test",), 1, 5)
+    )
