@@ -116,3 +116,18 @@ def test_each_app_shows_its_last_minute_of_traffic() -> None:
     assert "shop: last minute: 12.3 requests/s, 1.4% 5xx, p95 45 ms" in text, text
     assert "blog: last 20 s: no requests" in text, text
     assert "docs: last" not in text, text
+
+
+def test_a_server_running_another_tako_server_version_gets_one_warning_line() -> None:
+    from tako import __version__
+
+    def lines(server_version: str) -> list[str]:
+        console = Console(width=200, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+        result = HostResult(ServerAddress("web1", "10.0.0.5"), {"server_version": server_version, "apps": []})
+        render_status(console, [result])
+        return [line for line in console.export_text().splitlines() if "differs" in line]
+
+    assert lines(__version__) == []
+    (warning,) = lines("0.0.1")
+    assert "tako-server 0.0.1 on web1" in warning and __version__ in warning
+    assert "tako servers upgrade web1" in warning

@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from tako import __version__
 from tako.cli.context import CliContext, get_cli
 from tako.errors import ServerError, UsageError
 from tako.protocol import List, Status
@@ -87,6 +88,16 @@ def certificate_lines(apps: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def version_warning(console: Console, name: str, server_version: str) -> None:
+    """One line when the server's tako-server is not the CLI's version (`tako servers upgrade` fixes it)."""
+    if server_version != __version__:
+        console.print(
+            f"  ! tako-server {server_version} on {name} differs from this CLI's {__version__}: "
+            f"tako servers upgrade {name}",
+            highlight=False,
+        )
+
+
 def render_status(console: Console, results: list[HostResult[dict[str, Any]]]) -> None:
     for result in results:
         server = result.server
@@ -102,6 +113,7 @@ def render_status(console: Console, results: list[HostResult[dict[str, Any]]]) -
             f"{len(apps)} app{'s' if len(apps) != 1 else ''}",
             highlight=False,
         )
+        version_warning(console, server.name, str(data.get("server_version")))
         if not apps:
             continue
         table = Table(show_edge=False, pad_edge=False, box=None, padding=(0, 2))
