@@ -186,7 +186,7 @@ def test_rollback_respects_a_held_lock_and_breaks_a_stale_one_of_ours(fleet: Fle
     finally:
         remote(held, f"rm -rf {lock}")
     assert result.returncode == 1, result.stdout + result.stderr
-    assert f"✗ {held.name}: a deploy holds the lock {lock} ({foreign})" in result.stdout, result.stdout
+    assert f"✗ {held.name}: another deploy holds the lock {lock} ({foreign})" in result.stdout, result.stdout
     assert f"✓ {other.name}: {fleet.first} is already live" in result.stdout
     assert greeting(held)[0].startswith(f"second! build {fleet.second}")
 

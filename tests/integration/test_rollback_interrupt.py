@@ -11,8 +11,32 @@ from pathlib import Path
 
 import asyncssh
 
-from tako.deploy.rollback import INTERRUPTED, RollbackOutcome, rollback_all
+from tako.deploy.report import Outcome
+from tako.deploy.rollback import rollback_all
+from tako.deploy.server_deploy import INTERRUPTED
 from tako.remote.connection import ServerAddress
+
+
+class SteppedProgress:
+    """Records each step line; at the first "connecting" one, sends SIGINT as Ctrl-C does (the loop sees
+    it once the rollback waits for the server)."""
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
+    def step(self, server: str, step: str, text: str) -> None:
+        self.said.append(f"{server}: {text}")
+        if step == "connect":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def transfer(self, server: str, sent: int, total: int) -> None:
+        raise AssertionError("a rollback uploads nothing")
+
+    def output(self, server: str, line: str) -> None:
+        raise AssertionError("a rollback runs no release command")
+
+    def finished(self, outcome: Outcome) -> None:
+        self.said.append(f"{outcome.server.name}: finished")
 
 
 def test_an_interrupt_while_connecting_stops_that_server_and_changes_nothing(tmp_path: Path) -> None:
@@ -22,24 +46,18 @@ def test_an_interrupt_while_connecting_stops_that_server_and_changes_nothing(tmp
     key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
     known_hosts.write_text(f"[127.0.0.1]:{port} {key}")
     interrupted: list[bool] = []
-    said: list[str] = []
+    progress = SteppedProgress()
 
-    def say(server: str, text: str) -> None:
-        said.append(f"{server}: {text}")
-        if text.startswith("connecting"):
-            # SIGINT as Ctrl-C sends it; the loop sees it once the rollback waits for the server.
-            os.kill(os.getpid(), signal.SIGINT)
-
-    async def main() -> list[RollbackOutcome]:
+    async def main() -> list[Outcome]:
         address = ServerAddress("quiet", "127.0.0.1", port, "tako")
         return await rollback_all(
-            "app", [address], None, known_hosts, say, on_interrupt=lambda: interrupted.append(True)
+            "app", [address], None, known_hosts, progress, on_interrupt=lambda: interrupted.append(True)
         )
 
     try:
         (result,) = asyncio.run(asyncio.wait_for(main(), timeout=30))
     finally:
         silent.close()
-    assert interrupted == [True], (result, said)
-    assert said == ["quiet: connecting to 127.0.0.1"]
+    assert interrupted == [True], (result, progress.said)
+    assert progress.said == ["quiet: connecting to 127.0.0.1", "quiet: finished"]
     assert result.error is not None and result.error.message == INTERRUPTED

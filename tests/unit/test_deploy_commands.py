@@ -84,7 +84,7 @@ def test_finish_staging_writes_env_from_stdin_and_promotes(tmp_path: Path) -> No
     Path(layout.shared_logs).mkdir(parents=True)
     release = layout.release("v1")
     result = run(
-        commands.finish_staging(layout, str(staging), release, layout.replaced("v1", "n1")), b'A="1"\n'
+        commands.finish_staging(layout, str(staging), release, layout.replaced("v1", "n1"), "{}"), b'A="1"\n'
     )
     assert result.returncode == 0, result.stderr
     assert (Path(release) / ".env").read_text() == 'A="1"\n'
@@ -106,17 +106,15 @@ def test_rollback_keeps_a_release_of_the_same_version_it_did_not_promote(tmp_pat
     assert (release / "live.txt").exists() and not Path(staging).exists()
     # Promoted (the old v1 moved aside), then undone: the old v1 is back.
     Path(staging).mkdir()
-    assert run(commands.finish_staging(layout, staging, str(release), replaced), b"").returncode == 0
+    assert run(commands.finish_staging(layout, staging, str(release), replaced, "{}"), b"").returncode == 0
     assert not (release / "live.txt").exists()
     assert run(commands.rollback(staging, str(release), replaced)).returncode == 0
     assert (release / "live.txt").read_text() == "the live release" and not Path(replaced).exists()
     # A new version promoted by this deploy, then undone: removed.
     new, staging3 = Path(layout.release("v2")), layout.staging("v2", "n3")
     Path(staging3).mkdir()
-    assert (
-        run(commands.finish_staging(layout, staging3, str(new), layout.replaced("v2", "n3")), b"").returncode
-        == 0
-    )
+    promote = commands.finish_staging(layout, staging3, str(new), layout.replaced("v2", "n3"), "{}")
+    assert run(promote, b"").returncode == 0
     assert new.is_dir()
     assert run(commands.rollback(staging3, str(new), layout.replaced("v2", "n3"))).returncode == 0
     assert not new.exists()

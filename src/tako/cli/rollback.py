@@ -8,7 +8,9 @@ import click
 
 from tako.cli.confirm import Confirmation, confirm_or_require_yes
 from tako.cli.context import get_cli
+from tako.cli.progress import LiveProgress, PlainProgress
 from tako.deploy.prepare import resolve_targets
+from tako.deploy.report import Outcome, Progress, outcome_hint, outcome_text
 from tako.deploy.rollback import rollback_all
 
 
@@ -49,19 +51,26 @@ def rollback(version: str | None, env: str, yes: bool) -> None:
             highlight=False,
         )
 
-    def say(server: str, text: str) -> None:
-        console.print(f"[{server}] {text}", highlight=False, markup=False)
+    def run(progress: Progress) -> list[Outcome]:
+        return asyncio.run(
+            rollback_all(
+                project.name, addresses, version, cli.known_hosts_path, progress, on_interrupt=on_interrupt
+            )
+        )
 
-    results = asyncio.run(
-        rollback_all(project.name, addresses, version, cli.known_hosts_path, say, on_interrupt=on_interrupt)
-    )
+    if console.is_terminal:
+        with LiveProgress(console, [a.name for a in addresses]) as live:
+            results = run(live)
+    else:
+        results = run(PlainProgress(console))
     for result in results:
         if result.error is None:
             console.print(f"✓ {result.server.name}: {result.value}", highlight=False)
         else:
-            console.print(f"✗ {result.server.name}: {result.error.message}", highlight=False)
-            if result.error.hint:
-                console.print(f"    hint: {result.error.hint}", highlight=False)
+            console.print(f"✗ {result.server.name}: {outcome_text(result)}", highlight=False)
+            hint = outcome_hint(result)
+            if hint:
+                console.print(f"    hint: {hint}", highlight=False)
     failed = sum(1 for r in results if not r.ok)
     console.print(f"{len(results) - failed}/{len(results)} server(s) rolled back", highlight=False)
     if failed:

@@ -11,14 +11,15 @@ from tako.remote.executor import Command, cmd, sh
 
 LOCK_HELD_STATUS = 3
 
-_ACQUIRE_LOCK = """
+# $1 app dir, $2 lock dir, $3 holder line. Held: prints the holder, exits 3; taken: goes on, so a script
+# can continue under the lock in the same round trip (see tako.deploy.releases.lock_and_list).
+TAKE_LOCK = """
 mkdir -p "$1" || exit 1
-if mkdir "$2" 2>/dev/null; then
-  printf '%s\\n' "$3" > "$2/holder" || { rmdir "$2"; exit 1; }
-  exit 0
+if ! mkdir "$2" 2>/dev/null; then
+  cat "$2/holder" 2>/dev/null
+  exit 3
 fi
-cat "$2/holder" 2>/dev/null
-exit 3
+printf '%s\\n' "$3" > "$2/holder" || { rmdir "$2"; exit 1; }
 """
 
 # Only removes the lock this deploy took (its holder line must match).
@@ -86,6 +87,24 @@ elif [ "$(cat "$2/.tako-staged-from" 2>/dev/null)" = "${1##*/}" ]; then
 fi
 """
 
+# Before an atomic deploy switches back to the release of the same version it replaced ($1 staging, free
+# again since the promotion; $2 release; $3 the replaced release): the replaced files go back in place and
+# this deploy's go to the staging dir, where the cleanup removes them. Instances of this deploy keep
+# running from the moved directory until tako-server has rolled back.
+_RESTORE_REPLACED = """
+set -e
+[ -e "$3" ] || exit 0
+mv "$2" "$1"
+mv "$3" "$2"
+"""
+
+# When switching back failed, this deploy's release keeps serving: its files go (back) in place as
+# releases/<version> ($1 staging, $2 release, $3 replaced) and the release it replaced is dropped.
+_KEEP_DEPLOYED = """
+if [ -e "$1" ]; then rm -rf "$2" && mv "$1" "$2"; fi
+rm -rf "$3"
+"""
+
 # Disk space and whether tako-server is installed, in one round trip: the last line of `df -Pk`, then
 # `installed` or `missing`.
 _PREFLIGHT = """
@@ -93,14 +112,16 @@ df -Pk "$1" | tail -n 1
 if command -v tako-server >/dev/null 2>&1; then echo installed; else echo missing; fi
 """
 
-# The last steps of staging in one round trip: shared logs link, `.env` from stdin (0600), then the
-# staged directory becomes releases/<version> (an existing one of the same version is moved aside).
+# The last steps of staging in one round trip: shared logs link, `.env` from stdin (0600), the routes and
+# scaling it is deployed with ($5, see tako.deploy.releases.SETTINGS_FILE), then the staged directory
+# becomes releases/<version> (an existing one of the same version is moved aside).
 _FINISH_STAGING = """
 set -e
 rm -rf "$1/logs"
 ln -s "$2" "$1/logs"
 (umask 077; cat > "$1/.env.tmp")
 mv -f "$1/.env.tmp" "$1/.env"
+printf '%s\n' "$5" > "$1/.tako-settings.json"
 printf '%s\n' "${1##*/}" > "$1/.tako-staged-from"
 if [ -e "$3" ]; then mv "$3" "$4"; fi
 mv "$1" "$3"
@@ -131,7 +152,7 @@ _FINALIZE = (
 
 
 def acquire_lock(layout: AppLayout, holder: str) -> Command:
-    return sh(_ACQUIRE_LOCK, layout.app_dir, layout.lock, holder)
+    return sh(TAKE_LOCK, layout.app_dir, layout.lock, holder)
 
 
 def release_lock(layout: AppLayout, holder: str) -> Command:
@@ -162,9 +183,10 @@ def parse_preflight(output: str) -> tuple[int, bool]:
     return parse_df_available(lines[-2]), lines[-1].strip() == "installed"
 
 
-def finish_staging(layout: AppLayout, staging: str, release: str, replaced: str) -> Command:
-    """Reads the `.env` content on stdin, so values never appear in a command line."""
-    return sh(_FINISH_STAGING, staging, layout.shared_logs, release, replaced)
+def finish_staging(layout: AppLayout, staging: str, release: str, replaced: str, settings: str) -> Command:
+    """Reads the `.env` content on stdin, so values never appear in a command line; `settings` is the
+    release's settings file (JSON: routes and scaling, nothing secret)."""
+    return sh(_FINISH_STAGING, staging, layout.shared_logs, release, replaced, settings)
 
 
 def finalize(
@@ -198,6 +220,14 @@ def write_env(release_dir: str) -> Command:
 
 def rollback(staging: str, release: str, replaced: str) -> Command:
     return sh(_ROLLBACK, staging, release, replaced)
+
+
+def restore_replaced(staging: str, release: str, replaced: str) -> Command:
+    return sh(_RESTORE_REPLACED, staging, release, replaced)
+
+
+def keep_deployed(staging: str, release: str, replaced: str) -> Command:
+    return sh(_KEEP_DEPLOYED, staging, release, replaced)
 
 
 def parse_df_available(output: str) -> int:

@@ -1,8 +1,9 @@
 """Releases as objects: what a deploy records about itself, and what each server keeps.
 
 A deploy writes a `release` object into the release's `app.json` (version, when, by whom, the git commit
-and subject). A server's releases are listed in one command (`releases/*`: name, size, that `app.json`);
-which one is live comes from tako-server, which owns that answer.
+and subject), and on each server the routes and instance counts it was deployed with (`SETTINGS_FILE`),
+which a rollback restores. A server's releases are listed in one command (`releases/*`: name, size, those
+two files); which one is live comes from tako-server, which owns that answer.
 """
 
 from __future__ import annotations
@@ -18,24 +19,63 @@ from typing import Any
 
 from tako.config.project import DEFAULT_IDLE_TIMEOUT
 from tako.deploy.archive import run_git, uses_git
+from tako.deploy.commands import TAKE_LOCK
 from tako.deploy.layout import AppLayout
 from tako.errors import ServerError
-from tako.protocol import ERROR_UNKNOWN_APP, Status
+from tako.protocol import ERROR_UNKNOWN_APP, Reply, Status
 from tako.remote.executor import Command, Executor, sh
 
 RELEASE_KEY = "release"  # the object in app.json
+SETTINGS_FILE = ".tako-settings.json"  # in a release on a server: the routes and scaling it was deployed with
 
 # One line per release: name, KiB used (du, the shared virtualenv not counted), mtime, then its app.json
-# flattened to one line (JSON never holds a raw newline inside a string).
+# and its settings, each flattened to one line (JSON never holds a raw newline inside a string).
 _LIST = """
 cd "$1" 2>/dev/null || exit 0
 for d in * ; do
   [ -d "$d" ] && [ ! -L "$d" ] || continue
   printf '%s\\t%s\\t%s\\t' "$d" "$(du -sk "$d" 2>/dev/null | cut -f1)" "$(stat -c %Y "$d")"
   tr '\\n\\t' '  ' < "$d/app.json" 2>/dev/null
+  printf '\\t'
+  tr '\\n\\t' '  ' < "$d/.tako-settings.json" 2>/dev/null
   echo
 done
 """
+
+# A rollback's lock and listing in one round trip ($1 app dir, $2 lock, $3 holder, $4 releases dir): once
+# the lock is held, the release `current` names (a line `current<TAB>target`), then the listing.
+_LOCK_AND_LIST = (
+    TAKE_LOCK
+    + '(\n  printf \'current\\t%s\\n\' "$(readlink "$1/current")"\n  set -- "$4"\n'
+    + _LIST
+    + ")\nexit 0\n"
+)
+
+
+@dataclass(frozen=True)
+class ReleaseSettings:
+    """What a release was deployed with on a server, besides its files: a rollback restores them."""
+
+    routes: tuple[str, ...]
+    instances: int
+    idle_timeout: int
+
+    def as_json(self) -> str:
+        return json.dumps(
+            {"routes": list(self.routes), "instances": self.instances, "idle_timeout": self.idle_timeout}
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> ReleaseSettings | None:
+        """None for a release deployed before Tako recorded them (or an unreadable file)."""
+        try:
+            data = json.loads(text) if text.strip() else {}
+            routes, instances, idle = data["routes"], data["instances"], data["idle_timeout"]
+        except (ValueError, TypeError, KeyError):
+            return None
+        if not (isinstance(routes, list) and isinstance(instances, int) and isinstance(idle, int)):
+            return None
+        return cls(tuple(str(r) for r in routes), instances, idle)
 
 
 @dataclass(frozen=True)
@@ -48,6 +88,7 @@ class ReleaseEntry:
     deployed_by: str = ""  # user@host
     commit: str = ""  # empty: the project was not in git
     subject: str = ""
+    settings: ReleaseSettings | None = None  # None: deployed before Tako recorded them
 
     def describe_commit(self) -> str:
         return f"{self.commit[:7]} {self.subject}".strip() if self.commit else "no git"
@@ -77,6 +118,9 @@ class ServerReleases:
 
     def versions(self) -> list[str]:
         return [r.version for r in self.releases]
+
+    def entry(self, version: str) -> ReleaseEntry | None:
+        return next((r for r in self.releases if r.version == version), None)
 
     def previous(self) -> str | None:
         """The release deployed before the live one, if kept."""
@@ -111,15 +155,28 @@ def list_releases(layout: AppLayout) -> Command:
     return sh(_LIST, layout.releases)
 
 
+def lock_and_list(layout: AppLayout, holder: str) -> Command:
+    """Take the deploy lock (`commands.TAKE_LOCK`'s exit statuses) and, once held, list the releases."""
+    return sh(_LOCK_AND_LIST, layout.app_dir, layout.lock, holder, layout.releases)
+
+
+def linked_release(output: str) -> str | None:
+    """The release `current` names, from `lock_and_list` output (None: no link)."""
+    for line in output.splitlines():
+        if line.startswith("current\t"):
+            return line.split("\t", 1)[1].strip().removeprefix("releases/") or None
+    return None
+
+
 def parse_listing(output: str) -> list[ReleaseEntry]:
     """The releases of `list_releases` output, newest deploy first."""
     entries = []
     for line in output.splitlines():
-        fields = line.split("\t", 3)
-        if len(fields) < 3 or not fields[0]:
-            continue
+        fields = [*line.split("\t", 4), "", ""]
+        if len(fields) < 5 or not fields[0] or not fields[2]:
+            continue  # not a release line (e.g. the `current` line of a rollback's listing)
         name, kib, mtime = fields[0], fields[1], fields[2]
-        info = _release_object(fields[3] if len(fields) > 3 else "")
+        info = _release_object(fields[3])
         fallback = _iso(mtime)
         entries.append(
             ReleaseEntry(
@@ -129,6 +186,7 @@ def parse_listing(output: str) -> list[ReleaseEntry]:
                 deployed_by=_text(info.get("deployed_by")),
                 commit=_text(info.get("commit")),
                 subject=_text(info.get("subject")),
+                settings=ReleaseSettings.parse(fields[4]),
             )
         )
     return sorted(entries, key=lambda e: (e.deployed_at, e.version), reverse=True)
@@ -160,7 +218,12 @@ async def server_releases(ex: Executor, app: str, root: str | None = None) -> Se
     listing, status = await asyncio.gather(
         ex.run(list_releases(layout), what="list releases"), ex.control(Status(app=app))
     )
-    entries = tuple(parse_listing(listing.stdout))
+    return with_live(parse_listing(listing.stdout), status)
+
+
+def with_live(listing: list[ReleaseEntry], status: Reply) -> ServerReleases:
+    """A server's releases with what tako-server's answer to `status` says is live."""
+    entries = tuple(listing)
     if not status.ok:
         if status.extra.get("code") == ERROR_UNKNOWN_APP:
             return ServerReleases(entries, None)

@@ -15,6 +15,7 @@ from tako.deploy import commands
 from tako.deploy.layout import AppLayout
 from tako.deploy.lock import lock_holder
 from tako.deploy.plan import DeployPlan, DeployTarget, size_text
+from tako.deploy.releases import ServerReleases
 from tako.deploy.report import Outcome, Progress
 from tako.errors import StepFailed, TakoError
 from tako.remote.executor import Executor
@@ -26,9 +27,10 @@ INTERRUPTED = (
 )
 
 
-# Steps an interrupt cuts short: the upload (its remote end stops at end of input) and the release command
-# (the CLI signals it, and `tako-server run-as-app` passes that on to the command's process group).
-CUT_SHORT = ("upload", "release")
+# Steps an interrupt cuts short: connecting (nothing runs on the server yet), the upload (its remote end
+# stops at end of input) and the release command (the CLI signals it, and `tako-server run-as-app` passes
+# that on to the command's process group).
+CUT_SHORT = ("connect", "upload", "release")
 
 
 class Interrupted(Exception):
@@ -37,14 +39,14 @@ class Interrupted(Exception):
 
 @dataclass(frozen=True)
 class Step:
-    """One named step of a server's deploy (docs/deployment.md lists them in this order)."""
+    """One named step of a server's deploy or rollback (docs/deployment.md lists them in this order)."""
 
     name: str
-    doing: str  # the progress line; {host} and {size} are filled in
+    doing: str  # the progress line; {host}, {size}, {version} and {live} are filled in
     does: str  # what it does, for the docs
     undoes: str  # what the cleanup undoes when the deploy fails after it ("" for nothing)
     run: Callable[[ServerDeploy], Awaitable[None]]
-    applies: Callable[[DeployPlan], bool] = lambda plan: True
+    applies: Callable[[ServerDeploy], bool] = lambda d: True  # asked when the step is reached
 
 
 def show(show: Callable[..., None], *args: object) -> None:
@@ -55,16 +57,25 @@ def show(show: Callable[..., None], *args: object) -> None:
 
 
 class ServerDeploy:
-    """One server's deploy, with the cleanup state it needs on failure."""
+    """One server's deploy (or rollback), with the cleanup state it needs on failure."""
 
-    def __init__(self, plan: DeployPlan, target: DeployTarget, progress: Progress) -> None:
+    def __init__(
+        self, plan: DeployPlan, target: DeployTarget, progress: Progress, holder: str | None = None
+    ) -> None:
         self.plan = plan
         self.target = target
         self.progress = progress
         self.name = target.address.name
         self.layout = AppLayout(plan.app, plan.root)
         self.nonce = random_tokens.token_hex(4)
-        self.holder = lock_holder(plan.version)
+        self.holder = holder or lock_holder(plan.version)
+        # What tako-server is asked to run: the plan's release, or (a rollback) the kept one it chose.
+        self.version = plan.version
+        self.routes = plan.routes
+        self.instances = target.instances
+        self.idle_timeout = target.idle_timeout
+        self.live: str | None = None  # a rollback: what ran before it
+        self.kept: ServerReleases | None = None  # a rollback: what the server keeps and runs
         self.staging = self.layout.staging(plan.version, self.nonce)
         self.release = self.layout.release(plan.version)
         self.replaced = self.layout.replaced(plan.version, self.nonce)
@@ -117,11 +128,8 @@ class ServerDeploy:
             return False
         self.task = asyncio.current_task()
         try:
-            for step in (s for s in steps if s.applies(self.plan)):
-                text = step.doing.format(
-                    host=self.target.address.host, size=size_text(self.plan.archive_size)
-                )
-                self.say(step.name, text)
+            for step in (s for s in steps if s.applies(self)):
+                self.say(step.name, self._doing(step))
                 await step.run(self)
         except TakoError as exc:
             # Remote errors start with the server's name; the outcome already carries it.
@@ -135,6 +143,12 @@ class ServerDeploy:
         finally:
             self.task = None
         return self.failure is None
+
+    def _doing(self, step: Step) -> str:
+        size = size_text(self.plan.archive_size)
+        return step.doing.format(
+            host=self.target.address.host, size=size, version=self.version, live=self.live
+        )
 
     async def fail(self, message: str, hint: str | None = None, *, step: str | None = None) -> None:
         """Record the failure (at the step in progress unless `step` names another) and clean up."""

@@ -13,6 +13,7 @@ import asyncio
 from tako.deploy import commands
 from tako.deploy.lock import stale_own_lock
 from tako.deploy.plan import size_text
+from tako.deploy.releases import ReleaseSettings
 from tako.deploy.server_deploy import ServerDeploy, Step, show
 from tako.errors import DeployError, RemoteError, ServerError, TakoError
 from tako.protocol import Deploy, Routes, Status
@@ -31,13 +32,19 @@ async def _connect(d: ServerDeploy) -> None:
 
 
 async def _lock(d: ServerDeploy) -> None:
+    await take_lock(d, commands.acquire_lock(d.layout, d.holder))
+
+
+async def take_lock(d: ServerDeploy, acquire: Command) -> str:
+    """Run `acquire` (a script starting with `commands.TAKE_LOCK`), breaking a stale lock of ours once;
+    its output once the lock is held."""
     ex, layout = d.ex, d.layout
-    result = await ex.run(commands.acquire_lock(layout, d.holder), check=False, what="lock")
+    result = await ex.run(acquire, check=False, what="lock")
     stale = result.stdout.strip()
     if result.exit_status == commands.LOCK_HELD_STATUS and stale_own_lock(stale):
         d.say("lock", f"removing a stale lock of an interrupted deploy ({stale})")
         await ex.run(commands.break_lock(layout, stale), check=False, what="break stale lock")
-        result = await ex.run(commands.acquire_lock(layout, d.holder), check=False, what="lock")
+        result = await ex.run(acquire, check=False, what="lock")
     if result.exit_status == commands.LOCK_HELD_STATUS:
         holder = result.stdout.strip() or "unknown holder"
         raise DeployError(
@@ -48,6 +55,7 @@ async def _lock(d: ServerDeploy) -> None:
     if not result.ok:
         raise DeployError(f"cannot create {layout.lock}: {result.stderr.strip()}")
     d.locked = True
+    return result.stdout
 
 
 async def _disk(d: ServerDeploy) -> None:
@@ -118,8 +126,9 @@ async def _python(d: ServerDeploy) -> None:
 
 
 async def _env(d: ServerDeploy) -> None:
+    settings = ReleaseSettings(d.routes, d.instances, d.idle_timeout)  # what a rollback to it restores
     await d.ex.run(
-        commands.finish_staging(d.layout, d.staging, d.release, d.replaced),
+        commands.finish_staging(d.layout, d.staging, d.release, d.replaced, settings.as_json()),
         input=d.plan.env_file,
         what="write .env and promote the release",
     )
@@ -155,14 +164,13 @@ async def _release(d: ServerDeploy) -> None:
 
 async def _deploy(d: ServerDeploy) -> None:
     d.committed = True
-    plan, target = d.plan, d.target
     request = Deploy(
-        app=plan.app,
-        version=plan.version,
+        app=d.plan.app,
+        version=d.version,
         path=d.release,
-        routes=plan.routes,
-        instances=target.instances,
-        idle_timeout=target.idle_timeout,
+        routes=d.routes,
+        instances=d.instances,
+        idle_timeout=d.idle_timeout,
     )
     try:
         reply = await d.ex.control(request)
@@ -180,7 +188,7 @@ async def _deploy(d: ServerDeploy) -> None:
 
 async def _rollout_outcome(d: ServerDeploy) -> str:
     """After the control connection was lost mid-rollout: ask again, on a new connection, what runs."""
-    plan = d.plan
+    plan, wanted = d.plan, d.version
     try:
         live = await asyncio.wait_for(
             with_executor(d.target.address, plan.known_hosts, lambda ex: ex.control(Status(app=plan.app))),
@@ -189,8 +197,8 @@ async def _rollout_outcome(d: ServerDeploy) -> str:
     except (TakoError, TimeoutError):
         return "the server cannot be reached to ask whether it finished the rollout"
     version = live.data.get("version") if live.ok and isinstance(live.data, dict) else None
-    if version == plan.version:
-        return f"tako-server finished the rollout: {plan.version} is live"
+    if version == wanted:
+        return f"tako-server finished the rollout: {wanted} is live"
     if version is None:
         return f"tako-server did not finish the rollout: {plan.app} is not running there"
     return f"tako-server did not finish the rollout: {version} keeps serving"
@@ -254,7 +262,7 @@ PYTHON = Step(
     "installs the Python dependencies into the release's virtualenv, offline (Python apps only)",
     "removes the staging directory",
     _python,
-    applies=lambda plan: bool(plan.installers),
+    applies=lambda d: bool(d.plan.installers),
 )
 ENV = Step(
     "env",
@@ -270,7 +278,7 @@ RELEASE = Step(
     "app with its environment",
     "no server switches: every staged release is removed, every lock released",
     _release,
-    applies=lambda plan: bool(plan.release_command),
+    applies=lambda d: bool(d.plan.release_command),
 )
 DEPLOY = Step(
     "deploy",
