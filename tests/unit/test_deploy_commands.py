@@ -120,6 +120,45 @@ def test_rollback_keeps_a_release_of_the_same_version_it_did_not_promote(tmp_pat
     assert not new.exists()
 
 
+def _redeployed_v1(layout: AppLayout, nonce: str) -> tuple[str, Path, str]:
+    """v1 live with its old `.env`, then redeployed (same version, new `.env`) by the deploy `nonce`."""
+    Path(layout.shared_logs).mkdir(parents=True)
+    release = Path(layout.release("v1"))
+    release.mkdir(parents=True)
+    (release / ".env").write_text("OLD=1\n")
+    staging, replaced = layout.staging("v1", nonce), layout.replaced("v1", nonce)
+    Path(staging).mkdir()
+    assert (
+        run(commands.finish_staging(layout, staging, str(release), replaced, "{}"), b"NEW=1\n").returncode
+        == 0
+    )
+    return staging, release, replaced
+
+
+def test_switching_back_a_same_version_redeploy_puts_the_replaced_release_back(tmp_path: Path) -> None:
+    layout = AppLayout("app", root=str(tmp_path))
+    staging, release, replaced = _redeployed_v1(layout, "n1")
+    assert run(commands.restore_replaced(staging, str(release), replaced)).returncode == 0
+    assert (release / ".env").read_text() == "OLD=1\n"
+    assert (Path(staging) / ".env").read_text() == "NEW=1\n"  # the cleanup removes it
+    assert run(commands.rollback(staging, str(release), replaced)).returncode == 0
+    assert (release / ".env").read_text() == "OLD=1\n" and not Path(staging).exists()
+
+
+def test_when_switching_back_failed_the_deployed_release_is_kept_in_place(tmp_path: Path) -> None:
+    layout = AppLayout("app", root=str(tmp_path))
+    staging, release, replaced = _redeployed_v1(layout, "n1")
+    assert run(commands.restore_replaced(staging, str(release), replaced)).returncode == 0
+    assert run(commands.keep_deployed(staging, str(release), replaced)).returncode == 0
+    assert (release / ".env").read_text() == "NEW=1\n"
+    assert not Path(staging).exists() and not Path(replaced).exists()
+    # Not put back before the failure: the same end.
+    other = AppLayout("other", root=str(tmp_path))
+    staging, release, replaced = _redeployed_v1(other, "n2")
+    assert run(commands.keep_deployed(staging, str(release), replaced)).returncode == 0
+    assert (release / ".env").read_text() == "NEW=1\n" and not Path(replaced).exists()
+
+
 def test_preflight_reports_space_and_server() -> None:
     available, installed = commands.parse_preflight("/dev/vda 100 50 2048 50% /\nmissing\n")
     assert (available, installed) == (2048 * 1024, False)
