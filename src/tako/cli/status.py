@@ -29,10 +29,11 @@ async def _server_status(ex: Executor) -> dict[str, Any]:
     if not apps.ok:
         raise ServerError(f"tako-server refused list: {apps.message}")
     found = list(apps.data or [])
-    for app in found:  # certificate states come with each app's `status`, not with `list`
+    for app in found:  # certificate states and traffic figures come with each app's `status`, not `list`
         detail = await ex.control(Status(app=str(app.get("app"))))
         if detail.ok and isinstance(detail.data, dict):
             app["certificates"] = detail.data.get("certificates") or {}
+            app["traffic"] = detail.data.get("traffic")
     return {"server_version": (hello.data or {}).get("server_version", "?"), "apps": found}
 
 
@@ -69,6 +70,12 @@ def traffic_line(figures: dict[str, Any]) -> str:
     if figures.get("p95_seconds") is not None:
         text += f", p95 {figures['p95_seconds'] * 1000:.0f} ms"
     return text
+
+
+def maintenance_on(app: dict[str, Any]) -> bool:
+    """Whether the server reports the app in maintenance (`tako maintenance on`)."""
+    found = app.get("maintenance")
+    return isinstance(found, dict) and found.get("on") is True
 
 
 def certificate_lines(apps: list[dict[str, Any]]) -> list[str]:
@@ -144,6 +151,8 @@ def render_status(console: Console, results: list[HostResult[dict[str, Any]]]) -
                 )
             if isinstance(app.get("traffic"), dict):
                 console.print(f"  {app.get('app')}: {traffic_line(app['traffic'])}", highlight=False)
+            if maintenance_on(app):
+                console.print(f"  {app.get('app')}: maintenance on (answering 503)", highlight=False)
         for line in certificate_lines(apps):
             console.print(line, highlight=False)
 

@@ -41,21 +41,32 @@ class MetricsSources:
 
 
 def render(sources: MetricsSources) -> bytes:
-    """The /metrics body, now."""
+    """The /metrics body, now (both steps below in one)."""
+    return exposition(collect(sources))
+
+
+def collect(sources: MetricsSources) -> list[Metric]:
+    """Every figure, read now. On the event loop: the sources change there."""
+    families = list(traffic_metrics(sources.traffic()))
+    families += app_metrics(list(sources.apps()), sources.events())
+    families += certificate_metrics(sources.certificates())
+    families += server_metrics(sources.workers())
+    return families
+
+
+def exposition(families: list[Metric]) -> bytes:
+    """The text format of collected figures: touches nothing shared, so it may run in a thread."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(TakoCollector(sources))
+    registry.register(_Collected(families))
     return generate_latest(registry)
 
 
-class TakoCollector(Collector):
-    def __init__(self, sources: MetricsSources) -> None:
-        self.sources = sources
+class _Collected(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
 
     def collect(self) -> Iterator[Metric]:
-        yield from traffic_metrics(self.sources.traffic())
-        yield from app_metrics(list(self.sources.apps()), self.sources.events())
-        yield from certificate_metrics(self.sources.certificates())
-        yield from server_metrics(self.sources.workers())
+        return iter(self.families)
 
 
 def traffic_metrics(snapshot: TrafficSnapshot) -> Iterator[Metric]:

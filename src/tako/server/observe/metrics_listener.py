@@ -12,7 +12,9 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from tako.server.observe.metrics import CONTENT_TYPE
+from prometheus_client.core import Metric
+
+from tako.server.observe.metrics import CONTENT_TYPE, exposition
 
 log = logging.getLogger("tako.server.metrics")
 
@@ -23,10 +25,15 @@ MAX_CONNECTIONS = 16  # scrapers are few; a flood of idle connections holds at m
 
 
 class MetricsListener:
-    """Serves `render()` at GET /metrics on one address."""
+    """Serves the figures `collect()` reads at GET /metrics on one address.
 
-    def __init__(self, render: Callable[[], bytes]) -> None:
-        self._render = render
+    `collect` runs on the event loop (what it reads changes there); the text rendering, most of a scrape's
+    cost (bench/metrics/scrape.py: 100 apps, docs/benchmarks.md), runs in a thread, so the data plane of
+    this process is never held for all of it.
+    """
+
+    def __init__(self, collect: Callable[[], list[Metric]]) -> None:
+        self._collect = collect
         self._server: asyncio.Server | None = None
         self._open = 0
 
@@ -52,7 +59,7 @@ class MetricsListener:
             if self._open <= MAX_CONNECTIONS:
                 head = await _read_head(reader)
                 if head is not None:
-                    writer.write(self.answer(head))
+                    writer.write(await self.answer(head))
                     await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
         except (ConnectionError, TimeoutError):
             pass
@@ -62,7 +69,7 @@ class MetricsListener:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    def answer(self, head: bytes) -> bytes:
+    async def answer(self, head: bytes) -> bytes:
         """The whole response to one request head."""
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
@@ -76,7 +83,7 @@ class MetricsListener:
         if any(_names_a_body(line) for line in lines[1:]):
             return _response(400, "Bad Request", b"GET /metrics takes no request body\n")
         try:
-            body = self._render()
+            body = await asyncio.to_thread(exposition, self._collect())
         except Exception:
             log.exception("metrics: rendering failed")
             return _response(500, "Internal Server Error", b"rendering the metrics failed\n")

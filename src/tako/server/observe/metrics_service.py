@@ -28,7 +28,7 @@ class MetricsService:
         address = self.settings.address
         if address is None:
             return
-        listener = MetricsListener(lambda: metrics.render(self.sources))
+        listener = MetricsListener(lambda: metrics.collect(self.sources))
         try:
             self.port = await listener.start(*address)
         except OSError as exc:
