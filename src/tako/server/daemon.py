@@ -200,25 +200,6 @@ class Daemon:
         self.handing_over = True
         self.request_stop()
 
-    async def _start_metrics(self) -> None:
-        registry = self.registry
-        assert registry is not None
-        sources = MetricsSources(
-            traffic=self._traffic,
-            apps=lambda: registry.apps.values(),
-            events=lambda: registry.events,
-            certificates=self.acme.status,
-            workers=lambda: self.workers.info() if self.workers is not None else [],
-        )
-        self.metrics = MetricsService(self.config.metrics, sources)
-        await self.metrics.start()
-
-    def _traffic(self) -> TrafficSnapshot:
-        return self.traffic.snapshot() if self.traffic is not None else TrafficSnapshot()
-
-    def _figures(self, app: str) -> dict[str, Any] | None:
-        return self.metrics.figures.for_app(app) if self.metrics is not None else None
-
     def _info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"http_port": self.http_port, "https_port": self.https_port}
         info["metrics_port"] = self.metrics.port if self.metrics is not None else None
