@@ -26,13 +26,38 @@ def test_health_policy_two_failures_out_five_dead_one_success_back() -> None:
     assert verdicts == [Verdict.FAILING, Verdict.OUT, Verdict.OUT, Verdict.OUT, Verdict.DEAD]
 
 
-def test_line_splitter_keeps_partial_lines_and_tail() -> None:
-    s = LineSplitter(tail_size=2)
+def test_line_splitter_keeps_partial_lines() -> None:
+    s = LineSplitter()
     assert s.feed(b"one\ntw") == [b"one"]
     assert s.feed(b"o\r\nthree\n") == [b"two", b"three"]
     assert s.feed(b"four") == []
     assert s.flush() == [b"four"]
-    assert list(s.tail) == ["three", "four"]
+    assert s.flush() == []
+
+
+def test_app_log_tail_reads_the_last_lines_of_one_prefix(tmp_path: Path) -> None:
+    log = AppLog(tmp_path, max_bytes=0, backups=0)
+    for n in range(5):
+        log.write("abc", [f"line {n}".encode()])
+        log.write("other", [f"noise {n}".encode()])
+    assert log.tail("abc", 2) == ["line 3", "line 4"]
+    assert AppLog(tmp_path / "none", max_bytes=0, backups=0).tail("abc", 2) == []
+
+
+def test_two_writers_of_one_log_rotate_it_once_and_follow_each_other(tmp_path: Path) -> None:
+    """The server and an instance's relay share app.log: neither loses lines to the other's rotation,
+    and a rotation is never repeated on the file the other writer just started."""
+    one = AppLog(tmp_path, max_bytes=200, backups=5)
+    two = AppLog(tmp_path, max_bytes=200, backups=5)
+    for n in range(40):
+        (one if n % 2 else two).write("w", [f"line {n:02}".encode()])
+    one.close()
+    two.close()
+    files = sorted(tmp_path.iterdir(), key=lambda p: -int(p.suffix[1:]) if p.suffix != ".log" else 0)
+    lines = [line for p in files for line in p.read_text().splitlines()]
+    assert lines == [f"[w] line {n:02}" for n in range(40)][-len(lines) :]
+    assert len(lines) >= 30  # five backups of ~200 bytes keep at least 30 of these 14-byte lines
+    assert all(p.stat().st_size < 250 for p in tmp_path.iterdir())
 
 
 def test_app_log_prefixes_and_rotates(tmp_path: Path) -> None:

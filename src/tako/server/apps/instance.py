@@ -1,4 +1,7 @@
-"""One running process of an app: its lifecycle enum, output pump, exit watcher and health loop.
+"""One running process of an app: its lifecycle enum, exit watcher and health loop.
+
+An instance runs in its own session and its output goes through a log relay (relay.py), so it outlives
+tako-server; the next tako-server adopts it (`Instance.adopt`) and supervises it exactly like one it started.
 
 An instance implements the proxy's `Upstream`: `request_started/finished` count in-flight requests, which
 draining and idle stop wait on.
@@ -12,6 +15,7 @@ import enum
 import logging
 import secrets
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,7 +24,7 @@ from tako.config.server import AppSettings
 from tako.errors import InstanceFailed, IsolationError
 from tako.server.apps import health, spawner
 from tako.server.apps.events import AppEvents
-from tako.server.apps.logs import AppLog, LineSplitter
+from tako.server.apps.logs import AppLog
 from tako.server.apps.release import Release
 
 log = logging.getLogger("tako.server.apps")
@@ -65,8 +69,9 @@ class Instance:
         on_state: Callable[[Instance, InstanceState, InstanceState], None],
         restarts: int = 0,
         events: AppEvents | None = None,
+        instance_id: str = "",
     ) -> None:
-        self.id = secrets.token_hex(4)
+        self.id = instance_id or secrets.token_hex(4)
         self.release = release
         self._port = port
         self._log_file = log_file
@@ -77,15 +82,17 @@ class Instance:
         self._events = events or AppEvents()
         self.state = InstanceState.STARTING
         self.started_at = datetime.now(UTC)
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # None when adopted: not tako-server's child
+        self._relay: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
-        self.exit_status: int | None = None
+        self.adopted = False
+        self.gone = False  # the leader has exited
+        self.exit_status: int | None = None  # known only for tako-server's own children
         self.failure: str = ""
         self.inflight = 0
         self.exited = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._lines = LineSplitter()
         self._tasks: list[asyncio.Task[None]] = []
         self._health_task: asyncio.Task[None] | None = None
         self._stop_deadline = 0.0
@@ -142,7 +149,7 @@ class Instance:
 
     @property
     def tail(self) -> list[str]:
-        return list(self._lines.tail)[-TAIL_IN_ERRORS:]
+        return self._log_file.tail(self.id, TAIL_IN_ERRORS)
 
     def describe(self) -> str:
         return f"instance {self.id} of {self.release.app} {self.release.version}"
@@ -158,36 +165,35 @@ class Instance:
 
     async def start(self) -> None:
         env = spawner.instance_env(self.release, self._port, self.id)
+        limits = (self._log_file.max_bytes, self._log_file.backups)
         try:
-            self.proc = await spawner.spawn(self.release, env)
+            spawned = spawner.spawn(self.release, env, self._log_file.directory, self.id, limits)
         except (OSError, IsolationError) as exc:
             why = exc.message if isinstance(exc, IsolationError) else str(exc)
             self.failure = f"{self.describe()} could not be started: {why}"
             self.exited.set()
             self.set_state(InstanceState.FAILED, self.failure)
             raise InstanceFailed(self.failure) from exc
+        self.proc, self._relay = spawned.proc, spawned.relay
         self.pid = self.proc.pid
         self._log_file.event(f"instance {self.id} started: version {self.release.version}, port {self.port}")
         self._tasks.append(asyncio.create_task(self._watch(), name=f"watch-{self.id}"))
 
-    async def _pump(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        stream = self.proc.stdout
-        while True:
-            try:
-                chunk = await stream.read(65536)
-            except (OSError, ValueError):
-                break
-            if not chunk:
-                break
-            self._log_file.write(self.id, self._lines.feed(chunk))
-        self._log_file.write(self.id, self._lines.flush())
+    def adopt(self, pid: int) -> None:
+        """Supervise `pid`, an instance a previous tako-server started and left running (already probed
+        healthy): in rotation at once, watched through a pidfd since it is not this process's child."""
+        self.pid = pid
+        self.adopted = True
+        self._log_file.event(f"instance {self.id} adopted: version {self.release.version}, port {self.port}")
+        self._tasks.append(asyncio.create_task(self._watch(), name=f"watch-{self.id}"))
+        self.set_state(InstanceState.HEALTHY, "adopted from a previous tako-server")
+        self._health_task = asyncio.create_task(self._health_loop(), name=f"health-{self.id}")
 
     async def _watch(self) -> None:
-        assert self.proc is not None
-        pump = asyncio.create_task(self._pump(), name=f"pump-{self.id}")
-        status = await self.proc.wait()
-        self.exit_status = status
+        assert self.pid is not None
+        await spawner.wait_exit(self.pid)
+        self.gone = True
+        self.exit_status = spawner.exit_status(self.proc)
         if self.state is InstanceState.STOPPING:
             # The start shell may exit before the app it started: let the group finish its own drain.
             loop = asyncio.get_running_loop()
@@ -196,22 +202,29 @@ class Instance:
             if spawner.any_alive(self._members):
                 self._force_stop()
         # Whatever is left in the group dies with the leader: no orphans holding the port or the pipe.
-        spawner.kill_group(self.proc.pid)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(pump), 2.0)
-        pump.cancel()
+        spawner.kill_group(self.pid)
+        await self._relay_done()
         self._stop_health()
         self._idle.set()
+        what = _describe_exit(self.exit_status)
         if self.state not in (InstanceState.STOPPING, InstanceState.STOPPED, InstanceState.FAILED):
-            what = _describe_exit(status)
             self.failure = self.failure_message(what)
             self._log_file.event(f"instance {self.id} {what}")
             log.warning("instance exited app=%s instance=%s %s", self.release.app, self.id, what)
             self.exited.set()
             self.set_state(InstanceState.FAILED, what)
         else:
-            self._log_file.event(f"instance {self.id} stopped ({_describe_exit(status)})")
+            self._log_file.event(f"instance {self.id} stopped ({what})")
             self.exited.set()
+
+    async def _relay_done(self) -> None:
+        """The relay exits once the group's last writer is gone: wait (2 s at most) so the instance's last
+        lines are in app.log before a failure message quotes them."""
+        relay = self._relay
+        if relay is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(spawner.wait_exit(relay.pid), 2.0)
+            spawner.exit_status(relay)  # reaps it
 
     async def wait_healthy(self, timeout: float, *, confirm: int = 1) -> None:
         """Probe fast until `confirm` consecutive successes; raise InstanceFailed on exit or timeout.
@@ -286,8 +299,8 @@ class Instance:
             task.cancel()
 
     def _kill(self) -> None:
-        if self.proc is not None and self.exit_status is None:
-            spawner.kill_group(self.proc.pid)
+        if self.pid is not None and not self.gone:
+            spawner.kill_group(self.pid)
 
     async def drain(self, timeout: float) -> None:
         """Leave rotation and wait (at most `timeout`) for in-flight requests to finish."""
@@ -299,7 +312,7 @@ class Instance:
     async def stop(self, grace: float) -> None:
         """SIGTERM to the group, SIGKILL after `grace` seconds; returns once the process is gone."""
         self._stop_health()
-        if self.proc is None:
+        if self.pid is None:
             if self.state is not InstanceState.FAILED:
                 self.set_state(InstanceState.STOPPED)
             return
@@ -307,12 +320,12 @@ class Instance:
             self.set_state(InstanceState.STOPPING)
             self._stop_deadline = asyncio.get_running_loop().time() + grace
             self._stop_grace = grace
-            self._members = spawner.group_members(self.proc.pid)
-            spawner.signal_group(self.proc.pid, signal.SIGTERM)
+            self._members = spawner.group_members(self.pid)
+            spawner.signal_group(self.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.exited.wait(), grace)
             except TimeoutError:
-                if self.exit_status is None:
+                if not self.gone:
                     # The leader itself is still running. (If only the start shell exited, _watch is
                     # waiting out the same deadline for the rest of the group and kills it.)
                     self._force_stop()
@@ -325,11 +338,17 @@ class Instance:
 
     def _force_stop(self) -> None:
         """The group outlived the stop grace period: say so once, and kill it."""
-        assert self.proc is not None
+        assert self.pid is not None
         if not self._stop_forced:
             self._stop_forced = True
             self._log_file.event(f"instance {self.id} did not stop within {self._stop_grace:g} s: killed")
-        spawner.kill_group(self.proc.pid)
+        spawner.kill_group(self.pid)
+
+    def detach(self) -> None:
+        """tako-server exits and leaves this instance running for the next one: stop watching it only."""
+        for task in [*self._tasks, self._health_task]:
+            if task is not None:
+                task.cancel()
 
     def status(self) -> dict[str, object]:
         return {
@@ -345,7 +364,9 @@ class Instance:
         }
 
 
-def _describe_exit(status: int) -> str:
+def _describe_exit(status: int | None) -> str:
+    if status is None:
+        return "exited (status unknown: a previous tako-server started it)"
     if status < 0:
         try:
             name = signal.Signals(-status).name

@@ -1,4 +1,5 @@
-"""How an instance process is made: its environment, its port, and the process group it runs in."""
+"""How an instance process is made: its environment, its port, the session it runs in, its log relay, and
+how its exit is awaited (also when it is not tako-server's child: an adopted instance)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import pwd
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 from tako.errors import IsolationError
@@ -77,17 +82,105 @@ def command(release: Release) -> list[str]:
     return isolation.run_as(_setpriv(), release.uid, argv)
 
 
-async def spawn(release: Release, env: Mapping[str, str]) -> asyncio.subprocess.Process:
-    """Run the start command in the release dir, in a new session (own group)."""
-    return await asyncio.create_subprocess_exec(
-        *command(release),
-        cwd=str(release.path),
-        env=dict(env),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
+@dataclass(frozen=True)
+class Spawned:
+    """A started instance: its process (the leader of its own session) and the relay of its output."""
+
+    proc: subprocess.Popen[bytes]
+    relay: subprocess.Popen[bytes]
+
+
+def spawn(
+    release: Release, env: Mapping[str, str], log_dir: Path, instance_id: str, log_limits: tuple[int, int]
+) -> Spawned:
+    """Run the start command in the release dir, in a new session, its output through a log relay.
+
+    subprocess.Popen, not asyncio's: an asyncio subprocess transport kills its process when it is closed
+    (at tako-server's exit), and the instance must outlive tako-server. Exits are awaited with a pidfd
+    (`wait_exit`); the Popen objects are kept by the instance, so nothing else reaps them.
+    """
+    read_end, write_end = os.pipe()
+    try:
+        relay = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tako.server.apps.relay",
+                str(log_dir),
+                instance_id,
+                *map(str, log_limits),
+            ],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd="/",
+            env=_relay_env(),
+            start_new_session=True,
+        )
+        try:
+            proc = subprocess.Popen(
+                command(release),
+                cwd=str(release.path),
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=write_end,
+                stderr=write_end,
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(write_end)
+            write_end = -1
+            relay.wait()  # end of file on its pipe: it exits at once
+            raise
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+    return Spawned(proc, relay)
+
+
+def _relay_env() -> dict[str, str]:
+    """The relay runs tako's own code with tako-server's interpreter; it needs no other environment."""
+    env = {"PATH": BASE_PATH, "LANG": "C.UTF-8"}
+    if "PYTHONPATH" in os.environ:  # a source checkout (tests) rather than an installed package
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
+async def wait_exit(pid: int) -> bool:
+    """Return once process `pid` has exited (False at once if it is gone already).
+
+    A pidfd, not polling /proc: the loop wakes the moment the process exits, costs nothing meanwhile, and a
+    pidfd names one process, so a recycled pid cannot be mistaken for it.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await exited
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return True
+
+
+def exit_status(proc: subprocess.Popen[bytes] | None) -> int | None:
+    """The exit status of our own child once it has exited (None for a process tako-server did not start:
+    only its parent may learn it)."""
+    if proc is None:
+        return None
+    with contextlib.suppress(ChildProcessError):
+        return proc.poll()
+    return None
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> bool:
@@ -145,3 +238,9 @@ def any_alive(pids: list[int]) -> bool:
         if st is not None and st.state != "Z":
             return True
     return False
+
+
+def is_leader(pid: int, start_ticks: int) -> bool:
+    """True while `pid` is the very process recorded (same start time) and still leads its group."""
+    st = proc_stat(pid)
+    return st is not None and st.state != "Z" and st.start_ticks == start_ticks and st.pgid == pid
