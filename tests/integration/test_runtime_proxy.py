@@ -267,7 +267,7 @@ async def test_idle_stop_never_cuts_an_open_websocket(server: TakoServer) -> Non
 
 async def test_always_on_app_broken_at_restart_is_retried_and_status_says_503(server: TakoServer) -> None:
     await asyncio.to_thread(server.deploy, "web", "v1", instances=1)
-    await asyncio.to_thread(server.kill)
+    await asyncio.to_thread(server.stop)  # a stop, not a crash: a killed server's instance would be adopted
     make_release(server.data_dir, "web", "v1", {"CRASH_AT_BOOT": "1"})
     await asyncio.to_thread(server.start)
 

@@ -163,6 +163,9 @@ class ManagedApp:
     def new_instance(self, release: Release, *, restarts: int = 0) -> Instance:
         port = allocate_port(self._ports)
         self.events.instance_starts += 1
+        return self._instance(release, port, restarts=restarts)
+
+    def _instance(self, release: Release, port: int, *, restarts: int = 0, instance_id: str = "") -> Instance:
         return Instance(
             release,
             port,
@@ -172,7 +175,18 @@ class ManagedApp:
             on_state=self._instance_changed,
             restarts=restarts,
             events=self.events,
+            instance_id=instance_id,
         )
+
+    def adopt_instance(self, instance_id: str, pid: int, port: int) -> Instance:
+        """Serve with an instance of the current release that a previous tako-server left running (see
+        AppRegistry.adopt_running); from now on it is supervised like one this server started."""
+        self._ports.add(port)
+        inst = self._instance(self.release, port, instance_id=instance_id)
+        self.instances.append(inst)
+        inst.adopt(pid)
+        self.refresh()
+        return inst
 
     async def start_instance(
         self, release: Release, *, confirm: int, timeout: float, restarts: int = 0, serve: bool = True
@@ -309,6 +323,17 @@ class ManagedApp:
         if self._cold_start is not None and not self._cold_start.done():
             self._cold_start.cancel()
         await asyncio.gather(*(self.retire(i) for i in list(self.instances)), return_exceptions=True)
+
+    def detach(self) -> None:
+        """tako-server exits for a restart or hand-over: start nothing more, stop watching the instances,
+        leave them running for the next tako-server."""
+        self._closing = True
+        for task in [*self._background, self._cold_start]:
+            if task is not None:
+                task.cancel()
+        for inst in self.instances:
+            inst.detach()
+        self.log_file.close()
 
     async def close(self) -> None:
         """Shutdown of tako-server: stop everything, remember nothing (the state store keeps the app)."""

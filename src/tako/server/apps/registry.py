@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import signal
 from collections.abc import Callable, Iterator
@@ -19,13 +18,13 @@ from tako.config.server import AppSettings
 from tako.errors import AppError, InstanceFailed, IsolationError, ReleaseError, TakoError, UnknownApp
 from tako.protocol import Deploy
 from tako.routing import RouteError, RouteTable, find_conflicts, parse_route
-from tako.server.apps import isolation, rollout
+from tako.server.apps import health, isolation, rollout
 from tako.server.apps.app import AppState, ManagedApp
 from tako.server.apps.events import AppEvents
 from tako.server.apps.instance import LIVE
 from tako.server.apps.logs import AppLog
 from tako.server.apps.release import Release, ensure_data_dir, load_release, point_current
-from tako.server.apps.spawner import group_members, proc_stat
+from tako.server.apps.spawner import group_members, is_leader, kill_group, proc_stat, signal_group, wait_exit
 from tako.server.proxy.backend import AppGate, Snapshot
 from tako.server.state import AppRecord, ProcessRecord, StateStore
 
@@ -76,6 +75,7 @@ class AppRegistry:
         self.router = AppRouter(RouteTable(()))
         self.snapshot = Snapshot(router=self.router)
         self._recorded: dict[str, str] = {}  # instance id -> app, as stored
+        self._left_over: set[asyncio.Task[None]] = set()  # stopping instances a previous server left
         self._commit = asyncio.Lock()
 
     def set_publisher(self, publish: Callable[[Snapshot], None]) -> None:
@@ -117,13 +117,17 @@ class AppRegistry:
             self._sync_processes(app)
 
     def _sync_processes(self, app: ManagedApp) -> None:
-        live = {i.id: i.pid for i in app.instances if i.pid is not None and i.state in LIVE}
-        for inst_id, pid in live.items():
-            if inst_id not in self._recorded and pid is not None:
-                st = proc_stat(pid)
-                if st is not None:
-                    self.store.record_process(ProcessRecord(inst_id, app.name, pid, float(st.start_ticks)))
-                    self._recorded[inst_id] = app.name
+        """Keep the store's record of this app's live instances: what the next tako-server adopts."""
+        live = {i.id: i for i in app.instances if i.pid is not None and i.state in LIVE}
+        for inst_id, inst in live.items():
+            st = proc_stat(inst.pid) if inst_id not in self._recorded and inst.pid is not None else None
+            if st is not None and inst.pid is not None:
+                self.store.record_process(
+                    ProcessRecord(
+                        inst_id, app.name, inst.pid, float(st.start_ticks), inst.port, inst.release.version
+                    )
+                )
+                self._recorded[inst_id] = app.name
         for inst_id, owner in list(self._recorded.items()):
             if owner == app.name and inst_id not in live:
                 self.store.forget_process(inst_id)
@@ -344,29 +348,56 @@ class AppRegistry:
         return {"app": name, "deleted": True}
 
     # -- lifecycle --------------------------------------------------------------------------------------
-    def kill_orphans(self) -> int:
-        """Kill instance process groups left by a previous tako-server that died without stopping them."""
-        killed = 0
-        for rec in self.store.processes():
-            st = proc_stat(rec.pid)
-            # Same pid and same start time: the very process we started, not a recycled pid.
-            ours = st is not None and st.start_ticks == int(rec.create_time) and st.pgid == rec.pid
-            # Leader gone but its group alive: the kernel never reuses a pid still naming a group.
-            ours = ours or (st is None and bool(group_members(rec.pid)))
-            if ours:
-                with contextlib.suppress(OSError):
-                    os.killpg(rec.pid, signal.SIGKILL)
-                killed += 1
+    async def adopt_running(self) -> int:
+        """Adopt the instances a previous tako-server left running; returns how many. The one entry point
+        of adoption: `restore` calls it at start, and the hand-over (server/handover.py) once the old
+        tako-server has let go of its instances.
+
+        A recorded instance is adopted when it is the very process recorded (pid and start time: not a
+        recycled pid), its app is restored and not stopped, it runs the app's current release, and it
+        answers its health check. Any other one still running is stopped (SIGTERM, SIGKILL after
+        stop_grace) in the background; every record is dropped and adopted instances recorded again.
+        """
+        records = self.store.processes()
+        verdicts = await asyncio.gather(*(self._adoptable(rec) for rec in records))
+        adopted = 0
+        for rec, ok in zip(records, verdicts, strict=True):
             self.store.forget_process(rec.instance)
-        if killed:
-            log.warning("killed %d instance process group(s) left by a previous tako-server", killed)
-        return killed
+            app = self.apps.get(rec.app)
+            if ok and app is not None:
+                app.adopt_instance(rec.instance, rec.pid, rec.port)
+                adopted += 1
+            elif is_leader(rec.pid, int(rec.create_time)) or group_members(rec.pid):
+                # (A group whose leader is gone is still ours: the kernel never reuses a pid naming a group.)
+                task = asyncio.create_task(self._stop_left_over(rec), name=f"stop-{rec.instance}")
+                self._left_over.add(task)
+                task.add_done_callback(self._left_over.discard)
+        if adopted or records:
+            log.info("adopted %d of %d recorded instance(s)", adopted, len(records))
+        return adopted
+
+    async def _adoptable(self, rec: ProcessRecord) -> bool:
+        app = self.apps.get(rec.app)
+        if app is None or app.stopped or not rec.port or rec.version != app.release.version:
+            return False
+        if not is_leader(rec.pid, int(rec.create_time)):
+            return False
+        return await health.probe(rec.port, app.release.health_check, timeout=2.0)
+
+    async def _stop_left_over(self, rec: ProcessRecord) -> None:
+        why = "its app is gone or stopped" if rec.app not in self.apps else "it is not adoptable"
+        log.warning(
+            "stopping instance %s of %s left by a previous tako-server: %s", rec.instance, rec.app, why
+        )
+        signal_group(rec.pid, signal.SIGTERM)
+        if is_leader(rec.pid, int(rec.create_time)):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wait_exit(rec.pid), self.settings.stop_grace)
+        kill_group(rec.pid)
 
     async def restore(self, *, handed_over: bool = False) -> None:
         """Bring back every persisted app with its routes; `start_restored` then starts its instances.
         In a hand-over (server/handover.py) the instances on record belong to the running tako-server."""
-        if not handed_over:
-            self.kill_orphans()
         records = self.store.load_apps()
         for rec in records:
             try:
@@ -386,23 +417,26 @@ class AppRegistry:
             self._rebuild_routes()
         except (RouteError, ValueError) as exc:
             log.error("stored routes are inconsistent: %s", exc)
+        if not handed_over:
+            await self.adopt_running()
 
     def start_restored(self) -> None:
         """Start the always-on instances of the restored apps in the background (the listeners are open
         already): a request for an app whose instances are still starting waits as in a cold start."""
         for app in self.apps.values():
-            if app.stopped or app.min_instances == 0:
+            missing = app.min_instances - sum(1 for i in app.instances if i.state in LIVE)
+            if app.stopped or missing <= 0:
                 app.refresh()
             else:
-                app.start_in_background(self._start_restored(app))
+                app.start_in_background(self._start_restored(app, missing))
 
-    async def _start_restored(self, app: ManagedApp) -> None:
+    async def _start_restored(self, app: ManagedApp, count: int) -> None:
         async with app.operation:
             app.set_state(AppState.STARTING)
             results = await asyncio.gather(
                 *(
                     app.start_instance(app.release, confirm=1, timeout=self.settings.healthy_timeout)
-                    for _ in range(app.min_instances)
+                    for _ in range(count)
                 ),
                 return_exceptions=True,
             )
@@ -415,6 +449,15 @@ class AppRegistry:
             app.keep_minimum(delay=1.0, reload=True)
 
     async def close(self) -> None:
+        """tako-server stops (the operator wants it off): drain and stop every instance."""
+        for task in list(self._left_over):
+            task.cancel()
         await asyncio.gather(*(app.close() for app in self.apps.values()), return_exceptions=True)
         for app in self.apps.values():
             self._sync_processes(app)
+
+    def detach(self) -> None:
+        """tako-server exits for a restart or hand-over: leave every instance running, and on record, for
+        the next tako-server to adopt (`adopt_running`)."""
+        for app in self.apps.values():
+            app.detach()
