@@ -13,16 +13,17 @@ from pathlib import Path
 import pytest
 from tests.e2e.conftest import TakoCLI, cli_with_hosts, user_ssh_env
 from tests.support.fleet import everywhere, leftovers, live_link, releases, remote, serves
-from tests.support.projects import commit_all, make_project
+from tests.support.projects import body_and_status, commit_all, curl, make_project
 from tests.support.testbed import Host, Testbed
 
 pytestmark = pytest.mark.e2e
 
 APP = "fleet"
 ROUTE = "fleet.tako.test"
-# An instance refuses to start on a server that has this file: a release unhealthy on that server only.
+# An instance refuses to start on a server that has this file (a release unhealthy on that server only), or
+# this file followed by `-<version>` (that one release unhealthy there).
 NO_START = f"/opt/tako/apps/{APP}/shared/no-start"
-START = f"test ! -e {NO_START} && exec python3 app.py"
+START = f"test ! -e {NO_START} && test ! -e {NO_START}-$TAKO_BUILD && exec python3 app.py"
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +67,14 @@ def baseline(cli: TakoCLI, project: Path, hosts: list[Host]) -> str:
 
 
 @contextlib.contextmanager
-def unhealthy_on(host: Host) -> Iterator[None]:
-    remote(host, f"touch {NO_START}")
+def unhealthy_on(host: Host, version: str = "") -> Iterator[None]:
+    """No instance (of `version` only, if given) starts on `host` within the block."""
+    marker = f"{NO_START}-{version}" if version else NO_START
+    remote(host, f"touch {marker}")
     try:
         yield
     finally:
-        remote(host, f"rm -f {NO_START}")
+        remote(host, f"rm -f {marker}")
 
 
 @contextlib.contextmanager
@@ -143,6 +146,68 @@ def test_atomic_switches_back_when_a_server_fails_to_switch(
     assert code == 0, out
     assert_all_on(hosts, live_link(hosts[0], APP))
     assert live_link(hosts[0], APP) != old
+
+
+def greeting_on(host: Host) -> str:
+    body, status = body_and_status(curl(host.address, ROUTE))
+    assert status == 200, body
+    return body.split("!", 1)[0]
+
+
+def test_atomic_switches_back_a_redeploy_of_the_same_version(
+    cli: TakoCLI, hosts: list[Host], project: Path
+) -> None:
+    # A redeploy of the live version with a new secret: the release directory of that version then holds
+    # the new `.env`, so switching back must bring back the files it replaced, not rerun the new ones.
+    env = user_ssh_env(hosts[0])
+    secret = ("secrets", "set", "--env", "production", "GREETING")
+    cli.ok(*secret, cwd=project, input="before\n", env=env)
+    code, out = deploy(cli, project, hosts[0], "atomic = true")
+    assert code == 0, out
+    version = live_link(hosts[0], APP)
+    cli.ok(*secret, cwd=project, input="after\n", env=env)
+    failing = hosts[1]
+    try:
+        with unhealthy_on(failing):
+            result = cli.run("deploy", "--yes", cwd=project, env=env, timeout=240)
+        out = result.stdout + result.stderr
+        assert result.returncode == 1, out
+        assert f"Deploying {APP} {version} " in out, out
+        for host in (hosts[0], hosts[2]):
+            assert f"undone: switched back to {version}" in out, out
+            assert greeting_on(host) == "before", host.name
+        assert_all_on(hosts, version)
+        for host in hosts:
+            assert greeting_on(host) == "before", host.name
+    finally:
+        cli.ok("secrets", "rm", "--env", "production", "GREETING", "--yes", cwd=project, env=env)
+
+
+def test_atomic_says_where_each_server_is_left_when_switching_back_fails(
+    cli: TakoCLI, hosts: list[Host], project: Path
+) -> None:
+    old = baseline(cli, project, hosts)
+    stuck, failing, back = hosts
+    # The new release cannot start on `failing`; the old one cannot start again on `stuck`.
+    with unhealthy_on(failing), unhealthy_on(stuck, old):
+        code, out = deploy(cli, project, hosts[0], "atomic = true")
+    new = live_link(stuck, APP)
+    assert code == 1, out
+    assert new != old, out
+    undone = f"{failing.name} failed to switch, so this atomic deploy was undone: switched back to {old}"
+    assert f"✗ {back.name}: failed at deploy: {undone}" in out, out
+    assert (
+        f"✗ {stuck.name}: failed at deploy: {failing.name} failed to switch, and switching this server back "
+        f"to {old} failed"
+    ) in out, out
+    assert f"this server is left on {new}" in out, out
+    assert serves(stuck, ROUTE, new) and leftovers(stuck, APP) == [], out
+    assert new in releases(stuck, APP), out
+    assert_all_on([failing, back], old)
+    # Fixed, the next deploy brings every server to one version.
+    code, out = deploy(cli, project, hosts[0], "atomic = true")
+    assert code == 0, out
+    assert_all_on(hosts, live_link(hosts[0], APP))
 
 
 def test_an_atomic_first_deploy_that_fails_to_switch_removes_the_app_again(
