@@ -1,10 +1,12 @@
 """tako-server's wiring: state, app registry, proxy listeners, control socket; signals and shutdown order.
 
-Start order: data-dir lock (one server per data dir) → state → kill orphans of a previous run → restore
-apps (routes) → HTTP/HTTPS listeners → always-on instances started in the background (a request for an app
-still starting waits as in a cold start) → control socket. Shutdown (SIGTERM/SIGINT): control socket closed
-→ listeners stop accepting and finish in-flight requests under a deadline → instances drained and stopped
-→ state closed → lock released.
+Start order: data-dir lock (one server per data dir) → state → restore apps (routes) and adopt the
+instances a previous tako-server left running → HTTP/HTTPS listeners → the missing always-on instances
+started in the background (a request for an app still starting waits as in a cold start) → control socket.
+Shutdown (SIGTERM/SIGINT): control socket closed → listeners stop accepting and finish in-flight requests
+under a deadline → instances drained and stopped → state closed → lock released. SIGQUIT (a restart: the
+service manager starts the next tako-server) shuts down the same way but leaves the instances running and
+on record, for the next tako-server to adopt.
 
 Hand-over (`tako-server handover`, server/handover.py): this process starts its successor and passes it the
 lock and the listening sockets; once the successor is ready, this one stops accepting, closes its control
@@ -70,6 +72,7 @@ class Daemon:
         self.acme = AcmeManager(config.acme, config.data_dir, self.challenges)
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
+        self.leave_instances = False  # on exit: leave the instances running for the next tako-server
         self.isolation = isolation.OFF
         self.inherited: handover.Inherited | None = None  # set in a successor during its hand-over
         self.handover_server: handover.HandoverServer | None = None
@@ -201,25 +204,6 @@ class Daemon:
         self.handing_over = True
         self.request_stop()
 
-    async def _start_metrics(self) -> None:
-        registry = self.registry
-        assert registry is not None
-        sources = MetricsSources(
-            traffic=self._traffic,
-            apps=lambda: registry.apps.values(),
-            events=lambda: registry.events,
-            certificates=self.acme.status,
-            workers=lambda: self.workers.info() if self.workers is not None else [],
-        )
-        self.metrics = MetricsService(self.config.metrics, sources)
-        await self.metrics.start()
-
-    def _traffic(self) -> TrafficSnapshot:
-        return self.traffic.snapshot() if self.traffic is not None else TrafficSnapshot()
-
-    def _figures(self, app: str) -> dict[str, Any] | None:
-        return self.metrics.figures.for_app(app) if self.metrics is not None else None
-
     def _info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"http_port": self.http_port, "https_port": self.https_port}
         info["metrics_port"] = self.metrics.port if self.metrics is not None else None
@@ -259,11 +243,17 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def request_leave(self) -> None:
+        """Exit for a restart: the instances stay up, and the next tako-server adopts them."""
+        self.leave_instances = True
+        self._stop.set()
+
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT, shut down in order."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGQUIT, self.request_leave)
         try:
             await self.start()
             await self._stop.wait()
@@ -292,7 +282,9 @@ class Daemon:
             await workers  # stopped alongside this process's listeners; their in-flight counts drain too
         for task in self._tasks:
             task.cancel()
-        if self.registry is not None:
+        if self.registry is not None and self.leave_instances:
+            self.registry.detach()
+        elif self.registry is not None:
             await self.registry.close()
         if self.store is not None:
             self.store.close()
