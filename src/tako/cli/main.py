@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "rollback": "tako.cli.rollback:rollback",
     "servers": "tako.cli.servers:servers",
     "secrets": "tako.cli.secrets:secrets",
+    "maintenance": "tako.cli.maintenance:maintenance",
     "delete": "tako.cli.delete:delete",
 }
 

@@ -28,6 +28,7 @@ from tako.config.loading import (
     sanitize_name,
 )
 from tako.errors import ConfigError, UsageError
+from tako.protocol.client_networks import ALLOW_HINT, MAX_ALLOW_ENTRIES, parse_network
 from tako.protocol.limits import MAX_ENV_VALUE_BYTES, MAX_IDLE_TIMEOUT, MAX_INSTANCES
 from tako.routing import ACCEPTED_FORMS, RouteError, RoutePattern, parse_route
 
@@ -58,6 +59,7 @@ _TAKO_KEYS = (
     "request_buffering",
     "release",
     "release_timeout",
+    "maintenance_allow",
 )
 _DEPLOY_KEYS = ("strategy", "batch", "atomic")
 STRATEGIES = ("parallel", "rolling")
@@ -139,6 +141,8 @@ class ProjectConfig:
     release: str = ""  # [tako] release: run once per deploy, before any server switches
     release_timeout: int = DEFAULT_RELEASE_TIMEOUT
     fleet: FleetSettings = FleetSettings()
+    # clients (addresses or CIDR ranges) that still reach the app while `tako maintenance on`
+    maintenance_allow: tuple[str, ...] = ()
 
     def env(self, name: str) -> EnvConfig:
         """The named env. `development` always exists (implicitly with no routes and no inline vars)."""
@@ -279,7 +283,25 @@ def parse_project(data: dict[str, Any], source: Source, *, file: Path, root: Pat
         release=source.string(tako["release"], ["tako", "release"]) if "release" in tako else "",
         release_timeout=_release_timeout(source, tako),
         fleet=_fleet(source, data.get("deploy", {})),
+        maintenance_allow=_maintenance_allow(source, tako),
     )
+
+
+def _maintenance_allow(source: Source, tako: dict[str, Any]) -> tuple[str, ...]:
+    """`[tako] maintenance_allow`: each entry an IPv4/IPv6 address or CIDR range (checked here, so a typo
+    is an error with its line before anything is sent)."""
+    if "maintenance_allow" not in tako:
+        return ()
+    path: KeyPath = ["tako", "maintenance_allow"]
+    entries = source.string_list(tako["maintenance_allow"], path)
+    for index, entry in enumerate(entries):
+        try:
+            parse_network(entry)
+        except ValueError as exc:
+            raise source.error([*path, index], str(exc), hint=ALLOW_HINT) from None
+    if len(entries) > MAX_ALLOW_ENTRIES:
+        raise source.error(path, f"{len(entries)} entries; at most {MAX_ALLOW_ENTRIES} are allowed")
+    return tuple(entries)
 
 
 def _release_timeout(source: Source, tako: dict[str, Any]) -> int:

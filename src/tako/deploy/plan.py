@@ -50,6 +50,8 @@ class DeployPlan:
     release_timeout: int = 600
     keep_releases: int = KEEP_RELEASES  # [servers] keep_releases: releases kept, the live one included
     fleet: FleetSettings = field(default_factory=FleetSettings)
+    # [tako] maintenance_allow, sent with the deploy; None (a rollback) keeps the list the server has
+    maintenance_allow: tuple[str, ...] | None = None
 
     @property
     def required_disk(self) -> int:

@@ -159,6 +159,7 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
         release_timeout=project.release_timeout,
         fleet=project.fleet,
         keep_releases=project.keep_releases,
+        maintenance_allow=project.maintenance_allow,
     )
     return Prepared(project, plan, targets, deps.early_failures)
 

@@ -47,7 +47,11 @@ def decode_message(line: bytes, kinds: Mapping[str, type[M]], *, tag: str, noun:
 
 
 def encode_request(request: Request) -> bytes:
-    return encode_message(request, "command", request.command)
+    """`request` as one line. A field left at None is omitted (the server reads it back as None), so a
+    server older than an optional field still understands every request that does not use it."""
+    body = {"command": request.command}
+    body.update((k, v) for k, v in to_json(request).items() if v is not None)
+    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
 def decode_request(line: bytes) -> Request:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from tako.errors import ProtocolError
+from tako.protocol.client_networks import ALLOW_HINT, parse_networks
 from tako.protocol.limits import MAX_IDLE_TIMEOUT, MAX_INSTANCES
 
 PROTOCOL_VERSION = 1
@@ -38,12 +39,51 @@ class Deploy:
     routes: tuple[str, ...]
     instances: int = 0
     idle_timeout: int = 300
+    # [tako] maintenance_allow of the deploying tako.toml; None (a rollback) keeps the app's current list.
+    maintenance_allow: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         # Checked where the message is made, so a client's mistake is an error reply before the server
         # starts anything (tako.toml is held to the same limits at load).
         _check_range("instances", self.instances, MAX_INSTANCES, "instances per app per server")
         _check_range("idle_timeout", self.idle_timeout, MAX_IDLE_TIMEOUT, "seconds (one week)")
+        _check_allow(self.maintenance_allow)
+
+
+# Characters of a maintenance message: a sentence or two for the default page (an app with more to say
+# ships its own maintenance.html).
+MAX_MAINTENANCE_MESSAGE = 2000
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    """Turn maintenance mode of an app on or off: while on, its routes answer 503 with Retry-After and the
+    live release's `maintenance.html` (or a small default page with `message`), except to the clients
+    `allow` lets through (None keeps the app's current list)."""
+
+    command: ClassVar[str] = "maintenance"
+    app: str
+    on: bool
+    message: str = ""
+    allow: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.message) > MAX_MAINTENANCE_MESSAGE:
+            raise ProtocolError(
+                f"the maintenance message is {len(self.message)} characters; at most "
+                f"{MAX_MAINTENANCE_MESSAGE} are allowed",
+                hint="say more in a maintenance.html page in the app instead",
+            )
+        _check_allow(self.allow)
+
+
+def _check_allow(allow: tuple[str, ...] | None) -> None:
+    if allow is None:
+        return
+    try:
+        parse_networks(allow)
+    except ValueError as exc:
+        raise ProtocolError(f"field 'maintenance_allow': {exc}", hint=ALLOW_HINT) from None
 
 
 def _check_range(name: str, value: int, maximum: int, unit: str) -> None:
@@ -101,10 +141,10 @@ class Reload:
     app: str
 
 
-Request = Hello | Deploy | Status | List | Routes | Stop | Delete | Reload
+Request = Hello | Deploy | Status | List | Routes | Stop | Delete | Reload | Maintenance
 
 REQUEST_TYPES: dict[str, type[Request]] = {
-    cls.command: cls for cls in (Hello, Deploy, Status, List, Routes, Stop, Delete, Reload)
+    cls.command: cls for cls in (Hello, Deploy, Status, List, Routes, Stop, Delete, Reload, Maintenance)
 }
 
 

@@ -24,6 +24,7 @@ from tako.protocol import (
     Deploy,
     Hello,
     List,
+    Maintenance,
     Reload,
     Request,
     Routes,
@@ -37,7 +38,7 @@ from tako.server.apps.registry import AppRegistry
 
 log = logging.getLogger("tako.server.control")
 
-CAPABILITIES = ("deploy", "status", "list", "routes", "stop", "delete", "reload")
+CAPABILITIES = ("deploy", "status", "list", "routes", "stop", "delete", "reload", "maintenance")
 
 
 class ControlServer:
@@ -66,6 +67,7 @@ class ControlServer:
             Stop: self.stop,
             Delete: self.delete,
             Reload: self.reload,
+            Maintenance: self.maintenance,
         }
 
     # -- handlers -------------------------------------------------------------------------------------
@@ -103,6 +105,9 @@ class ControlServer:
 
     async def reload(self, req: Reload) -> Any:
         return await self.registry.reload(req.app)
+
+    async def maintenance(self, req: Maintenance) -> Any:
+        return self.registry.maintenance(req)
 
     # -- protocol -------------------------------------------------------------------------------------
     async def answer(self, line: bytes) -> bytes:

@@ -184,8 +184,7 @@ class Daemon:
         once it serves. On failure this process goes on serving, unchanged."""
         assert self.lock is not None and self.proxy is not None
         http, https = self.proxy.listening_sockets()
-        pid_file = Path(self.config.server.socket).parent / handover.PID_FILE
-        handing = handover.Handing(self.lock.fd, http, https, self._stop_listening, self._retire, pid_file)
+        handing = handover.Handing(self.lock.fd, http, https, self._stop_listening, self._retire)
         return await handover.hand_over(handing, handover.successor_argv())
 
     async def _stop_listening(self) -> None:

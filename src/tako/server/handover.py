@@ -45,9 +45,6 @@ STOP_TIMEOUT = 30.0  # a new process that failed is given this long to stop its 
 MAX_LINE = 64 * 1024
 
 
-PID_FILE = "tako-server.pid"  # beside the control socket, written by tako-server-service
-
-
 def socket_path(control_socket: Path) -> Path:
     """The hand-over socket beside the control socket (same directory, same owner, mode 0600)."""
     return control_socket.with_name(control_socket.name + ".handover")
@@ -141,7 +138,6 @@ class Handing:
     https: socket.socket
     stop_listening: Callable[[], Awaitable[None]]  # listeners, control and one-off sockets
     retire: Callable[[], None]  # drain in-flight requests, then exit
-    pid_file: Path  # the service script's copy of the pid: made to name the successor if it names us
 
 
 class HandoverFailed(TakoError):
@@ -182,7 +178,6 @@ async def hand_over(handing: Handing, argv: list[str]) -> dict[str, Any]:
     writer.close()
     log.info("hand-over: tako-server pid=%d (%s) serves; draining", ready["pid"], serving.get("version"))
     _notify_service_manager(proc.pid)
-    _update_pid_file(handing.pid_file, proc.pid)
     handing.retire()
     return {"pid": proc.pid, "version": serving.get("version", "")}
 
@@ -243,18 +238,6 @@ def _notify_service_manager(pid: int) -> None:
     address = "\0" + path[1:] if path.startswith("@") else path
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.sendto(f"MAINPID={pid}".encode(), address)
-
-
-def _update_pid_file(path: Path, pid: int) -> None:
-    """The pid file the service script keeps for people names the successor once it serves (only when it
-    named this process: nothing else's file is touched)."""
-    with contextlib.suppress(OSError, ValueError):
-        if int(path.read_text().strip()) != os.getpid():
-            return
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(f"{pid}\n")
-        tmp.chmod(0o644)
-        os.replace(tmp, path)
 
 
 def successor_argv() -> list[str]:

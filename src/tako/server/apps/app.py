@@ -26,10 +26,12 @@ from tako.server.apps.instance import (
     InstanceState,
 )
 from tako.server.apps.logs import AppLog
+from tako.server.apps.maintenance import OFF, MaintenanceSetting, build_answer
 from tako.server.apps.release import Release, load_release
 from tako.server.apps.spawner import allocate_port
 from tako.server.proxy.backend import AppUnavailable, pick_next
 from tako.server.proxy.cold_start import ColdStartQueue, app_stopped
+from tako.server.proxy.maintenance import MaintenanceAnswer
 
 log = logging.getLogger("tako.server.apps")
 
@@ -80,6 +82,9 @@ class ManagedApp:
         self.rotation: tuple[Instance, ...] = ()
         self.activity = Activity()
         self.operation = asyncio.Lock()  # deploy / reload / stop / delete, one at a time
+        self.maintenance_setting = OFF
+        self.maintenance: MaintenanceAnswer | None = None  # the gate's answer while in maintenance
+        self._maintenance_built: tuple[MaintenanceSetting, Release] | None = None
         self._ports = ports
         self._changed = changed
         self._rr = 0
@@ -99,9 +104,34 @@ class ManagedApp:
     def request_buffering(self) -> bool:
         return self.release.request_buffering
 
+    @property
+    def error_pages(self) -> dict[int, bytes]:
+        return self.release.pages.errors
+
     def pick(self) -> Instance | None:
         self._rr, chosen = pick_next(self.rotation, self._rr)
         return chosen
+
+    # -- maintenance ----------------------------------------------------------------------------------
+    def set_maintenance(self, setting: MaintenanceSetting, *, publish: bool = True) -> None:
+        """Take `setting` (the caller persists it); the gate's answer follows at once, and the routing
+        snapshot too unless the caller publishes it (restore, before any instance is known)."""
+        self.maintenance_setting = setting
+        if publish:
+            self.refresh()
+        else:
+            self._sync_maintenance()
+
+    def _sync_maintenance(self) -> None:
+        """Rebuild the gate's answer when the setting or the live release (its maintenance.html) changed."""
+        built = (self.maintenance_setting, self.release)
+        if (
+            self._maintenance_built is None
+            or built[0] is not self._maintenance_built[0]
+            or (built[1] is not self._maintenance_built[1])
+        ):
+            self.maintenance = build_answer(*built)
+            self._maintenance_built = built
 
     async def wait_upstream(self) -> Instance:
         return await self._cold_start_queue.wait(
@@ -301,6 +331,7 @@ class ManagedApp:
         else:
             state = AppState.DEGRADED
         self.set_state(state)
+        self._sync_maintenance()
         self._changed(self)
 
     def set_state(self, new: AppState, reason: str = "") -> None:
@@ -354,4 +385,5 @@ class ManagedApp:
             "idle_timeout": self.idle_timeout,
             "deployed_at": self.deployed_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
             "last_error": self.last_error or None,
+            "maintenance": self.maintenance_setting.as_status(),
         }

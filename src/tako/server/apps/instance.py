@@ -113,6 +113,11 @@ class Instance:
     def port(self) -> int:
         return self._port
 
+    @property
+    def error_pages(self) -> dict[int, bytes]:
+        """Its release's errors/50x.html (read with the release): used only when answering an error."""
+        return self.release.pages.errors
+
     def request_started(self) -> None:
         self.inflight += 1
         self._idle.clear()

@@ -16,17 +16,18 @@ from pathlib import Path
 
 from tako.config.server import AppSettings
 from tako.errors import AppError, InstanceFailed, IsolationError, ReleaseError, TakoError, UnknownApp
-from tako.protocol import Deploy
+from tako.protocol import Deploy, Maintenance
 from tako.routing import RouteError, RouteTable, find_conflicts, parse_route
 from tako.server.apps import health, isolation, rollout
 from tako.server.apps.app import AppState, ManagedApp
 from tako.server.apps.events import AppEvents
 from tako.server.apps.instance import LIVE
 from tako.server.apps.logs import AppLog
+from tako.server.apps.maintenance import MaintenanceSetting
 from tako.server.apps.release import Release, ensure_data_dir, load_release, point_current
 from tako.server.apps.spawner import group_members, is_leader, kill_group, proc_stat, signal_group, wait_exit
 from tako.server.proxy.backend import AppGate, Snapshot
-from tako.server.state import AppRecord, ProcessRecord, StateStore
+from tako.server.state import AppRecord, MaintenanceRecord, ProcessRecord, StateStore
 
 log = logging.getLogger("tako.server.apps")
 
@@ -242,6 +243,7 @@ class AppRegistry:
             if isinstance(exc, InstanceFailed):
                 raise AppError(f"deploy of {req.app} {req.version} failed: {exc.message}") from exc
             raise
+        self._take_allow(app, req.maintenance_allow)
         await self._commit_routes(app, routes)
         self._save(app)
         self._point_current(app)
@@ -277,6 +279,7 @@ class AppRegistry:
             app.idle_timeout = req.idle_timeout
             app.deployed_at = datetime.now(UTC)
             app.last_error = ""
+            self._take_allow(app, req.maintenance_allow)
             await self._commit_routes(app, routes)
             app.refresh()
             self._save(app)
@@ -300,6 +303,26 @@ class AppRegistry:
             app.routes = routes
             self.apps[app.name] = app
             self._rebuild_routes()
+
+    def _take_allow(self, app: ManagedApp, allow: tuple[str, ...] | None) -> None:
+        """A deploy's `maintenance_allow` (None: a rollback, which keeps the list the app has)."""
+        if allow is not None and allow != app.maintenance_setting.allow:
+            self._set_maintenance(app, replace(app.maintenance_setting, allow=allow))
+
+    def _set_maintenance(self, app: ManagedApp, setting: MaintenanceSetting) -> None:
+        self.store.save_maintenance(MaintenanceRecord(app.name, setting.on, setting.message, setting.allow))
+        app.set_maintenance(setting)
+
+    def maintenance(self, req: Maintenance) -> dict[str, object]:
+        """Turn maintenance on or off; persisted first, so a restart keeps what the reply said."""
+        app = self.get(req.app)
+        old = app.maintenance_setting
+        allow = old.allow if req.allow is None else req.allow
+        message = req.message if req.on else ""
+        self._set_maintenance(app, MaintenanceSetting(on=req.on, message=message, allow=allow))
+        if req.on != old.on:
+            app.log_file.event("maintenance on" if req.on else "maintenance off")
+        return app.status()
 
     async def reload(self, name: str) -> dict[str, object]:
         """Rolling restart with the release's `.env` (and app.json) read again."""
@@ -399,6 +422,7 @@ class AppRegistry:
         """Bring back every persisted app with its routes; `start_restored` then starts its instances.
         In a hand-over (server/handover.py) the instances on record belong to the running tako-server."""
         records = self.store.load_apps()
+        maintenance = self.store.load_maintenance()
         for rec in records:
             try:
                 release = await self._load(rec.name, rec.version, Path(rec.path))
@@ -412,6 +436,11 @@ class AppRegistry:
             app = self._make_app(release, rec.routes, rec.instances, rec.idle_timeout, deployed)
             app.stopped = rec.stopped
             app.last_error = rec.last_error
+            kept = maintenance.get(rec.name)
+            if kept is not None:
+                app.set_maintenance(
+                    MaintenanceSetting(on=kept.on, message=kept.message, allow=kept.allow), publish=False
+                )
             self.apps[rec.name] = app
         try:
             self._rebuild_routes()

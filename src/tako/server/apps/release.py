@@ -1,4 +1,5 @@
-"""A release directory as the runtime sees it: `app.json` (start command, health path) plus `.env`."""
+"""A release directory as the runtime sees it: `app.json` (start command, health path) plus `.env`, and
+its own pages (`maintenance.html`, `errors/50x.html`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from tako.config import envfile
 from tako.errors import ReleaseError
+from tako.server.apps.release_pages import NO_PAGES, ReleasePages, read_pages
 
 DEFAULT_HEALTH_CHECK = "/_tako/status"
 DATA_DIR = ("shared", "data")  # under the app dir: TAKO_DATA_DIR, kept across releases
@@ -29,6 +31,7 @@ class Release:
     request_buffering: bool = True  # false: the proxy streams request bodies (app.json, from tako.toml)
     env: dict[str, str] = field(default_factory=dict, compare=False, repr=False)  # holds secrets
     uid: int | None = None  # the app's own uid when apps are isolated; None: run as tako-server's user
+    pages: ReleasePages = field(default=NO_PAGES, compare=False, repr=False)  # maintenance and error pages
     recorded_at: str = ""  # app.json's release.deployed_at (ISO 8601 UTC), "" when not recorded
 
 
@@ -81,6 +84,7 @@ def load_release(app: str, version: str, path: Path, uid: int | None = None) -> 
         env=env,
         uid=uid,
         recorded_at=_recorded_at(meta),
+        pages=read_pages(path),
     )
 
 

@@ -7,9 +7,11 @@ what lets the data-plane workers (`[server] workers`) run it unchanged from plai
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
+
+from tako.server.proxy.maintenance import MaintenanceAnswer
 
 
 class AppUnavailable(Exception):
@@ -34,6 +36,10 @@ class Upstream(Protocol):
 
     @property
     def port(self) -> int: ...
+
+    @property
+    def error_pages(self) -> Mapping[int, bytes]:
+        """Its release's own pages for tako-server's 502/504 (status -> HTML), read at deploy."""
 
     def request_started(self) -> None:
         """Called when a request (or a WebSocket) is sent to this instance."""
@@ -75,6 +81,15 @@ class AppGate(Protocol):
     @property
     def request_buffering(self) -> bool:
         """Whether request bodies are received whole before forwarding (false: streamed to the app)."""
+
+    @property
+    def maintenance(self) -> MaintenanceAnswer | None:
+        """Set while the app is in maintenance: every request not `admits`-ed gets its answer. A plain
+        attribute: the one test the data plane makes per request for it."""
+
+    @property
+    def error_pages(self) -> Mapping[int, bytes]:
+        """The live release's own pages for tako-server's 502/503/504 (status -> HTML)."""
 
     def pick(self) -> Upstream | None:
         """A healthy instance in rotation, chosen round-robin/least-busy; None if there is none now."""

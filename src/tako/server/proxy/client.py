@@ -652,6 +652,10 @@ class ClientConnection:
                 cycle, responses.error(404, close=_close_after_local(cycle), head_only=cycle.is_head)
             )
             return
+        maintenance = gate.maintenance
+        if maintenance is not None and not maintenance.admits(self.client_ip):
+            self._respond(cycle, maintenance.answer(close=_close_after_local(cycle), head_only=cycle.is_head))
+            return
         if (
             (cycle.content_length or cycle.chunked)
             and self.buffer_bodies
@@ -786,6 +790,7 @@ class ClientConnection:
                     exc.retry_after,
                     close=_close_after_local(cycle),
                     head_only=cycle.is_head,
+                    page=gate.error_pages.get(exc.status),
                 )
                 self._respond(cycle, data)
             return
@@ -857,10 +862,14 @@ class ClientConnection:
             self._upstream_error(cycle, 504)
 
     def _upstream_error(self, cycle: RequestCycle, status: int) -> None:
+        upstream = cycle.upstream
+        page = upstream.error_pages.get(status) if upstream is not None else None
         _finish_upstream(cycle)
-        self._respond(
-            cycle, responses.error(status, close=_close_after_local(cycle), head_only=cycle.is_head)
-        )
+        close = _close_after_local(cycle)
+        if page is None:
+            self._respond(cycle, responses.error(status, close=close, head_only=cycle.is_head))
+        else:
+            self._respond(cycle, responses.page(status, page, close=close, head_only=cycle.is_head))
 
     def _respond(self, cycle: RequestCycle, data: bytes) -> None:
         """Write a complete local response for the current cycle and move on."""

@@ -1,4 +1,5 @@
-"""Responses the proxy writes itself: short plain-text error pages, redirects, status and ACME answers.
+"""Responses the proxy writes itself: short plain-text error pages (or an app's own HTML pages), redirects,
+status and ACME answers.
 
 Bodies never carry internals (no upstream addresses, exceptions or versions). Fixed error pages are built
 once at import; only redirects and status documents are formatted per request.
@@ -40,6 +41,8 @@ ERROR_BODIES: dict[int, bytes] = {
 }
 
 _TEXT = b"Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n"
+HTML = b"text/html; charset=utf-8"
+NO_STORE = b"Cache-Control: no-store\r\n"
 
 
 def response(
@@ -84,13 +87,29 @@ def error(status: int, *, close: bool, head_only: bool = False) -> bytes:
 
 
 def unavailable(
-    status: int, reason: str, retry_after: int | None, *, close: bool, head_only: bool = False
+    status: int,
+    reason: str,
+    retry_after: int | None,
+    *,
+    close: bool,
+    head_only: bool = False,
+    page: bytes | None = None,
 ) -> bytes:
-    """The answer for `AppUnavailable`: its status, its user-facing reason and Retry-After."""
-    body = (reason or "Service Unavailable").encode("utf-8", "replace") + b"\n"
+    """The answer for `AppUnavailable`: its status, its user-facing reason (or the app's own HTML `page`
+    for that status) and Retry-After."""
     extra = b"Retry-After: %d\r\n" % retry_after if retry_after is not None else b""
     status = status if 400 <= status < 600 else 503
+    if page is not None:
+        return response(
+            status, page, close=close, content_type=HTML, extra=extra + NO_STORE, head_only=head_only
+        )
+    body = (reason or "Service Unavailable").encode("utf-8", "replace") + b"\n"
     return response(status, body, close=close, extra=extra, head_only=head_only)
+
+
+def page(status: int, html: bytes, *, close: bool, head_only: bool = False, extra: bytes = b"") -> bytes:
+    """An app's own HTML page for an error tako-server answers (its errors/<status>.html)."""
+    return response(status, html, close=close, content_type=HTML, extra=extra + NO_STORE, head_only=head_only)
 
 
 def redirect(location: bytes, *, keep_method: bool, close: bool, head_only: bool) -> bytes:

@@ -25,9 +25,11 @@ import time
 from pathlib import Path
 
 from tako.errors import ProtocolError
+from tako.protocol.client_networks import parse_networks
 from tako.routing import RouteTable, parse_route
 from tako.server.proxy.backend import AppUnavailable, Snapshot, pick_next
 from tako.server.proxy.cold_start import ColdStartQueue
+from tako.server.proxy.maintenance import MaintenanceAnswer
 from tako.server.proxy.server import ProxyServer
 from tako.server.tls.certstore import CertStore
 from tako.server.tls.challenges import CHALLENGES_DIR, ChallengeStore, read_token_file
@@ -39,6 +41,7 @@ from tako.server.workers.messages import (
     Configure,
     Counters,
     FromWorker,
+    MaintenanceRouting,
     Ready,
     Report,
     RoutingSnapshot,
@@ -65,12 +68,13 @@ _PR_SET_PDEATHSIG = 1
 class WorkerUpstream:
     """One instance as a worker sees it: address plus local counters (hot path: two integer updates)."""
 
-    __slots__ = ("host", "inflight", "key", "port", "reported", "starts")
+    __slots__ = ("error_pages", "host", "inflight", "key", "port", "reported", "starts")
 
     def __init__(self, key: str, host: str, port: int) -> None:
         self.key = key
         self.host = host
         self.port = port
+        self.error_pages: dict[int, bytes] = {}  # its app's, set with each snapshot
         self.inflight = 0
         self.starts = 0  # cumulative, so the main process sees activity even if in-flight did not change
         self.reported = (0, 0)
@@ -91,6 +95,10 @@ class WorkerGate:
         self.rotation: tuple[WorkerUpstream, ...] = ()
         self.stopped = False
         self.request_buffering = True
+        self.maintenance: MaintenanceAnswer | None = None
+        self.error_pages: dict[int, bytes] = {}
+        self._maintenance_from: MaintenanceRouting | None = None
+        self._pages_from: dict[str, str] = {}
         self.gone = False
         self.failure: AppUnavailable | None = None
         self.waking = False
@@ -129,10 +137,24 @@ class WorkerGate:
         self.rotation = rotation
         self.stopped = app.stopped
         self.request_buffering = app.request_buffering
+        self._take_pages(app)
+        for upstream in rotation:
+            upstream.error_pages = self.error_pages
         self.gone = False
         if rotation:
             self.waking = False
         self.notify()
+
+    def _take_pages(self, app: AppRouting) -> None:
+        """Rebuild the maintenance answer and the error pages only when the main process changed them."""
+        if app.maintenance != self._maintenance_from:
+            wire = self._maintenance_from = app.maintenance
+            self.maintenance = (
+                None if wire is None else MaintenanceAnswer(wire.page.encode(), parse_networks(wire.allow))
+            )
+        if app.error_pages != self._pages_from:
+            self._pages_from = app.error_pages
+            self.error_pages = {int(status): page.encode() for status, page in app.error_pages.items()}
 
     def notify(self) -> None:
         self._changed.set()

@@ -19,6 +19,7 @@ from typing import Any
 
 from tako.config.server import ServerConfig
 from tako.errors import ProtocolError, TakoError
+from tako.server.apps.app import ManagedApp
 from tako.server.apps.instance import Instance
 from tako.server.apps.registry import AppRegistry
 from tako.server.proxy.backend import AppUnavailable, ServerServices, Snapshot
@@ -185,6 +186,8 @@ class WorkerPool:
                     rotation=tuple(messages.InstanceAddress(i.key, i.host, i.port) for i in app.rotation),
                     stopped=app.stopped or app.closing,
                     request_buffering=app.request_buffering,
+                    maintenance=maintenance_routing(app),
+                    error_pages={str(status): page.decode() for status, page in app.error_pages.items()},
                 )
             )
         # Instances a worker still counts requests on stay known until the counts come back to zero.
@@ -370,3 +373,11 @@ class WorkerPool:
             case messages.Ready():
                 messages.check_channel(message.channel, f"worker pid={worker.pid}")
                 worker.ready.set()
+
+
+def maintenance_routing(app: ManagedApp) -> messages.MaintenanceRouting | None:
+    """The app's maintenance answer as the workers receive it (None while the app is not in maintenance)."""
+    answer = app.maintenance
+    if answer is None:
+        return None
+    return messages.MaintenanceRouting(page=answer.page.decode(), allow=app.maintenance_setting.allow)
