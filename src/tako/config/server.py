@@ -143,12 +143,22 @@ def check_metrics_listen(file: str, value: str) -> None:
 
 
 @dataclass(frozen=True)
+class AccessLogSettings:
+    """Access logs: one JSON line per request in each app's `shared/logs/access.log`, rotated like
+    `app.log` ([apps] log_max_bytes, log_backups). `query` adds query strings (they may carry tokens)."""
+
+    enabled: bool = True
+    query: bool = False
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     server: ListenSettings = field(default_factory=ListenSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     apps: AppSettings = field(default_factory=AppSettings)
     acme: AcmeSettings = field(default_factory=AcmeSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
 
     @property
     def data_dir(self) -> Path:
@@ -164,6 +174,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "apps": AppSettings,
     "acme": AcmeSettings,
     "metrics": MetricsSettings,
+    "access_log": AccessLogSettings,
 }
 
 

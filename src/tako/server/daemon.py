@@ -36,9 +36,10 @@ from tako.server.apps.oneoff import OneOffServer
 from tako.server.apps.registry import AppRegistry
 from tako.server.control import ControlServer
 from tako.server.data_lock import DataDirLock
+from tako.server.observe.access_log import AccessFiles, AccessLog
 from tako.server.observe.metrics import MetricsSources
 from tako.server.observe.metrics_service import MetricsService
-from tako.server.observe.traffic import TrafficSnapshot
+from tako.server.observe.traffic import TrafficSnapshot, TrafficTotals
 from tako.server.proxy import compiled as proxy_compiled
 from tako.server.proxy.server import ProxyServer
 from tako.server.state import DB_NAME, StateStore
@@ -65,6 +66,8 @@ class Daemon:
         self.oneoff: OneOffServer | None = None
         self.proxy: ProxyServer | None = None
         self.workers: WorkerPool | None = None  # [server] workers > 1: data-plane worker processes
+        self.traffic: TrafficTotals | None = None  # every app's traffic over this process and the workers
+        self.access_files: AccessFiles | None = None  # every app's access.log (None: [access_log] off)
         self.metrics: MetricsService | None = None  # /metrics and the figures of `tako status`
         self.http_port: int | None = None
         self.https_port: int | None = None
@@ -140,25 +143,6 @@ class Daemon:
             self.isolation.describe(),
         )
 
-    async def _start_metrics(self) -> None:
-        registry = self.registry
-        assert registry is not None
-        sources = MetricsSources(
-            traffic=self._traffic,
-            apps=lambda: registry.apps.values(),
-            events=lambda: registry.events,
-            certificates=self.acme.status,
-            workers=lambda: self.workers.info() if self.workers is not None else [],
-        )
-        self.metrics = MetricsService(self.config.metrics, sources)
-        await self.metrics.start()
-
-    def _traffic(self) -> TrafficSnapshot:
-        return TrafficSnapshot()
-
-    def _figures(self, app: str) -> dict[str, Any] | None:
-        return self.metrics.figures.for_app(app) if self.metrics is not None else None
-
     async def _open_sockets(self, socket: Path) -> None:
         assert self.registry is not None
         self.control = ControlServer(self.registry, self._info, self.acme.status, self._figures)
@@ -184,7 +168,8 @@ class Daemon:
         once it serves. On failure this process goes on serving, unchanged."""
         assert self.lock is not None and self.proxy is not None
         http, https = self.proxy.listening_sockets()
-        handing = handover.Handing(self.lock.fd, http, https, self._stop_listening, self._retire)
+        pid_file = Path(self.config.server.socket).parent / handover.PID_FILE
+        handing = handover.Handing(self.lock.fd, http, https, self._stop_listening, self._retire, pid_file)
         return await handover.hand_over(handing, handover.successor_argv())
 
     async def _stop_listening(self) -> None:
@@ -202,6 +187,25 @@ class Daemon:
     def _retire(self) -> None:
         self.handing_over = True
         self.request_stop()
+
+    async def _start_metrics(self) -> None:
+        registry = self.registry
+        assert registry is not None
+        sources = MetricsSources(
+            traffic=self._traffic,
+            apps=lambda: registry.apps.values(),
+            events=lambda: registry.events,
+            certificates=self.acme.status,
+            workers=lambda: self.workers.info() if self.workers is not None else [],
+        )
+        self.metrics = MetricsService(self.config.metrics, sources)
+        await self.metrics.start()
+
+    def _traffic(self) -> TrafficSnapshot:
+        return self.traffic.snapshot() if self.traffic is not None else TrafficSnapshot()
+
+    def _figures(self, app: str) -> dict[str, Any] | None:
+        return self.metrics.figures.for_app(app) if self.metrics is not None else None
 
     def _info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"http_port": self.http_port, "https_port": self.https_port}
@@ -221,8 +225,15 @@ class Daemon:
         services = PidServices(self) if multi else self
         snapshot = registry.snapshot
         proxy = self.proxy = ProxyServer(
-            self.config.proxy, services, certs, snapshot, reuse_port=multi, body_dir=self.data_dir / "tmp"
+            self.config.proxy,
+            services,
+            certs,
+            snapshot,
+            reuse_port=multi,
+            body_dir=self.data_dir / "tmp",
+            access_log=self._access_log(),
         )
+        self.traffic = TrafficTotals(proxy.traffic)
         registry.set_publisher(proxy.set_snapshot)
         with _listener_errors(settings.listen, settings.http_port, "HTTP", "http_port"):
             sock = self.inherited.http if self.inherited else None
@@ -231,12 +242,30 @@ class Daemon:
             sock = self.inherited.https if self.inherited else None
             self.https_port = await proxy.start_https(settings.listen, settings.https_port, sock=sock)
 
+    def _access_log(self) -> AccessLog | None:
+        """This process's access log, writing to the files the workers' lines go to too (None when off)."""
+        settings = self.config.access_log
+        if not settings.enabled:
+            return None
+        apps = self.config.apps
+        files = AccessFiles(self.data_dir, max_bytes=apps.log_max_bytes, backups=apps.log_backups)
+        self.access_files = files
+        return AccessLog(asyncio.get_running_loop(), files.write, query=settings.query)
+
     async def _start_workers(self) -> None:
         if self.config.server.workers > 1:
             assert self.registry is not None and self.proxy is not None
-            assert self.http_port is not None and self.https_port is not None
+            assert self.http_port is not None and self.https_port is not None and self.traffic is not None
             ports = {"http_port": self.http_port, "https_port": self.https_port}
-            self.workers = WorkerPool(self.config, self.registry, self, self.challenges, **ports)
+            self.workers = WorkerPool(
+                self.config,
+                self.registry,
+                self,
+                self.challenges,
+                **ports,
+                traffic=self.traffic,
+                access_files=self.access_files,
+            )
             await self.workers.start(self.proxy.set_snapshot)
 
     def request_stop(self) -> None:
@@ -279,6 +308,10 @@ class Daemon:
             await self.proxy.shutdown(self.config.apps.drain_timeout)
         if workers is not None:
             await workers  # stopped alongside this process's listeners; their in-flight counts drain too
+        if self.proxy is not None and self.proxy.access_log is not None:
+            self.proxy.access_log.close()  # the last lines, then the files
+        if self.access_files is not None:
+            self.access_files.close()
         for task in self._tasks:
             task.cancel()
         if self.registry is not None and self.leave_instances:

@@ -11,8 +11,8 @@
     IGNORE_SIGTERM=1       ignore SIGTERM (tests the SIGKILL after the grace period)
     SPAWN_CHILD=1          start a `sleep` grandchild (tests that no orphan is left)
 
-Paths: / (version), /slow?s=N, /env/NAME, /pid, /print?line=TEXT (prints TEXT), /_tako/status, /ws
-(WebSocket echo); anything else 200 with the version.
+Paths: / (version), /slow?s=N, /env/NAME, /pid, /header/NAME (that request header),
+/print?line=TEXT (prints TEXT), /_tako/status, /ws (WebSocket echo); anything else 200 with the version.
 SIGTERM stops accepting and lets in-flight requests finish before exiting 0.
 """
 
@@ -85,6 +85,8 @@ class Handler(BaseHTTPRequestHandler):
             self._websocket()
         elif path == "/pid":
             self._send(200, str(os.getpid()))
+        elif path.startswith("/header/"):
+            self._send(200, self.headers.get(path[len("/header/") :], "(none)"))
         elif path == "/print":
             log(parse_qs(url.query).get("line", [""])[0])
             self._send(200, "printed\n")

@@ -117,13 +117,15 @@ class AppCounters:
         "in_flight",
         "latency",
         "latency_sum",
+        "name",
         "requests",
         "upstream_errors",
         "upstream_seconds_sum",
         "websockets_open",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
         self.requests = [0, 0, 0, 0, 0]  # by status // 100 - 1
         self.latency = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
@@ -144,6 +146,13 @@ class AppCounters:
         self.latency[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
         self.upstream_seconds_sum += upstream_seconds
+        self.bytes_in += bytes_in
+        self.bytes_out += bytes_out
+
+    def tunnel_closed(self, bytes_in: int, bytes_out: int) -> None:
+        """A WebSocket (any tunnel after a 101) ended: counted as a 1xx request, not in the latencies."""
+        self.requests[0] += 1
+        self.websockets_open -= 1
         self.bytes_in += bytes_in
         self.bytes_out += bytes_out
 
@@ -177,7 +186,7 @@ class TrafficCounters:
     def for_app(self, name: str) -> AppCounters:
         counters = self.apps.get(name)
         if counters is None:
-            counters = self.apps[name] = AppCounters()
+            counters = self.apps[name] = AppCounters(name)
         return counters
 
     def snapshot(self) -> TrafficSnapshot:

@@ -5,6 +5,7 @@ from tako.server.proxy.upstream cimport UpstreamConnection
 
 
 cdef class ClientConnection:
+    cdef public object access
     cdef public object body_mark
     cdef public object body_need
     cdef public double body_window
@@ -23,6 +24,8 @@ cdef class ClientConnection:
     cdef public double header_timeout
     cdef public bytes held
     cdef public double keepalive_timeout
+    cdef public object last_counters
+    cdef public object last_gate
     cdef public str last_host
     cdef public bytes last_host_header
     cdef public object loop
@@ -35,11 +38,13 @@ cdef class ClientConnection:
     cdef public bint paused_in_window
     cdef public object pipeline
     cdef public int reject_status
+    cdef public object request_ids
     cdef public double response_timeout
     cdef public double send_deadline
     cdef public object server
     cdef public bint starting
     cdef public bint tls
+    cdef public object traffic
     cdef public object transport
     cdef public UpstreamConnection tunnel
     cdef public bint tunnel_active
@@ -56,6 +61,7 @@ cdef class ClientConnection:
     cpdef send_body(self, RequestCycle cycle)
     cpdef pump_body(self, RequestCycle cycle)
     cpdef response_complete(self, RequestCycle cycle)
+    cdef _count(self, RequestCycle cycle, int status)
     cpdef pause(self, int reason)
     cpdef resume(self, int reason)
     cpdef abort(self)

@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 from collections.abc import Coroutine
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
 from tako.config.server import ProxySettings
+from tako.server.observe.request_id import is_sane as is_sane_request_id
 from tako.server.proxy import responses
 from tako.server.proxy.backend import AppGate, AppUnavailable, ServerServices, Snapshot, Upstream
 from tako.server.proxy.body_buffer import READ_CHUNK, BodyBuffer
@@ -39,6 +41,13 @@ from tako.server.proxy.cycle import (
 )
 from tako.server.proxy.headers import PASS, HeaderKinds, without_headers
 from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool
+
+if TYPE_CHECKING:
+    from tako.server.observe.access_log import AccessLog
+    from tako.server.observe.request_id import RequestIds
+    from tako.server.observe.traffic import AppCounters, TrafficCounters
+
+log = logging.getLogger("tako.server.proxy")
 
 BODY_BUFFER_LIMIT = 64 * 1024  # held before a request is started, or while a streamed one waits to connect
 # A read larger than this is parsed in slices, and what follows a slice that paused the connection is held
@@ -70,6 +79,7 @@ _H_CONNECTION = 4
 _H_UPGRADE = 5
 _H_XFF = 6
 _H_EXPECT = 7
+_H_REQUEST_ID = 8
 _REQUEST_SPECIAL: dict[bytes, int] = {
     b"host": _H_HOST,
     b"content-length": _H_LENGTH,
@@ -78,6 +88,7 @@ _REQUEST_SPECIAL: dict[bytes, int] = {
     b"upgrade": _H_UPGRADE,
     b"x-forwarded-for": _H_XFF,
     b"expect": _H_EXPECT,
+    b"x-request-id": _H_REQUEST_ID,
     b"x-forwarded-proto": _H_DROP,
     b"x-forwarded-host": _H_DROP,
     b"keep-alive": _H_DROP,
@@ -96,6 +107,14 @@ _NOT_HOP_BY_HOP = frozenset(
 
 _request_kinds = HeaderKinds(_REQUEST_SPECIAL, prefix=b"proxy-", prefix_kind=_H_DROP)
 _request_kinds_cache = _request_kinds.cache  # the same dict for good (cleared in place): one global lookup
+
+# Upstream failures by kind: indexes of tako.server.observe.traffic.UPSTREAM_ERROR_KINDS.
+_ERR_CONNECT = 0
+_ERR_TIMEOUT = 1
+_ERR_RESET = 2
+_ERR_BAD_RESPONSE = 3
+_ERR_UNAVAILABLE = 4
+_CLIENT_GONE = 499  # the status counted and logged for a request whose client left before its response
 
 
 class _Reject(Exception):
@@ -119,6 +138,12 @@ class ConnectionHost(Protocol):
     def shutting_down(self) -> bool: ...
     @property
     def https_suffix(self) -> bytes: ...
+    @property
+    def traffic(self) -> TrafficCounters: ...
+    @property
+    def request_ids(self) -> RequestIds: ...
+    @property
+    def access_log(self) -> AccessLog | None: ...
 
     def normalise_host(self, host_header: bytes) -> str | None: ...
     def pool_for(self, upstream: Upstream) -> UpstreamPool: ...
@@ -136,6 +161,7 @@ class ClientConnection:
 
     # Slots: attribute access stays on the interpreter's fast paths however many fields there are.
     __slots__ = (
+        "access",
         "body_mark",
         "body_need",
         "body_window",
@@ -154,6 +180,8 @@ class ClientConnection:
         "header_timeout",
         "held",
         "keepalive_timeout",
+        "last_counters",
+        "last_gate",
         "last_host",
         "last_host_header",
         "loop",
@@ -166,11 +194,13 @@ class ClientConnection:
         "paused_in_window",
         "pipeline",
         "reject_status",
+        "request_ids",
         "response_timeout",
         "send_deadline",
         "server",
         "starting",
         "tls",
+        "traffic",
         "transport",
         "tunnel",
         "tunnel_active",
@@ -225,6 +255,13 @@ class ClientConnection:
         self.tunnel_active = False  # bytes moved through the tunnel since its deadline was last checked
         self.upgrade_buffer: list[bytes] | None = None
         self.held: bytes | None = None  # received, not parsed yet: reading paused after a slice (FEED_SLICE)
+        # Counting (tako.server.observe): the app last routed to on this connection and its counters, as
+        # with the Host above (one dict lookup per connection and app rather than per request).
+        self.traffic = server.traffic
+        self.request_ids = server.request_ids
+        self.access = server.access_log  # None when [access_log] is off
+        self.last_gate: AppGate | None = None
+        self.last_counters: AppCounters | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -262,6 +299,9 @@ class ClientConnection:
                 cycle.uconn = None
                 if uconn.cycle is cycle:
                     uconn.abort()
+            if cycle.counters is not None:
+                # A tunnel's end, or a client gone before its response was complete.
+                self._count(cycle, cycle.status if cycle.response_started else _CLIENT_GONE)
             _finish_upstream(cycle)
             _drop_body(cycle)
         parsing = self.parsing
@@ -313,6 +353,7 @@ class ClientConnection:
         if tunnel is not None:
             tunnel.transport.write(data)
             self.tunnel_active = True
+            self.cycle.tunnel_in += len(data)  # type: ignore[union-attr]  # a tunnel keeps its cycle
             return
         if self.broken:
             return
@@ -389,7 +430,8 @@ class ClientConnection:
     def on_message_begin(self) -> None:
         if self.broken:
             raise _Reject
-        self.parsing = RequestCycle(self)
+        cycle = self.parsing = RequestCycle(self)
+        cycle.started = self.loop.time()
         if self.deadline_kind:
             # The header deadline of a new connection, or the keep-alive deadline armed earlier in this
             # read: a request has begun (data_received arms the header deadline if its head is incomplete).
@@ -449,6 +491,8 @@ class ClientConnection:
         elif kind == _H_EXPECT:
             cycle.expect = value  # forwarded, unless the proxy buffers the body and answers it itself
             cycle.pieces.extend((name, b": ", value, _CRLF))
+        elif kind == _H_REQUEST_ID and is_sane_request_id(value):
+            cycle.request_id = value  # forwarded by _build_head (a made one when it is not sane)
 
     def on_headers_complete(self) -> None:
         cycle = self.parsing
@@ -616,7 +660,10 @@ class ClientConnection:
             parts.append(b"Content-Length: %d\r\n" % cycle.content_length)
         if cycle.upgrade is not None:
             parts += (b"Connection: upgrade\r\nUpgrade: ", cycle.upgrade, _CRLF)
-        parts.append(_CRLF)
+        request_id = cycle.request_id
+        if request_id is None:
+            request_id = cycle.request_id = self.request_ids.next()
+        parts += (b"X-Request-Id: ", request_id, b"\r\n\r\n")
         return b"".join(parts)
 
     # -- answering ----------------------------------------------------------------------------------
@@ -652,10 +699,11 @@ class ClientConnection:
                 cycle, responses.error(404, close=_close_after_local(cycle), head_only=cycle.is_head)
             )
             return
-        maintenance = gate.maintenance
-        if maintenance is not None and not maintenance.admits(self.client_ip):
-            self._respond(cycle, maintenance.answer(close=_close_after_local(cycle), head_only=cycle.is_head))
-            return
+        if gate is not self.last_gate:
+            self.last_gate = gate
+            self.last_counters = self.traffic.for_app(gate.name)
+        counters = cycle.counters = self.last_counters
+        counters.in_flight += 1  # type: ignore[union-attr]  # set just above
         if (
             (cycle.content_length or cycle.chunked)
             and self.buffer_bodies
@@ -780,9 +828,14 @@ class ClientConnection:
         self._respond(cycle, responses.error(404, close=close, head_only=cycle.is_head))
 
     async def _wait_upstream(self, cycle: RequestCycle, gate: AppGate) -> None:
+        counters = cycle.counters
+        if counters is not None:
+            counters.cold_starts += 1
         try:
             upstream = await gate.wait_upstream()
         except AppUnavailable as exc:
+            if counters is not None:
+                counters.upstream_error(_ERR_UNAVAILABLE)
             if not self.closed and self.cycle is cycle:
                 data = responses.unavailable(
                     exc.status,
@@ -790,7 +843,6 @@ class ClientConnection:
                     exc.retry_after,
                     close=_close_after_local(cycle),
                     head_only=cycle.is_head,
-                    page=gate.error_pages.get(exc.status),
                 )
                 self._respond(cycle, data)
             return
@@ -800,6 +852,7 @@ class ClientConnection:
 
     def _use_upstream(self, cycle: RequestCycle, upstream: Upstream) -> None:
         cycle.upstream = upstream
+        cycle.instance = upstream.key
         upstream.request_started()
         pool = self.server.pool_for(upstream)
         uconn = pool.acquire()
@@ -813,9 +866,9 @@ class ClientConnection:
     async def _connect(self, cycle: RequestCycle, pool: UpstreamPool) -> None:
         try:
             uconn = await self.server.connect(pool)
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError) as exc:
             if not self.closed and self.cycle is cycle:
-                self._upstream_error(cycle, 502)
+                self._upstream_error(cycle, 502, _ERR_CONNECT, f"cannot connect: {exc or 'timed out'}")
             return
         if self.closed or self.cycle is not cycle:
             pool.release(uconn)
@@ -827,16 +880,20 @@ class ClientConnection:
         """The whole request is on its way to the instance: the response timeout starts now."""
         uconn = cycle.uconn
         if uconn is not None and not cycle.response_started:
-            uconn.deadline = self.loop.time() + self.response_timeout
+            now = cycle.sent_at = self.loop.time()
+            uconn.deadline = now + self.response_timeout
 
-    def upstream_failed(self, cycle: RequestCycle, *, retryable: bool) -> None:
+    def upstream_failed(self, cycle: RequestCycle, *, retryable: bool, bad_response: bool = False) -> None:
         """The instance connection broke before a response started (called by UpstreamConnection)."""
         cycle.uconn = None
         self.resume(PAUSE_UPSTREAM)
         if self.cycle is not cycle or self.closed:
             return
+        kind = _ERR_BAD_RESPONSE if bad_response else _ERR_RESET
         if cycle.response_started:
             # Cut off mid-response: the client must see a truncated message, not a spliced error page.
+            if cycle.counters is not None:
+                cycle.counters.upstream_error(kind)
             _finish_upstream(cycle)
             self.abort()
             return
@@ -847,7 +904,8 @@ class ClientConnection:
             assert upstream is not None
             self.server.spawn(self._connect(cycle, self.server.pool_for(upstream)))
             return
-        self._upstream_error(cycle, 502)
+        reason = "invalid response" if bad_response else "connection closed before the response"
+        self._upstream_error(cycle, 502, kind, reason)
 
     def upstream_timeout(self, cycle: RequestCycle) -> None:
         """The sweeper found the instance late with its response."""
@@ -857,23 +915,42 @@ class ClientConnection:
             uconn.abort()
         self.resume(PAUSE_UPSTREAM)
         if cycle.response_started:
+            if cycle.counters is not None:
+                cycle.counters.upstream_error(_ERR_TIMEOUT)
             self.abort()
         else:
-            self._upstream_error(cycle, 504)
+            self._upstream_error(cycle, 504, _ERR_TIMEOUT, f"no response within {self.response_timeout:g} s")
 
-    def _upstream_error(self, cycle: RequestCycle, status: int) -> None:
-        upstream = cycle.upstream
-        page = upstream.error_pages.get(status) if upstream is not None else None
+    def _upstream_error(self, cycle: RequestCycle, status: int, kind: int, reason: str) -> None:
+        """Answer `status` (502, 504) for a failed instance; count it and say so in tako-server's log, with
+        the request id the client sees (errors only: this is off the per-request path)."""
+        counters = cycle.counters
+        if counters is not None:
+            counters.upstream_error(kind)
+        log.warning(
+            "%d for %s %s: %s (app %s, instance %s, request id %s)",
+            status,
+            cycle.method.decode("latin-1"),
+            (cycle.host or "") + cycle.url.decode("latin-1")[:200],
+            reason,
+            counters.name if counters is not None else "-",
+            cycle.instance or "-",
+            (cycle.request_id or b"-").decode("ascii"),
+        )
         _finish_upstream(cycle)
-        close = _close_after_local(cycle)
-        if page is None:
-            self._respond(cycle, responses.error(status, close=close, head_only=cycle.is_head))
-        else:
-            self._respond(cycle, responses.page(status, page, close=close, head_only=cycle.is_head))
+        self._respond(
+            cycle, responses.error(status, close=_close_after_local(cycle), head_only=cycle.is_head)
+        )
 
     def _respond(self, cycle: RequestCycle, data: bytes) -> None:
         """Write a complete local response for the current cycle and move on."""
         cycle.response_started = True
+        cycle.status = int(data[9:12])  # every local response starts `HTTP/1.1 NNN `
+        request_id = cycle.request_id
+        if request_id is not None:
+            at = data.index(_CRLF) + 2
+            data = b"%sX-Request-Id: %s\r\n%s" % (data[:at], request_id, data[at:])
+        cycle.bytes_out += len(data)
         self.transport.write(data)
         self.response_complete(cycle)
 
@@ -882,6 +959,8 @@ class ClientConnection:
         cycle.uconn = None
         if self.pause_mask & PAUSE_UPSTREAM:
             self.resume(PAUSE_UPSTREAM)
+        if cycle.counters is not None:
+            self._count(cycle, cycle.status)
         upstream = cycle.upstream  # _finish_upstream, inline: this is every response's path
         if upstream is not None:
             cycle.upstream = None
@@ -905,6 +984,44 @@ class ClientConnection:
             # _idle, inline: wait for the next request.
             self.deadline = self.loop.time() + self.keepalive_timeout
             self.deadline_kind = _DEADLINE_KEEPALIVE
+
+    def _count(self, cycle: RequestCycle, status: int) -> None:
+        """The request is over (its response complete, its tunnel closed, or its client gone): count it in
+        its app's counters and queue its access log line (written in batches, see observe/access_log)."""
+        counters = cycle.counters
+        assert counters is not None
+        cycle.counters = None
+        now = self.loop.time()
+        counters.in_flight -= 1
+        sent_at = cycle.sent_at
+        bytes_in = cycle.header_bytes + cycle.body_received + cycle.tunnel_in
+        if status == 101:
+            counters.tunnel_closed(bytes_in, cycle.bytes_out)  # hours long: kept out of the latencies
+        else:
+            counters.finished(
+                status, now - cycle.started, now - sent_at if sent_at else 0.0, bytes_in, cycle.bytes_out
+            )
+        access = self.access
+        if access is not None:
+            access.add(
+                (
+                    counters.name,
+                    cycle.started,
+                    now,
+                    sent_at,
+                    status,
+                    cycle.host,
+                    cycle.method,
+                    cycle.url,
+                    bytes_in,
+                    cycle.bytes_out,
+                    cycle.instance,
+                    self.client_ip,
+                    cycle.request_id,
+                    self.tls,
+                    status == 101,
+                )
+            )
 
     def _next_in_pipeline(self) -> None:
         """Answer queued requests in order: a loop, not a recursion through response_complete (local answers
@@ -944,8 +1061,12 @@ class ClientConnection:
 
     def start_tunnel(self, cycle: RequestCycle, uconn: UpstreamSide, rest: bytes) -> None:
         """The instance switched protocols: copy bytes both ways until either side closes."""
+        cycle.status = 101  # only a started tunnel has it (see _count)
+        if cycle.counters is not None:
+            cycle.counters.websockets_open += 1  # until connection_lost counts the tunnel's end
         if rest:
             self.transport.write(rest)
+            cycle.bytes_out += len(rest)
         self.tunnel = uconn
         buffered = self.upgrade_buffer
         self.upgrade_buffer = None
@@ -1006,10 +1127,15 @@ class ClientConnection:
             _finish_upstream(cycle)
             self.pipeline.clear()
             if cycle.response_started:
-                self.transport.close()
+                self.transport.close()  # connection_lost counts it
                 return
             cycle.response_started = True
-            self.transport.write(responses.error(status, close=True, head_only=cycle.is_head))
+            data = responses.error(status, close=True, head_only=cycle.is_head)
+            cycle.status = status
+            cycle.bytes_out += len(data)
+            self.transport.write(data)
+            if cycle.counters is not None:
+                self._count(cycle, status)
             self.cycle = None
             self._close(linger=True)
             return

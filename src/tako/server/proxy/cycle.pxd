@@ -10,10 +10,12 @@ cdef class RequestCycle:
     cdef public bint body_done
     cdef public object body_received
     cdef public bint buffering
+    cdef public Py_ssize_t bytes_out
     cdef public bint chunked
     cdef public ClientConnection conn
     cdef public list conn_tokens
     cdef public object content_length
+    cdef public object counters
     cdef public int error_status
     cdef public bytes expect
     cdef public object gate
@@ -24,13 +26,19 @@ cdef class RequestCycle:
     cdef public str host
     cdef public bytes host_header
     cdef public bint http10
+    cdef public str instance
     cdef public bint is_head
     cdef public bint keep_alive
     cdef public bytes method
     cdef public list pieces
+    cdef public bytes request_id
     cdef public bint response_started
     cdef public bint retried
+    cdef public double sent_at
+    cdef public double started
+    cdef public int status
     cdef public bytes te
+    cdef public Py_ssize_t tunnel_in
     cdef public UpstreamConnection uconn
     cdef public bytes upgrade
     cdef public bytes upgrade_header

@@ -15,10 +15,13 @@ line in the .pxd too.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tako.server.proxy.backend import AppGate, Upstream
 from tako.server.proxy.body_buffer import BodyBuffer
+
+if TYPE_CHECKING:
+    from tako.server.observe.traffic import AppCounters
 
 # Reasons a client connection stops reading, as bits: reading resumes when none is left.
 PAUSE_PIPELINE = 1  # a later request waits for the current response
@@ -92,8 +95,9 @@ class ClientSide(Protocol):
     def response_complete(self, cycle: RequestCycle) -> None:
         """The response is fully written to the client."""
 
-    def upstream_failed(self, cycle: RequestCycle, *, retryable: bool) -> None:
-        """The upstream connection broke before the response was complete."""
+    def upstream_failed(self, cycle: RequestCycle, *, retryable: bool, bad_response: bool = False) -> None:
+        """The upstream connection broke before the response was complete (`bad_response`: the instance
+        sent something that is not HTTP)."""
 
     def start_tunnel(self, cycle: RequestCycle, uconn: UpstreamSide, rest: bytes) -> None:
         """The instance switched protocols: copy bytes both ways from now on."""
@@ -113,10 +117,12 @@ class RequestCycle:
         "body_done",
         "body_received",
         "buffering",
+        "bytes_out",
         "chunked",
         "conn",
         "conn_tokens",
         "content_length",
+        "counters",
         "error_status",
         "expect",
         "gate",
@@ -127,13 +133,19 @@ class RequestCycle:
         "host",
         "host_header",
         "http10",
+        "instance",
         "is_head",
         "keep_alive",
         "method",
         "pieces",
+        "request_id",
         "response_started",
         "retried",
+        "sent_at",
+        "started",
+        "status",
         "te",
+        "tunnel_in",
         "uconn",
         "upgrade",
         "upgrade_header",
@@ -175,3 +187,12 @@ class RequestCycle:
         self.response_started = False
         self.error_status = 0
         self.retried = False
+        # What the traffic counters and the access log read (tako.server.observe).
+        self.counters: AppCounters | None = None  # the app's, from routing until the request is counted
+        self.request_id: bytes | None = None  # X-Request-Id: the client's if sane, else made (request_id)
+        self.started = 0.0  # loop time the request began
+        self.sent_at = 0.0  # loop time the whole request was on its way to the instance, 0 = never
+        self.status = 0  # of the response the client got
+        self.bytes_out = 0  # response bytes written to the client (a tunnel's too)
+        self.tunnel_in = 0  # bytes the client sent through a tunnel
+        self.instance: str | None = None  # key of the instance it was sent to

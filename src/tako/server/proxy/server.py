@@ -18,6 +18,9 @@ from typing import Any, cast
 
 from tako.config.server import ProxySettings
 from tako.routing import normalise_host
+from tako.server.observe.access_log import AccessLog
+from tako.server.observe.request_id import RequestIds
+from tako.server.observe.traffic import TrafficCounters
 from tako.server.proxy import tls
 from tako.server.proxy.backend import ServerServices, Snapshot, Upstream
 from tako.server.proxy.body_buffer import BodyBuffer, default_directory
@@ -58,8 +61,13 @@ class ProxyServer:
         https_redirect_port: int | None = None,
         reuse_port: bool = False,
         body_dir: Path | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.settings = settings
+        # Per-app counters, request ids and access lines of the requests this process serves.
+        self.traffic = TrafficCounters()
+        self.request_ids = RequestIds()
+        self.access_log = access_log
         # Request bodies past request_buffer_memory go to anonymous temporary files here (<data dir>/tmp).
         self.body_dir = body_dir if body_dir is not None else default_directory()
         self.services = services

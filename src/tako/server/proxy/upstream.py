@@ -61,6 +61,7 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
     b"upgrade": _H_DROP,
     b"content-length": _H_LENGTH,
     b"transfer-encoding": _H_TE,
+    b"x-request-id": _H_DROP,  # the client gets the id the app was sent (added to every response head)
 }
 
 _response_kinds = HeaderKinds(_RESPONSE_SPECIAL)
@@ -240,6 +241,7 @@ class UpstreamConnection:
                 conn = cycle.conn
                 conn.transport.write(data)
                 conn.tunnel_active = True
+                cycle.bytes_out += len(data)
             return
         if cycle is None:
             # Bytes with no request outstanding: the connection is out of step; never reuse it.
@@ -260,8 +262,9 @@ class UpstreamConnection:
             return
         if out:
             # _flush, inline: this is every response's path.
-            conn = cycle.conn
-            conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            payload = out[0] if len(out) == 1 else b"".join(out)
+            cycle.bytes_out += len(payload)
+            cycle.conn.transport.write(payload)
             out.clear()
         if self._frame == FRAME_DONE:
             # The response completed inside feed_data; finish after its bytes were written.
@@ -283,7 +286,7 @@ class UpstreamConnection:
             if cycle.response_started:
                 cycle.conn.abort()
             else:
-                cycle.conn.upstream_failed(cycle, retryable=False)
+                cycle.conn.upstream_failed(cycle, retryable=False, bad_response=True)
             return
         _flush(cycle, out)
         out.clear()
@@ -394,6 +397,7 @@ class UpstreamConnection:
             self._informational(cycle, status, headers)
             return
         cycle.response_started = True
+        cycle.status = status
         if cycle.upgrade is not None:
             # The app declined the upgrade: the client parser is already past the request, so close after.
             cycle.keep_alive = False
@@ -403,6 +407,7 @@ class UpstreamConnection:
         # body measured 1 µs more per request than one `write` of both).
         out += (_STATUS_LINE_STARTS[status], self._reason, _CRLF)
         out += headers
+        out += (b"X-Request-Id: ", cycle.request_id or b"-", _CRLF)  # set by _build_head for every request
         if cycle.is_head or status == 204 or status == 304:
             frame = FRAME_NONE
             if self._length is not None and status != 204:
@@ -483,5 +488,6 @@ class UpstreamConnection:
 
 def _flush(cycle: RequestCycle, out: list[bytes]) -> None:
     """Write what one read of the response produced at once (one TLS record rather than one per piece)."""
-    conn = cycle.conn
-    conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
+    payload = out[0] if len(out) == 1 else b"".join(out)
+    cycle.bytes_out += len(payload)
+    cycle.conn.transport.write(payload)

@@ -27,6 +27,8 @@ from pathlib import Path
 from tako.errors import ProtocolError
 from tako.protocol.client_networks import parse_networks
 from tako.routing import RouteTable, parse_route
+from tako.server.observe.access_log import AccessLog, Batch
+from tako.server.observe.traffic import TrafficSnapshot
 from tako.server.proxy.backend import AppUnavailable, Snapshot, pick_next
 from tako.server.proxy.cold_start import ColdStartQueue
 from tako.server.proxy.maintenance import MaintenanceAnswer
@@ -36,6 +38,7 @@ from tako.server.tls.challenges import CHALLENGES_DIR, ChallengeStore, read_toke
 from tako.server.workers.messages import (
     CHANNEL_VERSION,
     MAX_TO_WORKER,
+    AccessLines,
     AcmeTokens,
     AppRouting,
     Configure,
@@ -48,6 +51,7 @@ from tako.server.workers.messages import (
     StatusDocument,
     Stop,
     ToWorker,
+    Traffic,
     Wake,
     WakeFailed,
     check_channel,
@@ -60,6 +64,7 @@ log = logging.getLogger("tako.server.worker")
 
 REPORT_INTERVAL = 0.05  # in-flight counts reach the main process at most this late
 HEARTBEAT = 1.0  # a report is sent at least this often, so the main process can tell a hung worker
+TRAFFIC_INTERVAL = 1.0  # per-app traffic counters reach the main process at most this late
 WAKE_RESEND = 1.0  # a waiting cold start asks the main process again this often
 ORPHAN_DRAIN = 1.0  # seconds in-flight requests get when the channel to the main process closes
 _PR_SET_PDEATHSIG = 1
@@ -186,6 +191,7 @@ class DataPlaneChild:
         self.proxy: ProxyServer | None = None
         self.stopping = asyncio.Event()
         self.stop_timeout = config.drain_timeout
+        self._traffic_sent = TrafficSnapshot()
 
     # -- ServerServices -------------------------------------------------------------------------------
     def status_document(self) -> tuple[int, bytes]:
@@ -307,9 +313,26 @@ class DataPlaneChild:
         self.stop(ORPHAN_DRAIN)
 
     async def report_loop(self) -> None:
+        next_traffic = 0.0
         while True:
             await asyncio.sleep(REPORT_INTERVAL)
             self.report()
+            now = time.monotonic()
+            if now >= next_traffic:
+                next_traffic = now + TRAFFIC_INTERVAL
+                self.report_traffic()
+
+    def report_traffic(self) -> None:
+        """Send this worker's per-app traffic counters when they changed since the last time."""
+        if self.proxy is None:
+            return
+        snapshot = self.proxy.traffic.snapshot()
+        if snapshot != self._traffic_sent:
+            self._traffic_sent = snapshot
+            self.send(Traffic(snapshot))
+
+    def send_access_lines(self, batch: Batch) -> None:
+        self.send(AccessLines({app: tuple(lines) for app, lines in batch.items()}))
 
 
 def _die_with_parent(parent: int) -> None:
@@ -346,6 +369,11 @@ async def serve(fd: int) -> None:
         https_redirect_port=config.https_port,
         reuse_port=True,
         body_dir=child.data_dir / "tmp",  # as in the main process
+        access_log=(
+            AccessLog(loop, child.send_access_lines, query=config.access_log.query)
+            if config.access_log.enabled
+            else None
+        ),
     )
     reading = asyncio.create_task(child.read_loop())
     await _first_of(child.primed, child.stopping)  # routes and status first, then listen
@@ -357,6 +385,9 @@ async def serve(fd: int) -> None:
     await child.stopping.wait()
     await proxy.shutdown(child.stop_timeout)
     child.report()  # the last counts (all zero once drained)
+    child.report_traffic()
+    if proxy.access_log is not None:
+        proxy.access_log.close()
     reporting.cancel()
     reading.cancel()
     with contextlib.suppress(Exception):

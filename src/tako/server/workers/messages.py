@@ -5,7 +5,9 @@ protocol's codec, over a socketpair. Nothing travels on it per request.
 Main process → worker: `Configure` (first and once), then `RoutingSnapshot`, `StatusDocument`,
 `AcmeTokens`, `WakeFailed` and `Stop` as things change. Worker → main process: `Ready` (listening),
 `Report` (in-flight counters and the snapshot applied, every 50 ms when something changed and at least
-every second) and `Wake` (a request waits for an on-demand app). `Configure` and `Ready` carry
+every second), `Wake` (a request waits for an on-demand app), `Traffic` (the worker's per-app traffic
+counters, cumulative, every second when they changed) and `AccessLines` (a batch of access log lines,
+at most every 100 ms). `Configure` and `Ready` carry
 `CHANNEL_VERSION`, raised whenever a message changes meaning, so processes of two Tako versions (a worker
 restarted after the files on disk were upgraded) refuse each other with a clear error instead of
 misreading a field.
@@ -16,11 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from tako.config.server import ProxySettings
+from tako.config.server import AccessLogSettings, ProxySettings
 from tako.errors import ProtocolError
 from tako.protocol.codec import decode_message, encode_message
+from tako.server.observe.traffic import TrafficSnapshot
 
-CHANNEL_VERSION = 2  # 2: AppRouting carries maintenance and error pages
+CHANNEL_VERSION = 3  # 2: AppRouting carries maintenance and error pages; 3: traffic and access lines
 TAG = "kind"
 MAX_TO_WORKER = 64 * 1024 * 1024  # a routing snapshot lists every app, route and instance
 MAX_FROM_WORKER = 16 * 1024 * 1024
@@ -42,6 +45,7 @@ class Configure:
     cold_start_queue: int
     cold_start_timeout: float
     drain_timeout: float
+    access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
 
 
 @dataclass(frozen=True)
@@ -152,13 +156,31 @@ class Wake:
     app: str
 
 
+@dataclass(frozen=True)
+class Traffic:
+    """The worker's per-app traffic counters since it started (cumulative: the last one counts)."""
+
+    kind: ClassVar[str] = "traffic"
+    snapshot: TrafficSnapshot
+
+
+@dataclass(frozen=True)
+class AccessLines:
+    """Access log lines for the main process to write: app -> JSON lines."""
+
+    kind: ClassVar[str] = "access"
+    lines: dict[str, tuple[str, ...]]
+
+
 ToWorker = Configure | RoutingSnapshot | StatusDocument | AcmeTokens | WakeFailed | Stop
-FromWorker = Ready | Report | Wake
+FromWorker = Ready | Report | Wake | Traffic | AccessLines
 
 TO_WORKER: dict[str, type[ToWorker]] = {
     cls.kind: cls for cls in (Configure, RoutingSnapshot, StatusDocument, AcmeTokens, WakeFailed, Stop)
 }
-FROM_WORKER: dict[str, type[FromWorker]] = {cls.kind: cls for cls in (Ready, Report, Wake)}
+FROM_WORKER: dict[str, type[FromWorker]] = {
+    cls.kind: cls for cls in (Ready, Report, Wake, Traffic, AccessLines)
+}
 
 
 def encode(message: ToWorker | FromWorker) -> bytes:

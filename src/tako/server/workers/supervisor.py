@@ -22,6 +22,8 @@ from tako.errors import ProtocolError, TakoError
 from tako.server.apps.app import ManagedApp
 from tako.server.apps.instance import Instance
 from tako.server.apps.registry import AppRegistry
+from tako.server.observe.access_log import AccessFiles
+from tako.server.observe.traffic import TrafficTotals
 from tako.server.proxy.backend import AppUnavailable, ServerServices, Snapshot
 from tako.server.tls.challenges import ChallengeStore
 from tako.server.workers import messages
@@ -81,8 +83,12 @@ class WorkerPool:
         *,
         http_port: int,
         https_port: int,
+        traffic: TrafficTotals,
+        access_files: AccessFiles | None,
     ) -> None:
         self.config = config
+        self.traffic = traffic  # workers' counters are folded in here (Traffic messages)
+        self.access_files = access_files  # workers' access lines are written here (None: access log off)
         self.registry = registry
         self.services = services
         self.challenges = challenges
@@ -292,6 +298,7 @@ class WorkerPool:
             https_port=self.https_port,
             data_dir=str(cfg.data_dir),
             proxy=cfg.proxy,
+            access_log=cfg.access_log,
             cold_start_queue=cfg.apps.cold_start_queue,
             cold_start_timeout=cfg.apps.cold_start_timeout,
             drain_timeout=cfg.apps.drain_timeout,
@@ -308,6 +315,8 @@ class WorkerPool:
             except Exception:
                 log.exception("data-plane worker %d failed", worker.slot)
             worker.ledger.release(self._instances)
+            if worker.pid is not None:
+                self.traffic.retire(worker.pid)  # its counts stay in the totals, its gauges drop
             if not worker.ready.is_set():
                 self._start_failed.set()
             if self.stopping:
@@ -370,6 +379,12 @@ class WorkerPool:
                 worker.ledger.apply(message, self._instances)
             case messages.Wake():
                 self._wake(message.app)
+            case messages.Traffic():
+                if worker.pid is not None:
+                    self.traffic.update(worker.pid, message.snapshot)
+            case messages.AccessLines():
+                if self.access_files is not None:
+                    self.access_files.write(message.lines)
             case messages.Ready():
                 messages.check_channel(message.channel, f"worker pid={worker.pid}")
                 worker.ready.set()

@@ -1,0 +1,130 @@
+"""Access logs and per-app traffic counters through a real tako-server and app: one JSON line per request
+in the app's shared/logs/access.log with what the proxy saw, rotated like app.log, off when
+`[access_log] enabled = false`; with `[server] workers = 2` the lines and counts of both processes add up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.support.raw_http import fetch
+from tests.support.server_process import TakoServer, wait_for
+
+pytestmark = pytest.mark.integration
+
+HOST = "web.tako.test"
+
+
+def access_path(server: TakoServer, suffix: str = "") -> Path:
+    return server.data_dir / "apps" / "web" / "shared" / "logs" / f"access.log{suffix}"
+
+
+def access_lines(server: TakoServer, suffix: str = "") -> list[dict[str, Any]]:
+    path = access_path(server, suffix)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def lines_when(server: TakoServer, done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+    """The access lines once `done` holds for them (they are written in batches, every 100 ms)."""
+    return wait_for(lambda: (lines := access_lines(server)) and done(lines) and lines, what="access lines")
+
+
+async def started(extra_config: str = "", **app_settings: Any) -> TakoServer:
+    srv = TakoServer(app_settings=app_settings or None)
+    srv.config.write_text(srv.config.read_text() + extra_config)
+    try:
+        await asyncio.to_thread(srv.start)
+        await asyncio.to_thread(srv.deploy, "web", "v1", instances=1)
+    except BaseException:
+        await asyncio.to_thread(srv.cleanup)
+        raise
+    return srv
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[TakoServer]:
+    srv = await started("\n[proxy]\nupstream_response_timeout = 1.0\n")
+    try:
+        yield srv
+    finally:
+        await asyncio.to_thread(srv.cleanup)
+
+
+async def test_a_line_per_request_with_what_the_proxy_saw(server: TakoServer) -> None:
+    assert server.https_port
+    ok = await fetch(server.https_port, HOST, "/header/X-Request-Id?token=secret")
+    late = await fetch(server.https_port, HOST, "/slow?s=5")
+    root = await fetch(server.https_port, HOST, "/")
+    assert (ok.status, late.status, root.status) == (200, 504, 200)
+    lines = lines_when(server, lambda found: len(found) >= 3)
+    third, first, second = sorted(lines, key=lambda line: line["path"])
+    assert first["app"] == "web" and first["host"] == HOST and first["method"] == "GET"
+    assert first["path"] == "/header/X-Request-Id" and "query" not in first  # queries are off by default
+    assert first["status"] == 200 and first["tls"] is True and first["client"] == "127.0.0.1"
+    assert first["request_id"] == ok.header("X-Request-Id")
+    assert first["bytes_out"] == ok.size and first["bytes_in"] > 0
+    assert 0 <= first["upstream_ms"] <= first["duration_ms"]
+    assert first["time"].endswith("+00:00")
+    assert second["path"] == "/slow" and second["status"] == 504
+    assert second["request_id"] == late.header("X-Request-Id")
+    assert second["duration_ms"] >= 1000.0  # the response timeout ran out
+    assert f"instance={third['instance']}\n" in root.body.decode()  # the instance that answered
+
+
+async def test_rotated_like_app_log() -> None:
+    server = await started(log_max_bytes=4000, log_backups=2)
+    try:
+        assert server.https_port
+        for _ in range(60):
+            assert (await fetch(server.https_port, HOST, "/")).status == 200
+        wait_for(lambda: access_path(server, ".2").exists(), what="a second rotated access log")
+        assert not access_path(server, ".3").exists()
+        for suffix in (".1", ".2"):
+            rotated = access_lines(server, suffix)
+            assert rotated and all(line["app"] == "web" for line in rotated)
+    finally:
+        await asyncio.to_thread(server.cleanup)
+
+
+async def test_off_switch() -> None:
+    server = await started("\n[access_log]\nenabled = false\n")
+    try:
+        assert server.https_port
+        assert (await fetch(server.https_port, HOST, "/")).status == 200
+        assert await asyncio.to_thread(server.stop) == 0  # a shutdown writes what is pending
+        assert not access_path(server).exists()
+    finally:
+        await asyncio.to_thread(server.cleanup)
+
+
+async def test_two_data_plane_processes_add_up() -> None:
+    n = 40
+    server = await started("\n[server]\nworkers = 2\n")  # /metrics on a port of its own, as every test server
+    try:
+        assert server.https_port
+        served_by = set()
+        for _ in range(n):
+            status = await fetch(server.https_port, HOST, "/_tako/status")
+            served_by.add(json.loads(status.body)["served_by"])
+            assert (await fetch(server.https_port, HOST, "/")).status == 200
+        assert len(served_by) == 2, "both processes should have taken connections"
+        lines = lines_when(server, lambda found: len(found) >= n)
+        assert len(lines) == n and len({line["request_id"] for line in lines}) == n
+        port = server.call("hello")["metrics_port"]
+        wait_for(lambda: _requests_2xx(port) == n, what=f"{n} requests in the counters of both processes")
+    finally:
+        await asyncio.to_thread(server.cleanup)
+
+
+def _requests_2xx(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    for line in text.splitlines():
+        if line.startswith('tako_http_requests_total{app="web",status_class="2xx"}'):
+            return float(line.split()[-1])
+    return 0.0
