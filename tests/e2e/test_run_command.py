@@ -140,24 +140,47 @@ def test_ctrl_c_without_a_terminal_reaches_the_command(deployed: Deployed) -> No
     assert (proc.returncode, out) == (5, "got-int\n")
 
 
+# Survives SIGINT (noting it in a file), leaves on SIGHUP; writes nothing after "ready". (A shell would not
+# do: it reports a child killed by SIGHUP on stderr, and that write to the closed session ends it first.)
+SURVIVES_SIGINT = """
+import os, signal, time
+data = os.environ["TAKO_DATA_DIR"]
+def note(name):
+    open(os.path.join(data, name), "w").close()
+def hung_up(*_):
+    note("hung-up")
+    os._exit(0)
+signal.signal(signal.SIGINT, lambda *_: note("got-int"))
+signal.signal(signal.SIGHUP, hung_up)
+print("ready", flush=True)
+while True:
+    time.sleep(0.1)
+"""
+
+
 def test_a_second_ctrl_c_disconnects_and_the_command_is_hung_up(deployed: Deployed) -> None:
-    """A command that ignores SIGINT: the second Ctrl-C leaves at once (130); the closed session makes
-    tako-server send the command SIGHUP."""
-    marker = f"/opt/tako/apps/{APP}/shared/data/hung-up"
-    script = 'trap "" INT; trap "touch \\"$TAKO_DATA_DIR/hung-up\\"; exit 0" HUP; echo ready; '
-    script += "while :; do sleep 0.1; done"
-    argv = [deployed.cli.executable, "run", "--", "sh", "-c", script]
+    """The second Ctrl-C leaves at once (130), quietly; the closed session makes tako-server send the
+    command SIGHUP."""
+    data = f"/opt/tako/apps/{APP}/shared/data"
+    argv = [deployed.cli.executable, "run", "--", "python3", "-c", SURVIVES_SIGINT]
     env = deployed.cli.env(user_ssh_env(deployed.host))
-    deployed.host.exec(f"rm -f {marker}")
-    proc = subprocess.Popen(argv, cwd=deployed.project, env=env, stdout=subprocess.PIPE, text=True)
+    deployed.host.exec(f"rm -f {data}/got-int {data}/hung-up")
+    proc = subprocess.Popen(
+        argv, cwd=deployed.project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
         proc.send_signal(signal.SIGINT)
+        # The second only once the first arrived: two signals sent at once may arrive as one.
+        arrived = f"test -e {data}/got-int"
+        wait_for(lambda: deployed.host.exec(arrived).returncode == 0, timeout=30, what="the first SIGINT")
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
+        _, err = proc.communicate(timeout=60)
     finally:
         stop_process(proc)
-    wait_for(lambda: deployed.host.exec(f"test -e {marker}").returncode == 0, timeout=30, what="SIGHUP")
+    assert (proc.returncode, err) == (130, "")
+    hung_up = f"test -e {data}/hung-up"
+    wait_for(lambda: deployed.host.exec(hung_up).returncode == 0, timeout=30, what="SIGHUP to the command")
 
 
 def test_mistakes_get_clear_errors(deployed: Deployed, tmp_path: Path) -> None:
