@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -91,6 +93,22 @@ def test_a_scrape_counts_the_apps_requests_and_what_happened_to_it(server: TakoS
     assert value(samples, "tako_instance_starts_total", app=APP) == 1
     assert value(samples, "tako_instances", app=APP, state="healthy") == 1
     assert value(samples, "tako_data_plane_processes") == 1
+
+
+def test_a_crashed_instance_replaced_counts_as_a_restart(server: TakoServer) -> None:
+    server.deploy(APP, "v1")
+    (instance,) = server.call("status", app=APP)["instances"]
+    os.kill(instance["pid"], signal.SIGKILL)  # a crash: tako-server replaces the instance
+
+    def replaced() -> bool:
+        samples = scrape(server)
+        return (
+            value(samples, "tako_instance_restarts_total", app=APP) == 1
+            and value(samples, "tako_instances", app=APP, state="healthy") == 1
+        )
+
+    wait_for(replaced, timeout=30, what="the crashed instance replaced, as /metrics counts it")
+    assert value(scrape(server), "tako_instance_starts_total", app=APP) == 2
 
 
 def _record(release: Path, deployed_at: str) -> None:
