@@ -66,6 +66,10 @@ def srv() -> Iterator[TakoServer]:
         server.cleanup()
 
 
+def instance_pids(srv: TakoServer) -> list[int]:
+    return sorted(int(i["pid"]) for i in srv.call("status", app="web")["instances"])
+
+
 def hand_over(srv: TakoServer) -> int:
     """A successful hand-over; returns the successor's pid (stopped by the fixture)."""
     done = request_handover(srv)
@@ -81,6 +85,9 @@ async def test_handover_under_load_fails_no_request_and_keeps_the_websocket_open
     await asyncio.to_thread(srv.deploy, "web", "v1", instances=1)
     assert srv.proc is not None and srv.https_port is not None
     old = srv.proc.pid
+    pids = instance_pids(srv)
+    pid_file = srv.socket.parent / "tako-server.pid"  # as tako-server-service keeps it, beside the socket
+    pid_file.write_text(f"{old}\n")
     stop = asyncio.Event()
     result = LoadResult()
     async with connect(
@@ -97,6 +104,7 @@ async def test_handover_under_load_fails_no_request_and_keeps_the_websocket_open
         await asyncio.to_thread(wait_for, lambda: len(result.responses) > 50, 30, what="load running")
         new = await asyncio.to_thread(hand_over, srv)
         assert new != old
+        assert pid_file.read_text().strip() == str(new)
         served_before = len(result.responses)
         await asyncio.to_thread(wait_for, lambda: len(result.responses) > served_before + 50, 30)
         # The old process still drains (the WebSocket is in flight on it) while the new one serves.
@@ -111,6 +119,9 @@ async def test_handover_under_load_fails_no_request_and_keeps_the_websocket_open
     assert srv.proc.returncode == 0
     assert (await https_get(srv.https_port, HOST)).status == 200
     assert srv.call("hello")["https_port"] == srv.https_port
+    # The successor adopted the very instances: same processes, still running after the old one exited.
+    assert instance_pids(srv) == pids
+    assert all(psutil.pid_exists(pid) for pid in pids)
     # Exactly the two processes shared the lock: a third server on this data dir is still refused.
     third = srv.command(socket=srv.base / "third.sock")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -121,6 +132,7 @@ async def test_handover_under_load_fails_no_request_and_keeps_the_websocket_open
 async def test_a_successor_that_cannot_start_leaves_the_running_server_serving(srv: TakoServer) -> None:
     await asyncio.to_thread(srv.deploy, "web", "v1", instances=1)
     assert srv.proc is not None and srv.https_port is not None
+    pids = instance_pids(srv)
     good = srv.config.read_text()
     srv.config.write_text(good + "\n[server\n")  # a broken edit of server-config.toml
     failed = await asyncio.to_thread(request_handover, srv)
@@ -130,11 +142,13 @@ async def test_a_successor_that_cannot_start_leaves_the_running_server_serving(s
     # Unchanged: same process, listeners and control socket.
     assert srv.proc.poll() is None
     assert srv.call("hello")["pid"] == srv.proc.pid
+    assert instance_pids(srv) == pids
     assert (await https_get(srv.https_port, HOST)).status == 200
     # Fixed, the next hand-over goes through.
     srv.config.write_text(good)
     await asyncio.to_thread(hand_over, srv)
     assert (await https_get(srv.https_port, HOST)).status == 200
+    assert instance_pids(srv) == pids
 
 
 async def test_a_state_database_newer_than_the_successor_is_refused_before_it_takes_over(

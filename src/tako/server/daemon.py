@@ -31,7 +31,6 @@ from tako.config.server import ServerConfig
 from tako.errors import TakoError
 from tako.server import handover, status
 from tako.server.apps import isolation, oneoff_protocol, scaling
-from tako.server.apps.app import AppState
 from tako.server.apps.oneoff import OneOffServer
 from tako.server.apps.registry import AppRegistry
 from tako.server.control import ControlServer
@@ -73,13 +72,12 @@ class Daemon:
         self.https_port: int | None = None
         self.challenges = ChallengeStore(config.data_dir / CHALLENGES_DIR)
         self.acme = AcmeManager(config.acme, config.data_dir, self.challenges)
-        self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.leave_instances = False  # on exit: leave the instances running for the next tako-server
         self.isolation = isolation.OFF
         self.inherited: handover.Inherited | None = None  # set in a successor during its hand-over
         self.handover_server: handover.HandoverServer | None = None
-        self.handing_over = False
+        self._idle: asyncio.Task[None] | None = None  # the idle loop (stops idle on-demand instances)
 
     # -- ServerServices -------------------------------------------------------------------------------
     def status_document(self) -> tuple[int, bytes]:
@@ -119,18 +117,16 @@ class Daemon:
             isolated=self.isolation,
         )
         await self.registry.restore(handed_over=self.inherited is not None)
+        if self.inherited is not None:
+            await self._take_over(self.inherited)
         await self._start_proxy()
         # Listeners first: one app with a slow boot must not keep every other app unreachable.
         self.registry.start_restored()
         await self._start_workers()
         await self.acme.start()  # after the HTTP listener: HTTP-01 validations must find it
-        await self._start_metrics()
-        if self.inherited is not None:
-            await self._take_over(self.inherited)
         await self._open_sockets(Path(settings.socket))
         if self.inherited is not None:
             handover.announce_serving(self.inherited)
-        self._tasks.append(asyncio.create_task(scaling.idle_loop(lambda: self.registry or ())))
         log.info(
             "tako-server ready data_dir=%s socket=%s http_port=%s https_port=%s apps=%d data_plane=%s "
             "isolation=%s",
@@ -144,7 +140,11 @@ class Daemon:
         )
 
     async def _open_sockets(self, socket: Path) -> None:
+        """Metrics listener, idle loop, control, one-off and hand-over sockets: what a hand-over stops in
+        the old process before the new one starts them."""
         assert self.registry is not None
+        await self._start_metrics()
+        self._idle = asyncio.create_task(scaling.idle_loop(lambda: self.registry or ()))
         self.control = ControlServer(self.registry, self._info, self.acme.status, self._figures)
         await self.control.start(socket)
         self.oneoff = OneOffServer(self.registry)
@@ -153,15 +153,12 @@ class Daemon:
         await self.handover_server.start(handover.socket_path(socket))
 
     async def _take_over(self, inherited: handover.Inherited) -> None:
-        """A successor: ready once the always-on instances it restored are up (bounded, so the old process
-        serves meanwhile), then it waits for the old one to stop accepting and free the control socket."""
-        registry = self.registry
-        assert registry is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + handover.READY_TIMEOUT / 2
-        while loop.time() < deadline and any(a.state is AppState.STARTING for a in registry.apps.values()):
-            await asyncio.sleep(0.05)
+        """A successor, its routes restored: tell the old process we are ready, wait until it stopped
+        accepting and watching its instances, then adopt them (they keep running throughout)."""
+        assert self.registry is not None
         await handover.announce_ready(inherited)
+        adopted = await self.registry.adopt_running()
+        log.info("hand-over: adopted %d instance(s)", adopted)
 
     async def _hand_over(self) -> dict[str, Any]:
         """`tako-server handover`: start a successor and hand it the lock and listeners; drain and exit
@@ -169,14 +166,20 @@ class Daemon:
         assert self.lock is not None and self.proxy is not None
         http, https = self.proxy.listening_sockets()
         pid_file = Path(self.config.server.socket).parent / handover.PID_FILE
-        handing = handover.Handing(self.lock.fd, http, https, self._stop_listening, self._retire, pid_file)
+        handing = handover.Handing(
+            self.lock.fd, http, https, self._let_go, self._resume, self._retire, pid_file
+        )
         return await handover.hand_over(handing, handover.successor_argv())
 
-    async def _stop_listening(self) -> None:
+    async def _let_go(self) -> None:
+        """The successor is ready: accept no more (the sockets stay open until it serves), free the
+        control, one-off, hand-over and metrics sockets, stop reaping idle instances (it adopts them)."""
         assert self.proxy is not None
-        self.proxy.stop_accepting()
-        if self.workers is not None:
-            self.workers.stop_accepting()
+        self.proxy.pause_accepting()
+        if self._idle is not None:
+            self._idle.cancel()
+        if self.metrics is not None:
+            await self.metrics.close()
         if self.handover_server is not None:
             self.handover_server.close()
         if self.control is not None:
@@ -184,9 +187,20 @@ class Daemon:
         if self.oneoff is not None:
             await self.oneoff.close()
 
+    async def _resume(self) -> None:
+        """The successor failed after `_let_go`: serve again as before."""
+        assert self.proxy is not None
+        self.proxy.resume_accepting()
+        await self._open_sockets(Path(self.config.server.socket))
+
     def _retire(self) -> None:
-        self.handing_over = True
-        self.request_stop()
+        """The successor serves: close our copies of the listeners, drain, and leave the instances running
+        on exit (the successor has adopted them)."""
+        assert self.proxy is not None
+        self.proxy.stop_accepting()
+        if self.workers is not None:
+            self.workers.stop_accepting()
+        self.request_leave()
 
     async def _start_metrics(self) -> None:
         registry = self.registry
@@ -312,8 +326,8 @@ class Daemon:
             self.proxy.access_log.close()  # the last lines, then the files
         if self.access_files is not None:
             self.access_files.close()
-        for task in self._tasks:
-            task.cancel()
+        if self._idle is not None:
+            self._idle.cancel()
         if self.registry is not None and self.leave_instances:
             self.registry.detach()
         elif self.registry is not None:

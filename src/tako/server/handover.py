@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -41,8 +42,12 @@ log = logging.getLogger("tako.server.handover")
 ENV_FD = "TAKO_HANDOVER_FD"  # set only in the new process: the fd of its end of the channel
 READY_TIMEOUT = 120.0  # the new process restores routes, starts workers and always-on instances in this
 GO_TIMEOUT = 10.0  # the old process answers `ready` at once; this bounds a hung one
+SERVING_TIMEOUT = 120.0  # after `go`: adopting the instances (a health check each), listeners, workers
 STOP_TIMEOUT = 30.0  # a new process that failed is given this long to stop its instances after SIGTERM
 MAX_LINE = 64 * 1024
+
+
+PID_FILE = "tako-server.pid"  # beside the control socket, written by tako-server-service
 
 
 def socket_path(control_socket: Path) -> Path:
@@ -136,8 +141,10 @@ class Handing:
     lock_fd: int
     http: socket.socket
     https: socket.socket
-    stop_listening: Callable[[], Awaitable[None]]  # listeners, control and one-off sockets
-    retire: Callable[[], None]  # drain in-flight requests, then exit
+    let_go: Callable[[], Awaitable[None]]  # stop accepting, free the control sockets, stop watching
+    resume: Callable[[], Awaitable[None]]  # the successor failed after let_go: serve again
+    retire: Callable[[], None]  # drain in-flight requests, then exit leaving the instances running
+    pid_file: Path  # the service script's copy of the pid: made to name the successor if it names us
 
 
 class HandoverFailed(TakoError):
@@ -157,27 +164,30 @@ async def hand_over(handing: Handing, argv: list[str]) -> dict[str, Any]:
     finally:
         theirs.close()
     log.info("hand-over: started tako-server pid=%d", proc.pid)
+    ports = {"http_port": handing.http.getsockname()[1], "https_port": handing.https.getsockname()[1]}
+    header = json.dumps({"kind": "listeners", **ports}).encode()
+    socket.send_fds(ours, [header + b"\n"], [handing.lock_fd, handing.http.fileno(), handing.https.fileno()])
+    reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_LINE)
     try:
-        header = json.dumps(
-            {
-                "kind": "listeners",
-                "http_port": handing.http.getsockname()[1],
-                "https_port": handing.https.getsockname()[1],
-            }
-        ).encode()
-        fds = [handing.lock_fd, handing.http.fileno(), handing.https.fileno()]
-        socket.send_fds(ours, [header + b"\n"], fds)
-        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_LINE)
-        ready = await _expect(reader, "ready", READY_TIMEOUT, proc)
-        await handing.stop_listening()
+        try:
+            await _expect(reader, "ready", READY_TIMEOUT, proc)
+        except HandoverFailed:
+            await _stop_failed(proc, signal.SIGTERM)  # it adopted nothing: it stops what it started
+            raise
+        await handing.let_go()
         writer.write(json.dumps({"kind": "go"}).encode() + b"\n")
-        serving = await _expect(reader, "serving", GO_TIMEOUT, proc)
-    except HandoverFailed:
-        await _stop_failed(proc)
-        raise
-    writer.close()
-    log.info("hand-over: tako-server pid=%d (%s) serves; draining", ready["pid"], serving.get("version"))
+        try:
+            serving = await _expect(reader, "serving", SERVING_TIMEOUT, proc)
+        except HandoverFailed:
+            # It may have adopted the instances: SIGQUIT makes it exit leaving them running, for us.
+            await _stop_failed(proc, signal.SIGQUIT)
+            await handing.resume()
+            raise
+    finally:
+        writer.close()
+    log.info("hand-over: tako-server pid=%d (%s) serves; draining", proc.pid, serving.get("version"))
     _notify_service_manager(proc.pid)
+    _update_pid_file(handing.pid_file, proc.pid)
     handing.retire()
     return {"pid": proc.pid, "version": serving.get("version", "")}
 
@@ -218,11 +228,12 @@ async def _wait_exit(proc: asyncio.subprocess.Process) -> None:
             await proc.wait()
 
 
-async def _stop_failed(proc: asyncio.subprocess.Process) -> None:
-    """A new process that did not take over stops what it started (SIGTERM), or is killed."""
+async def _stop_failed(proc: asyncio.subprocess.Process, how: signal.Signals) -> None:
+    """A new process that did not take over stops (SIGTERM: stopping what it started; SIGQUIT: leaving
+    the instances running), or is killed after STOP_TIMEOUT."""
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
+            proc.send_signal(how)
         await _wait_exit(proc)
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
@@ -238,6 +249,18 @@ def _notify_service_manager(pid: int) -> None:
     address = "\0" + path[1:] if path.startswith("@") else path
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.sendto(f"MAINPID={pid}".encode(), address)
+
+
+def _update_pid_file(path: Path, pid: int) -> None:
+    """The pid file the service script keeps for people names the successor once it serves (only when it
+    named this process: nothing else's file is touched)."""
+    with contextlib.suppress(OSError, ValueError):
+        if int(path.read_text().strip()) != os.getpid():
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(f"{pid}\n")
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
 
 
 def successor_argv() -> list[str]:
@@ -297,7 +320,9 @@ class HandoverServer:
             writer.close()
 
 
-def request(path: Path, timeout: float = READY_TIMEOUT + GO_TIMEOUT + 30) -> dict[str, Any]:
+def request(
+    path: Path, timeout: float = READY_TIMEOUT + SERVING_TIMEOUT + STOP_TIMEOUT + 30
+) -> dict[str, Any]:
     """Ask the tako-server listening on `path` to hand over to a new process; its reply."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)

@@ -81,6 +81,7 @@ class ProxyServer:
         self._reuse_port = reuse_port  # several worker processes sharing the listening ports
         self.https_suffix = b"" if https_redirect_port in (None, 443) else b":%d" % https_redirect_port
         self._listeners: list[_Listener] = []
+        self._paused = False  # pause_accepting: a hand-over in progress
         self._tasks: set[asyncio.Task[Any]] = set()
         self._host_cache: dict[bytes, str | None] = {}
         self._sweeper: asyncio.TimerHandle | None = None
@@ -127,6 +128,18 @@ class ProxyServer:
         """The HTTP and HTTPS listening sockets (in the order started), to hand over."""
         http, https = (listener.sock for listener in self._listeners)
         return http, https
+
+    def pause_accepting(self) -> None:
+        """A hand-over: accept nothing more for now; new connections wait in the backlog, for the new
+        tako-server (or for `resume_accepting` if it fails)."""
+        self._paused = True
+        for listener in self._listeners:
+            self.loop.remove_reader(listener.sock.fileno())
+
+    def resume_accepting(self) -> None:
+        self._paused = False
+        for listener in self._listeners:
+            self.loop.add_reader(listener.sock.fileno(), self._accept, listener)
 
     def stop_accepting(self) -> None:
         """Accept no more connections; those accepted go on. Closing our descriptor leaves a socket
@@ -290,7 +303,7 @@ class ProxyServer:
                 self.spawn(self._connect_accepted(conn, listener.forward))
 
     def _resume_accept(self, listener: _Listener) -> None:
-        if listener in self._listeners:
+        if listener in self._listeners and not self._paused:
             self.loop.add_reader(listener.sock.fileno(), self._accept, listener)
 
     def _https_protocol(self) -> asyncio.Protocol:
