@@ -34,7 +34,13 @@ REQUESTS = 25
 def exposed(host: Host) -> Iterator[Host]:
     """The host's tako-server with its metrics listener on the host's own address (restored after)."""
     saved = host.exec(f"cat {SERVER_CONFIG}").stdout
-    config = saved + f'\n[metrics]\nlisten = "{host.address}:{METRICS_PORT}"\n'
+    listen = f'listen = "{host.address}:{METRICS_PORT}"\n'
+    # The installer's config has a [metrics] table (its keys commented out): the setting goes into it.
+    config = (
+        saved.replace("[metrics]\n", "[metrics]\n" + listen)
+        if "[metrics]\n" in saved
+        else saved + "\n[metrics]\n" + listen
+    )
     host.exec(f"cat > {SERVER_CONFIG} && chown tako:tako {SERVER_CONFIG}", input=config, check=True)
     try:
         restart_server(host)
