@@ -25,6 +25,7 @@ pytestmark = pytest.mark.e2e
 NAMES = ("rl-a", "rl-b")
 APP = "rel"
 ROUTE = "rel.tako.test"
+EXTRA_ROUTE = "rel2.tako.test"  # a route only a later release has
 APP_DIR = f"/opt/tako/apps/{APP}"
 DATA_DIR = f"{APP_DIR}/shared/data"
 
@@ -219,3 +220,45 @@ def test_deploy_after_rollback_works_keeps_the_data_dir_and_prunes_to_keep_relea
     kept = {name: [r["version"] for r in server["releases"]] for name, server in doc.items()}
     # keep_releases = 2: the live one and the newest other; the second host had lost `second` already.
     assert kept == {NAMES[0]: [third, fleet.second], NAMES[1]: [third, fleet.first]}, kept
+
+
+def test_rollback_restores_the_routes_and_instances_the_release_was_deployed_with(fleet: Fleet) -> None:
+    # The next release adds a route and an instance; rolling back to the one before takes both away again:
+    # tako.toml is part of the release, so a rollback gives what deploying that commit gave.
+    (live,) = {s["live"] for s in fleet.releases().values()}
+    toml = fleet.project / "tako.toml"
+    text = toml.read_text()
+    toml.write_text(
+        text.replace(f'route = "{ROUTE}"', f'routes = ["{ROUTE}", "{EXTRA_ROUTE}"]').replace(
+            "instances = 1", "instances = 2"
+        )
+    )
+    fourth = commit_all(fleet.project, "Fourth release: a second route, two instances")
+    try:
+        assert "2/2 server(s) succeeded" in fleet.tako("deploy", "--yes")
+        for host in fleet.hosts:
+            assert greeting(host)[0].startswith(f"second! build {fourth}")
+            assert body_and_status(curl(host.address, EXTRA_ROUTE))[1] == 200
+        assert app_settings(fleet) == {name: ([ROUTE, EXTRA_ROUTE], 2) for name in NAMES}
+
+        out = fleet.tako("rollback", "--yes")
+        for host in fleet.hosts:
+            assert greeting(host)[0].startswith(f"second! build {live}"), out
+            # No certificate is served for a host no app routes: asked over HTTP, the proxy says so.
+            body, status = body_and_status(curl(host.address, EXTRA_ROUTE, https=False))
+            assert (status, body.strip()) == (404, "Not Found: no app is deployed at this address"), out
+        assert app_settings(fleet) == {name: ([ROUTE], 1) for name in NAMES}, out
+    finally:
+        toml.write_text(text)
+        commit_all(fleet.project, "back to one route")
+
+
+def app_settings(fleet: Fleet) -> dict[str, tuple[list[str], int]]:
+    """Per server: the routes and the instance count tako-server runs the app with."""
+    servers = json.loads(fleet.tako("status", "--json"))
+    found = {}
+    for server in servers:
+        for app in server["apps"]:
+            if app["app"] == APP:
+                found[server["server"]] = (sorted(app["routes"]), app["min_instances"])
+    return found
