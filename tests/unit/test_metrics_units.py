@@ -1,0 +1,68 @@
+"""`[metrics] listen` as read from server-config.toml, and the last minute's figures of `tako status`."""
+
+from __future__ import annotations
+
+import pytest
+
+from tako.config.server import parse_server_config
+from tako.errors import ConfigError
+from tako.server.observe.live_figures import WINDOW, LiveFigures, quantile
+from tako.server.observe.traffic import LATENCY_BUCKETS, TrafficCounters
+
+
+@pytest.mark.parametrize(
+    ("listen", "address"),
+    [
+        ("127.0.0.1:9898", ("127.0.0.1", 9898)),
+        ("10.0.0.5:9100", ("10.0.0.5", 9100)),
+        ("[fd00::5]:9898", ("fd00::5", 9898)),
+        ("", None),
+    ],
+)
+def test_listen_names_an_address_or_turns_the_listener_off(listen: str, address: object) -> None:
+    assert parse_server_config({"metrics": {"listen": listen}}, "f.toml").metrics.address == address
+
+
+@pytest.mark.parametrize("listen", ["9898", "localhost", ":9898", "host:port", "127.0.0.1:70000"])
+def test_a_listen_that_is_not_host_port_is_refused_with_an_example(listen: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_server_config({"metrics": {"listen": listen}}, "f.toml")
+    assert "metrics.listen: expected HOST:PORT" in str(refused.value)
+    assert refused.value.hint and "127.0.0.1:9898" in refused.value.hint
+
+
+def test_p95_is_interpolated_inside_its_bucket() -> None:
+    buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+    first = LATENCY_BUCKETS.index(0.05)
+    buckets[first] = 100  # every request between 25 and 50 ms
+    assert quantile(0.95, buckets) == pytest.approx(0.025 + 0.025 * 0.95)
+    buckets[-1] = 1000  # most of them slower than the last bound: the last bound is the answer
+    assert quantile(0.95, buckets) == LATENCY_BUCKETS[-1]
+
+
+def test_the_figures_cover_the_last_minute_only() -> None:
+    now = [0.0]
+    counters = TrafficCounters()
+    web = counters.for_app("web")
+    figures = LiveFigures(counters.snapshot, clock=lambda: now[0])
+    for _ in range(50):  # an old burst, before the window
+        web.finished(500, 0.01, 0.01, 10, 10)
+    for _ in range(13):  # a sample every 5 s for a minute, with 6 requests in each 5 s, one of them a 5xx
+        now[0] += 5
+        figures.sample()
+        for status in (200, 200, 200, 200, 200, 503):
+            web.finished(status, 0.2, 0.1, 10, 10)
+    now[0] += 1
+    last = figures.for_app("web")
+    assert last["window_seconds"] == WINDOW + 1
+    assert last["requests"] == 6 * 13  # since the newest sample at least a minute old: not the burst
+    assert last["error_rate"] == pytest.approx(1 / 6)
+    assert last["requests_per_second"] == pytest.approx(78 / 61)
+    assert last["p95_seconds"] == pytest.approx(0.1 + 0.15 * 0.95)  # all 0.2 s: inside (0.1, 0.25]
+    assert figures.for_app("other") == {
+        "window_seconds": WINDOW + 1,
+        "requests": 0,
+        "requests_per_second": 0.0,
+        "error_rate": None,
+        "p95_seconds": None,
+    }
