@@ -11,6 +11,7 @@ from tako.server.proxy.backend import AppGate, Snapshot, Upstream
 class StaticUpstream:
     key = "bench"
     host = "127.0.0.1"
+    error_pages: dict[int, bytes] = {}
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -25,6 +26,8 @@ class StaticUpstream:
 class StaticGate:
     name = "bench"
     request_buffering = True
+    maintenance = None  # never in maintenance
+    error_pages: dict[int, bytes] = {}
 
     def __init__(self, upstream: StaticUpstream) -> None:
         self.upstream = upstream

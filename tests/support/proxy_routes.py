@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from tako.routing import RouteTable, parse_route
 from tako.server.proxy.backend import AppGate, AppUnavailable, Snapshot, Upstream
+from tako.server.proxy.maintenance import MaintenanceAnswer
 
 
 class StaticUpstream:
@@ -22,6 +23,7 @@ class StaticUpstream:
         self.in_flight = 0
         self.started = 0
         self.finished = 0
+        self.error_pages: dict[int, bytes] = {}
 
     @property
     def key(self) -> str:
@@ -57,6 +59,8 @@ class StaticGate:
     ) -> None:
         self._name = name
         self.request_buffering = request_buffering
+        self.maintenance: MaintenanceAnswer | None = None
+        self.error_pages: dict[int, bytes] = {}
         self.upstreams = upstreams
         self.waiter = waiter
         self._next = 0
