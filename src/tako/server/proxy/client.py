@@ -704,6 +704,10 @@ class ClientConnection:
             self.last_counters = self.traffic.for_app(gate.name)
         counters = cycle.counters = self.last_counters
         counters.in_flight += 1  # type: ignore[union-attr]  # set just above
+        maintenance = gate.maintenance
+        if maintenance is not None and not maintenance.admits(self.client_ip):
+            self._respond(cycle, maintenance.answer(close=_close_after_local(cycle), head_only=cycle.is_head))
+            return
         if (
             (cycle.content_length or cycle.chunked)
             and self.buffer_bodies
@@ -843,6 +847,7 @@ class ClientConnection:
                     exc.retry_after,
                     close=_close_after_local(cycle),
                     head_only=cycle.is_head,
+                    page=gate.error_pages.get(exc.status),
                 )
                 self._respond(cycle, data)
             return
@@ -937,10 +942,14 @@ class ClientConnection:
             cycle.instance or "-",
             (cycle.request_id or b"-").decode("ascii"),
         )
+        upstream = cycle.upstream
+        page = upstream.error_pages.get(status) if upstream is not None else None
         _finish_upstream(cycle)
-        self._respond(
-            cycle, responses.error(status, close=_close_after_local(cycle), head_only=cycle.is_head)
-        )
+        close = _close_after_local(cycle)
+        if page is None:
+            self._respond(cycle, responses.error(status, close=close, head_only=cycle.is_head))
+        else:
+            self._respond(cycle, responses.page(status, page, close=close, head_only=cycle.is_head))
 
     def _respond(self, cycle: RequestCycle, data: bytes) -> None:
         """Write a complete local response for the current cycle and move on."""
