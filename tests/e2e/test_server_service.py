@@ -1,6 +1,6 @@
-"""tako-server-service on a testbed host (no systemd) tells the truth after a SIGKILL of tako-server, for
-root and for the tako user: `status` is right, `start` brings one server back, `restart` never leaves a
-second one running, and the app serves afterwards."""
+"""tako-server-service on a testbed host (no systemd) after a SIGKILL of tako-server, for root and for the
+tako user: its supervisor starts exactly one server again (which adopts the app's instance), `status` and
+`start` tell the truth, `restart` never leaves a second one running, and the app serves afterwards."""
 
 from __future__ import annotations
 
@@ -78,10 +78,17 @@ def serves(host: Host) -> bool:
     return status == 200 and body.startswith("version=v1")
 
 
-def kill_9(host: Host) -> None:
+def kill_9(host: Host) -> int:
+    """SIGKILL the server; returns the pid of the one the supervisor starts in its place."""
     pid = the_server(host)
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: servers_on(host) == [], timeout=30, what="the killed tako-server gone")
+    wait_for(lambda: servers_on(host) not in ([], [pid]), timeout=30, what="a tako-server in its place")
+    return the_server(host)
+
+
+def instance_pids(host: Host) -> list[int]:
+    reply = control(host, "status", app=APP)
+    return [i["pid"] for i in reply["data"]["instances"]]  # type: ignore[index]
 
 
 @pytest.fixture(scope="module")
@@ -102,16 +109,22 @@ def host(testbed: Testbed) -> Iterator[Host]:
 
 
 @pytest.mark.parametrize("user", ["tako", "root"])
-def test_after_a_kill_9_status_and_start_tell_the_truth(host: Host, user: str) -> None:
-    # The server the installer (root) started, or the previous case's.
-    kill_9(host)
-    assert service(host, "status", user) == (3, "inactive")
+def test_after_a_kill_9_the_supervisor_starts_one_server_that_adopts_the_app(host: Host, user: str) -> None:
+    # The server the installer (root) started, or the one `start` (as tako) started in the previous case.
+    wait_for(lambda: serves(host), timeout=60, what="the app serving")
+    before = instance_pids(host)
+    pid = kill_9(host)
+    wait_for(lambda: serves(host), timeout=60, what="the app serving after the kill")
+    assert instance_pids(host) == before  # adopted, not restarted
+    assert host.exec(f"cat {LOCK}", check=True).stdout.strip() == str(pid)
 
+    # Stopped, and started again by `user`: one server, running under a supervisor too.
+    assert service(host, "stop", user) == (0, "tako-server stopped")
+    assert service(host, "status", user) == (3, "inactive")
     code, out = service(host, "start", user)
     assert code == 0, out
     pid = the_server(host)
     assert f"tako-server started (pid {pid})" in out
-    assert host.exec(f"cat {LOCK}", check=True).stdout.strip() == str(pid)
     wait_for(lambda: serves(host), timeout=60, what="the app serving after start")
 
     for who in ("tako", "root"):

@@ -7,7 +7,8 @@ reaching app.log (prefixed and rotated as ever) while the next tako-server adopt
 exits when every writer of the pipe is gone: when the instance's whole process group has exited.
 
 Run as `python -m tako.server.apps.relay LOG_DIR INSTANCE_ID MAX_BYTES BACKUPS`; it imports only the
-standard library and logs.py (measured: ~9 MB RSS, ~3 MB PSS per relay, docs/server.md).
+standard library and logs.py. Cost, measured: RSS 11 MB, PSS 5.4 MB, of which 5.3 MB private (USS), per
+relay; most of it is the interpreter itself (-S or frozen modules save under 0.1 MB).
 """
 
 from __future__ import annotations

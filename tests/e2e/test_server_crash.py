@@ -1,0 +1,148 @@
+"""A SIGKILL of tako-server on a testbed host (no systemd: tako-server-service's supervisor) under a request
+loop: the supervisor starts tako-server again, which adopts the running instance (same pid); serving
+resumes; only requests the killed process held, or that arrived while no tako-server ran, fail; and the
+app's output reaches app.log during the outage and after it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from tests.e2e.test_server_service import control, servers_on, the_server
+from tests.support.projects import wait_for
+from tests.support.testbed import Host, Testbed
+from tests.support.threads import looping
+
+pytestmark = pytest.mark.e2e
+
+APP = "crashy"
+ROUTE = "crashy.tako.test"
+APP_DIR = f"/opt/tako/apps/{APP}"
+RELEASE = f"{APP_DIR}/releases/v1"
+TESTAPP = Path(__file__).resolve().parents[1] / "support" / "apps" / "testapp.py"
+# The app prints a timestamped line every 50 ms by itself, so its output has a witness for every moment.
+START = "sh -c 'while :; do echo tick $(date +%s%N); sleep 0.05; done & exec python3 testapp.py'"
+MAX_REQUESTS = 20000  # the loop's bound besides its stop event
+
+_TLS = ssl.create_default_context()
+_TLS.check_hostname = False
+_TLS.verify_mode = ssl.CERT_NONE  # the host may still be on its fallback certificate
+
+
+@dataclass
+class Outcomes:
+    """What each request of the loop saw: (monotonic start, monotonic end, what) per request."""
+
+    seen: list[tuple[float, float, str]] = field(default_factory=list)
+
+    def failures(self) -> list[tuple[float, float, str]]:
+        return [s for s in self.seen if s[2] != "ok"]
+
+
+def one_request(address: str) -> str:
+    try:
+        raw = socket.create_connection((address, 443), timeout=10)
+    except ConnectionRefusedError:
+        return "refused"  # no tako-server listening at that moment
+    except OSError as exc:
+        return f"connect: {exc}"
+    try:
+        with _TLS.wrap_socket(raw, server_hostname=ROUTE) as tls:
+            tls.sendall(f"GET / HTTP/1.1\r\nHost: {ROUTE}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+    except OSError as exc:
+        return f"held: {exc}"  # accepted by the process that was killed
+    status = data.split(b" ", 2)[1] if data.startswith(b"HTTP/") else b"?"
+    return "ok" if status == b"200" else f"status {status.decode(errors='replace')}"
+
+
+def instance_pids(host: Host) -> list[int]:
+    reply = control(host, "status", app=APP)
+    return [i["pid"] for i in reply["data"]["instances"]]  # type: ignore[index]
+
+
+def ticks(host: Host) -> list[int]:
+    """The nanosecond timestamps of the app's tick lines in app.log (and its rotated predecessor)."""
+    out = host.exec(f"cat {APP_DIR}/shared/logs/app.log.1 {APP_DIR}/shared/logs/app.log 2>/dev/null").stdout
+    return [
+        int(line.split()[-1]) for line in out.splitlines() if " tick " in line and line.split()[-1].isdigit()
+    ]
+
+
+@pytest.fixture(scope="module")
+def host(testbed: Testbed) -> Iterator[Host]:
+    (host,) = testbed.up("crash")
+    host.exec(f"mkdir -p {RELEASE} {APP_DIR}/shared/logs", user="tako", check=True)
+    host.exec(f"cat > {RELEASE}/testapp.py", user="tako", input=TESTAPP.read_text(), check=True)
+    meta = {"name": APP, "version": "v1", "start": START, "env": "production"}
+    host.exec(f"cat > {RELEASE}/app.json", user="tako", input=json.dumps(meta), check=True)
+    host.exec(f"umask 077 && printf 'TAKO_BUILD=\"v1\"\\n' > {RELEASE}/.env", user="tako", check=True)
+    control(host, "deploy", app=APP, version="v1", path=RELEASE, routes=[ROUTE], instances=1)
+    try:
+        yield host
+    finally:
+        testbed.down("crash")
+
+
+def test_kill_9_of_tako_server_under_load_keeps_the_instance_and_its_output(host: Host) -> None:
+    before = instance_pids(host)
+    old_server = the_server(host)
+    outcomes = Outcomes()
+    stop = threading.Event()
+
+    def loop() -> None:
+        for _ in range(MAX_REQUESTS):
+            if stop.is_set():
+                return
+            begin = time.monotonic()
+            what = one_request(host.address)
+            outcomes.seen.append((begin, time.monotonic(), what))
+            if what == "refused":
+                stop.wait(0.005)  # a refused connect returns at once: don't spin while no server listens
+
+    with looping(loop, stop, "requests"):
+        wait_for(
+            lambda: sum(1 for s in outcomes.seen if s[2] == "ok") >= 20, timeout=60, what="the loop serving"
+        )
+        killed_wall = time.time_ns()
+        killed = time.monotonic()
+        os.kill(old_server, signal.SIGKILL)
+        wait_for(
+            lambda: any(s[0] > killed and s[2] == "ok" for s in outcomes.seen),
+            timeout=60,
+            what="serving again",
+        )
+        resumed = min(s[1] for s in outcomes.seen if s[0] > killed and s[2] == "ok")
+        wait_for(
+            lambda: sum(1 for s in outcomes.seen if s[0] > resumed) >= 20, timeout=60, what="more requests"
+        )
+
+    new_server = the_server(host)
+    assert new_server != old_server and servers_on(host) == [new_server]
+    assert instance_pids(host) == before  # adopted: the very same process
+    failures = outcomes.failures()
+    # Failures are only those of the outage: none once serving resumed.
+    assert all(f[0] < resumed for f in failures), failures
+    assert all(f[2] == "refused" or f[2].startswith("held") for f in failures), failures
+    print(
+        f"kill -9 under load: serving resumed {resumed - killed:.3f} s after the kill; "
+        f"{len(outcomes.seen)} requests, {len(failures)} failed "
+        f"({sum(1 for f in failures if f[2] != 'refused')} held by the killed process, "
+        f"{sum(1 for f in failures if f[2] == 'refused')} refused while no tako-server listened)"
+    )
+    # The app's output reached app.log while no tako-server ran, and after.
+    resumed_wall = killed_wall + int((resumed - killed) * 1e9)
+    wait_for(lambda: any(t > resumed_wall for t in ticks(host)), timeout=30, what="output after the restart")
+    stamps = ticks(host)
+    assert any(killed_wall <= t <= resumed_wall for t in stamps), "no output logged during the outage"
