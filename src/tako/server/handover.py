@@ -264,7 +264,11 @@ def _update_pid_file(path: Path, pid: int) -> None:
 
 
 def successor_argv() -> list[str]:
-    """This process's own command line: after an upgrade, the same interpreter runs the new code."""
+    """This process's own command line: after an upgrade, the same `tako-server` script (or interpreter)
+    runs the new code, and the new process looks like the old one to `ps` and the service script."""
+    script = Path(sys.argv[0])
+    if script.name == "tako-server" and os.access(script, os.X_OK):
+        return [str(script), *sys.argv[1:]]
     return [sys.executable, "-m", "tako.server.main", *sys.argv[1:]]
 
 
