@@ -91,10 +91,8 @@ def instance_pids(host: Host) -> list[int]:
     return [i["pid"] for i in reply["data"]["instances"]]  # type: ignore[index]
 
 
-@pytest.fixture(scope="module")
-def host(testbed: Testbed) -> Iterator[Host]:
-    """A host with app `svc` (one always-on instance of the test app) deployed through the control socket."""
-    (host,) = testbed.up("svc")
+def deploy_svc(host: Host) -> None:
+    """App `svc` (one always-on instance of the test app) deployed through the control socket."""
     host.exec(f"mkdir -p {RELEASE} {APP_DIR}/shared/logs", user="tako", check=True)
     host.exec(f"cat > {RELEASE}/testapp.py", user="tako", input=TESTAPP.read_text(), check=True)
     meta = {"name": APP, "version": "v1", "start": "python3 testapp.py", "env": "production"}
@@ -102,6 +100,13 @@ def host(testbed: Testbed) -> Iterator[Host]:
     host.exec(f"umask 077 && printf 'TAKO_BUILD=\"v1\"\\n' > {RELEASE}/.env", user="tako", check=True)
     control(host, "deploy", app=APP, version="v1", path=RELEASE, routes=[ROUTE], instances=1)
     wait_for(lambda: serves(host), timeout=30, what="the app serving")
+
+
+@pytest.fixture(scope="module")
+def host(testbed: Testbed) -> Iterator[Host]:
+    """A host with app `svc` (one always-on instance of the test app) deployed through the control socket."""
+    (host,) = testbed.up("svc")
+    deploy_svc(host)
     try:
         yield host
     finally:
