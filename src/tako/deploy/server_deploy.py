@@ -161,13 +161,13 @@ class ServerDeploy:
         if ex is None:
             return
         try:
-            if self.staged:
+            if self.staged:  # from the dirs step on (so an upload cut short is removed too)
                 await ex.run(
                     commands.rollback(self.staging, self.release, self.replaced), check=False, timeout=30
                 )
+                await ex.run(commands.remove_upload(self.upload_path), check=False, timeout=30)
                 self.staged = False
             if self.locked:
-                await ex.run(commands.remove_upload(self.upload_path), check=False, timeout=30)
                 await ex.run(commands.release_lock(self.layout, self.holder), check=False, timeout=30)
                 await ex.run(commands.remove_app_dir_if_empty(self.layout), check=False, timeout=30)
                 self.locked = False
