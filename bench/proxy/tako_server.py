@@ -92,7 +92,9 @@ def start(
     (data / "certs").mkdir(parents=True)
     shutil.copytree(cert_dir, data / "certs" / cert_dir.name)
     config = base / "server-config.toml"
-    config.write_text(f"[server]\nworkers = {workers}\n\n[acme]\nenabled = false\n")
+    # /metrics on a port of its own (not the default 9898): several servers may run at once on one machine.
+    metrics = '[metrics]\nlisten = "127.0.0.1:0"\n'
+    config.write_text(f"[server]\nworkers = {workers}\n\n[acme]\nenabled = false\n\n{metrics}")
     sock = base / "tako.sock"
     http, https = _free_port(), _free_port()
     argv = [
