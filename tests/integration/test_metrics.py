@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.integration.test_handover import request_handover, stop_pid
 from tests.support.server_process import TakoServer, https_get, make_release, wait_for
 
 pytestmark = pytest.mark.integration
@@ -241,3 +242,30 @@ def test_metrics_port_in_use_is_a_clear_error() -> None:
             )
         finally:
             srv.cleanup()
+
+
+def test_a_hand_over_keeps_the_fixed_metrics_port_answering() -> None:
+    """The old tako-server frees the address as it stops accepting; the successor listens on it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    srv = TakoServer()
+    successor = 0
+    try:
+        srv.config.write_text(
+            srv.config.read_text().replace(LOOPBACK_METRICS, f'listen = "127.0.0.1:{port}"')
+        )
+        srv.start()
+        srv.deploy(APP, "v1")
+        before = srv.call("hello")["pid"]
+        done = request_handover(srv)
+        assert done.returncode == 0, f"{done.stderr}\n{srv.log()}"
+        successor = srv.call("hello")["pid"]
+        assert successor != before and srv.call("hello")["metrics_port"] == port
+        assert srv.proc is not None
+        wait_for(lambda: srv.proc.poll() is not None, timeout=60, what="the old tako-server to exit")
+        assert value(scrape(srv), "tako_instances", app=APP, state="healthy") == 1
+    finally:
+        if successor:
+            stop_pid(successor)
+        srv.cleanup()

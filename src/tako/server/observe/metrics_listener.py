@@ -39,10 +39,9 @@ class MetricsListener:
 
     async def start(self, host: str, port: int) -> int:
         """Listen; the bound port (`port` 0 picks one)."""
-        # reuse_port: during a hand-over the successor binds the same address while its predecessor drains.
-        self._server = await asyncio.start_server(
-            self._client, host, port, limit=MAX_REQUEST_BYTES, reuse_port=True
-        )
+        # No SO_REUSEPORT: a second tako-server on the same address must fail to start, not share the
+        # scrapes (each would answer for itself). A hand-over closes the old listener before the new binds.
+        self._server = await asyncio.start_server(self._client, host, port, limit=MAX_REQUEST_BYTES)
         bound: int = self._server.sockets[0].getsockname()[1]
         log.info("metrics listening on %s:%d%s", host, bound, PATH)
         return bound
