@@ -4,6 +4,7 @@ tako-server and app, requests through its proxy, /metrics over a real socket."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.test_handover import request_handover, stop_pid
 from tests.support.server_process import TakoServer, https_get, make_release, wait_for
+
+from tako.server.observe.metrics_listener import MAX_CONNECTIONS
 
 pytestmark = pytest.mark.integration
 
@@ -183,8 +186,9 @@ def raw(srv: TakoServer, data: bytes) -> bytes:
         except OSError:
             return b""  # closed on us while we were still sending
         chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
+        with contextlib.suppress(ConnectionResetError):  # closed with our request unread: a reset
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
         return b"".join(chunks)
 
 
@@ -203,6 +207,21 @@ def test_an_oversized_request_head_is_cut_off_unanswered(server: TakoServer) -> 
     head = b"GET /metrics HTTP/1.1\r\nX-Pad: " + b"a" * 64 * 1024 + b"\r\n\r\n"
     assert raw(server, head) == b""
     assert raw(server, b"GET /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200 ")  # still serving
+
+
+def test_connections_past_the_limit_are_closed_unanswered(server: TakoServer) -> None:
+    port = server.call("hello")["metrics_port"]
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(MAX_CONNECTIONS)]
+    try:
+        wait_for(lambda: raw(server, b"GET /metrics HTTP/1.1\r\n\r\n") == b"", timeout=10, what="a refusal")
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_for(
+        lambda: raw(server, b"GET /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200 "),
+        timeout=10,
+        what="answers again once the idle connections are gone",
+    )
 
 
 def test_an_empty_listen_turns_the_listener_off() -> None:
