@@ -1,5 +1,5 @@
-"""`tako servers add | ls | rm | status | restart | reload`: the server inventory (~/.tako/config.toml)
-and day-2 operations on one server's tako-server."""
+"""`tako servers add | ls | rm | status | restart | upgrade | reload`: the server inventory
+(~/.tako/config.toml) and day-2 operations on one server's tako-server."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ from tako.config.inventory import (
 from tako.errors import RemoteError, TakoError
 
 if TYPE_CHECKING:
+    from tako.deploy.server_upgrade import ServerTako
     from tako.remote.executor import Executor
+    from tako.remote.fanout import HostResult
 
 T = TypeVar("T")
 
@@ -237,6 +239,76 @@ def restart(cli: CliContext, name: str) -> None:
 
     version = _run_on(cli, name, restart_server)
     print_success(cli.console, f"tako-server {version} restarted on {name}.")
+
+
+@servers.command("upgrade")
+@click.argument("name", required=False)
+@click.option("--all", "every", is_flag=True, help="every server in ~/.tako/config.toml")
+@click.option("--check", is_flag=True, help="only report each server's tako-server version")
+@pass_cli
+def upgrade(cli: CliContext, name: str | None, every: bool, check: bool) -> None:
+    """Install on NAME (or --all) the tako-server of this CLI's version, built here and shipped (no
+    package index needed there), then hand over without dropping a request."""
+    from tako import __version__
+    from tako.deploy import server_upgrade
+    from tako.remote.connection import ServerAddress
+    from tako.remote.fanout import fan_out
+
+    if bool(name) == every:
+        raise click.UsageError("name one server, or give --all")
+    inventory = cli.load_inventory()
+    entries = inventory.servers if every else (inventory.require(name or ""),)
+    addresses = [ServerAddress.of(entry) for entry in entries]
+    found = asyncio.run(fan_out(addresses, cli.known_hosts_path, server_upgrade.probe))
+    failed = _report_versions(cli, found, __version__)
+    if check or not addresses:
+        if failed:
+            raise click.exceptions.Exit(1)
+        return
+    results = _upgrade_each(cli, [r for r in found if r.value is not None])
+    for result in results:
+        if result.ok:
+            print_success(cli.console, f"{result.server.name}: tako-server {result.value} serves.")
+        else:
+            print_warning(cli.err_console, f"{result.server.name}: {result.error}")
+    if failed or not all(r.ok for r in results):
+        raise click.exceptions.Exit(1)
+
+
+def _upgrade_each(cli: CliContext, found: list[HostResult[ServerTako]]) -> list[HostResult[str]]:
+    """Build the wheels the servers need (compiled for a server with this CLI's Python, pure Python for
+    the others) once, here; then install and hand over on every server in parallel."""
+    import tempfile
+
+    from tako.deploy import server_upgrade
+    from tako.remote.fanout import fan_out
+
+    kinds = {info.python != server_upgrade.local_python() for r in found if (info := r.value) is not None}
+    with tempfile.TemporaryDirectory(prefix="tako-upgrade-") as tmp:
+        wheels = {}
+        for pure in sorted(kinds):
+            print_message(cli.console, f"building the tako-server wheel{' (pure Python)' if pure else ''}...")
+            wheels[pure] = server_upgrade.build_wheel(Path(tmp) / str(pure), pure=pure)
+
+        async def one(ex: Executor) -> str:
+            return await server_upgrade.upgrade_server(ex, wheels)
+
+        return asyncio.run(fan_out([r.server for r in found], cli.known_hosts_path, one))
+
+
+def _report_versions(cli: CliContext, found: list[HostResult[ServerTako]], local: str) -> bool:
+    """One line per server; True when some server could not be asked."""
+    for result in found:
+        info = result.value
+        if info is None:
+            print_warning(cli.err_console, f"{result.server.name}: {result.error}")
+        elif info.current:
+            print_message(cli.console, f"{result.server.name}: tako-server {local} (this CLI's version)")
+        else:
+            print_message(
+                cli.console, f"{result.server.name}: tako-server {info.version or '?'}, this CLI {local}"
+            )
+    return not all(r.ok for r in found)
 
 
 @servers.command("reload")

@@ -1,8 +1,8 @@
 """`tako servers upgrade`: install on a server the tako-server of this CLI's version, then hand over.
 
 The wheel is built here, from the source tree this CLI runs from (no package index is needed on the
-server), uploaded, installed offline into tako-server's own venv (as root: with `sudo -n` when the SSH user
-is not root), and the running tako-server hands its listeners over to a process of the new version
+server), uploaded, installed offline into tako-server's own venv (through `sudo -n` when the SSH user
+cannot write the venv), and the running tako-server hands its listeners over to a process of the new version
 (`tako-server handover`), so no request is dropped. The proxy's compiled modules are kept when the
 server's Python is the one building the wheel; otherwise the wheel is pure Python.
 """
@@ -48,6 +48,8 @@ run=
 if command -v uv >/dev/null 2>&1; then
   $run uv pip install --quiet --python "$1/bin/python" --no-index --no-deps --reinstall-package tako "$2"
 else
+  # A venv made for uv has no pip: ensurepip brings the one bundled with Python (offline).
+  "$1/bin/python" -m pip --version >/dev/null 2>&1 || $run "$1/bin/python" -m ensurepip --upgrade >/dev/null
   $run "$1/bin/python" -m pip install --quiet --no-index --no-deps --force-reinstall "$2"
 fi
 rm -f "$2"
@@ -124,7 +126,9 @@ async def upgrade_server(ex: Executor, wheels: dict[bool, Path]) -> str:
     """Install the wheel matching the server's Python (`wheels[True]` is pure Python, `wheels[False]` built
     by this Python) and hand over; returns the version that answers afterwards."""
     found = await probe(ex)
-    wheel = wheels[found.python != local_python()]
+    wheel = wheels.get(found.python != local_python())
+    if wheel is None:
+        raise TakoError(f"{ex.address.name}: its Python changed since it was asked; run the upgrade again")
     remote = f"/tmp/{wheel.name}"
     await ex.upload(wheel, remote)
     result = await ex.run(sh(_INSTALL, found.venv, remote), check=False, what="install", timeout=600)
