@@ -18,7 +18,8 @@ from typing import Any
 
 from tako.server.apps.events import AppEvents
 from tako.server.apps.instance import InstanceState
-from tako.server.observe.metrics import MetricsSources, collect, exposition
+from tako.server.observe.metrics import collect, exposition
+from tako.server.observe.metrics_sources import MetricsSources
 from tako.server.observe.traffic import LATENCY_BUCKETS, UPSTREAM_ERROR_KINDS, TrafficCounters
 
 

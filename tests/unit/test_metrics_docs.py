@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tako.server.apps.events import AppEvents
 from tako.server.apps.instance import InstanceState
-from tako.server.observe.metrics import MetricsSources, render
+from tako.server.observe.metrics import render
+from tako.server.observe.metrics_sources import MetricsSources
 from tako.server.observe.traffic import TrafficCounters
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from tako.config.server import parse_server_config
+from tako.config.server import MetricsSettings, parse_server_config
 from tako.errors import ConfigError
+from tako.server import observe
 from tako.server.observe.live_figures import WINDOW, LiveFigures, quantile
+from tako.server.observe.metrics_service import MetricsService
+from tako.server.observe.metrics_sources import MetricsSources
 from tako.server.observe.traffic import LATENCY_BUCKETS, TrafficCounters
 
 
@@ -66,3 +71,24 @@ def test_the_figures_cover_the_last_minute_only() -> None:
         "error_rate": None,
         "p95_seconds": None,
     }
+
+
+async def test_without_prometheus_client_tako_server_serves_with_the_listener_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server upgraded without its dependencies (`tako servers upgrade` installs with --no-deps)."""
+    for module in [m for m in sys.modules if m.split(".")[0] == "prometheus_client"] + ["prometheus_client"]:
+        monkeypatch.setitem(sys.modules, module, None)  # importing it (or a submodule) fails
+    for name in ("metrics", "metrics_listener"):  # imported afresh, as in a server that never had them
+        monkeypatch.delitem(sys.modules, f"tako.server.observe.{name}", raising=False)
+        monkeypatch.delattr(observe, name, raising=False)
+    counters = TrafficCounters()
+    sources = MetricsSources(traffic=counters.snapshot, apps=list, events=dict)
+    service = MetricsService(MetricsSettings(listen="127.0.0.1:0"), sources)
+    await service.start()
+    try:
+        assert service.port is None
+        assert "metrics listener off" in caplog.text and "scripts/install-server" in caplog.text
+        assert service.figures.for_app("web")["requests"] == 0  # tako status still has its figures
+    finally:
+        await service.close()

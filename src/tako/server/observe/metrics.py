@@ -9,8 +9,7 @@ the callables of `MetricsSources`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -22,22 +21,12 @@ from tako import __version__
 from tako.server.apps.app import ManagedApp
 from tako.server.apps.events import AppEvents
 from tako.server.apps.instance import InstanceState
+from tako.server.observe.metrics_sources import MetricsSources
 from tako.server.observe.traffic import LATENCY_BUCKETS, AppTraffic, TrafficSnapshot
 
 # The text format every Prometheus version reads (prometheus_client renders it; its newer default
 # Content-Type names a version older servers do not know).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-@dataclass(frozen=True)
-class MetricsSources:
-    """Where a scrape reads its figures; each is called once per scrape."""
-
-    traffic: Callable[[], TrafficSnapshot]
-    apps: Callable[[], Iterable[ManagedApp]]
-    events: Callable[[], Mapping[str, AppEvents]]
-    certificates: Callable[[], Mapping[str, Mapping[str, Any]]] = dict  # host -> {"not_after": ISO 8601}
-    workers: Callable[[], list[dict[str, Any]]] = list  # data-plane workers beside the main process
 
 
 def render(sources: MetricsSources) -> bytes:

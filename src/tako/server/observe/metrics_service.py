@@ -6,16 +6,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
+from typing import TYPE_CHECKING
 
 from tako.config.server import MetricsSettings
 from tako.errors import TakoError
-from tako.server.observe import metrics
 from tako.server.observe.live_figures import LiveFigures
-from tako.server.observe.metrics_listener import MetricsListener
+from tako.server.observe.metrics_sources import MetricsSources
+
+if TYPE_CHECKING:
+    from tako.server.observe.metrics_listener import MetricsListener
+
+log = logging.getLogger("tako.server.metrics")
 
 
 class MetricsService:
-    def __init__(self, settings: MetricsSettings, sources: metrics.MetricsSources) -> None:
+    def __init__(self, settings: MetricsSettings, sources: MetricsSources) -> None:
         self.settings = settings
         self.sources = sources
         self.figures = LiveFigures(sources.traffic)
@@ -28,7 +34,17 @@ class MetricsService:
         address = self.settings.address
         if address is None:
             return
-        listener = MetricsListener(lambda: metrics.collect(self.sources))
+        try:
+            # Imported here: `tako servers upgrade` installs tako without its dependencies, so a server
+            # upgraded from a version before metrics may lack prometheus_client; it serves all the same.
+            from tako.server.observe import metrics, metrics_listener
+        except ImportError as exc:
+            log.warning(
+                "metrics listener off: %s; re-run scripts/install-server (tako-server's dependencies)",
+                exc,
+            )
+            return
+        listener = metrics_listener.MetricsListener(lambda: metrics.collect(self.sources))
         try:
             self.port = await listener.start(*address)
         except OSError as exc:
