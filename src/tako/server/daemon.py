@@ -36,8 +36,8 @@ from tako.server.apps.registry import AppRegistry
 from tako.server.control import ControlServer
 from tako.server.data_lock import DataDirLock
 from tako.server.observe.access_log import AccessFiles, AccessLog
-from tako.server.observe.metrics import MetricsSources
 from tako.server.observe.metrics_service import MetricsService
+from tako.server.observe.metrics_sources import MetricsSources
 from tako.server.observe.traffic import TrafficSnapshot, TrafficTotals
 from tako.server.proxy import compiled as proxy_compiled
 from tako.server.proxy.server import ProxyServer
