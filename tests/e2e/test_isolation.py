@@ -291,8 +291,9 @@ def healthy(host: Host, app: str) -> bool:
     return body_and_status(curl(host.address, route(app), "/"))[1] == 200
 
 
-def test_instances_left_by_a_killed_server_are_swept_at_restart(deployed: Deployed) -> None:
-    """Signalling another uid's process group needs CAP_KILL: the orphan sweep still works isolated."""
+def test_instances_left_by_a_killed_server_are_adopted_and_later_replaced(deployed: Deployed) -> None:
+    """An isolated instance outlives a killed tako-server, is adopted by the one the service supervisor
+    starts, and is stopped like any other on a reload (signalling another uid's group needs CAP_KILL)."""
     host = deployed.host
     old = ask(host, "isoa", "whoami")["pid"]
     hello = control(host, "hello")["data"]
@@ -302,12 +303,11 @@ def test_instances_left_by_a_killed_server_are_swept_at_restart(deployed: Deploy
         lambda: host.exec(["test", "-d", f"/proc/{hello['pid']}"]).returncode != 0, timeout=30, what="exit"
     )
     assert alive(host, old)  # the instance outlived its server
-    remote(host, "tako-server-service start")
-    wait_for(lambda: control_answers(host), timeout=60, what="tako-server answering after a start")
-    wait_for(
-        lambda: host.exec(["test", "-d", f"/proc/{old}"]).returncode != 0, timeout=30, what="orphan gone"
-    )
+    wait_for(lambda: control_answers(host), timeout=60, what="tako-server answering again")
     wait_for(lambda: healthy(host, "isoa"), timeout=60, what="isoa serving again")
+    assert ask(host, "isoa", "whoami")["pid"] == old  # adopted, not restarted
+    assert control(host, "reload", app="isoa")["status"] == "ok"
+    wait_for(lambda: not alive(host, old), timeout=30, what="the adopted instance stopped by the reload")
     assert ask(host, "isoa", "whoami")["pid"] != old
 
 
