@@ -78,6 +78,7 @@ class Daemon:
         self.inherited: handover.Inherited | None = None  # set in a successor during its hand-over
         self.handover_server: handover.HandoverServer | None = None
         self._idle: asyncio.Task[None] | None = None  # the idle loop (stops idle on-demand instances)
+        self.handed_over = False  # a successor serves on our listening sockets: exit as _retire says
 
     # -- ServerServices -------------------------------------------------------------------------------
     def status_document(self) -> tuple[int, bytes]:
@@ -200,6 +201,7 @@ class Daemon:
         self.proxy.stop_accepting()
         if self.workers is not None:
             self.workers.stop_accepting()
+        self.handed_over = True
         self.request_leave()
 
     async def _start_metrics(self) -> None:
@@ -319,7 +321,7 @@ class Daemon:
         if self.workers is not None:
             workers = asyncio.create_task(self.workers.stop(self.config.apps.drain_timeout))
         if self.proxy is not None:
-            await self.proxy.shutdown(self.config.apps.drain_timeout)
+            await self.proxy.shutdown(self.config.apps.drain_timeout, handed_over=self.handed_over)
         if workers is not None:
             await workers  # stopped alongside this process's listeners; their in-flight counts drain too
         if self.proxy is not None and self.proxy.access_log is not None:

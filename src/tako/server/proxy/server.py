@@ -149,17 +149,20 @@ class ProxyServer:
             listener.sock.close()
         self._listeners.clear()
 
-    async def shutdown(self, timeout: float) -> None:
-        """Stop accepting, let in-flight requests finish within `timeout`, then close everything."""
+    async def shutdown(self, timeout: float, *, handed_over: bool = False) -> None:
+        """Stop accepting, let in-flight requests finish within `timeout`, then close everything.
+
+        `handed_over`: a new tako-server accepts on these sockets now. Connections this process accepted
+        but that are still before their first request (TLS handshake, head not read yet) then get it
+        answered instead of closed: their clients cannot tell that close from a failure, whereas a client
+        whose idle keep-alive connection closes retries on a new one (which the new process accepts).
+        Bounded by the header timeout, as such a connection would be anyway."""
         self.stop_accepting()
         deadline = self.loop.time() + timeout
-        # Connections accepted but still before their first request (TLS handshake, head not read yet) get
-        # it answered: their clients cannot tell a close from a failure, whereas a client whose idle
-        # keep-alive connection closes retries on a new one. In a hand-over those new connections go to
-        # the new tako-server. Bounded by the header timeout, as such a connection would be anyway.
-        first_requests = min(deadline, self.loop.time() + (self.settings.header_timeout or timeout))
-        while self._awaiting_first_request() and self.loop.time() < first_requests:
-            await asyncio.sleep(0.02)
+        if handed_over:
+            first_requests = min(deadline, self.loop.time() + (self.settings.header_timeout or timeout))
+            while self._awaiting_first_request() and self.loop.time() < first_requests:
+                await asyncio.sleep(0.02)
         self.shutting_down = True
         for transport in list(self._handshaking):
             transport.abort()
