@@ -479,9 +479,11 @@ class AppRegistry:
 
     async def close(self) -> None:
         """tako-server stops (the operator wants it off): drain and stop every instance."""
-        for task in list(self._left_over):
-            task.cancel()
-        await asyncio.gather(*(app.close() for app in self.apps.values()), return_exceptions=True)
+        # Left-over instances still being stopped are waited for (stop_grace at most), not abandoned:
+        # their records are gone already, so no later tako-server would find them.
+        await asyncio.gather(
+            *self._left_over, *(app.close() for app in self.apps.values()), return_exceptions=True
+        )
         for app in self.apps.values():
             self._sync_processes(app)
 
