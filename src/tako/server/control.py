@@ -107,7 +107,7 @@ class ControlServer:
         return await self.registry.reload(req.app)
 
     async def maintenance(self, req: Maintenance) -> Any:
-        return self.registry.maintenance(req)
+        return await self.registry.maintenance(req)
 
     # -- protocol -------------------------------------------------------------------------------------
     async def answer(self, line: bytes) -> bytes:

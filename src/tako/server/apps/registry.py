@@ -9,7 +9,7 @@ import contextlib
 import logging
 import re
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,6 +78,9 @@ class AppRegistry:
         self._recorded: dict[str, str] = {}  # instance id -> app, as stored
         self._left_over: set[asyncio.Task[None]] = set()  # stopping instances a previous server left
         self._commit = asyncio.Lock()
+        # Awaited after a change the reply promises is in force: by default nothing to wait for; with data-
+        # plane workers, until each of them applied the latest routing snapshot (WorkerPool.applied).
+        self.settled: Callable[[], Awaitable[None]] = _nothing_to_wait_for
 
     def set_publisher(self, publish: Callable[[Snapshot], None]) -> None:
         self._publish = publish
@@ -313,8 +316,9 @@ class AppRegistry:
         self.store.save_maintenance(MaintenanceRecord(app.name, setting.on, setting.message, setting.allow))
         app.set_maintenance(setting)
 
-    def maintenance(self, req: Maintenance) -> dict[str, object]:
-        """Turn maintenance on or off; persisted first, so a restart keeps what the reply said."""
+    async def maintenance(self, req: Maintenance) -> dict[str, object]:
+        """Turn maintenance on or off; persisted first, so a restart keeps what the reply said, and
+        answered once every data-plane process applies it (`settled`)."""
         app = self.get(req.app)
         old = app.maintenance_setting
         allow = old.allow if req.allow is None else req.allow
@@ -322,6 +326,7 @@ class AppRegistry:
         self._set_maintenance(app, MaintenanceSetting(on=req.on, message=message, allow=allow))
         if req.on != old.on:
             app.log_file.event("maintenance on" if req.on else "maintenance off")
+        await self.settled()
         return app.status()
 
     async def reload(self, name: str) -> dict[str, object]:
@@ -492,3 +497,7 @@ class AppRegistry:
         the next tako-server to adopt (`adopt_running`)."""
         for app in self.apps.values():
             app.detach()
+
+
+async def _nothing_to_wait_for() -> None:
+    return None

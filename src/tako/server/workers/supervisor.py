@@ -34,6 +34,8 @@ log = logging.getLogger("tako.server.workers")
 STATUS_INTERVAL = 0.5  # the status document workers serve is at most this old (plus a change's push)
 TOKENS_INTERVAL = 0.05  # pending ACME tokens reach the workers this fast
 READY_TIMEOUT = 30.0
+SETTLE_TIMEOUT = 2.0  # seconds a change waits for the workers to apply it before its reply
+SETTLE_POLL = 0.005
 MAX_RESTART_DELAY = 10.0
 SILENCE_LIMIT = 10.0  # a ready worker silent this long (it reports every second) is hung: killed, replaced
 MAX_BACKLOG = 64 * 1024 * 1024  # a worker this far behind on its channel is stuck: it is killed and replaced
@@ -116,6 +118,7 @@ class WorkerPool:
             self.publish()
 
         self.registry.set_publisher(publish)
+        self.registry.settled = self.applied
         for worker in self.workers:
             self._spawn_task(self._supervise(worker))
         ready: asyncio.Future[Any] = asyncio.ensure_future(
@@ -134,6 +137,17 @@ class WorkerPool:
             )
         self._spawn_task(self._status_loop())
         log.info("data-plane workers ready: %s", ", ".join(str(w.pid) for w in self.workers))
+
+    async def applied(self) -> None:
+        """Wait until every running worker acknowledged the latest routing snapshot (a worker reports
+        right after applying one), at most SETTLE_TIMEOUT: a hung worker is the heartbeat's business."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_TIMEOUT
+        while any(w.ready.is_set() and w.ledger.acked < self.version for w in self.workers):
+            if loop.time() > deadline:
+                log.warning("a data-plane worker has not applied routing snapshot %d yet", self.version)
+                return
+            await asyncio.sleep(SETTLE_POLL)
 
     def stop_accepting(self) -> None:
         """A hand-over: workers stop accepting and drain now (not restarted when they exit); `stop` then
