@@ -2,10 +2,10 @@
 
 Three layers:
 
-- `AppCounters`: one app's counters in one process, plain int/float attributes the proxy bumps per
-  request (no locks: each process runs one event loop; no allocation beyond CPython's own ints).
-- `TrafficCounters`: every app's `AppCounters` in one process (the main process's proxy, or one
-  data-plane worker), and `snapshot()` of them as a `TrafficSnapshot`.
+- `AppCounters` (in the proxy's compiled `counters` module): one app's counters in one process, plain
+  number fields the proxy bumps per request (no locks: each process runs one event loop).
+- `TrafficCounters` (there too): every app's `AppCounters` in one process (the main process's proxy, or
+  one data-plane worker); `traffic_snapshot()` here freezes them as a `TrafficSnapshot`.
 - `TrafficTotals`: in tako-server's main process only, the server-wide figures. `TrafficTotals.snapshot()`
   is THE call for readers (the /metrics listener, `tako status`): this process's counters plus the last
   snapshot every data-plane worker sent over the worker channel (`Report.traffic`, at most a second old).
@@ -18,29 +18,12 @@ must not.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass, field, replace
 
-# Upper bounds in seconds: Prometheus' default histogram buckets.
-LATENCY_BUCKETS: tuple[float, ...] = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.075,
-    0.1,
-    0.25,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-    7.5,
-    10.0,
-)
-STATUS_CLASSES: tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx")
-# Kinds of upstream failure, as the proxy tells them apart.
-UPSTREAM_ERROR_KINDS: tuple[str, ...] = ("connect", "timeout", "reset", "bad_response", "unavailable")
+from tako.server.proxy.counters import LATENCY_BUCKETS as LATENCY_BUCKETS  # re-exported for readers
+from tako.server.proxy.counters import STATUS_CLASSES, AppCounters
+from tako.server.proxy.counters import UPSTREAM_ERROR_KINDS as UPSTREAM_ERROR_KINDS
+from tako.server.proxy.counters import TrafficCounters as ProxyCounters
 
 
 @dataclass(frozen=True)
@@ -107,96 +90,40 @@ class TrafficSnapshot:
         return TrafficSnapshot({name: t.without_gauges() for name, t in self.apps.items()})
 
 
-class AppCounters:
-    """One app's counters in this process. The proxy calls the methods below; each is a few int updates."""
-
-    __slots__ = (
-        "bytes_in",
-        "bytes_out",
-        "cold_starts",
-        "in_flight",
-        "latency",
-        "latency_sum",
-        "name",
-        "requests",
-        "upstream_errors",
-        "upstream_seconds_sum",
-        "websockets_open",
+def app_traffic(counters: AppCounters) -> AppTraffic:
+    """One app's counters in this process, frozen."""
+    return AppTraffic(
+        requests=dict(zip(STATUS_CLASSES, counters.requests, strict=True)),
+        latency_buckets=tuple(counters.latency),
+        latency_sum=counters.latency_sum,
+        upstream_seconds_sum=counters.upstream_seconds_sum,
+        bytes_in=counters.bytes_in,
+        bytes_out=counters.bytes_out,
+        in_flight=counters.in_flight,
+        upstream_errors=dict(zip(UPSTREAM_ERROR_KINDS, counters.upstream_errors, strict=True)),
+        cold_starts=counters.cold_starts,
+        websockets_open=counters.websockets_open,
     )
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.requests = [0, 0, 0, 0, 0]  # by status // 100 - 1
-        self.latency = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.latency_sum = 0.0
-        self.upstream_seconds_sum = 0.0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.in_flight = 0
-        self.upstream_errors = [0] * len(UPSTREAM_ERROR_KINDS)
-        self.cold_starts = 0
-        self.websockets_open = 0
 
-    def finished(
-        self, status: int, seconds: float, upstream_seconds: float, bytes_in: int, bytes_out: int
-    ) -> None:
-        """A request's response is complete (or the proxy answered it itself)."""
-        index = status // 100 - 1
-        self.requests[index if 0 <= index < 5 else 4] += 1
-        self.latency[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.latency_sum += seconds
-        self.upstream_seconds_sum += upstream_seconds
-        self.bytes_in += bytes_in
-        self.bytes_out += bytes_out
-
-    def tunnel_closed(self, bytes_in: int, bytes_out: int) -> None:
-        """A WebSocket (any tunnel after a 101) ended: counted as a 1xx request, not in the latencies."""
-        self.requests[0] += 1
-        self.websockets_open -= 1
-        self.bytes_in += bytes_in
-        self.bytes_out += bytes_out
-
-    def upstream_error(self, kind: int) -> None:
-        """An upstream failure; `kind` indexes UPSTREAM_ERROR_KINDS."""
-        self.upstream_errors[kind] += 1
-
-    def snapshot(self) -> AppTraffic:
-        return AppTraffic(
-            requests=dict(zip(STATUS_CLASSES, self.requests, strict=True)),
-            latency_buckets=tuple(self.latency),
-            latency_sum=self.latency_sum,
-            upstream_seconds_sum=self.upstream_seconds_sum,
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            in_flight=self.in_flight,
-            upstream_errors=dict(zip(UPSTREAM_ERROR_KINDS, self.upstream_errors, strict=True)),
-            cold_starts=self.cold_starts,
-            websockets_open=self.websockets_open,
-        )
+def traffic_snapshot(counters: ProxyCounters) -> TrafficSnapshot:
+    """Every app's counters in one process, frozen."""
+    return TrafficSnapshot({name: app_traffic(c) for name, c in counters.apps.items()})
 
 
-class TrafficCounters:
-    """Every app's counters in this process, created on an app's first request."""
+class TrafficCounters(ProxyCounters):
+    """Counters with their own `snapshot()`, for code that fills counters without a proxy (benchmarks)."""
 
-    __slots__ = ("apps",)
-
-    def __init__(self) -> None:
-        self.apps: dict[str, AppCounters] = {}
-
-    def for_app(self, name: str) -> AppCounters:
-        counters = self.apps.get(name)
-        if counters is None:
-            counters = self.apps[name] = AppCounters(name)
-        return counters
+    __slots__ = ()
 
     def snapshot(self) -> TrafficSnapshot:
-        return TrafficSnapshot({name: c.snapshot() for name, c in self.apps.items()})
+        return traffic_snapshot(self)
 
 
 class TrafficTotals:
     """Server-wide figures in the main process: its own counters plus each data-plane worker's last report."""
 
-    def __init__(self, local: TrafficCounters) -> None:
+    def __init__(self, local: ProxyCounters) -> None:
         self.local = local
         self._workers: dict[int, TrafficSnapshot] = {}  # worker pid -> its last snapshot
         self._retired = TrafficSnapshot()  # exited workers' counters, gauges zeroed
@@ -213,7 +140,7 @@ class TrafficTotals:
 
     def snapshot(self) -> TrafficSnapshot:
         """Every app's figures over this process and every data-plane worker, now."""
-        total = self.local.snapshot().merged(self._retired)
+        total = traffic_snapshot(self.local).merged(self._retired)
         for snapshot in self._workers.values():
             total = total.merged(snapshot)
         return total

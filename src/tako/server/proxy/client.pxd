@@ -1,5 +1,6 @@
 # Cython declarations for client.py (see docs/proxy.md, "Compiled hot path"): C types for the attributes and the calls the
 # per-request path makes. The .py file stays the source; these only take effect when it is compiled.
+from tako.server.proxy.counters cimport AppCounters
 from tako.server.proxy.cycle cimport RequestCycle
 from tako.server.proxy.upstream cimport UpstreamConnection
 
@@ -24,7 +25,7 @@ cdef class ClientConnection:
     cdef public double header_timeout
     cdef public bytes held
     cdef public double keepalive_timeout
-    cdef public object last_counters
+    cdef public AppCounters last_counters
     cdef public object last_gate
     cdef public str last_host
     cdef public bytes last_host_header

@@ -45,7 +45,7 @@ from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool
 if TYPE_CHECKING:
     from tako.server.observe.access_log import AccessLog
     from tako.server.observe.request_id import RequestIds
-    from tako.server.observe.traffic import AppCounters, TrafficCounters
+    from tako.server.proxy.counters import AppCounters, TrafficCounters
 
 log = logging.getLogger("tako.server.proxy")
 
@@ -108,7 +108,7 @@ _NOT_HOP_BY_HOP = frozenset(
 _request_kinds = HeaderKinds(_REQUEST_SPECIAL, prefix=b"proxy-", prefix_kind=_H_DROP)
 _request_kinds_cache = _request_kinds.cache  # the same dict for good (cleared in place): one global lookup
 
-# Upstream failures by kind: indexes of tako.server.observe.traffic.UPSTREAM_ERROR_KINDS.
+# Upstream failures by kind: indexes of counters.UPSTREAM_ERROR_KINDS.
 _ERR_CONNECT = 0
 _ERR_TIMEOUT = 1
 _ERR_RESET = 2

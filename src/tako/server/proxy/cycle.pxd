@@ -2,6 +2,7 @@
 # halves of the data plane read on every request. The .py file stays the source; these only take effect
 # when it is compiled.
 from tako.server.proxy.client cimport ClientConnection
+from tako.server.proxy.counters cimport AppCounters
 from tako.server.proxy.upstream cimport UpstreamConnection
 
 
@@ -15,7 +16,7 @@ cdef class RequestCycle:
     cdef public ClientConnection conn
     cdef public list conn_tokens
     cdef public object content_length
-    cdef public object counters
+    cdef public AppCounters counters
     cdef public int error_status
     cdef public bytes expect
     cdef public object gate

@@ -21,7 +21,7 @@ from tako.server.proxy.backend import AppGate, Upstream
 from tako.server.proxy.body_buffer import BodyBuffer
 
 if TYPE_CHECKING:
-    from tako.server.observe.traffic import AppCounters
+    from tako.server.proxy.counters import AppCounters
 
 # Reasons a client connection stops reading, as bits: reading resumes when none is left.
 PAUSE_PIPELINE = 1  # a later request waits for the current response

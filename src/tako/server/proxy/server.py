@@ -20,12 +20,12 @@ from tako.config.server import ProxySettings
 from tako.routing import normalise_host
 from tako.server.observe.access_log import AccessLog
 from tako.server.observe.request_id import RequestIds
-from tako.server.observe.traffic import TrafficCounters
 from tako.server.proxy import tls
 from tako.server.proxy.backend import ServerServices, Snapshot, Upstream
 from tako.server.proxy.body_buffer import BodyBuffer, default_directory
 from tako.server.proxy.client import _DEADLINE_HEADER as DEADLINE_HEADER
 from tako.server.proxy.client import ClientConnection
+from tako.server.proxy.counters import TrafficCounters
 from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool
 from tako.server.tls.certstore import CertStore
 

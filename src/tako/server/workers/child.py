@@ -28,7 +28,7 @@ from tako.errors import ProtocolError
 from tako.protocol.client_networks import parse_networks
 from tako.routing import RouteTable, parse_route
 from tako.server.observe.access_log import AccessLog, Batch
-from tako.server.observe.traffic import TrafficSnapshot
+from tako.server.observe.traffic import TrafficSnapshot, traffic_snapshot
 from tako.server.proxy.backend import AppUnavailable, Snapshot, pick_next
 from tako.server.proxy.cold_start import ColdStartQueue
 from tako.server.proxy.maintenance import MaintenanceAnswer
@@ -326,7 +326,7 @@ class DataPlaneChild:
         """Send this worker's per-app traffic counters when they changed since the last time."""
         if self.proxy is None:
             return
-        snapshot = self.proxy.traffic.snapshot()
+        snapshot = traffic_snapshot(self.proxy.traffic)
         if snapshot != self._traffic_sent:
             self._traffic_sent = snapshot
             self.send(Traffic(snapshot))

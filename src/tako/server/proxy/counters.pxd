@@ -1,0 +1,18 @@
+# Cython declarations for counters.py (see docs/proxy.md, "Compiled hot path"): the counters are C fields
+# and the calls client.py makes per request C calls. The .py file stays the source.
+cdef class AppCounters:
+    cdef public long long bytes_in
+    cdef public long long bytes_out
+    cdef public long long cold_starts
+    cdef public long long in_flight
+    cdef public list latency
+    cdef public double latency_sum
+    cdef public str name
+    cdef public list requests
+    cdef public list upstream_errors
+    cdef public double upstream_seconds_sum
+    cdef public long long websockets_open
+
+    cpdef finished(self, int status, double seconds, double upstream_seconds, long long bytes_in, long long bytes_out)
+    cpdef tunnel_closed(self, long long bytes_in, long long bytes_out)
+    cpdef upstream_error(self, int kind)

@@ -1,0 +1,92 @@
+"""`AppCounters`: one app's traffic counters in one process, bumped by the client connection per request;
+`TrafficCounters`: every app's, by name.
+
+Compiled with Cython where possible, typed by counters.pxd (see compiled.py): the updates are C adds on
+struct fields and C calls from client.py. As a Python class called from compiled code, counting took 20 %
+more machine instructions per request than the proxy spent without it (callgrind's count over
+bench/proxy/hotpath.py). The snapshots readers use are built from these in tako.server.observe.traffic.
+"""
+
+from __future__ import annotations
+
+# Upper bounds in seconds: Prometheus' default histogram buckets.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+STATUS_CLASSES: tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx")
+# Kinds of upstream failure, as the proxy tells them apart (`upstream_error` takes the index).
+UPSTREAM_ERROR_KINDS: tuple[str, ...] = ("connect", "timeout", "reset", "bad_response", "unavailable")
+
+
+class AppCounters:
+    """One app's counters in this process: cumulative, except `in_flight` and `websockets_open`."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "cold_starts",
+        "in_flight",
+        "latency",
+        "latency_sum",
+        "name",
+        "requests",
+        "upstream_errors",
+        "upstream_seconds_sum",
+        "websockets_open",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.requests = [0, 0, 0, 0, 0]  # by status // 100 - 1
+        self.latency = [0] * (len(LATENCY_BUCKETS) + 1)  # per bound, then +Inf; not cumulative
+        self.latency_sum = 0.0
+        self.upstream_seconds_sum = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.in_flight = 0
+        self.upstream_errors = [0] * len(UPSTREAM_ERROR_KINDS)
+        self.cold_starts = 0
+        self.websockets_open = 0
+
+    def finished(
+        self, status: int, seconds: float, upstream_seconds: float, bytes_in: int, bytes_out: int
+    ) -> None:
+        """A request's response is complete (or the proxy answered it itself)."""
+        index = status // 100 - 1
+        self.requests[index if 0 <= index < 5 else 4] += 1
+        bucket = 0
+        for bound in LATENCY_BUCKETS:  # most requests stop at the first bounds
+            if seconds <= bound:
+                break
+            bucket += 1
+        self.latency[bucket] += 1
+        self.latency_sum += seconds
+        self.upstream_seconds_sum += upstream_seconds
+        self.bytes_in += bytes_in
+        self.bytes_out += bytes_out
+
+    def tunnel_closed(self, bytes_in: int, bytes_out: int) -> None:
+        """A WebSocket (any tunnel after a 101) ended: counted as a 1xx request, not in the latencies."""
+        self.requests[0] += 1
+        self.websockets_open -= 1
+        self.bytes_in += bytes_in
+        self.bytes_out += bytes_out
+
+    def upstream_error(self, kind: int) -> None:
+        """An upstream failure; `kind` indexes UPSTREAM_ERROR_KINDS."""
+        self.upstream_errors[kind] += 1
+
+
+class TrafficCounters:
+    """Every app's counters in this process, created on an app's first request."""
+
+    __slots__ = ("apps",)
+
+    def __init__(self) -> None:
+        self.apps: dict[str, AppCounters] = {}
+
+    def for_app(self, name: str) -> AppCounters:
+        counters = self.apps.get(name)
+        if counters is None:
+            counters = self.apps[name] = AppCounters(name)
+        return counters
