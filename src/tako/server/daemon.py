@@ -118,9 +118,11 @@ class Daemon:
             isolated=self.isolation,
         )
         await self.registry.restore(handed_over=self.inherited is not None)
+        self._make_proxy()
         if self.inherited is not None:
+            # Everything but the adoption before "ready": between "go" and our listening, nobody accepts.
             await self._take_over(self.inherited)
-        await self._start_proxy()
+        await self._listen()
         # Listeners first: one app with a slow boot must not keep every other app unreachable.
         self.registry.start_restored()
         await self._start_workers()
@@ -232,7 +234,7 @@ class Daemon:
             info["workers"] = self.workers.info()
         return info
 
-    async def _start_proxy(self) -> None:
+    def _make_proxy(self) -> None:
         assert self.registry is not None
         settings = self.config.server
         registry = self.registry
@@ -251,6 +253,12 @@ class Daemon:
         )
         self.traffic = TrafficTotals(proxy.traffic)
         registry.set_publisher(proxy.set_snapshot)
+        certs.ssl_context()  # made now (a default certificate may be generated): the listener opens at once
+
+    async def _listen(self) -> None:
+        settings = self.config.server
+        proxy = self.proxy
+        assert proxy is not None
         with _listener_errors(settings.listen, settings.http_port, "HTTP", "http_port"):
             sock = self.inherited.http if self.inherited else None
             self.http_port = await proxy.start_http(settings.listen, settings.http_port, sock=sock)
