@@ -90,6 +90,23 @@ def test_maintenance_on_and_off_under_a_request_loop(cli: TakoCLI, host: Host, p
         shown = cli.ok("status", cwd=project, env=env).stdout
         assert "maint: maintenance on" in shown
 
+        # A deploy during maintenance keeps it on and brings its own page; a rollback keeps it on and
+        # keeps the allow list.
+        (project / "maintenance.html").write_text("<h1>Closed for the upgrade</h1>\n")
+        commit_all(project, "a maintenance page")
+        cli.ok("deploy", "--yes", cwd=project, env=env)
+        deployed = time.monotonic()
+        wait_for(lambda: len(app.after(deployed)) >= 3, timeout=60, what="requests after the deploy")
+        assert {(s[1], s[3].strip()) for s in app.after(deployed)} == {
+            (503, "<h1>Closed for the upgrade</h1>")
+        }
+        cli.ok("rollback", "--yes", cwd=project, env=env)
+        rolled = time.monotonic()
+        wait_for(lambda: len(app.after(rolled)) >= 3, timeout=60, what="requests after the rollback")
+        assert {s[1] for s in app.after(rolled)} == {503}
+        assert "Back soon" in app.after(rolled)[-1][3]  # the old release has no page: the default one
+        assert local_status(host) == 200
+
         cli.ok("maintenance", "off", cwd=project, env=env)
         off = time.monotonic()
         wait_for(lambda: len(app.after(off)) >= 5, timeout=60, what="requests after maintenance")
