@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
+import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ from tako.errors import ReleaseError, StateError
 from tako.server.apps.health import HealthTracker, Verdict
 from tako.server.apps.logs import AppLog, LineSplitter
 from tako.server.apps.release import ensure_data_dir, load_release
-from tako.server.apps.spawner import instance_env
+from tako.server.apps.spawner import instance_env, wait_exit
 from tako.server.state import MIGRATIONS, AppRecord, ProcessRecord, StateStore
 
 
@@ -194,3 +198,31 @@ def test_state_store_refuses_newer_schema(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StateError, match="newer tako-server"):
         StateStore(db)
+
+
+async def _wait_for_a_real_exit() -> None:
+    proc = subprocess.Popen(["sleep", "60"])  # not this process's child once adopted: no wait() here
+    try:
+        waiting = asyncio.ensure_future(wait_exit(proc.pid))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting.done()  # still running: nothing to report yet
+        proc.kill()
+        assert await asyncio.wait_for(waiting, 30) is True
+    finally:
+        proc.kill()
+        proc.wait()
+    assert await wait_exit(proc.pid) is False  # gone already
+
+
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "no-pidfd-kernel"])
+def test_wait_exit_returns_when_the_process_exits(pidfd: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An adopted instance is not tako-server's child: its exit is awaited with a pidfd, or, on a kernel
+    without pidfd_open, by watching /proc (never taken as "exited" at once)."""
+    if not pidfd:
+
+        def no_pidfd(pid: int, flags: int = 0) -> int:
+            raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+        monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    asyncio.run(_wait_for_a_real_exit())

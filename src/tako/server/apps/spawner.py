@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import os
 import pwd
@@ -151,11 +152,14 @@ async def wait_exit(pid: int) -> bool:
     """Return once process `pid` has exited (False at once if it is gone already).
 
     A pidfd, not polling /proc: the loop wakes the moment the process exits, costs nothing meanwhile, and a
-    pidfd names one process, so a recycled pid cannot be mistaken for it.
+    pidfd names one process, so a recycled pid cannot be mistaken for it. Kernels before 5.3 have no
+    pidfd: there the process's start time is polled instead (what identifies it in /proc).
     """
     try:
         fd = os.pidfd_open(pid)
-    except OSError:
+    except OSError as exc:
+        if exc.errno == errno.ENOSYS:
+            return await _poll_exit(pid)
         return False
     loop = asyncio.get_running_loop()
     exited: asyncio.Future[None] = loop.create_future()
@@ -170,6 +174,15 @@ async def wait_exit(pid: int) -> bool:
     finally:
         loop.remove_reader(fd)
         os.close(fd)
+    return True
+
+
+async def _poll_exit(pid: int, interval: float = 0.1) -> bool:
+    st = proc_stat(pid)
+    if st is None or st.state == "Z":
+        return False
+    while (now := proc_stat(pid)) is not None and now.state != "Z" and now.start_ticks == st.start_ticks:
+        await asyncio.sleep(interval)
     return True
 
 
