@@ -22,6 +22,7 @@ from tests.support.fleet import (
     set_tako_key,
 )
 from tests.support.projects import commit_all, make_project, wait_for
+from tests.support.terminal import read_until, terminal_session
 from tests.support.testbed import Host, Testbed
 
 pytestmark = pytest.mark.e2e
@@ -101,6 +102,27 @@ def test_the_release_command_runs_once_in_the_new_release_before_any_switch(
     code, out = deploy(cli, project, hosts[1])
     assert code == 0, out
     assert recorded(runs) == [[version, version], [second, second, f"releases/{version}"]]
+
+
+def test_on_a_terminal_the_release_command_output_is_printed_above_the_live_lines(
+    cli: TakoCLI, hosts: list[Host], project: Path
+) -> None:
+    live_version(cli, project, hosts)
+    set_tako_key(project, "release = 'echo applying-0001; echo applying-0002 done'")
+    version = commit_all(project, "a release command that prints on a terminal")
+    argv = [cli.executable, "deploy", "--yes"]
+    env = cli.env(user_ssh_env(hosts[0]))
+    with terminal_session(argv, env=env, cwd=project, rows=40, columns=200) as (proc, master):
+        seen = read_until(master, b"server(s) succeeded", timeout=240)
+        assert proc.wait(timeout=60) == 0, seen
+    screen = seen.decode(errors="replace")
+    # Each line whole, with the server's name, once: printed above the live lines, never painted over.
+    first = hosts[0].name
+    for line in (f"[{first}] applying-0001", f"[{first}] applying-0002 done"):
+        assert screen.count(line) == 1, screen
+    assert screen.index(f"[{first}] applying-0001") < screen.index(f"[{first}] applying-0002 done")
+    assert "\x1b[" in screen, "the live lines (a terminal's cursor moves) are drawn"
+    assert f"{APP} {version} → production: 3/3 server(s) succeeded" in screen, screen
 
 
 def test_a_failing_release_command_switches_no_server(
