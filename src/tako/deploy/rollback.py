@@ -77,6 +77,7 @@ async def _kept(d: ServerDeploy) -> None:
     assert found is not None, "the lock step lists the releases"
     version = choose_version(d.plan.app, found, d.plan.version or None)
     d.version, d.live, d.release = version, found.live, d.layout.release(version)
+    d.maintenance_allow = None  # who passes maintenance is the app's now, not the release's
     entry = found.entry(version)
     if entry is not None and entry.settings is not None:
         settings = entry.settings

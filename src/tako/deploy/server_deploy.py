@@ -74,6 +74,8 @@ class ServerDeploy:
         self.routes = plan.routes
         self.instances = target.instances
         self.idle_timeout = target.idle_timeout
+        # None (a rollback): tako-server keeps the app's list of clients let through maintenance.
+        self.maintenance_allow: tuple[str, ...] | None = plan.maintenance_allow
         self.live: str | None = None  # a rollback: what ran before it
         self.kept: ServerReleases | None = None  # a rollback: what the server keeps and runs
         self.staging = self.layout.staging(plan.version, self.nonce)

@@ -171,7 +171,7 @@ async def _deploy(d: ServerDeploy) -> None:
         routes=d.routes,
         instances=d.instances,
         idle_timeout=d.idle_timeout,
-        maintenance_allow=d.plan.maintenance_allow,
+        maintenance_allow=d.maintenance_allow,
     )
     try:
         reply = await d.ex.control(request)
