@@ -259,11 +259,13 @@ https://127.0.0.1:{https} {{
             http,
             env={"GOMAXPROCS": str(workers), "HOME": str(work), "XDG_DATA_HOME": str(work / "caddy-data")},
         )
-    elif name == "tako-server":
+    elif name in ("tako-server", "tako-server-no-access-log"):
         # The real daemon with [server] workers = N; its app instance is the upstream (tako_server.py).
+        # Access logs are on by default, as in tako-server; the second entry turns them off.
         import tako_server
 
-        return tako_server.start(work, workers, fullchain.parent, BODY, PIN_UPSTREAM, Process)
+        access_log = name == "tako-server"
+        return tako_server.start(work, workers, fullchain.parent, BODY, PIN_UPSTREAM, Process, access_log)
     else:
         raise SystemExit(f"unknown proxy {name!r}")
     wait_port(https)
@@ -413,7 +415,8 @@ def main() -> None:
         "--proxies",
         default="tako,tako-server,nginx,haproxy,caddy",
         help="tako = ProxyServer with a static route in N processes (bench/proxy/tako_runner.py); "
-        "tako-server = the real daemon with [server] workers = N (HTTPS only: its HTTP redirects)",
+        "tako-server = the real daemon with [server] workers = N (HTTPS only: its HTTP redirects), "
+        "tako-server-no-access-log = the same with [access_log] enabled = false",
     )
     parser.add_argument("--schemes", default="http,https")
     parser.add_argument("--workers", type=int, default=2, help="workers per proxy (default 2)")
@@ -468,7 +471,7 @@ def main() -> None:
                     name, entry = names[index], started[index]
                     if isinstance(entry, str):
                         result = Result(name, scheme, conns, args.duration, 0, 0, 0, 0, 0, 0, 0, 0, entry)
-                    elif name == "tako-server" and scheme == "http":
+                    elif name.startswith("tako-server") and scheme == "http":
                         why = "n/a: HTTP redirects to HTTPS"
                         result = Result(name, scheme, conns, args.duration, 0, 0, 0, 0, 0, 0, 0, 0, why)
                     else:

@@ -84,7 +84,13 @@ http {{
 
 
 def start(
-    work: Path, workers: int, cert_dir: Path, body: str, pin: str, process_class: Any
+    work: Path,
+    workers: int,
+    cert_dir: Path,
+    body: str,
+    pin: str,
+    process_class: Any,
+    access_log: bool = True,
 ) -> tuple[Any, int, int]:
     """Start tako-server, deploy the upstream app on route 127.0.0.1, return (process, http, https)."""
     base = Path(tempfile.mkdtemp(prefix="tako-server-", dir=work))
@@ -94,7 +100,11 @@ def start(
     config = base / "server-config.toml"
     # /metrics on a port of its own (not the default 9898): several servers may run at once on one machine.
     metrics = '[metrics]\nlisten = "127.0.0.1:0"\n'
-    config.write_text(f"[server]\nworkers = {workers}\n\n[acme]\nenabled = false\n\n{metrics}")
+    access = "" if access_log else "\n[access_log]\nenabled = false\n"
+    # The app (nginx) writes its config under this temporary directory: as tako-server's own user, since a
+    # root tako-server would otherwise run it as a uid of its own, which cannot write there.
+    apps = '\n[apps]\nisolation = "off"\n'
+    config.write_text(f"[server]\nworkers = {workers}\n\n[acme]\nenabled = false\n\n{metrics}{access}{apps}")
     sock = base / "tako.sock"
     http, https = _free_port(), _free_port()
     argv = [
