@@ -183,6 +183,10 @@ class DataDirInUse(TakoError):
     """Another tako-server holds the data dir."""
 
 
+class HandoverFailed(TakoError):
+    """A new tako-server did not take over from the running one, which keeps serving."""
+
+
 class ControlError(TakoError):
     """The control socket cannot be created."""
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tako import __version__
-from tako.errors import TakoError
+from tako.errors import HandoverFailed, TakoError
 from tako.server.control import bind_socket
 
 log = logging.getLogger("tako.server.handover")
@@ -145,10 +145,6 @@ class Handing:
     resume: Callable[[], Awaitable[None]]  # the successor failed after let_go: serve again
     retire: Callable[[], None]  # drain in-flight requests, then exit leaving the instances running
     pid_file: Path  # the service script's copy of the pid: made to name the successor if it names us
-
-
-class HandoverFailed(TakoError):
-    """The new process did not take over; the old one keeps serving."""
 
 
 async def hand_over(handing: Handing, argv: list[str]) -> dict[str, Any]:
