@@ -17,13 +17,13 @@ from collections.abc import Iterator
 import psutil
 import pytest
 from tests.support.server_process import (
-    _CLIENT_TLS,
     REPO,
     LoadResult,
     TakoServer,
     https_get,
     run_load,
     wait_for,
+    websocket,
 )
 
 from tako.server.state import DB_NAME
@@ -80,8 +80,6 @@ def hand_over(srv: TakoServer) -> int:
 
 
 async def test_handover_under_load_fails_no_request_and_keeps_the_websocket_open(srv: TakoServer) -> None:
-    from websockets.asyncio.client import connect
-
     await asyncio.to_thread(srv.deploy, "web", "v1", instances=1)
     assert srv.proc is not None and srv.https_port is not None
     old = srv.proc.pid
@@ -90,14 +88,7 @@ async def test_handover_under_load_fails_no_request_and_keeps_the_websocket_open
     pid_file.write_text(f"{old}\n")
     stop = asyncio.Event()
     result = LoadResult()
-    async with connect(
-        f"wss://{HOST}/ws",
-        host="127.0.0.1",
-        port=srv.https_port,
-        ssl=_CLIENT_TLS,
-        server_hostname=HOST,
-        open_timeout=30,
-    ) as ws:
+    async with websocket(srv.https_port, HOST) as ws:
         await ws.send("before")
         assert await ws.recv() == "before"
         load = asyncio.create_task(run_load(srv.https_port, HOST, stop, keepalive=3, fresh=2, result=result))

@@ -21,6 +21,7 @@ from tests.support.server_process import (
     make_release,
     run_load,
     wait_for,
+    websocket,
 )
 
 pytestmark = pytest.mark.integration
@@ -229,21 +230,11 @@ async def test_plain_http_redirects_routed_hosts_and_404s_others(server: TakoSer
 
 
 async def test_idle_stop_never_cuts_an_open_websocket(server: TakoServer) -> None:
-    from tests.support.server_process import _CLIENT_TLS
-    from websockets.asyncio.client import connect
-
     await asyncio.to_thread(server.deploy, "web", "v1", instances=0, idle_timeout=1)
     await asyncio.to_thread(
         server.deploy, "witness", "v1", instances=0, idle_timeout=1, routes=("w.tako.test",)
     )
-    async with connect(
-        f"wss://{HOST}/ws",
-        host="127.0.0.1",
-        port=server.https_port,
-        ssl=_CLIENT_TLS,
-        server_hostname=HOST,
-        open_timeout=30,
-    ) as ws:
+    async with websocket(server.https_port, HOST) as ws:
         await ws.send("hello")
         assert await ws.recv() == "hello"
         # The witness app, woken after the WebSocket opened, is stopped by the idle reaper: proof that

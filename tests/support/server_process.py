@@ -379,6 +379,20 @@ class HttpsConnection:
         self.reader = self.writer = None
 
 
+def websocket(port: int, host: str) -> Any:
+    """A WebSocket to `host`'s /ws through the proxy's HTTPS listener on `port` (`async with` it)."""
+    from websockets.asyncio.client import connect
+
+    return connect(
+        f"wss://{host}/ws",
+        host="127.0.0.1",
+        port=port,
+        ssl=_CLIENT_TLS,
+        server_hostname=host,
+        open_timeout=30,
+    )
+
+
 async def https_get(port: int, host: str, path: str = "/", timeout: float = 30.0) -> Response:
     """One request on a new connection."""
     conn = HttpsConnection(port, host)
