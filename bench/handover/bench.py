@@ -74,7 +74,7 @@ def handover(srv: TakoServer) -> tuple[float, float]:
     return start, time.monotonic()
 
 
-async def measure(args: argparse.Namespace, srv: TakoServer) -> dict[str, object]:
+async def measure(args: argparse.Namespace, srv: TakoServer) -> tuple[Timings, list[dict[str, float]]]:
     assert srv.https_port is not None
     stop = asyncio.Event()
     timings = Timings()
@@ -96,7 +96,7 @@ async def measure(args: argparse.Namespace, srv: TakoServer) -> dict[str, object
     await asyncio.sleep(1.0)
     stop.set()
     await running
-    return {"requests": len(timings.spans), "failures": timings.failures, "handovers": rows}
+    return timings, rows
 
 
 def main() -> None:
@@ -111,7 +111,7 @@ def main() -> None:
     try:
         srv.start()
         srv.deploy("web", "v1", instances=1)
-        result = asyncio.run(measure(args, srv))
+        timings, rows = asyncio.run(measure(args, srv))
         pids.append(int(srv.call("hello")["pid"]))
     finally:
         for pid in pids:  # the last successor: not a child of this process
@@ -119,20 +119,18 @@ def main() -> None:
                 psutil.Process(pid).terminate()
                 psutil.Process(pid).wait(60)
         srv.cleanup()
-    rows = result["handovers"]
-    assert isinstance(rows, list)
     summary = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average": os.getloadavg(),
         "args": vars(args),
-        "requests": result["requests"],
-        "failed": len(result["failures"]),
+        "requests": len(timings.spans),
+        "failed": len(timings.failures),
         "handover_median_s": statistics.median(r["handover_s"] for r in rows),
         "slowest_during_max_s": max(r["slowest_during_s"] for r in rows),
         "slowest_during_median_s": statistics.median(r["slowest_during_s"] for r in rows),
         "slowest_calm_median_s": statistics.median(r["slowest_calm_s"] for r in rows),
         "rows": rows,
-        "failures": result["failures"][:20],
+        "failures": timings.failures[:20],
     }
     (Path(__file__).parent / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k not in ("rows", "failures")}, indent=2))
