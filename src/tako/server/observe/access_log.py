@@ -23,17 +23,19 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 LOG_NAME = "access.log"
 FLUSH_INTERVAL = 0.1  # seconds a line waits at most before it is written
-MAX_BATCH = 1024  # entries that make a batch be written at once
+# Entries that make a batch be formatted and written at once. Formatting holds the event loop (2 µs a
+# line): 1024 lines at a time doubled tako-server's p99 latency under load (bench/proxy), 256 do not.
+MAX_BATCH = 256
 
 # One finished request, as ClientConnection._count builds it (positions are read in `_line`).
 Entry = tuple[Any, ...]
-Batch = dict[str, list[str]]  # app -> JSON lines
+Batch = dict[str, str]  # app -> its JSON lines, each ending with a newline
 
 
 class AccessLog:
@@ -70,10 +72,10 @@ class AccessLog:
             return
         self._entries = []
         wall = time.time() - self._loop.time()  # loop time -> UNIX time, once per batch
-        batch: Batch = {}
+        lines: dict[str, list[str]] = {}
         for entry in entries:
-            batch.setdefault(entry[0], []).append(self._line(entry, wall))
-        self._sink(batch)
+            lines.setdefault(entry[0], []).append(self._line(entry, wall))
+        self._sink({app: "\n".join(text) + "\n" for app, text in lines.items()})
 
     def _line(self, entry: Entry, wall: float) -> str:
         # Built as text rather than through a dict and json.dumps (6 µs a line, more than the proxy's whole
@@ -143,9 +145,9 @@ class AccessFiles:
         self.backups = backups
         self._files: dict[str, tuple[BinaryIO, int]] = {}  # app -> open file, its size
 
-    def write(self, batch: Mapping[str, Sequence[str]]) -> None:
-        for app, lines in batch.items():
-            self._append(app, ("\n".join(lines) + "\n").encode())
+    def write(self, batch: Mapping[str, str]) -> None:
+        for app, text in batch.items():
+            self._append(app, text.encode())
 
     def _append(self, app: str, data: bytes) -> None:
         opened = self._files.get(app)

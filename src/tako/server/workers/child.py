@@ -332,7 +332,7 @@ class DataPlaneChild:
             self.send(Traffic(snapshot))
 
     def send_access_lines(self, batch: Batch) -> None:
-        self.send(AccessLines({app: tuple(lines) for app, lines in batch.items()}))
+        self.send(AccessLines(batch))
 
 
 def _die_with_parent(parent: int) -> None:

@@ -166,10 +166,10 @@ class Traffic:
 
 @dataclass(frozen=True)
 class AccessLines:
-    """Access log lines for the main process to write: app -> JSON lines."""
+    """Access log lines for the main process to write: app -> its lines (one string: one value to check)."""
 
     kind: ClassVar[str] = "access"
-    lines: dict[str, tuple[str, ...]]
+    lines: dict[str, str]
 
 
 ToWorker = Configure | RoutingSnapshot | StatusDocument | AcmeTokens | WakeFailed | Stop
