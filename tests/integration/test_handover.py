@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -155,4 +156,26 @@ async def test_a_state_database_newer_than_the_successor_is_refused_before_it_ta
     assert "written by a newer tako-server" in failed.stderr, failed.stderr
     assert srv.proc.poll() is None
     assert srv.call("hello")["pid"] == srv.proc.pid
+    assert (await https_get(srv.https_port, HOST)).status == 200
+
+
+async def test_a_successor_failing_after_it_adopted_leaves_the_instances_to_the_running_server(
+    srv: TakoServer,
+) -> None:
+    """The new process fails once the old one has stopped accepting (here: its metrics port is taken):
+    the instances it adopted keep running, and the old process accepts and answers again."""
+    await asyncio.to_thread(srv.deploy, "web", "v1", instances=1)
+    assert srv.proc is not None and srv.https_port is not None
+    pids = instance_pids(srv)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        srv.config.write_text(srv.config.read_text().replace('"127.0.0.1:0"', f'"127.0.0.1:{port}"'))
+        failed = await asyncio.to_thread(request_handover, srv)
+    assert failed.returncode != 0
+    assert "cannot listen for metrics" in failed.stderr and "keeps serving" in failed.stderr, failed.stderr
+    assert srv.proc.poll() is None
+    assert srv.call("hello")["pid"] == srv.proc.pid
+    assert instance_pids(srv) == pids and all(psutil.pid_exists(pid) for pid in pids)
     assert (await https_get(srv.https_port, HOST)).status == 200

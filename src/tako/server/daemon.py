@@ -129,6 +129,7 @@ class Daemon:
         await self.acme.start()  # after the HTTP listener: HTTP-01 validations must find it
         await self._open_sockets(Path(settings.socket))
         if self.inherited is not None:
+            self.leave_instances = False
             handover.announce_serving(self.inherited)
         log.info(
             "tako-server ready data_dir=%s socket=%s http_port=%s https_port=%s apps=%d data_plane=%s "
@@ -160,6 +161,9 @@ class Daemon:
         accepting and watching its instances, then adopt them (they keep running throughout)."""
         assert self.registry is not None
         await handover.announce_ready(inherited)
+        # From here until we serve, a failure must leave the instances running: the old process, which
+        # then accepts again, still has them.
+        self.leave_instances = True
         adopted = await self.registry.adopt_running()
         log.info("hand-over: adopted %d instance(s)", adopted)
 
