@@ -183,6 +183,10 @@ class Daemon:
         control, one-off, hand-over and metrics sockets, stop reaping idle instances (it adopts them)."""
         assert self.proxy is not None
         self.proxy.pause_accepting()
+        await self._close_sockets()
+
+    async def _close_sockets(self) -> None:
+        """What `_open_sockets` opened: idle loop, metrics, hand-over, control and one-off sockets."""
         if self._idle is not None:
             self._idle.cancel()
         if self.metrics is not None:
@@ -321,14 +325,7 @@ class Daemon:
         if self.lock is None:
             return  # refused before it started anything (another server holds the data dir)
         await self.acme.stop()
-        if self.metrics is not None:
-            await self.metrics.close()
-        if self.handover_server is not None:
-            self.handover_server.close()
-        if self.control is not None:
-            await self.control.close()
-        if self.oneoff is not None:
-            await self.oneoff.close()
+        await self._close_sockets()
         workers = None
         if self.workers is not None:
             workers = asyncio.create_task(self.workers.stop(self.config.apps.drain_timeout))
@@ -340,8 +337,6 @@ class Daemon:
             self.proxy.access_log.close()  # the last lines, then the files
         if self.access_files is not None:
             self.access_files.close()
-        if self._idle is not None:
-            self._idle.cancel()
         if self.registry is not None and self.leave_instances:
             self.registry.detach()
         elif self.registry is not None:
