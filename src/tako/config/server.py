@@ -136,9 +136,10 @@ def check_metrics_listen(file: str, value: str) -> None:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(
             file,
-            f"expected HOST:PORT (or \"\" to turn the listener off), got {value!r}",
+            f'expected HOST:PORT (or "" to turn the listener off), got {value!r}',
             key="metrics.listen",
-            hint=f'e.g. listen = "{DEFAULT_METRICS_LISTEN}", or the server\'s own address to let a scraper in',
+            hint=f'e.g. listen = "{DEFAULT_METRICS_LISTEN}", or the server\'s own address to let a '
+            "scraper in",
         )
 
 
