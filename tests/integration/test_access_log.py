@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -75,6 +76,17 @@ async def test_a_line_per_request_with_what_the_proxy_saw(server: TakoServer) ->
     assert second["request_id"] == late.header("X-Request-Id")
     assert second["duration_ms"] >= 1000.0  # the response timeout ran out
     assert f"instance={third['instance']}\n" in root.body.decode()  # the instance that answered
+
+
+async def test_an_app_deleted_and_deployed_again_logs_to_its_new_file(server: TakoServer) -> None:
+    assert server.https_port
+    assert (await fetch(server.https_port, HOST, "/")).status == 200
+    lines_when(server, lambda found: len(found) >= 1)
+    await asyncio.to_thread(server.call, "delete", app="web")
+    shutil.rmtree(server.data_dir / "apps" / "web")  # what `tako delete` removes after the command
+    await asyncio.to_thread(server.deploy, "web", "v2", instances=1)
+    assert (await fetch(server.https_port, HOST, "/")).status == 200
+    assert len(lines_when(server, lambda found: len(found) >= 1)) == 1
 
 
 async def test_rotated_like_app_log() -> None:

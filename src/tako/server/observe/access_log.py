@@ -152,6 +152,9 @@ class AccessFiles:
     def _append(self, app: str, data: bytes) -> None:
         opened = self._files.get(app)
         try:
+            if opened is not None and os.fstat(opened[0].fileno()).st_nlink == 0:
+                self._close(app)  # the app was deleted (and perhaps deployed again): a new file
+                opened = None
             if opened is None:
                 opened = self._open(app)
                 if opened is None:
