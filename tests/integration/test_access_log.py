@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from tests.support.raw_http import RawResponse, fetch
-from tests.support.server_process import TakoServer, wait_for
+from tests.support.server_process import TakoServer, wait_for, websocket
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +76,18 @@ async def test_a_line_per_request_with_what_the_proxy_saw(server: TakoServer) ->
     assert second["request_id"] == late.header("X-Request-Id")
     assert second["duration_ms"] >= 1000.0  # the response timeout ran out
     assert f"instance={third['instance']}\n" in root.body.decode()  # the instance that answered
+
+
+async def test_a_websocket_is_one_line_when_it_closes(server: TakoServer) -> None:
+    assert server.https_port
+    async with websocket(server.https_port, HOST) as ws:
+        for text in ("one", "two", "three"):
+            await ws.send(text)
+            assert await ws.recv() == text
+        assert access_lines(server) == []  # open: not logged yet
+    (line,) = lines_when(server, lambda found: len(found) >= 1)
+    assert line["websocket"] is True and line["status"] == 101 and line["path"] == "/ws"
+    assert line["bytes_in"] > 0 and line["bytes_out"] > 0 and line["duration_ms"] > 0
 
 
 async def test_an_app_deleted_and_deployed_again_logs_to_its_new_file(server: TakoServer) -> None:

@@ -353,7 +353,9 @@ class ClientConnection:
         if tunnel is not None:
             tunnel.transport.write(data)
             self.tunnel_active = True
-            self.cycle.tunnel_in += len(data)  # type: ignore[union-attr]  # a tunnel keeps its cycle
+            cycle = self.cycle  # the request that opened the tunnel, kept until the connection closes
+            if cycle is not None:
+                cycle.tunnel_in += len(data)
             return
         if self.broken:
             return
