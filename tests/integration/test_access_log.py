@@ -76,6 +76,8 @@ async def test_a_line_per_request_with_what_the_proxy_saw(server: TakoServer) ->
     assert second["request_id"] == late.header("X-Request-Id")
     assert second["duration_ms"] >= 1000.0  # the response timeout ran out
     assert f"instance={third['instance']}\n" in root.body.decode()  # the instance that answered
+    port = server.call("hello")["metrics_port"]
+    wait_for(lambda: _metric(port, 'tako_upstream_errors_total{app="web",kind="timeout"}') == 1)
 
 
 async def test_a_websocket_is_one_line_when_it_closes(server: TakoServer) -> None:
@@ -159,9 +161,14 @@ async def fetch_when_routed(port: int, path: str) -> RawResponse:
 
 
 def _requests_2xx(port: int) -> float:
+    return _metric(port, 'tako_http_requests_total{app="web",status_class="2xx"}')
+
+
+def _metric(port: int, series: str) -> float:
+    """One series' value from tako-server's /metrics (0 while absent)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     for line in text.splitlines():
-        if line.startswith('tako_http_requests_total{app="web",status_class="2xx"}'):
+        if line.startswith(series + " "):
             return float(line.split()[-1])
     return 0.0
