@@ -1,5 +1,5 @@
-"""Imports go one way: cli → deploy → remote/config/secrets/routing/protocol; the server side never
-imports the CLI side, and shared packages import neither."""
+"""Imports go one way: cli → deploy → remote/config/secrets/routing/protocol → errors; the server side
+never imports the CLI side, and shared packages import neither."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ FORBIDDEN = {
     "config": {"cli", "deploy", "server", "remote", "secrets"},
     "routing": {"cli", "deploy", "server", "remote", "secrets", "config"},
     "protocol": {"cli", "deploy", "server", "remote", "secrets", "config", "routing"},
+    "errors": {"cli", "deploy", "server", "remote", "secrets", "config", "routing", "protocol"},
 }
 
 
