@@ -83,6 +83,8 @@ async def test_a_line_per_request_with_what_the_proxy_saw(server: TakoServer) ->
 async def test_a_websocket_is_one_line_when_it_closes(server: TakoServer) -> None:
     assert server.https_port
     async with websocket(server.https_port, HOST) as ws:
+        assert ws.response is not None
+        given = ws.response.headers.get("X-Request-Id")  # the 101 carries the id like any response
         for text in ("one", "two", "three"):
             await ws.send(text)
             assert await ws.recv() == text
@@ -90,6 +92,7 @@ async def test_a_websocket_is_one_line_when_it_closes(server: TakoServer) -> Non
     (line,) = lines_when(server, lambda found: len(found) >= 1)
     assert line["websocket"] is True and line["status"] == 101 and line["path"] == "/ws"
     assert line["bytes_in"] > 0 and line["bytes_out"] > 0 and line["duration_ms"] > 0
+    assert given and line["request_id"] == given
 
 
 async def test_an_app_deleted_and_deployed_again_logs_to_its_new_file(server: TakoServer) -> None:

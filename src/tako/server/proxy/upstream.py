@@ -443,8 +443,8 @@ class UpstreamConnection:
             if cycle.upgrade is None:
                 raise httptools.HttpParserError("101 without an upgrade request")
             self._out.append(
-                b"HTTP/1.1 101 %s\r\n%sConnection: upgrade\r\nUpgrade: %s\r\n\r\n"
-                % (self._reason, b"".join(headers), cycle.upgrade)
+                b"HTTP/1.1 101 %s\r\n%sX-Request-Id: %s\r\nConnection: upgrade\r\nUpgrade: %s\r\n\r\n"
+                % (self._reason, b"".join(headers), cycle.request_id or b"-", cycle.upgrade)
             )
             cycle.response_started = True
             return
