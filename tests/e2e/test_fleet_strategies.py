@@ -128,6 +128,23 @@ def test_atomic_switches_nothing_when_a_server_cannot_prepare(
     assert_all_on(hosts, old)
 
 
+def test_atomic_switches_nothing_when_a_server_is_cut_off(
+    cli: TakoCLI, hosts: list[Host], project: Path
+) -> None:
+    old = baseline(cli, project, hosts)
+    cut = hosts[1]
+    cut.cut()
+    try:
+        code, out = deploy(cli, project, hosts[0], "atomic = true")
+    finally:
+        cut.heal()
+    assert code == 1, out
+    assert f"✗ {cut.name}: failed at connect" in out, out
+    for host in (hosts[0], hosts[2]):
+        assert f"✗ {host.name}: failed at deploy: not switched" in out, out
+    assert_all_on(hosts, old)
+
+
 def test_atomic_switches_back_when_a_server_fails_to_switch(
     cli: TakoCLI, hosts: list[Host], project: Path
 ) -> None:
