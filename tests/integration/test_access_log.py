@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.proxy_harness import raw_exchange
 from tests.support.raw_http import RawResponse, fetch
 from tests.support.server_process import TakoServer, wait_for, websocket
 
@@ -93,6 +94,33 @@ async def test_a_websocket_is_one_line_when_it_closes(server: TakoServer) -> Non
     assert line["websocket"] is True and line["status"] == 101 and line["path"] == "/ws"
     assert line["bytes_in"] > 0 and line["bytes_out"] > 0 and line["duration_ms"] > 0
     assert given and line["request_id"] == given
+
+
+async def test_requests_no_app_answered_are_counted_apart_and_not_logged(server: TakoServer) -> None:
+    assert server.https_port and server.http_port
+    tls = ssl.create_default_context()
+    tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE  # the fallback certificate
+    unknown = await raw_exchange(
+        server.https_port,
+        b"GET / HTTP/1.1\r\nHost: nowhere.tako.test\r\nConnection: close\r\n\r\n",
+        ssl_context=tls,
+        server_hostname=HOST,  # a routed name in TLS, an unknown one in Host: no app matches
+    )
+    assert unknown.startswith(b"HTTP/1.1 404 ")
+    plain = await raw_exchange(
+        server.http_port, b"GET / HTTP/1.1\r\nHost: nowhere.tako.test\r\nConnection: close\r\n\r\n"
+    )
+    assert plain.startswith(b"HTTP/1.1 404 ")
+    bad = await raw_exchange(server.http_port, b"GET / HTTP/1.1\r\nHost: nowhere\r\nBad Header\r\n\r\n")
+    assert bad.startswith(b"HTTP/1.1 400 ")
+    assert (await fetch(server.https_port, HOST, "/")).status == 200
+    port = server.call("hello")["metrics_port"]
+    series = 'tako_http_requests_total{app="_unrouted",status_class="4xx"}'
+    wait_for(lambda: _metric(port, series) == 3, what="the three requests no app answered in /metrics")
+    assert _requests_2xx(port) == 1
+    (line,) = lines_when(server, lambda found: len(found) >= 1)  # the app's own request only
+    assert line["status"] == 200 and line["host"] == HOST
+    assert not (server.data_dir / "apps" / "_unrouted").exists()
 
 
 async def test_an_app_deleted_and_deployed_again_logs_to_its_new_file(server: TakoServer) -> None:

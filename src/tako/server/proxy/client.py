@@ -30,6 +30,7 @@ from tako.server.observe.request_id import is_sane as is_sane_request_id
 from tako.server.proxy import responses
 from tako.server.proxy.backend import AppGate, AppUnavailable, ServerServices, Snapshot, Upstream
 from tako.server.proxy.body_buffer import READ_CHUNK, BodyBuffer
+from tako.server.proxy.counters import UNROUTED_APP
 from tako.server.proxy.cycle import (
     PAUSE_BUFFER,
     PAUSE_PIPELINE,
@@ -955,6 +956,10 @@ class ClientConnection:
 
     def _respond(self, cycle: RequestCycle, data: bytes) -> None:
         """Write a complete local response for the current cycle and move on."""
+        if cycle.counters is None:
+            # No app took the request: counted apart (in /metrics), in no app's access log (see _count).
+            counters = cycle.counters = self.traffic.for_app(UNROUTED_APP)
+            counters.in_flight += 1
         cycle.response_started = True
         cycle.status = int(data[9:12])  # every local response starts `HTTP/1.1 NNN `
         request_id = cycle.request_id
@@ -1013,7 +1018,7 @@ class ClientConnection:
                 status, now - cycle.started, now - sent_at if sent_at else 0.0, bytes_in, cycle.bytes_out
             )
         access = self.access
-        if access is not None:
+        if access is not None and counters.name != UNROUTED_APP:
             access.add(
                 (
                     counters.name,

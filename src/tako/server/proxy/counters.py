@@ -14,6 +14,10 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
 STATUS_CLASSES: tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx")
+# The name requests no app answered are counted under: tako-server's own answers before or without a
+# route (unknown hosts, malformed requests, /_tako/status, ACME challenges, redirects to HTTPS). App names
+# start with a letter, so it is never an app's.
+UNROUTED_APP = "_unrouted"
 # Kinds of upstream failure, as the proxy tells them apart (`upstream_error` takes the index).
 UPSTREAM_ERROR_KINDS: tuple[str, ...] = ("connect", "timeout", "reset", "bad_response", "unavailable")
 
