@@ -1020,20 +1020,20 @@ class ClientConnection:
         access = self.access
         if access is not None and counters.name != UNROUTED_APP:
             access.add(
-                (
+                (  # the order observe.access_log.Entry gives
                     counters.name,
+                    cycle.host,
+                    cycle.method,
                     cycle.started,
                     now,
                     sent_at,
                     status,
-                    cycle.host,
-                    cycle.method,
                     cycle.url,
                     bytes_in,
                     cycle.bytes_out,
+                    cycle.request_id,
                     cycle.instance,
                     self.client_ip,
-                    cycle.request_id,
                     self.tls,
                     status == 101,
                 )
