@@ -179,3 +179,40 @@ async def test_a_successor_failing_after_it_adopted_leaves_the_instances_to_the_
     assert srv.call("hello")["pid"] == srv.proc.pid
     assert instance_pids(srv) == pids and all(psutil.pid_exists(pid) for pid in pids)
     assert (await https_get(srv.https_port, HOST)).status == 200
+
+
+async def test_handovers_with_data_plane_workers_fail_no_request() -> None:
+    """With `[server] workers = 2` every worker's listening sockets are handed over too: the connections
+    queued on an old worker's socket are accepted by the new process's worker, never reset."""
+    server = TakoServer(app_settings={"drain_timeout": 20.0})
+    server.config.write_text(server.config.read_text() + "\n[server]\nworkers = 2\n")
+    successors: list[int] = []
+    server.successors = successors  # type: ignore[attr-defined]
+    stop = asyncio.Event()
+    result = LoadResult()
+    try:
+        await asyncio.to_thread(server.start)
+        await asyncio.to_thread(server.deploy, "web", "v1", instances=1)
+        assert server.https_port is not None
+        load = asyncio.create_task(
+            run_load(server.https_port, HOST, stop, keepalive=2, fresh=4, result=result)
+        )
+        for _ in range(5):
+            await served_more(result, 100)
+            await asyncio.to_thread(hand_over, server)
+        await served_more(result, 100)
+        stop.set()
+        await load
+        assert len(server.call("hello")["workers"]) == 1
+    finally:
+        stop.set()
+        for pid in successors:
+            stop_pid(pid)
+        await asyncio.to_thread(server.cleanup)
+    assert result.failures() == [], f"{result.failures()} of {len(result.responses)}"
+
+
+async def served_more(result: LoadResult, count: int) -> None:
+    """Wait until the load has had `count` more responses (bounded)."""
+    served = len(result.responses)
+    await asyncio.to_thread(wait_for, lambda: len(result.responses) > served + count, 60, what="load")

@@ -32,6 +32,7 @@ from tests.support.server_process import (
 )
 
 from tako.config.server import ProxySettings
+from tako.server.proxy.server import bind_listener
 from tako.server.workers import messages as wm
 
 pytestmark = pytest.mark.integration
@@ -319,10 +320,14 @@ async def test_worker_process_protocol(tmp_path: Path) -> None:
 def start_worker_process(stderr: int | None = None) -> tuple[subprocess.Popen[bytes], socket.socket]:
     """`python -m tako.server.workers.child` as the supervisor runs it, and our end of its channel."""
     ours, theirs = socket.socketpair()
+    # Bound, not listening: the worker listens once it has its routes, as with the supervisor's sockets.
+    http, https = (bind_listener("127.0.0.1", 0, reuse_port=True) for _ in range(2))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    argv = [sys.executable, "-m", "tako.server.workers.child", str(theirs.fileno()), str(os.getpid())]
-    proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env=env, stderr=stderr)
-    theirs.close()
+    fds = (theirs.fileno(), http.fileno(), https.fileno())
+    argv = [sys.executable, "-m", "tako.server.workers.child", *map(str, fds), str(os.getpid())]
+    proc = subprocess.Popen(argv, pass_fds=fds, env=env, stderr=stderr)
+    for sock in (theirs, http, https):
+        sock.close()
     return proc, ours
 
 

@@ -172,9 +172,10 @@ class Daemon:
         once it serves. On failure this process goes on serving, unchanged."""
         assert self.lock is not None and self.proxy is not None
         http, https = self.proxy.listening_sockets()
+        workers = self.workers.listeners if self.workers is not None else []
         pid_file = Path(self.config.server.socket).parent / handover.PID_FILE
         handing = handover.Handing(
-            self.lock.fd, http, https, self._let_go, self._resume, self._retire, pid_file
+            self.lock.fd, http, https, workers, self._let_go, self._resume, self._retire, pid_file
         )
         return await handover.hand_over(handing, handover.successor_argv())
 
@@ -285,6 +286,9 @@ class Daemon:
         return AccessLog(asyncio.get_running_loop(), files.write, query=settings.query)
 
     async def _start_workers(self) -> None:
+        # The previous tako-server's workers' listeners (a hand-over): taken by ours, closed by the pool
+        # when fewer workers are configured now.
+        inherited = self.inherited.workers if self.inherited is not None else []
         if self.config.server.workers > 1:
             assert self.registry is not None and self.proxy is not None
             assert self.http_port is not None and self.https_port is not None and self.traffic is not None
@@ -297,8 +301,15 @@ class Daemon:
                 **ports,
                 traffic=self.traffic,
                 access_files=self.access_files,
+                listeners=inherited,
             )
-            await self.workers.start(self.proxy.set_snapshot)
+            settings = self.config.server
+            with _listener_errors(settings.listen, settings.http_port, "a worker's", "[server] workers = 1"):
+                await self.workers.start(self.proxy.set_snapshot)
+        else:
+            for pair in inherited:
+                for sock in pair:
+                    sock.close()
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -3,7 +3,8 @@
 The running (old) process starts the new one itself and passes it, over a unix socketpair (SCM_RIGHTS),
 the open file descriptions of its listening sockets and of its data-dir lock:
 
-1. old → new: the descriptors (lock, HTTP listener, HTTPS listener) and their ports.
+1. old → new: the descriptors (lock, HTTP listener, HTTPS listener, and with `[server] workers > 1` each
+   data-plane worker's HTTP and HTTPS listener) and their ports.
 2. new: shares the lock (an flock belongs to the open file description, so exactly these two processes
    hold it and no third server can start), restores state and routes, listens on the very same sockets,
    starts its workers, then says `ready` — within `READY_TIMEOUT`.
@@ -45,6 +46,7 @@ GO_TIMEOUT = 10.0  # the old process answers `ready` at once; this bounds a hung
 SERVING_TIMEOUT = 120.0  # after `go`: adopting the instances (a health check each), listeners, workers
 STOP_TIMEOUT = 30.0  # a new process that failed is given this long to stop its instances after SIGTERM
 MAX_LINE = 64 * 1024
+MAX_WORKER_PAIRS = 125  # the kernel passes at most 253 descriptors in one message: lock + 2 + 2 per worker
 
 
 PID_FILE = "tako-server.pid"  # beside the control socket, written by tako-server-service
@@ -66,6 +68,7 @@ class Inherited:
     http: socket.socket
     https: socket.socket
     channel: socket.socket
+    workers: list[tuple[socket.socket, socket.socket]]  # the old workers' (HTTP, HTTPS) listeners
 
 
 def pending_channel() -> socket.socket | None:
@@ -81,17 +84,20 @@ def pending_channel() -> socket.socket | None:
 
 def receive(channel: socket.socket) -> Inherited:
     """The descriptors the old process sends right after starting us."""
-    header, fds, _, _ = socket.recv_fds(channel, MAX_LINE, 3)
-    if len(fds) != 3:
-        raise TakoError(f"hand-over: expected 3 descriptors from the running tako-server, got {len(fds)}")
+    header, fds, _, _ = socket.recv_fds(channel, MAX_LINE, 3 + 2 * MAX_WORKER_PAIRS)
+    for extra in fds:
+        os.set_inheritable(extra, False)
     info = json.loads(header)
     if info.get("kind") != "listeners":
         raise TakoError(f"hand-over: unexpected first message {info.get('kind')!r}")
-    for extra in fds:
-        os.set_inheritable(extra, False)
-    http = socket.socket(fileno=fds[1])
-    https = socket.socket(fileno=fds[2])
-    return Inherited(lock_fd=fds[0], http=http, https=https, channel=channel)
+    expected = 3 + 2 * int(info.get("workers", 0))
+    if len(fds) != expected:
+        raise TakoError(
+            f"hand-over: expected {expected} descriptors from the running tako-server, got {len(fds)}"
+        )
+    socks = [socket.socket(fileno=fd) for fd in fds[1:]]
+    workers = list(zip(socks[2::2], socks[3::2], strict=True))
+    return Inherited(lock_fd=fds[0], http=socks[0], https=socks[1], channel=channel, workers=workers)
 
 
 def _send(channel: socket.socket, message: dict[str, Any]) -> None:
@@ -141,6 +147,7 @@ class Handing:
     lock_fd: int
     http: socket.socket
     https: socket.socket
+    workers: list[tuple[socket.socket, socket.socket]]  # each data-plane worker's listeners
     let_go: Callable[[], Awaitable[None]]  # stop accepting, free the control sockets, stop watching
     resume: Callable[[], Awaitable[None]]  # the successor failed after let_go: serve again
     retire: Callable[[], None]  # drain in-flight requests, then exit leaving the instances running
@@ -149,6 +156,11 @@ class Handing:
 
 async def hand_over(handing: Handing, argv: list[str]) -> dict[str, Any]:
     """Start a new tako-server with `argv` and hand it the listeners; returns its pid and version."""
+    if len(handing.workers) > MAX_WORKER_PAIRS:
+        raise HandoverFailed(
+            f"{len(handing.workers) + 1} data-plane processes are more listeners than one hand-over passes",
+            hint=f"set [server] workers to at most {MAX_WORKER_PAIRS + 1} and restart tako-server",
+        )
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -161,8 +173,9 @@ async def hand_over(handing: Handing, argv: list[str]) -> dict[str, Any]:
         theirs.close()
     log.info("hand-over: started tako-server pid=%d", proc.pid)
     ports = {"http_port": handing.http.getsockname()[1], "https_port": handing.https.getsockname()[1]}
-    header = json.dumps({"kind": "listeners", **ports}).encode()
-    socket.send_fds(ours, [header + b"\n"], [handing.lock_fd, handing.http.fileno(), handing.https.fileno()])
+    header = json.dumps({"kind": "listeners", "workers": len(handing.workers), **ports}).encode()
+    listeners = [handing.http, handing.https, *(sock for pair in handing.workers for sock in pair)]
+    socket.send_fds(ours, [header + b"\n"], [handing.lock_fd, *(sock.fileno() for sock in listeners)])
     reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_LINE)
     try:
         try:

@@ -259,18 +259,8 @@ class ProxyServer:
         return listener.port
 
     def _bind(self, host: str, port: int) -> socket.socket:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self._reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(address)
-            sock.listen(LISTEN_BACKLOG)
-        except OSError:
-            sock.close()
-            raise
+        sock = bind_listener(host, port, reuse_port=self._reuse_port)
+        listen(sock)
         return sock
 
     def _accept(self, listener: _Listener) -> None:
@@ -352,3 +342,24 @@ def _as_protocol(protocol: ClientConnection | UpstreamConnection) -> asyncio.Pro
     """The connection classes are asyncio protocols by their methods, not by subclassing (that would keep
     them from being compiled as extension types, see client.py): tell the type checker."""
     return cast(asyncio.Protocol, protocol)
+
+
+def bind_listener(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A TCP socket bound to host:port, not listening yet (`listen` makes it take connections)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def listen(sock: socket.socket) -> None:
+    """Start taking connections on a bound socket (again on one already listening: no change)."""
+    sock.listen(LISTEN_BACKLOG)

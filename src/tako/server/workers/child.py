@@ -3,7 +3,8 @@ fed routing snapshots, the status document and ACME tokens by the main process o
 messages of `tako.server.workers.messages`); it reports per-instance in-flight counters back in batches and
 asks the main process to cold-start apps.
 
-Run by the supervisor as `python -m tako.server.workers.child FD PARENT_PID`; never started by hand.
+Run by the supervisor as `python -m tako.server.workers.child FD HTTP_FD HTTPS_FD PARENT_PID` (its channel
+and the listening sockets the main process bound for it and keeps); never started by hand.
 
 When the main process disappears, a worker today stops at once: the kernel SIGKILLs it when its parent
 dies (`PR_SET_PDEATHSIG`), and if its channel closes otherwise it stops accepting and gives in-flight
@@ -32,7 +33,7 @@ from tako.server.observe.traffic import TrafficSnapshot, traffic_snapshot
 from tako.server.proxy.backend import AppUnavailable, Snapshot, pick_next
 from tako.server.proxy.cold_start import ColdStartQueue
 from tako.server.proxy.maintenance import MaintenanceAnswer
-from tako.server.proxy.server import ProxyServer
+from tako.server.proxy.server import ProxyServer, listen
 from tako.server.tls.certstore import CertStore
 from tako.server.tls.challenges import CHALLENGES_DIR, ChallengeStore, read_token_file
 from tako.server.workers.messages import (
@@ -191,6 +192,7 @@ class DataPlaneChild:
         self.proxy: ProxyServer | None = None
         self.stopping = asyncio.Event()
         self.stop_timeout = config.drain_timeout
+        self.handed_over = False  # a Stop said a successor's worker accepts on our listeners
         self._traffic_sent = TrafficSnapshot()
 
     # -- ServerServices -------------------------------------------------------------------------------
@@ -221,6 +223,7 @@ class DataPlaneChild:
             case WakeFailed():
                 self.apply_wake_failed(message)
             case Stop():
+                self.handed_over = self.handed_over or message.handed_over
                 self.stop(message.timeout)
             case Configure():
                 raise ProtocolError("the main process sent its configuration twice")
@@ -354,7 +357,7 @@ async def _configure(reader: asyncio.StreamReader) -> Configure:
     return config
 
 
-async def serve(fd: int) -> None:
+async def serve(fd: int, listeners: tuple[socket.socket, socket.socket]) -> None:
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd), limit=MAX_TO_WORKER)
     child = DataPlaneChild(reader, writer, await _configure(reader))
     config = child.config
@@ -378,12 +381,15 @@ async def serve(fd: int) -> None:
     reading = asyncio.create_task(child.read_loop())
     await _first_of(child.primed, child.stopping)  # routes and status first, then listen
     if not child.stopping.is_set():
-        http_port = await proxy.start_http(config.listen, config.http_port)
-        https_port = await proxy.start_https(config.listen, config.https_port)
+        http, https = listeners
+        listen(http)
+        listen(https)
+        http_port = await proxy.start_http(config.listen, config.http_port, sock=http)
+        https_port = await proxy.start_https(config.listen, config.https_port, sock=https)
         child.send(Ready(CHANNEL_VERSION, pid=os.getpid(), http_port=http_port, https_port=https_port))
     reporting = asyncio.create_task(child.report_loop())
     await child.stopping.wait()
-    await proxy.shutdown(child.stop_timeout)
+    await proxy.shutdown(child.stop_timeout, handed_over=child.handed_over)
     child.report()  # the last counts (all zero once drained)
     child.report_traffic()
     if proxy.access_log is not None:
@@ -403,8 +409,10 @@ async def _first_of(*events: asyncio.Event) -> None:
 
 
 def main() -> None:
-    fd = int(sys.argv[1])
-    _die_with_parent(int(sys.argv[2]))
+    if len(sys.argv) != 5:  # started by a tako-server of another version (the files upgraded under it)
+        sys.exit("tako worker: expected FD HTTP_FD HTTPS_FD PARENT_PID; restart tako-server")
+    fd, http_fd, https_fd = (int(arg) for arg in sys.argv[1:4])
+    _die_with_parent(int(sys.argv[4]))
     logging.basicConfig(
         level=logging.INFO,  # until the configuration names tako-server's level
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
@@ -413,7 +421,7 @@ def main() -> None:
     import uvloop
 
     try:
-        uvloop.run(serve(fd))
+        uvloop.run(serve(fd, (socket.socket(fileno=http_fd), socket.socket(fileno=https_fd))))
     except ProtocolError as exc:
         log.error("cannot start: %s%s", exc, f" ({exc.hint})" if exc.hint else "")
         sys.exit(2)

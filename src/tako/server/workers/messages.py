@@ -23,7 +23,9 @@ from tako.errors import ProtocolError
 from tako.protocol.codec import decode_message, encode_message
 from tako.server.observe.traffic import TrafficSnapshot
 
-CHANNEL_VERSION = 3  # 2: AppRouting carries maintenance and error pages; 3: traffic and access lines
+# 2: AppRouting carries maintenance and error pages; 3: traffic and access lines; 4: the main process binds
+# the worker's listeners (passed on its command line) and Stop says whether a successor took over.
+CHANNEL_VERSION = 4
 TAG = "kind"
 MAX_TO_WORKER = 64 * 1024 * 1024  # a routing snapshot lists every app, route and instance
 MAX_FROM_WORKER = 16 * 1024 * 1024
@@ -115,10 +117,13 @@ class WakeFailed:
 
 @dataclass(frozen=True)
 class Stop:
-    """Stop accepting, finish in-flight requests within `timeout` seconds, exit."""
+    """Stop accepting, finish in-flight requests within `timeout` seconds, exit. `handed_over`: a new
+    tako-server's worker accepts on these listeners now, so connections accepted but before their first
+    request get it answered (a client cannot retry a connection closed before it sent anything)."""
 
     kind: ClassVar[str] = "stop"
     timeout: float
+    handed_over: bool = False
 
 
 # -- worker → main process ------------------------------------------------------------------------------

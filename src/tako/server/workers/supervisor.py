@@ -1,5 +1,8 @@
 """The main process's side of `[server] workers = N` (N > 1): it keeps its own listeners and runs N-1
-worker processes (`python -m tako.server.workers.child`) on the same ports (SO_REUSEPORT). It feeds them
+worker processes (`python -m tako.server.workers.child`) on the same ports (SO_REUSEPORT). It binds each
+worker's listening sockets itself and keeps them open for its whole life, so that the connections queued
+on a worker's socket wait there for its replacement (a restart, or the next tako-server's worker after a
+hand-over, which is handed these sockets) instead of being reset when the worker exits. It feeds them
 routing snapshots, the status document and ACME tokens, folds their reports into the instances' in-flight
 counts (`ledger`), cold-starts apps for them, restarts a worker that dies or hangs and stops them all
 gracefully at shutdown. Every message is a dataclass of `messages`, built in one method here.
@@ -25,6 +28,7 @@ from tako.server.apps.registry import AppRegistry
 from tako.server.observe.access_log import AccessFiles
 from tako.server.observe.traffic import TrafficTotals
 from tako.server.proxy.backend import AppUnavailable, ServerServices, Snapshot
+from tako.server.proxy.server import bind_listener
 from tako.server.tls.challenges import ChallengeStore
 from tako.server.workers import messages
 from tako.server.workers.ledger import InflightLedger
@@ -87,6 +91,7 @@ class WorkerPool:
         https_port: int,
         traffic: TrafficTotals,
         access_files: AccessFiles | None,
+        listeners: list[tuple[socket.socket, socket.socket]] | None = None,
     ) -> None:
         self.config = config
         self.traffic = traffic  # workers' counters are folded in here (Traffic messages)
@@ -97,6 +102,9 @@ class WorkerPool:
         self.http_port = http_port
         self.https_port = https_port
         self.workers = [WorkerHandle(slot) for slot in range(config.server.workers - 1)]
+        # Each worker's (HTTP, HTTPS) listening sockets, handed over by the previous tako-server or bound
+        # in `start`; a worker restarted takes the same ones.
+        self.listeners = list(listeners or [])
         self.version = 0
         self._snapshot_line = b""
         self._rotation: dict[str, Instance] = {}
@@ -105,6 +113,7 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._waking: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
+        self._handed_over = False  # stop_accepting: a successor's workers accept on our listeners
         self._status_pending = False
         self._start_failed = asyncio.Event()
         self._last_status = b""
@@ -117,6 +126,7 @@ class WorkerPool:
             local_publish(snapshot)
             self.publish()
 
+        self._bind_listeners()
         self.registry.set_publisher(publish)
         self.registry.settled = self.applied
         for worker in self.workers:
@@ -138,6 +148,32 @@ class WorkerPool:
         self._spawn_task(self._status_loop())
         log.info("data-plane workers ready: %s", ", ".join(str(w.pid) for w in self.workers))
 
+    def _bind_listeners(self) -> None:
+        """One (HTTP, HTTPS) pair per worker: those handed over, then new ones bound (not listening: the
+        worker listens once it can route). Handed-over pairs beyond the workers now configured are closed:
+        the connections queued on them are reset, as when their worker would have closed them."""
+        wanted = len(self.workers)
+        for http, https in self.listeners[wanted:]:
+            http.close()
+            https.close()
+        del self.listeners[wanted:]
+        listen = self.config.server.listen
+        while len(self.listeners) < wanted:
+            http = bind_listener(listen, self.http_port, reuse_port=True)
+            try:
+                https = bind_listener(listen, self.https_port, reuse_port=True)
+            except OSError:
+                http.close()
+                raise
+            self.listeners.append((http, https))
+
+    def _close_listeners(self) -> None:
+        """Our copies: a worker (or a successor tako-server) listening on one keeps it open."""
+        for http, https in self.listeners:
+            http.close()
+            https.close()
+        self.listeners.clear()
+
     async def applied(self) -> None:
         """Wait until every running worker acknowledged the latest routing snapshot (a worker reports
         right after applying one), at most SETTLE_TIMEOUT: a hung worker is the heartbeat's business."""
@@ -153,12 +189,14 @@ class WorkerPool:
         """A hand-over: workers stop accepting and drain now (not restarted when they exit); `stop` then
         waits for them."""
         self._stopping = True
-        self._broadcast(messages.Stop(timeout=self.config.apps.drain_timeout))
+        self._handed_over = True
+        self._broadcast(messages.Stop(timeout=self.config.apps.drain_timeout, handed_over=True))
 
     async def stop(self, timeout: float) -> None:
         """Workers stop accepting and finish in-flight requests within `timeout`, then exit."""
         self._stopping = True
-        self._broadcast(messages.Stop(timeout=timeout))
+        self._broadcast(messages.Stop(timeout=timeout, handed_over=self._handed_over))
+        self._close_listeners()  # no worker is restarted now: new connections go to a listening process
         procs = [w.proc for w in self.workers if w.proc is not None and w.proc.returncode is None]
         if procs:
             _, pending = await asyncio.wait(
@@ -346,14 +384,15 @@ class WorkerPool:
 
     async def _run_worker(self, worker: WorkerHandle) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = (theirs.fileno(), *(sock.fileno() for sock in self.listeners[worker.slot]))
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "tako.server.workers.child",
-                str(theirs.fileno()),
+                *(str(fd) for fd in fds),
                 str(os.getpid()),
-                pass_fds=(theirs.fileno(),),
+                pass_fds=fds,
                 stdin=asyncio.subprocess.DEVNULL,
             )
         finally:
