@@ -216,3 +216,13 @@ async def served_more(result: LoadResult, count: int) -> None:
     """Wait until the load has had `count` more responses (bounded)."""
     served = len(result.responses)
     await asyncio.to_thread(wait_for, lambda: len(result.responses) > served + count, 60, what="load")
+
+
+async def test_a_handover_from_one_process_to_data_plane_workers(srv: TakoServer) -> None:
+    """`workers = 1` → `workers = 2` in one hand-over: the single process's listeners are shareable."""
+    await asyncio.to_thread(srv.deploy, "web", "v1", instances=1)
+    assert srv.https_port is not None
+    srv.config.write_text(srv.config.read_text() + "\n[server]\nworkers = 2\n")
+    await asyncio.to_thread(hand_over, srv)
+    assert len(srv.call("hello")["workers"]) == 1
+    assert (await https_get(srv.https_port, HOST)).status == 200

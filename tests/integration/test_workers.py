@@ -221,9 +221,20 @@ async def test_sigterm_drains_a_worker_request(server: TakoServer) -> None:
     assert server.instance_processes() == []
 
 
-async def test_worker_dies_with_a_sigkilled_server(server: TakoServer) -> None:
+async def test_a_worker_orphaned_by_a_sigkill_serves_until_a_new_server_does(server: TakoServer) -> None:
+    """After `kill -9` of the main process its worker goes on serving from its last routing snapshot, and
+    exits once a new tako-server serves, which can bind the same ports even with `workers = 1`."""
+    await asyncio.to_thread(server.deploy, "web", "v1", instances=1)
     (worker,) = await asyncio.to_thread(worker_pids, server)
+    assert server.https_port is not None
     await asyncio.to_thread(server.kill)
+    # The main process's listeners died with it: every new connection reaches the worker.
+    assert (await https_get(server.https_port, HOST, "/")).status == 200
+    status = await https_get(server.https_port, HOST, "/_tako/status")
+    assert json.loads(status.body)["served_by"] == worker
+    server.config.write_text(server.config.read_text().replace("workers = 2", "workers = 1"))
+    hello = await asyncio.to_thread(restart_on_the_same_ports, server)
+    assert hello["https_port"] == server.https_port and "workers" not in hello
 
     def gone() -> bool:
         try:
@@ -231,7 +242,34 @@ async def test_worker_dies_with_a_sigkilled_server(server: TakoServer) -> None:
         except psutil.NoSuchProcess:
             return True
 
-    await asyncio.to_thread(wait_for, gone, 10)
+    await asyncio.to_thread(wait_for, gone, 15, what="the orphaned worker to exit")
+    log = server.log()
+    assert "serving from the last routes" in log and "a new tako-server serves; stopping" in log, log
+    assert "Traceback" not in log, log
+    # Only the new single process listens now (it stamps no `served_by`: there is no other to tell from).
+    status = await https_get(server.https_port, HOST, "/_tako/status")
+    assert "served_by" not in json.loads(status.body)
+    assert (await https_get(server.https_port, HOST, "/")).status == 200
+
+
+def restart_on_the_same_ports(server: TakoServer) -> dict[str, object]:
+    """A new tako-server on the crashed one's data dir, config and ports, as the service manager starts
+    it; its `hello` once it serves."""
+    cmd = server.command(http_port=server.http_port or 0)
+    cmd[cmd.index("--https-port") + 1] = str(server.https_port)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    with open(server.stderr_path, "ab") as log:
+        server.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, cwd=server.base)
+
+    def serving() -> dict[str, object] | None:
+        assert server.proc is not None and server.proc.poll() is None, server.log()
+        try:
+            return dict(server.call("hello"))
+        except OSError:
+            return None
+
+    hello: dict[str, object] = wait_for(serving, 30, what="the new tako-server")
+    return hello
 
 
 async def test_the_log_level_reaches_the_workers() -> None:
@@ -324,7 +362,7 @@ def start_worker_process(stderr: int | None = None) -> tuple[subprocess.Popen[by
     http, https = (bind_listener("127.0.0.1", 0, reuse_port=True) for _ in range(2))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     fds = (theirs.fileno(), http.fileno(), https.fileno())
-    argv = [sys.executable, "-m", "tako.server.workers.child", *map(str, fds), str(os.getpid())]
+    argv = [sys.executable, "-m", "tako.server.workers.child", *map(str, fds)]
     proc = subprocess.Popen(argv, pass_fds=fds, env=env, stderr=stderr)
     for sock in (theirs, http, https):
         sock.close()

@@ -256,7 +256,9 @@ class Daemon:
             services,
             certs,
             snapshot,
-            reuse_port=multi,
+            # Always: a worker orphaned by a kill -9 of the previous tako-server may still listen on these
+            # ports until this one serves (it then exits), whatever `workers` is now.
+            reuse_port=True,
             body_dir=self.data_dir / "tmp",
             access_log=self._access_log(),
         )
@@ -304,7 +306,7 @@ class Daemon:
                 listeners=inherited,
             )
             settings = self.config.server
-            with _listener_errors(settings.listen, settings.http_port, "a worker's", "[server] workers = 1"):
+            with _listener_errors(settings.listen, self.http_port, "a worker's", "[server] workers = 1"):
                 await self.workers.start(self.proxy.set_snapshot)
         else:
             for pair in inherited:

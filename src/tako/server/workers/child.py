@@ -3,20 +3,19 @@ fed routing snapshots, the status document and ACME tokens by the main process o
 messages of `tako.server.workers.messages`); it reports per-instance in-flight counters back in batches and
 asks the main process to cold-start apps.
 
-Run by the supervisor as `python -m tako.server.workers.child FD HTTP_FD HTTPS_FD PARENT_PID` (its channel
-and the listening sockets the main process bound for it and keeps); never started by hand.
+Run by the supervisor as `python -m tako.server.workers.child FD HTTP_FD HTTPS_FD` (its channel and the
+listening sockets the main process bound for it and keeps); never started by hand.
 
-When the main process disappears, a worker today stops at once: the kernel SIGKILLs it when its parent
-dies (`PR_SET_PDEATHSIG`), and if its channel closes otherwise it stops accepting and gives in-flight
-requests at most one second. It never serves on from its last routing snapshot alone: its counts could no
-longer hold a drain or an idle stop back, so an instance could be stopped under it.
+When the main process disappears without saying stop (kill -9, a crash), a worker serves on from its last
+routing snapshot (the instances outlive tako-server) until a new tako-server serves or ORPHAN_LIMIT passes,
+then drains like at a stop: requests keep being served while tako-server restarts. Bounded, because its
+in-flight counts no longer hold a drain or an idle stop back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -68,7 +67,11 @@ HEARTBEAT = 1.0  # a report is sent at least this often, so the main process can
 TRAFFIC_INTERVAL = 1.0  # per-app traffic counters reach the main process at most this late
 WAKE_RESEND = 1.0  # a waiting cold start asks the main process again this often
 ORPHAN_DRAIN = 1.0  # seconds in-flight requests get when the channel to the main process closes
-_PR_SET_PDEATHSIG = 1
+# The main process died (kill -9): serve on from the last routes until a new tako-server serves, at most this
+# long. The service manager starts one within a second and it serves within about one more (measured on the
+# testbed, docs/server.md); past this bound no new server is coming, and the routes may be long stale.
+ORPHAN_LIMIT = 30.0
+ORPHAN_POLL = 0.1  # how often an orphan checks whether the new tako-server's control socket answers
 
 
 class WorkerUpstream:
@@ -312,8 +315,32 @@ class DataPlaneChild:
                 log.exception("bad message from the main process; stopping")
                 break
         else:
-            log.warning("the main process closed the channel; stopping")
+            if await self.serve_orphaned():
+                self.stop(self.config.drain_timeout)
         self.stop(ORPHAN_DRAIN)
+
+    async def serve_orphaned(self) -> bool:
+        """The main process is gone without saying stop (kill -9, a crash): go on serving from the last
+        routing snapshot until a new tako-server serves (its control socket, opened last, answers) or
+        ORPHAN_LIMIT passes (True: it served). The instances outlive tako-server, so the routes still reach
+        them."""
+        path = self.config.control_socket
+        if self.stopping.is_set() or not self.primed.is_set() or not path:
+            log.warning("the main process closed the channel; stopping")
+            return False
+        log.warning("the main process is gone; serving from the last routes until a new one serves")
+        self.writer.close()  # nothing reads reports now
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ORPHAN_LIMIT
+        while not self.stopping.is_set():
+            if await _answers(path):
+                log.info("a new tako-server serves; stopping")
+                break
+            if loop.time() > deadline:
+                log.warning("no new tako-server within %g s; stopping", ORPHAN_LIMIT)
+                break
+            await asyncio.sleep(ORPHAN_POLL)
+        return True
 
     async def report_loop(self) -> None:
         next_traffic = 0.0
@@ -338,13 +365,14 @@ class DataPlaneChild:
         self.send(AccessLines(batch))
 
 
-def _die_with_parent(parent: int) -> None:
-    """No orphan if the main process is SIGKILLed: the kernel kills us when it dies (Linux only)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
+async def _answers(path: str) -> bool:
+    """A server listens on the unix socket `path` (a dead one's socket file refuses connections)."""
+    try:
+        _, writer = await asyncio.open_unix_connection(path)
+    except OSError:
+        return False
+    writer.close()
+    return True
 
 
 async def _configure(reader: asyncio.StreamReader) -> Configure:
@@ -409,10 +437,9 @@ async def _first_of(*events: asyncio.Event) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) != 5:  # started by a tako-server of another version (the files upgraded under it)
-        sys.exit("tako worker: expected FD HTTP_FD HTTPS_FD PARENT_PID; restart tako-server")
+    if len(sys.argv) != 4:  # started by a tako-server of another version (the files upgraded under it)
+        sys.exit("tako worker: expected FD HTTP_FD HTTPS_FD; restart tako-server")
     fd, http_fd, https_fd = (int(arg) for arg in sys.argv[1:4])
-    _die_with_parent(int(sys.argv[4]))
     logging.basicConfig(
         level=logging.INFO,  # until the configuration names tako-server's level
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",

@@ -24,7 +24,8 @@ from tako.protocol.codec import decode_message, encode_message
 from tako.server.observe.traffic import TrafficSnapshot
 
 # 2: AppRouting carries maintenance and error pages; 3: traffic and access lines; 4: the main process binds
-# the worker's listeners (passed on its command line) and Stop says whether a successor took over.
+# the worker's listeners (passed on its command line), Stop says whether a successor took over, and the
+# control socket tells an orphaned worker when a new tako-server serves.
 CHANNEL_VERSION = 4
 TAG = "kind"
 MAX_TO_WORKER = 64 * 1024 * 1024  # a routing snapshot lists every app, route and instance
@@ -48,6 +49,9 @@ class Configure:
     cold_start_timeout: float
     drain_timeout: float
     access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
+    # tako-server's control socket: a worker whose main process died serves on until a new one answers
+    # there ("" in tests: it stops at once).
+    control_socket: str = ""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import sys
 import time
@@ -354,6 +353,7 @@ class WorkerPool:
             cold_start_queue=cfg.apps.cold_start_queue,
             cold_start_timeout=cfg.apps.cold_start_timeout,
             drain_timeout=cfg.apps.drain_timeout,
+            control_socket=str(cfg.server.socket),
         )
 
     async def _supervise(self, worker: WorkerHandle) -> None:
@@ -391,7 +391,6 @@ class WorkerPool:
                 "-m",
                 "tako.server.workers.child",
                 *(str(fd) for fd in fds),
-                str(os.getpid()),
                 pass_fds=fds,
                 stdin=asyncio.subprocess.DEVNULL,
             )
