@@ -63,6 +63,10 @@ def one_request(address: str) -> str:
                 data += chunk
     except OSError as exc:
         return f"held: {exc}"  # accepted by the process that was killed
+    if not data:
+        # Closed with no byte of an answer: the killed process accepted it (the kernel closes its sockets
+        # with a FIN when the request had not yet arrived, with a reset when it had).
+        return "held: closed without an answer"
     status = data.split(b" ", 2)[1] if data.startswith(b"HTTP/") else b"?"
     return "ok" if status == b"200" else f"status {status.decode(errors='replace')}"
 
