@@ -306,6 +306,10 @@ class AppRegistry:
             app.routes = routes
             self.apps[app.name] = app
             self._rebuild_routes()
+        # A deploy's reply says the release serves: with data-plane workers, only once each of them has
+        # the new routes (else a request right after `tako deploy` could meet a worker that does not know
+        # the host yet and refuses its TLS handshake).
+        await self.settled()
 
     def _take_allow(self, app: ManagedApp, allow: tuple[str, ...] | None) -> None:
         """A deploy's `maintenance_allow` (None: a rollback, which keeps the list the app has)."""
