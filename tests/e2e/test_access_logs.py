@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import TakoCLI, tako_executable, user_ssh_env
+from tests.e2e.conftest import TakoCLI, cli_with_hosts, user_ssh_env
 from tests.support.projects import body_and_status, curl, make_project, wait_for
 from tests.support.testbed import Host, Testbed
 
@@ -34,12 +34,8 @@ class Deployed:
 @pytest.fixture(scope="module")
 def deployed(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     hosts = testbed.up(*NAMES)
-    home = tmp_path_factory.mktemp("al-home")
-    home.chmod(0o700)
-    cli = TakoCLI(home, tako_executable())
+    cli = cli_with_hosts(hosts, tmp_path_factory)
     env = user_ssh_env(hosts[0])
-    for host in hosts:
-        cli.ok("servers", "add", host.address, "--name", host.name, env=env)
     project = make_project(
         tmp_path_factory.mktemp("al-project"),
         name="accesslog",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import TakoCLI, tako_executable, user_ssh_env
+from tests.e2e.conftest import TakoCLI, cli_with_hosts, user_ssh_env
 from tests.support.projects import body_and_status, curl, git, make_project, wait_for
 from tests.support.testbed import Host, Testbed
 
@@ -39,12 +39,8 @@ class Deployed:
 def deployed(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     """App `day2` deployed to three hosts, one always-on instance each, with its own TAKO_HOME."""
     hosts = testbed.up(*NAMES)
-    home = tmp_path_factory.mktemp("d2-home")
-    home.chmod(0o700)
-    cli = TakoCLI(home, tako_executable())
+    cli = cli_with_hosts(hosts, tmp_path_factory)
     env = user_ssh_env(hosts[0])
-    for host in hosts:
-        cli.ok("servers", "add", host.address, "--name", host.name, env=env)
     project = make_project(
         tmp_path_factory.mktemp("d2-project"),
         name="day2",
