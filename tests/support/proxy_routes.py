@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from tako.routing import RouteTable, parse_route
 from tako.server.proxy.backend import AppGate, AppUnavailable, Snapshot, Upstream
 from tako.server.proxy.maintenance import MaintenanceAnswer
+from tako.server.proxy.static_files import StaticMounts
 
 
 class StaticUpstream:
@@ -61,6 +62,7 @@ class StaticGate:
         self.request_buffering = request_buffering
         self.maintenance: MaintenanceAnswer | None = None
         self.error_pages: dict[int, bytes] = {}
+        self.static: StaticMounts | None = None
         self.upstreams = upstreams
         self.waiter = waiter
         self._next = 0

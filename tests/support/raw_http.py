@@ -23,10 +23,12 @@ class RawResponse(NamedTuple):
         return values[0] if values else None
 
 
-async def fetch(port: int, host: str, path: str = "/", headers: dict[str, str] | None = None) -> RawResponse:
-    """GET `path` on a new connection (closed after it); `headers` are sent as given."""
+async def fetch(
+    port: int, host: str, path: str = "/", headers: dict[str, str] | None = None, *, method: str = "GET"
+) -> RawResponse:
+    """`method` `path` on a new connection (closed after it); `headers` are sent as given."""
     extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
-    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n".encode()
+    request = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n".encode()
     raw = await raw_exchange(port, request, ssl_context=_UNVERIFIED, server_hostname=host, timeout=30.0)
     head, _, body = raw.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")

@@ -10,7 +10,7 @@ import json
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,8 @@ from tako.config.loading import (
     read_toml,
     sanitize_name,
 )
+from tako.config.static_mounts import EXAMPLE as STATIC_EXAMPLE
+from tako.config.static_mounts import directory_problem, prefix_problem
 from tako.errors import ConfigError, UsageError
 from tako.protocol.client_networks import ALLOW_HINT, MAX_ALLOW_ENTRIES, parse_network
 from tako.protocol.limits import MAX_ENV_VALUE_BYTES, MAX_IDLE_TIMEOUT, MAX_INSTANCES
@@ -60,6 +62,7 @@ _TAKO_KEYS = (
     "release",
     "release_timeout",
     "maintenance_allow",
+    "static",
 )
 _DEPLOY_KEYS = ("strategy", "batch", "atomic")
 STRATEGIES = ("parallel", "rolling")
@@ -143,6 +146,8 @@ class ProjectConfig:
     fleet: FleetSettings = FleetSettings()
     # clients (addresses or CIDR ranges) that still reach the app while `tako maintenance on`
     maintenance_allow: tuple[str, ...] = ()
+    # URL prefix -> directory of the release that tako-server serves itself (docs/proxy.md, "Static files")
+    static: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
     def env(self, name: str) -> EnvConfig:
         """The named env. `development` always exists (implicitly with no routes and no inline vars)."""
@@ -284,6 +289,7 @@ def parse_project(data: dict[str, Any], source: Source, *, file: Path, root: Pat
         release_timeout=_release_timeout(source, tako),
         fleet=_fleet(source, data.get("deploy", {})),
         maintenance_allow=_maintenance_allow(source, tako),
+        static=_static(source, tako, root),
     )
 
 
@@ -302,6 +308,27 @@ def _maintenance_allow(source: Source, tako: dict[str, Any]) -> tuple[str, ...]:
     if len(entries) > MAX_ALLOW_ENTRIES:
         raise source.error(path, f"{len(entries)} entries; at most {MAX_ALLOW_ENTRIES} are allowed")
     return tuple(entries)
+
+
+def _static(source: Source, tako: dict[str, Any], root: Path) -> Mapping[str, str]:
+    """`[tako] static`: URL prefix -> directory of the project, relative and inside it (its existence is
+    checked after the build, when the release is made)."""
+    if "static" not in tako:
+        return _EMPTY
+    path: KeyPath = ["tako", "static"]
+    table = source.table(tako["static"], path)
+    mounts: dict[str, str] = {}
+    for prefix, raw in table.items():
+        directory = source.string(raw, [*path, prefix])
+        problem = prefix_problem(prefix) or directory_problem(directory)
+        if problem is None and not (root / directory).resolve().is_relative_to(root.resolve()):
+            problem = f"the directory {directory!r} leads out of the project (a symlink)"
+        if problem is not None:
+            raise source.error([*path, prefix], problem, hint=f"for example {STATIC_EXAMPLE}")
+        if prefix.rstrip("/") in mounts:
+            raise source.error([*path, prefix], f"the URL prefix {prefix!r} is given twice")
+        mounts[prefix.rstrip("/")] = directory
+    return MappingProxyType(mounts)
 
 
 def _release_timeout(source: Source, tako: dict[str, Any]) -> int:

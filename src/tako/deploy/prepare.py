@@ -117,6 +117,17 @@ def _check_env_size(values: dict[str, str], secret_names: set[str], env: str) ->
     )
 
 
+def _check_static_dirs(project: ProjectConfig) -> None:
+    """Each `[tako] static` directory exists once the build ran (tako-server checks it again)."""
+    for prefix, directory in project.static.items():
+        if not (project.root / directory).is_dir():
+            raise UsageError(
+                f"{project.file}: [tako].static {prefix!r}: {directory!r} is not a directory of the project "
+                "after the build",
+                hint="create it (or have [tako].build create it), or fix the path in tako.toml",
+            )
+
+
 def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Prepared:
     project = load_project(project_dir)
     inventory = load_inventory()
@@ -128,6 +139,7 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
             hint='add e.g. start = "python3 app.py" (it must listen on 127.0.0.1:$PORT)',
         )
     run_build(project.build, project.root, output=output)
+    _check_static_dirs(project)
     version = compute_version(project.root)
     values = env_values(project, env, version)
     app_json = {
@@ -137,6 +149,7 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
         "health_check": project.health_check,
         "env": env,
         "request_buffering": project.request_buffering,
+        "static": dict(project.static),
         "release": release_info(project.root, version),  # who deploys which commit, when
     }
     deps = _python_dependencies(project, targets, output)

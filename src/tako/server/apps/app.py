@@ -32,6 +32,7 @@ from tako.server.apps.spawner import allocate_port
 from tako.server.proxy.backend import AppUnavailable, pick_next
 from tako.server.proxy.cold_start import ColdStartQueue, app_stopped
 from tako.server.proxy.maintenance import MaintenanceAnswer
+from tako.server.proxy.static_files import StaticMounts
 
 log = logging.getLogger("tako.server.apps")
 
@@ -107,6 +108,10 @@ class ManagedApp:
     @property
     def error_pages(self) -> dict[int, bytes]:
         return self.release.pages.errors
+
+    @property
+    def static(self) -> StaticMounts | None:
+        return self.release.static
 
     def pick(self) -> Instance | None:
         self._rr, chosen = pick_next(self.rotation, self._rr)

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from tako.config import envfile
+from tako.config.static_mounts import EXAMPLE, directory_problem, prefix_problem
 from tako.errors import ReleaseError
 from tako.server.apps.release_pages import NO_PAGES, ReleasePages, read_pages
+from tako.server.proxy.static_files import StaticMounts
 
 DEFAULT_HEALTH_CHECK = "/_tako/status"
 DATA_DIR = ("shared", "data")  # under the app dir: TAKO_DATA_DIR, kept across releases
@@ -33,6 +35,12 @@ class Release:
     uid: int | None = None  # the app's own uid when apps are isolated; None: run as tako-server's user
     pages: ReleasePages = field(default=NO_PAGES, compare=False, repr=False)  # maintenance and error pages
     recorded_at: str = ""  # app.json's release.deployed_at (ISO 8601 UTC), "" when not recorded
+    # URL prefixes tako-server serves from directories of this release (app.json "static", from tako.toml)
+    static: StaticMounts | None = field(default=None, compare=False, repr=False)
+
+    def static_dirs(self) -> dict[str, str]:
+        """URL prefix -> absolute directory of each static mount (as data-plane workers receive them)."""
+        return dict(self.static.dirs) if self.static is not None else {}
 
 
 def load_release(app: str, version: str, path: Path, uid: int | None = None) -> Release:
@@ -85,7 +93,35 @@ def load_release(app: str, version: str, path: Path, uid: int | None = None) -> 
         uid=uid,
         recorded_at=_recorded_at(meta),
         pages=read_pages(path),
+        static=_static_mounts(meta_path, meta.get("static"), path),
     )
+
+
+def _static_mounts(meta_path: Path, value: Any, release: Path) -> StaticMounts | None:
+    """`static` of app.json: each directory must exist inside the release (symlinks resolved)."""
+    if value is None or value == {}:
+        return None
+    if not isinstance(value, dict):
+        raise ReleaseError(
+            f"{meta_path}: static must be an object of URL prefix -> directory, e.g. {EXAMPLE}"
+        )
+    root = os.path.realpath(release)
+    dirs: dict[str, str] = {}
+    for prefix, directory in value.items():
+        problem = prefix_problem(prefix) or (
+            directory_problem(directory) if isinstance(directory, str) else "the directory must be a string"
+        )
+        if problem is not None:
+            raise ReleaseError(f"{meta_path}: static {prefix!r}: {problem}")
+        real = os.path.realpath(os.path.join(root, directory))
+        if not real.startswith(root + os.sep) or not os.path.isdir(real):
+            raise ReleaseError(
+                f"{meta_path}: static {prefix!r}: {directory!r} is not a directory inside the release "
+                "(the release's own root is not one: it holds app.json and the app's code)",
+                hint="create it in the build (or commit it), or fix [tako] static in tako.toml",
+            )
+        dirs[prefix.rstrip("/")] = real
+    return StaticMounts(dirs)
 
 
 def _recorded_at(meta: dict[str, Any]) -> str:

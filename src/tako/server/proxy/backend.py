@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from tako.server.proxy.maintenance import MaintenanceAnswer
+from tako.server.proxy.static_files import StaticMounts
 
 
 class AppUnavailable(Exception):
@@ -90,6 +91,11 @@ class AppGate(Protocol):
     @property
     def error_pages(self) -> Mapping[int, bytes]:
         """The live release's own pages for tako-server's 502/503/504 (status -> HTML)."""
+
+    @property
+    def static(self) -> StaticMounts | None:
+        """The live release's static mounts (`[tako] static`), served from disk; None when it has none.
+        A plain attribute: the one test the data plane makes per request for it."""
 
     def pick(self) -> Upstream | None:
         """A healthy instance in rotation, chosen round-robin/least-busy; None if there is none now."""

@@ -41,6 +41,7 @@ from tako.server.proxy.cycle import (
     UpstreamSide,
 )
 from tako.server.proxy.headers import PASS, HeaderKinds, without_headers
+from tako.server.proxy.static_stream import serve as serve_static
 from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
@@ -300,6 +301,8 @@ class ClientConnection:
                 cycle.uconn = None
                 if uconn.cycle is cycle:
                     uconn.abort()
+            if cycle.sender is not None:
+                cycle.sender.close()
             if cycle.counters is not None:
                 # A tunnel's end, or a client gone before its response was complete.
                 self._count(cycle, cycle.status if cycle.response_started else _CLIENT_GONE)
@@ -346,6 +349,8 @@ class ClientConnection:
         if cycle is not None:
             if cycle.uconn is not None:
                 cycle.uconn.transport.resume_reading()
+            elif cycle.sender is not None:
+                cycle.sender.resume()
         elif self.pipeline and not self.closed:
             self._next_in_pipeline()  # held back while the client was not reading
 
@@ -710,6 +715,9 @@ class ClientConnection:
         maintenance = gate.maintenance
         if maintenance is not None and not maintenance.admits(self.client_ip):
             self._respond(cycle, maintenance.answer(close=_close_after_local(cycle), head_only=cycle.is_head))
+            return
+        static = gate.static
+        if static is not None and serve_static(self, cycle, static, path, _close_after_local(cycle)):
             return
         if (
             (cycle.content_length or cycle.chunked)

@@ -35,6 +35,7 @@ cdef class RequestCycle:
     cdef public bytes request_id
     cdef public bint response_started
     cdef public bint retried
+    cdef public object sender
     cdef public double sent_at
     cdef public double started
     cdef public int status

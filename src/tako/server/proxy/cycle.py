@@ -109,6 +109,16 @@ class ClientSide(Protocol):
         """Drop the client connection (a response cut off midway)."""
 
 
+class FileSide(Protocol):
+    """A static file being written to the client (`static_stream.FileSender`)."""
+
+    def resume(self) -> None:
+        """The client's write buffer drained: write more."""
+
+    def close(self) -> None:
+        """The connection is gone: release the file."""
+
+
 class RequestCycle:
     """One request and its response."""
 
@@ -141,6 +151,7 @@ class RequestCycle:
         "request_id",
         "response_started",
         "retried",
+        "sender",
         "sent_at",
         "started",
         "status",
@@ -187,6 +198,7 @@ class RequestCycle:
         self.response_started = False
         self.error_status = 0
         self.retried = False
+        self.sender: FileSide | None = None  # a static file being streamed (static_stream)
         # What the traffic counters and the access log read (tako.server.observe).
         self.counters: AppCounters | None = None  # the app's, from routing until the request is counted
         self.request_id: bytes | None = None  # X-Request-Id: the client's if sane, else made (request_id)

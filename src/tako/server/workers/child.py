@@ -33,6 +33,7 @@ from tako.server.proxy.backend import AppUnavailable, Snapshot, pick_next
 from tako.server.proxy.cold_start import ColdStartQueue
 from tako.server.proxy.maintenance import MaintenanceAnswer
 from tako.server.proxy.server import ProxyServer, listen
+from tako.server.proxy.static_files import StaticMounts
 from tako.server.tls.certstore import CertStore
 from tako.server.tls.challenges import CHALLENGES_DIR, ChallengeStore, read_token_file
 from tako.server.workers.messages import (
@@ -106,6 +107,7 @@ class WorkerGate:
         self.request_buffering = True
         self.maintenance: MaintenanceAnswer | None = None
         self.error_pages: dict[int, bytes] = {}
+        self.static: StaticMounts | None = None
         self._maintenance_from: MaintenanceRouting | None = None
         self._pages_from: dict[str, str] = {}
         self.gone = False
@@ -164,6 +166,8 @@ class WorkerGate:
         if app.error_pages != self._pages_from:
             self._pages_from = app.error_pages
             self.error_pages = {int(status): page.encode() for status, page in app.error_pages.items()}
+        if app.static != (self.static.dirs if self.static is not None else {}):
+            self.static = StaticMounts(app.static) if app.static else None
 
     def notify(self) -> None:
         self._changed.set()

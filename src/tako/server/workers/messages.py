@@ -25,8 +25,8 @@ from tako.server.observe.traffic import TrafficSnapshot
 
 # 2: AppRouting carries maintenance and error pages; 3: traffic and access lines; 4: the main process binds
 # the worker's listeners (passed on its command line), Stop says whether a successor took over, and the
-# control socket tells an orphaned worker when a new tako-server serves.
-CHANNEL_VERSION = 4
+# control socket tells an orphaned worker when a new tako-server serves; 5: AppRouting carries static mounts.
+CHANNEL_VERSION = 5
 TAG = "kind"
 MAX_TO_WORKER = 64 * 1024 * 1024  # a routing snapshot lists every app, route and instance
 MAX_FROM_WORKER = 16 * 1024 * 1024
@@ -80,6 +80,7 @@ class AppRouting:
     request_buffering: bool
     maintenance: MaintenanceRouting | None = None  # None: not in maintenance
     error_pages: dict[str, str] = field(default_factory=dict)  # "502" -> the live release's errors/502.html
+    static: dict[str, str] = field(default_factory=dict)  # URL prefix -> directory of the live release
 
 
 @dataclass(frozen=True)

@@ -245,6 +245,7 @@ class WorkerPool:
                     request_buffering=app.request_buffering,
                     maintenance=maintenance_routing(app),
                     error_pages={str(status): page.decode() for status, page in app.error_pages.items()},
+                    static=app.release.static_dirs(),
                 )
             )
         # Instances a worker still counts requests on stay known until the counts come back to zero.
