@@ -51,6 +51,17 @@ def extensions() -> list[Extension]:
         )
         for name in compiled.MODULES
     ]
+    # HTTP/2 on the HTTPS listener: a binding to the system's libnghttp2 (Debian: libnghttp2-dev to build,
+    # libnghttp2-14 to run). Without it tako-server offers only HTTP/1.1 (docs/proxy.md, "HTTP/2").
+    modules.append(
+        Extension(
+            f"{compiled.PACKAGE}.h2._nghttp2",
+            [str((PROXY / "h2" / "_nghttp2.pyx").relative_to(ROOT))],
+            libraries=["nghttp2"],
+            optional=True,
+            extra_link_args=["-s"],
+        )
+    )
     return cythonize(
         modules,
         build_dir="build/cython",  # the generated C stays out of src/ (and out of the wheel)
@@ -77,8 +88,8 @@ class BuildExt(build_ext):
         manifest_dir = None
         for ext in self.extensions:
             output = Path(self.get_ext_fullpath(ext.name))
-            if output.exists():
-                name = ext.name.rpartition(".")[2]
+            name = ext.name.rpartition(".")[2]
+            if output.exists() and name in compiled.MODULES:
                 built[name] = compiled.source_hash(PROXY, name)
                 manifest_dir = output.parent
         if manifest_dir is not None:

@@ -1,5 +1,5 @@
 """HTTPS listener: certificate by SNI (exact, wildcard, self-signed fallback, unknown), reload from disk,
-TLS 1.2+ only, ALPN http/1.1, and no-SNI clients."""
+TLS 1.2+ only, ALPN h2 (where the HTTP/2 binding is built) and http/1.1, and no-SNI clients."""
 
 from __future__ import annotations
 
@@ -16,7 +16,11 @@ from tests.support.proxy_harness import ProxyHarness, https_get, running_proxy
 from tests.support.proxy_routes import StaticGate, StaticUpstream, wait_for
 from tests.support.upstreams import HttpUpstream
 
+from tako.server.proxy import h2 as proxy_h2
+
 pytestmark = [pytest.mark.integration, pytest.mark.uvloop]
+
+_PREFERRED = "h2" if proxy_h2.available() else "http/1.1"  # what a client offering both gets
 
 
 async def _handshake(
@@ -61,7 +65,7 @@ async def test_sni_exact_wildcard_fallback_unknown(tmp_path: Path) -> None:
                 r = await https_get(client, "a.wild.tako.test", "/echo")
                 assert r.status_code == 200
             cert, alpn = await _handshake(p, "exact.tako.test")
-            assert _sans(cert) == ["exact.tako.test"] and alpn == "http/1.1"
+            assert _sans(cert) == ["exact.tako.test"] and alpn == _PREFERRED
             cert, _ = await _handshake(p, "Other.Wild.tako.test")
             assert _sans(cert) == ["*.wild.tako.test"]
             # A routed host without a certificate yet gets a self-signed one for its name.
@@ -128,7 +132,7 @@ async def test_tls_versions_alpn_and_clients_without_sni(tmp_path: Path) -> None
             ctx.minimum_version = ctx.maximum_version = version
             ctx.set_alpn_protocols(["h2", "http/1.1"])
             _, alpn = await _handshake(p, "a.tako.test", ctx)
-            assert alpn == "http/1.1"
+            assert alpn == _PREFERRED
         # No SNI (a client dialling the IP): the default self-signed certificate; status still answers.
         cert, _ = await _handshake(p, None)
         assert _cn(cert) == "tako-server"
@@ -160,4 +164,4 @@ async def test_openssl_client_sees_tls12_and_13_only(tmp_path: Path) -> None:
         for version, name in (("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")):
             code, out = await s_client(p.https_port, version, "-alpn", "h2,http/1.1")
             assert code == 0 and f"New, {name}" in out
-            assert "ALPN protocol: http/1.1" in out
+            assert f"ALPN protocol: {_PREFERRED}" in out

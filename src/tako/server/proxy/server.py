@@ -20,7 +20,7 @@ from tako.config.server import ProxySettings
 from tako.routing import normalise_host
 from tako.server.observe.access_log import AccessLog
 from tako.server.observe.request_id import RequestIds
-from tako.server.proxy import tls
+from tako.server.proxy import h2, tls
 from tako.server.proxy.backend import ServerServices, Snapshot, Upstream
 from tako.server.proxy.body_buffer import BodyBuffer, default_directory
 from tako.server.proxy.client import _DEADLINE_HEADER as DEADLINE_HEADER
@@ -96,6 +96,8 @@ class ProxyServer:
         )
         self._sweep_interval = max(0.05, min(1.0, min((t for t in timeouts if t > 0), default=4.0) / 4))
         certs.set_routed_host_predicate(self._is_routed_host)
+        self.http2 = h2.available()
+        certs.offer_http2(self.http2)
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -299,7 +301,9 @@ class ProxyServer:
         if listener in self._listeners and not self._paused:
             self.loop.add_reader(listener.sock.fileno(), self._accept, listener)
 
-    def _https_protocol(self) -> asyncio.Protocol:
+    def _https_protocol(self, alpn: str | None) -> asyncio.Protocol:
+        if alpn == h2.ALPN_H2 and self.http2:
+            return h2.new_connection(self)
         return _as_protocol(ClientConnection(self, True, True))
 
     async def _connect_accepted(self, conn: socket.socket, forward: bool) -> None:

@@ -44,11 +44,12 @@ def accept(
     conn: socket.socket,
     peername: Any,
     context: ssl.SSLContext,
-    protocol_factory: Callable[[], asyncio.Protocol],
+    protocol_factory: Callable[[str | None], asyncio.Protocol],
     handshake_timeout: float | None,
     handshaking: set[TLSTransport],
 ) -> None:
-    """Start the TLS handshake on an accepted non-blocking socket; the protocol is made once it completes.
+    """Start the TLS handshake on an accepted non-blocking socket; the protocol is made once it completes,
+    by `protocol_factory` given the protocol the client chose in ALPN (None: it chose none).
 
     The transport is in `handshaking` until then (so a server shutting down can abort it). A failed
     handshake (unknown server name, old protocol version, a port scanner) just closes the socket.
@@ -96,7 +97,7 @@ class TLSTransport(asyncio.Transport):
         sock: socket.socket,
         tls: Any,
         peername: Any,
-        protocol_factory: Callable[[], asyncio.Protocol],
+        protocol_factory: Callable[[str | None], asyncio.Protocol],
         handshake_timeout: float | None,
         handshaking: set[TLSTransport],
     ) -> None:
@@ -179,7 +180,7 @@ class TLSTransport(asyncio.Transport):
             self._timer = None
         self._handshaking.discard(self)
         self._set_writer(None)
-        protocol = self._protocol = self._factory()
+        protocol = self._protocol = self._factory(self._tls.selected_alpn_protocol())
         protocol.connection_made(self)
         # Hands the socket's read readiness from the handshake straight to _read: replacing the callback
         # keeps the loop's poll handle, where removing it first would tear it down and make a new one.

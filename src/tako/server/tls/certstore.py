@@ -48,17 +48,22 @@ class _Entry:
     error: str | None = None
 
 
-def _new_context() -> ssl.SSLContext:
+ALPN_HTTP1 = ("http/1.1",)
+ALPN_HTTP2 = ("h2", "http/1.1")  # the server's preference first: a client offering both gets HTTP/2
+
+
+def _new_context(alpn: tuple[str, ...]) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    ctx.set_alpn_protocols(["http/1.1"])
+    # On every context, not only the listener's: ALPN is answered from the one SNI selected.
+    ctx.set_alpn_protocols(list(alpn))
     return ctx
 
 
-def _context_from_pem(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+def _context_from_pem(cert_pem: bytes, key_pem: bytes, alpn: tuple[str, ...]) -> ssl.SSLContext:
     # The ssl module loads chains only from files: write them to a private temporary directory.
-    ctx = _new_context()
+    ctx = _new_context(alpn)
     with tempfile.TemporaryDirectory(prefix="tako-cert-") as tmp:
         cert_path = os.path.join(tmp, FULLCHAIN)
         key_path = os.path.join(tmp, PRIVKEY)
@@ -108,13 +113,23 @@ class CertStore:
         self._self_signed: dict[str, tuple[ssl.SSLContext, str, str]] = {}
         self._lock = threading.Lock()
         self._context: ssl.SSLContext | None = None
+        self._alpn: tuple[str, ...] = ALPN_HTTP1
+
+    def offer_http2(self, offered: bool) -> None:
+        """Offer `h2` in ALPN (the proxy does when it can serve HTTP/2), on every context from now on."""
+        self._alpn = ALPN_HTTP2 if offered else ALPN_HTTP1
+        with self._lock:
+            contexts = [e.context for e in self._entries.values() if e.context is not None]
+            contexts += [ctx for ctx, _, _ in self._self_signed.values()]
+        for ctx in contexts:
+            ctx.set_alpn_protocols(list(self._alpn))
 
     def set_routed_host_predicate(self, is_routed_host: Callable[[str], bool]) -> None:
         """Replace the test for "some route names this host" (the proxy wires in its routing snapshot)."""
         self._is_routed_host = is_routed_host
 
     def ssl_context(self) -> ssl.SSLContext:
-        """The server context for the HTTPS listener (TLS 1.2+, ALPN http/1.1, SNI selection)."""
+        """The server context for the HTTPS listener (TLS 1.2+, ALPN h2 when offered and http/1.1, SNI)."""
         if self._context is None:
             ctx = self._self_signed_context(DEFAULT_NAME)
             ctx.sni_callback = self._on_sni
@@ -209,7 +224,7 @@ class CertStore:
         if entry.signature == signature and (entry.context is not None or entry.error is not None):
             return entry
         try:
-            ctx = _new_context()
+            ctx = _new_context(self._alpn)
             ctx.load_cert_chain(directory / FULLCHAIN, directory / PRIVKEY)
             entry.not_after, entry.issuer = _describe((directory / FULLCHAIN).read_bytes())
         except (OSError, ssl.SSLError, ValueError) as exc:
@@ -233,13 +248,13 @@ class CertStore:
                 return cached[0]
             if name == DEFAULT_NAME:
                 cert_pem, key_pem = _generate_in_child(name)
-                ctx = _context_from_pem(cert_pem, key_pem)
+                ctx = _context_from_pem(cert_pem, key_pem, self._alpn)
                 not_after, issuer = "", ""  # never listed: certificate_info skips the default
             else:
                 from tako.server.tls import selfsigned  # on first use, like _describe
 
                 cert_pem, key_pem = selfsigned.generate(name)
-                ctx = _context_from_pem(cert_pem, key_pem)
+                ctx = _context_from_pem(cert_pem, key_pem, self._alpn)
                 not_after, issuer = _describe(cert_pem)
             self._self_signed[name] = (ctx, not_after, issuer)
             return ctx

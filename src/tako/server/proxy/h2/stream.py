@@ -1,0 +1,279 @@
+"""`StreamTransport`: one HTTP/2 stream, seen by a `ClientConnection` as a connection carrying one request.
+
+The stream's request is handed to an ordinary `ClientConnection` as the HTTP/1.1 request it means
+(`request_head`), so routing, limits, request ids, access logs, counters, maintenance, error pages, cold
+starts, body buffering and timeouts are the HTTP/1.1 ones, not a second copy. What that connection
+writes back (the instance's response as the upstream side re-frames it, or a local answer) is parsed
+here and submitted to the HTTP/2 session: the head as a HEADERS frame (names lower-case,
+connection-specific fields dropped), the body as DATA frames as the client's windows allow.
+
+Flow control both ways: a response body the client does not take stays queued in the session; above the
+connection's write limit the ClientConnection is told `pause_writing` and stops reading the instance.
+Request body bytes are acknowledged to the client (WINDOW_UPDATE) only once the ClientConnection took
+them; while it has paused reading they wait here, bounded by the stream's window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+if TYPE_CHECKING:
+    from tako.server.proxy.client import ClientConnection
+    from tako.server.proxy.h2.connection import H2Connection
+
+_CRLF = b"\r\n"
+_CHUNK_END = b"0\r\n\r\n"
+# Fields of an HTTP/1.1 response that mean nothing in HTTP/2 (RFC 9113, 8.2.2). The upstream side has
+# dropped the instance's own already; these are the ones it writes for its HTTP/1.1 framing.
+_RESPONSE_DROP = frozenset(
+    (b"connection", b"transfer-encoding", b"keep-alive", b"proxy-connection", b"upgrade")
+)
+_LOWER_CACHE_MAX = 1024
+_lower: dict[bytes, bytes] = {}
+
+
+class _HeadDone(Exception):
+    """Stops the response parser after the head of a response to HEAD (it has no body)."""
+
+
+def request_head(block: list[bytes], end_stream: bool) -> tuple[bytes, bool, bytes]:
+    """The HTTP/1.1 request a request header block means: (head, body is chunked, method).
+
+    libnghttp2 has checked the block (pseudo-headers first and valid, no connection-specific fields,
+    names lower-case, no CR/LF/NUL in values). `:authority` becomes Host (and wins over a host field);
+    cookie fields are joined with "; " (RFC 9113, 8.2.3). A body without content-length is sent
+    chunked. `Connection: close`: the ClientConnection ends with its one response.
+    """
+    method = path = authority = b""
+    cookies: list[bytes] | None = None
+    has_length = False
+    fields: list[bytes] = []
+    for i in range(0, len(block), 2):
+        name = block[i]
+        value = block[i + 1]
+        if name[0] == 58:  # ":"
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+            continue
+        if name == b"cookie":
+            if cookies is None:
+                cookies = []
+            cookies.append(value)
+            continue
+        if name == b"host":
+            if authority:
+                continue
+            authority = value
+            continue
+        if name == b"content-length":
+            has_length = True
+        fields += (name, b": ", value, _CRLF)
+    parts = [method, b" ", path, b" HTTP/1.1\r\n"]
+    if authority:
+        parts += (b"Host: ", authority, _CRLF)
+    parts += fields
+    if cookies is not None:
+        parts += (b"Cookie: ", b"; ".join(cookies), _CRLF)
+    chunked = not end_stream and not has_length
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    parts.append(b"Connection: close\r\n\r\n")
+    return b"".join(parts), chunked, method
+
+
+class StreamTransport:
+    """The transport a stream's ClientConnection reads its request from and writes its response to."""
+
+    __slots__ = (
+        "chunked",
+        "closed",
+        "done",
+        "h2",
+        "has_body",
+        "headers",
+        "held",
+        "high_water",
+        "is_head",
+        "low_water",
+        "parser",
+        "protocol",
+        "reading",
+        "request_ended",
+        "stream_id",
+        "write_paused",
+    )
+
+    def __init__(self, h2: H2Connection, stream_id: int, chunked: bool, is_head: bool) -> None:
+        self.h2 = h2
+        self.stream_id = stream_id
+        self.chunked = chunked  # the request body is passed on chunked (it has no content-length)
+        self.is_head = is_head
+        self.protocol: ClientConnection = None  # type: ignore[assignment]  # set by H2Connection
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: list[bytes] = []  # of the response head being parsed: name, value, ...
+        self.has_body = False
+        self.done = False  # the whole response is submitted to the session
+        self.closed = False  # the ClientConnection is told (or about to be told) connection_lost
+        self.request_ended = False
+        self.reading = True
+        self.held: list[tuple[bytes, int]] = []  # request bytes (framed) and their window share, unread
+        self.high_water = 65536
+        self.low_water = 16384
+        self.write_paused = False
+
+    # -- the request, from the session ------------------------------------------------------------
+
+    def on_data(self, data: bytes) -> None:
+        framed = b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data
+        if self.reading and not self.held:
+            self._deliver(framed, len(data))
+        else:
+            self.held.append((framed, len(data)))
+
+    def on_end(self) -> None:
+        self.request_ended = True
+        if self.chunked:
+            if self.reading and not self.held:
+                self._deliver(_CHUNK_END, 0)
+            else:
+                self.held.append((_CHUNK_END, 0))
+
+    def _deliver(self, data: bytes, window: int) -> None:
+        if not self.closed:
+            self.protocol.data_received(data)
+        if window:
+            self.h2.consumed(self.stream_id, window)
+
+    def _deliver_held(self) -> None:
+        while self.held and self.reading and not self.closed:
+            data, window = self.held.pop(0)
+            self._deliver(data, window)
+
+    # -- asyncio.Transport, as the ClientConnection uses it -----------------------------------------
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        if not self.reading:
+            self.reading = True
+            if self.held:
+                # Not from inside the ClientConnection's own call (it may be a parser callback).
+                self.h2.loop.call_soon(self._deliver_held)
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.high_water = 65536 if high is None else high
+        self.low_water = self.high_water // 4 if low is None else low
+
+    def get_write_buffer_size(self) -> int:
+        return self.h2.session.queued(self.stream_id)  # type: ignore[no-any-return]
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.h2.transport.get_extra_info(name, default)
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("an HTTP/2 stream's response ends with its body")
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.done:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if not self.done:  # not the end of a response to HEAD: a response that is not HTTP
+                self.abort()
+                return
+        self.h2.schedule_flush()
+
+    def close(self) -> None:
+        """The ClientConnection is done: the response went whole, or it is cut off (reset the stream)."""
+        if self.closed:
+            return
+        self.closed = True
+        if not self.done:
+            self.h2.reset(self.stream_id)
+        self.h2.loop.call_soon(self.protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self.done = True
+        self.closed = True
+        self.h2.reset(self.stream_id)
+        self.h2.loop.call_soon(self.protocol.connection_lost, None)
+
+    def peer_closed(self) -> None:
+        """The session closed the stream (reset by the client, or the connection is gone)."""
+        if not self.closed:
+            self.closed = True
+            self.done = True
+            self.protocol.connection_lost(None)
+
+    def drained(self) -> None:
+        """Called by H2Connection after writing to the socket while this stream's writing is paused."""
+        if self.write_paused and self.h2.session.queued(self.stream_id) <= self.low_water:
+            self.write_paused = False
+            self.h2.paused.discard(self)
+            if not self.closed:
+                self.protocol.resume_writing()
+
+    # -- httptools callbacks: the HTTP/1.1 response the ClientConnection writes -----------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lower = _lower.get(name)
+        if lower is None:
+            lower = name.lower()
+            if len(_lower) < _LOWER_CACHE_MAX:
+                _lower[name] = lower
+        if lower not in _RESPONSE_DROP:
+            self.headers += (lower, value)
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        headers = [b":status", b"%d" % status, *self.headers]
+        self.headers = []
+        if status < 200:
+            self.h2.session.respond(self.stream_id, headers, False, False)  # 100 Continue, 103 Early Hints
+            return
+        self.has_body = not (self.is_head or status == 204 or status == 304)
+        self.h2.session.respond(self.stream_id, headers, True, self.has_body)
+        if not self.has_body:
+            self.done = True
+            if self.is_head:
+                raise _HeadDone
+
+    def on_body(self, body: bytes) -> None:
+        queued = self.h2.session.body(self.stream_id, body, False)
+        if queued > self.high_water and not self.write_paused and not self.closed:
+            self.write_paused = True
+            self.h2.paused.add(self)
+            self.protocol.pause_writing()
+
+    def on_message_complete(self) -> None:
+        if self.has_body:
+            self.h2.session.body(self.stream_id, b"", True)
+            self.done = True
+
+
+def as_transport(stream: StreamTransport) -> asyncio.Transport:
+    """A stream is an asyncio transport by its methods (the ones ClientConnection calls)."""
+    return stream  # type: ignore[return-value]

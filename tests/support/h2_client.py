@@ -1,0 +1,125 @@
+"""A raw HTTP/2 client for the proxy's HTTP/2 tests: the `h2` package frames, a real TLS socket carries.
+
+Frames the `h2` state machine would never send (a connection-specific header, a CONTINUATION flood,
+thousands of resets) are written with `hyperframe` directly (`send_raw`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+from hyperframe.frame import Frame
+
+
+class H2Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, validate: bool) -> None:
+        self.reader = reader
+        self.writer = writer
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=validate,
+            normalize_outbound_headers=validate,
+            validate_inbound_headers=False,
+        )
+        self.conn = h2.connection.H2Connection(config)
+        self.events: list[h2.events.Event] = []
+        self.closed = False
+        self.bodies: dict[int, bytearray] = {}
+        self.auto_ack_data = True  # give the window back as soon as DATA arrives
+
+    @classmethod
+    async def connect(
+        cls, port: int, context: ssl.SSLContext, host: str, *, validate: bool = True, settings: Any = None
+    ) -> H2Client:
+        context.set_alpn_protocols(["h2"])
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=context, server_hostname=host, limit=1 << 20
+        )
+        alpn = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+        assert alpn == "h2", f"ALPN chose {alpn!r}"
+        client = cls(reader, writer, validate)
+        client.conn.initiate_connection()
+        if settings:
+            client.conn.update_settings(settings)
+        client.flush()
+        return client
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.writer.write(data)
+
+    def send_raw(self, frames: list[Frame] | bytes) -> None:
+        self.writer.write(frames if isinstance(frames, bytes) else b"".join(f.serialize() for f in frames))
+
+    async def receive_until(self, done: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Read and process frames until `done()` or the connection closes; fail after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while not done() and not self.closed:
+            left = deadline - time.monotonic()
+            assert left > 0, f"condition not met in time; events: {self.events[-5:]}"
+            try:
+                data = await asyncio.wait_for(self.reader.read(1 << 20), left)
+            except (ConnectionError, ssl.SSLError):
+                data = b""
+            if not data:
+                self.closed = True
+                break
+            for event in self.conn.receive_data(data):
+                self.events.append(event)
+                if isinstance(event, h2.events.DataReceived):
+                    self.bodies.setdefault(event.stream_id, bytearray()).extend(event.data)
+                    if self.auto_ack_data and event.flow_controlled_length:
+                        self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            self.flush()
+
+    def of(self, kind: type, stream_id: int | None = None) -> list[Any]:
+        return [
+            e
+            for e in self.events
+            if isinstance(e, kind) and (stream_id is None or getattr(e, "stream_id", None) == stream_id)
+        ]
+
+    def ended(self, stream_id: int) -> bool:
+        return bool(self.of(h2.events.StreamEnded, stream_id) or self.of(h2.events.StreamReset, stream_id))
+
+    def response(self, stream_id: int) -> dict[bytes, bytes]:
+        heads = [e for e in self.of(h2.events.ResponseReceived, stream_id)]
+        assert heads, f"no response on stream {stream_id}: {self.events[-5:]}"
+        return dict(heads[0].headers)
+
+    def goaway(self) -> h2.events.ConnectionTerminated | None:
+        found = self.of(h2.events.ConnectionTerminated)
+        return found[0] if found else None
+
+    def request(
+        self, path: str, host: str, *, method: str = "GET", body: bytes | None = None, extra: Any = ()
+    ) -> int:
+        stream_id: int = self.conn.get_next_available_stream_id()
+        headers = [
+            (b":method", method.encode()),
+            (b":path", path.encode()),
+            (b":scheme", b"https"),
+            (b":authority", host.encode()),
+            *extra,
+        ]
+        self.conn.send_headers(stream_id, headers, end_stream=body is None)
+        if body is not None:
+            self.conn.send_data(stream_id, body, end_stream=True)
+        self.flush()
+        return stream_id
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
+            await asyncio.wait_for(self.writer.wait_closed(), 5)
