@@ -193,3 +193,21 @@ def test_a_mount_linked_out_of_the_release_is_refused_at_deploy(server: TakoServ
     with pytest.raises(ControlError) as caught:
         deploy(server, release, "v1")
     assert "'linked' is not a directory inside the release" in str(caught.value)
+
+
+def test_data_plane_workers_serve_the_live_release_too() -> None:
+    server = TakoServer()
+    server.config.write_text(server.config.read_text() + "\n[server]\nworkers = 2\n")
+    try:
+        server.start()
+        deploy(server, static_release(server, "v1", {"site.css": b"one", "big.bin": BIG}), "v1")
+        # Fresh connections land on either process (SO_REUSEPORT): ask often enough to meet both.
+        for _ in range(12):
+            assert get(server, "/static/site.css").body == b"one"
+        assert hashlib.sha256(get(server, "/static/big.bin").body).digest() == hashlib.sha256(BIG).digest()
+        deploy(server, static_release(server, "v2", {"site.css": b"two"}), "v2")
+        for _ in range(12):
+            assert get(server, "/static/site.css").body == b"two"
+            assert get(server, "/static/big.bin").status == 404
+    finally:
+        server.cleanup()
