@@ -15,6 +15,7 @@ TAKO_PACKAGES=(
   "git:git"
   "setcap:libcap2-bin"
   "prometheus:prometheus"  # the e2e test of /metrics scrapes with a real Prometheus
+  "h2load:nghttp2-client"  # a real HTTP/2 client in the HTTP/2 tests and bench/http2
 )
 
 ensure_packages() {
@@ -36,6 +37,9 @@ ensure_packages() {
 sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' >/dev/null 2>&1; then
     missing+=(python3-dev)
   fi
+  # libnghttp2's header: HTTP/2 on the HTTPS listener is a compiled binding to it (the library itself,
+  # libnghttp2-14, is on every Debian system).
+  [ -f /usr/include/nghttp2/nghttp2.h ] || missing+=(libnghttp2-dev)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
       echo "error: missing packages ${missing[*]}; run this script as root or install them first" >&2
