@@ -60,6 +60,7 @@ class StaticGate:
     ) -> None:
         self._name = name
         self.request_buffering = request_buffering
+        self.compression = True
         self.maintenance: MaintenanceAnswer | None = None
         self.error_pages: dict[int, bytes] = {}
         self.static: StaticMounts | None = None

@@ -17,6 +17,7 @@ WEB = wm.AppRouting(
     rotation=(wm.InstanceAddress("a1", "127.0.0.1", 8001), wm.InstanceAddress("a2", "127.0.0.1", 8002)),
     stopped=False,
     request_buffering=False,
+    compression=False,
 )
 TO_WORKER: list[wm.ToWorker] = [
     wm.Configure(

@@ -59,6 +59,7 @@ _TAKO_KEYS = (
     "health_check",
     "exclude",
     "request_buffering",
+    "compression",
     "release",
     "release_timeout",
     "maintenance_allow",
@@ -140,6 +141,8 @@ class ProjectConfig:
     servers: Mapping[str, ServerMapping]
     # false: the proxy streams request bodies to the app as they arrive (large uploads, progress)
     request_buffering: bool = True
+    # false: tako-server never compresses the app's responses (docs/proxy.md, "Compression")
+    compression: bool = True
     keep_releases: int = DEFAULT_KEEP_RELEASES
     release: str = ""  # [tako] release: run once per deploy, before any server switches
     release_timeout: int = DEFAULT_RELEASE_TIMEOUT
@@ -257,13 +260,6 @@ def parse_project(data: dict[str, Any], source: Source, *, file: Path, root: Pat
                 hint=f'for example health_check = "{DEFAULT_HEALTH_CHECK}"',
             )
     exclude = tuple(source.string_list(tako["exclude"], ["tako", "exclude"])) if "exclude" in tako else ()
-    request_buffering = tako.get("request_buffering", True)
-    if not isinstance(request_buffering, bool):
-        raise source.error(
-            ["tako", "request_buffering"],
-            f"expected true or false, got {describe(request_buffering)}",
-            hint="request_buffering = false streams request bodies to the app as they arrive",
-        )
 
     envs = _envs(source, data.get("envs", {}))
     global_vars, env_vars = _vars(source, data.get("vars", {}), envs)
@@ -283,7 +279,10 @@ def parse_project(data: dict[str, Any], source: Source, *, file: Path, root: Pat
         instances=instances,
         idle_timeout=idle_timeout,
         servers=MappingProxyType(servers),
-        request_buffering=request_buffering,
+        request_buffering=_switch(
+            source, tako, "request_buffering", "false streams request bodies to the app as they arrive"
+        ),
+        compression=_switch(source, tako, "compression", "false: tako-server never compresses responses"),
         keep_releases=_keep_releases(source, data.get("servers", {})),
         release=source.string(tako["release"], ["tako", "release"]) if "release" in tako else "",
         release_timeout=_release_timeout(source, tako),
@@ -291,6 +290,16 @@ def parse_project(data: dict[str, Any], source: Source, *, file: Path, root: Pat
         maintenance_allow=_maintenance_allow(source, tako),
         static=_static(source, tako, root),
     )
+
+
+def _switch(source: Source, tako: dict[str, Any], key: str, meaning: str) -> bool:
+    """A `[tako]` key that is true or false, true when absent."""
+    value = tako.get(key, True)
+    if not isinstance(value, bool):
+        raise source.error(
+            ["tako", key], f"expected true or false, got {describe(value)}", hint=f"{key} = {meaning}"
+        )
+    return value
 
 
 def _maintenance_allow(source: Source, tako: dict[str, Any]) -> tuple[str, ...]:

@@ -149,6 +149,7 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
         "health_check": project.health_check,
         "env": env,
         "request_buffering": project.request_buffering,
+        "compression": project.compression,
         "static": dict(project.static),
         "release": release_info(project.root, version),  # who deploys which commit, when
     }

@@ -106,6 +106,10 @@ class ManagedApp:
         return self.release.request_buffering
 
     @property
+    def compression(self) -> bool:
+        return self.release.compression
+
+    @property
     def error_pages(self) -> dict[int, bytes]:
         return self.release.pages.errors
 

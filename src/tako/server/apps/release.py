@@ -31,6 +31,7 @@ class Release:
     health_check: str = DEFAULT_HEALTH_CHECK
     env_name: str = ""  # the deploy environment (app.json "env"), shown in status
     request_buffering: bool = True  # false: the proxy streams request bodies (app.json, from tako.toml)
+    compression: bool = True  # false: the proxy never compresses its responses (app.json, from tako.toml)
     env: dict[str, str] = field(default_factory=dict, compare=False, repr=False)  # holds secrets
     uid: int | None = None  # the app's own uid when apps are isolated; None: run as tako-server's user
     pages: ReleasePages = field(default=NO_PAGES, compare=False, repr=False)  # maintenance and error pages
@@ -78,9 +79,6 @@ def load_release(app: str, version: str, path: Path, uid: int | None = None) -> 
             raise ReleaseError(f"{env_path}: {exc}") from exc
     env_value = meta.get("env")
     env_name = env_value if isinstance(env_value, str) else ""
-    buffering = meta.get("request_buffering", True)  # absent in releases made before the option
-    if not isinstance(buffering, bool):
-        raise ReleaseError(f"{meta_path}: request_buffering must be true or false, got {buffering!r}")
     return Release(
         app=app,
         version=version,
@@ -88,13 +86,22 @@ def load_release(app: str, version: str, path: Path, uid: int | None = None) -> 
         start=start,
         health_check=health,
         env_name=env_name,
-        request_buffering=buffering,
+        request_buffering=_switch(meta_path, meta, "request_buffering"),
+        compression=_switch(meta_path, meta, "compression"),
         env=env,
         uid=uid,
         recorded_at=_recorded_at(meta),
         pages=read_pages(path),
         static=_static_mounts(meta_path, meta.get("static"), path),
     )
+
+
+def _switch(meta_path: Path, meta: dict[str, Any], key: str) -> bool:
+    """A true-or-false key of app.json, true when absent (releases made before the option)."""
+    value = meta.get(key, True)
+    if not isinstance(value, bool):
+        raise ReleaseError(f"{meta_path}: {key} must be true or false, got {value!r}")
+    return value
 
 
 def _static_mounts(meta_path: Path, value: Any, release: Path) -> StaticMounts | None:

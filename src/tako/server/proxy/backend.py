@@ -84,6 +84,10 @@ class AppGate(Protocol):
         """Whether request bodies are received whole before forwarding (false: streamed to the app)."""
 
     @property
+    def compression(self) -> bool:
+        """Whether the proxy may compress the app's responses (`[tako] compression`, on by default)."""
+
+    @property
     def maintenance(self) -> MaintenanceAnswer | None:
         """Set while the app is in maintenance: every request not `admits`-ed gets its answer. A plain
         attribute: the one test the data plane makes per request for it."""

@@ -82,6 +82,7 @@ _H_UPGRADE = 5
 _H_XFF = 6
 _H_EXPECT = 7
 _H_REQUEST_ID = 8
+_H_ACCEPT_ENCODING = 9
 _REQUEST_SPECIAL: dict[bytes, int] = {
     b"host": _H_HOST,
     b"content-length": _H_LENGTH,
@@ -91,6 +92,7 @@ _REQUEST_SPECIAL: dict[bytes, int] = {
     b"x-forwarded-for": _H_XFF,
     b"expect": _H_EXPECT,
     b"x-request-id": _H_REQUEST_ID,
+    b"accept-encoding": _H_ACCEPT_ENCODING,
     b"x-forwarded-proto": _H_DROP,
     b"x-forwarded-host": _H_DROP,
     b"keep-alive": _H_DROP,
@@ -501,6 +503,11 @@ class ClientConnection:
             cycle.pieces.extend((name, b": ", value, _CRLF))
         elif kind == _H_REQUEST_ID and is_sane_request_id(value):
             cycle.request_id = value  # forwarded by _build_head (a made one when it is not sane)
+        elif kind == _H_ACCEPT_ENCODING:
+            # Read by the response compression; forwarded unchanged. Several lines make one list.
+            prior = cycle.accept_encoding
+            cycle.accept_encoding = value if prior is None else prior + b", " + value
+            cycle.pieces.extend((name, b": ", value, _CRLF))
 
     def on_headers_complete(self) -> None:
         cycle = self.parsing
@@ -716,6 +723,8 @@ class ClientConnection:
         if maintenance is not None and not maintenance.admits(self.client_ip):
             self._respond(cycle, maintenance.answer(close=_close_after_local(cycle), head_only=cycle.is_head))
             return
+        if cycle.accept_encoding is not None and not gate.compression:
+            cycle.accept_encoding = None  # the app turned response compression off ([tako] compression)
         static = gate.static
         if static is not None and serve_static(self, cycle, static, path, _close_after_local(cycle)):
             return

@@ -7,6 +7,7 @@ from tako.server.proxy.upstream cimport UpstreamConnection
 
 
 cdef class RequestCycle:
+    cdef public bytes accept_encoding
     cdef public object body
     cdef public bint body_done
     cdef public object body_received

@@ -123,6 +123,7 @@ class RequestCycle:
     """One request and its response."""
 
     __slots__ = (
+        "accept_encoding",
         "body",
         "body_done",
         "body_received",
@@ -175,6 +176,8 @@ class RequestCycle:
         self.xff: bytes | None = None
         self.te: bytes | None = None
         self.expect: bytes | None = None
+        # Accept-Encoding, when the client sent one and its app allows compression (compression.py).
+        self.accept_encoding: bytes | None = None
         self.upgrade_header: bytes | None = None
         self.upgrade: bytes | None = None  # set when the request asks to switch protocols
         self.conn_tokens: list[bytes] | None = None

@@ -25,6 +25,7 @@ cdef class UpstreamConnection:
     cdef public bint _chunked
     cdef public bint _conn_close
     cdef public list _conn_tokens
+    cdef public object _encoder
     cdef public int _frame
     cdef public bint _got_bytes
     cdef public bint _head_done
@@ -55,6 +56,8 @@ cdef class UpstreamConnection:
     cpdef _finish_response(self, RequestCycle cycle)
     cdef _parser_stopped(self, RequestCycle cycle, list out)
     cdef _informational(self, RequestCycle cycle, int status, list headers)
+    cdef _end_encoding(self)
 
 
+cdef _encoder_for(RequestCycle cycle, bytes accept, int status, list headers, bytes length)
 cdef _flush(RequestCycle cycle, list out)

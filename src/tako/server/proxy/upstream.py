@@ -20,6 +20,7 @@ import asyncio
 
 import httptools
 
+from tako.server.proxy.compression import Encoder, start_encoding
 from tako.server.proxy.cycle import PAUSE_UPSTREAM, RequestCycle
 from tako.server.proxy.headers import PASS, HeaderKinds, without_headers
 
@@ -143,6 +144,7 @@ class UpstreamConnection:
         "_chunked",
         "_conn_close",
         "_conn_tokens",
+        "_encoder",
         "_frame",
         "_got_bytes",
         "_head_done",
@@ -188,6 +190,7 @@ class UpstreamConnection:
         self._chunked = False
         self._conn_close = False
         self._conn_tokens: list[bytes] | None = None
+        self._encoder: Encoder | None = None  # the response's body is compressed (compression.py)
         self._frame = FRAME_NONE
         self._status = 0
         self._keep_alive = False
@@ -212,6 +215,10 @@ class UpstreamConnection:
             return
         if self._until_close and cycle.response_started:
             # A close-delimited response ends with the connection.
+            if self._encoder is not None:
+                self._end_encoding()
+                _flush(cycle, self._out)
+                self._out.clear()
             if self._frame == FRAME_CHUNKED:
                 cycle.conn.transport.write(_CHUNK_END)
             cycle.conn.response_complete(cycle)
@@ -396,6 +403,9 @@ class UpstreamConnection:
         if status < 200:
             self._informational(cycle, status, headers)
             return
+        accept = cycle.accept_encoding  # None: the one test a response pays for compression
+        encoder = None if accept is None else _encoder_for(cycle, accept, status, headers, self._length)
+        self._encoder = encoder
         cycle.response_started = True
         cycle.status = status
         if cycle.upgrade is not None:
@@ -414,11 +424,11 @@ class UpstreamConnection:
                 out += (b"Content-Length: ", self._length, _CRLF)
         elif self._chunked:
             frame = FRAME_CHUNKED if not cycle.http10 else FRAME_CLOSE
-        elif self._length is not None:
+        elif self._length is not None and encoder is None:
             frame = FRAME_LENGTH
             out += (b"Content-Length: ", self._length, _CRLF)
-        else:
-            self._until_close = True
+        else:  # no length (the body ends when the app closes), or an encoded one's, known only at its end
+            self._until_close = self._length is None
             frame = FRAME_CHUNKED if not cycle.http10 else FRAME_CLOSE
         if frame == FRAME_CHUNKED:
             out.append(b"Transfer-Encoding: chunked\r\n")
@@ -453,6 +463,10 @@ class UpstreamConnection:
             self._out.append(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, self._reason, b"".join(headers)))
 
     def on_body(self, body: bytes) -> None:
+        if self._encoder is not None:
+            body = self._encoder.chunk(body)
+            if not body:
+                return  # an empty chunk would end a chunked body
         if self._frame == FRAME_CHUNKED:
             self._out.extend((b"%x\r\n" % len(body), body, _CRLF))
         else:
@@ -462,9 +476,23 @@ class UpstreamConnection:
         cycle = self.cycle
         if cycle is None or self._status < 200:
             return  # an interim (1xx) response, or the 101 before a tunnel
+        if self._encoder is not None:
+            self._end_encoding()
         if self._frame == FRAME_CHUNKED:
             self._out.append(_CHUNK_END)
         self._frame = FRAME_DONE
+
+    def _end_encoding(self) -> None:
+        """Append the end of the encoded stream to the output, framed like the body."""
+        encoder = self._encoder
+        assert encoder is not None
+        self._encoder = None
+        tail = encoder.finish()
+        if tail:
+            if self._frame == FRAME_CHUNKED:
+                self._out.extend((b"%x\r\n" % len(tail), tail, _CRLF))
+            else:
+                self._out.append(tail)
 
     # -- completion -------------------------------------------------------------------------------
 
@@ -484,6 +512,16 @@ class UpstreamConnection:
     def _start_tunnel(self, cycle: RequestCycle, rest: bytes) -> None:
         self.tunnel = True
         cycle.conn.start_tunnel(cycle, self, rest)
+
+
+def _encoder_for(
+    cycle: RequestCycle, accept: bytes, status: int, headers: list[bytes], length: bytes | None
+) -> Encoder | None:
+    """The encoder of a response whose client accepts some encoding, if it is one to compress (then
+    `headers` now say so); None for one without a body or an upgrade the app declined."""
+    if cycle.is_head or status == 204 or status == 304 or cycle.upgrade is not None:
+        return None
+    return start_encoding(accept, status, headers, length)
 
 
 def _flush(cycle: RequestCycle, out: list[bytes]) -> None:

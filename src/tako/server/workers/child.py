@@ -105,6 +105,7 @@ class WorkerGate:
         self.rotation: tuple[WorkerUpstream, ...] = ()
         self.stopped = False
         self.request_buffering = True
+        self.compression = True
         self.maintenance: MaintenanceAnswer | None = None
         self.error_pages: dict[int, bytes] = {}
         self.static: StaticMounts | None = None
@@ -148,6 +149,7 @@ class WorkerGate:
         self.rotation = rotation
         self.stopped = app.stopped
         self.request_buffering = app.request_buffering
+        self.compression = app.compression
         self._take_pages(app)
         for upstream in rotation:
             upstream.error_pages = self.error_pages
@@ -409,6 +411,7 @@ async def serve(fd: int, listeners: tuple[socket.socket, socket.socket]) -> None
             if config.access_log.enabled
             else None
         ),
+        count_requests=config.count_requests,
     )
     reading = asyncio.create_task(child.read_loop())
     await _first_of(child.primed, child.stopping)  # routes and status first, then listen

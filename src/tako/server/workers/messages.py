@@ -25,8 +25,9 @@ from tako.server.observe.traffic import TrafficSnapshot
 
 # 2: AppRouting carries maintenance and error pages; 3: traffic and access lines; 4: the main process binds
 # the worker's listeners (passed on its command line), Stop says whether a successor took over, and the
-# control socket tells an orphaned worker when a new tako-server serves; 5: AppRouting carries static mounts.
-CHANNEL_VERSION = 5
+# control socket tells an orphaned worker when a new tako-server serves; 5: AppRouting carries static mounts;
+# 6: and the compression switch.
+CHANNEL_VERSION = 6
 TAG = "kind"
 MAX_TO_WORKER = 64 * 1024 * 1024  # a routing snapshot lists every app, route and instance
 MAX_FROM_WORKER = 16 * 1024 * 1024
@@ -49,6 +50,7 @@ class Configure:
     cold_start_timeout: float
     drain_timeout: float
     access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
+    count_requests: bool = True  # [metrics] count_requests
     # tako-server's control socket: a worker whose main process died serves on until a new one answers
     # there ("" in tests: it stops at once).
     control_socket: str = ""
@@ -81,6 +83,7 @@ class AppRouting:
     maintenance: MaintenanceRouting | None = None  # None: not in maintenance
     error_pages: dict[str, str] = field(default_factory=dict)  # "502" -> the live release's errors/502.html
     static: dict[str, str] = field(default_factory=dict)  # URL prefix -> directory of the live release
+    compression: bool = True  # [tako] compression of the live release
 
 
 @dataclass(frozen=True)

@@ -246,6 +246,7 @@ class WorkerPool:
                     maintenance=maintenance_routing(app),
                     error_pages={str(status): page.decode() for status, page in app.error_pages.items()},
                     static=app.release.static_dirs(),
+                    compression=app.compression,
                 )
             )
         # Instances a worker still counts requests on stay known until the counts come back to zero.
@@ -351,6 +352,7 @@ class WorkerPool:
             data_dir=str(cfg.data_dir),
             proxy=cfg.proxy,
             access_log=cfg.access_log,
+            count_requests=cfg.metrics.count_requests,
             cold_start_queue=cfg.apps.cold_start_queue,
             cold_start_timeout=cfg.apps.cold_start_timeout,
             drain_timeout=cfg.apps.drain_timeout,
