@@ -139,13 +139,15 @@ def _check(what: str, got: bytes, expected: bytes) -> None:
         )
 
 
-async def _run(requests: int, repeat: int, access_log: bool, checked: bool) -> list[float]:
+async def _run(requests: int, repeat: int, access_log: bool, counting: bool, checked: bool) -> list[float]:
     with tempfile.TemporaryDirectory() as certs_dir:
         certs = CertStore(Path(certs_dir), lambda host: True)
         routes = snapshot(UPSTREAM_PORT)
         # The access log's lines are formatted (its flush runs on the loop as in tako-server) but not written.
         access = AccessLog(asyncio.get_running_loop(), lambda batch: None) if access_log else None
-        server = ProxyServer(ProxySettings(), Services(), certs, routes, access_log=access)
+        server = ProxyServer(
+            ProxySettings(), Services(), certs, routes, access_log=access, count_requests=counting
+        )
         client = ClientConnection(server, True, True)
         client_transport = FakeTransport(("127.0.0.1", 50000))
         client.connection_made(client_transport)
@@ -193,18 +195,23 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=9, help="timed repetitions (best one is reported)")
     parser.add_argument("--access-log", action="store_true", help="queue an access log line per request")
     parser.add_argument(
+        "--no-counters", action="store_true", help="[metrics] count_requests = false: requests not counted"
+    )
+    parser.add_argument(
         "--unchecked",
         action="store_true",
         help="skip the byte checks (untimed, but callgrind counts them: for instruction counts)",
     )
     args = parser.parse_args()
-    results = uvloop.run(_run(args.requests, args.repeat, args.access_log, not args.unchecked))
+    results = uvloop.run(
+        _run(args.requests, args.repeat, args.access_log, not args.no_counters, not args.unchecked)
+    )
     best = min(results)
     median = sorted(results)[len(results) // 2]
     print(
         f"hotpath: {best:.2f} us/request best of {len(results)} x {args.requests} "
         f"(median {median:.2f} us/request; Python {sys.version.split()[0]}, modules {compiled.mode()}, "
-        f"access log {'on' if args.access_log else 'off'})"
+        f"counters {'off' if args.no_counters else 'on'}, access log {'on' if args.access_log else 'off'})"
     )
 
 

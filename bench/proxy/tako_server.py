@@ -91,6 +91,7 @@ def start(
     pin: str,
     process_class: Any,
     access_log: bool = True,
+    metrics: bool = True,
 ) -> tuple[Any, int, int]:
     """Start tako-server, deploy the upstream app on route 127.0.0.1, return (process, http, https)."""
     base = Path(tempfile.mkdtemp(prefix="tako-server-", dir=work))
@@ -99,12 +100,17 @@ def start(
     shutil.copytree(cert_dir, data / "certs" / cert_dir.name)
     config = base / "server-config.toml"
     # /metrics on a port of its own (not the default 9898): several servers may run at once on one machine.
-    metrics = '[metrics]\nlisten = "127.0.0.1:0"\n'
+    # metrics=False: no listener and requests not counted, the configuration with metrics fully off.
+    section = (
+        '[metrics]\nlisten = "127.0.0.1:0"\n'
+        if metrics
+        else '[metrics]\nlisten = ""\ncount_requests = false\n'
+    )
     access = "" if access_log else "\n[access_log]\nenabled = false\n"
     # The app (nginx) writes its config under this temporary directory: as tako-server's own user, since a
     # root tako-server would otherwise run it as a uid of its own, which cannot write there.
     apps = '\n[apps]\nisolation = "off"\n'
-    config.write_text(f"[server]\nworkers = {workers}\n\n[acme]\nenabled = false\n\n{metrics}{access}{apps}")
+    config.write_text(f"[server]\nworkers = {workers}\n\n[acme]\nenabled = false\n\n{section}{access}{apps}")
     sock = base / "tako.sock"
     http, https = _free_port(), _free_port()
     argv = [

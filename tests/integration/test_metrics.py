@@ -174,6 +174,31 @@ def test_an_app_without_requests_has_no_rates_yet(server: TakoServer) -> None:
     assert figures["error_rate"] is None and figures["p95_seconds"] is None
 
 
+def test_count_requests_off_counts_nothing_per_request_and_status_says_nothing() -> None:
+    """`[metrics] count_requests = false` (metrics off with `listen = ""`): requests are served and logged,
+    /metrics keeps the app's deploys and instances but has no request series, `tako status` no figures."""
+    srv = TakoServer()
+    try:
+        srv.config.write_text(
+            srv.config.read_text().replace(LOOPBACK_METRICS, LOOPBACK_METRICS + "\ncount_requests = false")
+        )
+        started(srv, "[server]\nworkers = 2")
+        srv.deploy(APP, "v1")
+        send(srv, 6)
+        log = srv.data_dir / "apps" / APP / "shared" / "logs" / "access.log"
+        wait_for(
+            lambda: log.exists() and len(log.read_text().splitlines()) >= 6,
+            timeout=10,
+            what="6 access lines (the requests were served)",
+        )
+        samples = scrape(srv)
+        assert value(samples, "tako_deploys_total", app=APP) == 1
+        assert not [key for key in samples if key[0].startswith("tako_http_request")]
+        assert srv.call("status", app=APP).get("traffic") is None
+    finally:
+        srv.cleanup()
+
+
 # -- the listener is not a way in ---------------------------------------------------------------------
 
 

@@ -115,9 +115,12 @@ DEFAULT_METRICS_LISTEN = "127.0.0.1:9898"
 @dataclass(frozen=True)
 class MetricsSettings:
     """The Prometheus `/metrics` listener, apart from the public ports. Loopback by default; a host's own
-    address exposes it to a scraper elsewhere; "" turns it off."""
+    address exposes it to a scraper elsewhere; "" turns it off. `count_requests = false` stops counting
+    requests on the data plane: `/metrics` then has no per-app request series and `tako status` no
+    last-minute figures (metrics fully off: both)."""
 
     listen: str = DEFAULT_METRICS_LISTEN
+    count_requests: bool = True
 
     @property
     def address(self) -> tuple[str, int] | None:

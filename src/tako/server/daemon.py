@@ -232,7 +232,9 @@ class Daemon:
         return self.traffic.snapshot() if self.traffic is not None else TrafficSnapshot()
 
     def _figures(self, app: str) -> dict[str, Any] | None:
-        return self.metrics.figures.for_app(app) if self.metrics is not None else None
+        if self.metrics is None or not self.config.metrics.count_requests:
+            return None  # requests not counted: `tako status` shows no last-minute line
+        return self.metrics.figures.for_app(app)
 
     def _info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"http_port": self.http_port, "https_port": self.https_port}
@@ -261,6 +263,7 @@ class Daemon:
             reuse_port=True,
             body_dir=self.data_dir / "tmp",
             access_log=self._access_log(),
+            count_requests=self.config.metrics.count_requests,
         )
         self.traffic = TrafficTotals(proxy.traffic)
         registry.set_publisher(proxy.set_snapshot)

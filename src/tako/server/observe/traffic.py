@@ -107,7 +107,9 @@ def app_traffic(counters: AppCounters) -> AppTraffic:
 
 
 def traffic_snapshot(counters: ProxyCounters) -> TrafficSnapshot:
-    """Every app's counters in one process, frozen."""
+    """Every app's counters in one process, frozen (none when requests are not counted)."""
+    if not counters.counting:
+        return TrafficSnapshot()
     return TrafficSnapshot({name: app_traffic(c) for name, c in counters.apps.items()})
 
 

@@ -4,6 +4,7 @@ cdef class AppCounters:
     cdef public long long bytes_in
     cdef public long long bytes_out
     cdef public long long cold_starts
+    cdef public bint counting
     cdef public long long in_flight
     cdef public list latency
     cdef public double latency_sum

@@ -29,6 +29,7 @@ class AppCounters:
         "bytes_in",
         "bytes_out",
         "cold_starts",
+        "counting",
         "in_flight",
         "latency",
         "latency_sum",
@@ -39,8 +40,11 @@ class AppCounters:
         "websockets_open",
     )
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, counting: bool = True) -> None:
         self.name = name
+        # False with `[metrics] count_requests = false`: `finished` returns at once; the gauges and the
+        # rare events (errors, cold starts, tunnels) are still kept, they cost nothing per request.
+        self.counting = counting
         self.requests = [0, 0, 0, 0, 0]  # by status // 100 - 1
         self.latency = [0] * (len(LATENCY_BUCKETS) + 1)  # per bound, then +Inf; not cumulative
         self.latency_sum = 0.0
@@ -56,6 +60,8 @@ class AppCounters:
         self, status: int, seconds: float, upstream_seconds: float, bytes_in: int, bytes_out: int
     ) -> None:
         """A request's response is complete (or the proxy answered it itself)."""
+        if not self.counting:
+            return
         index = status // 100 - 1
         self.requests[index if 0 <= index < 5 else 4] += 1
         bucket = 0
@@ -82,15 +88,17 @@ class AppCounters:
 
 
 class TrafficCounters:
-    """Every app's counters in this process, created on an app's first request."""
+    """Every app's counters in this process, created on an app's first request. With `counting` off
+    (`[metrics] count_requests = false`) requests are not counted: readers get no figures at all."""
 
-    __slots__ = ("apps",)
+    __slots__ = ("apps", "counting")
 
-    def __init__(self) -> None:
+    def __init__(self, counting: bool = True) -> None:
         self.apps: dict[str, AppCounters] = {}
+        self.counting = counting
 
     def for_app(self, name: str) -> AppCounters:
         counters = self.apps.get(name)
         if counters is None:
-            counters = self.apps[name] = AppCounters(name)
+            counters = self.apps[name] = AppCounters(name, self.counting)
         return counters

@@ -62,10 +62,11 @@ class ProxyServer:
         reuse_port: bool = False,
         body_dir: Path | None = None,
         access_log: AccessLog | None = None,
+        count_requests: bool = True,
     ) -> None:
         self.settings = settings
         # Per-app counters, request ids and access lines of the requests this process serves.
-        self.traffic = TrafficCounters()
+        self.traffic = TrafficCounters(count_requests)
         self.request_ids = RequestIds()
         self.access_log = access_log
         # Request bodies past request_buffer_memory go to anonymous temporary files here (<data dir>/tmp).

@@ -1,0 +1,145 @@
+"""What metrics and access logs cost the data plane: tako-server in three configurations side by side.
+
+    .venv/bin/python bench/proxy/observe_cost.py [--rounds 3] [--duration 8] [--connections 100,1000]
+
+The real daemon (`[server] workers = N`, bench/proxy/tako_server.py) three times at once, each with the
+deployed nginx app as its upstream:
+
+- `off`: metrics and access logs off (`[metrics] listen = ""`, `count_requests = false`,
+  `[access_log] enabled = false`);
+- `metrics`: requests counted and `/metrics` served, access logs off;
+- `metrics+access`: both on (tako-server's defaults).
+
+For each cell (scheme, connections) and round, the three are measured back to back with wrk, starting
+with a different one each round, so the machine's drift falls on all alike. The table (rps and p99 per
+round, the cost against `off`, the median over the rounds) goes to stdout and to its own section of
+docs/benchmarks.md. Only HTTPS is proxied: tako-server's plain-HTTP listener redirects routed hosts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import resource
+import shlex
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import bench  # bench/proxy/bench.py, next to this script
+import tako_server
+
+REPO = Path(__file__).resolve().parents[2]
+MARKER = "bench/proxy/observe_cost"  # its section of docs/benchmarks.md: <!-- MARKER:start/end -->
+# name -> (metrics on, access logs on)
+CONFIGS: dict[str, tuple[bool, bool]] = {
+    "off": (False, False),
+    "metrics": (True, False),
+    "metrics+access": (True, True),
+}
+
+Cell = tuple[str, int]  # scheme, connections
+Figures = dict[str, float]  # rps, p99_ms, proxy_cpu_percent
+
+
+def _run(args: argparse.Namespace, work: Path) -> dict[Cell, dict[str, list[Figures]]]:
+    fullchain, _, _ = bench.make_cert(work)
+    started: dict[str, Any] = {}
+    cells = [("https", int(c)) for c in args.connections.split(",")]
+    results: dict[Cell, dict[str, list[Figures]]] = {cell: {n: [] for n in CONFIGS} for cell in cells}
+    names = list(CONFIGS)
+    try:
+        for name, (metrics, access) in CONFIGS.items():
+            entry = work / name
+            entry.mkdir()
+            started[name] = tako_server.start(
+                entry, args.workers, fullchain.parent, bench.BODY, "", bench.Process, access, metrics
+            )
+        for round_ in range(args.rounds):
+            for cell in cells:
+                first = round_ % len(names)
+                for name in names[first:] + names[:first]:
+                    proc, _, https = started[name]
+                    url = f"https://127.0.0.1:{https}/"
+                    if args.warmup:
+                        bench.run_wrk(url, min(cell[1], 100), args.warmup, args.threads)
+                    stats = bench.measure(proc, url, cell[1], args.duration, args.threads)
+                    results[cell][name].append(stats)
+                    print(
+                        f"round {round_ + 1} {cell[0]} c={cell[1]} {name}: {stats['rps']:.0f} req/s, "
+                        f"p99 {stats['p99_ms']:.1f} ms, non-2xx {stats['non_2xx']}, "
+                        f"errors {stats['socket_errors']}",
+                        flush=True,
+                    )
+    finally:
+        for proc, _, _ in started.values():
+            proc.stop()
+    return results
+
+
+def _cost(value: float, base: float) -> str:
+    return f"{(value - base) / base * 100:+.1f}%" if base else "-"
+
+
+def _fig(stats: Figures, base: Figures | None) -> str:
+    text = f"{stats['rps'] / 1000:.1f}k, {stats['p99_ms']:.1f} ms"
+    return text if base is None else f"{text} ({_cost(stats['rps'], base['rps'])})"
+
+
+def markdown(results: dict[Cell, dict[str, list[Figures]]], command: str, workers: int) -> str:
+    """This benchmark's section: one table per cell, a row per round and the median."""
+    lines = [
+        f"<!-- {MARKER}:start -->",
+        f"`{command}` ({datetime.date.today().isoformat()}, `[server] workers = {workers}`; req/s, p99, "
+        "and the throughput against `off`):",
+        "",
+    ]
+    for (scheme, conns), by_name in results.items():
+        lines += [
+            f"{scheme.upper()}, {conns} connections:",
+            "",
+            "| round | " + " | ".join(CONFIGS) + " |",
+            "|---" * (len(CONFIGS) + 1) + "|",
+        ]
+        rounds = len(by_name["off"])
+        for i in range(rounds):
+            base = by_name["off"][i]
+            row = [_fig(by_name[n][i], None if n == "off" else base) for n in CONFIGS]
+            lines.append(f"| {i + 1} | " + " | ".join(row) + " |")
+        medians = {
+            n: {k: statistics.median(r[k] for r in runs) for k in ("rps", "p99_ms")}
+            for n, runs in by_name.items()
+        }
+        row = [_fig(medians[n], None if n == "off" else medians["off"]) for n in CONFIGS]
+        lines += ["| median | " + " | ".join(row) + " |", ""]
+    lines.append(f"<!-- {MARKER}:end -->")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell (default 3)")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run (default 8)")
+    parser.add_argument("--connections", default="100,1000", help="comma-separated (default 100,1000)")
+    parser.add_argument("--workers", type=int, default=2, help="tako-server [server] workers (default 2)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of wrk before each measured run")
+    parser.add_argument("--doc", default=str(REPO / "docs/benchmarks.md"), help="markdown file ('' = none)")
+    args = parser.parse_args()
+    command = "bench/proxy/observe_cost.py " + shlex.join(sys.argv[1:])
+    bench.ensure_tools(install=False)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # 1000 connections: wrk and tako-server inherit it
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    with tempfile.TemporaryDirectory(prefix="tako-observe-cost-") as tmp:
+        results = _run(args, Path(tmp))
+    section = markdown(results, command, args.workers)
+    print(section)
+    if args.doc:
+        bench.write_doc(Path(args.doc), section, MARKER)
+        print(f"wrote {args.doc}")
+
+
+if __name__ == "__main__":
+    main()
