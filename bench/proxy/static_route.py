@@ -27,6 +27,8 @@ class StaticGate:
     name = "bench"
     request_buffering = True
     maintenance = None  # never in maintenance
+    static = None  # no [tako] static mounts
+    compression = True  # [tako] compression, on by default
     error_pages: dict[int, bytes] = {}
 
     def __init__(self, upstream: StaticUpstream) -> None:
