@@ -180,6 +180,27 @@ async def test_two_data_plane_processes_add_up() -> None:
         await asyncio.to_thread(server.cleanup)
 
 
+async def test_two_data_plane_processes_share_the_files_and_their_rotation() -> None:
+    n = 60
+    server = await started("\n[server]\nworkers = 2\n", log_max_bytes=3000, log_backups=50)
+    try:
+        assert server.https_port
+        served_by = set()
+        for _ in range(n):
+            status = await fetch_when_routed(server.https_port, "/_tako/status")
+            served_by.add(json.loads(status.body)["served_by"])
+            assert (await fetch_when_routed(server.https_port, "/")).status == 200
+        assert len(served_by) == 2, "both processes should have taken connections"
+        assert await asyncio.to_thread(server.stop) == 0  # each process writes what is pending
+        files = ["", *(f".{k}" for k in range(1, 51) if access_path(server, f".{k}").exists())]
+        lines = [line for suffix in files for line in access_lines(server, suffix)]
+        assert len(files) >= 4, "the files should have rotated several times"
+        # Every request once, in one file or another: none lost or doubled by two writers rotating.
+        assert len(lines) == n and len({line["request_id"] for line in lines}) == n
+    finally:
+        await asyncio.to_thread(server.cleanup)
+
+
 async def fetch_when_routed(port: int, path: str) -> RawResponse:
     """`fetch`, again when the TLS handshake is refused: a worker that has not received the routes of the
     deploy yet refuses the host's name (no request was sent, so nothing is logged or counted)."""

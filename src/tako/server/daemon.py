@@ -305,7 +305,6 @@ class Daemon:
                 self.challenges,
                 **ports,
                 traffic=self.traffic,
-                access_files=self.access_files,
                 listeners=inherited,
             )
             settings = self.config.server

@@ -2,11 +2,11 @@
 
 The proxy hands `AccessLog.add` one tuple per finished request (no formatting, no I/O on the hot path).
 Every `FLUSH_INTERVAL` seconds, or at `MAX_BATCH` entries, the batch becomes JSON lines grouped by app and
-goes to a sink: in the main process `AccessFiles.write` (appends, rotates like `app.log`), in a data-plane
-worker a message to the main process (`workers.messages.AccessLines`), which writes it there. One writer
-per file is what lets rotation be a plain rename: several processes appending and rotating the same file
-would need a lock around every rotation. The cost is one more copy of the lines over the worker channel,
-at most ten messages a second per worker.
+goes to a sink, `AccessFiles.write`: every data-plane process (the main process and each worker) formats
+and appends its own lines, with O_APPEND and one write per batch, and they share the rotation (see
+`AccessFiles`). Sending a worker's lines to the main process to be written there cost more than formatting
+them: 1.0 µs a line to encode and decode them on the worker channel against 1.25 µs to format them, on a
+main process that serves requests too.
 
 A line: `time` (UTC, ms), `app`, `host`, `method`, `path` (`query` too with `[access_log] query = true`),
 `status`, `bytes_in`, `bytes_out`, `duration_ms`, `upstream_ms` (from the request sent whole to the end
@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 LOG_NAME = "access.log"
 FLUSH_INTERVAL = 0.1  # seconds a line waits at most before it is written
@@ -167,51 +168,65 @@ def _escaped(value: bytes) -> str:
 
 
 class AccessFiles:
-    """The main process's access.log files, one per app, appended and rotated (`access.log.1` ...)."""
+    """One process's handles on every app's access.log, appended and rotated (`access.log.1` ...).
+
+    Every data-plane process (the main process and each worker) has its own and writes the lines it
+    formatted itself: no copy of them over the worker channel. The file is opened with O_APPEND and each
+    batch is one write of whole lines, so the processes' lines never interleave. Rotation is shared: the
+    writer whose batch takes the file to `max_bytes` rotates it under an exclusive lock on the logs
+    directory, unless another did first (the name no longer leads to the file it holds); every writer checks
+    before a batch that the name still leads to its file and reopens it otherwise, so at most one batch per
+    writer lands in the file just rotated."""
 
     def __init__(self, data_dir: Path, *, max_bytes: int, backups: int) -> None:
         self.apps_dir = data_dir / "apps"
         self.max_bytes = max_bytes
         self.backups = backups
-        self._files: dict[str, tuple[BinaryIO, int]] = {}  # app -> open file, its size
+        self._files: dict[str, int] = {}  # app -> its access.log's open file descriptor
 
     def write(self, batch: Mapping[str, str]) -> None:
         for app, text in batch.items():
             self._append(app, text.encode())
 
     def _append(self, app: str, data: bytes) -> None:
-        opened = self._files.get(app)
+        directory = self.apps_dir / app / "shared" / "logs"
         try:
-            if opened is not None and os.fstat(opened[0].fileno()).st_nlink == 0:
-                self._close(app)  # the app was deleted (and perhaps deployed again): a new file
-                opened = None
-            if opened is None:
-                opened = self._open(app)
-                if opened is None:
+            fd = self._files.get(app)
+            if fd is not None and not _is_current(directory / LOG_NAME, fd):
+                self._close(app)  # rotated by another writer, or the app deleted (perhaps deployed again)
+                fd = None
+            if fd is None:
+                fd = self._open(app, directory)
+                if fd is None:
                     return  # the app is gone (deleted): its lines are dropped, its dir not made again
-            f, size = opened
-            f.write(data)
-            f.flush()
-            size += len(data)
-            if self.max_bytes and size >= self.max_bytes:
-                self._close(app)
-                self._rotate(self.apps_dir / app / "shared" / "logs")
-            else:
-                self._files[app] = (f, size)
+            while data:  # one write for a regular file, bar a full disk
+                data = data[os.write(fd, data) :]
+            if self.max_bytes and os.fstat(fd).st_size >= self.max_bytes:
+                self._rotate(app, directory, fd)
         except OSError:
             # A full or read-only disk must not take the data plane down: these lines are lost.
             self._close(app)
 
-    def _open(self, app: str) -> tuple[BinaryIO, int] | None:
+    def _open(self, app: str, directory: Path) -> int | None:
         if not (self.apps_dir / app).is_dir():
             return None
-        directory = self.apps_dir / app / "shared" / "logs"
         directory.mkdir(parents=True, exist_ok=True)
-        f = open(directory / LOG_NAME, "ab")  # noqa: SIM115 - kept open between batches
-        opened = self._files[app] = (f, f.tell())
-        return opened
+        fd = os.open(directory / LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        self._files[app] = fd
+        return fd
 
-    def _rotate(self, directory: Path) -> None:
+    def _rotate(self, app: str, directory: Path, fd: int) -> None:
+        """Rotate the file `fd` holds, unless another writer already did; this writer reopens it next time."""
+        lock = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released by the close
+            if _is_current(directory / LOG_NAME, fd):
+                self._rename_all(directory)
+        finally:
+            os.close(lock)
+            self._close(app)
+
+    def _rename_all(self, directory: Path) -> None:
         path = directory / LOG_NAME
         if self.backups <= 0:
             with contextlib.suppress(OSError):
@@ -225,11 +240,21 @@ class AccessFiles:
             os.replace(path, directory / f"{LOG_NAME}.1")
 
     def _close(self, app: str) -> None:
-        opened = self._files.pop(app, None)
-        if opened is not None:
+        fd = self._files.pop(app, None)
+        if fd is not None:
             with contextlib.suppress(OSError):
-                opened[0].close()
+                os.close(fd)
 
     def close(self) -> None:
         for app in list(self._files):
             self._close(app)
+
+
+def _is_current(path: Path, fd: int) -> bool:
+    """Whether `path` still names the file `fd` holds (not rotated away, not deleted)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return named.st_ino == held.st_ino and named.st_dev == held.st_dev

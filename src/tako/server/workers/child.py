@@ -27,7 +27,7 @@ from pathlib import Path
 from tako.errors import ProtocolError
 from tako.protocol.client_networks import parse_networks
 from tako.routing import RouteTable, parse_route
-from tako.server.observe.access_log import AccessLog, Batch
+from tako.server.observe.access_log import AccessFiles, AccessLog
 from tako.server.observe.traffic import TrafficSnapshot, traffic_snapshot
 from tako.server.proxy.backend import AppUnavailable, Snapshot, pick_next
 from tako.server.proxy.cold_start import ColdStartQueue
@@ -39,7 +39,6 @@ from tako.server.tls.challenges import CHALLENGES_DIR, ChallengeStore, read_toke
 from tako.server.workers.messages import (
     CHANNEL_VERSION,
     MAX_TO_WORKER,
-    AccessLines,
     AcmeTokens,
     AppRouting,
     Configure,
@@ -367,9 +366,6 @@ class DataPlaneChild:
             self._traffic_sent = snapshot
             self.send(Traffic(snapshot))
 
-    def send_access_lines(self, batch: Batch) -> None:
-        self.send(AccessLines(batch))
-
 
 async def _answers(path: str) -> bool:
     """A server listens on the unix socket `path` (a dead one's socket file refuses connections)."""
@@ -398,6 +394,12 @@ async def serve(fd: int, listeners: tuple[socket.socket, socket.socket]) -> None
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, child.stopping.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # Ctrl-C reaches the group: the main stops us
+    # This worker appends its own access lines to the apps' files (see observe/access_log.AccessFiles).
+    access_files = (
+        AccessFiles(child.data_dir, max_bytes=config.log_max_bytes, backups=config.log_backups)
+        if config.access_log.enabled
+        else None
+    )
     proxy = child.proxy = ProxyServer(
         config.proxy,
         child,
@@ -407,9 +409,7 @@ async def serve(fd: int, listeners: tuple[socket.socket, socket.socket]) -> None
         reuse_port=True,
         body_dir=child.data_dir / "tmp",  # as in the main process
         access_log=(
-            AccessLog(loop, child.send_access_lines, query=config.access_log.query)
-            if config.access_log.enabled
-            else None
+            AccessLog(loop, access_files.write, query=config.access_log.query) if access_files else None
         ),
         count_requests=config.count_requests,
     )
@@ -427,8 +427,9 @@ async def serve(fd: int, listeners: tuple[socket.socket, socket.socket]) -> None
     await proxy.shutdown(child.stop_timeout, handed_over=child.handed_over)
     child.report()  # the last counts (all zero once drained)
     child.report_traffic()
-    if proxy.access_log is not None:
+    if proxy.access_log is not None and access_files is not None:
         proxy.access_log.close()
+        access_files.close()
     reporting.cancel()
     reading.cancel()
     with contextlib.suppress(Exception):

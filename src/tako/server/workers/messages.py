@@ -6,8 +6,8 @@ Main process → worker: `Configure` (first and once), then `RoutingSnapshot`, `
 `AcmeTokens`, `WakeFailed` and `Stop` as things change. Worker → main process: `Ready` (listening),
 `Report` (in-flight counters and the snapshot applied, every 50 ms when something changed and at least
 every second), `Wake` (a request waits for an on-demand app), `Traffic` (the worker's per-app traffic
-counters, cumulative, every second when they changed) and `AccessLines` (a batch of access log lines,
-at most every 100 ms). `Configure` and `Ready` carry
+counters, cumulative, every second when they changed). Access log lines do not travel here: each
+worker appends its own to the files (observe/access_log.py). `Configure` and `Ready` carry
 `CHANNEL_VERSION`, raised whenever a message changes meaning, so processes of two Tako versions (a worker
 restarted after the files on disk were upgraded) refuse each other with a clear error instead of
 misreading a field.
@@ -26,8 +26,9 @@ from tako.server.observe.traffic import TrafficSnapshot
 # 2: AppRouting carries maintenance and error pages; 3: traffic and access lines; 4: the main process binds
 # the worker's listeners (passed on its command line), Stop says whether a successor took over, and the
 # control socket tells an orphaned worker when a new tako-server serves; 5: AppRouting carries static mounts;
-# 6: and the compression switch.
-CHANNEL_VERSION = 6
+# 6: and the compression switch; 7: no AccessLines (workers write their access lines), Configure carries the
+# log rotation settings.
+CHANNEL_VERSION = 7
 TAG = "kind"
 MAX_TO_WORKER = 64 * 1024 * 1024  # a routing snapshot lists every app, route and instance
 MAX_FROM_WORKER = 16 * 1024 * 1024
@@ -50,6 +51,8 @@ class Configure:
     cold_start_timeout: float
     drain_timeout: float
     access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
+    log_max_bytes: int = 0  # [apps] log_max_bytes and log_backups: the access logs rotate like app.log
+    log_backups: int = 0
     count_requests: bool = True  # [metrics] count_requests
     # tako-server's control socket: a worker whose main process died serves on until a new one answers
     # there ("" in tests: it stops at once).
@@ -177,23 +180,13 @@ class Traffic:
     snapshot: TrafficSnapshot
 
 
-@dataclass(frozen=True)
-class AccessLines:
-    """Access log lines for the main process to write: app -> its lines (one string: one value to check)."""
-
-    kind: ClassVar[str] = "access"
-    lines: dict[str, str]
-
-
 ToWorker = Configure | RoutingSnapshot | StatusDocument | AcmeTokens | WakeFailed | Stop
-FromWorker = Ready | Report | Wake | Traffic | AccessLines
+FromWorker = Ready | Report | Wake | Traffic
 
 TO_WORKER: dict[str, type[ToWorker]] = {
     cls.kind: cls for cls in (Configure, RoutingSnapshot, StatusDocument, AcmeTokens, WakeFailed, Stop)
 }
-FROM_WORKER: dict[str, type[FromWorker]] = {
-    cls.kind: cls for cls in (Ready, Report, Wake, Traffic, AccessLines)
-}
+FROM_WORKER: dict[str, type[FromWorker]] = {cls.kind: cls for cls in (Ready, Report, Wake, Traffic)}
 
 
 def encode(message: ToWorker | FromWorker) -> bytes:

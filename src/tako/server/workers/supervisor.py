@@ -24,7 +24,6 @@ from tako.errors import ProtocolError, TakoError
 from tako.server.apps.app import ManagedApp
 from tako.server.apps.instance import Instance
 from tako.server.apps.registry import AppRegistry
-from tako.server.observe.access_log import AccessFiles
 from tako.server.observe.traffic import TrafficTotals
 from tako.server.proxy.backend import AppUnavailable, ServerServices, Snapshot
 from tako.server.proxy.server import bind_listener
@@ -89,12 +88,10 @@ class WorkerPool:
         http_port: int,
         https_port: int,
         traffic: TrafficTotals,
-        access_files: AccessFiles | None,
         listeners: list[tuple[socket.socket, socket.socket]] | None = None,
     ) -> None:
         self.config = config
         self.traffic = traffic  # workers' counters are folded in here (Traffic messages)
-        self.access_files = access_files  # workers' access lines are written here (None: access log off)
         self.registry = registry
         self.services = services
         self.challenges = challenges
@@ -352,6 +349,8 @@ class WorkerPool:
             data_dir=str(cfg.data_dir),
             proxy=cfg.proxy,
             access_log=cfg.access_log,
+            log_max_bytes=cfg.apps.log_max_bytes,
+            log_backups=cfg.apps.log_backups,
             count_requests=cfg.metrics.count_requests,
             cold_start_queue=cfg.apps.cold_start_queue,
             cold_start_timeout=cfg.apps.cold_start_timeout,
@@ -437,9 +436,6 @@ class WorkerPool:
             case messages.Traffic():
                 if worker.pid is not None:
                     self.traffic.update(worker.pid, message.snapshot)
-            case messages.AccessLines():
-                if self.access_files is not None:
-                    self.access_files.write(message.lines)
             case messages.Ready():
                 messages.check_channel(message.channel, f"worker pid={worker.pid}")
                 worker.ready.set()
