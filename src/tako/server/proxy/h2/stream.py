@@ -179,7 +179,11 @@ class StreamTransport:
         return self.h2.session.queued(self.stream_id)  # type: ignore[no-any-return]
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.h2.transport.get_extra_info(name, default)
+        # The addresses only: the socket and the TLS object carry the whole HTTP/2 connection, and a
+        # stream that wrote to them (sendfile, say) would corrupt every other stream on it.
+        if name in ("peername", "sockname"):
+            return self.h2.transport.get_extra_info(name, default)
+        return default
 
     def can_write_eof(self) -> bool:
         return False

@@ -1,0 +1,142 @@
+"""HTTP/2 throughput: h2load against tako's data plane and nginx (`http2` on), same host, same upstream.
+
+    flock /tmp/tako-bench.lock .venv/bin/python bench/http2/bench.py [--duration 8] [--cells 10x10,100x10]
+        [--repeat 2] [--workers 1] [--doc docs/benchmarks.md]
+
+Both proxies terminate TLS and speak HTTP/2 to h2load and HTTP/1.1 (keep-alive) to one upstream (nginx,
+1 worker, fixed 200 body), as bench/proxy sets them up. A cell is "C x M": C connections with M streams
+each in flight. tako and nginx run interleaved, `--repeat` times per cell; the table gives the median
+requests/s of each and their ratio, and is written to docs/benchmarks.md between its own markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proxy"))  # bench/proxy's helpers
+
+import bench as proxy_bench  # bench/proxy/bench.py
+
+MARKER = "bench/http2"
+_RPS = re.compile(r"finished in [\d.]+\w+, ([\d.]+) req/s")
+_DONE = re.compile(
+    r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored"
+)
+
+
+def _nginx_h2(work: Path, workers: int, upstream: int, cert: tuple[Path, Path, Path]) -> tuple[object, int]:
+    https = proxy_bench.free_port()
+    fullchain, privkey, _ = cert
+    conf = proxy_bench.nginx_conf(
+        work,
+        "nginx-h2",
+        workers,
+        f"""upstream up {{ server 127.0.0.1:{upstream}; keepalive 1024; }}
+  server {{
+    listen 127.0.0.1:{https} ssl http2 reuseport;
+    ssl_certificate {fullchain}; ssl_certificate_key {privkey}; ssl_protocols TLSv1.2 TLSv1.3;
+    http2_max_concurrent_streams 128;
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }}
+  }}""",
+    )
+    proc = proxy_bench.Process(["nginx", "-c", str(conf), "-g", "daemon off;"], https)
+    return proc, https
+
+
+def _nginx_version() -> str:
+    out = subprocess.run(["nginx", "-v"], capture_output=True, text=True, timeout=10).stderr
+    return out.strip().rpartition("/")[2]
+
+
+def h2load(port: int, connections: int, streams: int, duration: int) -> tuple[float, int]:
+    """Requests/s and failed requests of one h2load run."""
+    argv = ["h2load", "-D", str(duration), "--warm-up-time", "1", "-c", str(connections), "-m", str(streams)]
+    argv += ["-t", "1", f"https://127.0.0.1:{port}/"]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    out = run.stdout + run.stderr
+    rps, done = _RPS.search(out), _DONE.search(out)
+    if rps is None or done is None:
+        raise RuntimeError(f"h2load output not understood: {out[-800:]}")
+    return float(rps.group(1)), int(done.group(2)) + int(done.group(3))
+
+
+def markdown(rows: list[tuple[str, list[float], list[float], int, int]], command: str, workers: int) -> str:
+    lines = [
+        f"<!-- {MARKER}:start -->",
+        f"HTTP/2 through tako's data plane and nginx {_nginx_version()} (`http2`), "
+        f"{workers} worker(s) each, TLS, same HTTP/1.1 upstream; h2load, one thread. "
+        f"{datetime.date.today()}, {platform.processor() or platform.machine()}, "
+        f"data plane {proxy_bench.data_plane_mode()}. Command: `{command}`",
+        "",
+        "| connections x streams | tako req/s | nginx req/s | tako / nginx | failed (tako / nginx) |",
+        "|---|---|---|---|---|",
+    ]
+    for cell, tako, nginx, tako_failed, nginx_failed in rows:
+        t, n = statistics.median(tako), statistics.median(nginx)
+        ratio = f"{t / n:.2f}" if n else "-"
+        lines.append(f"| {cell} | {t:,.0f} | {n:,.0f} | {ratio} | {tako_failed} / {nginx_failed} |")
+    lines.append(f"<!-- {MARKER}:end -->")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=8, help="seconds per h2load run")
+    parser.add_argument("--cells", default="10x10,100x10", help="connections x streams, comma-separated")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--doc", default=str(proxy_bench.REPO / "docs" / "benchmarks.md"))
+    args = parser.parse_args()
+    command = "python bench/http2/bench.py " + " ".join(sys.argv[1:])
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tako-bench-h2-") as tmp:
+        work = Path(tmp)
+        cert = proxy_bench.make_cert(work)
+        up_port = proxy_bench.free_port()
+        body = proxy_bench.BODY.strip()
+        up_conf = proxy_bench.nginx_conf(
+            work,
+            "upstream",
+            1,
+            f'server {{ listen 127.0.0.1:{up_port} backlog=4096; location / {{ return 200 "{body}\\n"; }} }}',
+        )
+        upstream = proxy_bench.Process(["nginx", "-c", str(up_conf), "-g", "daemon off;"], up_port)
+        tako, _, tako_port = proxy_bench.start_proxy("tako", work, args.workers, up_port, cert)
+        nginx, nginx_port = _nginx_h2(work, args.workers, up_port, cert)
+        try:
+            for cell in args.cells.split(","):
+                conns, streams = (int(x) for x in cell.split("x"))
+                tako_rps: list[float] = []
+                nginx_rps: list[float] = []
+                failed = [0, 0]
+                for _ in range(args.repeat):
+                    for i, (port, out) in enumerate(((tako_port, tako_rps), (nginx_port, nginx_rps))):
+                        rps, bad = h2load(port, conns, streams, args.duration)
+                        out.append(rps)
+                        failed[i] += bad
+                        print(
+                            f"{cell} {'tako' if i == 0 else 'nginx'}: {rps:,.0f} req/s, {bad} failed",
+                            flush=True,
+                        )
+                rows.append((f"{conns} x {streams}", tako_rps, nginx_rps, failed[0], failed[1]))
+        finally:
+            for proc in (tako, nginx, upstream):
+                proc.stop()  # type: ignore[attr-defined]
+    section = markdown(rows, command, args.workers)
+    print(section)
+    proxy_bench.write_doc(Path(args.doc), section, MARKER)
+
+
+if __name__ == "__main__":
+    main()
