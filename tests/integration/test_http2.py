@@ -15,7 +15,7 @@ import h2.settings
 import httpx
 import pytest
 from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame
-from tests.support.h2_client import H2Client
+from tests.support.h2_client import H2Client, RawFrames
 from tests.support.proxy_harness import ProxyHarness, one_app_proxy
 
 from tako.config.server import ProxySettings
@@ -267,17 +267,18 @@ async def test_a_client_holding_a_zero_window_is_dropped(tmp_path: Path) -> None
 
 
 async def test_shutdown_finishes_streams_in_progress_and_sends_goaway(tmp_path: Path) -> None:
-    async with one_app_proxy(tmp_path) as (p, _up):
+    async with one_app_proxy(tmp_path) as (p, up):
         c = await _client(p)
         sid = c.request("/slow/0.5", HOST)
-        await c.receive_until(lambda: bool(p.server.connections) and _up.requests == 1)
+        await c.receive_until(lambda: up.requests == 1)
+        raw = c.raw = RawFrames()
         shutdown = asyncio.ensure_future(p.server.shutdown(10))
-        await c.receive_until(lambda: c.goaway() is not None and c.ended(sid))
-        assert c.goaway().error_code == 0  # type: ignore[union-attr]
-        assert c.response(sid)[b":status"] == b"200"
-        assert json.loads(bytes(c.bodies[sid])) == {"slept": 0.5}
         await c.receive_until(lambda: c.closed)
         await shutdown
+        goaway = raw.goaway()
+        assert goaway is not None and goaway.error_code == 0 and goaway.last_stream_id == sid
+        assert raw.headers[sid][b":status"] == b"200" and sid in raw.ended
+        assert json.loads(raw.bodies[sid]) == {"slept": 0.5}
         await c.close()
 
 
@@ -309,3 +310,60 @@ async def test_h2load_all_requests_succeed(tmp_path: Path) -> None:
         text = out.decode()
         assert "400 succeeded, 0 failed, 0 errored" in text, text
         assert "Application protocol: h2" in text, text
+
+
+async def test_requests_are_counted_and_a_reset_stream_counts_as_client_gone(tmp_path: Path) -> None:
+    async with one_app_proxy(tmp_path) as (p, _up):
+        c = await _client(p)
+        sids = [c.request("/", HOST) for _ in range(5)]
+        slow = c.request("/slow/5", HOST)
+        await c.receive_until(lambda: all(c.ended(s) for s in sids) and _up.requests == 6)
+        c.conn.reset_stream(slow)
+        c.flush()
+        counters = p.server.traffic.for_app("a")
+        await c.receive_until(lambda: counters.in_flight == 0)
+        assert counters.requests[1] == 5  # 2xx
+        assert counters.requests[3] == 1  # the reset one: 499
+        await c.close()
+
+
+async def test_a_slow_client_holds_the_response_at_the_instance_and_then_gets_it_whole(
+    tmp_path: Path,
+) -> None:
+    size = 20_000_000
+    async with one_app_proxy(tmp_path) as (p, _up):
+        c = await _client(p, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        c.auto_ack_data = False
+        sid = c.request(f"/bytes/{size}", HOST)
+
+        def upstream_paused() -> bool:
+            # The stream's connection stopped reading the instance (what a user sees: the app's writes
+            # block instead of the proxy buffering the whole response).
+            for conn in p.server.connections:
+                cycle = getattr(conn, "cycle", None)
+                if cycle is not None and cycle.uconn is not None and conn.write_paused:
+                    return not cycle.uconn.transport.is_reading()
+            return False
+
+        await c.receive_until(lambda: bool(c.of(h2.events.ResponseReceived, sid)))
+        await c.receive_until(upstream_paused)
+        c.auto_ack_data = True
+        c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+        c.conn.increment_flow_control_window(1 << 30)
+        c.flush()
+        await c.receive_until(lambda: c.ended(sid), timeout=60)
+        assert len(c.bodies[sid]) == size
+        await c.close()
+
+
+async def test_an_upload_to_a_slow_instance_is_held_by_flow_control_and_arrives_whole(tmp_path: Path) -> None:
+    body = bytes(range(256)) * 8192  # 2 MiB, eight stream windows
+    async with (
+        one_app_proxy(tmp_path, ProxySettings(request_buffering=False)) as (p, _up),
+        p.https(http2=True) as client,
+    ):
+        r = await client.post(
+            "/sink?slow=1", content=body, headers={"host": HOST}, extensions={"sni_hostname": HOST}
+        )
+    assert r.http_version == "HTTP/2"
+    assert r.json() == {"received": len(body), "sha256": hashlib.sha256(body).hexdigest()}

@@ -17,7 +17,8 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
-from hyperframe.frame import Frame
+import hpack
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 
 class H2Client:
@@ -36,6 +37,7 @@ class H2Client:
         self.closed = False
         self.bodies: dict[int, bytearray] = {}
         self.auto_ack_data = True  # give the window back as soon as DATA arrives
+        self.raw: RawFrames | None = None  # set: frames are decoded by it alone from then on
 
     @classmethod
     async def connect(
@@ -69,12 +71,18 @@ class H2Client:
             left = deadline - time.monotonic()
             assert left > 0, f"condition not met in time; events: {self.events[-5:]}"
             try:
-                data = await asyncio.wait_for(self.reader.read(1 << 20), left)
+                # In short slices: `done` may watch the server's state rather than what arrives.
+                data = await asyncio.wait_for(self.reader.read(1 << 20), min(left, 0.05))
+            except TimeoutError:
+                continue
             except (ConnectionError, ssl.SSLError):
                 data = b""
             if not data:
                 self.closed = True
                 break
+            if self.raw is not None:
+                self.raw.feed(data)
+                continue
             for event in self.conn.receive_data(data):
                 self.events.append(event)
                 if isinstance(event, h2.events.DataReceived):
@@ -123,3 +131,37 @@ class H2Client:
         self.writer.close()
         with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
             await asyncio.wait_for(self.writer.wait_closed(), 5)
+
+
+class RawFrames:
+    """The server's frames as they come, decoded without a client state machine (the `h2` one refuses the
+    frames of streams finishing after a GOAWAY, which is just what a graceful shutdown sends)."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.frames: list[Frame] = []
+        self.decoder = hpack.Decoder()
+        self.headers: dict[int, dict[bytes, bytes]] = {}
+        self.bodies: dict[int, bytes] = {}
+        self.ended: set[int] = set()
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(self.buffer[:9]))
+            if len(self.buffer) < 9 + length:
+                return
+            frame.parse_body(memoryview(self.buffer[9 : 9 + length]))
+            self.buffer = self.buffer[9 + length :]
+            self.frames.append(frame)
+            if isinstance(frame, HeadersFrame):
+                fields = self.decoder.decode(frame.data, raw=True)
+                self.headers.setdefault(frame.stream_id, dict(fields))
+            elif isinstance(frame, DataFrame):
+                self.bodies[frame.stream_id] = self.bodies.get(frame.stream_id, b"") + frame.data
+            if "END_STREAM" in frame.flags:
+                self.ended.add(frame.stream_id)
+
+    def goaway(self) -> GoAwayFrame | None:
+        found = [f for f in self.frames if isinstance(f, GoAwayFrame)]
+        return found[0] if found else None
