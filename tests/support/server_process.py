@@ -167,11 +167,14 @@ class TakoServer:
             "0",
         ]
 
-    def start(self, timeout: float = 30.0, *, flags: tuple[str, ...] = ()) -> TakoServer:
-        """Run tako-server with this directory's config; `flags` are added to its command line."""
+    def start(
+        self, timeout: float = 30.0, *, flags: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> TakoServer:
+        """Run tako-server with this directory's config; `flags` are added to its command line, `env` to
+        its environment (as a service manager sets it)."""
         cmd = [*self.command(), *flags]
         stderr = open(self.stderr_path, "ab")  # noqa: SIM115 - handed to the child
-        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})}
         self.proc = subprocess.Popen(cmd, stdout=stderr, stderr=stderr, env=env, cwd=self.base)
         stderr.close()
         deadline = time.monotonic() + timeout

@@ -29,7 +29,7 @@ from typing import Any
 
 from tako.config.server import ServerConfig
 from tako.errors import TakoError
-from tako.server import handover, status
+from tako.server import fd_store, handover, status
 from tako.server.apps import isolation, oneoff_protocol, scaling
 from tako.server.apps.oneoff import OneOffServer
 from tako.server.apps.registry import AppRegistry
@@ -41,6 +41,7 @@ from tako.server.observe.metrics_sources import MetricsSources
 from tako.server.observe.traffic import TrafficSnapshot, TrafficTotals
 from tako.server.proxy import compiled as proxy_compiled
 from tako.server.proxy.server import ProxyServer
+from tako.server.startup_clock import StartupClock
 from tako.server.state import DB_NAME, StateStore
 from tako.server.tls.acme import AcmeManager
 from tako.server.tls.certstore import CertStore
@@ -54,8 +55,14 @@ log = logging.getLogger("tako.server")
 class Daemon:
     """One tako-server. Implements the proxy's `ServerServices` (status document, ACME challenges)."""
 
-    def __init__(self, config: ServerConfig, handover_channel: socket.socket | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        handover_channel: socket.socket | None = None,
+        clock: StartupClock | None = None,
+    ) -> None:
         self.config = config
+        self.clock = clock or StartupClock()  # where the start-up time goes: logged once serving
         self._handover_channel = handover_channel  # started by a running tako-server to take over from it
         self.data_dir = config.data_dir
         self.lock: DataDirLock | None = None
@@ -76,6 +83,7 @@ class Daemon:
         self.leave_instances = False  # on exit: leave the instances running for the next tako-server
         self.isolation = isolation.OFF
         self.inherited: handover.Inherited | None = None  # set in a successor during its hand-over
+        self.kept: fd_store.Listeners | None = None  # the listening sockets the service manager kept
         self.handover_server: handover.HandoverServer | None = None
         self._idle: asyncio.Task[None] | None = None  # the idle loop (stops idle on-demand instances)
         self.handed_over = False  # a successor serves on our listening sockets: exit as _retire says
@@ -105,32 +113,37 @@ class Daemon:
             self.lock = DataDirLock.inherit(self.data_dir, self.inherited.lock_fd)
         else:
             self.lock = await DataDirLock.acquire(self.data_dir)
-        self.isolation = isolation.detect(self.config.apps.isolation)
-        if not self.isolation.enabled and self.config.apps.isolation != "off":
-            log.warning("app isolation is off: apps run as tako-server's own user: %s", self.isolation.reason)
-        (self.data_dir / "apps").mkdir(exist_ok=True)
-        self.store = StateStore(self.data_dir / DB_NAME)
-        self.registry = AppRegistry(
-            self.data_dir,
-            self.config.apps,
-            self.store,
-            on_hosts_changed=self._routed_hosts_changed,
-            isolated=self.isolation,
-        )
-        await self.registry.restore(handed_over=self.inherited is not None)
+        self.clock.mark("lock")
+        self.registry = self._open_state()
+        await self.registry.restore()
+        self.clock.mark("restore")
+        if self.inherited is None:
+            await self.registry.adopt_running()
+            self.clock.mark("adopt")
         self._make_proxy()
+        self.clock.mark("proxy")
+        if self.inherited is None:
+            self.kept = fd_store.matching(
+                fd_store.take(), settings.listen, settings.http_port, settings.https_port
+            )
         if self.inherited is not None:
             # Everything but the adoption before "ready": between "go" and our listening, nobody accepts.
             await self._take_over(self.inherited)
+            self.clock.mark("handover_adopt")
         await self._listen()
+        self.clock.mark("listen")
         # Listeners first: one app with a slow boot must not keep every other app unreachable.
         self.registry.start_restored()
         await self._start_workers()
+        self._keep_listeners()
+        self.clock.mark("workers")
         await self.acme.start()  # after the HTTP listener: HTTP-01 validations must find it
         await self._open_sockets(Path(settings.socket))
+        self.clock.mark("control")
         if self.inherited is not None:
             self.leave_instances = False
             handover.announce_serving(self.inherited)
+        log.info("start-up: %s", self.clock.line())
         log.info(
             "tako-server ready data_dir=%s socket=%s http_port=%s https_port=%s apps=%d data_plane=%s "
             "isolation=%s",
@@ -141,6 +154,21 @@ class Daemon:
             len(self.registry.apps),
             proxy_compiled.mode(),
             self.isolation.describe(),
+        )
+
+    def _open_state(self) -> AppRegistry:
+        """App isolation, the state database and the (still empty) app registry."""
+        self.isolation = isolation.detect(self.config.apps.isolation)
+        if not self.isolation.enabled and self.config.apps.isolation != "off":
+            log.warning("app isolation is off: apps run as tako-server's own user: %s", self.isolation.reason)
+        (self.data_dir / "apps").mkdir(exist_ok=True)
+        self.store = StateStore(self.data_dir / DB_NAME)
+        return AppRegistry(
+            self.data_dir,
+            self.config.apps,
+            self.store,
+            on_hosts_changed=self._routed_hosts_changed,
+            isolated=self.isolation,
         )
 
     async def _open_sockets(self, socket: Path) -> None:
@@ -273,11 +301,12 @@ class Daemon:
         settings = self.config.server
         proxy = self.proxy
         assert proxy is not None
+        given = self.inherited or self.kept  # a hand-over's sockets, or those the service manager kept
         with _listener_errors(settings.listen, settings.http_port, "HTTP", "http_port"):
-            sock = self.inherited.http if self.inherited else None
+            sock = given.http if given else None
             self.http_port = await proxy.start_http(settings.listen, settings.http_port, sock=sock)
         with _listener_errors(settings.listen, settings.https_port, "HTTPS", "https_port"):
-            sock = self.inherited.https if self.inherited else None
+            sock = given.https if given else None
             self.https_port = await proxy.start_https(settings.listen, settings.https_port, sock=sock)
 
     def _access_log(self) -> AccessLog | None:
@@ -291,9 +320,10 @@ class Daemon:
         return AccessLog(asyncio.get_running_loop(), files.write, query=settings.query)
 
     async def _start_workers(self) -> None:
-        # The previous tako-server's workers' listeners (a hand-over): taken by ours, closed by the pool
-        # when fewer workers are configured now.
-        inherited = self.inherited.workers if self.inherited is not None else []
+        # The previous tako-server's workers' listeners (a hand-over, or kept by the service manager):
+        # taken by ours, closed by the pool when fewer workers are configured now.
+        given = self.inherited or self.kept
+        inherited = given.workers if given is not None else []
         if self.config.server.workers > 1:
             assert self.registry is not None and self.proxy is not None
             assert self.http_port is not None and self.https_port is not None and self.traffic is not None
@@ -314,6 +344,16 @@ class Daemon:
             for pair in inherited:
                 for sock in pair:
                     sock.close()
+
+    def _keep_listeners(self) -> None:
+        """Copies of every listening socket to the service manager: after a crash, connections wait in
+        their backlog for the next tako-server instead of being refused (server/fd_store.py)."""
+        assert self.proxy is not None
+        http, https = self.proxy.listening_sockets()
+        workers = self.workers.listeners if self.workers is not None else []
+        given = self.inherited or self.kept
+        known = len(given.workers) if given is not None else 0
+        fd_store.keep(fd_store.Listeners(http, https, list(workers)), known_workers=known)
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
 def serve(args: argparse.Namespace) -> int:
     """Run the daemon; a successor in a hand-over tells the running server why it could not start."""
     from tako.server import handover
+    from tako.server.startup_clock import StartupClock
 
+    clock = StartupClock()
+    clock.mark("python")  # the interpreter's start and this module's imports
     channel = handover.pending_channel()
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -129,11 +132,12 @@ def serve(args: argparse.Namespace) -> int:
     from tako.server.daemon import Daemon
 
     try:
-        config = load_config(args)
-        # uvloop: the proxy's event loop (docs/proxy.md); its child watcher also reports exits at once.
         import uvloop
 
-        uvloop.run(Daemon(config, channel).run())
+        clock.mark("imports")
+        config = load_config(args)
+        # uvloop: the proxy's event loop (docs/proxy.md); its child watcher also reports exits at once.
+        uvloop.run(Daemon(config, channel, clock).run())
     except TakoError as exc:
         handover.report_failure(channel, exc)
         print(f"tako-server: error: {exc}", file=sys.stderr)

@@ -382,8 +382,8 @@ class AppRegistry:
     # -- lifecycle --------------------------------------------------------------------------------------
     async def adopt_running(self) -> int:
         """Adopt the instances a previous tako-server left running; returns how many. The one entry point
-        of adoption: `restore` calls it at start, and the hand-over (server/handover.py) once the old
-        tako-server has let go of its instances.
+        of adoption: tako-server calls it at start after `restore`, and the hand-over (server/handover.py)
+        once the old tako-server has let go of its instances.
 
         A recorded instance is adopted when it is the very process recorded (pid and start time: not a
         recycled pid), its app is restored and not stopped, it runs the app's current release, and it
@@ -427,9 +427,10 @@ class AppRegistry:
                 await asyncio.wait_for(wait_exit(rec.pid), self.settings.stop_grace)
         kill_group(rec.pid)
 
-    async def restore(self, *, handed_over: bool = False) -> None:
-        """Bring back every persisted app with its routes; `start_restored` then starts its instances.
-        In a hand-over (server/handover.py) the instances on record belong to the running tako-server."""
+    async def restore(self) -> None:
+        """Bring back every persisted app with its routes; then `adopt_running` takes the instances a
+        previous tako-server left (in a hand-over only once the old one let go of them), and
+        `start_restored` starts the missing ones."""
         records = self.store.load_apps()
         maintenance = self.store.load_maintenance()
         for rec in records:
@@ -455,8 +456,6 @@ class AppRegistry:
             self._rebuild_routes()
         except (RouteError, ValueError) as exc:
             log.error("stored routes are inconsistent: %s", exc)
-        if not handed_over:
-            await self.adopt_running()
 
     def start_restored(self) -> None:
         """Start the always-on instances of the restored apps in the background (the listeners are open
