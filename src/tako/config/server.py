@@ -15,17 +15,36 @@ Every section is optional. Example:
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from tako.config.loading import find_line
 from tako.errors import ConfigError
 
 DEFAULT_DATA_DIR = "/opt/tako"
 DEFAULT_SOCKET = "/var/run/tako/tako.sock"
 LETSENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING_DIRECTORY = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
+
+WORKERS_AUTO = "auto"
+
+
+# A hand-over passes every worker's two listeners in one message, which holds at most 125 workers' pairs.
+AUTO_MAX_WORKERS = 126
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (taskset, a container's cpuset), not the machine's."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def auto_workers() -> int:
+    """`workers = "auto"`: one data-plane process per usable CPU."""
+    return min(usable_cpus(), AUTO_MAX_WORKERS)
 
 
 @dataclass(frozen=True)
@@ -35,7 +54,11 @@ class ListenSettings:
     listen: str = "0.0.0.0"
     http_port: int = 80
     https_port: int = 443
-    workers: int = 1
+    # Processes serving the data plane (the main process and workers - 1 others). `workers = "auto"`, the
+    # default, is resolved at load to one per CPU this process may run on, like nginx's `worker_processes
+    # auto`: one process uses one core, and on 2 cores workers = 1 served half of nginx's HTTPS rate
+    # through a testbed host (docs/benchmarks.md).
+    workers: int = field(default_factory=auto_workers)
 
 
 @dataclass(frozen=True)
@@ -182,7 +205,24 @@ _SECTIONS: dict[str, type[Any]] = {
 }
 
 
-def _check_value(file: str, key: str, value: Any, default: Any) -> Any:
+def _check_workers(file: str, value: Any, line: int | None) -> int:
+    """`[server] workers`: "auto" (resolved here) or a whole number of processes, at least 1."""
+    if value == WORKERS_AUTO:
+        return auto_workers()
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ConfigError(
+        file,
+        f'expected "auto" or a whole number of processes (1 or more), got {value!r}',
+        key="server.workers",
+        line=line,
+        hint=f'workers = "auto" (the default) runs one per CPU, {auto_workers()} here; workers = 1 runs one',
+    )
+
+
+def _check_value(file: str, key: str, value: Any, default: Any, line: int | None = None) -> Any:
+    if key == "server.workers":
+        return _check_workers(file, value, line)
     if isinstance(default, bool):
         ok = isinstance(value, bool)
         kind = "true or false"
@@ -197,11 +237,12 @@ def _check_value(file: str, key: str, value: Any, default: Any) -> Any:
         ok = isinstance(value, str)
         kind = "a string"
     if not ok:
-        raise ConfigError(file, f"expected {kind}, got {value!r}", key=key)
+        raise ConfigError(file, f"expected {kind}, got {value!r}", key=key, line=line)
     return value
 
 
-def parse_server_config(data: dict[str, Any], file: str) -> ServerConfig:
+def parse_server_config(data: dict[str, Any], file: str, text: str = "") -> ServerConfig:
+    """Check and freeze server-config.toml's tables; `text` (the file's) lets errors name the line."""
     from difflib import get_close_matches
 
     sections: dict[str, Any] = {}
@@ -226,7 +267,8 @@ def parse_server_config(data: dict[str, Any], file: str) -> ServerConfig:
                     key=f"{name}.{key}",
                     hint=f"did you mean {close[0]!r}?" if close else None,
                 )
-            values[key] = _check_value(file, f"{name}.{key}", value, getattr(defaults, key))
+            line = find_line(text, [name, key]) if text else None
+            values[key] = _check_value(file, f"{name}.{key}", value, getattr(defaults, key), line)
             choices = _CHOICES.get((name, key))
             if choices is not None and value not in choices:
                 raise ConfigError(
@@ -244,9 +286,10 @@ def load_server_config(path: Path) -> ServerConfig:
     """Load server-config.toml; a missing file means all defaults."""
     if not path.exists():
         return ServerConfig()
+    text = path.read_text()
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         line = getattr(exc, "lineno", None)
         raise ConfigError(str(path), f"invalid TOML: {exc}", line=line) from exc
-    return parse_server_config(data, str(path))
+    return parse_server_config(data, str(path), text)
