@@ -367,3 +367,26 @@ async def test_an_upload_to_a_slow_instance_is_held_by_flow_control_and_arrives_
         )
     assert r.http_version == "HTTP/2"
     assert r.json() == {"received": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+
+async def test_streams_one_after_another_each_get_their_own_answer(tmp_path: Path) -> None:
+    # Later streams reuse the proxy's per-stream state of finished ones: nothing may carry over.
+    async with one_app_proxy(tmp_path) as (p, _up):
+        c = await _client(p)
+        steps: list[tuple[str, str, str, bytes | None, bytes, int | None]] = [
+            ("HEAD", "/bytes/10", HOST, None, b"200", 0),
+            ("GET", "/bytes/10", HOST, None, b"200", 10),
+            ("POST", "/sink", HOST, b"abc", b"200", None),
+            ("GET", "/", "b.tako.test", None, b"404", None),
+            ("GET", "/status/204", HOST, None, b"204", 0),
+            ("GET", "/chunked/5", HOST, None, b"200", 5),
+        ]
+        for method, path, host, body, status, length in steps * 2:
+            sid = c.request(path, host, method=method, body=body)
+            await c.receive_until(lambda sid=sid: c.ended(sid))  # type: ignore[misc]
+            assert c.response(sid)[b":status"] == status, (method, path)
+            if length is not None:
+                assert len(c.bodies.get(sid, b"")) == length, (method, path)
+        assert json.loads(bytes(c.bodies[5]))["received"] == 3
+        assert c.goaway() is None
+        await c.close()

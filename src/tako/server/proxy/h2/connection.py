@@ -39,6 +39,7 @@ RESET_RATE = 32  # and per second after that
 _NO_ERROR = 0
 _PROTOCOL_ERROR = 1
 _INTERNAL_ERROR = 2
+_REFUSED_STREAM = 7
 _CALM = 11  # ENHANCE_YOUR_CALM
 _FLOODS = (-904, -905)  # NGHTTP2_ERR_FLOODED, NGHTTP2_ERR_TOO_MANY_CONTINUATIONS
 _DEADLINE_HEADER = 1  # as ClientConnection's: a hand-over waits for such connections' first request
@@ -55,6 +56,7 @@ class H2Connection:
         "deadline_kind",
         "flush_scheduled",
         "going_away",
+        "idle",
         "loop",
         "paused",
         "send_deadline",
@@ -81,6 +83,9 @@ class H2Connection:
         )
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
         self.streams: dict[int, StreamTransport] = {}
+        # Transports (and their ClientConnections) whose stream ended whole, for the next streams: at most
+        # as many as streams were open at once.
+        self.idle: list[StreamTransport] = []
         self.paused: set[StreamTransport] = set()  # streams whose ClientConnection was told pause_writing
         self.flush_scheduled = False
         self.write_blocked = False  # the socket's buffer is full: take nothing more from the session
@@ -123,8 +128,9 @@ class H2Connection:
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)  # type: ignore[arg-type,unused-ignore]
-        streams = list(self.streams.values())
+        streams = [*self.streams.values(), *self.idle]
         self.streams.clear()
+        self.idle.clear()
         self.paused.clear()
         for stream in streams:
             stream.peer_closed()
@@ -181,16 +187,25 @@ class H2Connection:
             self._too_large(stream_id)
             return
         head, chunked, method = request_head(block, end_stream)
-        stream = StreamTransport(self, stream_id, chunked, method == b"HEAD")
+        stream = self.idle.pop() if self.idle else self._new_stream()
+        if stream.closed:  # a server shutting down closed it at once
+            self.session.reset(stream_id, _REFUSED_STREAM)
+            return
+        stream.bind(stream_id, chunked, method == b"HEAD", end_stream)
         self.streams[stream_id] = stream
         self.deadline = 0.0
         self.deadline_kind = 0
-        conn = ClientConnection(self.server, True, True)
-        stream.protocol = conn
-        if end_stream:
-            stream.request_ended = True
+        stream.protocol.data_received(head)
+
+    def _new_stream(self) -> StreamTransport:
+        stream = StreamTransport(self)
+        conn = stream.protocol = ClientConnection(self.server, True, True)
         conn.connection_made(as_transport(stream))
-        conn.data_received(head)
+        return stream
+
+    def discard_idle(self, stream: StreamTransport) -> None:
+        if stream in self.idle:
+            self.idle.remove(stream)
 
     def on_data(self, stream_id: int, data: bytes) -> None:
         stream = self.streams.get(stream_id)
@@ -208,7 +223,11 @@ class H2Connection:
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
             self.paused.discard(stream)
-            stream.peer_closed()
+            if stream.reusable() and not self.going_away:
+                stream.unbind()
+                self.idle.append(stream)
+            else:
+                stream.peer_closed()
         if not self.streams:
             self.deadline = self.loop.time() + self.server.settings.keepalive_timeout
             self.deadline_kind = _DEADLINE_IDLE
