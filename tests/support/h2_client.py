@@ -18,7 +18,7 @@ import h2.connection
 import h2.events
 import h2.settings
 import hpack
-from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
 
 class H2Client:
@@ -144,6 +144,7 @@ class RawFrames:
         self.headers: dict[int, dict[bytes, bytes]] = {}
         self.bodies: dict[int, bytes] = {}
         self.ended: set[int] = set()
+        self.resets: dict[int, int] = {}  # stream id: error code of the server's RST_STREAM
 
     def feed(self, data: bytes) -> None:
         self.buffer += data
@@ -159,6 +160,9 @@ class RawFrames:
                 self.headers.setdefault(frame.stream_id, dict(fields))
             elif isinstance(frame, DataFrame):
                 self.bodies[frame.stream_id] = self.bodies.get(frame.stream_id, b"") + frame.data
+            elif isinstance(frame, RstStreamFrame):
+                self.resets[frame.stream_id] = frame.error_code
+                self.ended.add(frame.stream_id)
             if "END_STREAM" in frame.flags:
                 self.ended.add(frame.stream_id)
 
