@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 from tako.server.proxy import responses
 from tako.server.proxy.client import ClientConnection
 from tako.server.proxy.h2._nghttp2 import Session
-from tako.server.proxy.h2.stream import StreamTransport, as_transport, request_head
+from tako.server.proxy.h2.stream import StreamTransport, as_transport
 
 if TYPE_CHECKING:
     from tako.server.proxy.client import ConnectionHost
@@ -182,16 +182,17 @@ class H2Connection:
 
     # -- the session's callbacks ------------------------------------------------------------------
 
-    def on_request(self, stream_id: int, block: list[bytes] | None, end_stream: bool) -> None:
-        if block is None:
+    def on_request(
+        self, stream_id: int, head: bytes | None, chunked: bool, is_head: bool, end_stream: bool
+    ) -> None:
+        if head is None:
             self._too_large(stream_id)
             return
-        head, chunked, method = request_head(block, end_stream)
         stream = self.idle.pop() if self.idle else self._new_stream()
         if stream.closed:  # a server shutting down closed it at once
             self.session.reset(stream_id, _REFUSED_STREAM)
             return
-        stream.bind(stream_id, chunked, method == b"HEAD", end_stream)
+        stream.bind(stream_id, chunked, is_head, end_stream)
         self.streams[stream_id] = stream
         self.deadline = 0.0
         self.deadline_kind = 0

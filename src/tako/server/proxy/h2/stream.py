@@ -1,8 +1,10 @@
-"""`StreamTransport`: one HTTP/2 stream, seen by a `ClientConnection` as a connection carrying one request.
+"""`StreamTransport`: one HTTP/2 stream, seen by a `ClientConnection` as a keep-alive connection.
 
-The stream's request is handed to an ordinary `ClientConnection` as the HTTP/1.1 request it means
-(`request_head`), so routing, limits, request ids, access logs, counters, maintenance, error pages, cold
-starts, body buffering and timeouts are the HTTP/1.1 ones, not a second copy. What that connection
+The stream's request is handed to an ordinary `ClientConnection` as the HTTP/1.1 request it means (the
+session builds it from the header block: `_nghttp2.Session.request_head`), so routing, limits, request
+ids, access logs, counters, maintenance, error pages, cold starts, body buffering and timeouts are the
+HTTP/1.1 ones, not a second copy. A transport whose stream ended whole carries a later stream of the
+same connection, as a keep-alive connection carries its next request. What that connection
 writes back (the instance's response as the upstream side re-frames it, or a local answer) is parsed
 here and submitted to the HTTP/2 session: the head as a HEADERS frame (names lower-case,
 connection-specific fields dropped), the body as DATA frames as the client's windows allow.
@@ -24,7 +26,6 @@ if TYPE_CHECKING:
     from tako.server.proxy.client import ClientConnection
     from tako.server.proxy.h2.connection import H2Connection
 
-_CRLF = b"\r\n"
 _CHUNK_END = b"0\r\n\r\n"
 # Fields of an HTTP/1.1 response that mean nothing in HTTP/2 (RFC 9113, 8.2.2). The upstream side has
 # dropped the instance's own already; these are the ones it writes for its HTTP/1.1 framing.
@@ -37,55 +38,6 @@ _lower: dict[bytes, bytes] = {}
 
 class _HeadDone(Exception):
     """Stops the response parser after the head of a response to HEAD (it has no body)."""
-
-
-def request_head(block: list[bytes], end_stream: bool) -> tuple[bytes, bool, bytes]:
-    """The HTTP/1.1 request a request header block means: (head, body is chunked, method).
-
-    libnghttp2 has checked the block (pseudo-headers first and valid, no connection-specific fields,
-    names lower-case, no CR/LF/NUL in values). `:authority` becomes Host (and wins over a host field);
-    cookie fields are joined with "; " (RFC 9113, 8.2.3). A body without content-length is sent
-    chunked.
-    """
-    method = path = authority = b""
-    cookies: list[bytes] | None = None
-    has_length = False
-    fields: list[bytes] = []
-    for i in range(0, len(block), 2):
-        name = block[i]
-        value = block[i + 1]
-        if name[0] == 58:  # ":"
-            if name == b":method":
-                method = value
-            elif name == b":path":
-                path = value
-            elif name == b":authority":
-                authority = value
-            continue
-        if name == b"cookie":
-            if cookies is None:
-                cookies = []
-            cookies.append(value)
-            continue
-        if name == b"host":
-            if authority:
-                continue
-            authority = value
-            continue
-        if name == b"content-length":
-            has_length = True
-        fields += (name, b": ", value, _CRLF)
-    parts = [method, b" ", path, b" HTTP/1.1\r\n"]
-    if authority:
-        parts += (b"Host: ", authority, _CRLF)
-    parts += fields
-    if cookies is not None:
-        parts += (b"Cookie: ", b"; ".join(cookies), _CRLF)
-    chunked = not end_stream and not has_length
-    if chunked:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
-    parts.append(_CRLF)
-    return b"".join(parts), chunked, method
 
 
 class StreamTransport:
