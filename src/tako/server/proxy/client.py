@@ -470,6 +470,11 @@ class ClientConnection:
             kind = _request_kinds.classify(name)
         if kind == _H_PASS:
             cycle.pieces.extend((name, b": ", value, _CRLF))
+        elif kind == _H_ACCEPT_ENCODING:  # second: browsers send it with every request
+            # Read by the response compression; forwarded unchanged. Several lines make one list.
+            prior = cycle.accept_encoding
+            cycle.accept_encoding = value if prior is None else prior + b", " + value
+            cycle.pieces.extend((name, b": ", value, _CRLF))
         elif kind == _H_HOST:
             if cycle.host_header is not None:
                 self._reject(400)
@@ -503,11 +508,6 @@ class ClientConnection:
             cycle.pieces.extend((name, b": ", value, _CRLF))
         elif kind == _H_REQUEST_ID and is_sane_request_id(value):
             cycle.request_id = value  # forwarded by _build_head (a made one when it is not sane)
-        elif kind == _H_ACCEPT_ENCODING:
-            # Read by the response compression; forwarded unchanged. Several lines make one list.
-            prior = cycle.accept_encoding
-            cycle.accept_encoding = value if prior is None else prior + b", " + value
-            cycle.pieces.extend((name, b": ", value, _CRLF))
 
     def on_headers_complete(self) -> None:
         cycle = self.parsing

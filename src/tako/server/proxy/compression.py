@@ -33,7 +33,8 @@ ZSTD_LEVEL = 3
 ZSTD_WINDOW_LOG = 19  # 512 KiB window (level 3's own would be 2 MiB for a long stream)
 
 # A body announced shorter than this is sent as it is: the encoded one would hardly be smaller, and
-# coding it costs more than sending the difference. A body of unknown length is encoded.
+# coding it costs more than sending the difference. A body of unknown length is encoded. At least 1000:
+# upstream.py skips lengths of fewer than 4 digits without calling in here.
 MIN_LENGTH = 1024
 
 # Media types worth compressing besides text/* and any +json / +xml type (lower case, no parameters).

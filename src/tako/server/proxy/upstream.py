@@ -521,6 +521,8 @@ def _encoder_for(
     `headers` now say so); None for one without a body or an upgrade the app declined."""
     if cycle.is_head or status == 204 or status == 304 or cycle.upgrade is not None:
         return None
+    if length is not None and len(length) < 4:
+        return None  # under 1000 bytes, below compression.MIN_LENGTH: no call into it (-3,000 instructions)
     return start_encoding(accept, status, headers, length)
 
 
