@@ -34,6 +34,9 @@ log = logging.getLogger("tako.server.proxy")
 MAX_STREAMS = 128  # SETTINGS_MAX_CONCURRENT_STREAMS, as nginx's http2_max_concurrent_streams
 STREAM_WINDOW = 256 * 1024  # request body bytes a stream may have unacknowledged
 CONNECTION_WINDOW = 4 * 1024 * 1024  # and all streams of a connection together: what it can hold unread
+# Finished streams' transports (each with its ClientConnection and parsers, a few KB) kept for the next
+# streams: enough for browsers' usual concurrency; more concurrent streams make new ones.
+IDLE_STREAMS_MAX = 32
 RESET_BURST = 256  # RST_STREAM frames from the client allowed at once
 RESET_RATE = 32  # and per second after that
 _NO_ERROR = 0
@@ -83,8 +86,7 @@ class H2Connection:
         )
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
         self.streams: dict[int, StreamTransport] = {}
-        # Transports (and their ClientConnections) whose stream ended whole, for the next streams: at most
-        # as many as streams were open at once.
+        # Transports (and their ClientConnections) whose stream ended whole, for the next streams.
         self.idle: list[StreamTransport] = []
         self.paused: set[StreamTransport] = set()  # streams whose ClientConnection was told pause_writing
         self.flush_scheduled = False
@@ -224,7 +226,7 @@ class H2Connection:
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
             self.paused.discard(stream)
-            if stream.reusable() and not self.going_away:
+            if stream.reusable() and not self.going_away and len(self.idle) < IDLE_STREAMS_MAX:
                 stream.unbind()
                 self.idle.append(stream)
             else:
