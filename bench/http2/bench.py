@@ -6,7 +6,8 @@
 Both proxies terminate TLS and speak HTTP/2 to h2load and HTTP/1.1 (keep-alive) to one upstream (nginx,
 1 worker, fixed 200 body), as bench/proxy sets them up. A cell is "C x M": C connections with M streams
 each in flight. tako and nginx run interleaved, `--repeat` times per cell; the table gives the median
-requests/s of each and their ratio, and is written to docs/benchmarks.md between its own markers.
+requests/s of each, their ratio and each server's CPU time per request, and is written to
+docs/benchmarks.md between its own markers.
 """
 
 from __future__ import annotations
@@ -19,20 +20,35 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proxy"))  # bench/proxy's helpers
 
 import bench as proxy_bench  # bench/proxy/bench.py
 
 MARKER = "bench/http2"
+WARM_UP = 1  # seconds of h2load's warm-up before each measured run
+
+
+@dataclass
+class Row:
+    """One cell's runs: index 0 is tako, 1 nginx."""
+
+    cell: str
+    rps: tuple[list[float], list[float]] = field(default_factory=lambda: ([], []))
+    cpu_us: tuple[list[float], list[float]] = field(default_factory=lambda: ([], []))
+    failed: list[int] = field(default_factory=lambda: [0, 0])
+
+
 _RPS = re.compile(r"finished in [\d.]+\w+, ([\d.]+) req/s")
 _DONE = re.compile(
     r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored"
 )
 
 
-def _nginx_h2(work: Path, workers: int, upstream: int, cert: tuple[Path, Path, Path]) -> tuple[object, int]:
+def _nginx_h2(work: Path, workers: int, upstream: int, cert: tuple[Path, Path, Path]) -> tuple[Any, int]:
     https = proxy_bench.free_port()
     fullchain, privkey, _ = cert
     conf = proxy_bench.nginx_conf(
@@ -59,7 +75,17 @@ def _nginx_version() -> str:
 
 def h2load(port: int, connections: int, streams: int, duration: int) -> tuple[float, int]:
     """Requests/s and failed requests of one h2load run."""
-    argv = ["h2load", "-D", str(duration), "--warm-up-time", "1", "-c", str(connections), "-m", str(streams)]
+    argv = [
+        "h2load",
+        "-D",
+        str(duration),
+        "--warm-up-time",
+        str(WARM_UP),
+        "-c",
+        str(connections),
+        "-m",
+        str(streams),
+    ]
     argv += ["-t", "1", f"https://127.0.0.1:{port}/"]
     run = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     out = run.stdout + run.stderr
@@ -69,7 +95,17 @@ def h2load(port: int, connections: int, streams: int, duration: int) -> tuple[fl
     return float(rps.group(1)), int(done.group(2)) + int(done.group(3))
 
 
-def markdown(rows: list[tuple[str, list[float], list[float], int, int]], command: str, workers: int) -> str:
+def measured(proc: Any, port: int, connections: int, streams: int, duration: int) -> tuple[float, int, float]:
+    """One h2load run: requests/s, failed requests, and the server's CPU time per request in µs (its
+    process tree's user + system time over the run, warm-up included, at the measured rate)."""
+    tree = proc.tree()
+    before = proxy_bench._cpu_seconds(tree)
+    rps, failed = h2load(port, connections, streams, duration)
+    cpu = proxy_bench._cpu_seconds(tree) - before
+    return rps, failed, cpu / (rps * (duration + WARM_UP)) * 1e6 if rps else 0.0
+
+
+def markdown(rows: list[Row], command: str, workers: int) -> str:
     lines = [
         f"<!-- {MARKER}:start -->",
         f"HTTP/2 through tako's data plane and nginx {_nginx_version()} (`http2`), "
@@ -77,13 +113,16 @@ def markdown(rows: list[tuple[str, list[float], list[float], int, int]], command
         f"{datetime.date.today()}, {platform.processor() or platform.machine()}, "
         f"data plane {proxy_bench.data_plane_mode()}. Command: `{command}`",
         "",
-        "| connections x streams | tako req/s | nginx req/s | tako / nginx | failed (tako / nginx) |",
-        "|---|---|---|---|---|",
+        "| connections x streams | tako req/s | nginx req/s | tako / nginx "
+        "| CPU µs per request (tako / nginx) | failed (tako / nginx) |",
+        "|---|---|---|---|---|---|",
     ]
-    for cell, tako, nginx, tako_failed, nginx_failed in rows:
-        t, n = statistics.median(tako), statistics.median(nginx)
+    for row in rows:
+        t, n = statistics.median(row.rps[0]), statistics.median(row.rps[1])
         ratio = f"{t / n:.2f}" if n else "-"
-        lines.append(f"| {cell} | {t:,.0f} | {n:,.0f} | {ratio} | {tako_failed} / {nginx_failed} |")
+        cpu = " / ".join(f"{statistics.median(c):.0f}" for c in row.cpu_us)
+        failed = " / ".join(str(f) for f in row.failed)
+        lines.append(f"| {row.cell} | {t:,.0f} | {n:,.0f} | {ratio} | {cpu} | {failed} |")
     lines.append(f"<!-- {MARKER}:end -->")
     return "\n".join(lines)
 
@@ -99,7 +138,7 @@ def main() -> None:
     parser.add_argument("--doc", default=str(proxy_bench.REPO / "docs" / "benchmarks.md"))
     args = parser.parse_args()
     command = "python bench/http2/bench.py " + " ".join(sys.argv[1:])
-    rows = []
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="tako-bench-h2-") as tmp:
         work = Path(tmp)
         cert = proxy_bench.make_cert(work)
@@ -117,22 +156,22 @@ def main() -> None:
         try:
             for cell in args.cells.split(","):
                 conns, streams = (int(x) for x in cell.split("x"))
-                tako_rps: list[float] = []
-                nginx_rps: list[float] = []
-                failed = [0, 0]
+                row = Row(f"{conns} x {streams}")
                 for _ in range(args.repeat):
-                    for i, (port, out) in enumerate(((tako_port, tako_rps), (nginx_port, nginx_rps))):
-                        rps, bad = h2load(port, conns, streams, args.duration)
-                        out.append(rps)
-                        failed[i] += bad
+                    for i, (proc, port) in enumerate(((tako, tako_port), (nginx, nginx_port))):
+                        rps, bad, cpu_us = measured(proc, port, conns, streams, args.duration)
+                        row.rps[i].append(rps)
+                        row.cpu_us[i].append(cpu_us)
+                        row.failed[i] += bad
+                        name = "tako" if i == 0 else "nginx"
                         print(
-                            f"{cell} {'tako' if i == 0 else 'nginx'}: {rps:,.0f} req/s, {bad} failed",
+                            f"{cell} {name}: {rps:,.0f} req/s, {cpu_us:.1f} µs CPU/request, {bad} failed",
                             flush=True,
                         )
-                rows.append((f"{conns} x {streams}", tako_rps, nginx_rps, failed[0], failed[1]))
+                rows.append(row)
         finally:
             for proc in (tako, nginx, upstream):
-                proc.stop()  # type: ignore[attr-defined]
+                proc.stop()
     section = markdown(rows, command, args.workers)
     print(section)
     proxy_bench.write_doc(Path(args.doc), section, MARKER)
