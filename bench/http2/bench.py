@@ -108,6 +108,13 @@ def measured(proc: Any, port: int, connections: int, streams: int, duration: int
 def markdown(rows: list[Row], command: str, workers: int) -> str:
     lines = [
         f"<!-- {MARKER}:start -->",
+        "## HTTP/2 (`bench/http2`)",
+        "",
+        "`flock /tmp/tako-bench.lock .venv/bin/python bench/http2/bench.py` (options: `--help`). Requests "
+        "per second are what h2load got through each server; CPU µs per request is the server's own "
+        "process time divided by the requests it served. The framing library was chosen on the second "
+        'figure: the pure-Python `h2` package alone cost ~100 µs per stream (docs/proxy.md, "HTTP/2").',
+        "",
         f"HTTP/2 through tako's data plane and nginx {_nginx_version()} (`http2`), "
         f"{workers} worker(s) each, TLS, same HTTP/1.1 upstream; h2load, one thread. "
         f"{datetime.date.today()}, {platform.processor() or platform.machine()}, "
