@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from tests.support.raw_http import RawResponse, fetch
-from tests.support.server_process import ControlError, TakoServer, make_release, running_server
+from tests.support.server_process import ControlError, TakoServer, make_release, running_server, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -211,3 +211,11 @@ def test_data_plane_workers_serve_the_live_release_too() -> None:
             assert get(server, "/static/big.bin").status == 404
     finally:
         server.cleanup()
+
+
+def test_a_file_changed_in_place_is_served_anew(server: TakoServer) -> None:
+    release = static_release(server, "v1", {"site.css": b"before"})
+    deploy(server, release, "v1")
+    assert get(server, "/static/site.css").body == b"before"
+    (release / "public" / "site.css").write_bytes(b"after, longer")
+    wait_for(lambda: get(server, "/static/site.css").body == b"after, longer", timeout=10)

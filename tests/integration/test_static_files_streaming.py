@@ -48,15 +48,18 @@ async def static_proxy(tmp_path: Path, public: Path, tls: bool) -> AsyncIterator
         yield port, proxy
 
 
-async def open_client(
+async def download(
     port: int, tls: bool, proxy: ProxyHarness
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection with a small receive buffer that has asked for the big file."""
     context: ssl.SSLContext | None = proxy.client_context() if tls else None
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # small: the proxy fills it soon
-    return await asyncio.open_connection(
+    reader, writer = await asyncio.open_connection(
         sock=sock, ssl=context, server_hostname=HOST if tls else None, limit=1024 * 1024
     )
+    writer.write(f"GET /static/big.bin HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    return reader, writer
 
 
 def sender_of(proxy: ProxyHarness) -> FileSender | None:
@@ -67,45 +70,50 @@ def sender_of(proxy: ProxyHarness) -> FileSender | None:
     return None
 
 
-@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+Downloading = tuple[ProxyHarness, asyncio.StreamReader, asyncio.StreamWriter]
+
+
+@pytest.fixture(params=[False, True], ids=["http", "https"])
+async def downloading(
+    request: pytest.FixtureRequest, tmp_path: Path, big_file: tuple[Path, bytes]
+) -> AsyncIterator[Downloading]:
+    """A proxy serving the big file, and a client that has asked for it (plain HTTP, then TLS)."""
+    tls = bool(request.param)
+    async with static_proxy(tmp_path, big_file[0], tls) as (port, proxy):
+        reader, writer = await download(port, tls, proxy)
+        yield proxy, reader, writer
+
+
 async def test_a_client_that_stops_reading_holds_one_buffer_not_the_file(
-    tmp_path: Path, big_file: tuple[Path, bytes], tls: bool
+    downloading: Downloading, big_file: tuple[Path, bytes]
 ) -> None:
-    public, digest = big_file
-    async with static_proxy(tmp_path, public, tls) as (port, proxy):
-        reader, writer = await open_client(port, tls, proxy)
-        writer.write(f"GET /static/big.bin HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
-        # The client reads nothing: the proxy's write buffer fills and the file is no longer read.
-        await wait_for(lambda: any(c.write_paused for c in proxy.server.connections), timeout=30)
-        sender = sender_of(proxy)
-        assert sender is not None
-        held = sender.offset
-        assert held < SIZE // 4  # the kernel's buffers, one write buffer and a burst: a few MiB at most
-        for conn in proxy.server.connections:
-            assert conn.transport.get_write_buffer_size() <= BUFFER + BURST * CHUNK
+    proxy, reader, writer = downloading
+    digest = big_file[1]
+    # The client reads nothing: the proxy's write buffer fills and the file is no longer read.
+    await wait_for(lambda: any(c.write_paused for c in proxy.server.connections), timeout=30)
+    sender = sender_of(proxy)
+    assert sender is not None
+    held = sender.offset
+    assert held < SIZE // 4  # the kernel's buffers, one write buffer and a burst: a few MiB at most
+    for conn in proxy.server.connections:
+        assert conn.transport.get_write_buffer_size() <= BUFFER + BURST * CHUNK
 
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: %d\r\n" % SIZE in head
-        body = await asyncio.wait_for(reader.readexactly(SIZE), 120)
-        assert hashlib.sha256(body).digest() == digest
-        # The connection carries the next request once the file is complete.
-        writer.write(f"GET /static/missing HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
-        assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 30)).startswith(b"HTTP/1.1 404")
-        writer.close()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: %d\r\n" % SIZE in head
+    body = await asyncio.wait_for(reader.readexactly(SIZE), 120)
+    assert hashlib.sha256(body).digest() == digest
+    # The connection carries the next request once the file is complete.
+    writer.write(f"GET /static/missing HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 30)).startswith(b"HTTP/1.1 404")
+    writer.close()
 
 
-@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
-async def test_a_client_gone_mid_file_releases_it(
-    tmp_path: Path, big_file: tuple[Path, bytes], tls: bool
-) -> None:
-    public, _ = big_file
-    async with static_proxy(tmp_path, public, tls) as (port, proxy):
-        reader, writer = await open_client(port, tls, proxy)
-        writer.write(f"GET /static/big.bin HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
-        await wait_for(lambda: sender_of(proxy) is not None, timeout=30)
-        sender = sender_of(proxy)
-        assert sender is not None
-        await asyncio.wait_for(reader.readexactly(1024 * 1024), 30)
-        writer.transport.abort()
-        await wait_for(lambda: not proxy.server.connections, timeout=30)
-        assert sender.fd == -1  # the file is closed
+async def test_a_client_gone_mid_file_releases_it(downloading: Downloading) -> None:
+    proxy, reader, writer = downloading
+    await wait_for(lambda: sender_of(proxy) is not None, timeout=30)
+    sender = sender_of(proxy)
+    assert sender is not None
+    await asyncio.wait_for(reader.readexactly(1024 * 1024), 30)
+    writer.transport.abort()
+    await wait_for(lambda: not proxy.server.connections, timeout=30)
+    assert sender.fd == -1  # the file is closed

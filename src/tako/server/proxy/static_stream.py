@@ -33,8 +33,6 @@ class StaticClient(Protocol):
     @property
     def write_paused(self) -> bool: ...
 
-    def _respond(self, cycle: RequestCycle, data: bytes) -> None: ...
-
     def response_complete(self, cycle: RequestCycle) -> None: ...
 
     def abort(self) -> None: ...
@@ -46,26 +44,32 @@ def serve(conn: StaticClient, cycle: RequestCycle, mounts: StaticMounts, path: b
     if found is None:
         return False
     mount, rest = found
-    data, span = answer(mount, rest, cycle.method, request_headers(cycle.pieces), close=close)
-    if span is None:
-        conn._respond(cycle, data)
-        return True
-    try:
-        fd = os.open(span.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        conn._respond(cycle, answer(mount, b"", b"GET", request_headers([]), close=close)[0])  # gone: 404
-        return True
-    sender = FileSender(conn, cycle, fd, span)
-    cycle.sender = sender
+    head, body = answer(mount, rest, cycle.method, request_headers(cycle.pieces), close=close)
+    sender: FileSender | None = None
+    if isinstance(body, FileSpan):
+        try:
+            fd = os.open(body.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:  # gone since it was looked up
+            head, body = answer(mount, b"", b"GET", request_headers([]), close=close)
+        else:
+            sender = cycle.sender = FileSender(conn, cycle, fd, body)
     cycle.response_started = True
-    cycle.status = int(data[9:12])
+    cycle.status = int(head[9:12])  # every answer starts `HTTP/1.1 NNN `
     request_id = cycle.request_id
     if request_id is not None:
-        at = data.index(b"\r\n") + 2
-        data = b"%sX-Request-Id: %s\r\n%s" % (data[:at], request_id, data[at:])
-    cycle.bytes_out += len(data)
-    conn.transport.write(data)
-    sender.pump()
+        at = head.index(b"\r\n") + 2
+        head = b"%sX-Request-Id: %s\r\n%s" % (head[:at], request_id, head[at:])
+    transport = conn.transport
+    if body is None or isinstance(body, FileSpan):
+        cycle.bytes_out += len(head)
+        transport.write(head)
+    else:
+        cycle.bytes_out += len(head) + len(body)
+        transport.writelines((head, body))
+    if sender is None:
+        conn.response_complete(cycle)
+    else:
+        sender.pump()
     return True
 
 
