@@ -18,6 +18,7 @@ import brotli
 import httpx
 import pytest
 import zstandard
+from tests.support.h2_client import H2Client
 from tests.support.proxy_harness import ProxyHarness, https_get, parse_responses, running_proxy
 from tests.support.proxy_routes import StaticGate, StaticUpstream
 
@@ -281,3 +282,22 @@ async def test_hostile_accept_encoding_values(tmp_path: Path, accept: str, codin
     (r,) = parse_responses(data)
     assert r.status == 200 and r.header("Content-Encoding") == coding
     assert (decode(coding, r.body) if coding else r.body) == PAGE
+
+
+async def test_http2_streams_are_compressed_alike(tmp_path: Path) -> None:
+    """An HTTP/2 request goes through the same response path: encoded, Vary merged, no content-length."""
+    app = ScriptedApp({"/": page(ETag='"v2"')})
+    async with app_proxy(tmp_path, app) as p:
+        client = await H2Client.connect(p.https_port, p.client_context(), HOST)
+        try:
+            ids = [
+                client.request("/", HOST, extra=[(b"accept-encoding", coding)]) for coding in (b"br", b"gzip")
+            ]
+            await client.receive_until(lambda: all(client.ended(i) for i in ids))
+            for stream_id, coding in zip(ids, ("br", "gzip"), strict=True):
+                head = client.response(stream_id)
+                assert head[b"content-encoding"] == coding.encode() and b"content-length" not in head
+                assert head[b"vary"] == b"Accept-Encoding" and head[b"etag"] == b'W/"v2"'
+                assert decode(coding, bytes(client.bodies[stream_id])) == PAGE
+        finally:
+            await client.close()
