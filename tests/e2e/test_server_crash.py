@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import socket
 import ssl
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from tests.e2e.test_server_service import CONTROL, VENV_PYTHON, control, servers_on, the_server
+from tests.e2e.test_server_service import control, servers_on, the_server, wait_serving
 from tests.support.projects import wait_for
 from tests.support.testbed import Host, Testbed
 from tests.support.threads import looping
@@ -95,8 +94,7 @@ def restart_with_workers(host: Host, workers: int) -> None:
         f"sed -i '/^workers *=/d; s/^\\[server\\]$/[server]\\nworkers = {workers}/' {config}", check=True
     )
     host.exec("tako-server-service restart", check=True, timeout=120)
-    hello = f'{VENV_PYTHON} -c {shlex.quote(CONTROL)} \'{{"command": "hello"}}\''
-    wait_for(lambda: host.exec(hello, user="tako").returncode == 0, timeout=60, what="tako-server serving")
+    wait_serving(host)
 
 
 def deploy_app(host: Host) -> None:

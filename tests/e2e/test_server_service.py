@@ -79,11 +79,18 @@ def serves(host: Host) -> bool:
 
 
 def kill_9(host: Host) -> int:
-    """SIGKILL the server; returns the pid of the one the supervisor starts in its place."""
+    """SIGKILL the server; returns the pid of the one the supervisor starts in its place, once it serves."""
     pid = the_server(host)
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: servers_on(host) not in ([], [pid]), timeout=30, what="a tako-server in its place")
+    wait_serving(host)
     return the_server(host)
+
+
+def wait_serving(host: Host) -> None:
+    """Until tako-server's control socket answers (it opens last; the listeners may answer before)."""
+    hello = [VENV_PYTHON, "-c", CONTROL, json.dumps({"command": "hello"})]
+    wait_for(lambda: host.exec(hello, user="tako").returncode == 0, timeout=60, what="tako-server serving")
 
 
 def instance_pids(host: Host) -> list[int]:

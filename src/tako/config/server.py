@@ -59,6 +59,10 @@ class ListenSettings:
     # auto`: one process uses one core, and on 2 cores workers = 1 served half of nginx's HTTPS rate
     # through a testbed host (docs/benchmarks.md).
     workers: int = field(default_factory=auto_workers)
+    # Seconds a data-plane worker whose main process died (kill -9, a crash) serves on from its last routes
+    # when no new tako-server serves: its routes grow stale and its requests hold no drain back. The service
+    # manager's next tako-server serves within a second (docs/benchmarks.md, "Crash"): 30 s is a wide margin.
+    orphan_timeout: float = 30.0
 
 
 @dataclass(frozen=True)

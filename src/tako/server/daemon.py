@@ -51,6 +51,8 @@ from tako.server.workers.supervisor import WorkerPool
 
 log = logging.getLogger("tako.server")
 
+ACME_START_DELAY = 1.0  # seconds after serving (see Daemon.start)
+
 
 class Daemon:
     """One tako-server. Implements the proxy's `ServerServices` (status document, ACME challenges)."""
@@ -87,6 +89,8 @@ class Daemon:
         self.handover_server: handover.HandoverServer | None = None
         self._idle: asyncio.Task[None] | None = None  # the idle loop (stops idle on-demand instances)
         self.handed_over = False  # a successor serves on our listening sockets: exit as _retire says
+        self._acme_start: asyncio.TimerHandle | None = None
+        self._acme_task: asyncio.Task[None] | None = None
 
     # -- ServerServices -------------------------------------------------------------------------------
     def status_document(self) -> tuple[int, bytes]:
@@ -137,9 +141,12 @@ class Daemon:
         await self._start_workers()
         self._keep_listeners()
         self.clock.mark("workers")
-        await self.acme.start()  # after the HTTP listener: HTTP-01 validations must find it
         await self._open_sockets(Path(settings.socket))
         self.clock.mark("control")
+        # After the HTTP listener (HTTP-01 validations must find it), and a moment after serving: ACME's
+        # first turn reads every certificate, which held the event loop 0.1 s on a testbed host, right when
+        # the connections that waited for this process (a restart after a crash) are to be answered.
+        self._acme_start = asyncio.get_running_loop().call_later(ACME_START_DELAY, self._start_acme)
         if self.inherited is not None:
             self.leave_instances = False
             handover.announce_serving(self.inherited)
@@ -355,6 +362,9 @@ class Daemon:
         known = len(given.workers) if given is not None else 0
         fd_store.keep(fd_store.Listeners(http, https, list(workers)), known_workers=known)
 
+    def _start_acme(self) -> None:
+        self._acme_task = asyncio.ensure_future(self.acme.start())
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -379,6 +389,8 @@ class Daemon:
     async def shutdown(self) -> None:
         if self.lock is None:
             return  # refused before it started anything (another server holds the data dir)
+        if self._acme_start is not None:
+            self._acme_start.cancel()
         await self.acme.stop()
         await self._close_sockets()
         workers = None

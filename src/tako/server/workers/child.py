@@ -7,9 +7,9 @@ Run by the supervisor as `python -m tako.server.workers.child FD HTTP_FD HTTPS_F
 listening sockets the main process bound for it and keeps); never started by hand.
 
 When the main process disappears without saying stop (kill -9, a crash), a worker serves on from its last
-routing snapshot (the instances outlive tako-server) until a new tako-server serves or ORPHAN_LIMIT passes,
-then drains like at a stop: requests keep being served while tako-server restarts. Bounded, because its
-in-flight counts no longer hold a drain or an idle stop back.
+routing snapshot (the instances outlive tako-server) until a new tako-server serves or `[server]
+orphan_timeout` (30 s) passes, then drains like at a stop: requests keep being served while tako-server
+restarts. Bounded, because its in-flight counts no longer hold a drain or an idle stop back.
 """
 
 from __future__ import annotations
@@ -67,10 +67,6 @@ HEARTBEAT = 1.0  # a report is sent at least this often, so the main process can
 TRAFFIC_INTERVAL = 1.0  # per-app traffic counters reach the main process at most this late
 WAKE_RESEND = 1.0  # a waiting cold start asks the main process again this often
 ORPHAN_DRAIN = 1.0  # seconds in-flight requests get when the channel to the main process closes
-# The main process died (kill -9): serve on from the last routes until a new tako-server serves, at most this
-# long. The service manager starts one within a second and it serves within about one more (measured on the
-# testbed, docs/server.md); past this bound no new server is coming, and the routes may be long stale.
-ORPHAN_LIMIT = 30.0
 ORPHAN_POLL = 0.1  # how often an orphan checks whether the new tako-server's control socket answers
 
 
@@ -327,8 +323,8 @@ class DataPlaneChild:
     async def serve_orphaned(self) -> bool:
         """The main process is gone without saying stop (kill -9, a crash): go on serving from the last
         routing snapshot until a new tako-server serves (its control socket, opened last, answers) or
-        ORPHAN_LIMIT passes (True: it served). The instances outlive tako-server, so the routes still reach
-        them."""
+        `[server] orphan_timeout` passes (True: it served). The instances outlive tako-server, so the
+        routes still reach them."""
         path = self.config.control_socket
         if self.stopping.is_set() or not self.primed.is_set() or not path:
             log.warning("the main process closed the channel; stopping")
@@ -336,13 +332,14 @@ class DataPlaneChild:
         log.warning("the main process is gone; serving from the last routes until a new one serves")
         self.writer.close()  # nothing reads reports now
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + ORPHAN_LIMIT
+        limit = self.config.orphan_timeout
+        deadline = loop.time() + limit
         while not self.stopping.is_set():
             if await _answers(path):
                 log.info("a new tako-server serves; stopping")
                 break
             if loop.time() > deadline:
-                log.warning("no new tako-server within %g s; stopping", ORPHAN_LIMIT)
+                log.warning("no new tako-server within %g s; stopping", limit)
                 break
             await asyncio.sleep(ORPHAN_POLL)
         return True

@@ -57,6 +57,7 @@ class Configure:
     # tako-server's control socket: a worker whose main process died serves on until a new one answers
     # there ("" in tests: it stops at once).
     control_socket: str = ""
+    orphan_timeout: float = 30.0  # [server] orphan_timeout: how long it serves on when none answers there
 
 
 @dataclass(frozen=True)

@@ -356,6 +356,7 @@ class WorkerPool:
             cold_start_timeout=cfg.apps.cold_start_timeout,
             drain_timeout=cfg.apps.drain_timeout,
             control_socket=str(cfg.server.socket),
+            orphan_timeout=cfg.server.orphan_timeout,
         )
 
     async def _supervise(self, worker: WorkerHandle) -> None:
