@@ -398,3 +398,15 @@ async def test_streams_one_after_another_each_get_their_own_answer(tmp_path: Pat
         assert json.loads(bytes(c.bodies[5]))["received"] == 3
         assert c.goaway() is None
         await c.close()
+
+
+async def test_hop_by_hop_response_fields_never_reach_an_http2_client(tmp_path: Path) -> None:
+    async with one_app_proxy(tmp_path) as (p, _up):
+        c = await _client(p)
+        sid = c.request("/hop", HOST)
+        await c.receive_until(lambda: c.ended(sid))
+        fields = c.response(sid)
+        assert fields[b"x-kept"] == b"yes" and bytes(c.bodies[sid]) == b"hop"
+        for name in (b"connection", b"keep-alive", b"upgrade", b"x-secret", b"transfer-encoding", b"trailer"):
+            assert name not in fields, name
+        await c.close()

@@ -27,13 +27,6 @@ if TYPE_CHECKING:
     from tako.server.proxy.h2.connection import H2Connection
 
 _CHUNK_END = b"0\r\n\r\n"
-# Fields of an HTTP/1.1 response that mean nothing in HTTP/2 (RFC 9113, 8.2.2). The upstream side has
-# dropped the instance's own already; these are the ones it writes for its HTTP/1.1 framing.
-_RESPONSE_DROP = frozenset(
-    (b"connection", b"transfer-encoding", b"keep-alive", b"proxy-connection", b"upgrade")
-)
-_LOWER_CACHE_MAX = 1024
-_lower: dict[bytes, bytes] = {}
 
 
 class _HeadDone(Exception):
@@ -49,9 +42,11 @@ class StreamTransport:
         "done",
         "h2",
         "has_body",
-        "headers",
+        "head",
+        "head_at",
         "held",
         "high_water",
+        "in_head",
         "is_head",
         "low_water",
         "parser",
@@ -69,7 +64,9 @@ class StreamTransport:
         self.is_head = False
         self.protocol: ClientConnection = None  # type: ignore[assignment]  # set by H2Connection
         self.parser = httptools.HttpResponseParser(self)
-        self.headers: list[bytes] = []  # of the response head being parsed: name, value, ...
+        self.head = b""  # the response's bytes while its head is incomplete
+        self.head_at = 0  # where in `head` the message being parsed starts (after interim responses)
+        self.in_head = True
         self.has_body = False
         self.done = True  # the whole response is submitted to the session (none is owed while idle)
         self.closed = False  # the ClientConnection is told (or about to be told) connection_lost
@@ -90,6 +87,9 @@ class StreamTransport:
         self.done = False
         self.has_body = False
         self.request_ended = end_stream
+        self.head = b""
+        self.head_at = 0
+        self.in_head = True
 
     def reusable(self) -> bool:
         """Whether the stream ended whole and its ClientConnection waits for a next request, like a
@@ -183,9 +183,11 @@ class StreamTransport:
     def write(self, data: bytes) -> None:
         if self.closed or self.done:
             return
+        if self.in_head:
+            self.head = self.head + data if self.head else data  # until the head is complete (rarely split)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except (httptools.HttpParserError, ValueError):
             if not self.done:  # not the end of a response to HEAD: a response that is not HTTP
                 self.abort()
                 return
@@ -230,25 +232,19 @@ class StreamTransport:
                 self.protocol.resume_writing()
 
     # -- httptools callbacks: the HTTP/1.1 response the ClientConnection writes -----------------------
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        lower = _lower.get(name)
-        if lower is None:
-            lower = name.lower()
-            if len(_lower) < _LOWER_CACHE_MAX:
-                _lower[name] = lower
-        if lower not in _RESPONSE_DROP:
-            self.headers += (lower, value)
+    # (No on_header: the session reads the fields from the head's bytes, see Session.respond_head.)
 
     def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
-        headers = [b":status", b"%d" % status, *self.headers]
-        self.headers = []
+        head = self.head
+        end = head.index(b"\r\n\r\n", self.head_at)
+        status: int = self.h2.session.respond_head(self.stream_id, head, self.head_at, end, self.is_head)
         if status < 200:
-            self.h2.session.respond(self.stream_id, headers, False, False)  # 100 Continue, 103 Early Hints
+            self.head_at = end + 4  # an interim response (100 Continue, 103 Early Hints); the final follows
             return
+        self.head = b""
+        self.head_at = 0
+        self.in_head = False
         self.has_body = not (self.is_head or status == 204 or status == 304)
-        self.h2.session.respond(self.stream_id, headers, True, self.has_body)
         if not self.has_body:
             self.done = True
             if self.is_head:
