@@ -110,6 +110,26 @@ def test_hostile_text_stays_valid_json_and_reads_back(loop: asyncio.AbstractEven
     )
 
 
+@pytest.mark.parametrize("raw", [b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xc0\xaf", b'%\x00\xfe"\\'])
+def test_invalid_utf8_from_the_wire_stays_valid_json(loop: asyncio.AbstractEventLoop, raw: bytes) -> None:
+    """Bytes no UTF-8 decoder accepts (a lone byte, a cut sequence, a surrogate, an overlong slash) in the
+    target and the id: the line is valid UTF-8 JSON (what a log reader gets), every byte kept as latin-1."""
+    batches: list[Batch] = []
+    log = AccessLog(loop, batches.append, query=True)
+    log.add(entry(loop, url=b"/p" + raw + b"?" + raw, request_id=raw))
+    log.close()
+    (text,) = batches[0].values()
+    line = json.loads(text.encode("utf-8").decode("utf-8"))  # as written to the file, as read back
+    assert line["path"] == "/p" + raw.decode("latin-1") and line["query"] == raw.decode("latin-1")
+    assert line["request_id"] == raw.decode("latin-1")
+
+
+def test_durations_are_milliseconds_with_three_decimals(loop: asyncio.AbstractEventLoop) -> None:
+    started = loop.time()
+    (line,) = lines(loop, entry(loop, started=started, ended=started + 2.0000004, sent_at=started + 0.0015))
+    assert line["duration_ms"] == 2000.0 and line["upstream_ms"] == 1998.5
+
+
 def test_each_app_gets_its_own_lines_in_order(loop: asyncio.AbstractEventLoop) -> None:
     batches: list[Batch] = []
     log = AccessLog(loop, batches.append)
