@@ -69,7 +69,8 @@ def _run(args: argparse.Namespace, work: Path) -> dict[Cell, dict[str, list[Figu
                     results[cell][name].append(stats)
                     print(
                         f"round {round_ + 1} {cell[0]} c={cell[1]} {name}: {stats['rps']:.0f} req/s, "
-                        f"p99 {stats['p99_ms']:.1f} ms, non-2xx {stats['non_2xx']}, "
+                        f"p99 {stats['p99_ms']:.1f} ms, CPU {_cpu_us(stats):.1f} µs/request, "
+                        f"non-2xx {stats['non_2xx']}, "
                         f"errors {stats['socket_errors']}",
                         flush=True,
                     )
@@ -83,17 +84,27 @@ def _cost(value: float, base: float) -> str:
     return f"{(value - base) / base * 100:+.1f}%" if base else "-"
 
 
+def _cpu_us(stats: Figures) -> float:
+    """tako-server's CPU time per request (all its processes) in µs: steadier than req/s when busy."""
+    if "cpu_us" in stats:  # a median row: the median of the rounds' figures
+        return stats["cpu_us"]
+    return stats["proxy_cpu_percent"] / 100 / stats["rps"] * 1e6 if stats["rps"] else 0.0
+
+
 def _fig(stats: Figures, base: Figures | None) -> str:
-    text = f"{stats['rps'] / 1000:.1f}k, {stats['p99_ms']:.1f} ms"
-    return text if base is None else f"{text} ({_cost(stats['rps'], base['rps'])})"
+    text = f"{stats['rps'] / 1000:.1f}k, {stats['p99_ms']:.1f} ms, {_cpu_us(stats):.1f} µs"
+    if base is None:
+        return text
+    return f"{text} ({_cost(stats['rps'], base['rps'])}; CPU {_cost(_cpu_us(stats), _cpu_us(base))})"
 
 
 def markdown(results: dict[Cell, dict[str, list[Figures]]], command: str, workers: int) -> str:
     """This benchmark's section: one table per cell, a row per round and the median."""
     lines = [
         f"<!-- {MARKER}:start -->",
-        f"`{command}` ({datetime.date.today().isoformat()}, `[server] workers = {workers}`; req/s, p99, "
-        "and the throughput against `off`):",
+        f"`{command}` ({datetime.date.today().isoformat()}, `[server] workers = {workers}`; req/s, p99 "
+        "latency, tako-server's CPU time per request, and against `off`: the throughput and CPU time "
+        "per request):",
         "",
     ]
     for (scheme, conns), by_name in results.items():
@@ -109,7 +120,11 @@ def markdown(results: dict[Cell, dict[str, list[Figures]]], command: str, worker
             row = [_fig(by_name[n][i], None if n == "off" else base) for n in CONFIGS]
             lines.append(f"| {i + 1} | " + " | ".join(row) + " |")
         medians = {
-            n: {k: statistics.median(r[k] for r in runs) for k in ("rps", "p99_ms")}
+            n: {
+                "rps": statistics.median(r["rps"] for r in runs),
+                "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+                "cpu_us": statistics.median(_cpu_us(r) for r in runs),
+            }
             for n, runs in by_name.items()
         }
         row = [_fig(medians[n], None if n == "off" else medians["off"]) for n in CONFIGS]

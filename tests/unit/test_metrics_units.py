@@ -36,6 +36,14 @@ def test_a_listen_that_is_not_host_port_is_refused_with_an_example(listen: str) 
     assert refused.value.hint and "127.0.0.1:9898" in refused.value.hint
 
 
+def test_count_requests_is_true_or_false() -> None:
+    assert parse_server_config({}, "f.toml").metrics.count_requests is True
+    assert parse_server_config({"metrics": {"count_requests": False}}, "f.toml").metrics.count_requests is False
+    with pytest.raises(ConfigError) as refused:
+        parse_server_config({"metrics": {"count_requests": "no"}}, "f.toml")
+    assert "metrics.count_requests: expected true or false, got 'no'" in str(refused.value)
+
+
 def test_p95_is_interpolated_inside_its_bucket() -> None:
     buckets = [0] * (len(LATENCY_BUCKETS) + 1)
     first = LATENCY_BUCKETS.index(0.05)
