@@ -12,9 +12,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from tests.support.raw_http import RawResponse, fetch
 from tests.support.server_process import ControlError, TakoServer, make_release, running_server, wait_for
+
+from tako.server.proxy import h2 as proxy_h2
 
 pytestmark = pytest.mark.integration
 
@@ -219,3 +222,35 @@ def test_a_file_changed_in_place_is_served_anew(server: TakoServer) -> None:
     assert get(server, "/static/site.css").body == b"before"
     (release / "public" / "site.css").write_bytes(b"after, longer")
     wait_for(lambda: get(server, "/static/site.css").body == b"after, longer", timeout=10)
+
+
+async def _over_http2(port: int, paths: list[str], **headers: str) -> list[httpx.Response]:
+    named = {name.replace("_", "-"): value for name, value in headers.items()}
+    async with httpx.AsyncClient(base_url=f"https://127.0.0.1:{port}", http2=True, verify=False) as client:
+        return await asyncio.gather(
+            *(
+                client.get(path, headers={"Host": HOST, **named}, extensions={"sni_hostname": HOST})
+                for path in paths
+            )
+        )
+
+
+@pytest.mark.skipif(not proxy_h2.available(), reason="HTTP/2 is not offered (no libnghttp2 binding)")
+def test_http2_streams_get_the_same_answers(server: TakoServer) -> None:
+    """Many streams on one HTTP/2 connection, small and large files at once (the large ones under the
+    stream's flow control), a range, a 304 and a miss."""
+    deploy(server, static_release(server, "v1", {"site.css": CSS, "big.bin": BIG}), "v1")
+    assert server.https_port
+    paths = ["/static/site.css", "/static/big.bin"] * 4 + ["/static/missing.css"]
+    answers = asyncio.run(_over_http2(server.https_port, paths))
+    assert {a.http_version for a in answers} == {"HTTP/2"}
+    for path, answer in zip(paths, answers, strict=True):
+        if path.endswith("missing.css"):
+            assert answer.status_code == 404
+        else:
+            assert answer.status_code == 200 and answer.content == (CSS if path.endswith(".css") else BIG)
+    (ranged,) = asyncio.run(_over_http2(server.https_port, ["/static/big.bin"], range="bytes=10-19"))
+    assert (ranged.status_code, ranged.content) == (206, BIG[10:20])
+    etag = answers[0].headers["etag"]
+    (cached,) = asyncio.run(_over_http2(server.https_port, ["/static/site.css"], if_none_match=etag))
+    assert (cached.status_code, cached.content) == (304, b"")
