@@ -306,6 +306,38 @@ cdef inline bint _connection_specific(const char *name, Py_ssize_t n) noexcept:
     return False
 
 
+cdef Py_ssize_t _fields(const char *data, Py_ssize_t start, Py_ssize_t end, nghttp2_nv *nva,
+                        char *names) noexcept:
+    """The fields of the head in data[start:end] into `nva` (names lower-cased into `names`, which is
+    indexed like `data`; values point into `data`), skipping the status line and connection-specific
+    fields. Returns how many."""
+    cdef Py_ssize_t i, colon, vstart, vend, count = 0
+    cdef Py_ssize_t line = _line_end(data, start, end) + 2  # past the status line
+    while line < end:
+        i = _line_end(data, line, end)
+        colon = line
+        while colon < i and data[colon] != 58:  # ":"
+            colon += 1
+        if line < colon < i:
+            for vstart in range(line, colon):
+                names[vstart] = _lower(data[vstart])
+            vstart = colon + 1
+            while vstart < i and (data[vstart] == 32 or data[vstart] == 9):
+                vstart += 1
+            vend = i
+            while vend > vstart and (data[vend - 1] == 32 or data[vend - 1] == 9):
+                vend -= 1
+            if not _connection_specific(names + line, colon - line):
+                nva[count].name = <uint8_t *>(names + line)
+                nva[count].namelen = colon - line
+                nva[count].value = <uint8_t *>(data + vstart)
+                nva[count].valuelen = vend - vstart
+                nva[count].flags = NGHTTP2_NV_FLAG_NONE
+                count += 1
+        line = i + 2
+    return count
+
+
 cdef class Session:
     """One server-side HTTP/2 session. `handler` gets on_request(stream_id, the HTTP/1.1 request head or
     None when the block is over the limits, body chunked, is HEAD, end_stream), on_data(stream_id, bytes),
@@ -459,7 +491,7 @@ cdef class Session:
         Parsed here rather than field by field through the HTTP/1.1 parser's callbacks: that was five or
         six Python calls per response."""
         cdef const char *data = PyBytes_AS_STRING(head)
-        cdef Py_ssize_t i, line, colon, vstart, vend, count = 1
+        cdef Py_ssize_t i, count = 1
         cdef int status
         cdef int rv
         cdef nghttp2_nv *nva
@@ -477,7 +509,7 @@ cdef class Session:
             if data[i] == 10:
                 count += 1
         nva = <nghttp2_nv *>PyMem_Malloc(count * sizeof(nghttp2_nv))
-        names = <char *>PyMem_Malloc(end - start + 1)
+        names = <char *>PyMem_Malloc(end + 1)  # indexed like `data`
         if nva is NULL or names is NULL:
             PyMem_Free(nva)
             PyMem_Free(names)
@@ -488,30 +520,7 @@ cdef class Session:
             nva[0].value = <uint8_t *>status_text
             nva[0].valuelen = 3
             nva[0].flags = NGHTTP2_NV_FLAG_NONE
-            count = 1
-            line = _line_end(data, start, end) + 2  # past the status line
-            while line < end:
-                i = _line_end(data, line, end)
-                colon = line
-                while colon < i and data[colon] != 58:  # ":"
-                    colon += 1
-                if colon < i and colon > line:
-                    for vstart in range(line, colon):
-                        names[vstart - start] = _lower(data[vstart])
-                    vstart = colon + 1
-                    while vstart < i and (data[vstart] == 32 or data[vstart] == 9):
-                        vstart += 1
-                    vend = i
-                    while vend > vstart and (data[vend - 1] == 32 or data[vend - 1] == 9):
-                        vend -= 1
-                    if not _connection_specific(names + line - start, colon - line):
-                        nva[count].name = <uint8_t *>(names + line - start)
-                        nva[count].namelen = colon - line
-                        nva[count].value = <uint8_t *>(data + vstart)
-                        nva[count].valuelen = vend - vstart
-                        nva[count].flags = NGHTTP2_NV_FLAG_NONE
-                        count += 1
-                line = i + 2
+            count = 1 + _fields(data, start, end, nva + 1, names)
             if status < 200:
                 rv = nghttp2_submit_headers(self.session, NGHTTP2_FLAG_NONE, stream_id, NULL, nva, count, NULL)
             elif not (is_head or status == 204 or status == 304):
