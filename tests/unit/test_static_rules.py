@@ -3,6 +3,7 @@ serving (request path to file name, ranges, fingerprinted names, content types).
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tako.config.project import load_project
-from tako.errors import ConfigError
+from tako.deploy.prepare import check_static_dirs
+from tako.errors import ConfigError, UsageError
 from tako.server.proxy.static_files import (
     UNSATISFIABLE,
     byte_range,
@@ -156,3 +158,27 @@ def test_fingerprinted_names(name: str, expected: bool) -> None:
 )
 def test_content_types(name: str, expected: bytes) -> None:
     assert content_type(name) == expected
+
+
+def _git_project(tmp_path: Path, static: str, gitignore: str = "") -> Path:
+    tmp_path.mkdir(exist_ok=True)
+    project = project_with(tmp_path, static)
+    (project / "public" / "css").mkdir(parents=True)
+    (project / "public" / "css" / "site.css").write_text("body {}\n")
+    (project / ".gitignore").write_text(gitignore)
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    return project
+
+
+def test_a_static_directory_with_files_passes_the_deploy_check(tmp_path: Path) -> None:
+    check_static_dirs(load_project(_git_project(tmp_path, '{ "/static" = "./public/" }')))
+
+
+def test_a_missing_or_ignored_static_directory_stops_the_deploy(tmp_path: Path) -> None:
+    project = _git_project(tmp_path, '{ "/static" = "public", "/media" = "media" }')
+    with pytest.raises(UsageError, match=r"\[tako\].static '/media': 'media' is not a directory"):
+        check_static_dirs(load_project(project))
+    ignored = _git_project(tmp_path / "other", '{ "/static" = "public" }', gitignore="public/\n")
+    with pytest.raises(UsageError, match="has no file that goes into the release") as info:
+        check_static_dirs(load_project(ignored))
+    assert ".gitignore" in str(info.value.hint)

@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from tako.config import envfile
 from tako.config.inventory import Inventory, load_inventory
 from tako.config.paths import known_hosts_path
 from tako.config.project import ProjectConfig, load_project
 from tako.deploy import python
-from tako.deploy.archive import build_archive
+from tako.deploy.archive import build_archive, list_files
 from tako.deploy.build import run_build
 from tako.deploy.layout import AppLayout
 from tako.deploy.plan import DependencyInstaller, DeployPlan, DeployTarget
@@ -117,14 +117,25 @@ def _check_env_size(values: dict[str, str], secret_names: set[str], env: str) ->
     )
 
 
-def _check_static_dirs(project: ProjectConfig) -> None:
-    """Each `[tako] static` directory exists once the build ran (tako-server checks it again)."""
+def check_static_dirs(project: ProjectConfig) -> None:
+    """Each `[tako] static` directory exists once the build ran and has files that go into the release
+    (tako-server refuses a release without it, after the upload)."""
+    if not project.static:
+        return
+    shipped = {str(path.parent) for path in list_files(project.root, project.exclude)}
     for prefix, directory in project.static.items():
+        where = f"{project.file}: [tako].static {prefix!r}: {directory!r}"
         if not (project.root / directory).is_dir():
             raise UsageError(
-                f"{project.file}: [tako].static {prefix!r}: {directory!r} is not a directory of the project "
-                "after the build",
+                f"{where} is not a directory of the project after the build",
                 hint="create it (or have [tako].build create it), or fix the path in tako.toml",
+            )
+        inside = str(PurePosixPath(directory))  # as git lists it: no "./", "//" or trailing "/"
+        if not any(parent == inside or parent.startswith(inside + "/") for parent in shipped):
+            raise UsageError(
+                f"{where} has no file that goes into the release",
+                hint="files listed in .gitignore or in [tako].exclude are not deployed: "
+                "take the directory out of them (build output is often ignored)",
             )
 
 
@@ -139,7 +150,7 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
             hint='add e.g. start = "python3 app.py" (it must listen on 127.0.0.1:$PORT)',
         )
     run_build(project.build, project.root, output=output)
-    _check_static_dirs(project)
+    check_static_dirs(project)
     version = compute_version(project.root)
     values = env_values(project, env, version)
     app_json = {
