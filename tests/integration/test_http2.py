@@ -410,3 +410,25 @@ async def test_hop_by_hop_response_fields_never_reach_an_http2_client(tmp_path: 
         for name in (b"connection", b"keep-alive", b"upgrade", b"x-secret", b"transfer-encoding", b"trailer"):
             assert name not in fields, name
         await c.close()
+
+
+async def test_an_answer_before_the_request_body_ends_the_stream(tmp_path: Path) -> None:
+    async with one_app_proxy(tmp_path, ProxySettings(max_body_bytes=1000, keepalive_timeout=1)) as (p, up):
+        c = await _client(p)
+        sid = c.conn.get_next_available_stream_id()
+        fields = [
+            (b":method", b"POST"),
+            (b":path", b"/sink"),
+            (b":scheme", b"https"),
+            (b":authority", HOST.encode()),
+        ]
+        c.conn.send_headers(sid, [*fields, (b"content-length", b"5000")])  # the body never comes
+        c.flush()
+        await c.receive_until(lambda: c.ended(sid))
+        assert c.response(sid)[b":status"] == b"413"
+        reset = c.of(h2.events.StreamReset, sid)
+        assert reset and reset[0].error_code == h2.errors.ErrorCodes.NO_ERROR
+        # Nothing is left open: the idle connection is closed after keepalive_timeout.
+        await c.receive_until(lambda: c.goaway() is not None)
+        assert up.requests == 0
+        await c.close()

@@ -53,6 +53,7 @@ class H2Connection:
     """An asyncio protocol by its methods (TLSTransport calls them), like ClientConnection."""
 
     __slots__ = (
+        "answered_early",
         "closed",
         "cycle",
         "deadline",
@@ -89,6 +90,7 @@ class H2Connection:
         # Transports (and their ClientConnections) whose stream ended whole, for the next streams.
         self.idle: list[StreamTransport] = []
         self.paused: set[StreamTransport] = set()  # streams whose ClientConnection was told pause_writing
+        self.answered_early: set[int] = set()  # streams to reset once their response is out (end_early)
         self.flush_scheduled = False
         self.write_blocked = False  # the socket's buffer is full: take nothing more from the session
         self.closed = False
@@ -168,6 +170,8 @@ class H2Connection:
         if self.paused:
             for stream in list(self.paused):
                 stream.drained()
+        if self.answered_early and not self.write_blocked:
+            self._reset_answered()
         if not session.want_io() or (self.going_away and not self.streams):
             self.closed = True
             transport.close()
@@ -176,6 +180,21 @@ class H2Connection:
         """A stream's ClientConnection took `n` request body bytes: open the client's windows again."""
         self.session.consume(stream_id, n)
         self.schedule_flush()
+
+    def end_early(self, stream_id: int) -> None:
+        """The stream's response is complete but its request is not: RST_STREAM NO_ERROR once the response
+        is sent (RFC 9113, 8.1)."""
+        self.answered_early.add(stream_id)
+        self.schedule_flush()
+
+    def _reset_answered(self) -> None:
+        session = self.session
+        for stream_id in list(self.answered_early):
+            if session.queued(stream_id) == 0:  # all of the body went out with the writes above
+                self.answered_early.discard(stream_id)
+                session.reset(stream_id, _NO_ERROR)
+        while not self.write_blocked and (data := session.send()):
+            self.transport.write(data)
 
     def reset(self, stream_id: int) -> None:
         if not self.closed:
@@ -223,6 +242,7 @@ class H2Connection:
             stream.on_end()
 
     def on_close(self, stream_id: int, error_code: int) -> None:
+        self.answered_early.discard(stream_id)
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
             self.paused.discard(stream)

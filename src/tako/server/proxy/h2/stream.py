@@ -200,6 +200,10 @@ class StreamTransport:
         self.closed = True
         if not self.done:
             self.h2.reset(self.stream_id)
+        elif not self.request_ended and self.stream_id:
+            # Answered before the request ended (413, say): once the answer is out, tell the client to
+            # stop sending, or the stream would stay open, and the connection with it, for good.
+            self.h2.end_early(self.stream_id)
         if not self.stream_id:
             self.h2.discard_idle(self)  # closed between streams (keep-alive timeout, server shutdown)
         self.h2.loop.call_soon(self.protocol.connection_lost, None)
