@@ -477,6 +477,8 @@ cdef class Session:
                 provider.source.ptr = <void *>out
                 provider.read_callback = _read_body
                 rv = nghttp2_submit_response(self.session, stream_id, nva, count, &provider)
+                if rv < 0:
+                    del self.outs[stream_id]  # the stream is gone already (reset by the client)
             else:
                 rv = nghttp2_submit_response(self.session, stream_id, nva, count, NULL)
         finally:
@@ -529,6 +531,8 @@ cdef class Session:
                 provider.source.ptr = <void *>out
                 provider.read_callback = _read_body
                 rv = nghttp2_submit_response(self.session, stream_id, nva, count, &provider)
+                if rv < 0:
+                    del self.outs[stream_id]  # the stream is gone already (reset by the client)
             else:
                 rv = nghttp2_submit_response(self.session, stream_id, nva, count, NULL)
         finally:
@@ -564,7 +568,8 @@ cdef class Session:
             nghttp2_session_consume_connection(self.session, n)
 
     def reset(self, int32_t stream_id, uint32_t error_code):
-        self.outs.pop(stream_id, None)
+        # The stream's queued body stays until libnghttp2 closes the stream (_on_close): its DATA item may
+        # still point at it until then.
         nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, stream_id, error_code)
 
     def goaway(self, uint32_t error_code):

@@ -115,16 +115,25 @@ class H2Connection:
         if self.closed:
             return
         code = self.session.receive(data)
-        error = self.session.error
-        if error is not None:
-            self.session.error = None
-            log.error("HTTP/2 connection failed", exc_info=error)
-            self.session.terminate(_INTERNAL_ERROR)
-        elif code < 0:
+        if self.session.error is not None:
+            self._failed()
+            return
+        if code < 0:
             # Fatal for the session (a frame flood, too many CONTINUATIONs, not HTTP/2 at all): say why
             # with the one GOAWAY it can still send, then close.
             self.session.terminate(_CALM if code in _FLOODS else _PROTOCOL_ERROR)
         self.flush()
+
+    def _failed(self) -> None:
+        """A callback raised (a bug): log it, end the session with GOAWAY INTERNAL_ERROR, close."""
+        error = self.session.error
+        self.session.error = None
+        log.error("HTTP/2 connection failed", exc_info=error)
+        self.session.terminate(_INTERNAL_ERROR)
+        if (data := self.session.send()) and not self.write_blocked:
+            self.transport.write(data)
+        self.closed = True
+        self.transport.close()
 
     def eof_received(self) -> bool:
         return False
@@ -167,6 +176,9 @@ class H2Connection:
             if not data:
                 break
             transport.write(data)
+        if session.error is not None:  # raised in a callback while sending (a stream's close)
+            self._failed()
+            return
         if self.paused:
             for stream in list(self.paused):
                 stream.drained()
