@@ -254,3 +254,12 @@ def test_http2_streams_get_the_same_answers(server: TakoServer) -> None:
     etag = answers[0].headers["etag"]
     (cached,) = asyncio.run(_over_http2(server.https_port, ["/static/site.css"], if_none_match=etag))
     assert (cached.status_code, cached.content) == (304, b"")
+
+
+def test_in_maintenance_static_paths_get_the_maintenance_page_too(server: TakoServer) -> None:
+    deploy(server, static_release(server, "v1", {"site.css": CSS}), "v1")
+    server.call("maintenance", app="shop", on=True, message="Back soon")
+    answer = get(server, "/static/site.css")
+    assert answer.status == 503 and b"Back soon" in answer.body
+    server.call("maintenance", app="shop", on=True, message="Back soon", allow=["127.0.0.1"])
+    assert get(server, "/static/site.css").body == CSS  # a client let through gets the file
