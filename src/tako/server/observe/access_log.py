@@ -1,8 +1,9 @@
 """Access logs: one JSON line per request per app in `<data_dir>/apps/<app>/shared/logs/access.log`.
 
 The proxy hands `AccessLog.add` one tuple per finished request (no formatting, no I/O on the hot path).
-Every `FLUSH_INTERVAL` seconds, or at `MAX_BATCH` entries, the batch becomes JSON lines grouped by app and
-goes to a sink, `AccessFiles.write`: every data-plane process (the main process and each worker) formats
+Every 100 ms, or at 256 entries, the batch becomes JSON lines grouped by app (`AccessLog` and its line
+formatter are compiled with the proxy: `tako.server.proxy.access_line`) and goes to a sink,
+`AccessFiles.write`: every data-plane process (the main process and each worker) formats
 and appends its own lines, with O_APPEND and one write per batch, and they share the rotation (see
 `AccessFiles`). Sending a worker's lines to the main process to be written there cost more than formatting
 them: 1.0 µs a line to encode and decode them on the worker channel against 1.25 µs to format them, on a
@@ -17,67 +18,17 @@ through it. A request whose client left before its response completed has status
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import os
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from tako.server.proxy.access_line import LineFormatter
+from tako.server.proxy.access_line import AccessLog as AccessLog  # compiled with the proxy, as the lines
+from tako.server.proxy.access_line import Batch as Batch
+from tako.server.proxy.access_line import Entry as Entry
 
 LOG_NAME = "access.log"
-FLUSH_INTERVAL = 0.1  # seconds a line waits at most before it is written
-# Entries that make a batch be formatted and written at once. Formatting holds the event loop (1 µs a
-# line): 1024 lines at a time doubled tako-server's p99 latency under load (bench/proxy), 256 do not.
-MAX_BATCH = 256
-
-# One finished request, as ClientConnection._count builds it: (app, host, method, started, ended, sent_at,
-# status, url, bytes_in, bytes_out, request_id, instance, client, tls, websocket). The parts that repeat
-# are slices (`[:3]`, `[11:]`): the keys of the parts of a line made once (`_format`).
-Entry = tuple[Any, ...]
-Batch = dict[str, str]  # app -> its JSON lines, each ending with a newline
-
-
-class AccessLog:
-    """This process's pending access lines, formatted and handed to `sink` off the hot path."""
-
-    __slots__ = ("_entries", "_formatter", "_loop", "_sink", "_timer")
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, sink: Callable[[Batch], None], *, query: bool = False
-    ) -> None:
-        self._loop = loop
-        self._sink = sink
-        self._formatter = LineFormatter(query)  # compiled with the proxy: nearly all a line costs
-        self._entries: list[Entry] = []
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, entry: Entry) -> None:
-        """Per request: queue one entry (a flush is scheduled on the first of a batch)."""
-        entries = self._entries
-        entries.append(entry)
-        if self._timer is None:
-            self._timer = self._loop.call_later(FLUSH_INTERVAL, self.flush)
-        elif len(entries) >= MAX_BATCH:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        entries = self._entries
-        if not entries:
-            return
-        self._entries = []
-        wall = time.time() - self._loop.time()  # loop time -> UNIX time
-        self._sink(self._formatter.format(entries, wall))
-
-    def close(self) -> None:
-        """Write what is pending (at shutdown)."""
-        self.flush()
 
 
 class AccessFiles:

@@ -1,6 +1,18 @@
-# Cython declarations for access_line.py (see docs/proxy.md, "Compiled hot path"): the numbers of a line are
-# C numbers, formatted without making Python objects. The .py file stays the source.
+# Cython declarations for access_line.py (see docs/proxy.md, "Compiled hot path"): `add` is a C call from
+# client.py, and the numbers of a line are C numbers, formatted without making Python objects. The .py file stays the source.
 cimport cython
+
+
+cdef class AccessLog:
+    cdef list _entries
+    cdef LineFormatter _formatter
+    cdef object _loop
+    cdef object _sink
+    cdef object _timer
+
+    cpdef add(self, tuple entry)
+    cpdef flush(self)
+    cpdef close(self)
 
 
 cdef class LineFormatter:

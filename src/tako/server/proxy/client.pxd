@@ -1,12 +1,13 @@
 # Cython declarations for client.py (see docs/proxy.md, "Compiled hot path"): C types for the attributes and the calls the
 # per-request path makes. The .py file stays the source; these only take effect when it is compiled.
+from tako.server.proxy.access_line cimport AccessLog
 from tako.server.proxy.counters cimport AppCounters
 from tako.server.proxy.cycle cimport RequestCycle
 from tako.server.proxy.upstream cimport UpstreamConnection
 
 
 cdef class ClientConnection:
-    cdef public object access
+    cdef public AccessLog access
     cdef public object body_mark
     cdef public object body_need
     cdef public double body_window

@@ -45,8 +45,8 @@ from tako.server.proxy.static_stream import serve as serve_static
 from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
-    from tako.server.observe.access_log import AccessLog
     from tako.server.observe.request_id import RequestIds
+    from tako.server.proxy.access_line import AccessLog
     from tako.server.proxy.counters import AppCounters, TrafficCounters
 
 log = logging.getLogger("tako.server.proxy")
@@ -1020,7 +1020,7 @@ class ClientConnection:
 
     def _count(self, cycle: RequestCycle, status: int) -> None:
         """The request is over (its response complete, its tunnel closed, or its client gone): count it in
-        its app's counters and queue its access log line (written in batches, see observe/access_log)."""
+        its app's counters and queue its access log line (written in batches, see access_line)."""
         counters = cycle.counters
         assert counters is not None
         cycle.counters = None
@@ -1037,7 +1037,7 @@ class ClientConnection:
         access = self.access
         if access is not None and counters.name != UNROUTED_APP:
             access.add(
-                (  # the order observe.access_log.Entry gives
+                (  # the order access_line.Entry gives
                     counters.name,
                     cycle.host,
                     cycle.method,

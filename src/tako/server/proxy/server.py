@@ -14,12 +14,13 @@ import socket
 import ssl
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from tako.config.server import ProxySettings
 from tako.routing import normalise_host
 from tako.server.observe.request_id import RequestIds
 from tako.server.proxy import h2, tls
+from tako.server.proxy.access_line import AccessLog
 from tako.server.proxy.backend import ServerServices, Snapshot, Upstream
 from tako.server.proxy.body_buffer import BodyBuffer, default_directory
 from tako.server.proxy.client import _DEADLINE_HEADER as DEADLINE_HEADER
@@ -27,9 +28,6 @@ from tako.server.proxy.client import ClientConnection
 from tako.server.proxy.counters import TrafficCounters
 from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool
 from tako.server.tls.certstore import CertStore
-
-if TYPE_CHECKING:  # observe.access_log imports the compiled line formatter from this package
-    from tako.server.observe.access_log import AccessLog
 
 log = logging.getLogger(__name__)
 
