@@ -22,7 +22,7 @@ import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from tako.server.proxy import responses
-from tako.server.proxy.client import ClientConnection
+from tako.server.proxy.client import _DEADLINE_HEADER, _DEADLINE_KEEPALIVE, ClientConnection
 from tako.server.proxy.h2._nghttp2 import Session
 from tako.server.proxy.h2.stream import StreamTransport, as_transport
 
@@ -45,8 +45,8 @@ _INTERNAL_ERROR = 2
 _REFUSED_STREAM = 7
 _CALM = 11  # ENHANCE_YOUR_CALM
 _FLOODS = (-904, -905)  # NGHTTP2_ERR_FLOODED, NGHTTP2_ERR_TOO_MANY_CONTINUATIONS
-_DEADLINE_HEADER = 1  # as ClientConnection's: a hand-over waits for such connections' first request
-_DEADLINE_IDLE = 2
+# The deadline kinds are ClientConnection's: a hand-over waits for connections whose deadline is still
+# the header one (their first request has not come yet).
 
 
 class H2Connection:
@@ -265,7 +265,7 @@ class H2Connection:
                 stream.peer_closed()
         if not self.streams:
             self.deadline = self.loop.time() + self.server.settings.keepalive_timeout
-            self.deadline_kind = _DEADLINE_IDLE
+            self.deadline_kind = _DEADLINE_KEEPALIVE
 
     def _too_large(self, stream_id: int) -> None:
         """A header block over the limits: answered 431 from here (nothing of it was kept)."""
