@@ -124,6 +124,10 @@ class Daemon:
         if self.inherited is None:
             await self.registry.adopt_running()
             self.clock.mark("adopt")
+        # The metrics listener's modules (prometheus_client: 0.1 s on a testbed host) are imported in a thread
+        # while the proxy's default certificate is made in a child process (0.1 s, waited for without the
+        # GIL): after a crash both stand between the kill and the first answer, now side by side.
+        asyncio.get_running_loop().run_in_executor(None, _import_metrics)
         self._make_proxy()
         self.clock.mark("proxy")
         if self.inherited is None:
@@ -150,15 +154,18 @@ class Daemon:
         if self.inherited is not None:
             self.leave_instances = False
             handover.announce_serving(self.inherited)
+        self._log_ready()
+
+    def _log_ready(self) -> None:
         log.info("start-up: %s", self.clock.line())
         log.info(
             "tako-server ready data_dir=%s socket=%s http_port=%s https_port=%s apps=%d data_plane=%s "
             "isolation=%s",
             self.data_dir,
-            settings.socket,
+            self.config.server.socket,
             self.http_port,
             self.https_port,
-            len(self.registry.apps),
+            len(self.registry.apps) if self.registry else 0,
             proxy_compiled.mode(),
             self.isolation.describe(),
         )
@@ -413,6 +420,11 @@ class Daemon:
         if self.lock is not None:
             self.lock.release()  # last: the next server may start only once these instances are gone
         log.info("tako-server stopped")
+
+
+def _import_metrics() -> None:
+    with contextlib.suppress(ImportError):  # the metrics service says why it is off
+        from tako.server.observe import metrics, metrics_listener  # noqa: F401
 
 
 @contextlib.contextmanager
