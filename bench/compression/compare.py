@@ -149,24 +149,34 @@ def _cpu(procs: list[psutil.Process]) -> float:
     return total
 
 
-def run_cells(name: str, proc: Process, port: int, args: argparse.Namespace) -> list[Cell]:
+def run_cell(name: str, proc: Process, port: int, path: str, coding: str, args: argparse.Namespace) -> Cell:
+    data = BODIES[path][1]
+    size = encoded_size(port, path, coding)
+    url = f"http://127.0.0.1:{port}{path}"
+    measure(proc, url, coding, args.connections, args.warmup)
+    stats = measure(proc, url, coding, args.connections, args.duration)
+    mb = stats["requests"] * len(data) / 1e6
+    cpu_ms = stats["cpu_seconds"] * 1000
+    cell = Cell(name, path, coding, stats["rps"], stats["p99_ms"], cpu_ms / mb if mb else 0.0, size)
+    print(
+        f"{name:6} {path:11} {coding:8} {cell.rps:8,.0f} resp/s  {cell.cpu_ms_per_mb:6.1f} ms "
+        f"CPU/MB  {size:6} B  p99 {cell.p99_ms:.1f} ms",
+        flush=True,
+    )
+    return cell
+
+
+def run_all(proxies: dict[str, tuple[Process, int]], args: argparse.Namespace) -> list[Cell]:
+    """Every cell, proxies taking turns within each (body, coding) so that drift in the machine's load
+    falls on all of them alike; listed proxy by proxy."""
     cells = []
-    for path, (_, data) in BODIES.items():
-        for coding in CODINGS[name]:
-            size = encoded_size(port, path, coding)
-            url = f"http://127.0.0.1:{port}{path}"
-            measure(proc, url, coding, args.connections, args.warmup)
-            stats = measure(proc, url, coding, args.connections, args.duration)
-            mb = stats["requests"] * len(data) / 1e6
-            cpu_ms = stats["cpu_seconds"] * 1000
-            cell = Cell(name, path, coding, stats["rps"], stats["p99_ms"], cpu_ms / mb if mb else 0.0, size)
-            print(
-                f"{name:6} {path:11} {coding:8} {cell.rps:8,.0f} resp/s  {cell.cpu_ms_per_mb:6.1f} ms "
-                f"CPU/MB  {size:6} B  p99 {cell.p99_ms:.1f} ms",
-                flush=True,
-            )
-            cells.append(cell)
-    return cells
+    for path in BODIES:
+        for coding in CODINGS["tako"]:
+            for name, (proc, port) in proxies.items():
+                if coding in CODINGS[name]:
+                    cells.append(run_cell(name, proc, port, path, coding, args))
+    order = list(proxies)
+    return sorted(cells, key=lambda c: order.index(c.proxy))  # stable: per proxy, in the order run
 
 
 def markdown(cells: list[Cell], command: str, args: argparse.Namespace) -> str:
@@ -210,19 +220,21 @@ def main() -> None:
     parser.add_argument("--proxies", default="tako,nginx")
     parser.add_argument("--doc", default=str(REPO / "docs/benchmarks.md"), help="markdown file ('' = none)")
     args = parser.parse_args()
-    command = "bench/compression/run " + shlex.join(sys.argv[1:])
-    cells: list[Cell] = []
+    # Where the table is written is not part of how it was measured.
+    argv = sys.argv[1:]
+    shown = [a for i, a in enumerate(argv) if not a.startswith("--doc") and argv[i - 1 : i] != ["--doc"]]
+    command = " ".join(["bench/compression/run", *map(shlex.quote, shown)])
     with tempfile.TemporaryDirectory(prefix="tako-bench-compression-") as tmp:
         work = Path(tmp)
         upstream, up_port = start_upstream(work)
+        proxies: dict[str, tuple[Process, int]] = {}
         try:
             for name in args.proxies.split(","):
-                proc, port = start_proxy(name, work, up_port)
-                try:
-                    cells += run_cells(name, proc, port, args)
-                finally:
-                    proc.stop()
+                proxies[name] = start_proxy(name, work, up_port)
+            cells = run_all(proxies, args)
         finally:
+            for proc, _ in proxies.values():
+                proc.stop()
             upstream.stop()
     section = markdown(cells, command, args)
     print(section)
