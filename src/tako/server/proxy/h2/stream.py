@@ -18,13 +18,28 @@ them; while it has paused reading they wait here, bounded by the stream's window
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
 if TYPE_CHECKING:
     from tako.server.proxy.client import ClientConnection
-    from tako.server.proxy.h2.connection import H2Connection
+
+
+class StreamOwner(Protocol):
+    """What a stream uses of its HTTP/2 connection (`connection.H2Connection`, which imports this module)."""
+
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    session: Any  # _nghttp2.Session
+    paused: set[StreamTransport]
+
+    def schedule_flush(self) -> None: ...
+    def consumed(self, stream_id: int, n: int) -> None: ...
+    def reset(self, stream_id: int) -> None: ...
+    def end_early(self, stream_id: int) -> None: ...
+    def discard_idle(self, stream: StreamTransport) -> None: ...
+
 
 _CHUNK_END = b"0\r\n\r\n"
 
@@ -57,7 +72,7 @@ class StreamTransport:
         "write_paused",
     )
 
-    def __init__(self, h2: H2Connection) -> None:
+    def __init__(self, h2: StreamOwner) -> None:
         self.h2 = h2
         self.stream_id = 0  # 0 while idle (between streams)
         self.chunked = False  # the request body is passed on chunked (it has no content-length)
