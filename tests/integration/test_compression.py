@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import ssl
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,8 +21,9 @@ import httpx
 import pytest
 import zstandard
 from tests.support.h2_client import H2Client
-from tests.support.proxy_harness import ProxyHarness, https_get, parse_responses, running_proxy
+from tests.support.proxy_harness import ProxyHarness, https_get, parse_responses, raw_exchange, running_proxy
 from tests.support.proxy_routes import StaticGate, StaticUpstream
+from tests.support.server_process import TakoServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.uvloop]
 
@@ -301,3 +304,53 @@ async def test_http2_streams_are_compressed_alike(tmp_path: Path) -> None:
                 assert decode(coding, bytes(client.bodies[stream_id])) == PAGE
         finally:
             await client.close()
+
+
+@pytest.mark.deadline(180)
+async def test_the_switch_reaches_every_process_of_a_real_tako_server(tmp_path: Path) -> None:
+    """app.json's compression (from [tako] compression) reaches the proxies of every serving process."""
+    server = TakoServer(app_settings={"healthy_timeout": 3.0})
+    server.config.write_text(server.config.read_text() + "\n[server]\nworkers = 2\n")
+    big = "tako " * 400  # a 2,000-byte text/plain answer of the test app (/env/BIG)
+    try:
+        await asyncio.to_thread(server.start)
+        for compression in (True, False):
+            await asyncio.to_thread(
+                server.deploy, "web", f"v-{compression}", env={"BIG": big}, compression=compression
+            )
+            codings = await _codings_per_process(server, b"/env/BIG", big.encode())
+            assert len(codings) == 2, codings  # both processes answered
+            assert set(codings.values()) == ({"gzip"} if compression else {None}), compression
+    finally:
+        await asyncio.to_thread(server.cleanup)
+
+
+async def _codings_per_process(server: TakoServer, path: bytes, body: bytes) -> dict[str, str | None]:
+    """The Content-Encoding each serving process gives `path` (asked with gzip on new connections until two
+    processes answered, at most 40 connections; /_tako/status first on each says which process it is)."""
+    assert server.https_port
+    ask = b"GET %s HTTP/1.1\r\nHost: web.tako.test\r\nAccept-Encoding: gzip\r\n\r\n"
+    codings: dict[str, str | None] = {}
+    for _ in range(40):
+        data = await raw_exchange(
+            server.https_port,
+            ask % b"/_tako/status" + ask % path,
+            until_closed=False,
+            expect_responses=2,
+            ssl_context=_insecure_tls(),
+            server_hostname="web.tako.test",
+        )
+        status, answer = parse_responses(data)
+        coding = answer.header("Content-Encoding")
+        assert (decode("gzip", answer.body) if coding else answer.body) == body
+        codings[json.loads(status.body)["served_by"]] = coding
+        if len(codings) == 2:
+            break
+    return codings
+
+
+def _insecure_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # tako-server's self-signed certificate for a routed host
+    return context

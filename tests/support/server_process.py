@@ -106,6 +106,7 @@ def make_release(
     start: str = "python3 testapp.py",
     health_check: str = "/_tako/status",
     request_buffering: bool = True,
+    compression: bool = True,
 ) -> Path:
     """A release dir as the CLI leaves it: app files, app.json and .env (0600)."""
     release = data_dir / "apps" / app / "releases" / version
@@ -114,6 +115,8 @@ def make_release(
     meta = {"name": app, "version": version, "start": start, "health_check": health_check, "env": "test"}
     if not request_buffering:
         meta["request_buffering"] = False
+    if not compression:
+        meta["compression"] = False
     (release / "app.json").write_text(json.dumps(meta))
     values = {"TAKO_BUILD": version, "ENV": "test", **(env or {})}
     env_path = release / ".env"
