@@ -25,6 +25,8 @@ from tests.support.proxy_harness import ProxyHarness, https_get, parse_responses
 from tests.support.proxy_routes import StaticGate, StaticUpstream
 from tests.support.server_process import TakoServer
 
+from tako.server.proxy import h2 as proxy_h2
+
 pytestmark = [pytest.mark.integration, pytest.mark.uvloop]
 
 HOST = "a.tako.test"
@@ -287,6 +289,7 @@ async def test_hostile_accept_encoding_values(tmp_path: Path, accept: str, codin
     assert (decode(coding, r.body) if coding else r.body) == PAGE
 
 
+@pytest.mark.skipif(not proxy_h2.available(), reason="the libnghttp2 binding is not built")
 async def test_http2_streams_are_compressed_alike(tmp_path: Path) -> None:
     """An HTTP/2 request goes through the same response path: encoded, Vary merged, no content-length."""
     app = ScriptedApp({"/": page(ETag='"v2"')})
