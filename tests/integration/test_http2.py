@@ -274,13 +274,16 @@ async def test_a_client_holding_a_zero_window_is_dropped(tmp_path: Path) -> None
         await c.close()
 
 
-async def test_shutdown_finishes_streams_in_progress_and_sends_goaway(tmp_path: Path) -> None:
+@pytest.mark.parametrize("handed_over", [False, True], ids=["shutdown", "hand-over"])
+async def test_shutdown_finishes_streams_in_progress_and_sends_goaway(
+    tmp_path: Path, handed_over: bool
+) -> None:
     async with one_app_proxy(tmp_path) as (p, up):
         c = await _client(p)
         sid = c.request("/slow/0.5", HOST)
         await c.receive_until(lambda: up.requests == 1)
         raw = c.raw = RawFrames()
-        shutdown = asyncio.ensure_future(p.server.shutdown(10))
+        shutdown = asyncio.ensure_future(p.server.shutdown(10, handed_over=handed_over))
         await c.receive_until(lambda: c.closed)
         await shutdown
         goaway = raw.goaway()
