@@ -5,6 +5,7 @@ systemd's side (a notify socket receiving FDSTORE messages, LISTEN_FDS at the ne
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.support.server_process import REPO, TakoServer, wait_for
+from tests.support.server_process import REPO, TakoServer, https_get, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -179,3 +180,24 @@ def start_as_systemd(srv: TakoServer, stored: dict[str, socket.socket]) -> None:
             return False
 
     wait_for(serving, 30, what="the next tako-server")
+
+
+async def test_with_workers_the_orphaned_worker_answers_every_connection_while_none_runs(
+    srv: TakoServer, holder: Path
+) -> None:
+    """With workers only theirs are kept: the main process's sockets close with it, so the kernel gives
+    every new connection to the orphaned worker instead of keeping some for the next tako-server."""
+    set_workers(srv, 2)
+    env = {"TAKO_FD_STORE": str(holder)}
+    srv.start(env=env)
+    srv.deploy("web", "v1", instances=1)
+    (worker,) = [w["pid"] for w in srv.call("hello")["workers"]]
+    port = srv.https_port
+    assert port is not None
+    srv.kill()
+    for _ in range(10):  # new connections, spread by the kernel over the sockets still listening
+        status = await https_get(port, HOST, "/_tako/status", timeout=30)
+        assert json.loads(status.body)["served_by"] == worker
+    srv.start(env=env)
+    assert srv.https_port == port
+    assert (await https_get(port, HOST, "/")).status == 200

@@ -316,12 +316,14 @@ class Daemon:
         proxy = self.proxy
         assert proxy is not None
         given = self.inherited or self.kept  # a hand-over's sockets, or those the service manager kept
-        with _listener_errors(settings.listen, settings.http_port, "HTTP", "http_port"):
+        # Only workers' sockets kept: ours are bound on their ports (the configured ones, unless 0).
+        http_port, https_port = self.kept.ports() if self.kept else (settings.http_port, settings.https_port)
+        with _listener_errors(settings.listen, http_port, "HTTP", "http_port"):
             sock = given.http if given else None
-            self.http_port = await proxy.start_http(settings.listen, settings.http_port, sock=sock)
-        with _listener_errors(settings.listen, settings.https_port, "HTTPS", "https_port"):
+            self.http_port = await proxy.start_http(settings.listen, http_port, sock=sock)
+        with _listener_errors(settings.listen, https_port, "HTTPS", "https_port"):
             sock = given.https if given else None
-            self.https_port = await proxy.start_https(settings.listen, settings.https_port, sock=sock)
+            self.https_port = await proxy.start_https(settings.listen, https_port, sock=sock)
 
     def _access_log(self) -> AccessLog | None:
         """This process's access log, writing to the files the workers' lines go to too (None when off)."""
@@ -360,14 +362,18 @@ class Daemon:
                     sock.close()
 
     def _keep_listeners(self) -> None:
-        """Copies of every listening socket to the service manager: after a crash, connections wait in
-        their backlog for the next tako-server instead of being refused (server/fd_store.py)."""
+        """Copies of the listening sockets to the service manager: after a crash, connections wait in
+        their backlog for the next tako-server instead of being refused (server/fd_store.py). With
+        workers, theirs only: after a crash the workers serve on, and the main process's sockets, closed
+        with it, then send them every new connection instead of keeping some waiting for the next one."""
         assert self.proxy is not None
-        http, https = self.proxy.listening_sockets()
-        workers = self.workers.listeners if self.workers is not None else []
+        if self.workers is not None:
+            kept = fd_store.Listeners(None, None, list(self.workers.listeners))
+        else:
+            kept = fd_store.Listeners(*self.proxy.listening_sockets(), [])
         given = self.inherited or self.kept
         known = len(given.workers) if given is not None else 0
-        fd_store.keep(fd_store.Listeners(http, https, list(workers)), known_workers=known)
+        fd_store.keep(kept, known_workers=known)
 
     def _start_acme(self) -> None:
         self._acme_task = asyncio.ensure_future(self.acme.start())

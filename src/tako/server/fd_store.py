@@ -37,14 +37,19 @@ TIMEOUT = 5.0  # the holder answers at once; this bounds a hung one
 
 @dataclass
 class Listeners:
-    """tako-server's listening sockets: its own, and each data-plane worker's (HTTP, HTTPS)."""
+    """tako-server's listening sockets: its own (None: not kept), and each data-plane worker's."""
 
-    http: socket.socket
-    https: socket.socket
+    http: socket.socket | None
+    https: socket.socket | None
     workers: list[tuple[socket.socket, socket.socket]]
 
+    def ports(self) -> tuple[int, int]:
+        """The HTTP and HTTPS ports these sockets listen on."""
+        http, https = (self.http, self.https) if self.http and self.https else self.workers[0]
+        return http.getsockname()[1], https.getsockname()[1]
+
     def named(self) -> dict[str, socket.socket]:
-        named = {"http": self.http, "https": self.https}
+        named = {"http": self.http, "https": self.https} if self.http and self.https else {}
         for i, (http, https) in enumerate(self.workers):
             named[f"worker{i}.http"], named[f"worker{i}.https"] = http, https
         return named
@@ -68,7 +73,8 @@ def matching(kept: dict[str, socket.socket], host: str, http_port: int, https_po
     """The kept sockets when they listen where this configuration says (port 0: any), else None (every kept
     socket is then closed, and tako-server binds new ones)."""
     wanted = {"http": http_port, "https": https_port}
-    usable = "http" in kept and "https" in kept
+    main = "http" in kept and "https" in kept
+    usable = True
     for name, sock in kept.items():
         address, port = sock.getsockname()[:2]
         want = wanted["https" if name.endswith("https") else "http"]
@@ -76,8 +82,8 @@ def matching(kept: dict[str, socket.socket], host: str, http_port: int, https_po
     pairs: list[tuple[socket.socket, socket.socket]] = []
     while f"worker{len(pairs)}.http" in kept and f"worker{len(pairs)}.https" in kept:
         pairs.append((kept[f"worker{len(pairs)}.http"], kept[f"worker{len(pairs)}.https"]))
-    if usable and len(kept) == 2 + 2 * len(pairs):
-        return Listeners(kept["http"], kept["https"], pairs)
+    if usable and kept and len(kept) == 2 * main + 2 * len(pairs):
+        return Listeners(kept.get("http"), kept.get("https"), pairs)
     if kept:
         log.warning("the kept listening sockets do not match the configured address and ports: new ones")
     for sock in kept.values():
@@ -86,16 +92,18 @@ def matching(kept: dict[str, socket.socket], host: str, http_port: int, https_po
 
 
 def keep(listeners: Listeners, *, known_workers: int = 0) -> None:
-    """Give copies of the listening sockets to the service manager (it then holds exactly these; worker
-    sockets beyond `len(listeners.workers)`, up to `known_workers`, are dropped from systemd's store)."""
+    """Give copies of the listening sockets to the service manager: it then holds exactly these (systemd's
+    store is told to drop the main process's pair when not given, and workers' pairs up to
+    `known_workers`, the count this process was given)."""
     named = listeners.named()
     if os.environ.get("NOTIFY_SOCKET") and not os.environ.get(ENV_STORE):
-        stale = [
-            f"worker{i}.{kind}"
-            for i in range(len(listeners.workers), known_workers)
-            for kind in ("http", "https")
+        workers = max(known_workers, len(listeners.workers))
+        every = [
+            "http",
+            "https",
+            *(f"worker{i}.{kind}" for i in range(workers) for kind in ("http", "https")),
         ]
-        _store_systemd(named, stale)
+        _store_systemd(named, [name for name in every if name not in named])
         return
     path = os.environ.get(ENV_STORE)
     if not path:
