@@ -80,19 +80,23 @@ def extensions() -> list[Extension]:
 
 
 class BuildExt(build_ext):
-    """build_ext that records the source hashes of what it built (compiled.json, next to the modules)."""
+    """build_ext that records the source hashes of what it built (compiled.json, next to the modules),
+    the HTTP/2 binding's too: one built from an older .pyx is not loaded either."""
 
     def run(self) -> None:
         super().run()
         built = {}
-        manifest_dir = None
         for ext in self.extensions:
-            output = Path(self.get_ext_fullpath(ext.name))
-            name = ext.name.rpartition(".")[2]
-            if output.exists() and name in compiled.MODULES:
+            name = ext.name.removeprefix(f"{compiled.PACKAGE}.")
+            if not Path(self.get_ext_fullpath(ext.name)).exists():
+                continue
+            if name in compiled.MODULES:
                 built[name] = compiled.source_hash(PROXY, name)
-                manifest_dir = output.parent
-        if manifest_dir is not None:
+            elif name == compiled.H2_BINDING:
+                built[name] = compiled.binding_hash(PROXY)
+        if built:
+            manifest_dir = Path(self.get_ext_fullpath(f"{compiled.PACKAGE}.{compiled.MODULES[0]}")).parent
+            manifest_dir.mkdir(parents=True, exist_ok=True)
             (manifest_dir / compiled.MANIFEST).write_text(json.dumps(built, indent=1, sort_keys=True) + "\n")
 
 

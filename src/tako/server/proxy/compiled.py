@@ -27,7 +27,9 @@ from types import ModuleType
 PACKAGE = "tako.server.proxy"
 MODULES = ("counters", "cycle", "upstream", "client", "access_line")
 MANIFEST = "compiled.json"
+H2_BINDING = "h2._nghttp2"  # its key in the manifest; built from h2/_nghttp2.pyx
 PURE_PYTHON_ENV = "TAKO_PURE_PYTHON"
+REBUILD = "rebuild: python setup.py build_ext --inplace"
 
 _DIRECTORY = Path(__file__).resolve().parent
 _mode = "not selected yet"
@@ -39,6 +41,27 @@ def source_hash(directory: Path, name: str) -> str:
     for suffix in (".py", ".pxd"):
         digest.update((directory / f"{name}{suffix}").read_bytes())
     return digest.hexdigest()
+
+
+def binding_hash(directory: Path) -> str:
+    """The hash the HTTP/2 binding is built from: its .pyx."""
+    return hashlib.sha256((directory / "h2" / "_nghttp2.pyx").read_bytes()).hexdigest()
+
+
+def binding_problem() -> str | None:
+    """Why the built HTTP/2 binding must not be loaded (built from another source), or None."""
+    try:
+        built = json.loads((_DIRECTORY / MANIFEST).read_text()).get(H2_BINDING)
+    except (OSError, ValueError):
+        built = None
+    try:
+        current = binding_hash(_DIRECTORY)
+    except OSError:  # an installation without the .pyx: the wheel's own binary, nothing to compare
+        return None
+    if built != current:
+        # A development checkout edited after its build: the old binary would run silently.
+        return "the HTTP/2 binding was compiled from an older _nghttp2.pyx; " + REBUILD
+    return None
 
 
 def mode() -> str:
@@ -79,7 +102,7 @@ def _reason_for_source() -> str | None:
     if stale:
         # A source edited after the build (a development checkout): never run the old code.
         stale_names = ", ".join(stale)
-        return f"compiled from older sources of {stale_names}; rebuild: python setup.py build_ext --inplace"
+        return f"compiled from older sources of {stale_names}; {REBUILD}"
     return None
 
 

@@ -98,6 +98,8 @@ class ProxyServer:
         self._sweep_interval = max(0.05, min(1.0, min((t for t in timeouts if t > 0), default=4.0) / 4))
         certs.set_routed_host_predicate(self._is_routed_host)
         self.http2 = h2.available()
+        if not self.http2:
+            log.info("HTTP/2 is not offered: %s", h2.unavailable_reason())
         certs.offer_http2(self.http2)
 
     # -- public API -------------------------------------------------------------------------------
