@@ -18,10 +18,12 @@ from pathlib import Path
 
 import brotli
 import httpx
+import psutil
 import pytest
 import zstandard
 from tests.support.h2_client import H2Client
 from tests.support.proxy_harness import ProxyHarness, https_get, parse_responses, raw_exchange, running_proxy
+from tests.support.proxy_process import proxy_process
 from tests.support.proxy_routes import StaticGate, StaticUpstream
 from tests.support.server_process import TakoServer
 
@@ -357,3 +359,43 @@ def _insecure_tls() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # tako-server's self-signed certificate for a routed host
     return context
+
+
+@pytest.mark.deadline(240)
+async def test_many_long_compressed_streams_hold_bounded_memory(tmp_path: Path) -> None:
+    """Twelve 24 MB text responses compressed at once (four per coding), the proxy in its own process:
+    its memory grows by the encoders and buffers of the streams in flight, not with the bodies."""
+    block = b"".join(b"line %06d of a long text stream\n" % i for i in range(2048))  # 66 KiB
+    total = 360 * len(block)  # 24 MB
+
+    async def long_text(writer: asyncio.StreamWriter) -> None:
+        writer.write(head(Content_Type="text/plain", Content_Length=str(total)))
+        for _ in range(total // len(block)):
+            writer.write(block)
+            await writer.drain()
+
+    app = ScriptedApp({"/long": long_text})
+    async with app.running():
+        config = {"routes": {HOST: [app.port]}, "certs_dir": str(tmp_path), "forward_http": True}
+        with proxy_process(config) as (proc, ports):
+            rss = psutil.Process(proc.pid)
+            baseline = peak = rss.memory_info().rss
+
+            async def fetch(client: httpx.AsyncClient, coding: str) -> int:
+                nonlocal peak
+                got = 0
+                async with client.stream(
+                    "GET", "/long", headers={"Host": HOST, "Accept-Encoding": coding}
+                ) as r:
+                    assert r.headers["content-encoding"] == coding
+                    async for piece in r.aiter_bytes():
+                        got += len(piece)
+                        peak = max(peak, rss.memory_info().rss)
+                return got
+
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['http']}", timeout=120) as client:
+                sizes = await asyncio.gather(*(fetch(client, c) for c in ("zstd", "br", "gzip") * 4))
+    assert sizes == [total] * 12
+    growth = (peak - baseline) / 1024 / 1024
+    print(f"proxy RSS {baseline / 1024 / 1024:.1f} MB, peak {peak / 1024 / 1024:.1f} MB")
+    assert growth < 64, growth  # 12 streams' encoders (0.3-0.6 MB each) and buffers; the bodies are 288 MB

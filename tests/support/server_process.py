@@ -112,7 +112,13 @@ def make_release(
     release = data_dir / "apps" / app / "releases" / version
     release.mkdir(parents=True, exist_ok=True)
     shutil.copy(APPS_DIR / "testapp.py", release / "testapp.py")
-    meta = {"name": app, "version": version, "start": start, "health_check": health_check, "env": "test"}
+    meta: dict[str, object] = {
+        "name": app,
+        "version": version,
+        "start": start,
+        "health_check": health_check,
+        "env": "test",
+    }
     if not request_buffering:
         meta["request_buffering"] = False
     if not compression:
