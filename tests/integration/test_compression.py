@@ -249,6 +249,26 @@ async def test_a_body_cut_midway_is_an_error_for_the_client(tmp_path: Path) -> N
                 await https_get(client, HOST, "/cut")
 
 
+async def test_a_body_that_ends_when_the_app_closes_is_encoded_to_its_end(tmp_path: Path) -> None:
+    """No length and not chunked: the body ends with the app's connection; the encoded stream is finished
+    and the chunked response to the client completes."""
+
+    async def until_close(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n\r\n")
+        for i in range(0, len(PAGE), 10_000):
+            writer.write(PAGE[i : i + 10_000])
+            await writer.drain()
+        writer.close()
+
+    app = ScriptedApp({"/": until_close})
+    async with app_proxy(tmp_path, app) as p:
+        for coding in ("zstd", "br", "gzip"):
+            data = await p.exchange(request("/", coding), until_closed=False, expect_responses=1)
+            (r,) = parse_responses(data)
+            assert r.complete and r.header("Content-Encoding") == coding
+            assert decode(coding, r.body) == PAGE
+
+
 async def test_an_app_sending_more_than_its_content_length(tmp_path: Path) -> None:
     """The announced length is what the response is; the rest is not passed on as a body."""
     body = PAGE[:2000]
