@@ -435,3 +435,17 @@ async def test_an_answer_before_the_request_body_ends_the_stream(tmp_path: Path)
         await c.receive_until(lambda: c.goaway() is not None)
         assert up.requests == 0
         await c.close()
+
+
+async def test_fields_new_in_every_response_stay_out_of_the_clients_hpack_table(tmp_path: Path) -> None:
+    # x-request-id differs in every response and date every second: kept in the connection's HPACK table
+    # each would evict the fields that do repeat (and make every later response cost more to encode).
+    async with one_app_proxy(tmp_path) as (p, _up):
+        c = await _client(p)
+        for _ in range(5):
+            sid = c.request("/bytes/10", HOST)
+            await c.receive_until(lambda sid=sid: c.ended(sid))  # type: ignore[misc]
+            assert b"x-request-id" in c.response(sid)
+        table = [name for name, _value in c.conn.decoder.header_table.dynamic_entries]
+        assert b"x-request-id" not in table and b"date" not in table, table
+        await c.close()

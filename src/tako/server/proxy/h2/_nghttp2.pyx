@@ -123,6 +123,7 @@ cdef extern from "nghttp2/nghttp2.h":
         NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE
         NGHTTP2_SETTINGS_ENABLE_PUSH
         NGHTTP2_NV_FLAG_NONE
+        NGHTTP2_NV_FLAG_NO_INDEX
         NGHTTP2_NO_ERROR
         NGHTTP2_INTERNAL_ERROR
 
@@ -306,6 +307,16 @@ cdef inline bint _connection_specific(const char *name, Py_ssize_t n) noexcept:
     return False
 
 
+cdef inline uint8_t _index_flag(const char *name, Py_ssize_t n) noexcept:
+    """Whether HPACK may keep the field in the connection's table. Not `date` nor `x-request-id`: a new
+    value every second (every response), each would be added to the 4 KiB table and evict the fields that
+    repeat (server, content-type), and libnghttp2 compares a field's value with every kept one of its
+    name before sending it."""
+    if (n == 4 and memcmp(name, b"date", 4) == 0) or (n == 12 and memcmp(name, b"x-request-id", 12) == 0):
+        return NGHTTP2_NV_FLAG_NO_INDEX
+    return NGHTTP2_NV_FLAG_NONE
+
+
 cdef Py_ssize_t _fields(const char *data, Py_ssize_t start, Py_ssize_t end, nghttp2_nv *nva,
                         char *names) noexcept:
     """The fields of the head in data[start:end] into `nva` (names lower-cased into `names`, which is
@@ -332,7 +343,7 @@ cdef Py_ssize_t _fields(const char *data, Py_ssize_t start, Py_ssize_t end, nght
                 nva[count].namelen = colon - line
                 nva[count].value = <uint8_t *>(data + vstart)
                 nva[count].valuelen = vend - vstart
-                nva[count].flags = NGHTTP2_NV_FLAG_NONE
+                nva[count].flags = _index_flag(names + line, colon - line)
                 count += 1
         line = i + 2
     return count
