@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,23 +154,6 @@ class Process:
         except psutil.NoSuchProcess:
             return []
 
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for p in self.tree():
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
-
-    def rss(self) -> int:
-        total = 0
-        for p in self.tree():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += p.memory_info().rss
-        return total
-
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -282,7 +266,9 @@ def _ms(value: str, unit: str) -> float:
 _ERROR_KINDS = ("connect", "read", "write", "timeout")  # wrk's "Socket errors:" line, in order
 
 
-def run_wrk(url: str, connections: int, duration: float, threads: int) -> dict[str, Any]:
+def run_wrk(
+    url: str, connections: int, duration: float, threads: int, host: str = "127.0.0.1"
+) -> dict[str, Any]:
     argv = [
         "wrk",
         f"-t{threads}",
@@ -292,7 +278,7 @@ def run_wrk(url: str, connections: int, duration: float, threads: int) -> dict[s
         "--timeout",
         "5s",
         "-H",
-        "Host: 127.0.0.1",
+        f"Host: {host}",
         url,
     ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
@@ -316,26 +302,58 @@ def run_wrk(url: str, connections: int, duration: float, threads: int) -> dict[s
     }
 
 
-def measure(proc: Process, url: str, connections: int, duration: float, threads: int) -> dict[str, Any]:
-    peak = [proc.rss()]
+def _cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _rss(procs: list[psutil.Process]) -> int:
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += p.memory_info().rss
+    return total
+
+
+def measure_tree(
+    tree: Callable[[], list[psutil.Process]],
+    url: str,
+    connections: int,
+    duration: float,
+    threads: int,
+    host: str = "127.0.0.1",
+) -> dict[str, Any]:
+    """One wrk run, with the CPU and peak RSS of the processes `tree` lists (the proxy under test)."""
+    procs = tree()
+    peak = [_rss(procs)]
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.25):
-            peak[0] = max(peak[0], proc.rss())
+            peak[0] = max(peak[0], _rss(tree()))
 
     sampler = threading.Thread(target=sample, daemon=True)
-    cpu0, t0 = proc.cpu_seconds(), time.monotonic()
+    cpu0, t0 = _cpu_seconds(procs), time.monotonic()
     sampler.start()
     try:
-        stats = run_wrk(url, connections, duration, threads)
+        stats = run_wrk(url, connections, duration, threads, host)
     finally:
         done.set()
         sampler.join()
     elapsed = time.monotonic() - t0
-    stats["proxy_cpu_percent"] = 100.0 * (proc.cpu_seconds() - cpu0) / elapsed
+    stats["proxy_cpu_percent"] = 100.0 * (_cpu_seconds(procs) - cpu0) / elapsed
     stats["proxy_rss_mb"] = peak[0] / 1e6
     return stats
+
+
+def measure(proc: Process, url: str, connections: int, duration: float, threads: int) -> dict[str, Any]:
+    return measure_tree(proc.tree, url, connections, duration, threads)
 
 
 def _line(r: Result) -> str:
@@ -394,11 +412,13 @@ def markdown(results: list[Result], command: str, workers: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_doc(path: Path, section: str) -> None:
+def write_doc(path: Path, section: str, marker: str = "bench/proxy") -> None:
+    """Replace the section between `<!-- MARKER:start -->` and `<!-- MARKER:end -->` (append it if none)."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        _, tail = rest.split(MARK_END, 1)
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
         text = head + section.rstrip("\n") + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section
