@@ -5,13 +5,17 @@ from __future__ import annotations
 import datetime
 import platform
 import statistics
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 MARKER = "bench/proxy --through-testbed"
 KINDS = ("connect", "read", "write", "timeout")
 
 
-class RunLike(Protocol):
+@dataclass
+class Run:
+    """One wrk run of one proxy in one cell."""
+
     proxy: str
     scheme: str
     connections: int
@@ -22,8 +26,9 @@ class RunLike(Protocol):
     non_2xx: int
     socket_errors: int
     socket_errors_by_kind: dict[str, int]
+    requests: int
     proxy_cpu_percent: float
-    error: str
+    error: str = ""
 
 
 def _cells(runs: list[Any]) -> list[tuple[str, int]]:
@@ -34,13 +39,13 @@ def _cells(runs: list[Any]) -> list[tuple[str, int]]:
     return seen
 
 
-def _errors(runs: list[RunLike]) -> str:
+def _errors(runs: list[Run]) -> str:
     total = {k: sum(r.socket_errors_by_kind.get(k, 0) for r in runs) for k in KINDS}
     parts = [f"{k} {v:,}" for k, v in total.items() if v]
     return ", ".join(parts) if parts else "0"
 
 
-def _ratios(mine: list[RunLike], base: list[RunLike]) -> str:
+def _ratios(mine: list[Run], base: list[Run]) -> str:
     """tako/nginx rps of each rep (runs of one rep ran back to back), and their median."""
     by_rep = {r.rep: r.rps for r in base if r.rps}
     pairs = [r.rps / by_rep[r.rep] for r in mine if r.rep in by_rep and r.rps]

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,8 @@ import psutil
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from bench import BODY, ensure_tools, measure_tree, run_wrk, write_doc  # noqa: E402  (bench/proxy)
-from testbed_report import markdown  # noqa: E402  (bench/proxy)
+from bench import BODY, ensure_tools, measure_tree, nginx_conf, run_wrk, write_doc  # noqa: E402  (bench/proxy)
+from testbed_report import Run, markdown  # noqa: E402  (bench/proxy)
 from tests.support.projects import make_project  # noqa: E402
 from tests.support.testbed import Host, Testbed  # noqa: E402
 
@@ -44,25 +44,6 @@ PREFIX = "bp-"
 HOST_NAME = "bench"
 NGINX_HTTP, NGINX_HTTPS = 8080, 8443
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"  # apps run with a PATH without /usr/sbin
-
-
-@dataclass
-class Run:
-    """One wrk run of one proxy in one cell."""
-
-    proxy: str
-    scheme: str
-    connections: int
-    rep: int
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    non_2xx: int
-    socket_errors: int
-    socket_errors_by_kind: dict[str, int]
-    requests: int
-    proxy_cpu_percent: float
-    error: str = ""
 
 
 def _upstream_project(root: Path, share: Path, route: str) -> Path:
@@ -154,29 +135,18 @@ def _nginx_proxy_conf(host: Host, root: Path, upstream: int, workers: int) -> Pa
     cert_pem, key_pem = selfsigned.generate(host.address)
     (prefix / "cert.pem").write_bytes(cert_pem)
     (prefix / "key.pem").write_bytes(key_pem)
-    conf = prefix / "nginx.conf"
-    conf.write_text(
-        f"""worker_processes {workers};
-pid {prefix}/nginx.pid;
-error_log stderr crit;
-worker_rlimit_nofile 20000;
-events {{ worker_connections 20000; }}
-http {{
-  access_log off;
-  client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;
-  fastcgi_temp_path {prefix}/fcgi; uwsgi_temp_path {prefix}/uwsgi; scgi_temp_path {prefix}/scgi;
-  keepalive_requests 1000000;
-  upstream app {{ server 127.0.0.1:{upstream}; keepalive 1024; }}
+    return nginx_conf(
+        root,
+        "nginx-proxy",
+        workers,
+        f"""upstream app {{ server 127.0.0.1:{upstream}; keepalive 1024; }}
   server {{
     listen {host.address}:{NGINX_HTTP}; listen {host.address}:{NGINX_HTTPS} ssl;
     ssl_certificate {prefix}/cert.pem; ssl_certificate_key {prefix}/key.pem; ssl_protocols TLSv1.2 TLSv1.3;
     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }}
-  }}
-}}
-"""
+  }}""",
     )
-    return conf
 
 
 def start_nginx_proxy(host: Host, root: Path, upstream: int, workers: int) -> subprocess.Popen[bytes]:
