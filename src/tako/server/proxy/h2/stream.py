@@ -64,6 +64,7 @@ class StreamTransport:
         "in_head",
         "is_head",
         "low_water",
+        "owed",
         "parser",
         "protocol",
         "reading",
@@ -83,6 +84,7 @@ class StreamTransport:
         self.head_at = 0  # where in `head` the message being parsed starts (after interim responses)
         self.in_head = True
         self.has_body = False
+        self.owed = 0  # body bytes still to come of a response submitted without the parser (write)
         self.done = True  # the whole response is submitted to the session (none is owed while idle)
         self.closed = False  # the ClientConnection is told (or about to be told) connection_lost
         self.request_ended = True
@@ -105,6 +107,7 @@ class StreamTransport:
         self.head = b""
         self.head_at = 0
         self.in_head = True
+        self.owed = 0
 
     def reusable(self) -> bool:
         """Whether the stream ended whole and its ClientConnection waits for a next request, like a
@@ -198,6 +201,22 @@ class StreamTransport:
     def write(self, data: bytes) -> None:
         if self.closed or self.done:
             return
+        if self.owed:
+            self._more_body(data)
+            return
+        if self.in_head and not self.head:
+            # The usual response (a whole head, a body with a length) is submitted by the session without
+            # the HTTP/1.1 parser; it declines (-1) what needs the parser.
+            owed = self.h2.session.respond_message(self.stream_id, data, self.is_head)
+            if owed >= 0:
+                self.in_head = False
+                self.owed = owed
+                if owed:
+                    self._queued(self.h2.session.queued(self.stream_id))
+                else:
+                    self.done = True
+                self.h2.schedule_flush()
+                return
         if self.in_head:
             self.head = self.head + data if self.head else data  # until the head is complete (rarely split)
         try:
@@ -206,6 +225,17 @@ class StreamTransport:
             if not self.done:  # not the end of a response to HEAD: a response that is not HTTP
                 self.abort()
                 return
+        self.h2.schedule_flush()
+
+    def _more_body(self, data: bytes) -> None:
+        """Body bytes of a response whose head went without the parser (its Content-Length counts them)."""
+        if len(data) > self.owed:
+            self.abort()  # more than the head said: never passed on
+            return
+        self.owed -= len(data)
+        if not self.owed:
+            self.done = True
+        self._queued(self.h2.session.body(self.stream_id, data, not self.owed))
         self.h2.schedule_flush()
 
     def close(self) -> None:
@@ -270,7 +300,10 @@ class StreamTransport:
                 raise _HeadDone
 
     def on_body(self, body: bytes) -> None:
-        queued = self.h2.session.body(self.stream_id, body, False)
+        self._queued(self.h2.session.body(self.stream_id, body, False))
+
+    def _queued(self, queued: int) -> None:
+        """Past the write limit, the ClientConnection stops reading the instance until the client takes it."""
         if queued > self.high_water and not self.write_paused and not self.closed:
             self.write_paused = True
             self.h2.paused.add(self)
