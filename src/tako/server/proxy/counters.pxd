@@ -1,5 +1,8 @@
 # Cython declarations for counters.py (see docs/proxy.md, "Compiled hot path"): the counters are C fields
 # and the calls client.py makes per request C calls. The .py file stays the source.
+cimport cython
+
+
 cdef class AppCounters:
     cdef public long long bytes_in
     cdef public long long bytes_out
@@ -14,6 +17,8 @@ cdef class AppCounters:
     cdef public double upstream_seconds_sum
     cdef public long long websockets_open
 
+    # C locals: the bucket search compares C doubles and the lists are indexed with C integers.
+    @cython.locals(index=int, bucket=Py_ssize_t, bound=double)
     cpdef finished(self, int status, double seconds, double upstream_seconds, long long bytes_in, long long bytes_out)
     cpdef tunnel_closed(self, long long bytes_in, long long bytes_out)
     cpdef upstream_error(self, int kind)
