@@ -38,7 +38,8 @@ def test_a_listen_that_is_not_host_port_is_refused_with_an_example(listen: str) 
 
 def test_count_requests_is_true_or_false() -> None:
     assert parse_server_config({}, "f.toml").metrics.count_requests is True
-    assert parse_server_config({"metrics": {"count_requests": False}}, "f.toml").metrics.count_requests is False
+    off = parse_server_config({"metrics": {"count_requests": False}}, "f.toml")
+    assert off.metrics.count_requests is False
     with pytest.raises(ConfigError) as refused:
         parse_server_config({"metrics": {"count_requests": "no"}}, "f.toml")
     assert "metrics.count_requests: expected true or false, got 'no'" in str(refused.value)
