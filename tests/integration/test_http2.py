@@ -387,6 +387,7 @@ async def test_streams_one_after_another_each_get_their_own_answer(tmp_path: Pat
         steps: list[tuple[str, str, str, bytes | None, bytes, int | None]] = [
             ("HEAD", "/bytes/10", HOST, None, b"200", 0),
             ("GET", "/bytes/10", HOST, None, b"200", 10),
+            ("GET", "/bytes/0", HOST, None, b"200", 0),
             ("POST", "/sink", HOST, b"abc", b"200", None),
             ("GET", "/", "b.tako.test", None, b"404", None),
             ("GET", "/status/204", HOST, None, b"204", 0),
@@ -398,7 +399,7 @@ async def test_streams_one_after_another_each_get_their_own_answer(tmp_path: Pat
             assert c.response(sid)[b":status"] == status, (method, path)
             if length is not None:
                 assert len(c.bodies.get(sid, b"")) == length, (method, path)
-        assert json.loads(bytes(c.bodies[5]))["received"] == 3
+        assert json.loads(bytes(c.bodies[7]))["received"] == 3
         assert c.goaway() is None
         await c.close()
 

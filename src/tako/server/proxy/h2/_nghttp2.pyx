@@ -23,7 +23,8 @@ from libc.string cimport memchr, memcmp, memcpy
 
 
 cdef extern from "string.h":
-    void *memmem(const void *, size_t, const void *, size_t)  # GNU, declared since Python.h defines _GNU_SOURCE
+    # A GNU function: declared, as Python.h defines _GNU_SOURCE.
+    void *memmem(const void *, size_t, const void *, size_t)
 
 
 cdef extern from "nghttp2/nghttp2.h":
@@ -492,8 +493,6 @@ cdef class Session:
         """Submit a response head (`final` false: an interim 1xx one); `has_body`: body() calls follow."""
         cdef Py_ssize_t count = len(headers) // 2
         cdef nghttp2_nv *nva = <nghttp2_nv *>PyMem_Malloc(count * sizeof(nghttp2_nv) + 1)
-        cdef nghttp2_data_provider provider
-        cdef _Out out
         cdef int rv
         cdef bytes name, value
         if nva is NULL:
@@ -507,22 +506,29 @@ cdef class Session:
                 nva[i].value = <uint8_t *>PyBytes_AS_STRING(value)
                 nva[i].valuelen = PyBytes_GET_SIZE(value)
                 nva[i].flags = NGHTTP2_NV_FLAG_NONE
-            if not final:
-                rv = nghttp2_submit_headers(self.session, NGHTTP2_FLAG_NONE, stream_id, NULL, nva, count,
-                                            NULL)
-            elif has_body:
-                out = _Out()
-                self.outs[stream_id] = out
-                provider.source.ptr = <void *>out
-                provider.read_callback = _read_body
-                rv = nghttp2_submit_response(self.session, stream_id, nva, count, &provider)
-                if rv < 0:
-                    del self.outs[stream_id]  # the stream is gone already (reset by the client)
-            else:
-                rv = nghttp2_submit_response(self.session, stream_id, nva, count, NULL)
+            rv = self._submit(stream_id, nva, count, final, has_body)
         finally:
             PyMem_Free(nva)
         return rv if rv < 0 else 0
+
+    cdef int _submit(self, int32_t stream_id, nghttp2_nv *nva, Py_ssize_t count, bint final,
+                     bint has_body) except? -999:
+        """Submit a head: interim (not `final`), or final with body() calls to follow (`has_body`) or not."""
+        cdef nghttp2_data_provider provider
+        cdef _Out out
+        cdef int rv
+        if not final:
+            return nghttp2_submit_headers(self.session, NGHTTP2_FLAG_NONE, stream_id, NULL, nva, count, NULL)
+        if not has_body:
+            return nghttp2_submit_response(self.session, stream_id, nva, count, NULL)
+        out = _Out()
+        self.outs[stream_id] = out
+        provider.source.ptr = <void *>out
+        provider.read_callback = _read_body
+        rv = nghttp2_submit_response(self.session, stream_id, nva, count, &provider)
+        if rv < 0:
+            del self.outs[stream_id]  # the stream is gone already (reset by the client)
+        return rv
 
     def respond_head(self, int32_t stream_id, bytes head, Py_ssize_t start, Py_ssize_t end, bint is_head):
         """Submit the HTTP/1.1 response head in head[start:end] (status line and fields, without the blank
@@ -571,13 +577,10 @@ cdef class Session:
         cdef const char *data = PyBytes_AS_STRING(head)
         cdef Py_ssize_t i, count = 1
         cdef int status
-        cdef int rv
         cdef bint has_body
         cdef nghttp2_nv *nva
         cdef char *names
         cdef char status_text[3]
-        cdef nghttp2_data_provider provider
-        cdef _Out out
         if end - start < 12 or memcmp(data + start, b"HTTP/1.", 7) != 0:
             if framed_only:
                 return 0
@@ -607,18 +610,9 @@ cdef class Session:
             count = 1 + _fields(data, start, end, nva + 1, names, length)
             if framed_only and has_body and length[0] < 0:
                 return 0
-            if status < 200:
-                rv = nghttp2_submit_headers(self.session, NGHTTP2_FLAG_NONE, stream_id, NULL, nva, count, NULL)
-            elif has_body and not (framed_only and length[0] == 0):
-                out = _Out()
-                self.outs[stream_id] = out
-                provider.source.ptr = <void *>out
-                provider.read_callback = _read_body
-                rv = nghttp2_submit_response(self.session, stream_id, nva, count, &provider)
-                if rv < 0:
-                    del self.outs[stream_id]  # the stream is gone already (reset by the client)
-            else:
-                rv = nghttp2_submit_response(self.session, stream_id, nva, count, NULL)
+            if framed_only and length[0] == 0:
+                has_body = False  # Content-Length: 0 ends the stream with its HEADERS
+            self._submit(stream_id, nva, count, status >= 200, has_body)
         finally:
             PyMem_Free(nva)
             PyMem_Free(names)
