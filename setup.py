@@ -1,11 +1,11 @@
 """Compile the proxy's per-request modules with Cython where possible; pure Python everywhere else.
 
-All metadata is in pyproject.toml. This file only adds `tako.server.proxy.counters`, `.cycle`, `.client` and
-`.upstream` as optional extension modules (their .pxd files give the C types; see
-src/tako/server/proxy/compiled.py): without Cython or a C compiler, or with TAKO_PURE_PYTHON=1, the package is
-pure Python and works the same. Next to the built modules it writes compiled.json, the source hashes they were
-built from, so that a compiled module is never used with newer sources (a development checkout built in place
-with `python setup.py build_ext --inplace`, as scripts/test does).
+All metadata is in pyproject.toml. This file only adds the modules of `compiled.MODULES` (`counters`, `cycle`,
+`client`, `upstream`, ... of tako.server.proxy) as optional extension modules (their .pxd files give the C
+types; see src/tako/server/proxy/compiled.py): without Cython or a C compiler, or with TAKO_PURE_PYTHON=1, the
+package is pure Python and works the same. Next to the built modules it writes compiled.json, the source
+hashes they were built from, so that a compiled module is never used with newer sources (a development
+checkout built in place with `python setup.py build_ext --inplace`, as scripts/test does).
 """
 
 from __future__ import annotations

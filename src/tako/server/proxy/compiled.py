@@ -1,12 +1,13 @@
 """Whether the proxy's per-request modules run compiled, and the fall-back to their Python sources.
 
-`counters`, `cycle`, `client`, `upstream` and `access_line` are plain Python; the `.pxd` file next to each
-gives Cython C types for their attributes and internal calls. setup.py compiles them where Cython and a C
-compiler are available and writes `compiled.json` beside them: the hash of each module's .py and .pxd as
-built. Python imports an extension module in preference to the .py next to it, so `select()` (run by the
-package before anything imports those modules) makes sure a compiled module is only used if it was built
-from the current source; otherwise, or with TAKO_PURE_PYTHON=1 in the environment, all are imported from
-source. They share C types, so they are compiled or not together. See docs/proxy.md, "Compiled hot path".
+`counters`, `cycle`, `client`, `upstream`, `access_line`, `static_files` and `static_stream` are plain
+Python; the `.pxd` file next to each gives Cython C types for their attributes and internal calls.
+setup.py compiles them where Cython and a C compiler are available and writes `compiled.json` beside them:
+the hash of each module's .py and .pxd as built. Python imports an extension module in preference to the
+.py next to it, so `select()` (run by the package before anything imports those modules) makes sure a
+compiled module is only used if it was built from the current source; otherwise, or with
+TAKO_PURE_PYTHON=1 in the environment, all are imported from source. They share C types, so they are
+compiled or not together. See docs/proxy.md, "Compiled hot path".
 
 This module is also loaded by setup.py (by path, standard library only) for `source_hash`.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 from types import ModuleType
 
 PACKAGE = "tako.server.proxy"
-MODULES = ("counters", "cycle", "upstream", "client", "access_line")
+MODULES = ("counters", "cycle", "upstream", "client", "access_line", "static_files", "static_stream")
 MANIFEST = "compiled.json"
 H2_BINDING = "h2._nghttp2"  # its key in the manifest; built from h2/_nghttp2.pyx
 PURE_PYTHON_ENV = "TAKO_PURE_PYTHON"

@@ -63,6 +63,8 @@ _CHARSET_TYPES = frozenset(
 _NOT_FOUND = b"Not Found\n"
 _REFUSED = re.compile(r"[\x00-\x1f\x7f/\\]")  # in a decoded segment: separators and control characters
 _ALLOW = b"Allow: GET, HEAD\r\n"
+OK_LINE = b"HTTP/1.1 200 OK\r\n"
+OK_BEFORE_ID = OK_LINE + b"X-Request-Id: "  # then the id and `Asset.ok_after_id`: a 200 with its request id
 _UNSATISFIABLE = (
     b"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */%d\r\nContent-Length: 0\r\n%s\r\n"
 )
@@ -101,7 +103,7 @@ def relative_path(rest: bytes) -> str | None:
     return "/".join(parts) if parts else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileVersion:
     """One representation of a file on disk: the file itself or a precompressed sibling."""
 
@@ -114,7 +116,7 @@ class FileVersion:
     body: bytes | None  # the contents, when small enough to keep
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Asset:
     """A file below a mount and what every answer for it shares."""
 
@@ -124,9 +126,10 @@ class Asset:
     headers: bytes  # Content-Type, Last-Modified, Cache-Control, Accept-Ranges (and Vary) lines
     last_modified: int  # seconds
     ok_head: bytes  # the head of a plain 200 for the file itself on a kept-alive connection
+    ok_after_id: bytes  # the same head after its status line and an X-Request-Id value (see OK_BEFORE_ID)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileSpan:
     """A part of a file to stream after the head (`static_stream.FileSender`)."""
 
@@ -135,7 +138,7 @@ class FileSpan:
     length: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RequestHeaders:
     """The request headers a static answer depends on (None: absent)."""
 
@@ -229,12 +232,8 @@ class StaticMount:
         if encoded:
             lines.append(b"Vary: Accept-Encoding")
         headers = b"\r\n".join(lines) + b"\r\n"
-        ok = b"HTTP/1.1 200 OK\r\n%sETag: %s\r\nContent-Length: %d\r\n\r\n" % (
-            headers,
-            plain.etag,
-            plain.size,
-        )
-        return Asset(plain, encoded, tuple(encoded), headers, seconds, ok)
+        tail = b"%sETag: %s\r\nContent-Length: %d\r\n\r\n" % (headers, plain.etag, plain.size)
+        return Asset(plain, encoded, tuple(encoded), headers, seconds, OK_LINE + tail, b"\r\n" + tail)
 
     def _version(self, relative: str, encoding: str | None) -> FileVersion | None:
         """The regular file at `relative` if its real path lies inside the root; its contents kept when
@@ -302,20 +301,19 @@ class StaticMounts:
 
 
 def answer(
-    mount: StaticMount, rest: bytes, method: bytes, headers: RequestHeaders, *, close: bool
-) -> tuple[bytes, bytes | FileSpan | None]:
-    """The response to `method` on `rest` below `mount`: its head, then what follows it: bytes, the span
-    of the file to stream, or nothing."""
+    asset: Asset | None, method: bytes, headers: RequestHeaders, *, close: bool
+) -> tuple[int, bytes, bytes | FileSpan | None]:
+    """The response to `method` on `asset` (None: no such file, a 404): its status and head, then what
+    follows the head: bytes, the span of the file to stream, or nothing."""
     is_head = method == b"HEAD"
     if method != b"GET" and not is_head:
         body = responses.ERROR_BODIES[405]
-        return responses.response(405, body, close=close, extra=_ALLOW, head_only=is_head), None
-    asset = mount.asset(rest)
+        return 405, responses.response(405, body, close=close, extra=_ALLOW, head_only=is_head), None
     if asset is None:
-        return responses.response(404, _NOT_FOUND, close=close, extra=responses.NO_STORE), None
+        return 404, responses.response(404, _NOT_FOUND, close=close, extra=responses.NO_STORE), None
     version = asset.plain
-    if headers is NO_HEADERS and not close:  # the common request: the whole file, nothing to compare
-        return asset.ok_head, None if is_head else _whole(version)
+    if headers is NO_HEADERS and not close:  # the whole file, nothing to compare
+        return 200, asset.ok_head, None if is_head else _whole(version)
     if asset.codings and headers.accept_encoding is not None and headers.range is None:
         # A range is served from the file itself: offsets into one encoding are useless to a client that
         # asked for another (and caches do not combine them).
@@ -327,12 +325,12 @@ def answer(
     if version.encoding is not None:
         base += b"Content-Encoding: " + version.encoding.encode() + b"\r\n"
     if not_modified(headers, version.etag, asset.last_modified):
-        return b"HTTP/1.1 304 Not Modified\r\n" + base + conn + b"\r\n", None
+        return 304, b"HTTP/1.1 304 Not Modified\r\n" + base + conn + b"\r\n", None
     start, length, status = 0, version.size, 200
     if headers.range is not None and _if_range_holds(headers.if_range, version.etag, asset.last_modified):
         span = byte_range(headers.range, version.size)
         if span == UNSATISFIABLE:
-            return _UNSATISFIABLE % (version.size, conn), None
+            return 416, _UNSATISFIABLE % (version.size, conn), None
         if span is not None:
             start, end = span
             length, status = end - start + 1, 206
@@ -340,12 +338,12 @@ def answer(
     reason = b"OK" if status == 200 else b"Partial Content"
     head = b"HTTP/1.1 %d %s\r\n%s%sContent-Length: %d\r\n\r\n" % (status, reason, base, conn, length)
     if is_head or length == 0:
-        return head, None
+        return status, head, None
     if status == 200:
-        return head, _whole(version)
+        return status, head, _whole(version)
     if version.body is not None:
-        return head, version.body[start : start + length]
-    return head, FileSpan(version.path, start, length)
+        return status, head, version.body[start : start + length]
+    return status, head, FileSpan(version.path, start, length)
 
 
 def _whole(version: FileVersion) -> bytes | FileSpan | None:
