@@ -99,6 +99,19 @@ def start_nginx(
     return proc, http, https
 
 
+def shown_command(args: list[str]) -> str:
+    """The command as the table shows it: not where results went, nor whether tools were installed."""
+    shown, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("--json", "--doc"):
+            skip = True
+        elif arg != "--no-install" and not arg.startswith(("--json=", "--doc=")):
+            shown.append(arg)
+    return "flock /tmp/tako-bench.lock bench/static/run " + shlex.join(shown)
+
+
 def markdown(cells: list[Cell], command: str, workers: int) -> str:
     lines = [
         f"<!-- {MARKER}:start -->",
@@ -106,7 +119,10 @@ def markdown(cells: list[Cell], command: str, workers: int) -> str:
         "",
         f"Command: `{command}` ({data_plane_mode()}; {workers} worker processes each; nginx with "
         "`sendfile on`; wrk keep-alive connections; tako's data plane with one `[tako] static` mount). "
-        "The same file bytes for both; `ratio` is tako ÷ nginx requests per second.",
+        "The same file bytes for both; `ratio` is tako ÷ nginx requests per second. On a machine shared with "
+        "other work (see CPU %) the figures are indicative only; the command rewrites this section. "
+        "Instructions per request of a small file's answer: `bench/static/answer_cost.py` under callgrind "
+        '(docs/proxy.md, "Static files").',
         "",
         "| file | scheme | conns | tako rps | nginx rps | ratio | tako p99 ms | nginx p99 ms "
         "| tako CPU % | nginx CPU % | errors (tako/nginx) |",
@@ -185,7 +201,7 @@ def main() -> None:
     parser.add_argument("--no-install", action="store_true", help="do not apt-get missing tools")
     args = parser.parse_args()
     args.connections = [int(c) for c in args.connections.split(",")]
-    command = "bench/static/run " + shlex.join(sys.argv[1:])
+    command = shown_command(sys.argv[1:])
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     ensure_tools(install=not args.no_install)
