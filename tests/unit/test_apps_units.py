@@ -94,7 +94,10 @@ def test_load_release_reads_app_json_and_env(tmp_path: Path) -> None:
     assert rel.health_check == "/_tako/status"
     assert rel.request_buffering is True  # releases made before the option buffer too
     assert rel.compression is True  # and compress
-    assert load_release("web", "v1", _release(tmp_path, {"start": "x", "compression": False})).compression is False
+    assert (
+        load_release("web", "v1", _release(tmp_path, {"start": "x", "compression": False})).compression
+        is False
+    )
     assert (
         load_release(
             "web", "v1", _release(tmp_path, {"start": "x", "request_buffering": False})
