@@ -165,6 +165,7 @@ def test_kill_9_of_tako_server_under_load_keeps_the_instance_and_its_output(host
             lambda: sum(1 for s in outcomes.seen if s[0] > resumed) >= 20, timeout=60, what="more requests"
         )
 
+    wait_serving(host)  # with workers = 2 the orphan serves before the next tako-server does
     new_server = the_server(host)
     assert new_server != old_server and servers_on(host) == [new_server]
     assert instance_pids(host) == before  # adopted: the very same process
