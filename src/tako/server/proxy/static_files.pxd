@@ -22,5 +22,5 @@ cdef class StaticMounts:
     cpdef tuple find(self, bytes path)
 
 
-@cython.locals(found=dict, i=Py_ssize_t)
+@cython.locals(found=dict, i=Py_ssize_t, name=bytes)
 cpdef object request_headers(list pieces)

@@ -157,13 +157,18 @@ _WANTED = {
     b"if-range": "if_range",
 }
 
+_WANTED_LENGTHS = frozenset(len(name) for name in _WANTED)
+
 
 def request_headers(pieces: list[bytes]) -> RequestHeaders:
     """Pick the headers of `RequestHeaders` out of a request's forwarded header pieces (name, ": ",
     value, CRLF); the first of a repeated header counts."""
     found: dict[str, bytes] = {}
     for i in range(0, len(pieces), 4):
-        field = _WANTED.get(pieces[i].lower())
+        name = pieces[i]
+        if len(name) not in _WANTED_LENGTHS:
+            continue  # most of a browser's headers (Host, User-Agent, Accept, Cookie): no lowercase copy
+        field = _WANTED.get(name.lower())
         if field is not None and field not in found:
             found[field] = pieces[i + 2]
     return RequestHeaders(**found) if found else NO_HEADERS
