@@ -109,7 +109,7 @@ def shown_command(args: list[str]) -> str:
             skip = True
         elif arg != "--no-install" and not arg.startswith(("--json=", "--doc=")):
             shown.append(arg)
-    return "flock /tmp/tako-bench.lock bench/static/run " + shlex.join(shown)
+    return " ".join(["flock /tmp/tako-bench.lock bench/static/run", shlex.join(shown)]).rstrip()
 
 
 def markdown(cells: list[Cell], command: str, workers: int) -> str:
