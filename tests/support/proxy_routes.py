@@ -61,6 +61,7 @@ class StaticGate:
         self._name = name
         self.request_buffering = request_buffering
         self.compression = True
+        self.https = True
         self.maintenance: MaintenanceAnswer | None = None
         self.error_pages: dict[int, bytes] = {}
         self.static: StaticMounts | None = None

@@ -107,6 +107,7 @@ def make_release(
     health_check: str = "/_tako/status",
     request_buffering: bool = True,
     compression: bool = True,
+    https: bool = True,
 ) -> Path:
     """A release dir as the CLI leaves it: app files, app.json and .env (0600)."""
     release = data_dir / "apps" / app / "releases" / version
@@ -123,6 +124,8 @@ def make_release(
         meta["request_buffering"] = False
     if not compression:
         meta["compression"] = False
+    if not https:
+        meta["https"] = False
     (release / "app.json").write_text(json.dumps(meta))
     values = {"TAKO_BUILD": version, "ENV": "test", **(env or {})}
     env_path = release / ".env"

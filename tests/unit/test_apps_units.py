@@ -94,6 +94,8 @@ def test_load_release_reads_app_json_and_env(tmp_path: Path) -> None:
     assert rel.health_check == "/_tako/status"
     assert rel.request_buffering is True  # releases made before the option buffer too
     assert rel.compression is True  # and compress
+    assert rel.https is True  # and are served over HTTPS
+    assert load_release("web", "v1", _release(tmp_path, {"start": "x", "https": False})).https is False
     assert (
         load_release("web", "v1", _release(tmp_path, {"start": "x", "compression": False})).compression
         is False
@@ -115,6 +117,7 @@ def test_load_release_reads_app_json_and_env(tmp_path: Path) -> None:
         ([1], None, "expected a JSON object"),
         ({"start": "x", "request_buffering": "no"}, None, "request_buffering must be true or false"),
         ({"start": "x", "compression": 1}, None, "compression must be true or false"),
+        ({"start": "x", "https": "no"}, None, "https must be true or false"),
         ({"start": "x"}, 'A="unterminated\n', "line 1"),
     ],
 )

@@ -33,6 +33,7 @@ health_check = "/healthz"
 exclude = ["tests/*", "*.sqlite3"]
 request_buffering = false
 compression = false
+https = false
 
 [vars]
 LOG_LEVEL = "info"
@@ -96,6 +97,7 @@ def test_full_config(tmp_path: Path) -> None:
     assert project.exclude == ("tests/*", "*.sqlite3")
     assert project.request_buffering is False
     assert project.compression is False
+    assert project.https is False
     assert dict(project.vars) == {"LOG_LEVEL": "info", "FEATURE": "on"}
     assert dict(project.env_vars["staging"]) == {"FEATURE": "off"}
     assert project.envs["production"] == EnvConfig(
@@ -125,6 +127,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert project.exclude == ()
     assert project.request_buffering is True
     assert project.compression is True
+    assert project.https is True
     assert (project.instances, project.idle_timeout) == (0, 300)
     assert project.servers == {}
     assert project.merged_vars("production") == {}
@@ -182,6 +185,7 @@ def test_toml_syntax_error_has_line(tmp_path: Path) -> None:
         ('[tako]\nexclude = "tests"\n', "tako.exclude", 2, "expected a list of strings", None),
         ('[tako]\nrequest_buffering = "no"\n', "tako.request_buffering", 2, "true or false", "streams"),
         ('[tako]\ncompression = "gzip"\n', "tako.compression", 2, "true or false", "never compresses"),
+        ('[tako]\nhttps = "off"\n', "tako.https", 2, "true or false", "plain HTTP"),
         ('[tako]\nexclude = ["ok", 1]\n', "tako.exclude[1]", 2, "expected a string", None),
         ("[envs.production]\n", "envs.production", 1, "has no route", "at least one route"),
         ("[envs.production]\nroutes = []\n", "envs.production.routes", 2, "has no route", None),

@@ -18,6 +18,7 @@ WEB = wm.AppRouting(
     stopped=False,
     request_buffering=False,
     compression=False,
+    https=False,
 )
 TO_WORKER: list[wm.ToWorker] = [
     wm.Configure(

@@ -60,6 +60,7 @@ _TAKO_KEYS = (
     "exclude",
     "request_buffering",
     "compression",
+    "https",
     "release",
     "release_timeout",
     "maintenance_allow",
@@ -143,6 +144,9 @@ class ProjectConfig:
     request_buffering: bool = True
     # false: tako-server never compresses the app's responses (docs/proxy.md, "Compression")
     compression: bool = True
+    # false: tako-server's HTTP listener serves the app instead of redirecting to HTTPS, and no certificate
+    # is requested for its hosts (docs/proxy.md, "Apps served over plain HTTP")
+    https: bool = True
     keep_releases: int = DEFAULT_KEEP_RELEASES
     release: str = ""  # [tako] release: run once per deploy, before any server switches
     release_timeout: int = DEFAULT_RELEASE_TIMEOUT
@@ -283,6 +287,7 @@ def parse_project(data: dict[str, Any], source: Source, *, file: Path, root: Pat
             source, tako, "request_buffering", "false streams request bodies to the app as they arrive"
         ),
         compression=_switch(source, tako, "compression", "false: tako-server never compresses responses"),
+        https=_switch(source, tako, "https", "false: served over plain HTTP, no certificate"),
         keep_releases=_keep_releases(source, data.get("servers", {})),
         release=source.string(tako["release"], ["tako", "release"]) if "release" in tako else "",
         release_timeout=_release_timeout(source, tako),

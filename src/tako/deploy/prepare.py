@@ -161,6 +161,7 @@ def prepare(project_dir: Path, env: str, *, output: Callable[[str], None]) -> Pr
         "env": env,
         "request_buffering": project.request_buffering,
         "compression": project.compression,
+        "https": project.https,
         "static": dict(project.static),
         "release": release_info(project.root, version),  # who deploys which commit, when
     }

@@ -110,6 +110,10 @@ class ManagedApp:
         return self.release.compression
 
     @property
+    def https(self) -> bool:
+        return self.release.https
+
+    @property
     def error_pages(self) -> dict[int, bytes]:
         return self.release.pages.errors
 

@@ -110,7 +110,8 @@ class AppRegistry:
     def _rebuild_routes(self) -> None:
         entries = [(parse_route(r), app) for app in self.apps.values() for r in app.routes]
         self.router = AppRouter(RouteTable(entries))
-        self._on_hosts_changed(self.router.hosts())
+        # Certificates only for hosts an app serves over HTTPS ([tako] https = false asks for none).
+        self._on_hosts_changed(RouteTable((p, a) for p, a in entries if a.https).hosts())
         self._changed(None)
 
     def _changed(self, app: ManagedApp | None) -> None:

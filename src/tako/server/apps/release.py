@@ -32,6 +32,7 @@ class Release:
     env_name: str = ""  # the deploy environment (app.json "env"), shown in status
     request_buffering: bool = True  # false: the proxy streams request bodies (app.json, from tako.toml)
     compression: bool = True  # false: the proxy never compresses its responses (app.json, from tako.toml)
+    https: bool = True  # false: served on the HTTP listener, no certificate for its hosts (app.json)
     env: dict[str, str] = field(default_factory=dict, compare=False, repr=False)  # holds secrets
     uid: int | None = None  # the app's own uid when apps are isolated; None: run as tako-server's user
     pages: ReleasePages = field(default=NO_PAGES, compare=False, repr=False)  # maintenance and error pages
@@ -88,6 +89,7 @@ def load_release(app: str, version: str, path: Path, uid: int | None = None) -> 
         env_name=env_name,
         request_buffering=_switch(meta_path, meta, "request_buffering"),
         compression=_switch(meta_path, meta, "compression"),
+        https=_switch(meta_path, meta, "https"),
         env=env,
         uid=uid,
         recorded_at=_recorded_at(meta),

@@ -88,6 +88,11 @@ class AppGate(Protocol):
         """Whether the proxy may compress the app's responses (`[tako] compression`, on by default)."""
 
     @property
+    def https(self) -> bool:
+        """False when the app is served over plain HTTP (`[tako] https = false`): the HTTP listener proxies
+        it instead of redirecting to HTTPS."""
+
+    @property
     def maintenance(self) -> MaintenanceAnswer | None:
         """Set while the app is in maintenance: every request not `admits`-ed gets its answer. A plain
         attribute: the one test the data plane makes per request for it."""

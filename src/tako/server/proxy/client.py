@@ -705,10 +705,11 @@ class ClientConnection:
             self._respond(cycle, data)
             return
         host = cycle.host
-        if not self.forward:
+        gate = server.snapshot.router.match(host, path.decode("latin-1")) if host is not None else None
+        if not self.forward and (gate is None or gate.https or path.startswith(_ACME_PREFIX)):
+            # ACME and redirects to HTTPS, except for an app served over plain HTTP ([tako] https = false)
             self._answer_plain_http(cycle, path, host, _close_after_local(cycle))
             return
-        gate = server.snapshot.router.match(host, path.decode("latin-1")) if host is not None else None
         if gate is None:
             self._respond(
                 cycle, responses.error(404, close=_close_after_local(cycle), head_only=cycle.is_head)

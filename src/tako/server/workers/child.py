@@ -101,6 +101,7 @@ class WorkerGate:
         self.stopped = False
         self.request_buffering = True
         self.compression = True
+        self.https = True
         self.maintenance: MaintenanceAnswer | None = None
         self.error_pages: dict[int, bytes] = {}
         self.static: StaticMounts | None = None
@@ -145,6 +146,7 @@ class WorkerGate:
         self.stopped = app.stopped
         self.request_buffering = app.request_buffering
         self.compression = app.compression
+        self.https = app.https
         self._take_pages(app)
         for upstream in rotation:
             upstream.error_pages = self.error_pages

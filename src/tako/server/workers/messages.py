@@ -27,8 +27,8 @@ from tako.server.observe.traffic import TrafficSnapshot
 # the worker's listeners (passed on its command line), Stop says whether a successor took over, and the
 # control socket tells an orphaned worker when a new tako-server serves; 5: AppRouting carries static mounts;
 # 6: and the compression switch; 7: no AccessLines (workers write their access lines), Configure carries the
-# log rotation settings.
-CHANNEL_VERSION = 7
+# log rotation settings; 8: AppRouting carries the https switch.
+CHANNEL_VERSION = 8
 TAG = "kind"
 MAX_TO_WORKER = 64 * 1024 * 1024  # a routing snapshot lists every app, route and instance
 MAX_FROM_WORKER = 16 * 1024 * 1024
@@ -88,6 +88,7 @@ class AppRouting:
     error_pages: dict[str, str] = field(default_factory=dict)  # "502" -> the live release's errors/502.html
     static: dict[str, str] = field(default_factory=dict)  # URL prefix -> directory of the live release
     compression: bool = True  # [tako] compression of the live release
+    https: bool = True  # [tako] https of the live release (false: proxied on the HTTP listener too)
 
 
 @dataclass(frozen=True)

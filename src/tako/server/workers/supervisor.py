@@ -244,6 +244,7 @@ class WorkerPool:
                     error_pages={str(status): page.decode() for status, page in app.error_pages.items()},
                     static=app.release.static_dirs(),
                     compression=app.compression,
+                    https=app.https,
                 )
             )
         # Instances a worker still counts requests on stay known until the counts come back to zero.
