@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.support.proxy_harness import parse_responses, raw_exchange
-from tests.support.server_process import TakoServer
+from tests.support.server_process import TakoServer, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.uvloop]
 
@@ -39,12 +40,20 @@ async def test_plain_http_app_is_proxied_by_every_process_while_others_redirect(
             f"https://{SECURE}:{server.https_port}/x?y=1",
         )
 
+        lines = wait_for(lambda: _access_lines(server), what="the plain-HTTP app's access lines")
+        assert {line["tls"] for line in lines} == {False} and lines[0]["host"] == PLAIN
+
         status = json.loads((await _get(server.http_port, PLAIN, "/_tako/status")).body)
         assert SECURE in status["certificates"]  # an HTTPS app's host is tracked for a certificate
         assert PLAIN not in status["certificates"]  # the plain-HTTP app's is not
         assert not (server.data_dir / "certs" / PLAIN).exists()
     finally:
         await asyncio.to_thread(server.cleanup)
+
+
+def _access_lines(server: TakoServer) -> list[dict[str, Any]]:
+    path = server.data_dir / "apps" / "plain" / "shared" / "logs" / "access.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 async def _get(port: int, host: str, path: str) -> object:
