@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.proxy_harness import parse_responses, raw_exchange
+from tests.support.proxy_harness import RawResponse, parse_responses, raw_exchange
 from tests.support.server_process import TakoServer, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.uvloop]
@@ -25,7 +25,7 @@ async def test_plain_http_app_is_proxied_by_every_process_while_others_redirect(
     server.config.write_text(server.config.read_text() + "\n[server]\nworkers = 2\n")
     try:
         await asyncio.to_thread(server.start)
-        await asyncio.to_thread(server.deploy, "plain", "v1", routes=(PLAIN,), https=False)
+        await asyncio.to_thread(server.deploy, "plain", "v1", routes=(PLAIN, f"{SECURE}/open/*"), https=False)
         await asyncio.to_thread(server.deploy, "secure", "v1", routes=(SECURE,))
         assert server.http_port
         served_by = await _proto_per_process(server.http_port)
@@ -39,6 +39,10 @@ async def test_plain_http_app_is_proxied_by_every_process_while_others_redirect(
             308,
             f"https://{SECURE}:{server.https_port}/x?y=1",
         )
+
+        # A host shared by both apps: each route follows its own app's setting.
+        shared = await _get(server.http_port, SECURE, "/open/x")
+        assert shared.status == 200 and shared.body.startswith(b"version=v1 "), shared
 
         lines = wait_for(lambda: _access_lines(server), what="the plain-HTTP app's access lines")
         assert {line["tls"] for line in lines} == {False} and lines[0]["host"] == PLAIN
@@ -56,7 +60,7 @@ def _access_lines(server: TakoServer) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-async def _get(port: int, host: str, path: str) -> object:
+async def _get(port: int, host: str, path: str) -> RawResponse:
     ask = b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path.encode(), host.encode())
     (answer,) = parse_responses(await raw_exchange(port, ask, until_closed=False, expect_responses=1))
     return answer
