@@ -51,8 +51,6 @@ from tako.server.workers.supervisor import WorkerPool
 
 log = logging.getLogger("tako.server")
 
-ACME_START_DELAY = 1.0  # seconds after serving (see Daemon.start)
-
 
 class Daemon:
     """One tako-server. Implements the proxy's `ServerServices` (status document, ACME challenges)."""
@@ -89,8 +87,6 @@ class Daemon:
         self.handover_server: handover.HandoverServer | None = None
         self._idle: asyncio.Task[None] | None = None  # the idle loop (stops idle on-demand instances)
         self.handed_over = False  # a successor serves on our listening sockets: exit as _retire says
-        self._acme_start: asyncio.TimerHandle | None = None
-        self._acme_task: asyncio.Task[None] | None = None
 
     # -- ServerServices -------------------------------------------------------------------------------
     def status_document(self) -> tuple[int, bytes]:
@@ -124,10 +120,6 @@ class Daemon:
         if self.inherited is None:
             await self.registry.adopt_running()
             self.clock.mark("adopt")
-        # The metrics listener's modules (prometheus_client: 0.1 s on a testbed host) are imported in a thread
-        # while the proxy's default certificate is made in a child process (0.1 s, waited for without the
-        # GIL): after a crash both stand between the kill and the first answer, now side by side.
-        asyncio.get_running_loop().run_in_executor(None, _import_metrics)
         self._make_proxy()
         self.clock.mark("proxy")
         if self.inherited is None:
@@ -146,11 +138,8 @@ class Daemon:
         self._keep_listeners()
         self.clock.mark("workers")
         await self._open_sockets(Path(settings.socket))
+        await self.acme.start()  # after the HTTP listener: HTTP-01 validations must find it
         self.clock.mark("control")
-        # After the HTTP listener (HTTP-01 validations must find it), and a moment after serving: ACME's
-        # first turn reads every certificate, which held the event loop 0.1 s on a testbed host, right when
-        # the connections that waited for this process (a restart after a crash) are to be answered.
-        self._acme_start = asyncio.get_running_loop().call_later(ACME_START_DELAY, self._start_acme)
         if self.inherited is not None:
             self.leave_instances = False
             handover.announce_serving(self.inherited)
@@ -375,9 +364,6 @@ class Daemon:
         known = len(given.workers) if given is not None else 0
         fd_store.keep(kept, known_workers=known)
 
-    def _start_acme(self) -> None:
-        self._acme_task = asyncio.ensure_future(self.acme.start())
-
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -402,8 +388,6 @@ class Daemon:
     async def shutdown(self) -> None:
         if self.lock is None:
             return  # refused before it started anything (another server holds the data dir)
-        if self._acme_start is not None:
-            self._acme_start.cancel()
         await self.acme.stop()
         await self._close_sockets()
         workers = None
@@ -426,11 +410,6 @@ class Daemon:
         if self.lock is not None:
             self.lock.release()  # last: the next server may start only once these instances are gone
         log.info("tako-server stopped")
-
-
-def _import_metrics() -> None:
-    with contextlib.suppress(ImportError):  # the metrics service says why it is off
-        from tako.server.observe import metrics, metrics_listener  # noqa: F401
 
 
 @contextlib.contextmanager
