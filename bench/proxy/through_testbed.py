@@ -4,7 +4,8 @@
 
 Brings up a testbed host of its own (`TAKO_TESTBED_PREFIX=bp-`, `/var/tmp/tako-bench-proxy`), where
 scripts/install-server installed tako-server with its default settings and the compiled data plane. The
-real `tako` CLI deploys an app whose instance is nginx (1 worker, fixed 200 body); nginx (2 workers, the
+real `tako` CLI deploys an app whose instance is nginx (1 worker, fixed 200 body), with `[tako] https = false`
+so tako-server's plain-HTTP listener proxies it (the HTTP rows) instead of redirecting; nginx (2 workers, the
 configuration a user writes) runs on the same host and proxies to that same instance. wrk runs in the
 machine's own namespace against the host's veth address, the proxies alternating run by run. Everything it
 starts it stops, on Ctrl-C too; the host is removed unless --keep.
@@ -47,7 +48,9 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"  # apps run with a PATH witho
 
 
 def _upstream_project(root: Path, share: Path, route: str) -> Path:
-    """The app: nginx with 1 worker on $PORT answering every path with BODY; it writes its port to `share`."""
+    """The app: nginx with 1 worker on $PORT answering every path with BODY; it writes its port to `share`.
+    Served over plain HTTP too (`https = false`); its HTTPS path is the same either way, the route being the
+    host's address (an IP gets the self-signed certificate and no ACME order in both cases)."""
     start = "sh upstream.sh"
     extra = f'\n[vars]\nBENCH_SHARE = "{share}"\n'
     project = make_project(
@@ -59,6 +62,8 @@ def _upstream_project(root: Path, share: Path, route: str) -> Path:
         extra_toml=extra,
         use_git=False,
     )
+    toml = project / "tako.toml"
+    toml.write_text(toml.read_text().replace("[tako]\n", "[tako]\nhttps = false\n", 1))
     (project / "upstream.sh").write_text(
         f"""#!/bin/sh
 # nginx as the app instance: its own files under $BENCH_SHARE (any uid may write there).
@@ -232,6 +237,7 @@ def run_cells(host: Host, nginx: subprocess.Popen[bytes], args: argparse.Namespa
     """Every cell, `reps` times, the proxies alternating (and the first of each rep alternating too)."""
     urls = {
         ("tako", "https"): f"https://{host.address}/",
+        ("tako", "http"): f"http://{host.address}/",  # the app has [tako] https = false
         ("nginx", "https"): f"https://{host.address}:{NGINX_HTTPS}/",
         ("nginx", "http"): f"http://{host.address}:{NGINX_HTTP}/",
     }
@@ -242,12 +248,7 @@ def run_cells(host: Host, nginx: subprocess.Popen[bytes], args: argparse.Namespa
             for rep in range(args.reps):
                 order = ["tako", "nginx"] if rep % 2 == 0 else ["nginx", "tako"]
                 for proxy in order:
-                    url = urls.get((proxy, scheme))
-                    if url is None:
-                        # tako-server's plain-HTTP listener redirects every routed host to HTTPS.
-                        runs.append(Run(proxy, scheme, conns, rep, 0, 0, 0, 0, 0, {}, 0, 0, "n/a: redirects"))
-                        continue
-                    run = one_run(proxy, url, scheme, conns, rep, args, procs[proxy])
+                    run = one_run(proxy, urls[(proxy, scheme)], scheme, conns, rep, args, procs[proxy])
                     print(_line(run), flush=True)
                     runs.append(run)
     return runs
@@ -278,7 +279,11 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--json", default=str(REPO / "bench/proxy/results-testbed.json"))
     parser.add_argument("--doc", default=str(REPO / "docs/benchmarks.md"), help="markdown file ('' = none)")
     parser.add_argument("--keep", action="store_true", help="leave the testbed host up at the end")
-    return parser.parse_args()
+    args = parser.parse_args()
+    unknown = set(args.schemes.split(",")) - {"https", "http"}
+    if unknown:
+        parser.error(f"--schemes: unknown {', '.join(sorted(unknown))} (use https, http or both)")
+    return args
 
 
 def _terminate(signum: int, frame: Any) -> None:
