@@ -124,6 +124,7 @@ def host(testbed: Testbed) -> Iterator[Host]:
 def test_after_a_kill_9_the_supervisor_starts_one_server_that_adopts_the_app(host: Host, user: str) -> None:
     # The server the installer (root) started, or the one `start` (as tako) started in the previous case.
     wait_for(lambda: serves(host), timeout=60, what="the app serving")
+    wait_serving(host)  # the listeners (and a worker) answer before the control socket opens
     before = instance_pids(host)
     pid = kill_9(host)
     wait_for(lambda: serves(host), timeout=60, what="the app serving after the kill")
