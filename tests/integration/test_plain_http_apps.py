@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.uvloop]
 
 PLAIN = "plain.tako.test"
 SECURE = "secure.tako.test"
+BIG = "tako " * 400  # a 2,000-byte text/plain answer of the test app (/env/BIG): worth compressing
 
 
 @pytest.mark.deadline(180)
@@ -25,7 +27,9 @@ async def test_plain_http_app_is_proxied_by_every_process_while_others_redirect(
     server.config.write_text(server.config.read_text() + "\n[server]\nworkers = 2\n")
     try:
         await asyncio.to_thread(server.start)
-        await asyncio.to_thread(server.deploy, "plain", "v1", routes=(PLAIN, f"{SECURE}/open/*"), https=False)
+        await asyncio.to_thread(
+            server.deploy, "plain", "v1", routes=(PLAIN, f"{SECURE}/open/*"), https=False, env={"BIG": BIG}
+        )
         await asyncio.to_thread(server.deploy, "secure", "v1", routes=(SECURE,))
         assert server.http_port
         served_by = await _proto_per_process(server.http_port)
@@ -47,6 +51,12 @@ async def test_plain_http_app_is_proxied_by_every_process_while_others_redirect(
         lines = wait_for(lambda: _access_lines(server), what="the plain-HTTP app's access lines")
         assert {line["tls"] for line in lines} == {False} and lines[0]["host"] == PLAIN
 
+        big = await _get(server.http_port, PLAIN, "/env/BIG", b"Accept-Encoding: gzip\r\n")
+        assert big.header("Content-Encoding") == "gzip" and zlib.decompress(big.body, 31) == BIG.encode()
+        await asyncio.to_thread(server.call, "maintenance", app="plain", on=True)
+        assert (await _get(server.http_port, PLAIN, "/")).status == 503  # the app's maintenance answer
+        await asyncio.to_thread(server.call, "maintenance", app="plain", on=False)
+
         status = json.loads((await _get(server.http_port, PLAIN, "/_tako/status")).body)
         assert SECURE in status["certificates"]  # an HTTPS app's host is tracked for a certificate
         assert PLAIN not in status["certificates"]  # the plain-HTTP app's is not
@@ -60,8 +70,8 @@ def _access_lines(server: TakoServer) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-async def _get(port: int, host: str, path: str) -> RawResponse:
-    ask = b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path.encode(), host.encode())
+async def _get(port: int, host: str, path: str, extra: bytes = b"") -> RawResponse:
+    ask = b"GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (path.encode(), host.encode(), extra)
     (answer,) = parse_responses(await raw_exchange(port, ask, until_closed=False, expect_responses=1))
     return answer
 
