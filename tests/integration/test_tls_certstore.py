@@ -48,6 +48,17 @@ def test_selection_order_and_throttled_reload(tmp_path: Path) -> None:
     assert info["a.example"]["source"] == "file" and info["*.b.example"]["source"] == "file"
 
 
+def test_refresh_serves_a_new_certificate_within_the_recheck_interval(tmp_path: Path) -> None:
+    now = [0.0]
+    store = CertStore(tmp_path, {"a.example"}.__contains__, clock=lambda: now[0])
+    self_signed = store.select("a.example")  # checked now: no file, the fallback
+    _write(tmp_path, "a.example", trustme.CA(), "a.example")
+    store.refresh("a.example")
+    from_file = store.select("a.example")
+    assert from_file is not None and from_file is not self_signed
+    assert store.certificate_info()["a.example"]["source"] == "file"
+
+
 def test_half_written_pair_keeps_serving_the_previous(tmp_path: Path) -> None:
     now = [0.0]
     store = CertStore(tmp_path, lambda h: False, clock=lambda: now[0])

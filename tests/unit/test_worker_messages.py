@@ -37,6 +37,7 @@ TO_WORKER: list[wm.ToWorker] = [
     wm.RoutingSnapshot(version=0, apps=()),
     wm.StatusDocument(code=503, body='{"healthy":false,"apps":[]}'),
     wm.AcmeTokens(tokens={"tok": "tok.thumb"}),
+    wm.CertificateStored(name="web.test"),
     wm.WakeFailed(app="web", reason="App web failed to start", status=503, retry_after=5),
     wm.WakeFailed(app="web", reason="App web is stopped", status=503, retry_after=None),
     wm.Stop(timeout=30.0),

@@ -78,7 +78,9 @@ class Daemon:
         self.http_port: int | None = None
         self.https_port: int | None = None
         self.challenges = ChallengeStore(config.data_dir / CHALLENGES_DIR)
-        self.acme = AcmeManager(config.acme, config.data_dir, self.challenges)
+        self.acme = AcmeManager(
+            config.acme, config.data_dir, self.challenges, on_stored=self._certificate_stored
+        )
         self._stop = asyncio.Event()
         self.leave_instances = False  # on exit: leave the instances running for the next tako-server
         self.isolation = isolation.OFF
@@ -266,6 +268,13 @@ class Daemon:
         if self.metrics is None or not self.config.metrics.count_requests:
             return None  # requests not counted: `tako status` shows no last-minute line
         return self.metrics.figures.for_app(app)
+
+    async def _certificate_stored(self, name: str) -> None:
+        """Every process serving HTTPS re-reads the certificate ACME just stored for `name`."""
+        if self.proxy is not None:
+            self.proxy.certs.refresh(name)
+        if self.workers is not None:
+            await self.workers.certificate_stored(name)
 
     def _info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"http_port": self.http_port, "https_port": self.https_port}

@@ -13,7 +13,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -98,6 +98,7 @@ class AcmeManager:
         *,
         clock: Callable[[], float] = time.time,
         max_concurrent: int = 4,
+        on_stored: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._settings = settings
         self._certs_dir = data_dir / "certs"
@@ -114,6 +115,9 @@ class AcmeManager:
         self._next_check = 0.0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Awaited after a certificate is written and before its host is reported valid: tako-server makes
+        # every process serving HTTPS re-read it, so no client is shown the fallback once it is reported.
+        self._on_stored = on_stored
 
     @property
     def _issuer(self) -> Issuer:
@@ -290,6 +294,7 @@ class AcmeManager:
             log.exception("acme: unexpected error issuing for %s", record.name)
             self._failed(record, f"unexpected error: {exc!r}", None)
         else:
+            await self._announce_stored(record.name)
             record.not_after = not_after
             record.failures = 0
             record.next_attempt = None
@@ -298,6 +303,14 @@ class AcmeManager:
             record.task = None
             record.cancel = None
             self._wake.set()
+
+    async def _announce_stored(self, name: str) -> None:
+        if self._on_stored is None:
+            return
+        try:
+            await self._on_stored(name)
+        except Exception:  # the certificate is on disk: every process reads it within a second anyway
+            log.exception("acme: telling the proxy about the certificate for %s failed", name)
 
     def _failed(self, record: _Host, error: str, retry_after: float | None) -> None:
         record.failures += 1

@@ -4,7 +4,8 @@ Layout: `<certs_dir>/<name>/{fullchain.pem,privkey.pem}`; a wildcard certificate
 lives in `<certs_dir>/_wildcard.example.com/`. Selection for a server name: exact directory, then the
 wildcard directory of its parent domain, then (for a routed host only) an in-memory self-signed
 certificate; anything else fails the handshake. Files are re-checked (mtime, size, inode) at most once
-per second per name, so certificates added or replaced on disk are served without a restart.
+per second per name, so certificates added or replaced on disk are served without a restart; `refresh`
+re-reads a name at once (tako-server calls it in every process when it has stored a certificate).
 """
 
 from __future__ import annotations
@@ -152,6 +153,10 @@ class CertStore:
         if self._is_routed_host(name):
             return self._self_signed_context(name)
         return None
+
+    def refresh(self, name: str) -> None:
+        """Re-read the certificate directory `name` now, not at the next once-a-second check."""
+        self._entry(name, force=True)
 
     def certificate_info(self) -> dict[str, dict[str, Any]]:
         """Per certificate name: not_after (ISO 8601), issuer, source (`file` or `self-signed`), error."""

@@ -41,6 +41,7 @@ from tako.server.workers.messages import (
     MAX_TO_WORKER,
     AcmeTokens,
     AppRouting,
+    CertificateStored,
     Configure,
     Counters,
     FromWorker,
@@ -226,6 +227,9 @@ class DataPlaneChild:
                 self._status = (message.code, body)
             case AcmeTokens():
                 self.apply_tokens(message.tokens)
+            case CertificateStored():
+                if self.proxy is not None:  # before it serves, its store reads the files on first use
+                    self.proxy.certs.refresh(message.name)
             case WakeFailed():
                 self.apply_wake_failed(message)
             case Stop():

@@ -3,11 +3,11 @@ message, sent as one JSON line (`{"kind": ..., ...fields}`) and checked on arriv
 protocol's codec, over a socketpair. Nothing travels on it per request.
 
 Main process → worker: `Configure` (first and once), then `RoutingSnapshot`, `StatusDocument`,
-`AcmeTokens`, `WakeFailed` and `Stop` as things change. Worker → main process: `Ready` (listening),
-`Report` (in-flight counters and the snapshot applied, every 50 ms when something changed and at least
-every second), `Wake` (a request waits for an on-demand app), `Traffic` (the worker's per-app traffic
-counters, cumulative, every second when they changed). Access log lines do not travel here: each
-worker appends its own to the files (observe/access_log.py). `Configure` and `Ready` carry
+`AcmeTokens`, `CertificateStored`, `WakeFailed` and `Stop` as things change. Worker → main process:
+`Ready` (listening), `Report` (in-flight counters and the snapshot applied, every 50 ms when something
+changed and at least every second), `Wake` (a request waits for an on-demand app), `Traffic` (the
+worker's per-app traffic counters, cumulative, every second when they changed). Access log lines do not
+travel here: each worker appends its own to the files (observe/access_log.py). `Configure` and `Ready` carry
 `CHANNEL_VERSION`, raised whenever a message changes meaning, so processes of two Tako versions (a worker
 restarted after the files on disk were upgraded) refuse each other with a clear error instead of
 misreading a field.
@@ -27,8 +27,9 @@ from tako.server.observe.traffic import TrafficSnapshot
 # the worker's listeners (passed on its command line), Stop says whether a successor took over, and the
 # control socket tells an orphaned worker when a new tako-server serves; 5: AppRouting carries static mounts;
 # 6: and the compression switch; 7: no AccessLines (workers write their access lines), Configure carries the
-# log rotation settings; 8: AppRouting carries the https switch.
-CHANNEL_VERSION = 8
+# log rotation settings; 8: AppRouting carries the https switch; 9: CertificateStored (the main process
+# stored a certificate: a worker re-reads it at once, not within its once-a-second check).
+CHANNEL_VERSION = 9
 TAG = "kind"
 MAX_TO_WORKER = 64 * 1024 * 1024  # a routing snapshot lists every app, route and instance
 MAX_FROM_WORKER = 16 * 1024 * 1024
@@ -118,6 +119,15 @@ class AcmeTokens:
 
 
 @dataclass(frozen=True)
+class CertificateStored:
+    """The main process wrote `<certs>/<name>/`: re-read it now. The routing snapshot sent right after it
+    is acknowledged only once this is applied (a worker applies messages in order)."""
+
+    kind: ClassVar[str] = "certificate"
+    name: str
+
+
+@dataclass(frozen=True)
 class WakeFailed:
     """A cold start a worker asked for failed: its waiting requests get this answer."""
 
@@ -182,11 +192,12 @@ class Traffic:
     snapshot: TrafficSnapshot
 
 
-ToWorker = Configure | RoutingSnapshot | StatusDocument | AcmeTokens | WakeFailed | Stop
+ToWorker = Configure | RoutingSnapshot | StatusDocument | AcmeTokens | CertificateStored | WakeFailed | Stop
 FromWorker = Ready | Report | Wake | Traffic
 
 TO_WORKER: dict[str, type[ToWorker]] = {
-    cls.kind: cls for cls in (Configure, RoutingSnapshot, StatusDocument, AcmeTokens, WakeFailed, Stop)
+    cls.kind: cls
+    for cls in (Configure, RoutingSnapshot, StatusDocument, AcmeTokens, CertificateStored, WakeFailed, Stop)
 }
 FROM_WORKER: dict[str, type[FromWorker]] = {cls.kind: cls for cls in (Ready, Report, Wake, Traffic)}
 

@@ -291,6 +291,14 @@ class WorkerPool:
             self._tokens = tokens
             self._broadcast(messages.AcmeTokens(tokens=tokens))
 
+    async def certificate_stored(self, name: str) -> None:
+        """Every worker re-reads the certificate just stored for `name`; returns once each has (at most
+        SETTLE_TIMEOUT). The acknowledgement is the routing snapshot's: a worker applies messages in order,
+        so one that acknowledges the snapshot sent after this message has applied this one too."""
+        self._broadcast(messages.CertificateStored(name=name))
+        self.publish()
+        await self.applied()
+
     async def _status_loop(self) -> None:
         last_status = 0.0
         while True:
