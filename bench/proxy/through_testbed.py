@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from bench import BODY, ensure_tools, measure_tree, nginx_conf, run_wrk, write_doc  # noqa: E402  (bench/proxy)
 from testbed_report import Run, markdown  # noqa: E402  (bench/proxy)
+from tests.e2e.conftest import user_home_with_key  # noqa: E402
 from tests.support.projects import make_project  # noqa: E402
 from tests.support.testbed import Host, Testbed  # noqa: E402
 
@@ -96,16 +97,6 @@ exec {NGINX} -e stderr -c "$dir/nginx.conf" -g 'daemon off;'
     return project
 
 
-def _user_home(host: Host, root: Path) -> Path:
-    home = root / "user-home"
-    (home / ".ssh").mkdir(parents=True, mode=0o700)
-    home.chmod(0o700)
-    key = home / ".ssh" / "id_ed25519"
-    key.write_bytes(Path(host.key).read_bytes())
-    key.chmod(0o600)
-    return home
-
-
 def deploy_upstream(host: Host, root: Path) -> int:
     """Deploy the upstream app with the tako CLI, as a user does; return its instance's port on the host."""
     share = root / "share"
@@ -114,7 +105,7 @@ def deploy_upstream(host: Host, root: Path) -> int:
     env = {
         **os.environ,
         "TAKO_HOME": str(root / "tako-home"),
-        "HOME": str(_user_home(host, root)),
+        "HOME": str(user_home_with_key(host.key, root / "user-home")),
         "NO_COLOR": "1",
     }
     for name in ("SSH_AUTH_SOCK", "TAKO_SSH_KEY"):

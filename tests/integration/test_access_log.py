@@ -161,17 +161,22 @@ async def test_off_switch() -> None:
         await asyncio.to_thread(server.cleanup)
 
 
+async def _requests_through_both_processes(server: TakoServer, n: int) -> None:
+    """`n` requests to the app, each after a status request, and both data-plane processes took some."""
+    assert server.https_port
+    served_by = set()
+    for _ in range(n):
+        status = await fetch_when_routed(server.https_port, "/_tako/status")
+        served_by.add(json.loads(status.body)["served_by"])
+        assert (await fetch_when_routed(server.https_port, "/")).status == 200
+    assert len(served_by) == 2, "both processes should have taken connections"
+
+
 async def test_two_data_plane_processes_add_up() -> None:
     n = 40
     server = await started("\n[server]\nworkers = 2\n")  # /metrics on a port of its own, as every test server
     try:
-        assert server.https_port
-        served_by = set()
-        for _ in range(n):
-            status = await fetch_when_routed(server.https_port, "/_tako/status")
-            served_by.add(json.loads(status.body)["served_by"])
-            assert (await fetch_when_routed(server.https_port, "/")).status == 200
-        assert len(served_by) == 2, "both processes should have taken connections"
+        await _requests_through_both_processes(server, n)
         lines = lines_when(server, lambda found: len(found) >= n)
         assert len(lines) == n and len({line["request_id"] for line in lines}) == n
         port = server.call("hello")["metrics_port"]
@@ -184,13 +189,7 @@ async def test_two_data_plane_processes_share_the_files_and_their_rotation() -> 
     n = 60
     server = await started("\n[server]\nworkers = 2\n", log_max_bytes=3000, log_backups=50)
     try:
-        assert server.https_port
-        served_by = set()
-        for _ in range(n):
-            status = await fetch_when_routed(server.https_port, "/_tako/status")
-            served_by.add(json.loads(status.body)["served_by"])
-            assert (await fetch_when_routed(server.https_port, "/")).status == 200
-        assert len(served_by) == 2, "both processes should have taken connections"
+        await _requests_through_both_processes(server, n)
         assert await asyncio.to_thread(server.stop) == 0  # each process writes what is pending
         files = ["", *(f".{k}" for k in range(1, 51) if access_path(server, f".{k}").exists())]
         lines = [line for suffix in files for line in access_lines(server, suffix)]

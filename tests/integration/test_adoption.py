@@ -7,19 +7,14 @@ from __future__ import annotations
 import signal
 import socket
 import sqlite3
-import ssl
 import subprocess
 from collections.abc import Iterator
 
 import psutil
 import pytest
-from tests.support.server_process import TakoServer, get, wait_for
+from tests.support.server_process import CLIENT_TLS, TakoServer, get, wait_for
 
 pytestmark = pytest.mark.integration
-
-_TLS = ssl.create_default_context()
-_TLS.check_hostname = False
-_TLS.verify_mode = ssl.CERT_NONE  # the proxy's self-signed certificate for routed hosts
 
 
 @pytest.fixture
@@ -136,7 +131,7 @@ def _wake(srv: TakoServer) -> bool:
     """One request through the proxy (HTTPS: routed hosts are served there), which cold-starts the app."""
     assert srv.https_port is not None
     raw = socket.create_connection(("127.0.0.1", srv.https_port), timeout=30)
-    with _TLS.wrap_socket(raw, server_hostname="lazy.tako.test") as tls:
+    with CLIENT_TLS.wrap_socket(raw, server_hostname="lazy.tako.test") as tls:
         tls.sendall(b"GET / HTTP/1.1\r\nHost: lazy.tako.test\r\nConnection: close\r\n\r\n")
         while tls.recv(65536):
             pass

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -16,14 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.support.server_process import REPO, TakoServer, https_get, wait_for
+from tests.support.server_process import CLIENT_TLS, REPO, TakoServer, https_get, wait_for
 
 pytestmark = pytest.mark.integration
 
 HOST = "web.tako.test"
-_TLS = ssl.create_default_context()
-_TLS.check_hostname = False
-_TLS.verify_mode = ssl.CERT_NONE  # the proxy's self-signed certificate for routed hosts
 
 
 @pytest.fixture
@@ -56,7 +52,7 @@ def set_workers(srv: TakoServer, workers: int) -> None:
 
 def answer(conn: socket.socket) -> bytes:
     """GET / on an open TCP connection to the HTTPS port: the response's status line."""
-    with _TLS.wrap_socket(conn, server_hostname=HOST) as tls:
+    with CLIENT_TLS.wrap_socket(conn, server_hostname=HOST) as tls:
         tls.sendall(f"GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while chunk := tls.recv(65536):

@@ -316,9 +316,9 @@ def get(port: int, path: str = "/", host: str = "127.0.0.1", timeout: float = 10
 
 # -- HTTPS through the proxy ------------------------------------------------------------------------------
 
-_CLIENT_TLS = ssl.create_default_context()
-_CLIENT_TLS.check_hostname = False
-_CLIENT_TLS.verify_mode = ssl.CERT_NONE  # the proxy serves a self-signed certificate for routed hosts
+CLIENT_TLS = ssl.create_default_context()
+CLIENT_TLS.check_hostname = False
+CLIENT_TLS.verify_mode = ssl.CERT_NONE  # the proxy serves a self-signed certificate for routed hosts
 
 
 class Response(NamedTuple):
@@ -343,7 +343,7 @@ class HttpsConnection:
 
     async def open(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(
-            "127.0.0.1", self.port, ssl=_CLIENT_TLS, server_hostname=self.host
+            "127.0.0.1", self.port, ssl=CLIENT_TLS, server_hostname=self.host
         )
         self.used = False
 
@@ -402,7 +402,7 @@ def websocket(port: int, host: str) -> Any:
         f"wss://{host}/ws",
         host="127.0.0.1",
         port=port,
-        ssl=_CLIENT_TLS,
+        ssl=CLIENT_TLS,
         server_hostname=host,
         open_timeout=30,
     )
