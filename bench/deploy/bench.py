@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.e2e.conftest import user_home_with_key  # noqa: E402
 from tests.support.projects import commit_all, make_project  # noqa: E402
 from tests.support.testbed import Host, Testbed  # noqa: E402
 
@@ -181,16 +181,6 @@ def bump(project: Path, n: int) -> str:
     return commit_all(project, f"rev {n}")
 
 
-def user_home_with_key(home: Path, key: str) -> Path:
-    """A HOME whose ~/.ssh/id_ed25519 (0600, in a 0700 ~/.ssh) is the testbed key."""
-    ssh_dir = home / ".ssh"
-    ssh_dir.mkdir(parents=True, mode=0o700)
-    home.chmod(0o700)
-    shutil.copyfile(key, ssh_dir / "id_ed25519")
-    (ssh_dir / "id_ed25519").chmod(0o600)
-    return home
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -217,7 +207,7 @@ def main() -> int:
                 **os.environ,
                 "TAKO_HOME": str(home),
                 # Logs in as a user does, with ~/.ssh/id_ed25519; pip keeps the real HOME's config and cache.
-                "HOME": str(user_home_with_key(Path(tmp) / "user", hosts[0].key)),
+                "HOME": str(user_home_with_key(hosts[0].key, Path(tmp) / "user")),
                 "XDG_CONFIG_HOME": os.environ.get("XDG_CONFIG_HOME", str(Path.home() / ".config")),
                 "XDG_CACHE_HOME": os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")),
                 "NO_COLOR": "1",
