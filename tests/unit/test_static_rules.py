@@ -136,6 +136,14 @@ def test_byte_range(value: bytes, expected: object) -> None:
         ("app.deadbeef.css", False),  # no digit: a word
         ("app.3f2a9c1.css", False),  # 7 digits: too short
         ("app.css.3f2a9c1b", False),  # the extension
+        ("index-BHzCr7Z8.js", True),  # Vite / Rollup: 8 base64url characters
+        ("vendor-D-x_3kQa.js.map", True),  # `-` and `_` belong to the hash
+        ("app-5KJPYLLZ.js", True),  # esbuild: 8 base32 characters
+        ("logo-Wordmark.svg", False),  # a word with a capital
+        ("logo-v2-small.png", False),
+        ("font-FULLNAME.woff2", False),
+        ("a-BHzCr7Z8x.js", False),  # 9 characters
+        ("BHzCr7Z8.js", False),  # no name before the hash
     ],
 )
 def test_fingerprinted_names(name: str, expected: bool) -> None:
