@@ -133,12 +133,13 @@ cdef extern from "nghttp2/nghttp2.h":
 
 
 VERSION = "1.x (system libnghttp2)"
-OUT_CHUNK = 65536  # bytes taken from libnghttp2 per write to the socket: about four TLS records
 cdef enum:
+    OUT_CHUNK = 65536  # bytes taken from libnghttp2 per write to the socket: about four TLS records
     # A response head of up to this many lines, ending this far into its bytes, is submitted from stack
     # space (no allocation per response).
     _STACK_FIELDS = 48
     _STACK_HEAD = 4096
+    _SEND_STACK = 16384  # what send() gathers on the stack before it allocates
 
 
 cdef class _Out:
@@ -521,20 +522,38 @@ cdef class Session:
         return rv if rv < 0 else 0
 
     def send(self):
-        """The next bytes to write to the client (up to about OUT_CHUNK), b"" when there are none."""
+        """The next bytes to write to the client (up to about OUT_CHUNK), b"" when there are none. One
+        bytes object for all the frames libnghttp2 has ready (often a HEADERS and a DATA frame for each of
+        several streams), not one per frame and a join."""
         cdef const uint8_t *data
         cdef ssize_t n
-        pieces = []
-        total = 0
-        while total < OUT_CHUNK:
-            n = nghttp2_session_mem_send(self.session, &data)
-            if n <= 0:
-                break
-            pieces.append(PyBytes_FromStringAndSize(<const char *>data, n))
-            total += n
-        if not pieces:
-            return b""
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        cdef char stack[_SEND_STACK]
+        cdef char *grown
+        cdef _Buf out
+        out.data = stack
+        out.size = 0
+        out.capacity = _SEND_STACK
+        try:
+            while out.size < OUT_CHUNK:
+                n = nghttp2_session_mem_send(self.session, &data)
+                if n <= 0:
+                    break
+                if out.size + n > out.capacity:
+                    # Off the stack: `data` is only valid until the next mem_send, so it is kept here.
+                    grown = <char *>PyMem_Malloc(out.size + n + OUT_CHUNK)
+                    if grown is NULL:
+                        raise MemoryError()
+                    memcpy(grown, out.data, out.size)
+                    if out.data is not stack:
+                        PyMem_Free(out.data)
+                    out.data = grown
+                    out.capacity = out.size + n + OUT_CHUNK
+                memcpy(out.data + out.size, data, n)
+                out.size += n
+            return PyBytes_FromStringAndSize(out.data, out.size) if out.size else b""
+        finally:
+            if out.data is not stack:
+                PyMem_Free(out.data)
 
     def want_io(self):
         """Whether the session still reads or writes anything (false once a GOAWAY ended it)."""

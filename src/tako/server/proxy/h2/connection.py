@@ -254,12 +254,15 @@ class H2Connection:
             stream.on_end()
 
     def on_close(self, stream_id: int, error_code: int) -> None:
-        self.answered_early.discard(stream_id)
+        # Once per stream: the sets are tested before they are touched (they are nearly always empty).
+        if self.answered_early:
+            self.answered_early.discard(stream_id)
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
-            self.paused.discard(stream)
+            if self.paused:
+                self.paused.discard(stream)
             if stream.reusable() and not self.going_away and len(self.idle) < IDLE_STREAMS_MAX:
-                stream.unbind()
+                stream.stream_id = 0  # idle until the next stream binds it
                 self.idle.append(stream)
             else:
                 stream.peer_closed()

@@ -33,8 +33,10 @@ class StreamOwner(Protocol):
     transport: asyncio.Transport
     session: Any  # _nghttp2.Session
     paused: set[StreamTransport]
+    flush_scheduled: bool  # a flush() is scheduled for this loop turn
 
     def schedule_flush(self) -> None: ...
+    def flush(self) -> None: ...
     def consumed(self, stream_id: int, n: int) -> None: ...
     def reset(self, stream_id: int) -> None: ...
     def end_early(self, stream_id: int) -> None: ...
@@ -126,9 +128,6 @@ class StreamTransport:
             and not conn.broken
         )
 
-    def unbind(self) -> None:
-        self.stream_id = 0
-
     # -- the request, from the session ------------------------------------------------------------
 
     def on_data(self, data: bytes) -> None:
@@ -207,15 +206,18 @@ class StreamTransport:
         if self.in_head and not self.head:
             # The usual response (a whole head, a body with a length) is submitted by the session without
             # the HTTP/1.1 parser; it declines (-1) what needs the parser.
-            owed = self.h2.session.respond_message(self.stream_id, data, self.is_head)
+            h2 = self.h2
+            owed = h2.session.respond_message(self.stream_id, data, self.is_head)
             if owed >= 0:
                 self.in_head = False
                 self.owed = owed
                 if owed:
-                    self._queued(self.h2.session.queued(self.stream_id))
+                    self._queued(h2.session.queued(self.stream_id))
                 else:
                     self.done = True
-                self.h2.schedule_flush()
+                if not h2.flush_scheduled:  # h2.schedule_flush(), without a call per stream
+                    h2.flush_scheduled = True
+                    h2.loop.call_soon(h2.flush)
                 return
         if self.in_head:
             self.head = self.head + data if self.head else data  # until the head is complete (rarely split)
