@@ -7,11 +7,14 @@ output reaches app.log during the outage and after it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -138,6 +141,31 @@ def adopted_wall_ns(host: Host, pid: int) -> int:
     return int(at * 1e9)
 
 
+def what_it_does(host: Host, pid: int) -> str:
+    """A process that should have exited: its state, threads, descriptors, Python stack and log lines."""
+    proc = Path(f"/proc/{pid}")
+    parts = [f"pid {pid}:"]
+    with contextlib.suppress(OSError):
+        status = (proc / "status").read_text().splitlines()
+        parts += [line for line in status if line.split(":")[0] in ("State", "PPid", "Threads")]
+    for name in ("wchan", "stack"):
+        with contextlib.suppress(OSError):
+            parts.append(f"-- {name}:\n{(proc / name).read_text()}")
+    with contextlib.suppress(OSError):
+        for task in sorted((proc / "task").iterdir()):
+            comm, wchan = (task / "comm").read_text().strip(), (task / "wchan").read_text()
+            parts.append(f"-- thread {task.name} {comm} in {wchan}")
+    commands = [["ls", "-l", str(proc / "fd")]]
+    if spy := os.environ.get("PY_SPY") or shutil.which("py-spy"):  # its Python stack, where installed
+        commands.append([spy, "dump", "--pid", str(pid)])
+    for argv in commands:
+        run = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+        parts.append(f"-- {' '.join(argv)}:\n{run.stdout}{run.stderr}")
+    logged = host.exec(f"grep -h '\\[{pid}\\]' /opt/tako/logs/tako-server.log* | tail -n 30").stdout
+    parts.append(f"-- its log lines:\n{logged}")
+    return "\n".join(parts)
+
+
 def worker_pids(host: Host) -> list[int]:
     data: dict[str, list[dict[str, int]]] = control(host, "hello")["data"]  # type: ignore[assignment]
     return [int(w["pid"]) for w in data.get("workers", [])]
@@ -182,7 +210,11 @@ def test_kill_9_of_tako_server_under_load_keeps_the_instance_and_its_output(host
     assert new_server != old_server and servers_on(host) == [new_server]
     assert instance_pids(host) == before  # adopted: the very same process
     # The orphaned workers (workers = 2) stop once the next tako-server serves; its own workers serve on.
-    wait_for(lambda: not any(map(alive, orphans)), timeout=60, what="the orphaned workers to exit")
+    try:
+        wait_for(lambda: not any(map(alive, orphans)), timeout=60, what="the orphaned workers to exit")
+    except AssertionError:
+        print("\n\n".join(what_it_does(host, pid) for pid in orphans if alive(pid)))
+        raise
     failures = outcomes.failures()
     # Only the requests the killed process held fail: none was refused (the supervisor kept the listening
     # sockets), none failed once serving resumed.

@@ -1,14 +1,22 @@
-"""`[server] orphan_timeout`: a data-plane worker whose main process was killed serves from its last routes
-for at most this long when no new tako-server comes, then stops (its routes would grow stale)."""
+"""A data-plane worker whose main process was killed: it serves from its last routes for at most `[server]
+orphan_timeout` when no new tako-server comes, then stops (its routes would grow stale); and it takes a
+reset channel for the main process gone, like one that ended."""
 
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
+from tests.integration.test_workers import configure, start_worker_process
+from tests.support.processes import stop_process
 from tests.support.server_process import TakoServer, https_get, wait_for
+
+from tako.server.workers import messages as wm
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +55,28 @@ async def test_an_orphaned_worker_stops_after_orphan_timeout_when_no_tako_server
     log = server.log()
     assert "no new tako-server within 1 s; stopping" in log, log
     assert "Traceback" not in log, log
+
+
+def test_a_worker_whose_main_process_died_with_its_reports_unread_stops(tmp_path: Path) -> None:
+    """A main process that dies (kill -9) with the worker's reports still unread resets the channel
+    instead of ending it: the worker's next read fails with ECONNRESET. That is the main process gone all
+    the same, so the worker stops (here at once: no control socket to wait on) rather than serving on
+    with its read loop dead."""
+    proc, ours = start_worker_process(stderr=subprocess.PIPE)
+    try:
+        for message in (
+            configure(tmp_path),
+            wm.RoutingSnapshot(version=1, apps=()),
+            wm.StatusDocument(code=200, body="{}"),
+        ):
+            ours.sendall(wm.encode(message))
+        ours.settimeout(15)
+        ours.recv(1, socket.MSG_PEEK)  # its Ready (and first Report) arrived, and stay unread
+        ours.close()
+        _, stderr = proc.communicate(timeout=15)
+    finally:
+        stop_process(proc)
+        ours.close()
+    assert proc.returncode == 0, stderr.decode()
+    assert "the main process closed the channel; stopping" in stderr.decode()
+    assert "Traceback" not in stderr.decode()

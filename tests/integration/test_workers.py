@@ -335,6 +335,8 @@ async def test_worker_process_protocol(tmp_path: Path) -> None:
         resp = await https_get(ready.https_port, HOST, "/")
         assert (resp.status, resp.body) == (200, "up\n")
         report = await receive(wm.Report)
+        while report.counters.get("k1", wm.Counters(inflight=1, starts=1)).inflight:
+            report = await receive(wm.Report)  # one sent while the request was in flight (every 50 ms)
         assert report.counters["k1"] == wm.Counters(inflight=0, starts=1)  # one request started and finished
 
         status = await https_get(ready.https_port, HOST, "/_tako/status")

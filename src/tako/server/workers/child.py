@@ -58,6 +58,7 @@ from tako.server.workers.messages import (
     check_channel,
     decode_to_worker,
     encode,
+    read_line,
 )
 from tako.server.workers.served_by import stamp_served_by
 
@@ -313,18 +314,19 @@ class DataPlaneChild:
             gate.notify()
 
     async def read_loop(self) -> None:
-        """Apply messages until the main process says stop or goes away."""
-        while line := await self.reader.readline():
-            try:
+        """Apply messages until the main process says stop or goes away; however this ends, the worker
+        stops (`serve` waits for that alone)."""
+        try:
+            while line := await read_line(self.reader):
                 self.apply(decode_to_worker(line))
-            except Exception:
-                # Serving stale routes would be worse than a restart: exit, the main process starts another.
-                log.exception("bad message from the main process; stopping")
-                break
+        except Exception:
+            # Serving stale routes would be worse than a restart: exit, the main process starts another.
+            log.exception("bad message from the main process; stopping")
         else:
             if await self.serve_orphaned():
                 self.stop(self.config.drain_timeout)
-        self.stop(ORPHAN_DRAIN)
+        finally:
+            self.stop(ORPHAN_DRAIN)
 
     async def serve_orphaned(self) -> bool:
         """The main process is gone without saying stop (kill -9, a crash): go on serving from the last

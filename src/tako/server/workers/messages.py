@@ -15,6 +15,7 @@ misreading a field.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -204,6 +205,16 @@ FROM_WORKER: dict[str, type[FromWorker]] = {cls.kind: cls for cls in (Ready, Rep
 
 def encode(message: ToWorker | FromWorker) -> bytes:
     return encode_message(message, TAG, message.kind)
+
+
+async def read_line(reader: asyncio.StreamReader) -> bytes:
+    """The next message line from the other process; b"" once it is gone. A process that dies (kill -9)
+    with messages of ours unread resets the channel rather than ending it (ECONNRESET), and a message
+    sent before the end of file was read breaks the pipe (EPIPE): gone all the same, like end of file."""
+    try:
+        return await reader.readline()
+    except ConnectionError:
+        return b""
 
 
 def decode_to_worker(line: bytes) -> ToWorker:

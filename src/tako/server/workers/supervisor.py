@@ -429,7 +429,7 @@ class WorkerPool:
 
     async def _read_messages(self, worker: WorkerHandle, reader: asyncio.StreamReader) -> None:
         """Until the worker closes its channel; a message that does not parse ends the worker."""
-        while line := await reader.readline():
+        while line := await messages.read_line(reader):
             worker.last_heard = time.monotonic()
             try:
                 self._on_message(worker, messages.decode_from_worker(line))
