@@ -21,11 +21,6 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 
 
-cdef extern from "string.h":
-    # A GNU function: declared, as Python.h defines _GNU_SOURCE.
-    void *memmem(const void *, size_t, const void *, size_t)
-
-
 cdef extern from "nghttp2/nghttp2.h":
     ctypedef struct nghttp2_session:
         pass
@@ -336,6 +331,21 @@ cdef inline Py_ssize_t _line_end(const char *data, Py_ssize_t at, Py_ssize_t end
     return end
 
 
+cdef inline const char *_blank_line(const char *data, Py_ssize_t size) noexcept:
+    """Where the first CRLFCRLF in data[:size] starts, or NULL. libc's memchr for each CR (glibc's memmem
+    was ~850 instructions per response head)."""
+    cdef const char *at = data
+    cdef const char *end = data + size
+    while end - at >= 4:
+        at = <const char *>memchr(at, 13, end - at - 3)
+        if at is NULL:
+            return NULL
+        if at[1] == 10 and at[2] == 13 and at[3] == 10:
+            return at
+        at += 1
+    return NULL
+
+
 cdef inline char _lower(char c) noexcept:
     return c + 32 if 65 <= c <= 90 else c
 
@@ -623,7 +633,7 @@ cdef class Session:
         cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
         cdef Py_ssize_t at = 0, length = -1, body_at
         cdef int status
-        cdef const char *blank = <const char *>memmem(raw, size, b"\r\n\r\n", 4)
+        cdef const char *blank = _blank_line(raw, size)
         if blank is NULL:
             return -1
         at = blank - raw
