@@ -10,10 +10,17 @@ deployed nginx app as its upstream:
 - `metrics`: requests counted and `/metrics` served, access logs off;
 - `metrics+access`: both on (tako-server's defaults).
 
-For each cell (scheme, connections) and round, the three are measured back to back with wrk, starting
-with a different one each round, so the machine's drift falls on all alike. The table (rps and p99 per
-round, the cost against `off`, the median over the rounds) goes to stdout and to its own section of
-docs/benchmarks.md. Only HTTPS is proxied: tako-server's plain-HTTP listener redirects routed hosts.
+`--entries` picks which of them run (`off` always: the costs are against it) and may add `off-twin`, a
+second server configured as `off` (what two identical servers differ by), and, for reference, `bare`, the
+bare data plane (`ProxyServer` in N processes with a static route, no daemon around it:
+bench/proxy/tako_runner.py), and `nginx` with N workers, both proxying an nginx upstream of their own.
+`--schemes https,http` measures plain HTTP too (the app is deployed with `[tako] https = false`, so
+tako-server's plain-HTTP listener proxies it instead of redirecting).
+
+For each cell (scheme, connections) and round, the entries are measured back to back with wrk, starting
+with a different one each round, so the machine's drift falls on all alike. The table (rps, p99 and
+tako-server's CPU time per request per round, the cost against `off`, the median over the rounds) goes to
+stdout and to its own section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -39,30 +46,78 @@ CONFIGS: dict[str, tuple[bool, bool]] = {
     "metrics": (True, False),
     "metrics+access": (True, True),
 }
+# What --entries may add: a second `off` server (the spread between two identical servers), and the
+# reference entries measured like the others (bench.start_proxy).
+TWIN = "off-twin"
+COMPARE = (TWIN, "bare", "nginx")
 
 Cell = tuple[str, int]  # scheme, connections
 Figures = dict[str, float]  # rps, p99_ms, proxy_cpu_percent
 
 
-def _run(args: argparse.Namespace, work: Path) -> dict[Cell, dict[str, list[Figures]]]:
-    fullchain, _, _ = bench.make_cert(work)
+def _start(args: argparse.Namespace, work: Path, names: list[str]) -> tuple[dict[str, Any], list[Any]]:
+    """Every entry of `names` running: {name: (process, http port, https port)}, and what else to stop."""
+    cert = bench.make_cert(work)
+    plain = "http" in args.schemes.split(",")
     started: dict[str, Any] = {}
-    cells = [("https", int(c)) for c in args.connections.split(",")]
-    results: dict[Cell, dict[str, list[Figures]]] = {cell: {n: [] for n in CONFIGS} for cell in cells}
-    names = list(CONFIGS)
+    others: list[Any] = []
     try:
-        for name, (metrics, access) in CONFIGS.items():
+        for name in names:
             entry = work / name
             entry.mkdir()
-            started[name] = tako_server.start(
-                entry, args.workers, fullchain.parent, bench.BODY, "", bench.Process, access, metrics
+            if name in CONFIGS or name == TWIN:
+                metrics, access = CONFIGS.get(name, CONFIGS["off"])
+                started[name] = tako_server.start(
+                    entry,
+                    args.workers,
+                    cert[0].parent,
+                    bench.BODY,
+                    "",
+                    bench.Process,
+                    access,
+                    metrics,
+                    not plain,
+                )
+                continue
+            if not others:  # the reference entries' own upstream, as bench/proxy/bench.py starts it
+                others.append(_upstream(work))
+            started[name] = bench.start_proxy(
+                "tako" if name == "bare" else name, entry, args.workers, others[0][1], cert
             )
+    except BaseException:
+        _stop([*started.values()], others)
+        raise
+    return started, others
+
+
+def _upstream(work: Path) -> tuple[Any, int]:
+    """nginx (1 worker, fixed 200 body) on a free port, as bench/proxy/bench.py starts its upstream."""
+    port = bench.free_port()
+    body = bench.BODY.strip()
+    server = f'server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ return 200 "{body}\\n"; }} }}'
+    conf = bench.nginx_conf(work, "upstream", 1, server)
+    return bench.Process(["nginx", "-c", str(conf), "-g", "daemon off;"], port), port
+
+
+def _stop(started: list[Any], others: list[Any]) -> None:
+    for proc, _, _ in started:
+        proc.stop()
+    for proc, _ in others:
+        proc.stop()
+
+
+def _run(args: argparse.Namespace, work: Path) -> dict[Cell, dict[str, list[Figures]]]:
+    names = ["off", *(n for n in args.entries.split(",") if n and n != "off")]
+    cells = [(scheme, int(c)) for scheme in args.schemes.split(",") for c in args.connections.split(",")]
+    results: dict[Cell, dict[str, list[Figures]]] = {cell: {n: [] for n in names} for cell in cells}
+    started, others = _start(args, work, names)
+    try:
         for round_ in range(args.rounds):
             for cell in cells:
                 first = round_ % len(names)
                 for name in names[first:] + names[:first]:
-                    proc, _, https = started[name]
-                    url = f"https://127.0.0.1:{https}/"
+                    proc, http, https = started[name]
+                    url = f"{cell[0]}://127.0.0.1:{https if cell[0] == 'https' else http}/"
                     if args.warmup:
                         bench.run_wrk(url, min(cell[1], 100), args.warmup, args.threads)
                     stats = bench.measure(proc, url, cell[1], args.duration, args.threads)
@@ -75,8 +130,7 @@ def _run(args: argparse.Namespace, work: Path) -> dict[Cell, dict[str, list[Figu
                         flush=True,
                     )
     finally:
-        for proc, _, _ in started.values():
-            proc.stop()
+        _stop([*started.values()], others)
     return results
 
 
@@ -103,21 +157,21 @@ def markdown(results: dict[Cell, dict[str, list[Figures]]], command: str, worker
     lines = [
         f"<!-- {MARKER}:start -->",
         f"`{command}` ({datetime.date.today().isoformat()}, `[server] workers = {workers}`; req/s, p99 "
-        "latency, tako-server's CPU time per request, and against `off`: the throughput and CPU time "
-        "per request):",
+        "latency, each entry's CPU time per request (all its processes), and against `off`: the "
+        "throughput and CPU time per request):",
         "",
     ]
     for (scheme, conns), by_name in results.items():
         lines += [
             f"{scheme.upper()}, {conns} connections:",
             "",
-            "| round | " + " | ".join(CONFIGS) + " |",
-            "|---" * (len(CONFIGS) + 1) + "|",
+            "| round | " + " | ".join(by_name) + " |",
+            "|---" * (len(by_name) + 1) + "|",
         ]
         rounds = len(by_name["off"])
         for i in range(rounds):
             base = by_name["off"][i]
-            row = [_fig(by_name[n][i], None if n == "off" else base) for n in CONFIGS]
+            row = [_fig(by_name[n][i], None if n == "off" else base) for n in by_name]
             lines.append(f"| {i + 1} | " + " | ".join(row) + " |")
         medians = {
             n: {
@@ -127,7 +181,7 @@ def markdown(results: dict[Cell, dict[str, list[Figures]]], command: str, worker
             }
             for n, runs in by_name.items()
         }
-        row = [_fig(medians[n], None if n == "off" else medians["off"]) for n in CONFIGS]
+        row = [_fig(medians[n], None if n == "off" else medians["off"]) for n in by_name]
         lines += ["| median | " + " | ".join(row) + " |", ""]
     lines.append(f"<!-- {MARKER}:end -->")
     return "\n".join(lines)
@@ -138,11 +192,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell (default 3)")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run (default 8)")
     parser.add_argument("--connections", default="100,1000", help="comma-separated (default 100,1000)")
+    parser.add_argument("--schemes", default="https", help="https, http or both, comma-separated")
+    parser.add_argument(
+        "--entries",
+        default=",".join(CONFIGS),
+        help=f"comma-separated, of {', '.join([*CONFIGS, *COMPARE])} (default: {', '.join(CONFIGS)})",
+    )
     parser.add_argument("--workers", type=int, default=2, help="tako-server [server] workers (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of wrk before each measured run")
     parser.add_argument("--doc", default=str(REPO / "docs/benchmarks.md"), help="markdown file ('' = none)")
     args = parser.parse_args()
+    if set(args.schemes.split(",")) - {"https", "http"}:
+        parser.error("--schemes: https, http or both")
+    if set(filter(None, args.entries.split(","))) - {*CONFIGS, *COMPARE}:
+        parser.error(f"--entries: of {', '.join([*CONFIGS, *COMPARE])}")
     command = "bench/proxy/observe_cost.py " + shlex.join(sys.argv[1:])
     bench.ensure_tools(install=False)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # 1000 connections: wrk and tako-server inherit it

@@ -3,7 +3,8 @@
 fixed upstream (nginx, 1 worker, fixed 200 body) on the port tako-server gives it. CPU and RSS count
 tako's processes only.
 
-Its plain-HTTP listener redirects routed hosts to HTTPS (as in production), so only HTTPS is proxied.
+Its plain-HTTP listener redirects routed hosts to HTTPS (as in production) unless the app is deployed with
+`app_https=False` (`[tako] https = false`).
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ class _Control:
         self.sock.close()
 
 
-def _release(base: Path, data: Path, body: str, pin: str) -> Path:
-    """A release whose start command runs nginx on $PORT answering every path with `body`."""
+def _release(base: Path, data: Path, body: str, pin: str, https: bool = True) -> Path:
+    """A release whose start command runs nginx on $PORT answering every path with `body` (`https`: False
+    serves the app on the plain-HTTP listener too, `[tako] https = false`, instead of redirecting)."""
     release = data / "apps" / APP / "releases" / "v1"
     release.mkdir(parents=True)
     (data / "apps" / APP / "shared" / "logs").mkdir(parents=True)
@@ -75,7 +77,7 @@ http {{
         f'sed "s/__PORT__/$PORT/g" nginx.conf.in > "{prefix}/nginx-$PORT.conf" && '
         f"exec {taskset}{nginx} -c \"{prefix}/nginx-$PORT.conf\" -g 'daemon off;'"
     )
-    meta = {"name": APP, "version": "v1", "start": start, "health_check": "/", "env": "bench"}
+    meta = {"name": APP, "version": "v1", "start": start, "health_check": "/", "env": "bench", "https": https}
     (release / "app.json").write_text(json.dumps(meta))
     env = release / ".env"
     env.write_text("ENV=bench\n")
@@ -92,8 +94,10 @@ def start(
     process_class: Any,
     access_log: bool = True,
     metrics: bool = True,
+    app_https: bool = True,
 ) -> tuple[Any, int, int]:
-    """Start tako-server, deploy the upstream app on route 127.0.0.1, return (process, http, https)."""
+    """Start tako-server, deploy the upstream app on route 127.0.0.1, return (process, http, https);
+    `app_https=False` deploys it with `[tako] https = false` (proxied on the plain-HTTP port too)."""
     base = Path(tempfile.mkdtemp(prefix="tako-server-", dir=work))
     data = base / "data"
     (data / "certs").mkdir(parents=True)
@@ -157,7 +161,7 @@ def start(
                 raise RuntimeError("tako-server did not open its control socket") from None
             time.sleep(0.05)
     try:
-        release = _release(base, data, body, pin)
+        release = _release(base, data, body, pin, app_https)
         control.call(
             "deploy",
             app=APP,
