@@ -416,6 +416,19 @@ async def test_hop_by_hop_response_fields_never_reach_an_http2_client(tmp_path: 
         await c.close()
 
 
+async def test_a_response_head_of_many_fields_arrives_whole(tmp_path: Path) -> None:
+    # The binding submits a usual head from stack space and a larger one (here 60 fields, 7 KB) from the heap.
+    async with one_app_proxy(tmp_path) as (p, _up):
+        c = await _client(p)
+        for n in (3, 60):
+            sid = c.request(f"/fields/{n}", HOST)
+            await c.receive_until(lambda sid=sid: c.ended(sid))  # type: ignore[misc]
+            fields = c.response(sid)
+            assert [fields.get(b"x-field-%d" % i) for i in range(n)] == [b"v" * 100] * n
+            assert bytes(c.bodies[sid]) == b"fields"
+        await c.close()
+
+
 async def test_an_answer_before_the_request_body_ends_the_stream(tmp_path: Path) -> None:
     async with one_app_proxy(tmp_path, ProxySettings(max_body_bytes=1000, keepalive_timeout=1)) as (p, up):
         c = await _client(p)

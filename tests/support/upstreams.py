@@ -6,6 +6,7 @@
   /slow/<sec>     answers after <sec> seconds      /status/<code> that status (no body for 1xx/204/304)
   /interim        103 Early Hints, then 200        /hop           hop-by-hop response headers to be dropped
   /hopframe       a Connection header naming Content-Length and Transfer-Encoding
+  /fields/<n>     n fields X-Field-<i> of 100 bytes each, body b"fields"
   /te-gzip        Transfer-Encoding: gzip (not chunked): the body ends with the connection
   /die/<n>        promises 2n bytes, sends n, closes  /bye        answers, then closes without saying so
   anything else   JSON echo of method, path, headers, body length and the connection number
@@ -143,6 +144,13 @@ class HttpUpstream:
             writer.write(
                 b"HTTP/1.1 200 OK\r\nConnection: Content-Length, Transfer-Encoding, X-B\r\nX-B: 1\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (len(body), b"" if head else body)
+            )
+        elif parts[0] == "fields":
+            fields = b"".join(b"X-Field-%d: %s\r\n" % (i, b"v" * 100) for i in range(int(parts[1])))
+            body = b"fields"
+            writer.write(
+                b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s"
+                % (fields, len(body), b"" if head else body)
             )
         elif parts[0] == "hop":
             body = b"hop"
