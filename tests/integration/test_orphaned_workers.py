@@ -4,10 +4,13 @@ reset channel for the main process gone, like one that ended."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -80,3 +83,48 @@ def test_a_worker_whose_main_process_died_with_its_reports_unread_stops(tmp_path
     assert proc.returncode == 0, stderr.decode()
     assert "the main process closed the channel; stopping" in stderr.decode()
     assert "Traceback" not in stderr.decode()
+
+
+async def test_an_orphaned_worker_drains_under_drain_timeout_once_a_new_tako_server_serves() -> None:
+    """An orphan that served on stops once a new tako-server's control socket answers, and its request
+    in flight then gets `drain_timeout` (5 s here) to finish, not the 1 s of a worker stopped at once."""
+    arrived = asyncio.Event()
+
+    async def slow_app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        arrived.set()
+        await asyncio.sleep(1.5)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nslow\n")
+        await writer.drain()
+        writer.close()
+
+    app = await asyncio.start_server(slow_app, "127.0.0.1", 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        control = Path(tmp) / "control.sock"  # none answers there yet: the new tako-server comes later
+        proc, ours = start_worker_process()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        try:
+            upstream = wm.InstanceAddress("k1", "127.0.0.1", app.sockets[0].getsockname()[1])
+            for message in (
+                replace(configure(Path(tmp)), control_socket=str(control)),
+                wm.RoutingSnapshot(
+                    version=1, apps=(wm.AppRouting("web", (HOST,), (upstream,), False, True),)
+                ),
+                wm.StatusDocument(code=200, body="{}"),
+            ):
+                writer.write(wm.encode(message))
+            while not isinstance(ready := wm.decode_from_worker(await reader.readline()), wm.Ready):
+                pass
+            request = asyncio.create_task(https_get(ready.https_port, HOST, "/"))
+            await asyncio.wait_for(arrived.wait(), 15)
+            writer.close()  # the main process is gone
+            with socket.socket(socket.AF_UNIX) as new_server:
+                new_server.bind(str(control))
+                new_server.listen()
+                response = await request
+                assert (response.status, response.body) == (200, "slow\n")
+                assert await asyncio.to_thread(proc.wait, 15) == 0
+        finally:
+            stop_process(proc)
+            writer.close()
+            app.close()

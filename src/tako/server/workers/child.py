@@ -68,7 +68,7 @@ REPORT_INTERVAL = 0.05  # in-flight counts reach the main process at most this l
 HEARTBEAT = 1.0  # a report is sent at least this often, so the main process can tell a hung worker
 TRAFFIC_INTERVAL = 1.0  # per-app traffic counters reach the main process at most this late
 WAKE_RESEND = 1.0  # a waiting cold start asks the main process again this often
-ORPHAN_DRAIN = 1.0  # seconds in-flight requests get when the channel to the main process closes
+ORPHAN_DRAIN = 1.0  # seconds in-flight requests get when the main process goes and it does not serve on
 ORPHAN_POLL = 0.1  # how often an orphan checks whether the new tako-server's control socket answers
 
 
@@ -316,6 +316,7 @@ class DataPlaneChild:
     async def read_loop(self) -> None:
         """Apply messages until the main process says stop or goes away; however this ends, the worker
         stops (`serve` waits for that alone)."""
+        drain = ORPHAN_DRAIN
         try:
             while line := await read_line(self.reader):
                 self.apply(decode_to_worker(line))
@@ -324,9 +325,9 @@ class DataPlaneChild:
             log.exception("bad message from the main process; stopping")
         else:
             if await self.serve_orphaned():
-                self.stop(self.config.drain_timeout)
+                drain = self.config.drain_timeout  # it served on: its requests get a stop's drain
         finally:
-            self.stop(ORPHAN_DRAIN)
+            self.stop(drain)
 
     async def serve_orphaned(self) -> bool:
         """The main process is gone without saying stop (kill -9, a crash): go on serving from the last
