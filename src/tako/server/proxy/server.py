@@ -298,7 +298,7 @@ class ProxyServer:
                     self._handshaking,
                 )
             else:
-                self.spawn(self._connect_accepted(conn, listener.forward))
+                self._connect_accepted(conn, listener.forward)
 
     def _resume_accept(self, listener: _Listener) -> None:
         if listener in self._listeners and not self._paused:
@@ -309,13 +309,25 @@ class ProxyServer:
             return h2.new_connection(self)
         return _as_protocol(ClientConnection(self, True, True))
 
-    async def _connect_accepted(self, conn: socket.socket, forward: bool) -> None:
+    def _connect_accepted(self, conn: socket.socket, forward: bool) -> None:
+        """Make the transport of an accepted plain connection now, in the accept callback.
+
+        Each step through the loop's ready queue costs a whole loop turn, and under load a turn is long:
+        while every poll returns a full batch of events, libuv polls again (up to 48 batches of 1024)
+        before it runs timers and ready callbacks. A task per connection spent one such turn before the
+        transport existed; stepping `connect_accepted_socket` here leaves only its `connection_made` in
+        the queue. The rest of the coroutine (handing over the transport) runs when that is done."""
+        coro = self.loop.connect_accepted_socket(
+            lambda: _as_protocol(ClientConnection(self, False, forward)), conn
+        )
         try:
-            await self.loop.connect_accepted_socket(
-                lambda: _as_protocol(ClientConnection(self, False, forward)), conn
-            )
+            waiter = coro.send(None)
+        except StopIteration:
+            return
         except OSError:
             conn.close()
+            return
+        waiter.add_done_callback(lambda _: _finish_accepted(coro, conn))
 
     def _sweep(self) -> None:
         """Fire connection deadlines (header, keep-alive, linger, stalled reader, upstream response, idle
@@ -343,6 +355,19 @@ class ProxyServer:
             del self.pools[key]
         if not self.shutting_down or self.connections:
             self._sweeper = self.loop.call_later(self._sweep_interval, self._sweep)
+
+
+def _finish_accepted(coro: Coroutine[Any, Any, Any], conn: socket.socket) -> None:
+    """Resume `connect_accepted_socket` past its connection-made waiter (see `_connect_accepted`)."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    except OSError:
+        conn.close()
+        return
+    coro.close()  # it awaited something else: not expected of connect_accepted_socket
+    conn.close()
 
 
 def _as_protocol(protocol: ClientConnection | UpstreamConnection) -> asyncio.Protocol:
