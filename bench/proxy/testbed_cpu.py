@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import ssl
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from through_testbed import HOST_NAME, deploy_upstream, tako_server_processes  #
 STATE_DIR = Path("/var/tmp/tako-bench-cpu")
 PREFIX = "bq-"
 CONFIG = "/opt/tako/server-config.toml"
+APP_DIR_PREFIX = "tako-bench-cpu-"  # the deployed app's files, under the temporary directory until `down`
 
 
 def _bed() -> Testbed:
@@ -48,7 +50,7 @@ def up() -> None:
     bed.down()
     host = bed.up(HOST_NAME)[0]
     # The app's files (its instance runs as a uid of its own, which must reach them), kept while it runs.
-    root = Path(tempfile.mkdtemp(prefix="tako-bench-cpu-"))
+    root = Path(tempfile.mkdtemp(prefix=APP_DIR_PREFIX))
     os.chmod(root, 0o755)
     port = deploy_upstream(host, root)
     print(json.dumps({"address": host.address, "netns": host.netns, "instance_port": port}))
@@ -128,6 +130,8 @@ def main() -> None:
         up()
     elif args.command == "down":
         _bed().down()
+        for left in Path(tempfile.gettempdir()).glob(f"{APP_DIR_PREFIX}*"):  # the app's files, from `up`
+            shutil.rmtree(left, ignore_errors=True)
     elif args.command == "set":
         set_config(_bed().host(HOST_NAME), args.toml)
     else:
