@@ -62,6 +62,17 @@ def extensions() -> list[Extension]:
             extra_link_args=["-s"],
         )
     )
+    # The TLS transport's record I/O on the connection's own SSL object: the system's libssl, the one
+    # Python's _ssl module is linked to (Debian: libssl-dev to build). Without it tls.py calls _ssl.
+    modules.append(
+        Extension(
+            f"{compiled.PACKAGE}.{compiled.TLS_BINDING}",
+            [str((PROXY / f"{compiled.TLS_BINDING}.pyx").relative_to(ROOT))],
+            libraries=["ssl", "crypto"],
+            optional=True,
+            extra_link_args=["-s"],
+        )
+    )
     return cythonize(
         modules,
         build_dir="build/cython",  # the generated C stays out of src/ (and out of the wheel)
@@ -92,8 +103,8 @@ class BuildExt(build_ext):
                 continue
             if name in compiled.MODULES:
                 built[name] = compiled.source_hash(PROXY, name)
-            elif name == compiled.H2_BINDING:
-                built[name] = compiled.binding_hash(PROXY)
+            elif name in (compiled.H2_BINDING, compiled.TLS_BINDING):
+                built[name] = compiled.binding_hash(PROXY, name)
         if built:
             manifest_dir = Path(self.get_ext_fullpath(f"{compiled.PACKAGE}.{compiled.MODULES[0]}")).parent
             manifest_dir.mkdir(parents=True, exist_ok=True)

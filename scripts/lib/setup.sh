@@ -40,6 +40,8 @@ sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Pyth
   # libnghttp2's header: HTTP/2 on the HTTPS listener is a compiled binding to it (the library itself,
   # libnghttp2-14, is on every Debian system).
   [ -f /usr/include/nghttp2/nghttp2.h ] || missing+=(libnghttp2-dev)
+  # libssl's headers: the TLS transport's record I/O is a compiled binding to the libssl Python's ssl uses.
+  [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
       echo "error: missing packages ${missing[*]}; run this script as root or install them first" >&2

@@ -99,6 +99,60 @@ async def test_requests_in_separate_records_and_pipelined_in_one(tmp_path: Path)
             assert [r.status for r in parse_responses(data)] == [200, 200, 200]
 
 
+def _request_with_finished(p: ProxyHarness, request: bytes) -> bytes:
+    """Handshake in memory, then send the client's Finished and `request` in one write: the server reads
+    the request's record in the same `read` as the Finished (OpenSSL's read-ahead, where it is on)."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = p.client_context().wrap_bio(incoming, outgoing, server_hostname=HOST)
+    with socket.create_connection(("127.0.0.1", p.https_port), timeout=10) as raw:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        tls.write(request)
+        raw.sendall(outgoing.read())  # Finished and the request's record together
+        received = b""
+        while not any(r.complete for r in parse_responses(received)):
+            try:
+                received += tls.read(65536)
+            except ssl.SSLWantReadError:
+                chunk = raw.recv(65536)
+                assert chunk, f"closed after {received!r}"
+                incoming.write(chunk)
+        return received
+
+
+async def test_request_in_the_same_segment_as_the_finished_message(tmp_path: Path) -> None:
+    request = b"GET /sink HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+    async with one_app_proxy(tmp_path) as (p, _):
+        data = await asyncio.to_thread(_request_with_finished, p, request)
+        assert [r.status for r in parse_responses(data)] == [200]
+
+
+async def test_pipelined_burst_larger_than_one_read(tmp_path: Path) -> None:
+    # ~340 KiB of requests in one write: more than one read returns, so part of it waits inside OpenSSL
+    # (read-ahead) while the proxy pauses reading between requests.
+    count = 1000
+    request = b"GET /sink HTTP/1.1\r\nHost: a.tako.test\r\nX-Pad: " + b"p" * 300 + b"\r\n\r\n"
+
+    def burst(p: ProxyHarness) -> bytes:
+        received = b""
+        with _tls_client(p, timeout=30) as sock:
+            sock.sendall(request * count)
+            while received.count(b"HTTP/1.1 ") < count:  # parse_responses on every chunk is quadratic
+                chunk = sock.recv(65536)
+                assert chunk, f"closed after {received.count(b'HTTP/1.1 ')} responses"
+                received += chunk
+        return received
+
+    async with one_app_proxy(tmp_path) as (p, _):
+        data = await asyncio.to_thread(burst, p)
+        assert [r.status for r in parse_responses(data)] == [200] * count
+
+
 async def test_closing_sends_close_notify(tmp_path: Path) -> None:
     def until_closed(p: ProxyHarness, request: bytes) -> bytes:
         with _tls_client(p) as sock:

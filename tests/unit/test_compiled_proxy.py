@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
@@ -64,8 +65,9 @@ def _current_hashes() -> dict[str, str]:
 
 
 def _modules_of(manifest: dict[str, str]) -> dict[str, str]:
-    """The manifest's entries for the shared-type modules (it also has the HTTP/2 binding's)."""
-    return {name: digest for name, digest in manifest.items() if name != compiled.H2_BINDING}
+    """The manifest's entries for the shared-type modules (it also has the HTTP/2 and libssl bindings')."""
+    bindings = (compiled.H2_BINDING, compiled.TLS_BINDING)
+    return {name: digest for name, digest in manifest.items() if name not in bindings}
 
 
 def _needs_build() -> None:
@@ -163,19 +165,38 @@ def test_an_http2_binding_older_than_its_source_is_not_used(tmp_path: Path) -> N
     _needs_build()
     if not any((PROXY / "h2" / f"_nghttp2{suffix}").exists() for suffix in EXTENSION_SUFFIXES):
         pytest.skip(f"the libnghttp2 binding is not built; run `{BUILD_COMMAND}` with libnghttp2-dev")
+    probe = _probe_in_a_copy(tmp_path, _H2_PROBE)
+    assert probe().strip() == "True | None"
+    with (tmp_path / "src" / "tako" / "server" / "proxy" / "h2" / "_nghttp2.pyx").open("a") as fh:
+        fh.write("# edited\n")
+    answer = probe()
+    assert answer.startswith("False | the HTTP/2 binding was compiled from an older _nghttp2.pyx;"), answer
+    assert "build_ext --inplace" in answer
+
+
+def _probe_in_a_copy(tmp_path: Path, code: str) -> Callable[[], str]:
+    """A copy of the built package in tmp_path/src, and a function that runs `code` against it."""
     copy = tmp_path / "src"
     shutil.copytree(SRC / "tako", copy / "tako", ignore=shutil.ignore_patterns("__pycache__"))
     environ = {k: v for k, v in os.environ.items() if k != compiled.PURE_PYTHON_ENV}
     environ["PYTHONPATH"] = str(copy)
 
     def probe() -> str:
-        argv = [sys.executable, "-c", _H2_PROBE]
+        argv = [sys.executable, "-c", code]
         proc = subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=60, check=True)
         return proc.stdout
 
-    assert probe().strip() == "True | None"
-    with (copy / "tako" / "server" / "proxy" / "h2" / "_nghttp2.pyx").open("a") as fh:
+    return probe
+
+
+def test_the_tls_transport_uses_libssl_only_when_its_binding_is_current(tmp_path: Path) -> None:
+    # Where the binding is stale the transport calls the _ssl module's methods (same behaviour).
+    _needs_build()
+    if not any((PROXY / f"_libssl{suffix}").exists() for suffix in EXTENSION_SUFFIXES):
+        pytest.skip(f"the libssl binding is not built; run `{BUILD_COMMAND}` with libssl-dev")
+    code = "import tako.server.proxy.tls as t; print(t._make_channel is not None)"
+    probe = _probe_in_a_copy(tmp_path, code)
+    assert probe().strip() == "True"
+    with (tmp_path / "src" / "tako" / "server" / "proxy" / "_libssl.pyx").open("a") as fh:
         fh.write("# edited\n")
-    answer = probe()
-    assert answer.startswith("False | the HTTP/2 binding was compiled from an older _nghttp2.pyx;"), answer
-    assert "build_ext --inplace" in answer
+    assert probe().strip() == "False"

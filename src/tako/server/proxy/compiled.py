@@ -29,6 +29,12 @@ PACKAGE = "tako.server.proxy"
 MODULES = ("counters", "cycle", "upstream", "client", "access_line", "static_files", "static_stream")
 MANIFEST = "compiled.json"
 H2_BINDING = "h2._nghttp2"  # its key in the manifest; built from h2/_nghttp2.pyx
+TLS_BINDING = "_libssl"  # the TLS transport's libssl calls, from _libssl.pyx (else tls.py calls _ssl)
+# What each binding is built from, and what it is called in messages.
+_BINDINGS = {
+    H2_BINDING: ("h2/_nghttp2.pyx", "the HTTP/2 binding"),
+    TLS_BINDING: ("_libssl.pyx", "the libssl binding"),
+}
 PURE_PYTHON_ENV = "TAKO_PURE_PYTHON"
 REBUILD = "rebuild: python setup.py build_ext --inplace"
 
@@ -44,24 +50,25 @@ def source_hash(directory: Path, name: str) -> str:
     return digest.hexdigest()
 
 
-def binding_hash(directory: Path) -> str:
-    """The hash the HTTP/2 binding is built from: its .pyx."""
-    return hashlib.sha256((directory / "h2" / "_nghttp2.pyx").read_bytes()).hexdigest()
+def binding_hash(directory: Path, name: str = H2_BINDING) -> str:
+    """The hash a binding (`H2_BINDING`, `TLS_BINDING`) is built from: its .pyx."""
+    return hashlib.sha256((directory / _BINDINGS[name][0]).read_bytes()).hexdigest()
 
 
-def binding_problem() -> str | None:
-    """Why the built HTTP/2 binding must not be loaded (built from another source), or None."""
+def binding_problem(name: str = H2_BINDING) -> str | None:
+    """Why the built binding `name` must not be loaded (built from another source), or None."""
     try:
-        built = json.loads((_DIRECTORY / MANIFEST).read_text()).get(H2_BINDING)
+        built = json.loads((_DIRECTORY / MANIFEST).read_text()).get(name)
     except (OSError, ValueError):
         built = None
     try:
-        current = binding_hash(_DIRECTORY)
+        current = binding_hash(_DIRECTORY, name)
     except OSError:  # an installation without the .pyx: the wheel's own binary, nothing to compare
         return None
     if built != current:
         # A development checkout edited after its build: the old binary would run silently.
-        return "the HTTP/2 binding was compiled from an older _nghttp2.pyx; " + REBUILD
+        source, what = _BINDINGS[name]
+        return f"{what} was compiled from an older {Path(source).name}; {REBUILD}"
     return None
 
 

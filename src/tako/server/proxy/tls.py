@@ -13,6 +13,12 @@ the wrapper's Python frame on every read and write, and without its set-up on ev
 socket object for the descriptor, a `getpeername` check, timeout and option checks). Measured: 29.6 ->
 27.8 µs of CPU per HTTPS request (one process, 100 keep-alive connections).
 
+Where the compiled `_libssl` binding is loaded, reads and writes call libssl on the TLS object's own `SSL`
+directly instead (a `Channel`, see _libssl.pyx): OpenSSL reads ahead (one `read` per request instead of
+two), frees a connection's record buffers while it is idle, and "nothing more to read" is a return value,
+not a raised `SSLWantReadError`. Elsewhere (TAKO_PURE_PYTHON=1, no compiler, another Python) the same
+transport calls the TLS object's methods.
+
 Closing sends close_notify, then half-closes and discards what the client still sends for a short while
 (so a client still uploading sees the response, not a reset) before the socket is closed.
 """
@@ -25,7 +31,9 @@ import os
 import socket
 import ssl
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
+
+from tako.server.proxy.compiled import PURE_PYTHON_ENV, TLS_BINDING, binding_problem
 
 # One SSL_read returns at most one record (16 KiB of plaintext). A buffer larger than that means no
 # decrypted bytes are ever left inside OpenSSL after a read, where the loop could not see them.
@@ -43,6 +51,47 @@ CLOSE_FLUSH_SECONDS = 60.0  # closing with bytes still to send: give up once the
 
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _FAILED = (OSError, ValueError)  # ssl.SSLError is an OSError; ValueError: the socket is already closed
+
+
+class _Channel(Protocol):
+    """What `_libssl.Channel` offers (see _libssl.pyx)."""
+
+    def read(self) -> bytes | None: ...
+    def write(self, data: bytes | bytearray | memoryview) -> int: ...
+    def pending(self) -> bool: ...
+    @property
+    def truncated(self) -> bool: ...
+
+
+def _channel_factory() -> Callable[[Any, int], _Channel | None] | None:
+    """`_libssl.channel` where the binding is wanted, current and loads; else None (the `_ssl` methods)."""
+    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0") or binding_problem(TLS_BINDING) is not None:
+        return None
+    try:
+        from tako.server.proxy._libssl import channel
+    except ImportError:
+        return None
+    return channel  # type: ignore[no-any-return]
+
+
+_make_channel = _channel_factory()
+
+
+def _module_reader(tls: Any) -> Callable[[], bytes | None]:
+    """`Channel.read` through the TLS object's own `read`: one record per call (see RECV_SIZE)."""
+    recv = tls.read
+
+    def read() -> bytes | None:
+        try:
+            return _RECV_VIEW[: recv(RECV_SIZE, _RECV_BUFFER)].tobytes()
+        except ssl.SSLWantReadError:
+            return None
+        except ssl.SSLEOFError:
+            # Closed without close_notify: the end of the stream, as `ssl.SSLSocket` reads it by default
+            # (suppress_ragged_eofs); HTTP clients often end that way once they have their response.
+            return b""
+
+    return read
 
 
 def accept(
@@ -75,6 +124,7 @@ class TLSTransport(asyncio.Transport):
         "__weakref__",  # the TLS object's `owner`
         "_buffer",
         "_buffer_size",
+        "_channel",
         "_closing",
         "_eof",
         "_factory",
@@ -114,8 +164,10 @@ class TLSTransport(asyncio.Transport):
         self._fd = sock.fileno()
         self._factory = protocol_factory
         self._protocol: asyncio.Protocol | None = None
-        self._recv = tls.read
-        self._send = tls.write
+        channel = _make_channel(tls, self._fd) if _make_channel is not None else None
+        self._channel = channel  # None: the TLS object's own read and write
+        self._recv = _module_reader(tls) if channel is None else channel.read
+        self._send = tls.write if channel is None else channel.write
         self._buffer: list[bytes | bytearray | memoryview] = []  # waiting for the socket to be writable
         self._buffer_size = 0
         self._high_water = HIGH_WATER
@@ -191,29 +243,28 @@ class TLSTransport(asyncio.Transport):
         # Hands the socket's read readiness from the handshake straight to _read: replacing the callback
         # keeps the loop's poll handle, where removing it first would tear it down and make a new one.
         self._update_reader()
+        self._read_pending()  # a first request that came with the client's Finished, read ahead
 
     # -- reading ----------------------------------------------------------------------------------
 
     def _read(self) -> None:
         try:
-            data = _RECV_VIEW[: self._recv(RECV_SIZE, _RECV_BUFFER)].tobytes()
-        except ssl.SSLWantReadError:
-            return
+            data = self._recv()
         except ssl.SSLWantWriteError:
             # OpenSSL must write before it can read on (answering a TLS 1.3 key update): retry when writable.
             self._set_writer(self._read_when_writable)
             return
-        except ssl.SSLEOFError:
-            # Closed without close_notify: the end of the stream, as `ssl.SSLSocket` reads it by default
-            # (suppress_ragged_eofs); HTTP clients often end that way once they have their response.
-            data = b""
         except _FAILED as exc:
             self._destroy(exc)
+            return
+        if data is None:
             return
         protocol = self._protocol
         assert protocol is not None
         if data:
             protocol.data_received(data)
+            if self._channel is not None and self._channel.truncated:
+                self._loop.call_soon(self._read_pending)  # what OpenSSL read ahead past one call's limit
             return
         # close_notify or end of stream: the client will send nothing more.
         self._eof = True
@@ -225,6 +276,11 @@ class TLSTransport(asyncio.Transport):
     def _read_when_writable(self) -> None:
         self._set_writer(self._write_buffered if self._buffer else None)
         if self._on_read is not None:
+            self._read()
+
+    def _read_pending(self) -> None:
+        """Read what OpenSSL holds already, which no readiness callback will announce (read-ahead)."""
+        if self._channel is not None and self._channel.pending() and self._on_read == self._read:
             self._read()
 
     def _update_reader(self) -> None:
@@ -240,6 +296,8 @@ class TLSTransport(asyncio.Transport):
         if not self._reading:
             self._reading = True
             self._update_reader()
+            if self._channel is not None and self._channel.pending():
+                self._loop.call_soon(self._read_pending)
 
     def is_reading(self) -> bool:
         return self._reading and not self._closing
@@ -385,6 +443,8 @@ class TLSTransport(asyncio.Transport):
         self._set_writer(None)
         self._buffer = []
         self._buffer_size = 0
+        # No read or write reaches the Channel after this (the callbacks are gone and `_closing` is set):
+        # its SSL still names the descriptor's number, which the next accepted socket may reuse.
         self._sock.close()
         self._handshaking.discard(self)
         if self._protocol is not None:

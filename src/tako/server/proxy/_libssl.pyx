@@ -1,0 +1,200 @@
+# cython: language_level=3
+"""The TLS transport's record I/O, calling libssl on the connection's own `SSL` object.
+
+`TLSTransport` (tls.py) drives a TLS object made by `ssl.SSLContext._wrap_socket`. Its `read` and `write`
+go through the `_ssl` module, which cannot turn on OpenSSL's read-ahead (so every record costs two `read`
+syscalls: its 5-byte header, then its body) nor `SSL_MODE_RELEASE_BUFFERS` (so every open connection keeps
+two ~17-34 KiB record buffers while idle), releases and re-takes the GIL around each call, and reports "no
+more data" with a raised `SSLWantReadError`. A `Channel` made here calls `SSL_read` / `SSL_write` on the
+same `SSL` object directly: with read-ahead one `read` usually brings in a whole request, buffers are freed
+while a connection is idle, and the common outcomes are return values. The handshake, SNI (certificate
+selection), ALPN, session tickets and close_notify stay with the `_ssl` object, unchanged.
+
+The `SSL *` is the second field after the object header of `_ssl._SSLSocket` (CPython's `PySSLSocket`:
+`PyObject_HEAD; PyObject *Socket; SSL *ssl; ...`, unchanged from 3.7 through 3.13). `channel()` only trusts
+it on those versions, for an object of exactly that type, and only if OpenSSL says that `SSL` is on the
+connection's own descriptor; otherwise it returns None and the transport uses the `_ssl` methods. This
+module links the system's libssl, the very library the `_ssl` module is linked to (checked at import).
+"""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.object cimport PyObject
+from libc.errno cimport errno
+
+import ssl
+import sys
+
+import _ssl
+
+
+cdef extern from "openssl/ssl.h":
+    ctypedef struct SSL:
+        pass
+    int SSL_read(SSL *s, void *buf, int num)
+    int SSL_write(SSL *s, const void *buf, int num)
+    int SSL_get_error(const SSL *s, int ret)
+    int SSL_get_fd(const SSL *s)
+    int SSL_has_pending(const SSL *s)
+    long SSL_set_mode(SSL *s, long mode)
+    void SSL_set_read_ahead(SSL *s, int yes)
+    const char *OpenSSL_version(int t)
+    enum:
+        SSL_ERROR_NONE
+        SSL_ERROR_SSL
+        SSL_ERROR_WANT_READ
+        SSL_ERROR_WANT_WRITE
+        SSL_ERROR_SYSCALL
+        SSL_ERROR_ZERO_RETURN
+        SSL_MODE_RELEASE_BUFFERS
+        SSL_R_UNEXPECTED_EOF_WHILE_READING
+        OPENSSL_VERSION
+
+cdef extern from "openssl/err.h":
+    unsigned long ERR_peek_error()
+    unsigned long ERR_get_error()
+    void ERR_clear_error()
+    int ERR_GET_REASON(unsigned long e)
+    void ERR_error_string_n(unsigned long e, char *buf, size_t len)
+
+
+ctypedef struct SSLSocketHead:  # the start of CPython's PySSLSocket (see the module docstring)
+    Py_ssize_t ob_refcnt
+    void *ob_type
+    PyObject *Socket
+    SSL *conn
+
+
+cdef enum:
+    READ_SIZE = 16384  # one record's plaintext at most: each SSL_read below returns at most this
+    # One call of `read` returns at most about this much (the transport calls again on the next loop turn):
+    # a client uploading faster than the proxy forwards cannot keep one readiness callback reading.
+    MAX_READ = 262144
+
+cdef char _buffer[READ_SIZE]
+cdef bint _layout_known = (3, 7) <= sys.version_info[:2] <= (3, 13)
+_SSL_SOCKET = _ssl._SSLSocket
+_SAME_LIBRARY = ssl.OPENSSL_VERSION == OpenSSL_version(OPENSSL_VERSION).decode()
+
+
+cdef object _error(int code, int syscall_errno):
+    """The exception for a failed SSL_read / SSL_write (as `_ssl` would raise it); None: end of stream."""
+    cdef unsigned long err
+    cdef char text[256]
+    if code == SSL_ERROR_WANT_WRITE:
+        return ssl.SSLWantWriteError(code, "The operation did not complete (write)")
+    if code == SSL_ERROR_WANT_READ:
+        return ssl.SSLWantReadError(code, "The operation did not complete (read)")
+    if code == SSL_ERROR_SYSCALL:
+        if ERR_peek_error() == 0 and syscall_errno != 0:
+            return OSError(syscall_errno, "TLS socket I/O failed")
+        return None  # EOF without close_notify (OpenSSL 1.1)
+    err = ERR_get_error()
+    ERR_clear_error()
+    if ERR_GET_REASON(err) == SSL_R_UNEXPECTED_EOF_WHILE_READING:
+        return None  # EOF without close_notify (OpenSSL 3)
+    ERR_error_string_n(err, text, sizeof(text))
+    return ssl.SSLError(code, text.decode(errors="replace"))
+
+
+cdef class Channel:
+    """SSL_read and SSL_write on the `SSL` object of one `_ssl._SSLSocket` (which this keeps alive)."""
+
+    cdef object _owner
+    cdef SSL *_ssl
+    # The last `read` stopped at MAX_READ with more inside OpenSSL: call it again, the loop will not.
+    cdef readonly bint truncated
+
+    def read(self):
+        """Plaintext the client sent (bytes), b"" at its end (close_notify, or EOF without it), or None
+        when nothing more has arrived. Raises `ssl.SSLWantWriteError` when OpenSSL must write first (a TLS
+        1.3 key update), an `OSError` (`ssl.SSLError` included) when the connection failed.
+
+        Reads until the socket has nothing more or OpenSSL holds nothing more, or MAX_READ (then
+        `truncated` is set): with read-ahead records may sit inside OpenSSL, where readiness cannot see them.
+        """
+        cdef SSL *conn = self._ssl
+        cdef int n, code, failure
+        cdef list parts = None
+        cdef bytes chunk
+        cdef Py_ssize_t total = 0
+        self.truncated = False
+        while True:
+            ERR_clear_error()
+            n = SSL_read(conn, _buffer, READ_SIZE)
+            if n <= 0:
+                failure = errno
+                code = SSL_get_error(conn, n)
+                if code == SSL_ERROR_WANT_READ:
+                    break
+                if code == SSL_ERROR_ZERO_RETURN:
+                    if total:
+                        break  # the data first; the next call returns the end
+                    return b""
+                exc = _error(code, failure)
+                if total and not isinstance(exc, ssl.SSLWantWriteError):
+                    break  # deliver what came; the next call (the socket stays readable) reports it
+                if exc is None:
+                    return b""
+                raise exc
+            chunk = PyBytes_FromStringAndSize(_buffer, n)
+            if not SSL_has_pending(conn) and total == 0:
+                return chunk  # the common case: one record, nothing buffered behind it
+            if parts is None:
+                parts = []
+            parts.append(chunk)
+            total += n
+            if not SSL_has_pending(conn):
+                break
+            if total >= MAX_READ:
+                self.truncated = True
+                break
+        if parts is None:
+            return None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def pending(self):
+        """Whether OpenSSL holds bytes read from the socket (decrypted or not) that `read` has not returned."""
+        return SSL_has_pending(self._ssl) != 0
+
+    def write(self, data):
+        """Encrypt and send all of `data` (returns its length); raises `ssl.SSLWantWriteError` (or
+        `SSLWantReadError`) when the socket is full, after which the same bytes must be passed again, and an
+        `OSError` when the connection failed."""
+        cdef Py_buffer view
+        cdef int n, code, failure
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            if view.len > 0x40000000:
+                raise ValueError("write at most 1 GiB at a time")
+            ERR_clear_error()
+            n = SSL_write(self._ssl, view.buf, <int>view.len)
+            if n > 0:
+                return n
+            failure = errno
+            code = SSL_get_error(self._ssl, n)
+            exc = _error(code, failure)
+            if exc is None:
+                exc = ssl.SSLEOFError(code, "EOF occurred in violation of protocol")
+            raise exc
+        finally:
+            PyBuffer_Release(&view)
+
+
+def channel(tls, int fd):
+    """A `Channel` on `tls` (an `_ssl._SSLSocket` on descriptor `fd`) with read-ahead on and idle buffers
+    released, or None where the `SSL` object cannot be reached safely (see the module docstring). Call it
+    before the handshake, so the handshake's records are read ahead too."""
+    cdef SSL *conn
+    cdef Channel result
+    if not _layout_known or not _SAME_LIBRARY or type(tls) is not _SSL_SOCKET:
+        return None
+    conn = (<SSLSocketHead *><PyObject *>tls).conn
+    if conn == NULL or SSL_get_fd(conn) != fd:
+        return None
+    SSL_set_mode(conn, SSL_MODE_RELEASE_BUFFERS)
+    SSL_set_read_ahead(conn, 1)
+    result = Channel.__new__(Channel)
+    result._owner = tls
+    result._ssl = conn
+    return result
