@@ -160,6 +160,24 @@ async def test_header_list_over_the_limit_is_431_and_not_forwarded(tmp_path: Pat
         await c.close()
 
 
+async def test_a_large_header_block_then_a_small_one_each_reach_the_app_as_sent(tmp_path: Path) -> None:
+    # The binding keeps its buffers for a connection's next blocks and frees those a large block grew.
+    async with one_app_proxy(tmp_path) as (p, _up):
+        c = await _client(p)
+        big = [(b"x-big-%d" % i, b"v" * 1000) for i in range(20)] + [
+            (b"cookie", b"c%d=%s" % (i, b"w" * 3000)) for i in range(3)
+        ]
+        for extra in (big, [(b"cookie", b"small=1"), (b"x-small", b"yes")]):
+            sid = c.request("/echo", HOST, extra=extra)
+            await c.receive_until(lambda sid=sid: c.ended(sid))  # type: ignore[misc]
+            seen = {k.lower(): v for k, v in json.loads(bytes(c.bodies[sid]))["headers"]}
+            expected = {k.decode(): v.decode() for k, v in extra if k != b"cookie"}
+            expected["cookie"] = "; ".join(v.decode() for k, v in extra if k == b"cookie")
+            assert {k: seen.get(k) for k in expected} == expected
+            assert seen["host"].startswith(HOST) and ("x-big-0" in seen) == (extra is big)
+        await c.close()
+
+
 def _headers_block(c: H2Client, stream_id: int, path: bytes = b"/slow/5") -> bytes:
     return c.conn.encoder.encode(
         [(b":method", b"GET"), (b":path", path), (b":scheme", b"https"), (b":authority", HOST.encode())]

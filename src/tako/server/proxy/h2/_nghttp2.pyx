@@ -135,6 +135,7 @@ cdef enum:
     _STACK_FIELDS = 48
     _STACK_HEAD = 4096
     _SEND_STACK = 16384  # what send() gathers on the stack before it allocates
+    _KEEP_BYTES = 8192  # of each request header buffer kept between header blocks
 
 
 cdef class _Out:
@@ -200,6 +201,17 @@ cdef inline bint _add(_Buf *buf, const void *data, size_t n) noexcept:
     memcpy(buf.data + buf.size, data, n)
     buf.size = need
     return True
+
+
+cdef inline void _trim(_Buf *buf) noexcept:
+    """Free a buffer a large header block grew: a connection keeps at most _KEEP_BYTES of each between
+    blocks (a client sending large blocks on many connections would otherwise hold ~2 x max_header_bytes
+    of each per connection)."""
+    if buf.capacity > _KEEP_BYTES:
+        PyMem_Free(buf.data)
+        buf.data = NULL
+        buf.capacity = 0
+        buf.size = 0
 
 
 cdef int _on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) noexcept:
@@ -277,6 +289,9 @@ cdef int _on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, vo
                     head = self.request_head(chunked)
                     is_head = self.method_len == 4 and memcmp(self.pseudo.data + self.method_at, b"HEAD", 4) == 0
                     self.on_request(frame.hd.stream_id, head, chunked, is_head, end)
+                _trim(&self.fields)
+                _trim(&self.cookies)
+                _trim(&self.pseudo)
             elif end:
                 self.on_end(frame.hd.stream_id)  # trailers: dropped, the body ends
         elif frame.hd.type == NGHTTP2_DATA and end:
