@@ -24,6 +24,7 @@ cdef class LineFormatter:
 
     @cython.locals(
         entry=tuple, started=double, when=double, ended=double, sent_at=double, url=bytes, mark=Py_ssize_t,
+        path=bytes, request_id=bytes,
         up_us="long long", us="long long", millis=int, status=int, bytes_in="long long", bytes_out="long long",
         lines=dict, heads=dict, tails=dict, query=bint, text=list, line=str,
     )
