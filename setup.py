@@ -1,11 +1,12 @@
 """Compile the proxy's per-request modules with Cython where possible; pure Python everywhere else.
 
 All metadata is in pyproject.toml. This file only adds the modules of `compiled.MODULES` (`counters`, `cycle`,
-`client`, `upstream`, ... of tako.server.proxy) as optional extension modules (their .pxd files give the C
-types; see src/tako/server/proxy/compiled.py): without Cython or a C compiler, or with TAKO_PURE_PYTHON=1, the
-package is pure Python and works the same. Next to the built modules it writes compiled.json, the source
-hashes they were built from, so that a compiled module is never used with newer sources (a development
-checkout built in place with `python setup.py build_ext --inplace`, as scripts/test does).
+`client`, `upstream`, ... of tako.server.proxy, `h2.connection` in its subpackage) as optional extension
+modules (their .pxd files give the C types; see src/tako/server/proxy/compiled.py): without Cython or a C
+compiler, or with TAKO_PURE_PYTHON=1, the package is pure Python and works the same. Next to the built
+modules it writes compiled.json, the source hashes they were built from, so that a compiled module is never
+used with newer sources (a development checkout built in place with `python setup.py build_ext --inplace`,
+as scripts/test does).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def extensions() -> list[Extension]:
     modules = [
         Extension(
             f"{compiled.PACKAGE}.{name}",
-            [str((PROXY / f"{name}.py").relative_to(ROOT))],
+            [str(compiled.module_file(PROXY, name, ".py").relative_to(ROOT))],
             optional=True,
             extra_link_args=["-s"],  # no debug symbols: a third of the size
         )

@@ -28,20 +28,28 @@ BUILD_COMMAND = ".venv/bin/python setup.py build_ext --inplace"
 REQUIRE_BUILD_ENV = "TAKO_TEST_REQUIRE_COMPILED"
 
 _PROBE = (
-    "import importlib, json, tako.server.proxy as p;"
-    "files = [importlib.import_module(f'{p.compiled.PACKAGE}.{m}').__file__ for m in p.compiled.MODULES];"
+    "import importlib, json, sys, tako.server.proxy as p;"
+    "files = [importlib.import_module(f'{p.compiled.PACKAGE}.{m}').__file__ for m in sys.argv[1:]];"
     "print(json.dumps([p.compiled.mode(), *files]))"
 )
-SOURCES = tuple(f"{name}.py" for name in compiled.MODULES)
+# The HTTP/2 modules import the libnghttp2 binding: without it built they are never imported, so not probed.
+_H2_BINDING_BUILT = any((PROXY / "h2" / f"_nghttp2{suffix}").exists() for suffix in EXTENSION_SUFFIXES)
+PROBED = tuple(name for name in compiled.MODULES if _H2_BINDING_BUILT or not name.startswith("h2."))
+SOURCES = tuple(compiled.module_file(PROXY, name, ".py").name for name in PROBED)
 
 
 def _probe(src: Path, **env: str) -> tuple[str, tuple[str, ...]]:
     """Import the proxy from `src` in a new interpreter: its mode and the files its compiled-or-not
-    modules (cycle, upstream, client) came from."""
+    modules (`PROBED`) came from."""
     environ = {k: v for k, v in os.environ.items() if k != compiled.PURE_PYTHON_ENV}
     environ.update(env, PYTHONPATH=str(src))
     proc = subprocess.run(
-        [sys.executable, "-c", _PROBE], env=environ, capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", _PROBE, *PROBED],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     mode, *files = json.loads(proc.stdout)
     return mode, tuple(Path(file).name for file in files)
@@ -54,7 +62,7 @@ def _built_in_place() -> bool:
     except (OSError, ValueError):
         return False
     every_module = all(
-        any((PROXY / f"{name}{suffix}").exists() for suffix in EXTENSION_SUFFIXES)
+        any(compiled.module_file(PROXY, name, suffix).exists() for suffix in EXTENSION_SUFFIXES)
         for name in compiled.MODULES
     )
     return every_module and _modules_of(manifest) == _current_hashes()
@@ -103,17 +111,18 @@ def test_pure_python_on_request() -> None:
     assert _probe(SRC, TAKO_PURE_PYTHON="1") == ("python (TAKO_PURE_PYTHON is set)", SOURCES)
 
 
-def test_a_build_older_than_its_source_is_not_used(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("module", "source"), [("client", "client.py"), ("h2.stream", "h2/stream.pxd")])
+def test_a_build_older_than_its_source_is_not_used(tmp_path: Path, module: str, source: str) -> None:
     _needs_build()
-    # A checkout edited after its in-place build: the old compiled code must not run, for any of the modules
-    # (they share C types, so all come from source).
+    # A checkout edited after its in-place build (a .py or its .pxd): the old compiled code must not run, for
+    # any of the modules (they share C types, so all come from source).
     copy = tmp_path / "src"
     shutil.copytree(SRC / "tako", copy / "tako", ignore=shutil.ignore_patterns("__pycache__"))
     assert _probe(copy)[0] == "compiled"
-    with (copy / "tako" / "server" / "proxy" / "client.py").open("a") as fh:
+    with (copy / "tako" / "server" / "proxy" / source).open("a") as fh:
         fh.write("# edited\n")
     mode, files = _probe(copy)
-    assert mode.startswith("python (compiled from older sources of client;")
+    assert mode.startswith(f"python (compiled from older sources of {module};")
     assert "build_ext --inplace" in mode
     assert files == SOURCES
 

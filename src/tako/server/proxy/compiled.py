@@ -1,7 +1,8 @@
 """Whether the proxy's per-request modules run compiled, and the fall-back to their Python sources.
 
-`counters`, `cycle`, `client`, `upstream`, `access_line`, `static_files` and `static_stream` are plain
-Python; the `.pxd` file next to each gives Cython C types for their attributes and internal calls.
+`counters`, `cycle`, `client`, `upstream`, `access_line`, `static_files`, `static_stream` and HTTP/2's
+`h2.stream` and `h2.connection` are plain Python; the `.pxd` file next to each gives Cython C types for their
+attributes and internal calls.
 setup.py compiles them where Cython and a C compiler are available and writes `compiled.json` beside them:
 the hash of each module's .py and .pxd as built. Python imports an extension module in preference to the
 .py next to it, so `select()` (run by the package before anything imports those modules) makes sure a
@@ -26,7 +27,18 @@ from pathlib import Path
 from types import ModuleType
 
 PACKAGE = "tako.server.proxy"
-MODULES = ("counters", "cycle", "upstream", "client", "access_line", "static_files", "static_stream")
+# Names under PACKAGE; a dotted one is in a subpackage (`module_file`).
+MODULES = (
+    "counters",
+    "cycle",
+    "upstream",
+    "client",
+    "access_line",
+    "static_files",
+    "static_stream",
+    "h2.stream",
+    "h2.connection",
+)
 MANIFEST = "compiled.json"
 H2_BINDING = "h2._nghttp2"  # its key in the manifest; built from h2/_nghttp2.pyx
 TLS_BINDING = "_libssl"  # the TLS transport's libssl calls, from _libssl.pyx (else tls.py calls _ssl)
@@ -42,11 +54,16 @@ _DIRECTORY = Path(__file__).resolve().parent
 _mode = "not selected yet"
 
 
+def module_file(directory: Path, name: str, suffix: str) -> Path:
+    """The file of module `name` of MODULES (`h2.stream`: h2/stream.py) with `suffix`, under `directory`."""
+    return directory / (name.replace(".", "/") + suffix)
+
+
 def source_hash(directory: Path, name: str) -> str:
     """The hash a compiled module is built from: its .py and .pxd files."""
     digest = hashlib.sha256()
     for suffix in (".py", ".pxd"):
-        digest.update((directory / f"{name}{suffix}").read_bytes())
+        digest.update(module_file(directory, name, suffix).read_bytes())
     return digest.hexdigest()
 
 
@@ -116,7 +133,7 @@ def _reason_for_source() -> str | None:
 
 def _extension(name: str) -> Path | None:
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = _DIRECTORY / f"{name}{suffix}"
+        path = module_file(_DIRECTORY, name, suffix)
         if path.exists():
             return path
     return None
@@ -128,7 +145,7 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        package, _, name = fullname.rpartition(".")
-        if package != PACKAGE or name not in MODULES:
+        name = fullname.removeprefix(f"{PACKAGE}.")
+        if name == fullname or name not in MODULES:
             return None
-        return importlib.util.spec_from_file_location(fullname, _DIRECTORY / f"{name}.py")
+        return importlib.util.spec_from_file_location(fullname, module_file(_DIRECTORY, name, ".py"))
