@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import select
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -17,10 +19,11 @@ import pytest
 from tests.support.processes import stop_process
 from tests.support.proxy_harness import one_app_proxy, parse_responses, raw_exchange, running_proxy
 from tests.support.proxy_process import proxy_process
-from tests.support.proxy_routes import StaticGate, StaticUpstream
+from tests.support.proxy_routes import StaticGate, StaticUpstream, wait_for
 from tests.support.upstreams import HttpUpstream
 
 from tako.config.server import ProxySettings
+from tako.server.proxy.counters import UPSTREAM_ERROR_KINDS
 
 pytestmark = [pytest.mark.integration, pytest.mark.uvloop]
 
@@ -110,8 +113,8 @@ async def test_idle_keepalive_connection_is_closed(tmp_path: Path) -> None:
         writer.close()
 
 
-async def test_upstream_connect_failures_are_502(tmp_path: Path) -> None:
-    # A listener whose backlog is full drops new SYNs: the connect hangs until the proxy's timeout.
+def _blackhole() -> tuple[socket.socket, list[socket.socket]]:
+    """A listener whose backlog is full, and what fills it: it drops new SYNs, so a connect to it hangs."""
     blackhole = socket.socket()
     blackhole.bind(("127.0.0.1", 0))
     blackhole.listen(0)
@@ -122,6 +125,12 @@ async def test_upstream_connect_failures_are_502(tmp_path: Path) -> None:
         with contextlib.suppress(BlockingIOError):
             s.connect(blackhole.getsockname())
         fillers.append(s)
+    return blackhole, fillers
+
+
+async def test_upstream_connect_failures_are_502(tmp_path: Path) -> None:
+    # The connect to the blackhole hangs until the proxy's timeout.
+    blackhole, fillers = _blackhole()
     refused = socket.socket()
     refused.bind(("127.0.0.1", 0))
     refused_port = refused.getsockname()[1]
@@ -143,6 +152,47 @@ async def test_upstream_connect_failures_are_502(tmp_path: Path) -> None:
                 # The client connection survives an upstream failure.
                 assert _statuses(data) == [502, 200], host
                 assert b"Bad Gateway" in parse_responses(data)[0].body
+            for app in ("hang", "refused"):
+                errors = p.server.traffic.for_app(app).upstream_errors
+                assert errors[UPSTREAM_ERROR_KINDS.index("connect")] == 1 and sum(errors) == 1, app
+    finally:
+        for s in fillers:
+            s.close()
+        blackhole.close()
+
+
+async def test_a_client_gone_while_its_upstream_connect_is_pending_leaks_no_descriptor(
+    tmp_path: Path,
+) -> None:
+    # The connect runs on the socket's readiness (proxy/upstream_connect.py), outside any task: the socket
+    # of a connect whose client left is still closed when the connect times out.
+    blackhole, fillers = _blackhole()
+    routes = {"hang.tako.test": StaticGate("hang", [StaticUpstream(blackhole.getsockname()[1])])}
+
+    def sockets() -> int:
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return sum(link.startswith("socket:") for link in links)
+
+    try:
+        # A connect timeout long enough that the proxy sees the client go before it.
+        async with running_proxy(
+            tmp_path, routes, dataclasses.replace(SETTINGS, upstream_connect_timeout=1)
+        ) as p:
+            p.issue("hang.tako.test")
+            before = sockets()
+            sock = socket.create_connection(("127.0.0.1", p.https_port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # gone: a reset
+            _, writer = await asyncio.open_connection(
+                sock=sock, ssl=p.client_context(), server_hostname="hang.tako.test"
+            )
+            writer.write(b"GET / HTTP/1.1\r\nHost: hang.tako.test\r\n\r\n")
+            await wait_for(lambda: sockets() == before + 3)  # client, accepted, and the connect's
+            writer.transport.abort()
+            await wait_for(lambda: not p.server.connections)
+            await wait_for(lambda: sockets() == before)  # the connect's too, once it timed out
     finally:
         for s in fillers:
             s.close()

@@ -43,6 +43,7 @@ from tako.server.proxy.cycle import (
 from tako.server.proxy.headers import PASS, HeaderKinds, without_headers
 from tako.server.proxy.static_stream import serve as serve_static
 from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool
+from tako.server.proxy.upstream_connect import PendingConnect
 
 if TYPE_CHECKING:
     from tako.server.observe.request_id import RequestIds
@@ -883,11 +884,34 @@ class ClientConnection:
         pool = self.server.pool_for(upstream)
         uconn = pool.acquire()
         if uconn is None:
-            self.server.spawn(self._connect(cycle, pool))
+            self._open_upstream(cycle, pool)
         else:
             uconn.attach(cycle)
             if self.pause_mask & PAUSE_BUFFER:
                 self.resume(PAUSE_BUFFER)
+
+    def _open_upstream(self, cycle: RequestCycle, pool: UpstreamPool) -> None:
+        """A new connection to the pool's instance for `cycle`: by the socket's readiness for an IP address
+        (upstream_connect.py: the request goes out in the loop turn the connect completes in), through the
+        loop for a host name."""
+        server = self.server
+        if pool.family:
+            # Keeps a pool whose connections are all busy from being dropped.
+            pool.last_used = self.loop.time()
+            PendingConnect(self, cycle, pool, server.settings.upstream_connect_timeout)
+        else:
+            server.spawn(self._connect(cycle, pool))
+
+    def upstream_connected(self, cycle: RequestCycle, uconn: UpstreamConnection, sent: int) -> None:
+        """A new instance connection for `cycle`, which is still this connection's current request (called
+        by PendingConnect); `sent`: bytes of the request head already written to its socket."""
+        uconn.attach(cycle, sent)
+        self.resume(PAUSE_BUFFER)
+
+    def upstream_connect_failed(self, cycle: RequestCycle, reason: str) -> None:
+        """The connect for `cycle` failed or timed out (called by PendingConnect)."""
+        if not self.closed and self.cycle is cycle:
+            self._upstream_error(cycle, 502, _ERR_CONNECT, f"cannot connect: {reason}")
 
     async def _connect(self, cycle: RequestCycle, pool: UpstreamPool) -> None:
         try:
@@ -928,7 +952,7 @@ class ClientConnection:
             cycle.retried = True
             upstream = cycle.upstream
             assert upstream is not None
-            self.server.spawn(self._connect(cycle, self.server.pool_for(upstream)))
+            self._open_upstream(cycle, self.server.pool_for(upstream))
             return
         reason = "invalid response" if bad_response else "connection closed before the response"
         self._upstream_error(cycle, 502, kind, reason)

@@ -10,6 +10,7 @@ cdef int FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE, FRAME_DONE
 
 
 cdef class UpstreamPool:
+    cdef public int family
     cdef public object loop
     cdef public str key
     cdef public str host
@@ -37,6 +38,7 @@ cdef class UpstreamConnection:
     cdef public int _status
     cdef public bint _until_close
     cdef public bint closed
+    cdef public object connecting
     cdef public RequestCycle cycle
     cdef public double deadline
     cdef public double idle_since
@@ -48,7 +50,7 @@ cdef class UpstreamConnection:
     cdef public bint tunnel
     cdef public bint write_paused
 
-    cpdef attach(self, RequestCycle cycle)
+    cpdef attach(self, RequestCycle cycle, Py_ssize_t sent=*)
     cpdef end_request(self, RequestCycle cycle)
     cpdef close(self)
     cpdef abort(self)

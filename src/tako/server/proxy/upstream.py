@@ -17,6 +17,7 @@ class here needs its line there too.
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import httptools
 
@@ -82,13 +83,14 @@ class _HeadDone(Exception):
 class UpstreamPool:
     """Idle keep-alive connections to one instance."""
 
-    __slots__ = ("host", "idle", "key", "last_used", "loop", "port")
+    __slots__ = ("family", "host", "idle", "key", "last_used", "loop", "port")
 
     def __init__(self, key: str, host: str, port: int, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.key = key
         self.host = host
         self.port = port
+        self.family = ip_family(host)  # 0: a name, connected to through the loop (it resolves it)
         self.idle: list[UpstreamConnection] = []
         self.last_used = 0.0
 
@@ -156,6 +158,7 @@ class UpstreamConnection:
         "_status",
         "_until_close",
         "closed",
+        "connecting",
         "cycle",
         "deadline",
         "idle_since",
@@ -174,6 +177,8 @@ class UpstreamConnection:
         self.parser = httptools.HttpResponseParser(self)
         self.cycle: RequestCycle | None = None
         self.closed = False
+        # The open in progress (upstream_connect.PendingConnect), told when the transport exists.
+        self.connecting: object = None
         self.requests = 0  # requests completed on this connection: > 0 means it came from the pool
         # The request last attached was sent whole, exactly as its head framed it (head, the body it
         # announced, chunk terminator included). Set only where its last byte is written (attach, or
@@ -203,6 +208,10 @@ class UpstreamConnection:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        connecting = self.connecting
+        if connecting is not None:
+            self.connecting = None
+            connecting.made(self)  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -301,8 +310,9 @@ class UpstreamConnection:
 
     # -- request side -----------------------------------------------------------------------------
 
-    def attach(self, cycle: RequestCycle) -> None:
-        """Send `cycle`'s request head (and any body received so far) on this connection."""
+    def attach(self, cycle: RequestCycle, sent: int = 0) -> None:
+        """Send `cycle`'s request head (and any body received so far) on this connection; `sent`: bytes of a
+        body-less request's head already written to the socket before the transport existed."""
         self.cycle = cycle
         cycle.uconn = self
         self.request_complete = False
@@ -316,7 +326,10 @@ class UpstreamConnection:
         if cycle.body is not None:
             conn.send_body(cycle)  # the head, then the body held so far (all of it, when buffered)
         else:
-            transport.write(cycle.head)
+            if sent == 0:
+                transport.write(cycle.head)
+            elif sent < len(cycle.head):
+                transport.write(cycle.head[sent:])
             if cycle.body_done:
                 self.end_request(cycle)
                 conn.request_sent(cycle)
@@ -512,6 +525,17 @@ class UpstreamConnection:
     def _start_tunnel(self, cycle: RequestCycle, rest: bytes) -> None:
         self.tunnel = True
         cycle.conn.start_tunnel(cycle, self, rest)
+
+
+def ip_family(host: str) -> int:
+    """The address family of an IP address literal, 0 for anything else (a host name)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return family
+    return 0
 
 
 def _encoder_for(
