@@ -78,6 +78,7 @@ def extensions() -> list[Extension]:
         modules,
         build_dir="build/cython",  # the generated C stays out of src/ (and out of the wheel)
         quiet=True,
+        nthreads=os.cpu_count() or 1,  # Cython's translation to C, one module per core
         compiler_directives={
             "language_level": 3,
             # Only the .pxd files type anything: the annotations are written for mypy.
@@ -93,7 +94,14 @@ def extensions() -> list[Extension]:
 
 class BuildExt(build_ext):
     """build_ext that records the source hashes of what it built (compiled.json, next to the modules),
-    the HTTP/2 binding's too: one built from an older .pyx is not loaded either."""
+    the HTTP/2 binding's too: one built from an older .pyx is not loaded either; and compiles the modules
+    on every core unless told otherwise (`-j`), as `tako servers upgrade` builds a wheel on the user's
+    machine while they wait."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if not self.parallel:
+            self.parallel = os.cpu_count() or 1
 
     def run(self) -> None:
         super().run()
