@@ -16,6 +16,7 @@ import re
 import resource
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -71,6 +72,16 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+def stop_everything_on_sigterm() -> None:
+    """SIGTERM (`timeout`, a service manager) unwinds through the finally blocks that stop what a bench
+    started, as Ctrl-C does: the servers run in sessions of their own and would outlive it otherwise."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def ensure_tools(install: bool) -> None:

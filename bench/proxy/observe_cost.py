@@ -208,6 +208,7 @@ def main() -> None:
     if set(filter(None, args.entries.split(","))) - {*CONFIGS, *COMPARE}:
         parser.error(f"--entries: of {', '.join([*CONFIGS, *COMPARE])}")
     command = "bench/proxy/observe_cost.py " + shlex.join(sys.argv[1:])
+    bench.stop_everything_on_sigterm()
     bench.ensure_tools(install=False)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # 1000 connections: wrk and tako-server inherit it
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

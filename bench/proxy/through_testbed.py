@@ -34,7 +34,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from bench import BODY, ensure_tools, measure_tree, nginx_conf, run_wrk, write_doc  # noqa: E402  (bench/proxy)
+from bench import BODY, ensure_tools, measure_tree, nginx_conf, run_wrk, stop_everything_on_sigterm, write_doc  # noqa: E402  (bench/proxy)
 from testbed_report import Run, markdown  # noqa: E402  (bench/proxy)
 from tests.e2e.conftest import user_home_with_key  # noqa: E402
 from tests.support.projects import make_project  # noqa: E402
@@ -277,15 +277,11 @@ def _parse() -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop everything
-
-
 def main() -> None:
     args = _parse()
     if os.geteuid() != 0:
         raise SystemExit("bench/proxy/run --through-testbed needs root (it creates a testbed host)")
-    signal.signal(signal.SIGTERM, _terminate)
+    stop_everything_on_sigterm()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     ensure_tools(install=True)
