@@ -6,9 +6,16 @@ go through the `_ssl` module, which cannot turn on OpenSSL's read-ahead (so ever
 syscalls: its 5-byte header, then its body) nor `SSL_MODE_RELEASE_BUFFERS` (so every open connection keeps
 two ~17-34 KiB record buffers while idle), releases and re-takes the GIL around each call, and reports "no
 more data" with a raised `SSLWantReadError`. A `Channel` made here calls `SSL_read` / `SSL_write` on the
-same `SSL` object directly: with read-ahead one `read` usually brings in a whole request, buffers are freed
-while a connection is idle, and the common outcomes are return values. The handshake, SNI (certificate
-selection), ALPN, session tickets and close_notify stay with the `_ssl` object, unchanged.
+same `SSL` object directly, without the GIL round trip, and the common outcomes are return values. The
+handshake, SNI (certificate selection), ALPN, session tickets and close_notify stay with the `_ssl` object,
+unchanged.
+
+Read-ahead and `SSL_MODE_RELEASE_BUFFERS` are left off. With both on (one `read` per request instead of two),
+an e2e run once saw a WebSocket upgrade request that never reached the proxy's parser within the 10 s header
+timeout (a 408) while thousands of requests around it were served; it was not reproduced on loopback, and
+read-ahead is the one change that can hide received bytes from the loop (inside OpenSSL, where readiness does
+not see them). Until that is understood, OpenSSL reads one record per call, as through `_ssl`, and the
+transport's reads of what OpenSSL holds (tls.py `_read_pending`) find nothing.
 
 The `SSL *` is the second field after the object header of `_ssl._SSLSocket` (CPython's `PySSLSocket`:
 `PyObject_HEAD; PyObject *Socket; SSL *ssl; ...`, unchanged from 3.7 through 3.13). `channel()` only trusts
@@ -36,8 +43,6 @@ cdef extern from "openssl/ssl.h":
     int SSL_get_error(const SSL *s, int ret)
     int SSL_get_fd(const SSL *s)
     int SSL_has_pending(const SSL *s)
-    long SSL_set_mode(SSL *s, long mode)
-    void SSL_set_read_ahead(SSL *s, int yes)
     const char *OpenSSL_version(int t)
     enum:
         SSL_ERROR_NONE
@@ -46,7 +51,6 @@ cdef extern from "openssl/ssl.h":
         SSL_ERROR_WANT_WRITE
         SSL_ERROR_SYSCALL
         SSL_ERROR_ZERO_RETURN
-        SSL_MODE_RELEASE_BUFFERS
         SSL_R_UNEXPECTED_EOF_WHILE_READING
         OPENSSL_VERSION
 
@@ -182,9 +186,8 @@ cdef class Channel:
 
 
 def channel(tls, int fd):
-    """A `Channel` on `tls` (an `_ssl._SSLSocket` on descriptor `fd`) with read-ahead on and idle buffers
-    released, or None where the `SSL` object cannot be reached safely (see the module docstring). Call it
-    before the handshake, so the handshake's records are read ahead too."""
+    """A `Channel` on `tls` (an `_ssl._SSLSocket` on descriptor `fd`), or None where the `SSL` object cannot
+    be reached safely (see the module docstring)."""
     cdef SSL *conn
     cdef Channel result
     if not _layout_known or not _SAME_LIBRARY or type(tls) is not _SSL_SOCKET:
@@ -192,8 +195,6 @@ def channel(tls, int fd):
     conn = (<SSLSocketHead *><PyObject *>tls).conn
     if conn == NULL or SSL_get_fd(conn) != fd:
         return None
-    SSL_set_mode(conn, SSL_MODE_RELEASE_BUFFERS)
-    SSL_set_read_ahead(conn, 1)
     result = Channel.__new__(Channel)
     result._owner = tls
     result._ssl = conn
