@@ -346,6 +346,9 @@ class DataPlaneChild:
         while not self.stopping.is_set():
             if await _answers(path):
                 log.info("a new tako-server serves; stopping")
+                # It accepts on these very listeners (kept for it): like a hand-over, the connections this
+                # worker accepted but has not read a request on yet are answered, not aborted.
+                self.handed_over = True
                 break
             if loop.time() > deadline:
                 log.warning("no new tako-server within %g s; stopping", limit)
