@@ -152,15 +152,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tako-bench-h2-") as tmp:
         work = Path(tmp)
         cert = proxy_bench.make_cert(work)
-        up_port = proxy_bench.free_port()
-        body = proxy_bench.BODY.strip()
-        up_conf = proxy_bench.nginx_conf(
-            work,
-            "upstream",
-            1,
-            f'server {{ listen 127.0.0.1:{up_port} backlog=4096; location / {{ return 200 "{body}\\n"; }} }}',
-        )
-        upstream = proxy_bench.Process(["nginx", "-c", str(up_conf), "-g", "daemon off;"], up_port)
+        upstream, up_port = proxy_bench.fixed_upstream(work)
         tako, _, tako_port = proxy_bench.start_proxy("tako", work, args.workers, up_port, cert)
         nginx, nginx_port = _nginx_h2(work, args.workers, up_port, cert)
         try:

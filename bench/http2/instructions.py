@@ -51,15 +51,8 @@ def total_instructions(out: Path) -> int:
 def measure(args: argparse.Namespace, work: Path) -> int:
     """Instructions per completed request of one run."""
     cert = proxy_bench.make_cert(work)
-    up_port, http, https = proxy_bench.free_port(), proxy_bench.free_port(), proxy_bench.free_port()
-    body = proxy_bench.BODY.strip()
-    up_conf = proxy_bench.nginx_conf(
-        work,
-        "upstream",
-        1,
-        f'server {{ listen 127.0.0.1:{up_port}; location / {{ return 200 "{body}\\n"; }} }}',
-    )
-    upstream = proxy_bench.Process(["nginx", "-c", str(up_conf), "-g", "daemon off;"], up_port)
+    http, https = proxy_bench.free_port(), proxy_bench.free_port()
+    upstream, up_port = proxy_bench.fixed_upstream(work)
     tree = Path(args.tree).resolve()
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={args.out}"]
     argv += [sys.executable, str(tree / "bench/proxy/tako_runner.py"), "--http-port", str(http)]

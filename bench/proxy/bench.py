@@ -136,6 +136,19 @@ http {{
     return conf
 
 
+def fixed_upstream(work: Path, cpus: str = "") -> tuple[Process, int]:
+    """The upstream all proxies of a bench forward to (nginx, 1 worker, a fixed 200 of BODY) and its port."""
+    port = free_port()
+    conf = nginx_conf(
+        work,
+        "upstream",
+        1,
+        f"server {{ listen 127.0.0.1:{port} backlog=4096; "
+        f'location / {{ return 200 "{BODY.strip()}\\n"; }} }}',
+    )
+    return Process(["nginx", "-c", str(conf), "-g", "daemon off;"], port, cpus=cpus), port
+
+
 class Process:
     """A server under test: started, measured (CPU, RSS of its process tree), stopped."""
 
@@ -469,17 +482,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tako-bench-") as tmp:
         work = Path(tmp)
         cert = make_cert(work)
-        up_port = free_port()
-        up_conf = nginx_conf(
-            work,
-            "upstream",
-            1,
-            f"server {{ listen 127.0.0.1:{up_port} backlog=4096; "
-            f'location / {{ return 200 "{BODY.strip()}\\n"; }} }}',
-        )
-        upstream = Process(
-            ["nginx", "-c", str(up_conf), "-g", "daemon off;"], up_port, cpus=args.pin_upstream
-        )
+        upstream, up_port = fixed_upstream(work, cpus=args.pin_upstream)
         names = args.proxies.split(",")
         connections = [int(c) for c in args.connections.split(",")]
         cells = [(scheme, conns) for scheme in args.schemes.split(",") for conns in connections]
