@@ -94,3 +94,30 @@ def test_sigterm_while_an_always_on_app_boots_stops_it_and_exits_cleanly() -> No
         assert "Traceback" not in srv.log()
     finally:
         srv.cleanup()
+
+
+def no_sni_certificate(port: int) -> bytes:
+    """The certificate a client dialling the address (no SNI) is shown."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, _TLS.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def test_a_restart_after_sigkill_serves_the_stored_default_certificate() -> None:
+    srv = TakoServer()
+    try:
+        srv.start()
+        assert srv.https_port
+        first = no_sni_certificate(srv.https_port)
+        stored = srv.data_dir / "tls" / "default.pem"
+        assert stored.stat().st_mode & 0o777 == 0o600
+        written = stored.stat().st_mtime_ns
+        srv.kill()
+        srv.start()
+        assert srv.https_port
+        assert no_sni_certificate(srv.https_port) == first  # read back, not made again
+        assert stored.stat().st_mtime_ns == written
+        assert "default certificate" not in srv.log()  # nothing was found unsound
+    finally:
+        srv.cleanup()

@@ -1,14 +1,21 @@
-"""CertStore on real files: selection order, throttled re-checks, half-written replacements, info."""
+"""CertStore on real files: selection order, throttled re-checks, half-written replacements, info; the
+no-SNI default certificate kept on disk: reused, and replaced when unsound."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import ssl
+import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trustme
+from cryptography import x509
 
-from tako.server.tls.certstore import CertStore
+from tako.server.tls import selfsigned
+from tako.server.tls.certstore import DEFAULT_FILE, DEFAULT_NAME, CertStore
 
 pytestmark = pytest.mark.integration
 
@@ -78,3 +85,108 @@ def test_half_written_pair_keeps_serving_the_previous(tmp_path: Path) -> None:
     second = store.select("a.example")
     assert second is not None and second is not first
     assert store.certificate_info()["a.example"]["error"] is None
+
+
+def _served_der(server_ctx: ssl.SSLContext) -> bytes:
+    """The certificate a client that sends no SNI is shown: a TLS handshake in memory."""
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE
+    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    client = client_ctx.wrap_bio(c_in, c_out)
+    for _ in range(4):
+        for side, outgoing, peer_in in ((client, c_out, s_in), (server, s_out, c_in)):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                side.do_handshake()
+            peer_in.write(outgoing.read())
+    der = client.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def _file_der(path: Path) -> bytes:
+    text = path.read_text()
+    return ssl.PEM_cert_to_DER_cert(text[: text.index("-----END CERTIFICATE-----") + 25])
+
+
+def _default_store(data_dir: Path) -> CertStore:
+    return CertStore(data_dir / "certs", lambda h: False, default_file=data_dir / DEFAULT_FILE)
+
+
+def test_default_certificate_is_stored_privately_and_reused(tmp_path: Path) -> None:
+    served = _served_der(_default_store(tmp_path).ssl_context())
+    path = tmp_path / DEFAULT_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert served == _file_der(path)
+    cert = x509.load_der_x509_certificate(served)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == [DEFAULT_NAME]
+    before = path.stat()
+    # A restart: the next store (process) serves the stored certificate and leaves the file as it is.
+    assert _served_der(_default_store(tmp_path).ssl_context()) == served
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary file left
+
+
+def _pair(name: str = DEFAULT_NAME, days: int = selfsigned.VALID_DAYS) -> bytes:
+    cert_pem, key_pem = selfsigned.generate(name, days=days)
+    return cert_pem + key_pem
+
+
+def _another_key() -> bytes:
+    cert_pem, _ = selfsigned.generate(DEFAULT_NAME)
+    _, key_pem = selfsigned.generate(DEFAULT_NAME)
+    return cert_pem + key_pem
+
+
+def _readable_by_others(path: Path) -> None:
+    path.write_bytes(_pair())
+    path.chmod(0o644)
+
+
+def _symlink(path: Path) -> None:
+    target = path.parent.parent / "elsewhere.pem"
+    target.write_bytes(_pair())
+    target.chmod(0o600)
+    path.symlink_to(target)
+
+
+# What is wrong with the file, and what the warning that replaces it says.
+UNSOUND: dict[str, tuple[Callable[[Path], object], str]] = {
+    "empty": (lambda p: p.write_bytes(b""), "not one certificate and its key"),
+    "not PEM": (lambda p: p.write_bytes(b"\x00garbage\n" * 50), "not one certificate and its key"),
+    "cut short by a crash": (lambda p: p.write_bytes(_pair()[:-60]), "PEM"),
+    "certificate only": (
+        lambda p: p.write_bytes(_pair().split(b"-----BEGIN PRIVATE KEY")[0]),
+        "not one certificate and its key",
+    ),
+    "another key": (lambda p: p.write_bytes(_another_key()), "KEY_VALUES_MISMATCH"),
+    "another name": (lambda p: p.write_bytes(_pair("example.com")), "Hostname mismatch"),
+    "expiring": (lambda p: p.write_bytes(_pair(days=3)), "valid only until"),
+    "readable by others": (_readable_by_others, "not a private file of this user (mode 0644)"),
+    "a symbolic link": (_symlink, "Too many levels of symbolic links"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNSOUND))
+def test_an_unsound_default_certificate_is_replaced(
+    tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / DEFAULT_FILE
+    path.parent.mkdir(mode=0o700)
+    make, reason = UNSOUND[case]
+    make(path)
+    if case not in ("readable by others", "a symbolic link"):
+        path.chmod(0o600)
+    before = path.read_bytes() if path.exists() else b""
+    served = _served_der(_default_store(tmp_path).ssl_context())
+    assert "replaced: " in caplog.text and reason in caplog.text
+    assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_bytes() != before
+    assert served == _file_der(path)
+    if case == "a symbolic link":  # the link is replaced, not the file it named
+        assert (tmp_path / "elsewhere.pem").read_bytes().count(b"BEGIN PRIVATE KEY") == 1
+    # The replacement is sound: the next start reuses it.
+    assert _served_der(_default_store(tmp_path).ssl_context()) == served

@@ -44,7 +44,7 @@ from tako.server.proxy.server import ProxyServer
 from tako.server.startup_clock import StartupClock
 from tako.server.state import DB_NAME, StateStore
 from tako.server.tls.acme import AcmeManager
-from tako.server.tls.certstore import CertStore
+from tako.server.tls.certstore import DEFAULT_FILE, CertStore
 from tako.server.tls.challenges import CHALLENGES_DIR, ChallengeStore
 from tako.server.workers.served_by import PidServices
 from tako.server.workers.supervisor import WorkerPool
@@ -289,7 +289,11 @@ class Daemon:
         assert self.registry is not None
         settings = self.config.server
         registry = self.registry
-        certs = CertStore(self.data_dir / "certs", lambda h: registry.router.is_routed_host(h))
+        certs = CertStore(
+            self.data_dir / "certs",
+            lambda h: registry.router.is_routed_host(h),
+            default_file=self.data_dir / DEFAULT_FILE,
+        )
         multi = settings.workers > 1  # see server/workers: this process serves too, beside workers - 1 others
         services = PidServices(self) if multi else self
         snapshot = registry.snapshot
@@ -307,7 +311,9 @@ class Daemon:
         )
         self.traffic = TrafficTotals(proxy.traffic)
         registry.set_publisher(proxy.set_snapshot)
-        certs.ssl_context()  # made now (a default certificate may be generated): the listener opens at once
+        # Made now, so the listener opens at once: the default certificate is read from the data dir, or made
+        # (about 0.12 s, a child process) when missing or unsound.
+        certs.ssl_context()
 
     async def _listen(self) -> None:
         settings = self.config.server

@@ -6,14 +6,22 @@ wildcard directory of its parent domain, then (for a routed host only) an in-mem
 certificate; anything else fails the handshake. Files are re-checked (mtime, size, inode) at most once
 per second per name, so certificates added or replaced on disk are served without a restart; `refresh`
 re-reads a name at once (tako-server calls it in every process when it has stored a certificate).
+
+The no-SNI default certificate is self-signed too. Given a `default_file` (tako-server passes
+`<data_dir>/tls/default.pem`), it is kept there, certificate and key in one private file written
+atomically, so a restart loads it (about 1 ms) instead of making one (a child Python process, about
+0.12 s, while connections wait). A file that is not ours alone, does not load as a matching pair, does
+not cover DEFAULT_NAME or is not valid for DEFAULT_RENEW_SECONDS more is replaced by a new one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -24,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tako.fsutil import write_atomic
+
 log = logging.getLogger(__name__)
 
 FULLCHAIN = "fullchain.pem"
@@ -31,6 +41,10 @@ PRIVKEY = "privkey.pem"
 WILDCARD_PREFIX = "_wildcard."
 RECHECK_SECONDS = 1.0
 DEFAULT_NAME = "tako-server"  # the self-signed certificate shown to clients that send no SNI
+DEFAULT_FILE = Path("tls") / "default.pem"  # under the data dir: the default certificate, then its key
+DEFAULT_RENEW_SECONDS = 7 * 86400  # a stored default certificate valid for less than this is replaced
+_DEFAULT_MAX_BYTES = 64 * 1024  # a certificate and an EC key are about 1 KB: anything far larger is not ours
+_KEY_MARKER = b"-----BEGIN PRIVATE KEY-----"
 _MAX_NEGATIVE = 10_000
 _NAME_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
 
@@ -85,8 +99,7 @@ def _generate_in_child(name: str) -> tuple[bytes, bytes]:
         check=True,
         timeout=60,
     ).stdout
-    marker = b"-----BEGIN PRIVATE KEY-----"
-    at = out.index(marker)
+    at = out.index(_KEY_MARKER)
     return out[:at], out[at:]
 
 
@@ -106,8 +119,10 @@ class CertStore:
         is_routed_host: Callable[[str], bool],
         *,
         clock: Callable[[], float] = time.monotonic,
+        default_file: Path | None = None,
     ) -> None:
         self.certs_dir = Path(certs_dir)
+        self._default_file = default_file  # None: the default certificate is made anew by each store
         self._is_routed_host = is_routed_host
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
@@ -252,8 +267,7 @@ class CertStore:
             if cached is not None:
                 return cached[0]
             if name == DEFAULT_NAME:
-                cert_pem, key_pem = _generate_in_child(name)
-                ctx = _context_from_pem(cert_pem, key_pem, self._alpn)
+                ctx = self._default_context()
                 not_after, issuer = "", ""  # never listed: certificate_info skips the default
             else:
                 from tako.server.tls import selfsigned  # on first use, like _describe
@@ -263,3 +277,72 @@ class CertStore:
                 not_after, issuer = _describe(cert_pem)
             self._self_signed[name] = (ctx, not_after, issuer)
             return ctx
+
+    def _default_context(self) -> ssl.SSLContext:
+        """The no-SNI default certificate: the stored one when it is sound, else a new one (stored)."""
+        path = self._default_file
+        if path is not None:
+            try:
+                return _load_default(path, self._alpn, now=time.time())
+            except FileNotFoundError:
+                pass
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                log.warning("default certificate %s replaced: %s", path, exc)
+        cert_pem, key_pem = _generate_in_child(DEFAULT_NAME)
+        if path is not None:
+            try:
+                path.parent.mkdir(mode=0o700, exist_ok=True)
+                write_atomic(path, cert_pem + key_pem, mode=0o600)
+            except OSError as exc:  # served all the same: made again at the next start
+                log.warning("cannot store the default certificate in %s: %s", path, exc)
+        return _context_from_pem(cert_pem, key_pem, self._alpn)
+
+
+def _load_default(path: Path, alpn: tuple[str, ...], *, now: float) -> ssl.SSLContext:
+    """The server context for the stored default certificate; raises when the file must be replaced: not a
+    regular file of this user's alone (its key may have been read), not one certificate and its key, not
+    valid for DEFAULT_NAME from now until DEFAULT_RENEW_SECONDS later."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with open(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise ValueError(f"not a private file of this user (mode {stat.S_IMODE(st.st_mode):04o})")
+        data = fh.read(_DEFAULT_MAX_BYTES + 1)
+    if len(data) > _DEFAULT_MAX_BYTES or data.count(_KEY_MARKER) != 1:
+        raise ValueError("not one certificate and its key")
+    cert_pem = data[: data.index(_KEY_MARKER)]
+    # From the file itself (certificate, then key): load_cert_chain refuses a key that is not the
+    # certificate's; the handshake checks the rest, against the certificate read above.
+    ctx = _new_context(alpn)
+    ctx.load_cert_chain(path)
+    not_after = _verified_not_after(ctx, cert_pem)
+    if not_after - now < DEFAULT_RENEW_SECONDS:
+        raise ValueError(f"valid only until {time.strftime('%Y-%m-%d %H:%M', time.gmtime(not_after))} UTC")
+    return ctx
+
+
+def _verified_not_after(server_ctx: ssl.SSLContext, cert_pem: bytes) -> float:
+    """A TLS handshake in memory with a client that trusts `cert_pem` alone and expects DEFAULT_NAME: OpenSSL
+    itself checks the name, the validity period and the signature made with the key. Returns the end of
+    the validity period (epoch seconds). Without the cryptography library: an idle server never loads it."""
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.load_verify_locations(cadata=cert_pem.decode("ascii"))
+    server_in, server_out, client_in, client_out = (ssl.MemoryBIO() for _ in range(4))
+    server = server_ctx.wrap_bio(server_in, server_out, server_side=True)
+    client = client_ctx.wrap_bio(client_in, client_out, server_hostname=DEFAULT_NAME)
+    for _ in range(4):  # TLS 1.3: the client's hello, the server's flight, the client's finished
+        _step(client, client_out, server_in)
+        _step(server, server_out, client_in)
+        if client.version() is not None and server.version() is not None:
+            break
+    peer_cert = client.getpeercert()
+    if not peer_cert:
+        raise ValueError("the handshake with it did not complete")
+    return float(ssl.cert_time_to_seconds(str(peer_cert["notAfter"])))
+
+
+def _step(side: ssl.SSLObject, outgoing: ssl.MemoryBIO, peer_incoming: ssl.MemoryBIO) -> None:
+    """One handshake step of `side`, what it wrote passed to its peer."""
+    with contextlib.suppress(ssl.SSLWantReadError):
+        side.do_handshake()
+    peer_incoming.write(outgoing.read())
