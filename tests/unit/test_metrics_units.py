@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -101,3 +102,35 @@ async def test_without_prometheus_client_tako_server_serves_with_the_listener_of
         assert service.figures.for_app("web")["requests"] == 0  # tako status still has its figures
     finally:
         await service.close()
+
+
+# Run in a process of its own: this one has imported prometheus_client for other tests.
+_FIRST_SCRAPE = """
+import asyncio, sys
+from tako.config.server import MetricsSettings
+from tako.server.observe.metrics_service import MetricsService
+from tako.server.observe.metrics_sources import MetricsSources
+from tako.server.observe.traffic import TrafficCounters
+
+async def main():
+    sources = MetricsSources(traffic=TrafficCounters().snapshot, apps=list, events=dict)
+    service = MetricsService(MetricsSettings(listen="127.0.0.1:0"), sources)
+    await service.start()
+    try:
+        assert service.port and "prometheus_client" not in sys.modules, "imported at start"
+        reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
+        writer.write(b"GET /metrics HTTP/1.1\\r\\nHost: m\\r\\n\\r\\n")
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"tako_server_info" in answer, answer[:300]
+    finally:
+        await service.close()
+
+asyncio.run(main())
+"""
+
+
+def test_prometheus_client_is_imported_at_the_first_scrape_not_at_start() -> None:
+    """Start-up is on the way to serving again after a crash; the import (60-80 ms) waits for a scraper."""
+    done = subprocess.run([sys.executable, "-c", _FIRST_SCRAPE], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import importlib.util
 import logging
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,8 @@ from tako.server.observe.live_figures import LiveFigures
 from tako.server.observe.metrics_sources import MetricsSources
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from tako.server.observe.metrics_listener import MetricsListener
 
 log = logging.getLogger("tako.server.metrics")
@@ -34,17 +37,19 @@ class MetricsService:
         address = self.settings.address
         if address is None:
             return
-        try:
-            # Imported here: `tako servers upgrade` installs tako without its dependencies, so a server
-            # upgraded from a version before metrics may lack prometheus_client; it serves all the same.
-            from tako.server.observe import metrics, metrics_listener
-        except ImportError as exc:
+        # Looked for, not imported: `tako servers upgrade` installs tako without its dependencies, so a
+        # server upgraded from a version before metrics may lack prometheus_client; it serves all the same.
+        # Importing it (60-80 ms) is left to the first scrape, off the event loop: at start-up it held
+        # the loop, so the first requests after a restart, before the listener's first answer.
+        if importlib.util.find_spec("prometheus_client") is None:
             log.warning(
-                "metrics listener off: %s; re-run scripts/install-server (tako-server's dependencies)",
-                exc,
+                "metrics listener off: no module named 'prometheus_client'; re-run scripts/install-server "
+                "(tako-server's dependencies)"
             )
             return
-        listener = metrics_listener.MetricsListener(lambda: metrics.collect(self.sources))
+        from tako.server.observe import metrics_listener
+
+        listener = metrics_listener.MetricsListener(lambda: _collect(self.sources))
         try:
             self.port = await listener.start(*address)
         except OSError as exc:
@@ -63,3 +68,9 @@ class MetricsService:
                 await self._sampler
         if self.listener is not None:
             await self.listener.close()
+
+
+def _collect(sources: MetricsSources) -> list[Metric]:
+    from tako.server.observe import metrics  # imported by the listener before its first collect
+
+    return metrics.collect(sources)
