@@ -1,5 +1,6 @@
 """CertStore on real files: selection order, throttled re-checks, half-written replacements, info; the
-no-SNI default certificate kept on disk: reused, and replaced when unsound."""
+self-signed certificates kept on disk (the no-SNI default, routed hosts' fallbacks): reused, and replaced
+when unsound."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import pytest
 import trustme
 from cryptography import x509
 
-from tako.server.tls import selfsigned
-from tako.server.tls.certstore import DEFAULT_FILE, DEFAULT_NAME, CertStore
+from tako.server.tls import certstore, selfsigned
+from tako.server.tls.certstore import DEFAULT_FILE, DEFAULT_NAME, SELF_SIGNED_DIR, TLS_DIR, CertStore
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +54,7 @@ def test_selection_order_and_throttled_reload(tmp_path: Path) -> None:
     assert store.select("x.y.b.example") is None  # a wildcard covers one label
     info = store.certificate_info()
     assert info["a.example"]["source"] == "file" and info["*.b.example"]["source"] == "file"
+    assert info["a.example"]["not_after"] and "trustme" in info["a.example"]["issuer"]
 
 
 def test_refresh_serves_a_new_certificate_within_the_recheck_interval(tmp_path: Path) -> None:
@@ -87,14 +89,14 @@ def test_half_written_pair_keeps_serving_the_previous(tmp_path: Path) -> None:
     assert store.certificate_info()["a.example"]["error"] is None
 
 
-def _served_der(server_ctx: ssl.SSLContext) -> bytes:
-    """The certificate a client that sends no SNI is shown: a TLS handshake in memory."""
+def _served_der(server_ctx: ssl.SSLContext, server_name: str | None = None) -> bytes:
+    """The certificate a client is shown (by default one that sends no SNI): a TLS handshake in memory."""
     client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client_ctx.check_hostname = False
     client_ctx.verify_mode = ssl.CERT_NONE
     s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
     server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
-    client = client_ctx.wrap_bio(c_in, c_out)
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=server_name)
     for _ in range(4):
         for side, outgoing, peer_in in ((client, c_out, s_in), (server, s_out, c_in)):
             with contextlib.suppress(ssl.SSLWantReadError):
@@ -110,13 +112,13 @@ def _file_der(path: Path) -> bytes:
     return ssl.PEM_cert_to_DER_cert(text[: text.index("-----END CERTIFICATE-----") + 25])
 
 
-def _default_store(data_dir: Path) -> CertStore:
-    return CertStore(data_dir / "certs", lambda h: False, default_file=data_dir / DEFAULT_FILE)
+def _default_store(data_dir: Path, routed: Callable[[str], bool] = lambda h: False) -> CertStore:
+    return CertStore(data_dir / "certs", routed, tls_dir=data_dir / TLS_DIR)
 
 
 def test_default_certificate_is_stored_privately_and_reused(tmp_path: Path) -> None:
     served = _served_der(_default_store(tmp_path).ssl_context())
-    path = tmp_path / DEFAULT_FILE
+    path = tmp_path / TLS_DIR / DEFAULT_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert served == _file_der(path)
     cert = x509.load_der_x509_certificate(served)
@@ -174,7 +176,7 @@ UNSOUND: dict[str, tuple[Callable[[Path], object], str]] = {
 def test_an_unsound_default_certificate_is_replaced(
     tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = tmp_path / DEFAULT_FILE
+    path = tmp_path / TLS_DIR / DEFAULT_FILE
     path.parent.mkdir(mode=0o700)
     make, reason = UNSOUND[case]
     make(path)
@@ -190,3 +192,29 @@ def test_an_unsound_default_certificate_is_replaced(
         assert (tmp_path / "elsewhere.pem").read_bytes().count(b"BEGIN PRIVATE KEY") == 1
     # The replacement is sound: the next start reuses it.
     assert _served_der(_default_store(tmp_path).ssl_context()) == served
+
+
+def test_routed_hosts_self_signed_certificates_are_stored_and_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(certstore, "MAX_STORED_SELF_SIGNED", 2)
+    routed = {"a.example", "b.example", "c.example"}.__contains__
+    store = _default_store(tmp_path, routed)
+    context = store.ssl_context()
+    served = {name: _served_der(context, name) for name in ("a.example", "b.example", "c.example")}
+    stored = tmp_path / TLS_DIR / SELF_SIGNED_DIR
+    # Two files at most: a wildcard route would make any name under it routed.
+    assert sorted(p.name for p in stored.iterdir()) == ["a.example.pem", "b.example.pem"]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in stored.iterdir())
+    assert _file_der(stored / "a.example.pem") == served["a.example"]
+    assert store.certificate_info()["a.example"]["source"] == "self-signed"
+    # A restart: the stored ones are served again, the third is made anew.
+    again = _default_store(tmp_path, routed).ssl_context()
+    assert _served_der(again, "a.example") == served["a.example"]
+    assert _served_der(again, "b.example") == served["b.example"]
+    assert _served_der(again, "c.example") != served["c.example"]
+    # One stored for another name is not served for this one: replaced.
+    (stored / "a.example.pem").write_bytes((stored / "b.example.pem").read_bytes())
+    replaced = _served_der(_default_store(tmp_path, routed).ssl_context(), "a.example")
+    assert replaced not in (served["a.example"], served["b.example"])
+    assert _file_der(stored / "a.example.pem") == replaced

@@ -44,7 +44,7 @@ from tako.server.proxy.server import ProxyServer
 from tako.server.startup_clock import StartupClock
 from tako.server.state import DB_NAME, StateStore
 from tako.server.tls.acme import AcmeManager
-from tako.server.tls.certstore import DEFAULT_FILE, CertStore
+from tako.server.tls.certstore import TLS_DIR, CertStore
 from tako.server.tls.challenges import CHALLENGES_DIR, ChallengeStore
 from tako.server.workers.served_by import PidServices
 from tako.server.workers.supervisor import WorkerPool
@@ -292,7 +292,7 @@ class Daemon:
         certs = CertStore(
             self.data_dir / "certs",
             lambda h: registry.router.is_routed_host(h),
-            default_file=self.data_dir / DEFAULT_FILE,
+            tls_dir=self.data_dir / TLS_DIR,
         )
         multi = settings.workers > 1  # see server/workers: this process serves too, beside workers - 1 others
         services = PidServices(self) if multi else self

@@ -7,11 +7,17 @@ certificate; anything else fails the handshake. Files are re-checked (mtime, siz
 per second per name, so certificates added or replaced on disk are served without a restart; `refresh`
 re-reads a name at once (tako-server calls it in every process when it has stored a certificate).
 
-The no-SNI default certificate is self-signed too. Given a `default_file` (tako-server passes
-`<data_dir>/tls/default.pem`), it is kept there, certificate and key in one private file written
-atomically, so a restart loads it (about 1 ms) instead of making one (a child Python process, about
-0.12 s, while connections wait). A file that is not ours alone, does not load as a matching pair, does
-not cover DEFAULT_NAME or is not valid for DEFAULT_RENEW_SECONDS more is replaced by a new one.
+The no-SNI default certificate is self-signed too. Given a `tls_dir` (tako-server passes
+`<data_dir>/tls`), self-signed certificates are kept there, each with its key in one private file written
+atomically: the default in `default.pem`, a routed host's in `self-signed/<host>.pem` (at most
+MAX_STORED_SELF_SIGNED of those). A restart then loads them (a few ms) instead of making them: the
+default by a child Python process (about 0.12 s before the listeners open), a host's in this process at
+its first handshake (importing the cryptography library: about 0.1 s of the event loop). A file that is
+not ours alone, does not load as a matching pair, does not cover its name or is valid for less than
+RENEW_SECONDS more is replaced by a new one.
+
+Certificates are described (expiry, issuer: the cryptography library) only for `certificate_info`, never
+on a handshake.
 """
 
 from __future__ import annotations
@@ -41,9 +47,12 @@ PRIVKEY = "privkey.pem"
 WILDCARD_PREFIX = "_wildcard."
 RECHECK_SECONDS = 1.0
 DEFAULT_NAME = "tako-server"  # the self-signed certificate shown to clients that send no SNI
-DEFAULT_FILE = Path("tls") / "default.pem"  # under the data dir: the default certificate, then its key
-DEFAULT_RENEW_SECONDS = 7 * 86400  # a stored default certificate valid for less than this is replaced
-_DEFAULT_MAX_BYTES = 64 * 1024  # a certificate and an EC key are about 1 KB: anything far larger is not ours
+TLS_DIR = "tls"  # under the data dir: the stored self-signed certificates
+DEFAULT_FILE = "default.pem"  # in TLS_DIR: the no-SNI default certificate, then its key
+SELF_SIGNED_DIR = "self-signed"  # in TLS_DIR: <host>.pem, a routed host's fallback certificate and key
+MAX_STORED_SELF_SIGNED = 256  # hosts' files kept at most (a wildcard route makes any name under it routed)
+RENEW_SECONDS = 7 * 86400  # a stored self-signed certificate valid for less than this is replaced
+_STORED_MAX_BYTES = 64 * 1024  # a certificate and an EC key are about 1 KB: anything far larger is not ours
 _KEY_MARKER = b"-----BEGIN PRIVATE KEY-----"
 _MAX_NEGATIVE = 10_000
 _NAME_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
@@ -58,8 +67,6 @@ class _Entry:
     context: ssl.SSLContext | None = None
     signature: _Signature | None = None
     checked_at: float = float("-inf")
-    not_after: str | None = None
-    issuer: str | None = None
     error: str | None = None
 
 
@@ -119,14 +126,14 @@ class CertStore:
         is_routed_host: Callable[[str], bool],
         *,
         clock: Callable[[], float] = time.monotonic,
-        default_file: Path | None = None,
+        tls_dir: Path | None = None,
     ) -> None:
         self.certs_dir = Path(certs_dir)
-        self._default_file = default_file  # None: the default certificate is made anew by each store
+        self._tls_dir = tls_dir  # None: self-signed certificates are made anew by each store
         self._is_routed_host = is_routed_host
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
-        self._self_signed: dict[str, tuple[ssl.SSLContext, str, str]] = {}
+        self._self_signed: dict[str, tuple[ssl.SSLContext, bytes]] = {}  # name: context, certificate PEM
         self._lock = threading.Lock()
         self._context: ssl.SSLContext | None = None
         self._alpn: tuple[str, ...] = ALPN_HTTP1
@@ -136,7 +143,7 @@ class CertStore:
         self._alpn = ALPN_HTTP2 if offered else ALPN_HTTP1
         with self._lock:
             contexts = [e.context for e in self._entries.values() if e.context is not None]
-            contexts += [ctx for ctx, _, _ in self._self_signed.values()]
+            contexts += [ctx for ctx, _ in self._self_signed.values()]
         for ctx in contexts:
             ctx.set_alpn_protocols(list(self._alpn))
 
@@ -183,14 +190,17 @@ class CertStore:
                 name = child.name
                 display = "*." + name[len(WILDCARD_PREFIX) :] if name.startswith(WILDCARD_PREFIX) else name
                 entry = self._entry(name, force=True)
-                info[display] = {
-                    "not_after": entry.not_after if entry else None,
-                    "issuer": entry.issuer if entry else None,
-                    "source": "file",
-                    "error": entry.error if entry else None,
-                }
-        for name, (_, not_after, issuer) in list(self._self_signed.items()):
+                not_after = issuer = None
+                error = entry.error if entry else None
+                if entry is not None and entry.context is not None:
+                    try:
+                        not_after, issuer = _describe((child / FULLCHAIN).read_bytes())
+                    except (OSError, ValueError) as exc:
+                        error = f"cannot read {child / FULLCHAIN}: {exc}"
+                info[display] = {"not_after": not_after, "issuer": issuer, "source": "file", "error": error}
+        for name, (_, cert_pem) in list(self._self_signed.items()):
             if name != DEFAULT_NAME and name not in info:
+                not_after, issuer = _describe(cert_pem)
                 info[name] = {
                     "not_after": not_after,
                     "issuer": issuer,
@@ -246,7 +256,6 @@ class CertStore:
         try:
             ctx = _new_context(self._alpn)
             ctx.load_cert_chain(directory / FULLCHAIN, directory / PRIVKEY)
-            entry.not_after, entry.issuer = _describe((directory / FULLCHAIN).read_bytes())
         except (OSError, ssl.SSLError, ValueError) as exc:
             # Often a half-written pair during replacement: keep serving the previous one, retry later.
             entry.error = f"cannot load {directory}: {exc}"
@@ -266,70 +275,81 @@ class CertStore:
             cached = self._self_signed.get(name)
             if cached is not None:
                 return cached[0]
+            path = self._stored_path(name)
+            if path is not None:
+                try:
+                    ctx, cert_pem = _load_stored(path, name, self._alpn, now=time.time())
+                    self._self_signed[name] = (ctx, cert_pem)
+                    return ctx
+                except FileNotFoundError:
+                    pass
+                except (OSError, ssl.SSLError, ValueError) as exc:
+                    log.warning("self-signed certificate %s replaced: %s", path, exc)
             if name == DEFAULT_NAME:
-                ctx = self._default_context()
-                not_after, issuer = "", ""  # never listed: certificate_info skips the default
+                cert_pem, key_pem = _generate_in_child(name)
             else:
                 from tako.server.tls import selfsigned  # on first use, like _describe
 
                 cert_pem, key_pem = selfsigned.generate(name)
-                ctx = _context_from_pem(cert_pem, key_pem, self._alpn)
-                not_after, issuer = _describe(cert_pem)
-            self._self_signed[name] = (ctx, not_after, issuer)
+            if path is not None and (name == DEFAULT_NAME or path.exists() or self._room_for_another_host()):
+                try:
+                    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    write_atomic(path, cert_pem + key_pem, mode=0o600)
+                except OSError as exc:  # served all the same: made again at the next start
+                    log.warning("cannot store the self-signed certificate in %s: %s", path, exc)
+            ctx = _context_from_pem(cert_pem, key_pem, self._alpn)
+            self._self_signed[name] = (ctx, cert_pem)
             return ctx
 
-    def _default_context(self) -> ssl.SSLContext:
-        """The no-SNI default certificate: the stored one when it is sound, else a new one (stored)."""
-        path = self._default_file
-        if path is not None:
-            try:
-                return _load_default(path, self._alpn, now=time.time())
-            except FileNotFoundError:
-                pass
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                log.warning("default certificate %s replaced: %s", path, exc)
-        cert_pem, key_pem = _generate_in_child(DEFAULT_NAME)
-        if path is not None:
-            try:
-                path.parent.mkdir(mode=0o700, exist_ok=True)
-                write_atomic(path, cert_pem + key_pem, mode=0o600)
-            except OSError as exc:  # served all the same: made again at the next start
-                log.warning("cannot store the default certificate in %s: %s", path, exc)
-        return _context_from_pem(cert_pem, key_pem, self._alpn)
+    def _stored_path(self, name: str) -> Path | None:
+        if self._tls_dir is None:
+            return None
+        if name == DEFAULT_NAME:
+            return self._tls_dir / DEFAULT_FILE
+        return self._tls_dir / SELF_SIGNED_DIR / f"{name}.pem"  # `name` passed select()'s _NAME_RE
+
+    def _room_for_another_host(self) -> bool:
+        assert self._tls_dir is not None
+        try:
+            return len(os.listdir(self._tls_dir / SELF_SIGNED_DIR)) < MAX_STORED_SELF_SIGNED
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
 
 
-def _load_default(path: Path, alpn: tuple[str, ...], *, now: float) -> ssl.SSLContext:
-    """The server context for the stored default certificate; raises when the file must be replaced: not a
-    regular file of this user's alone (its key may have been read), not one certificate and its key, not
-    valid for DEFAULT_NAME from now until DEFAULT_RENEW_SECONDS later."""
+def _load_stored(path: Path, name: str, alpn: tuple[str, ...], *, now: float) -> tuple[ssl.SSLContext, bytes]:
+    """The server context for a stored self-signed certificate, and the certificate's PEM; raises when the
+    file must be replaced: not a regular file of this user's alone (its key may have been read), not one
+    certificate and its key, not valid for `name` from now until RENEW_SECONDS later."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     with open(fd, "rb") as fh:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
             raise ValueError(f"not a private file of this user (mode {stat.S_IMODE(st.st_mode):04o})")
-        data = fh.read(_DEFAULT_MAX_BYTES + 1)
-    if len(data) > _DEFAULT_MAX_BYTES or data.count(_KEY_MARKER) != 1:
+        data = fh.read(_STORED_MAX_BYTES + 1)
+    if len(data) > _STORED_MAX_BYTES or data.count(_KEY_MARKER) != 1:
         raise ValueError("not one certificate and its key")
     cert_pem = data[: data.index(_KEY_MARKER)]
     # From the file itself (certificate, then key): load_cert_chain refuses a key that is not the
     # certificate's; the handshake checks the rest, against the certificate read above.
     ctx = _new_context(alpn)
     ctx.load_cert_chain(path)
-    not_after = _verified_not_after(ctx, cert_pem)
-    if not_after - now < DEFAULT_RENEW_SECONDS:
+    not_after = _verified_not_after(ctx, cert_pem, name)
+    if not_after - now < RENEW_SECONDS:
         raise ValueError(f"valid only until {time.strftime('%Y-%m-%d %H:%M', time.gmtime(not_after))} UTC")
-    return ctx
+    return ctx, cert_pem
 
 
-def _verified_not_after(server_ctx: ssl.SSLContext, cert_pem: bytes) -> float:
-    """A TLS handshake in memory with a client that trusts `cert_pem` alone and expects DEFAULT_NAME: OpenSSL
+def _verified_not_after(server_ctx: ssl.SSLContext, cert_pem: bytes, name: str) -> float:
+    """A TLS handshake in memory with a client that trusts `cert_pem` alone and expects `name`: OpenSSL
     itself checks the name, the validity period and the signature made with the key. Returns the end of
     the validity period (epoch seconds). Without the cryptography library: an idle server never loads it."""
     client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client_ctx.load_verify_locations(cadata=cert_pem.decode("ascii"))
     server_in, server_out, client_in, client_out = (ssl.MemoryBIO() for _ in range(4))
     server = server_ctx.wrap_bio(server_in, server_out, server_side=True)
-    client = client_ctx.wrap_bio(client_in, client_out, server_hostname=DEFAULT_NAME)
+    client = client_ctx.wrap_bio(client_in, client_out, server_hostname=name)
     for _ in range(4):  # TLS 1.3: the client's hello, the server's flight, the client's finished
         _step(client, client_out, server_in)
         _step(server, server_out, client_in)

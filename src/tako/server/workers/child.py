@@ -34,7 +34,7 @@ from tako.server.proxy.cold_start import ColdStartQueue
 from tako.server.proxy.maintenance import MaintenanceAnswer
 from tako.server.proxy.server import ProxyServer, listen
 from tako.server.proxy.static_files import StaticMounts
-from tako.server.tls.certstore import DEFAULT_FILE, CertStore
+from tako.server.tls.certstore import TLS_DIR, CertStore
 from tako.server.tls.challenges import CHALLENGES_DIR, ChallengeStore, read_token_file
 from tako.server.workers.messages import (
     CHANNEL_VERSION,
@@ -412,9 +412,7 @@ async def serve(fd: int, listeners: tuple[socket.socket, socket.socket]) -> None
     proxy = child.proxy = ProxyServer(
         config.proxy,
         child,
-        CertStore(
-            child.data_dir / "certs", child.router.is_routed_host, default_file=child.data_dir / DEFAULT_FILE
-        ),
+        CertStore(child.data_dir / "certs", child.router.is_routed_host, tls_dir=child.data_dir / TLS_DIR),
         Snapshot(router=child.router),
         https_redirect_port=config.https_port,
         reuse_port=True,
