@@ -20,6 +20,7 @@ from tests.support.proxy_harness import ProxyHarness, one_app_proxy, parse_respo
 from tests.support.upstreams import _BLOCK
 
 from tako.config.server import ProxySettings
+from tako.server.proxy.tls import TLSTransport
 
 pytestmark = [pytest.mark.integration, pytest.mark.uvloop]
 
@@ -56,6 +57,14 @@ async def _wait_for(predicate: object, timeout: float = 10.0) -> None:
     while not predicate():  # type: ignore[operator]
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+def test_the_transport_has_every_method_of_an_asyncio_transport() -> None:
+    # TLSTransport does not subclass asyncio.Transport (compiled, it cannot): none of the base's methods
+    # may be missing, and it must not be the base's NotImplementedError stubs, either.
+    methods = {name for name in dir(asyncio.Transport) if not name.startswith("_")}
+    assert methods <= set(dir(TLSTransport))
+    assert not issubclass(TLSTransport, asyncio.BaseTransport)
 
 
 async def test_handshake_deadline_closes_silent_and_stalled_clients(tmp_path: Path) -> None:
@@ -100,8 +109,9 @@ async def test_requests_in_separate_records_and_pipelined_in_one(tmp_path: Path)
 
 
 def _request_with_finished(p: ProxyHarness, request: bytes) -> bytes:
-    """Handshake in memory, then send the client's Finished and `request` in one write: the server reads
-    the request's record in the same `read` as the Finished (OpenSSL's read-ahead, where it is on)."""
+    """Handshake in memory, then send the client's Finished and `request` in one write: the request's
+    record is in the socket when the handshake completes, and no readiness may be lost in between (with
+    OpenSSL's read-ahead it would already be inside OpenSSL, which the transport would have to read)."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = p.client_context().wrap_bio(incoming, outgoing, server_hostname=HOST)
     with socket.create_connection(("127.0.0.1", p.https_port), timeout=10) as raw:
@@ -133,8 +143,8 @@ async def test_request_in_the_same_segment_as_the_finished_message(tmp_path: Pat
 
 
 async def test_pipelined_burst_larger_than_one_read(tmp_path: Path) -> None:
-    # ~340 KiB of requests in one write: more than one read returns, so part of it waits inside OpenSSL
-    # (read-ahead) while the proxy pauses reading between requests.
+    # ~340 KiB of requests in one write: many records, read one per `SSL_read`, while the proxy pauses and
+    # resumes reading between requests (with read-ahead, part of it would wait inside OpenSSL).
     count = 1000
     request = b"GET /sink HTTP/1.1\r\nHost: a.tako.test\r\nX-Pad: " + b"p" * 300 + b"\r\n\r\n"
 

@@ -111,7 +111,9 @@ def test_pure_python_on_request() -> None:
     assert _probe(SRC, TAKO_PURE_PYTHON="1") == ("python (TAKO_PURE_PYTHON is set)", SOURCES)
 
 
-@pytest.mark.parametrize(("module", "source"), [("client", "client.py"), ("h2.stream", "h2/stream.pxd")])
+@pytest.mark.parametrize(
+    ("module", "source"), [("client", "client.py"), ("tls", "tls.pxd"), ("h2.stream", "h2/stream.pxd")]
+)
 def test_a_build_older_than_its_source_is_not_used(tmp_path: Path, module: str, source: str) -> None:
     _needs_build()
     # A checkout edited after its in-place build (a .py or its .pxd): the old compiled code must not run, for

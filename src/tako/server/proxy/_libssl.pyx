@@ -14,8 +14,9 @@ Read-ahead and `SSL_MODE_RELEASE_BUFFERS` are left off. With both on (one `read`
 an e2e run once saw a WebSocket upgrade request that never reached the proxy's parser within the 10 s header
 timeout (a 408) while thousands of requests around it were served; it was not reproduced on loopback, and
 read-ahead is the one change that can hide received bytes from the loop (inside OpenSSL, where readiness does
-not see them). Until that is understood, OpenSSL reads one record per call, as through `_ssl`, and the
-transport's reads of what OpenSSL holds (tls.py `_read_pending`) find nothing.
+not see them). Until that is understood, OpenSSL reads one record per call, as through `_ssl`, and nothing
+received is ever left inside OpenSSL: `Channel.read` is one `SSL_read`, and the transport reads only when the
+socket is readable.
 
 The `SSL *` is the second field after the object header of `_ssl._SSLSocket` (CPython's `PySSLSocket`:
 `PyObject_HEAD; PyObject *Socket; SSL *ssl; ...`, unchanged from 3.7 through 3.13). `channel()` only trusts
@@ -42,7 +43,6 @@ cdef extern from "openssl/ssl.h":
     int SSL_write(SSL *s, const void *buf, int num)
     int SSL_get_error(const SSL *s, int ret)
     int SSL_get_fd(const SSL *s)
-    int SSL_has_pending(const SSL *s)
     const char *OpenSSL_version(int t)
     enum:
         SSL_ERROR_NONE
@@ -70,10 +70,7 @@ ctypedef struct SSLSocketHead:  # the start of CPython's PySSLSocket (see the mo
 
 
 cdef enum:
-    READ_SIZE = 16384  # one record's plaintext at most: each SSL_read below returns at most this
-    # One call of `read` returns at most about this much (the transport calls again on the next loop turn):
-    # a client uploading faster than the proxy forwards cannot keep one readiness callback reading.
-    MAX_READ = 262144
+    READ_SIZE = 16384  # one record's plaintext at most, so one SSL_read leaves no plaintext inside OpenSSL
 
 cdef char _buffer[READ_SIZE]
 cdef bint _layout_known = (3, 7) <= sys.version_info[:2] <= (3, 13)
@@ -101,65 +98,48 @@ cdef object _error(int code, int syscall_errno):
     return ssl.SSLError(code, text.decode(errors="replace"))
 
 
+cdef inline void _clear_errors() noexcept:
+    """Empty this thread's OpenSSL error queue, which SSL_get_error reads after a failed call.
+
+    It is almost always empty already: `ERR_clear_error` resets all 16 of its slots regardless (840
+    machine instructions, 1.7k per HTTPS request with one read and one write: 2.5% of a keep-alive
+    request under bench/proxy/tls_instructions.py), where `ERR_peek_error` only compares two indexes."""
+    if ERR_peek_error() != 0:
+        ERR_clear_error()
+
+
 cdef class Channel:
     """SSL_read and SSL_write on the `SSL` object of one `_ssl._SSLSocket` (which this keeps alive)."""
 
     cdef object _owner
     cdef SSL *_ssl
-    # The last `read` stopped at MAX_READ with more inside OpenSSL: call it again, the loop will not.
-    cdef readonly bint truncated
 
     def read(self):
         """Plaintext the client sent (bytes), b"" at its end (close_notify, or EOF without it), or None
         when nothing more has arrived. Raises `ssl.SSLWantWriteError` when OpenSSL must write first (a TLS
         1.3 key update), an `OSError` (`ssl.SSLError` included) when the connection failed.
 
-        Reads until the socket has nothing more or OpenSSL holds nothing more, or MAX_READ (then
-        `truncated` is set): with read-ahead records may sit inside OpenSSL, where readiness cannot see them.
+        One `SSL_read`, so at most one record: without read-ahead OpenSSL takes from the socket only the
+        record it returns, and whatever follows stays in the socket, where the loop's readiness sees it.
+        (With read-ahead on, this would have to read until `SSL_has_pending` is false and the transport
+        would have to read what OpenSSL holds after the handshake and on `resume_reading`.)
         """
         cdef SSL *conn = self._ssl
         cdef int n, code, failure
-        cdef list parts = None
-        cdef bytes chunk
-        cdef Py_ssize_t total = 0
-        self.truncated = False
-        while True:
-            ERR_clear_error()
-            n = SSL_read(conn, _buffer, READ_SIZE)
-            if n <= 0:
-                failure = errno
-                code = SSL_get_error(conn, n)
-                if code == SSL_ERROR_WANT_READ:
-                    break
-                if code == SSL_ERROR_ZERO_RETURN:
-                    if total:
-                        break  # the data first; the next call returns the end
-                    return b""
-                exc = _error(code, failure)
-                if total and not isinstance(exc, ssl.SSLWantWriteError):
-                    break  # deliver what came; the next call (the socket stays readable) reports it
-                if exc is None:
-                    return b""
-                raise exc
-            chunk = PyBytes_FromStringAndSize(_buffer, n)
-            if not SSL_has_pending(conn) and total == 0:
-                return chunk  # the common case: one record, nothing buffered behind it
-            if parts is None:
-                parts = []
-            parts.append(chunk)
-            total += n
-            if not SSL_has_pending(conn):
-                break
-            if total >= MAX_READ:
-                self.truncated = True
-                break
-        if parts is None:
+        _clear_errors()
+        n = SSL_read(conn, _buffer, READ_SIZE)
+        if n > 0:
+            return PyBytes_FromStringAndSize(_buffer, n)
+        failure = errno
+        code = SSL_get_error(conn, n)
+        if code == SSL_ERROR_WANT_READ:
             return None
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def pending(self):
-        """Whether OpenSSL holds bytes read from the socket (decrypted or not) that `read` has not returned."""
-        return SSL_has_pending(self._ssl) != 0
+        if code == SSL_ERROR_ZERO_RETURN:
+            return b""
+        exc = _error(code, failure)
+        if exc is None:
+            return b""
+        raise exc
 
     def write(self, data):
         """Encrypt and send all of `data` (returns its length); raises `ssl.SSLWantWriteError` (or
@@ -171,7 +151,7 @@ cdef class Channel:
         try:
             if view.len > 0x40000000:
                 raise ValueError("write at most 1 GiB at a time")
-            ERR_clear_error()
+            _clear_errors()
             n = SSL_write(self._ssl, view.buf, <int>view.len)
             if n > 0:
                 return n

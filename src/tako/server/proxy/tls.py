@@ -14,10 +14,15 @@ socket object for the descriptor, a `getpeername` check, timeout and option chec
 27.8 µs of CPU per HTTPS request (one process, 100 keep-alive connections).
 
 Where the compiled `_libssl` binding is loaded, reads and writes call libssl on the TLS object's own `SSL`
-directly instead (a `Channel`, see _libssl.pyx): OpenSSL reads ahead (one `read` per request instead of
-two), frees a connection's record buffers while it is idle, and "nothing more to read" is a return value,
-not a raised `SSLWantReadError`. Elsewhere (TAKO_PURE_PYTHON=1, no compiler, another Python) the same
-transport calls the TLS object's methods.
+directly instead (a `Channel`, see _libssl.pyx): "nothing more to read" is a return value, not a raised
+`SSLWantReadError`, and the GIL is not released and re-taken around each call. Elsewhere (TAKO_PURE_PYTHON=1,
+no compiler, another Python) the same transport calls the TLS object's methods.
+
+This module is one of the compiled set (compiled.py): `tls.pxd` types the transport's attributes and its
+internal calls, so where the proxy runs compiled an HTTPS request's readiness callback, read, write and
+hand-off to the protocol run without an interpreter frame. `TLSTransport` is therefore not a subclass of
+`asyncio.Transport` (an extension type cannot have a Python base class): it is a transport by its methods,
+as `h2.stream.StreamTransport` is, and `as_transport` tells the type checker so.
 
 Closing sends close_notify, then half-closes and discards what the client still sends for a short while
 (so a client still uploading sees the response, not a reset) before the socket is closed.
@@ -31,7 +36,7 @@ import os
 import socket
 import ssl
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from tako.server.proxy.compiled import PURE_PYTHON_ENV, TLS_BINDING, binding_problem
 
@@ -58,9 +63,6 @@ class _Channel(Protocol):
 
     def read(self) -> bytes | None: ...
     def write(self, data: bytes | bytearray | memoryview) -> int: ...
-    def pending(self) -> bool: ...
-    @property
-    def truncated(self) -> bool: ...
 
 
 def _channel_factory() -> Callable[[Any, int], _Channel | None] | None:
@@ -117,14 +119,18 @@ def accept(
     TLSTransport(loop, conn, tls, peername, protocol_factory, handshake_timeout, handshaking)
 
 
-class TLSTransport(asyncio.Transport):
-    """One server-side TLS connection driven by socket readiness."""
+def as_transport(transport: TLSTransport) -> asyncio.Transport:
+    """A `TLSTransport` is an asyncio transport by its methods (the ones the proxy's protocols call)."""
+    return cast(asyncio.Transport, transport)
+
+
+class TLSTransport:
+    """One server-side TLS connection driven by socket readiness (an `asyncio.Transport` by its methods)."""
 
     __slots__ = (
         "__weakref__",  # the TLS object's `owner`
         "_buffer",
         "_buffer_size",
-        "_channel",
         "_closing",
         "_eof",
         "_factory",
@@ -157,15 +163,13 @@ class TLSTransport(asyncio.Transport):
         handshake_timeout: float | None,
         handshaking: set[TLSTransport],
     ) -> None:
-        super().__init__()
         self._loop = loop
         self._sock = sock  # owns the descriptor; the TLS object holds only a weak reference to it
         self._tls = tls  # `_ssl._SSLSocket`: read, write, do_handshake, shutdown, pending, context, ...
         self._fd = sock.fileno()
         self._factory = protocol_factory
         self._protocol: asyncio.Protocol | None = None
-        channel = _make_channel(tls, self._fd) if _make_channel is not None else None
-        self._channel = channel  # None: the TLS object's own read and write
+        channel = _make_channel(tls, self._fd) if _make_channel is not None else None  # None: `_ssl`'s own
         self._recv = _module_reader(tls) if channel is None else channel.read
         self._send = tls.write if channel is None else channel.write
         self._buffer: list[bytes | bytearray | memoryview] = []  # waiting for the socket to be writable
@@ -239,11 +243,12 @@ class TLSTransport(asyncio.Transport):
         self._handshaking.discard(self)
         self._set_writer(None)
         protocol = self._protocol = self._factory(self._tls.selected_alpn_protocol())
-        protocol.connection_made(self)
+        protocol.connection_made(as_transport(self))
         # Hands the socket's read readiness from the handshake straight to _read: replacing the callback
         # keeps the loop's poll handle, where removing it first would tear it down and make a new one.
+        # A request sent with the client's Finished is still in the socket (OpenSSL reads no further
+        # than the handshake's records without read-ahead), so that readiness announces it.
         self._update_reader()
-        self._read_pending()  # a first request that came with the client's Finished, read ahead
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -263,8 +268,6 @@ class TLSTransport(asyncio.Transport):
         assert protocol is not None
         if data:
             protocol.data_received(data)
-            if self._channel is not None and self._channel.truncated:
-                self._loop.call_soon(self._read_pending)  # what OpenSSL read ahead past one call's limit
             return
         # close_notify or end of stream: the client will send nothing more.
         self._eof = True
@@ -276,11 +279,6 @@ class TLSTransport(asyncio.Transport):
     def _read_when_writable(self) -> None:
         self._set_writer(self._write_buffered if self._buffer else None)
         if self._on_read is not None:
-            self._read()
-
-    def _read_pending(self) -> None:
-        """Read what OpenSSL holds already, which no readiness callback will announce (read-ahead)."""
-        if self._channel is not None and self._channel.pending() and self._on_read == self._read:
             self._read()
 
     def _update_reader(self) -> None:
@@ -296,8 +294,6 @@ class TLSTransport(asyncio.Transport):
         if not self._reading:
             self._reading = True
             self._update_reader()
-            if self._channel is not None and self._channel.pending():
-                self._loop.call_soon(self._read_pending)
 
     def is_reading(self) -> bool:
         return self._reading and not self._closing
