@@ -1,8 +1,8 @@
 """Whether the proxy's per-request modules run compiled, and the fall-back to their Python sources.
 
-`counters`, `cycle`, `client`, `upstream`, `access_line`, `static_files`, `static_stream`, the TLS transport
-`tls` and HTTP/2's `h2.stream` and `h2.connection` are plain Python; the `.pxd` file next to each gives Cython
-C types for their attributes and internal calls.
+`counters`, `cycle`, `client`, `upstream`, `access_line`, `static_files`, `static_stream`, the transports
+`tls` and `plain`, and HTTP/2's `h2.stream` and `h2.connection` are plain Python; the `.pxd` file next to
+each gives Cython C types for their attributes and internal calls.
 setup.py compiles them where Cython and a C compiler are available and writes `compiled.json` beside them:
 the hash of each module's .py and .pxd as built. Python imports an extension module in preference to the
 .py next to it, so `select()` (run by the package before anything imports those modules) makes sure a
@@ -37,6 +37,7 @@ MODULES = (
     "static_files",
     "static_stream",
     "tls",
+    "plain",
     "h2.stream",
     "h2.connection",
 )

@@ -26,6 +26,7 @@ from tako.server.proxy.body_buffer import BodyBuffer, default_directory
 from tako.server.proxy.client import _DEADLINE_HEADER as DEADLINE_HEADER
 from tako.server.proxy.client import ClientConnection
 from tako.server.proxy.counters import TrafficCounters
+from tako.server.proxy.plain import PlainTransport
 from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool
 from tako.server.tls.certstore import CertStore
 
@@ -298,7 +299,9 @@ class ProxyServer:
                     self._handshaking,
                 )
             else:
-                self._connect_accepted(conn, listener.forward)
+                # In the accept callback, not through the loop's ready queue (see plain.py).
+                protocol = _as_protocol(ClientConnection(self, False, listener.forward))
+                PlainTransport(self.loop, conn, protocol, peername, read_now=True)
 
     def _resume_accept(self, listener: _Listener) -> None:
         if listener in self._listeners and not self._paused:
@@ -308,26 +311,6 @@ class ProxyServer:
         if alpn == h2.ALPN_H2 and self.http2:
             return h2.new_connection(self)
         return _as_protocol(ClientConnection(self, True, True))
-
-    def _connect_accepted(self, conn: socket.socket, forward: bool) -> None:
-        """Make the transport of an accepted plain connection now, in the accept callback.
-
-        Each step through the loop's ready queue costs a whole loop turn, and under load a turn is long:
-        while every poll returns a full batch of events, libuv polls again (up to 48 batches of 1024)
-        before it runs timers and ready callbacks. A task per connection spent one such turn before the
-        transport existed; stepping `connect_accepted_socket` here leaves only its `connection_made` in
-        the queue. The rest of the coroutine (handing over the transport) runs when that is done."""
-        coro = self.loop.connect_accepted_socket(
-            lambda: _as_protocol(ClientConnection(self, False, forward)), conn
-        )
-        try:
-            waiter = coro.send(None)
-        except StopIteration:
-            return
-        except OSError:
-            conn.close()
-            return
-        waiter.add_done_callback(lambda _: _finish_accepted(coro, conn))
 
     def _sweep(self) -> None:
         """Fire connection deadlines (header, keep-alive, linger, stalled reader, upstream response, idle
@@ -355,19 +338,6 @@ class ProxyServer:
             del self.pools[key]
         if not self.shutting_down or self.connections:
             self._sweeper = self.loop.call_later(self._sweep_interval, self._sweep)
-
-
-def _finish_accepted(coro: Coroutine[Any, Any, Any], conn: socket.socket) -> None:
-    """Resume `connect_accepted_socket` past its connection-made waiter (see `_connect_accepted`)."""
-    try:
-        coro.send(None)
-    except StopIteration:
-        return
-    except OSError:
-        conn.close()
-        return
-    coro.close()  # it awaited something else: not expected of connect_accepted_socket
-    conn.close()
 
 
 def _as_protocol(protocol: ClientConnection | UpstreamConnection) -> asyncio.Protocol:
