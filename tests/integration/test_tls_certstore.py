@@ -218,3 +218,11 @@ def test_routed_hosts_self_signed_certificates_are_stored_and_reused(
     replaced = _served_der(_default_store(tmp_path, routed).ssl_context(), "a.example")
     assert replaced not in (served["a.example"], served["b.example"])
     assert _file_der(stored / "a.example.pem") == replaced
+
+
+def test_a_host_name_too_long_for_a_file_name_gets_a_certificate_not_stored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    long_name = ".".join(["a" * 63] * 3 + ["b" * 10, "example"])  # 210 characters, 214 with ".pem"
+    assert _served_der(_default_store(tmp_path, {long_name}.__contains__).ssl_context(), long_name)
+    assert not (tmp_path / TLS_DIR / SELF_SIGNED_DIR).exists() and "self-signed" not in caplog.text

@@ -52,6 +52,7 @@ DEFAULT_FILE = "default.pem"  # in TLS_DIR: the no-SNI default certificate, then
 SELF_SIGNED_DIR = "self-signed"  # in TLS_DIR: <host>.pem, a routed host's fallback certificate and key
 MAX_STORED_SELF_SIGNED = 256  # hosts' files kept at most (a wildcard route makes any name under it routed)
 RENEW_SECONDS = 7 * 86400  # a stored self-signed certificate valid for less than this is replaced
+_MAX_STORED_NAME = 200  # a host name (up to 253 characters) longer than this is not stored
 _STORED_MAX_BYTES = 64 * 1024  # a certificate and an EC key are about 1 KB: anything far larger is not ours
 _KEY_MARKER = b"-----BEGIN PRIVATE KEY-----"
 _MAX_NEGATIVE = 10_000
@@ -306,6 +307,8 @@ class CertStore:
             return None
         if name == DEFAULT_NAME:
             return self._tls_dir / DEFAULT_FILE
+        if len(name) > _MAX_STORED_NAME:  # the file name and write_atomic's temporary one: 255 bytes at most
+            return None
         return self._tls_dir / SELF_SIGNED_DIR / f"{name}.pem"  # `name` passed select()'s _NAME_RE
 
     def _room_for_another_host(self) -> bool:
