@@ -272,6 +272,26 @@ async def test_http10_clients_keepalive_only_when_asked(tmp_path: Path) -> None:
         assert responses[1].header("connection") == "close"
 
 
+async def test_http10_kept_alive_by_proxy_connection_stays_http10(tmp_path: Path) -> None:
+    # llhttp reads Proxy-Connection as a Connection header: an HTTP/1.0 request it keeps alive that way is
+    # still answered as HTTP/1.0 (the proxy takes a request kept alive without either header for HTTP/1.1).
+    async with one_app_proxy(tmp_path) as (p, _):
+        data = await raw_exchange(
+            p.https_port,
+            b"GET /bytes/5 HTTP/1.0\r\nHost: a.tako.test\r\nProxy-Connection: keep-alive\r\n\r\n"
+            b"GET /bytes/6 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n"
+            b"GET /bytes/7 HTTP/1.0\r\nHost: a.tako.test\r\nProxy-Connection: close\r\n\r\n"
+            b"GET /bytes/8 HTTP/1.1\r\nHost: a.tako.test\r\n\r\n",
+            ssl_context=p.client_context(),
+            server_hostname="a.tako.test",
+        )
+        responses = parse_responses(data)
+        assert [(r.status, r.body) for r in responses] == [(200, b"x" * 5), (200, b"x" * 6), (200, b"x" * 7)]
+        assert responses[0].header("connection") == "keep-alive"
+        assert responses[1].header("connection") is None
+        assert responses[2].header("connection") == "close"
+
+
 async def test_absolute_form_targets_route_by_their_authority(tmp_path: Path) -> None:
     a, b = await HttpUpstream("a").start(), await HttpUpstream("b").start()
     routes = {

@@ -1,9 +1,17 @@
 # Cython declarations for client.py (see docs/proxy.md, "Compiled hot path"): C types for the attributes and the calls the
 # per-request path makes. The .py file stays the source; these only take effect when it is compiled.
+cimport cython
+
 from tako.server.proxy.access_line cimport AccessLog
-from tako.server.proxy.counters cimport AppCounters
+from tako.server.proxy.counters cimport AppCounters, RequestIds
 from tako.server.proxy.cycle cimport RequestCycle
-from tako.server.proxy.upstream cimport UpstreamConnection
+from tako.server.proxy.upstream cimport UpstreamConnection, UpstreamPool
+
+
+# Request header kinds: C ints, so classifying a header compares C integers rather than module globals.
+cdef int _H_PASS, _H_DROP, _H_HOST, _H_LENGTH, _H_TE, _H_CONNECTION, _H_UPGRADE, _H_XFF, _H_EXPECT
+cdef int _H_REQUEST_ID, _H_ACCEPT_ENCODING, _H_PROXY_CONNECTION
+cdef dict _request_kinds_cache
 
 
 cdef class ClientConnection:
@@ -39,8 +47,9 @@ cdef class ClientConnection:
     cdef public int pause_mask
     cdef public bint paused_in_window
     cdef public object pipeline
+    cdef public dict pools
     cdef public int reject_status
-    cdef public object request_ids
+    cdef public RequestIds request_ids
     cdef public double response_timeout
     cdef public double send_deadline
     cdef public object server
@@ -55,15 +64,19 @@ cdef class ClientConnection:
     cdef public bint write_paused
 
     cdef _check_head(self, RequestCycle cycle)
+    @cython.locals(parts=list)
     cpdef bytes _build_head(self, RequestCycle cycle)
+    @cython.locals(url=bytes, path=bytes)
     cpdef _start(self, RequestCycle cycle)
+    @cython.locals(pool=UpstreamPool, uconn=UpstreamConnection)
     cpdef _use_upstream(self, RequestCycle cycle, upstream)
     cpdef _respond(self, RequestCycle cycle, bytes data)
     cpdef request_sent(self, RequestCycle cycle)
     cpdef send_body(self, RequestCycle cycle)
     cpdef pump_body(self, RequestCycle cycle)
     cpdef response_complete(self, RequestCycle cycle)
-    cdef _count(self, RequestCycle cycle, int status)
+    @cython.locals(now=double)
+    cdef double _count(self, RequestCycle cycle, int status) except? -1.0
     cpdef pause(self, int reason)
     cpdef resume(self, int reason)
     cpdef abort(self)

@@ -22,3 +22,10 @@ cdef class AppCounters:
     cpdef finished(self, int status, double seconds, double upstream_seconds, long long bytes_in, long long bytes_out)
     cpdef tunnel_closed(self, long long bytes_in, long long bytes_out)
     cpdef upstream_error(self, int kind)
+
+
+cdef class RequestIds:
+    cdef unsigned long long _count
+    cdef bytes _prefix
+
+    cpdef bytes next(self)

@@ -16,6 +16,7 @@ cdef class RequestCycle:
     cdef public bint chunked
     cdef public ClientConnection conn
     cdef public list conn_tokens
+    cdef public bint connection_header
     cdef public object content_length
     cdef public AppCounters counters
     cdef public int error_status

@@ -132,6 +132,7 @@ class RequestCycle:
         "chunked",
         "conn",
         "conn_tokens",
+        "connection_header",
         "content_length",
         "counters",
         "error_status",
@@ -181,6 +182,7 @@ class RequestCycle:
         self.upgrade_header: bytes | None = None
         self.upgrade: bytes | None = None  # set when the request asks to switch protocols
         self.conn_tokens: list[bytes] | None = None
+        self.connection_header = False  # a Connection or Proxy-Connection header came (client.py)
         self.content_length: int | None = None
         self.chunked = False
         self.keep_alive = True

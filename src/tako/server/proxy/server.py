@@ -18,14 +18,13 @@ from typing import Any, cast
 
 from tako.config.server import ProxySettings
 from tako.routing import normalise_host
-from tako.server.observe.request_id import RequestIds
 from tako.server.proxy import h2, tls
 from tako.server.proxy.access_line import AccessLog
 from tako.server.proxy.backend import ServerServices, Snapshot, Upstream
 from tako.server.proxy.body_buffer import BodyBuffer, default_directory
 from tako.server.proxy.client import _DEADLINE_HEADER as DEADLINE_HEADER
 from tako.server.proxy.client import ClientConnection
-from tako.server.proxy.counters import TrafficCounters
+from tako.server.proxy.counters import RequestIds, TrafficCounters
 from tako.server.proxy.plain import PlainTransport
 from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool
 from tako.server.tls.certstore import CertStore

@@ -7,6 +7,9 @@ from tako.server.proxy.cycle cimport RequestCycle
 
 
 cdef int FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE, FRAME_DONE
+# Response header kinds: C ints, so classifying a header compares C integers rather than module globals.
+cdef int _H_PASS, _H_DROP, _H_CONNECTION, _H_LENGTH, _H_TE
+cdef dict _response_kinds_cache
 
 
 cdef class UpstreamPool:

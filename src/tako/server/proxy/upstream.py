@@ -67,7 +67,9 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
 }
 
 _response_kinds = HeaderKinds(_RESPONSE_SPECIAL)
-_response_kinds_cache = _response_kinds.cache  # the same dict for good (cleared in place): one global lookup
+# The same dict for good (cleared in place): a C global typed as a dict (upstream.pxd) when compiled, so the
+# per-header lookup is a direct dict call rather than a method call on an untyped global.
+_response_kinds_cache = _response_kinds.cache
 
 _CHUNK_END = b"0\r\n\r\n"
 _CRLF = b"\r\n"
@@ -380,7 +382,12 @@ class UpstreamConnection:
         if kind is None:
             kind = _response_kinds.classify(name)
         if kind == _H_PASS:
-            headers.extend((name, b": ", value, _CRLF))
+            # Four appends rather than an extend by a tuple: compiled, they are inline C with no tuple to
+            # make and free.
+            headers.append(name)
+            headers.append(b": ")
+            headers.append(value)
+            headers.append(_CRLF)
         elif kind == _H_LENGTH:
             self._length = value.strip()
         elif kind == _H_TE:
@@ -428,18 +435,20 @@ class UpstreamConnection:
         # The pieces of the head go straight into the output, joined once per read with the body bytes: one
         # write per read. On plain TCP, too, that costs less than the copy it saves (a `writev` of head and
         # body measured 1 µs more per request than one `write` of both).
-        out += (_STATUS_LINE_STARTS[status], self._reason, _CRLF)
-        out += headers
-        out += (b"X-Request-Id: ", cycle.request_id or b"-", _CRLF)  # set by _build_head for every request
+        # (`out.extend(...)`, not `out += ...`: compiled, a direct list extend; the generic in-place adds
+        # took 1,800 instructions a request here, callgrind over bench/proxy/hotpath.py.)
+        out.extend((_STATUS_LINE_STARTS[status], self._reason, _CRLF))
+        out.extend(headers)
+        out.extend((b"X-Request-Id: ", cycle.request_id or b"-", _CRLF))  # set by _build_head, always
         if cycle.is_head or status == 204 or status == 304:
             frame = FRAME_NONE
             if self._length is not None and status != 204:
-                out += (b"Content-Length: ", self._length, _CRLF)
+                out.extend((b"Content-Length: ", self._length, _CRLF))
         elif self._chunked:
             frame = FRAME_CHUNKED if not cycle.http10 else FRAME_CLOSE
         elif self._length is not None and encoder is None:
             frame = FRAME_LENGTH
-            out += (b"Content-Length: ", self._length, _CRLF)
+            out.extend((b"Content-Length: ", self._length, _CRLF))
         else:  # no length (the body ends when the app closes), or an encoded one's, known only at its end
             self._until_close = self._length is None
             frame = FRAME_CHUNKED if not cycle.http10 else FRAME_CLOSE
