@@ -74,6 +74,15 @@ def extensions() -> list[Extension]:
             extra_link_args=["-s"],
         )
     )
+    # The plain transport's recv/send on the descriptor (libc only). Without it plain.py calls the socket's.
+    modules.append(
+        Extension(
+            f"{compiled.PACKAGE}.{compiled.SOCKET_BINDING}",
+            [str((PROXY / f"{compiled.SOCKET_BINDING}.pyx").relative_to(ROOT))],
+            optional=True,
+            extra_link_args=["-s"],
+        )
+    )
     return cythonize(
         modules,
         build_dir="build/cython",  # the generated C stays out of src/ (and out of the wheel)
@@ -112,7 +121,7 @@ class BuildExt(build_ext):
                 continue
             if name in compiled.MODULES:
                 built[name] = compiled.source_hash(PROXY, name)
-            elif name in (compiled.H2_BINDING, compiled.TLS_BINDING):
+            elif name in compiled.BINDINGS:
                 built[name] = compiled.binding_hash(PROXY, name)
         if built:
             manifest_dir = Path(self.get_ext_fullpath(f"{compiled.PACKAGE}.{compiled.MODULES[0]}")).parent

@@ -2,7 +2,7 @@
 deterministic figure for changes too small for a wall-clock or /proc benchmark on a shared machine.
 
     flock /tmp/tako-bench.lock .venv/bin/python bench/proxy/tls_instructions.py [--connections 1]
-        [--requests 1000] [--tree DIR] [--pure-python] [--out FILE]
+        [--requests 1000] [--tree DIR] [--pure-python] [--out FILE] [--scheme http]
 
 One `ProxyServer` process (bench/proxy/tako_runner.py) under valgrind's callgrind, behind it nginx with a
 fixed 200 (bench.py's `fixed_upstream`). After a warm-up, h2load (`--h1`, one request in flight per
@@ -12,7 +12,8 @@ set-ups, so the difference of the two counts divided by the difference of the re
 keep-alive request costs (the TLS transport, the proxy's protocols, OpenSSL's record layer, httptools,
 uvloop), without the handshakes that would otherwise dominate. `--tree` measures another checkout (built
 in place) for a before/after on the same machine; `--pure-python` sets TAKO_PURE_PYTHON=1; `--out` keeps the
-long run's callgrind output for callgrind_annotate. About a minute.
+long run's callgrind output for callgrind_annotate; `--scheme http` measures the plain-HTTP listener (which
+proxies in this runner) instead. About a minute.
 
 One connection is the default because it repeats to within ~100 instructions per request: with 20, how
 many connections' events one loop iteration finds varies from run to run, and the figures with it (about
@@ -38,10 +39,12 @@ from instructions import total_instructions  # bench/http2/instructions.py
 WARM_UP = 500  # requests before instrumentation starts
 
 
-def h2load(port: int, connections: int, requests: int) -> int:
-    """Requests h2load completed (HTTP/1.1 over TLS, one in flight per connection)."""
+def h2load(port: int, connections: int, requests: int, scheme: str = "https") -> int:
+    """Requests h2load completed (HTTP/1.1, over TLS for https, one in flight per connection)."""
     argv = ["h2load", "--h1", "-n", str(requests), "-c", str(connections), "-m", "1", "-t", "1"]
-    out = subprocess.run([*argv, f"https://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [*argv, f"{scheme}://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=600
+    )
     for line in out.stdout.splitlines():
         if line.startswith("requests:"):
             done = int(line.split(",")[3].split()[0])  # "... N succeeded"
@@ -51,12 +54,12 @@ def h2load(port: int, connections: int, requests: int) -> int:
     raise RuntimeError(f"h2load output not understood: {out.stdout[-800:]}{out.stderr[-800:]}")
 
 
-def instrumented(pid: int, port: int, connections: int, requests: int) -> None:
+def instrumented(pid: int, port: int, connections: int, requests: int, scheme: str) -> None:
     """One h2load run with instrumentation on, then a dump of what it counted (which zeroes the counters)."""
     control = ["callgrind_control"]
     subprocess.run([*control, "-z", str(pid)], capture_output=True, check=True)
     subprocess.run([*control, "-i", "on", str(pid)], capture_output=True, check=True)
-    h2load(port, connections, requests)
+    h2load(port, connections, requests, scheme)
     subprocess.run([*control, "-i", "off", str(pid)], capture_output=True, check=True)
     subprocess.run([*control, "-d", str(pid)], capture_output=True, check=True)
 
@@ -77,10 +80,11 @@ def measure(args: argparse.Namespace, work: Path) -> tuple[int, int, int]:
         env["TAKO_PURE_PYTHON"] = "1"
     tako = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        proxy_bench.wait_port(https, 120)  # python under valgrind starts slowly
-        h2load(https, args.connections, WARM_UP)
-        instrumented(tako.pid, https, args.connections, args.requests)
-        instrumented(tako.pid, https, args.connections, 2 * args.requests)
+        port = https if args.scheme == "https" else http  # the plain listener proxies too (forward)
+        proxy_bench.wait_port(port, 120)  # python under valgrind starts slowly
+        h2load(port, args.connections, WARM_UP, args.scheme)
+        instrumented(tako.pid, port, args.connections, args.requests, args.scheme)
+        instrumented(tako.pid, port, args.connections, 2 * args.requests, args.scheme)
     finally:
         tako.send_signal(signal.SIGINT)
         tako.wait(120)
@@ -104,6 +108,9 @@ def main() -> None:
     )
     parser.add_argument("--tree", default=str(proxy_bench.REPO), help="checkout to measure (built in place)")
     parser.add_argument("--pure-python", action="store_true", help="run with TAKO_PURE_PYTHON=1")
+    parser.add_argument(
+        "--scheme", choices=("https", "http"), default="https", help="http: the plain-HTTP listener instead"
+    )
     parser.add_argument("--out", help="keep the long run's callgrind output here (for callgrind_annotate)")
     args = parser.parse_args()
     proxy_bench.stop_everything_on_sigterm()
@@ -111,7 +118,8 @@ def main() -> None:
         short, long, per_request = measure(args, Path(tmp))
     mode = "python" if args.pure_python else "as built"
     print(
-        f"{per_request:,} instructions per keep-alive HTTPS request ({mode}, {args.connections} connections;"
+        f"{per_request:,} instructions per keep-alive {args.scheme.upper()} request ({mode}, "
+        f"{args.connections} connections;"
         f" {short:,} for {args.requests} requests, {long:,} for {2 * args.requests}; {args.tree})"
     )
 

@@ -73,9 +73,8 @@ def _current_hashes() -> dict[str, str]:
 
 
 def _modules_of(manifest: dict[str, str]) -> dict[str, str]:
-    """The manifest's entries for the shared-type modules (it also has the HTTP/2 and libssl bindings')."""
-    bindings = (compiled.H2_BINDING, compiled.TLS_BINDING)
-    return {name: digest for name, digest in manifest.items() if name not in bindings}
+    """The manifest's entries for the shared-type modules (it also has the bindings')."""
+    return {name: digest for name, digest in manifest.items() if name not in compiled.BINDINGS}
 
 
 def _needs_build() -> None:
@@ -211,3 +210,14 @@ def test_the_tls_transport_uses_libssl_only_when_its_binding_is_current(tmp_path
     with (tmp_path / "src" / "tako" / "server" / "proxy" / "_libssl.pyx").open("a") as fh:
         fh.write("# edited\n")
     assert probe().strip() == "False"
+
+
+def test_the_plain_transport_calls_the_kernel_only_when_its_binding_is_current(tmp_path: Path) -> None:
+    # Where the binding is stale the transport reads and writes through the socket object (same behaviour).
+    _needs_build()
+    code = "import tako.server.proxy.plain as p; print(p._fd_recv is not None, p._fd_send is not None)"
+    probe = _probe_in_a_copy(tmp_path, code)
+    assert probe().strip() == "True True"
+    with (tmp_path / "src" / "tako" / "server" / "proxy" / "_sockio.pyx").open("a") as fh:
+        fh.write("# edited\n")
+    assert probe().strip() == "False False"

@@ -44,11 +44,14 @@ MODULES = (
 MANIFEST = "compiled.json"
 H2_BINDING = "h2._nghttp2"  # its key in the manifest; built from h2/_nghttp2.pyx
 TLS_BINDING = "_libssl"  # the TLS transport's libssl calls, from _libssl.pyx (else tls.py calls _ssl)
+SOCKET_BINDING = "_sockio"  # plain.py's recv/send on the descriptor, from _sockio.pyx (else the socket's)
 # What each binding is built from, and what it is called in messages.
 _BINDINGS = {
     H2_BINDING: ("h2/_nghttp2.pyx", "the HTTP/2 binding"),
     TLS_BINDING: ("_libssl.pyx", "the libssl binding"),
+    SOCKET_BINDING: ("_sockio.pyx", "the socket binding"),
 }
+BINDINGS = tuple(_BINDINGS)
 PURE_PYTHON_ENV = "TAKO_PURE_PYTHON"
 REBUILD = "rebuild: python setup.py build_ext --inplace"
 

@@ -25,6 +25,7 @@ cdef class PlainTransport:
     cpdef _read(self)
     cpdef write(self, data)
     cpdef _write_buffered(self)
+    cdef Py_ssize_t _send(self, data) except -1
     cdef _check_high_water(self)
     cdef _shutdown_write(self)
     cpdef _destroy(self, exc=*)

@@ -1,18 +1,19 @@
-"""`PlainTransport`: an accepted plain-HTTP connection driven by the socket's readiness.
+"""`PlainTransport`: a plain TCP connection driven by the socket's readiness: an accepted plain-HTTP
+client, or a new connection to an instance (`upstream_connect.py`).
 
 The loop's own TCP transport tells its protocol `connection_made` through the ready queue and only starts
 reading after it. Each step through that queue costs a whole loop turn, and under load a turn is long:
 while every poll returns a full batch of events, libuv polls again (up to 48 batches of 1024) before it
 runs timers and ready callbacks. Through a testbed host at 5000 plain-HTTP connections that put a
-connection's first request 1-3 s behind the requests on established connections: p99 3.3 s against
-nginx's 0.4-0.9 s. Here the protocol hears `connection_made` from the accept callback, which also reads
-what has arrived (`read_now`), and reads and writes run in readiness callbacks, as `tls.TLSTransport`
-does for HTTPS.
+connection's first request, and the first response on a new connection to an instance, 1-3 s behind the
+requests on established connections: p99 3.3 s against nginx's 0.4-0.9 s. Here the protocol hears
+`connection_made` from the code that has the socket (the accept callback, which also reads a request that
+has arrived: `read_now`; the connect's own callback), and reads and writes run in readiness callbacks, as
+`tls.TLSTransport` does for HTTPS.
 
-It costs a little more per keep-alive request than the loop's transport, which calls the kernel from C
-(here `recv_into` and `send` go through the socket object): +1,600 instructions per plain-HTTP request
-(docs/proxy.md, "Performance notes"). So connections to instances, which are pooled and rarely new, keep
-the loop's transport.
+Where the compiled `_sockio` binding is loaded, reads and writes call `recv`/`send` on the descriptor
+directly, as the loop's transport does from C; elsewhere (TAKO_PURE_PYTHON=1, no compiler, a stale build)
+they go through the socket object, with the same behaviour.
 
 It is one of the compiled modules (compiled.py; `plain.pxd` types its attributes and internal calls), so
 an extension type, not a subclass of `asyncio.Transport`: it is a transport by its methods, the ones the
@@ -26,9 +27,12 @@ follows on the next loop turn.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
+
+from tako.server.proxy.compiled import PURE_PYTHON_ENV, SOCKET_BINDING, binding_problem
 
 # One read takes at most this much. Every connection of the process reads into this one buffer and copies
 # out what it got: `recv(n)` would allocate n bytes per call and shrink them (glibc's _int_malloc was 10%
@@ -41,6 +45,22 @@ HIGH_WATER = 64 * 1024  # pause the protocol's writing above this many buffered 
 LOW_WATER = 16 * 1024  # and resume it at or below this
 
 _FAILED = (OSError, ValueError)  # ValueError: the socket object is already closed
+
+
+def _binding() -> tuple[Callable[[int], bytes | None], Callable[[int, Any], int]] | None:
+    """`_sockio`'s recv and send where the binding is wanted, current and loads; else None."""
+    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0") or binding_problem(SOCKET_BINDING) is not None:
+        return None
+    try:
+        from tako.server.proxy._sockio import recv, send
+    except ImportError:
+        return None
+    return recv, send
+
+
+_calls = _binding()
+_fd_recv = None if _calls is None else _calls[0]
+_fd_send = None if _calls is None else _calls[1]
 
 
 def as_transport(transport: PlainTransport) -> asyncio.Transport:
@@ -127,14 +147,19 @@ class PlainTransport:
 
     def _read(self) -> None:
         try:
-            n = self._sock.recv_into(_RECV_BUFFER)
+            if _fd_recv is not None:
+                data = _fd_recv(self._fd)
+                if data is None:
+                    return
+            else:
+                data = _RECV_VIEW[: self._sock.recv_into(_RECV_BUFFER)].tobytes()
         except (BlockingIOError, InterruptedError):
             return
         except _FAILED as exc:
             self._destroy(exc)
             return
-        if n:
-            self._protocol.data_received(_RECV_VIEW[:n].tobytes())
+        if data:
+            self._protocol.data_received(data)
             return
         # The peer will send nothing more.
         self._reading = False
@@ -166,7 +191,7 @@ class PlainTransport:
             self._check_high_water()
             return
         try:
-            sent = self._sock.send(data)
+            sent = self._send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except _FAILED as exc:
@@ -186,7 +211,7 @@ class PlainTransport:
         buffer = self._buffer
         data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
         try:
-            sent = self._sock.send(data)
+            sent = self._send(data)
         except (BlockingIOError, InterruptedError):
             self._buffer = [data]
             return
@@ -208,6 +233,12 @@ class PlainTransport:
         if self._write_paused and self._buffer_size <= self._low_water:
             self._write_paused = False
             self._protocol.resume_writing()
+
+    def _send(self, data: bytes | bytearray | memoryview) -> int:
+        """Bytes of `data` the socket took (0 when full: `_sockio`; BlockingIOError: the socket object)."""
+        if _fd_send is not None:
+            return _fd_send(self._fd, data)
+        return self._sock.send(data)
 
     def _check_high_water(self) -> None:
         if not self._write_paused and self._buffer_size > self._high_water:

@@ -3,15 +3,15 @@
 Owns the step between "the pool has no idle connection" and "the request is on the wire": a non-blocking
 `connect`, then a request that is all head (no body to stream or buffer) written to the socket at once,
 since over loopback or a veth pair the handshake has completed by the time `connect` returns; only when
-that would block does it wait for the socket to be writable. Then the transport is made around the
-socket, and the connection joins the request (or the pool) in its `connection_made`.
+that would block does it wait for the socket to be writable. Then a `plain.PlainTransport` is made around
+the socket, and the connection joins the request (or the pool) in its `connection_made`, at once.
 
 Why not `loop.create_connection` in a task: each step through the loop's ready queue costs a whole loop
 turn, and under load a turn lasts 1-3 s (libuv polls up to 48 full batches of events before it runs ready
 callbacks). The task's first step, its wake-up once connected and `connection_made` were three such turns
-before the app saw the request. Now the app has it at once, and the one turn the transport's
-`connection_made` still waits overlaps with the app's work on the request. (Waiting for writability costs a
-turn too: libuv starts polling a new watcher only in its next poll phase.)
+before the app saw the request, and the loop's transport would add a fourth before reading the response.
+Now the app has the request at once, and its response is read as soon as it arrives. (Waiting for
+writability costs a turn: libuv starts polling a new watcher only in its next poll phase.)
 
 Host names (not IP literals) still go through the loop, which resolves them (`ClientConnection._connect`).
 """
@@ -21,10 +21,10 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from tako.server.proxy.cycle import RequestCycle, ServerState
+from tako.server.proxy.plain import PlainTransport
 from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool
 
 
@@ -66,6 +66,7 @@ class PendingConnect:
         loop = pool.loop
         sock = self.sock = socket.socket(pool.family, socket.SOCK_STREAM)
         sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the loop's own connections
         self.fd = sock.fileno()
         err = sock.connect_ex((pool.host, pool.port))
         if err == errno.EINPROGRESS:
@@ -123,24 +124,11 @@ class PendingConnect:
         self.client.upstream_connect_failed(self.cycle, reason)
 
     def _make_transport(self) -> None:
-        """Connected, a body-less request's head written: make the transport around the socket."""
+        """Connected, a body-less request's head written: the transport around the socket tells the
+        connection `connection_made` at once (see plain.py), which hands it over (`made`)."""
         uconn = UpstreamConnection(self.pool)
         uconn.connecting = self
-        coro = self.pool.loop.create_connection(lambda: uconn, sock=self.sock)  # type: ignore[type-var]
-        self._step(coro)
-
-    def _step(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run `create_connection` up to its wait for `connection_made`, and on past it when that is done
-        (it then takes ownership of the socket: the coroutine must finish, or the socket object would close
-        the transport's fd when collected)."""
-        try:
-            waiter = coro.send(None)
-        except StopIteration:
-            return
-        except OSError as exc:
-            self._failed(exc.strerror or str(exc))
-            return
-        waiter.add_done_callback(lambda _: _finish(coro))
+        PlainTransport(self.pool.loop, self.sock, uconn)  # type: ignore[arg-type]
 
     def made(self, uconn: UpstreamConnection) -> None:
         """The transport exists (`uconn.connection_made`): hand the connection over."""
@@ -154,13 +142,3 @@ class PendingConnect:
                 self.pool.release(uconn)
             return
         client.upstream_connected(cycle, uconn, self.sent)
-
-
-def _finish(coro: Coroutine[Any, Any, Any]) -> None:
-    try:
-        coro.send(None)
-    except StopIteration:
-        return
-    except Exception:  # the transport failed before connection_made; it closed itself
-        return
-    coro.close()  # it awaited something else: not expected of create_connection with a socket
