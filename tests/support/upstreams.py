@@ -88,93 +88,97 @@ class HttpUpstream:
         body_len, digest = await self._read_body(reader, lower, slow=slow)
         head = method == "HEAD"
         parts = path.strip("/").split("/")
-        if parts[0] == "bytes":
-            n = int(parts[1])
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n)
-            if not head:
+        try:
+            if parts[0] == "bytes":
+                n = int(parts[1])
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n)
+                if not head:
+                    await _stream(writer, n, chunked=False)
+            elif parts[0] == "chunked":
+                n = int(parts[1])
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                if not head:
+                    await _stream(writer, n, chunked=True)
+                    writer.write(b"0\r\n\r\n")
+            elif parts[0] == "close":
+                n = int(parts[1])
+                writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+                if not head:
+                    await _stream(writer, n, chunked=False)
+                await writer.drain()
+                return False
+            elif parts[0] == "die":
+                n = int(parts[1])
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (2 * n))
                 await _stream(writer, n, chunked=False)
-        elif parts[0] == "chunked":
-            n = int(parts[1])
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-            if not head:
-                await _stream(writer, n, chunked=True)
-                writer.write(b"0\r\n\r\n")
-        elif parts[0] == "close":
-            n = int(parts[1])
-            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
-            if not head:
-                await _stream(writer, n, chunked=False)
-            await writer.drain()
-            return False
-        elif parts[0] == "die":
-            n = int(parts[1])
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (2 * n))
-            await _stream(writer, n, chunked=False)
-            return False
-        elif parts[0] == "bye":
-            _json(writer, {"bye": conn_no}, head=head)
-            await writer.drain()
-            return False  # closes without saying so, like an app's keep-alive timeout
-        elif parts[0] == "sink":
-            _json(writer, {"received": body_len, "sha256": digest}, head=head)
-        elif parts[0] == "slow":
-            await asyncio.sleep(float(parts[1]))
-            _json(writer, {"slept": float(parts[1])}, head=head)
-        elif parts[0] == "status":
-            code = int(parts[1])
-            if code in (204, 304):
-                writer.write(b'HTTP/1.1 %d X\r\nETag: "v1"\r\n\r\n' % code)
-            else:
+                return False
+            elif parts[0] == "bye":
+                _json(writer, {"bye": conn_no}, head=head)
+                await writer.drain()
+                return False  # closes without saying so, like an app's keep-alive timeout
+            elif parts[0] == "sink":
+                _json(writer, {"received": body_len, "sha256": digest}, head=head)
+            elif parts[0] == "slow":
+                await asyncio.sleep(float(parts[1]))
+                _json(writer, {"slept": float(parts[1])}, head=head)
+            elif parts[0] == "status":
+                code = int(parts[1])
+                if code in (204, 304):
+                    writer.write(b'HTTP/1.1 %d X\r\nETag: "v1"\r\n\r\n' % code)
+                else:
+                    writer.write(
+                        b"HTTP/1.1 %d X\r\nContent-Length: 3\r\n\r\n%s" % (code, b"" if head else b"abc")
+                    )
+            elif parts[0] == "interim":
+                writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+                _json(writer, {"interim": True}, head=head)
+            elif parts[0] == "te-gzip":
+                # A transfer coding other than chunked last: the body runs until the connection closes.
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n")
+                if not head:
+                    writer.write(b"not really gzip")
+                await writer.drain()
+                return False
+            elif parts[0] == "hopframe":
+                # A Connection header naming the framing headers: the proxy must keep framing the response.
+                body = b"framed"
                 writer.write(
-                    b"HTTP/1.1 %d X\r\nContent-Length: 3\r\n\r\n%s" % (code, b"" if head else b"abc")
+                    b"HTTP/1.1 200 OK\r\nConnection: Content-Length, Transfer-Encoding, X-B\r\nX-B: 1\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), b"" if head else body)
                 )
-        elif parts[0] == "interim":
-            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
-            _json(writer, {"interim": True}, head=head)
-        elif parts[0] == "te-gzip":
-            # A transfer coding other than chunked last: the body runs until the connection closes.
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n")
-            if not head:
-                writer.write(b"not really gzip")
-            await writer.drain()
-            return False
-        elif parts[0] == "hopframe":
-            # A Connection header naming the framing headers: the proxy must keep framing the response.
-            body = b"framed"
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nConnection: Content-Length, Transfer-Encoding, X-B\r\nX-B: 1\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (len(body), b"" if head else body)
-            )
-        elif parts[0] == "fields":
-            fields = b"".join(b"X-Field-%d: %s\r\n" % (i, b"v" * 100) for i in range(int(parts[1])))
-            body = b"fields"
-            writer.write(
-                b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s"
-                % (fields, len(body), b"" if head else body)
-            )
-        elif parts[0] == "hop":
-            body = b"hop"
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nConnection: X-Secret, keep-alive\r\nX-Secret: 1\r\n"
-                b"Keep-Alive: timeout=5\r\n"
-                b"Proxy-Authenticate: Basic\r\nTrailer: X-T\r\nUpgrade: foo\r\nX-Kept: yes\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (len(body), b"" if head else body)
-            )
-        else:
-            _json(
-                writer,
-                {
-                    "app": self.name,
-                    "method": method,
-                    "target": target,
-                    "version": version,
-                    "headers": headers,
-                    "body_len": body_len,
-                    "sha256": digest,
-                    "conn": conn_no,
-                },
-                head=head,
-            )
+            elif parts[0] == "fields":
+                fields = b"".join(b"X-Field-%d: %s\r\n" % (i, b"v" * 100) for i in range(int(parts[1])))
+                body = b"fields"
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s"
+                    % (fields, len(body), b"" if head else body)
+                )
+            elif parts[0] == "hop":
+                body = b"hop"
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nConnection: X-Secret, keep-alive\r\nX-Secret: 1\r\n"
+                    b"Keep-Alive: timeout=5\r\n"
+                    b"Proxy-Authenticate: Basic\r\nTrailer: X-T\r\nUpgrade: foo\r\nX-Kept: yes\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), b"" if head else body)
+                )
+            else:
+                _json(
+                    writer,
+                    {
+                        "app": self.name,
+                        "method": method,
+                        "target": target,
+                        "version": version,
+                        "headers": headers,
+                        "body_len": body_len,
+                        "sha256": digest,
+                        "conn": conn_no,
+                    },
+                    head=head,
+                )
+        except (IndexError, ValueError):
+            # A route without its number (`/bytes/`, `/status/x`): the proxy's fuzz tests send such.
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
         return keep_alive
 
