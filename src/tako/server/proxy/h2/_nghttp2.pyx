@@ -216,8 +216,9 @@ cdef inline void _trim(_Buf *buf) noexcept:
 
 
 # The methods and field names most requests carry, the usual first: handed over as these same objects
-# (`_common`). Measured under callgrind (h2load, 10 x 10 streams): about 1,200 instructions per request fewer
-# than a new bytes object for each, whose hash the proxy's lookup of the field's kind then computed again.
+# (`_common`) rather than a new bytes object each, which the proxy's lookup of the field's kind then hashed
+# again. Under callgrind (h2load, 10 x 10 streams) PyBytes_FromStringAndSize alone went from 1,194 to 1,077
+# instructions per request; with those objects' frees and hashes, a few hundred in all.
 cdef tuple _COMMON = (
     b"GET", b"POST", b"HEAD", b"accept", b"user-agent", b"accept-encoding", b"accept-language",
     b"referer", b"origin", b"priority", b"content-type", b"content-length", b"cache-control",
