@@ -63,7 +63,17 @@ cdef class ClientConnection:
     cdef public list upgrade_buffer
     cdef public bint write_paused
 
-    cdef _check_head(self, RequestCycle cycle)
+    cpdef on_message_begin(self)
+    cpdef on_url(self, bytes url)
+    cpdef on_body(self, bytes body)
+    cpdef on_message_complete(self)
+    cdef _field(self, RequestCycle cycle, bytes name, bytes value)
+    cdef _head_complete(self, RequestCycle cycle, str version, bytes method, bint keep_alive, bint upgrade)
+    cdef _check_head(self, RequestCycle cycle, str version, bytes method, bint keep_alive, bint upgrade)
+    cpdef h2_request(self, bytes method, bytes path, bytes authority, list fields, bint end_stream)
+    cpdef h2_body(self, bytes data)
+    cpdef h2_end(self)
+    cdef _h2_rejected(self)
     @cython.locals(parts=list)
     cpdef bytes _build_head(self, RequestCycle cycle)
     @cython.locals(url=bytes, path=bytes)

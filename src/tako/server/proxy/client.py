@@ -110,6 +110,15 @@ _NOT_HOP_BY_HOP = frozenset(
     (b"host", b"content-length", b"transfer-encoding", b"close", b"keep-alive", b"upgrade")
 )
 
+# The methods llhttp takes in a request line. libnghttp2 lets any token through as `:method`; an HTTP/2
+# request with another one is refused as the same HTTP/1.1 request is (400): the apps behind speak HTTP/1.1.
+_H1_METHODS = frozenset(
+    b"DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH SEARCH UNLOCK "
+    b"BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE UNSUBSCRIBE PATCH "
+    b"PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
+)
+_CHUNKED = b"chunked"
+
 _request_kinds = HeaderKinds(_REQUEST_SPECIAL, prefix=b"proxy-", prefix_kind=_H_DROP)
 # The same dict for good (cleared in place): a C global typed as a dict (client.pxd) when compiled, so the
 # per-header lookup is a direct dict call rather than a method call on an untyped global.
@@ -468,6 +477,11 @@ class ClientConnection:
         assert cycle is not None
         if cycle.headers_done:
             return  # a trailer field of a chunked body: dropped
+        self._field(cycle, name, value)
+
+    def _field(self, cycle: RequestCycle, name: bytes, value: bytes) -> None:
+        """One field of a request head (an HTTP/1.1 header line, or an HTTP/2 field): count it against the
+        limits, and record or forward it by its kind."""
         cycle.header_count += 1
         cycle.header_bytes += len(name) + len(value) + 4
         if cycle.header_count > self.max_headers or cycle.header_bytes > self.max_header_bytes:
@@ -528,12 +542,28 @@ class ClientConnection:
     def on_headers_complete(self) -> None:
         cycle = self.parsing
         assert cycle is not None
+        parser = self.parser
+        # What the parser decided about the head (read here: an HTTP/2 stream's request has no parser).
+        upgrade = cycle.upgrade_header is not None and parser.should_upgrade()
+        keep_alive = parser.should_keep_alive()
+        # llhttp takes HTTP/0.9, 1.0, 1.1 and 2.0, and keeps a request without a Connection (or
+        # Proxy-Connection) header alive only when it is HTTP/1.1: then the version need not be asked,
+        # which formats it as a string (2,000 of 44,400 instructions a request of bench/proxy/hotpath.py).
+        version = "1.1"
+        if not keep_alive or cycle.connection_header:
+            version = parser.get_http_version()
+        self._head_complete(cycle, version, parser.get_method(), keep_alive, upgrade)
+
+    def _head_complete(
+        self, cycle: RequestCycle, version: str, method: bytes, keep_alive: bool, upgrade: bool
+    ) -> None:
+        """The request's head is complete: check it, then answer it now or queue it behind the current one."""
         cycle.headers_done = True
         self.head_pending = 0
         if self.deadline_kind == _DEADLINE_HEADER:
             self.deadline = 0.0
             self.deadline_kind = 0
-        self._check_head(cycle)
+        self._check_head(cycle, version, method, keep_alive, upgrade)
         if not cycle.chunked and not cycle.content_length:
             cycle.body_done = True  # nothing more to read for this request: answering it may start now
         cycle.head = self._build_head(cycle)
@@ -548,23 +578,18 @@ class ClientConnection:
             self.pipeline.append(cycle)
             self.pause(PAUSE_PIPELINE)
 
-    def _check_head(self, cycle: RequestCycle) -> None:
-        """Read what the parser decided about the complete head (version, method, keep-alive, upgrade) and
-        refuse what cannot be forwarded safely; normalise the target and the Host."""
-        parser = self.parser
-        keep_alive = cycle.keep_alive = parser.should_keep_alive()
-        # llhttp takes HTTP/0.9, 1.0, 1.1 and 2.0, and keeps a request without a Connection (or
-        # Proxy-Connection) header alive only when it is HTTP/1.1: then the version need not be asked,
-        # which formats it as a string (2,000 of 44,400 instructions a request of bench/proxy/hotpath.py).
-        if not keep_alive or cycle.connection_header:
-            version = parser.get_http_version()
-            if version != "1.1":
-                if version != "1.0":
-                    self._reject(400)
-                cycle.http10 = True
-        method = parser.get_method()
+    def _check_head(
+        self, cycle: RequestCycle, version: str, method: bytes, keep_alive: bool, upgrade: bool
+    ) -> None:
+        """Take what the parser decided about the complete head (version, method, keep-alive, whether it
+        switches protocols) and refuse what cannot be forwarded safely; normalise the target and the Host."""
+        if version != "1.1":
+            if version != "1.0":
+                self._reject(400)
+            cycle.http10 = True
         cycle.method = method
         cycle.is_head = method == b"HEAD"
+        cycle.keep_alive = keep_alive
         if method == b"CONNECT":
             self._reject(405)
         url = cycle.url
@@ -589,7 +614,7 @@ class ClientConnection:
             self._reject(400)
         if self.max_body and cycle.content_length is not None and cycle.content_length > self.max_body:
             self._reject(413)
-        if cycle.upgrade_header is not None and parser.should_upgrade():
+        if upgrade:
             # The parser's verdict, not a reading of our own: whatever llhttp treats as a switch of
             # protocols, it parses no body for and nothing after. A body announced with it would be framed
             # one way here and another by the app (h11 and gunicorn read it, httptools-based servers do
@@ -644,6 +669,57 @@ class ClientConnection:
         if uconn is not None:
             uconn.end_request(cycle)
             self.request_sent(cycle)
+
+    # -- HTTP/2 streams (h2/stream.py): the request as libnghttp2 decoded it -------------------------
+
+    def h2_request(
+        self, method: bytes, path: bytes, authority: bytes | None, fields: list[bytes], end_stream: bool
+    ) -> None:
+        """An HTTP/2 stream's request, decoded and checked by libnghttp2 (`fields`: name, value, name, ...,
+        cookie fields joined into one), through what the parser's callbacks do with an HTTP/1.1 head (limits,
+        field kinds, `_check_head`, routing) without writing it out as HTTP/1.1 text to parse it again
+        (docs/proxy.md, "HTTP/2"). `authority`: `:authority`, or None (a `host` field is then among the
+        fields). A body without content-length is forwarded chunked."""
+        if self.broken:
+            return
+        try:
+            self.on_message_begin()
+            cycle = self.parsing
+            assert cycle is not None
+            self.on_url(path)
+            if authority is not None:
+                self._field(cycle, b"Host", authority)
+            for i in range(0, len(fields), 2):
+                self._field(cycle, fields[i], fields[i + 1])
+            if method not in _H1_METHODS or not path.isascii():
+                self._reject(400)  # what llhttp refuses in a request line and libnghttp2 lets through
+            if not end_stream and cycle.content_length is None:
+                cycle.te = _CHUNKED
+            self._head_complete(cycle, "1.1", method, True, False)
+            if cycle.body_done:
+                self.on_message_complete()  # as the parser does after a head without a body
+        except _Reject:
+            self._h2_rejected()
+
+    def h2_body(self, data: bytes) -> None:
+        """Request body bytes of an HTTP/2 stream (libnghttp2 checks them against its content-length)."""
+        if self.broken or self.parsing is None or not data:
+            return
+        try:
+            self.on_body(data)
+        except _Reject:
+            self._h2_rejected()
+
+    def h2_end(self) -> None:
+        """An HTTP/2 stream's request ended (END_STREAM; trailers are dropped)."""
+        if not self.broken and self.parsing is not None:
+            self.on_message_complete()
+
+    def _h2_rejected(self) -> None:
+        status = self.reject_status or 400
+        self.reject_status = 0
+        if not self.broken:
+            self._fail(status)
 
     def _absolute_form(self, cycle: RequestCycle) -> None:
         """`GET http://host/path HTTP/1.1`: forward `/path`, with the target's authority as the Host.

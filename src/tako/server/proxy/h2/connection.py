@@ -216,20 +216,27 @@ class H2Connection:
     # -- the session's callbacks ------------------------------------------------------------------
 
     def on_request(
-        self, stream_id: int, head: bytes | None, chunked: bool, is_head: bool, end_stream: bool
+        self,
+        stream_id: int,
+        method: bytes | None,
+        path: bytes,
+        authority: bytes | None,
+        fields: list[bytes],
+        is_head: bool,
+        end_stream: bool,
     ) -> None:
-        if head is None:
+        if method is None:
             self._too_large(stream_id)
             return
         stream = self.idle.pop() if self.idle else self._new_stream()
         if stream.closed:  # a server shutting down closed it at once
             self.session.reset(stream_id, _REFUSED_STREAM)
             return
-        stream.bind(stream_id, chunked, is_head, end_stream)
+        stream.bind(stream_id, is_head, end_stream)
         self.streams[stream_id] = stream
         self.deadline = 0.0
         self.deadline_kind = 0
-        stream.protocol.data_received(head)
+        stream.protocol.h2_request(method, path, authority, fields, end_stream)
 
     def _new_stream(self) -> StreamTransport:
         stream = StreamTransport(self)

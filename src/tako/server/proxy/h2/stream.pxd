@@ -4,7 +4,6 @@ from tako.server.proxy.client cimport ClientConnection
 
 
 cdef class StreamTransport:
-    cdef public bint chunked
     cdef public bint closed
     cdef public bint done
     cdef public object h2
@@ -24,7 +23,7 @@ cdef class StreamTransport:
     cdef public int stream_id
     cdef public bint write_paused
 
-    cpdef bind(self, int stream_id, bint chunked, bint is_head, bint end_stream)
+    cpdef bind(self, int stream_id, bint is_head, bint end_stream)
     cpdef bint reusable(self)
     cpdef on_data(self, bytes data)
     cpdef on_end(self)

@@ -1,13 +1,14 @@
 """`StreamTransport`: one HTTP/2 stream, seen by a `ClientConnection` as a keep-alive connection.
 
-The stream's request is handed to an ordinary `ClientConnection` as the HTTP/1.1 request it means (the
-session builds it from the header block: `_nghttp2.Session.request_head`), so routing, limits, request
-ids, access logs, counters, maintenance, error pages, cold starts, body buffering and timeouts are the
-HTTP/1.1 ones, not a second copy. A transport whose stream ended whole carries a later stream of the
-same connection, as a keep-alive connection carries its next request. What that connection
-writes back (the instance's response as the upstream side re-frames it, or a local answer) is parsed
-here and submitted to the HTTP/2 session: the head as a HEADERS frame (names lower-case,
-connection-specific fields dropped), the body as DATA frames as the client's windows allow.
+The stream's request is handed to an ordinary `ClientConnection` as the fields libnghttp2 decoded
+(`ClientConnection.h2_request`, then `h2_body` and `h2_end`), which runs them through what its HTTP/1.1
+parser's callbacks do, so routing, limits, request ids, access logs, counters, maintenance, error pages,
+cold starts, body buffering and timeouts are the HTTP/1.1 ones, not a second copy. A transport whose
+stream ended whole carries a later stream of the same connection, as a keep-alive connection carries its
+next request. What that connection writes back (the instance's response as the upstream side re-frames
+it, or a local answer) is parsed here and submitted to the HTTP/2 session: the head as a HEADERS frame
+(names lower-case, connection-specific fields dropped), the body as DATA frames as the client's windows
+allow.
 
 Flow control both ways: a response body the client does not take stays queued in the session; above the
 connection's write limit the ClientConnection is told `pause_writing` and stops reading the instance.
@@ -43,9 +44,6 @@ class StreamOwner(Protocol):
     def discard_idle(self, stream: StreamTransport) -> None: ...
 
 
-_CHUNK_END = b"0\r\n\r\n"
-
-
 class _HeadDone(Exception):
     """Stops the response parser after the head of a response to HEAD (it has no body)."""
 
@@ -54,7 +52,6 @@ class StreamTransport:
     """The transport a stream's ClientConnection reads its request from and writes its response to."""
 
     __slots__ = (
-        "chunked",
         "closed",
         "done",
         "h2",
@@ -78,7 +75,6 @@ class StreamTransport:
     def __init__(self, h2: StreamOwner) -> None:
         self.h2 = h2
         self.stream_id = 0  # 0 while idle (between streams)
-        self.chunked = False  # the request body is passed on chunked (it has no content-length)
         self.is_head = False
         self.protocol: ClientConnection = None  # type: ignore[assignment]  # set by H2Connection
         self.parser = httptools.HttpResponseParser(self)
@@ -91,17 +87,17 @@ class StreamTransport:
         self.closed = False  # the ClientConnection is told (or about to be told) connection_lost
         self.request_ended = True
         self.reading = True
-        self.held: list[tuple[bytes, int]] = []  # request bytes (framed) and their window share, unread
+        # Request body bytes and their window share, unread (None: the end of the request).
+        self.held: list[tuple[bytes | None, int]] = []
         self.high_water = 65536
         self.low_water = 16384
         self.write_paused = False
 
-    def bind(self, stream_id: int, chunked: bool, is_head: bool, end_stream: bool) -> None:
+    def bind(self, stream_id: int, is_head: bool, end_stream: bool) -> None:
         """Carry the request of `stream_id` next (a new transport, or one whose last stream ended whole)."""
         if self.is_head:
             self.parser = httptools.HttpResponseParser(self)  # stopped after the head (_HeadDone)
         self.stream_id = stream_id
-        self.chunked = chunked
         self.is_head = is_head
         self.done = False
         self.has_body = False
@@ -131,23 +127,24 @@ class StreamTransport:
     # -- the request, from the session ------------------------------------------------------------
 
     def on_data(self, data: bytes) -> None:
-        framed = b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data
         if self.reading and not self.held:
-            self._deliver(framed, len(data))
+            self._deliver(data, len(data))
         else:
-            self.held.append((framed, len(data)))
+            self.held.append((data, len(data)))
 
     def on_end(self) -> None:
         self.request_ended = True
-        if self.chunked:
-            if self.reading and not self.held:
-                self._deliver(_CHUNK_END, 0)
-            else:
-                self.held.append((_CHUNK_END, 0))
+        if self.reading and not self.held:
+            self._deliver(None, 0)
+        else:
+            self.held.append((None, 0))
 
-    def _deliver(self, data: bytes, window: int) -> None:
+    def _deliver(self, data: bytes | None, window: int) -> None:
         if not self.closed:
-            self.protocol.data_received(data)
+            if data is None:
+                self.protocol.h2_end()
+            else:
+                self.protocol.h2_body(data)
         if window:
             self.h2.consumed(self.stream_id, window)
 
