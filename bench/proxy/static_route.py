@@ -48,6 +48,9 @@ class StaticRouter:
     def match(self, host: str, path: str) -> AppGate | None:
         return self.gate
 
+    def same_for_every_path(self, host: str) -> bool:
+        return True
+
     def is_routed_host(self, host: str) -> bool:
         return True
 

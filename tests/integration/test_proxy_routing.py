@@ -180,6 +180,49 @@ async def test_unavailable_app_cold_start_and_dead_upstream(tmp_path: Path) -> N
         await up.stop()
 
 
+async def test_one_connection_routes_every_request_by_its_own_host_and_path(tmp_path: Path) -> None:
+    # A connection keeps its router's answer for a host routed the same on every path (client.py, _start):
+    # requests that change host, or go to a host routed by path, are each routed afresh.
+    ups = {name: await HttpUpstream(name).start() for name in ("web", "api", "blog")}
+    gates = {name: StaticGate(name, [StaticUpstream(u.port)]) for name, u in ups.items()}
+    routes = {
+        "shop.tako.test": gates["web"],
+        "shop.tako.test/api/*": gates["api"],
+        "blog.tako.test": gates["blog"],
+    }
+    try:
+        async with running_proxy(tmp_path, routes) as p:
+            p.issue("shop.tako.test")
+            hosts_paths = [
+                ("blog.tako.test", "/"),
+                ("blog.tako.test", "/api/x"),
+                ("blog.tako.test", "/z"),
+                ("shop.tako.test", "/"),
+                ("shop.tako.test", "/api/x"),
+                ("shop.tako.test", "/x"),
+                ("shop.tako.test", "/api"),
+                ("other.tako.test", "/"),
+                ("blog.tako.test", "/y"),
+            ]
+            data = await raw_exchange(
+                p.https_port,
+                b"".join(
+                    b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path.encode(), host.encode())
+                    for host, path in hosts_paths
+                )
+                + b"GET / HTTP/1.1\r\nHost: blog.tako.test\r\nConnection: close\r\n\r\n",
+                ssl_context=p.client_context(),
+                server_hostname="shop.tako.test",
+            )
+            responses = parse_responses(data)
+            assert [r.status for r in responses] == [200, 200, 200, 200, 200, 200, 200, 404, 200, 200]
+            apps = [json.loads(r.body)["app"] if r.status == 200 else None for r in responses]
+            assert apps == ["blog", "blog", "blog", "web", "api", "web", "api", None, "blog", "blog"]
+    finally:
+        for up in ups.values():
+            await up.stop()
+
+
 async def test_snapshot_swap_applies_to_new_requests(tmp_path: Path) -> None:
     one, two = await HttpUpstream("one").start(), await HttpUpstream("two").start()
     try:

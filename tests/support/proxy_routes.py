@@ -92,6 +92,9 @@ class StaticRouter:
     def match(self, host: str, path: str) -> AppGate | None:
         return self.table.match(host, path)
 
+    def same_for_every_path(self, host: str) -> bool:
+        return self.table.same_for_every_path(host)
+
     def is_routed_host(self, host: str) -> bool:
         return self.table.is_routed_host(host)
 

@@ -265,6 +265,24 @@ def test_table_is_routed_host_and_hosts(table: RouteTable[str]) -> None:
     assert [p.normalised() for p, _ in table.entries()][:2] == ["example.com/*", "example.com/api/*"]
 
 
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("example.com", False),  # path rules on the host itself
+        ("api.example.com", False),  # /v1/* there, the wildcard's catch-all for other paths
+        ("x.eu.example.com", False),  # *.eu.example.com/api/*
+        ("admin.example.com", True),  # admin.example.com/* only
+        ("www.example.com", True),  # the catch-all of *.example.com
+        ("eu.example.com", True),  # not under *.eu.example.com: *.example.com's catch-all
+        ("[::1]", True),
+        ("localhost", False),  # /app/* only: other paths have no route
+        ("example.org", True),  # no route on any path
+    ],
+)
+def test_table_same_for_every_path(table: RouteTable[str], host: str, expected: bool) -> None:
+    assert table.same_for_every_path(host) is expected
+
+
 def test_empty_table() -> None:
     table: RouteTable[str] = RouteTable([])
     assert table.match("example.com", "/") is None

@@ -102,6 +102,9 @@ def test_table_agrees_with_brute_force(pattern_list: list[RoutePattern], data: s
     requests = data.draw(st.lists(request_near(list(entries)), min_size=1, max_size=10))
     for host, path in requests:
         assert table.match(host, path) == brute_force(entries, host, path), (host, path)
+        if table.same_for_every_path(host):
+            others = [path, "/", "", "*", "//", *(p.path for p in entries)]
+            assert {table.match(host, other) for other in others} == {table.match(host, path)}, host
         assert table.is_routed_host(host) == any(p.matches_host(host) for p in entries)
     assert table.hosts() == {p.host for p in entries if not p.wildcard}
 

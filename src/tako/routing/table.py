@@ -48,6 +48,9 @@ class _PathRules(Generic[T]):
         rules[pattern.path] = value
         return True
 
+    def catch_all_set(self) -> bool:
+        return self._has_catch_all
+
     def match(self, path: str) -> tuple[bool, T | None]:
         # An exact rule that matches equals the whole path, so it is at least as long as any matching
         # prefix rule and wins the tie: check it first.
@@ -106,6 +109,22 @@ class RouteTable(Generic[T]):
                         return value
                 dot = host.find(".", dot + 1)
         return None
+
+    def same_for_every_path(self, host: str) -> bool:
+        """Whether `match(host, path)` is the same for every path: the rules it reads for this host (the
+        exact host's, then each wildcard suffix's, up to the first catch-all) have no path rules."""
+        labels = host.split(".")
+        # The rules `match` reads, in its order: the exact host's, then each wildcard suffix's, longest first.
+        in_order = [self._exact.get(host)] + [
+            self._wildcard.get(".".join(labels[i:])) for i in range(1, len(labels))
+        ]
+        for rules in in_order:
+            if rules is not None:
+                if rules.exact or rules.prefixes:
+                    return False
+                if rules.catch_all_set():
+                    return True
+        return True  # no route for this host on any path
 
     def is_routed_host(self, host: str) -> bool:
         """Whether any route (on any path) is for this normalised host."""

@@ -37,12 +37,13 @@ _APP_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}\Z")
 class AppRouter:
     """The proxy's `Router`: a route table from patterns to apps. Immutable; rebuilt on route changes."""
 
-    __slots__ = ("_table", "match")
+    __slots__ = ("_table", "match", "same_for_every_path")
 
     def __init__(self, table: RouteTable[ManagedApp]) -> None:
         self._table = table
         # The table's own method, called by the proxy for every request: no Python frame of ours around it.
         self.match: Callable[[str, str], AppGate | None] = table.match
+        self.same_for_every_path: Callable[[str], bool] = table.same_for_every_path
 
     def is_routed_host(self, host: str) -> bool:
         return self._table.is_routed_host(host)

@@ -114,8 +114,14 @@ class AppGate(Protocol):
 
 
 class Router(Protocol):
+    """Immutable: a route change is a new router in a new `Snapshot`. A client connection keeps what its
+    snapshot's router answered for its host while that router stays the snapshot's (client.py, `_start`)."""
+
     def match(self, host: str, path: str) -> AppGate | None:
         """The app whose route matches (host without port, lower-case; raw path), or None."""
+
+    def same_for_every_path(self, host: str) -> bool:
+        """Whether `match(host, path)` answers the same for every path."""
 
     def is_routed_host(self, host: str) -> bool:
         """True if any route names this host (used for HTTP->HTTPS redirects and TLS fallback)."""

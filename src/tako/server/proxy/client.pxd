@@ -50,6 +50,9 @@ cdef class ClientConnection:
     cdef public dict pools
     cdef public int reject_status
     cdef public RequestIds request_ids
+    cdef public object route_gate
+    cdef public str route_host
+    cdef public object route_router
     cdef public double response_timeout
     cdef public double send_deadline
     cdef public object server

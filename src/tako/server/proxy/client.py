@@ -28,7 +28,7 @@ import httptools
 from tako.config.server import ProxySettings
 from tako.server.observe.request_id import is_sane as is_sane_request_id
 from tako.server.proxy import responses
-from tako.server.proxy.backend import AppGate, AppUnavailable, ServerServices, Snapshot, Upstream
+from tako.server.proxy.backend import AppGate, AppUnavailable, Router, ServerServices, Snapshot, Upstream
 from tako.server.proxy.body_buffer import READ_CHUNK, BodyBuffer
 from tako.server.proxy.counters import UNROUTED_APP
 from tako.server.proxy.cycle import (
@@ -131,6 +131,9 @@ _ERR_RESET = 2
 _ERR_BAD_RESPONSE = 3
 _ERR_UNAVAILABLE = 4
 _CLIENT_GONE = 499  # the status counted and logged for a request whose client left before its response
+# ClientConnection.route_gate, unless it holds the gate its host routes to on every path:
+_BY_PATH = object()  # the host is routed by path
+_UNASKED = object()  # not known yet (one request so far)
 
 
 class _Reject(Exception):
@@ -215,6 +218,9 @@ class ClientConnection:
         "reject_status",
         "request_ids",
         "response_timeout",
+        "route_gate",
+        "route_host",
+        "route_router",
         "send_deadline",
         "server",
         "starting",
@@ -282,6 +288,11 @@ class ClientConnection:
         self.access = server.access_log  # None when [access_log] is off
         self.last_gate: AppGate | None = None
         self.last_counters: AppCounters | None = None
+        # Routing: the snapshot's router last asked, for which host, and its answer, kept when that host
+        # routes every path the same (Router.same_for_every_path); _BY_PATH or _UNASKED otherwise.
+        self.route_router: Router | None = None
+        self.route_host: str | None = None
+        self.route_gate: object = _UNASKED
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -805,7 +816,26 @@ class ClientConnection:
             self._respond(cycle, data)
             return
         host = cycle.host
-        gate = server.snapshot.router.match(host, path.decode("latin-1")) if host is not None else None
+        gate: AppGate | None = None
+        if host is not None:
+            # A connection's requests usually repeat its host, whose routes are usually the same for
+            # every path: then the router (immutable, replaced with the snapshot) is asked once per
+            # connection and snapshot rather than per request (three Python frames in tako-server).
+            router = server.snapshot.router
+            if router is not self.route_router or host != self.route_host:
+                # The first request for this host under this router: matched. The question is asked on
+                # the second, so that an HTTP/2 stream (a connection object of its own) never pays for it.
+                self.route_router = router
+                self.route_host = host
+                self.route_gate = _UNASKED
+                route = _BY_PATH
+            else:
+                route = self.route_gate
+                if route is _UNASKED:
+                    fixed = router.same_for_every_path(host)
+                    route = self.route_gate = router.match(host, "/") if fixed else _BY_PATH
+            # An AppGate or None, as the router answered, unless the host is routed by path.
+            gate = router.match(host, path.decode("latin-1")) if route is _BY_PATH else route  # type: ignore[assignment]
         if not self.forward and (gate is None or gate.https or path.startswith(_ACME_PREFIX)):
             # ACME and redirects to HTTPS, except for an app served over plain HTTP ([tako] https = false)
             self._answer_plain_http(cycle, path, host, _close_after_local(cycle))
