@@ -182,3 +182,13 @@ def test_a_start_that_fails_says_why_and_leaves_nothing_running(host: Host) -> N
     assert code == 0, out
     the_server(host)
     wait_for(lambda: serves(host), timeout=60, what="the app serving after the fixed start")
+
+
+def test_the_installed_tako_package_has_bytecode_its_user_need_not_write(host: Host) -> None:
+    # tako-server runs as tako, who cannot write __pycache__ in the root-owned venv: without bytecode made
+    # at install, every start would compile its modules again (slower to serve again after a crash).
+    code = (
+        "import importlib.util, pathlib, tako.server.daemon as m; "
+        "print(pathlib.Path(importlib.util.cache_from_source(m.__file__)).is_file())"
+    )
+    assert host.exec([VENV_PYTHON, "-c", code], user="tako", check=True).stdout.strip() == "True"

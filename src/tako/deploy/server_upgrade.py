@@ -41,15 +41,16 @@ PY
 """
 
 # $1 venv, $2 wheel. uv where it is installed (install-server makes venvs without pip then), pip otherwise.
-# Compiled to bytecode at install, as pip does by default: tako-server's user cannot write __pycache__ there,
-# and compiling its modules at every start delays serving again after a restart.
+# The tako package is compiled to bytecode at install, as pip does by default: tako-server's user cannot
+# write __pycache__ there, and compiling its modules at every start delays serving again after a restart.
 _INSTALL = r"""
 set -e
 run=
 [ -w "$1" ] || run="sudo -n"
 if command -v uv >/dev/null 2>&1; then
-  $run uv pip install --quiet --compile-bytecode --python "$1/bin/python" --no-index --no-deps \
-    --reinstall-package tako "$2"
+  $run uv pip install --quiet --python "$1/bin/python" --no-index --no-deps --reinstall-package tako "$2"
+  $run "$1/bin/python" -m compileall -q -j 0 \
+    "$("$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/tako" >/dev/null
 else
   # A venv made for uv has no pip: ensurepip brings the one bundled with Python (offline).
   "$1/bin/python" -m pip --version >/dev/null 2>&1 || $run "$1/bin/python" -m ensurepip --upgrade >/dev/null
