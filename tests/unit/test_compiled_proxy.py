@@ -199,25 +199,26 @@ def _probe_in_a_copy(tmp_path: Path, code: str) -> Callable[[], str]:
     return probe
 
 
+def _loaded_then_stale(tmp_path: Path, binding: str, code: str) -> tuple[str, str]:
+    """What `code` prints against a built copy, then against it once `binding`'s .pyx is edited."""
+    probe = _probe_in_a_copy(tmp_path, code)
+    current = probe().strip()
+    with (tmp_path / "src" / "tako" / "server" / "proxy" / f"{binding}.pyx").open("a") as fh:
+        fh.write("# edited\n")
+    return current, probe().strip()
+
+
 def test_the_tls_transport_uses_libssl_only_when_its_binding_is_current(tmp_path: Path) -> None:
     # Where the binding is stale the transport calls the _ssl module's methods (same behaviour).
     _needs_build()
     if not any((PROXY / f"_libssl{suffix}").exists() for suffix in EXTENSION_SUFFIXES):
         pytest.skip(f"the libssl binding is not built; run `{BUILD_COMMAND}` with libssl-dev")
     code = "import tako.server.proxy.tls as t; print(t._make_channel is not None)"
-    probe = _probe_in_a_copy(tmp_path, code)
-    assert probe().strip() == "True"
-    with (tmp_path / "src" / "tako" / "server" / "proxy" / "_libssl.pyx").open("a") as fh:
-        fh.write("# edited\n")
-    assert probe().strip() == "False"
+    assert _loaded_then_stale(tmp_path, compiled.TLS_BINDING, code) == ("True", "False")
 
 
 def test_the_plain_transport_calls_the_kernel_only_when_its_binding_is_current(tmp_path: Path) -> None:
     # Where the binding is stale the transport reads and writes through the socket object (same behaviour).
     _needs_build()
     code = "import tako.server.proxy.plain as p; print(p._fd_recv is not None, p._fd_send is not None)"
-    probe = _probe_in_a_copy(tmp_path, code)
-    assert probe().strip() == "True True"
-    with (tmp_path / "src" / "tako" / "server" / "proxy" / "_sockio.pyx").open("a") as fh:
-        fh.write("# edited\n")
-    assert probe().strip() == "False False"
+    assert _loaded_then_stale(tmp_path, compiled.SOCKET_BINDING, code) == ("True True", "False False")
