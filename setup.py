@@ -83,6 +83,22 @@ def extensions() -> list[Extension]:
             extra_link_args=["-s"],
         )
     )
+    # The HTTP/1.1 parsers: llhttp (the version httptools bundles, vendored in src/vendor/llhttp/, outside the
+    # package) with their callbacks in C. Without it the proxy parses with httptools (http1_parser.py).
+    llhttp = ROOT / "src" / "vendor" / "llhttp"
+    modules.append(
+        Extension(
+            f"{compiled.PACKAGE}.{compiled.HTTP1_BINDING}",
+            [
+                str((PROXY / f"{compiled.HTTP1_BINDING}.pyx").relative_to(ROOT)),
+                *(str((llhttp / name).relative_to(ROOT)) for name in ("llhttp.c", "api.c", "http.c")),
+            ],
+            include_dirs=[str(llhttp.relative_to(ROOT))],
+            depends=[str((llhttp / "llhttp.h").relative_to(ROOT))],
+            optional=True,
+            extra_link_args=["-s"],
+        )
+    )
     return cythonize(
         modules,
         build_dir="build/cython",  # the generated C stays out of src/ (and out of the wheel)

@@ -222,3 +222,17 @@ def test_the_plain_transport_calls_the_kernel_only_when_its_binding_is_current(t
     _needs_build()
     code = "import tako.server.proxy.plain as p; print(p._fd_recv is not None, p._fd_send is not None)"
     assert _loaded_then_stale(tmp_path, compiled.SOCKET_BINDING, code) == ("True True", "False False")
+
+
+def test_the_connections_parse_in_c_only_when_the_parser_binding_is_current(tmp_path: Path) -> None:
+    # Where the binding is stale both connections parse with httptools (http1_parser.py; same behaviour).
+    _needs_build()
+    code = (
+        "import tako.server.proxy.compiled as c; c.select()\n"
+        "import tako.server.proxy.client as cl, tako.server.proxy.upstream as up\n"
+        "print(cl._RequestParser.__module__, up._ResponseParser.__module__)"
+    )
+    assert _loaded_then_stale(tmp_path, compiled.HTTP1_BINDING, code) == (
+        "tako.server.proxy._http1 tako.server.proxy._http1",
+        "tako.server.proxy.http1_parser tako.server.proxy.http1_parser",
+    )

@@ -67,10 +67,14 @@ cdef class ClientConnection:
     cdef public bint write_paused
 
     cpdef on_message_begin(self)
-    cpdef on_url(self, bytes url)
+    cpdef on_head(
+        self, bytes method, bytes url, str version, bint keep_alive, bint upgrade, bytes block, list specials,
+        Py_ssize_t count, Py_ssize_t size
+    )
     cpdef on_body(self, bytes body)
     cpdef on_message_complete(self)
     cdef _field(self, RequestCycle cycle, bytes name, bytes value)
+    cdef _special(self, RequestCycle cycle, int kind, bytes value)
     cdef _head_complete(self, RequestCycle cycle, str version, bytes method, bint keep_alive, bint upgrade)
     cdef _check_head(self, RequestCycle cycle, str version, bytes method, bint keep_alive, bint upgrade)
     cpdef h2_request(self, bytes method, bytes path, bytes authority, list fields, bint end_stream)

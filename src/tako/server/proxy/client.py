@@ -7,8 +7,9 @@ What the connection needs of its server is `ConnectionHost`; what upstream conne
 `cycle.ClientSide` (docs/proxy.md, "Modules of the data plane").
 
 Every forwarded request runs through the parser callbacks, `_start` and `UpstreamConnection.attach`, so
-that path is kept lean: settings and per-connection bytes are looked up once per connection, header names
-are classified through a cache, and small helpers on it are inlined where noted.
+that path is kept lean: the parser (http1_parser.py) classifies header names and gathers the forwarded
+lines in C and calls the connection once per head, settings and per-connection bytes are looked up once per
+connection, and small helpers on it are inlined where noted.
 
 Compiled with Cython where possible, typed by client.pxd (see compiled.py): an attribute added to a class
 here needs its line there too.
@@ -40,7 +41,8 @@ from tako.server.proxy.cycle import (
     RequestCycle,
     UpstreamSide,
 )
-from tako.server.proxy.headers import PASS, HeaderKinds, without_headers
+from tako.server.proxy.headers import PASS, HeaderKinds, header_lines, without_lines
+from tako.server.proxy.http1_parser import parser_types
 from tako.server.proxy.static_stream import serve as serve_static
 from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool
 from tako.server.proxy.upstream_connect import PendingConnect
@@ -119,9 +121,17 @@ _H1_METHODS = frozenset(
 )
 _CHUNKED = b"chunked"
 
+# The special kinds whose lines are forwarded as well.
+_FORWARDED_KINDS = (_H_HOST, _H_ACCEPT_ENCODING, _H_EXPECT)
+# How the HTTP/1.1 parser treats header names (the arguments of its HeaderTable, http1_parser.py).
+REQUEST_HEADER_TABLE = (_REQUEST_SPECIAL, b"proxy-", _H_DROP, _H_PASS, _H_DROP, _FORWARDED_KINDS)
+_RequestParser, _, _HeaderTable = parser_types()
+_request_header_table = _HeaderTable(*REQUEST_HEADER_TABLE)
+
+# HTTP/2 fields (h2_request) are classified here, as the parser classifies HTTP/1.1 header lines.
 _request_kinds = HeaderKinds(_REQUEST_SPECIAL, prefix=b"proxy-", prefix_kind=_H_DROP)
 # The same dict for good (cleared in place): a C global typed as a dict (client.pxd) when compiled, so the
-# per-header lookup is a direct dict call rather than a method call on an untyped global.
+# per-field lookup is a direct dict call rather than a method call on an untyped global.
 _request_kinds_cache = _request_kinds.cache
 
 # Upstream failures by kind: indexes of counters.UPSTREAM_ERROR_KINDS.
@@ -253,7 +263,7 @@ class ClientConnection:
         self.body_mark = 0  # body bytes received when the current window began
         self.paused_in_window = False  # reading was paused by the proxy during the current window
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = _RequestParser(self, _request_header_table)
         self.client_ip = b""
         self.forwarded = b""  # X-Forwarded-For tail + X-Forwarded-Proto, precomputed per connection
         self.forwarded_for = b""  # the same with the header name: when the request had no X-Forwarded-For
@@ -462,7 +472,7 @@ class ClientConnection:
         else:
             self.transport.resume_reading()
 
-    # -- httptools callbacks ----------------------------------------------------------------------
+    # -- parser callbacks (http1_parser.py) ------------------------------------------------------
 
     def on_message_begin(self) -> None:
         if self.broken:
@@ -475,24 +485,36 @@ class ClientConnection:
             self.deadline = 0.0
             self.deadline_kind = 0
 
-    def on_url(self, url: bytes) -> None:
+    def on_head(
+        self,
+        method: bytes,
+        url: bytes,
+        version: str,
+        keep_alive: bool,
+        upgrade: bool,
+        block: bytes,
+        specials: list[Any],
+        count: int,
+        size: int,
+    ) -> None:
+        """The request's head, parsed: `block`, the header lines to forward; `specials`, kind, value, ...
+        of the headers the proxy acts on; `count` and `size`, what the limits count (http1_parser.py)."""
         cycle = self.parsing
         assert cycle is not None
-        cycle.url += url
-        cycle.header_bytes += len(url)
-        if cycle.header_bytes > self.max_header_bytes:
+        cycle.url = url
+        cycle.header_count = count
+        cycle.header_bytes = len(url) + size
+        if count > self.max_headers or cycle.header_bytes > self.max_header_bytes:
             self._reject(431)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        cycle = self.parsing
-        assert cycle is not None
-        if cycle.headers_done:
-            return  # a trailer field of a chunked body: dropped
-        self._field(cycle, name, value)
+        if block:
+            cycle.pieces.append(block)
+        for i in range(0, len(specials), 2):
+            self._special(cycle, specials[i], specials[i + 1])
+        self._head_complete(cycle, version, method, keep_alive, upgrade and cycle.upgrade_header is not None)
 
     def _field(self, cycle: RequestCycle, name: bytes, value: bytes) -> None:
-        """One field of a request head (an HTTP/1.1 header line, or an HTTP/2 field): count it against the
-        limits, and record or forward it by its kind."""
+        """One field of an HTTP/2 request: count it against the limits, and record or forward it by its
+        kind, as the parser does with an HTTP/1.1 header line."""
         cycle.header_count += 1
         cycle.header_bytes += len(name) + len(value) + 4
         if cycle.header_count > self.max_headers or cycle.header_bytes > self.max_header_bytes:
@@ -508,18 +530,23 @@ class ClientConnection:
             pieces.append(b": ")
             pieces.append(value)
             pieces.append(_CRLF)
-        elif kind == _H_ACCEPT_ENCODING:  # second: browsers send it with every request
+        elif kind != _H_DROP:
+            if kind in (_H_ACCEPT_ENCODING, _H_HOST, _H_EXPECT):  # _FORWARDED_KINDS
+                cycle.pieces.extend((name, b": ", value, _CRLF))
+            self._special(cycle, kind, value)
+
+    def _special(self, cycle: RequestCycle, kind: int, value: bytes) -> None:
+        """A request header the proxy acts on (any kind but pass and drop)."""
+        if kind == _H_ACCEPT_ENCODING:  # first: browsers send it with every request
             # Read by the response compression; forwarded unchanged. Several lines make one list.
             prior = cycle.accept_encoding
             cycle.accept_encoding = value if prior is None else prior + b", " + value
-            cycle.pieces.extend((name, b": ", value, _CRLF))
         elif kind == _H_HOST:
             if cycle.host_header is not None:
                 self._reject(400)
             cycle.host_header = value
-            cycle.pieces.extend((name, b": ", value, _CRLF))
         elif kind == _H_LENGTH:
-            # httptools has checked the digits and refused duplicates and CL together with TE.
+            # The parser has checked the digits and refused duplicates and CL together with TE.
             cycle.content_length = int(value)
         elif kind == _H_TE:
             if cycle.te is not None:
@@ -544,26 +571,10 @@ class ClientConnection:
             cycle.xff = value if cycle.xff is None else cycle.xff + b", " + value
         elif kind == _H_EXPECT:
             cycle.expect = value  # forwarded, unless the proxy buffers the body and answers it itself
-            cycle.pieces.extend((name, b": ", value, _CRLF))
         elif kind == _H_REQUEST_ID and is_sane_request_id(value):
             cycle.request_id = value  # forwarded by _build_head (a made one when it is not sane)
         elif kind == _H_PROXY_CONNECTION:
             cycle.connection_header = True
-
-    def on_headers_complete(self) -> None:
-        cycle = self.parsing
-        assert cycle is not None
-        parser = self.parser
-        # What the parser decided about the head (read here: an HTTP/2 stream's request has no parser).
-        upgrade = cycle.upgrade_header is not None and parser.should_upgrade()
-        keep_alive = parser.should_keep_alive()
-        # llhttp takes HTTP/0.9, 1.0, 1.1 and 2.0, and keeps a request without a Connection (or
-        # Proxy-Connection) header alive only when it is HTTP/1.1: then the version need not be asked,
-        # which formats it as a string (2,000 of 44,400 instructions a request of bench/proxy/hotpath.py).
-        version = "1.1"
-        if not keep_alive or cycle.connection_header:
-            version = parser.get_http_version()
-        self._head_complete(cycle, version, parser.get_method(), keep_alive, upgrade)
 
     def _head_complete(
         self, cycle: RequestCycle, version: str, method: bytes, keep_alive: bool, upgrade: bool
@@ -697,7 +708,10 @@ class ClientConnection:
             self.on_message_begin()
             cycle = self.parsing
             assert cycle is not None
-            self.on_url(path)
+            cycle.url = path
+            cycle.header_bytes = len(path)
+            if cycle.header_bytes > self.max_header_bytes:
+                self._reject(431)
             if authority is not None:
                 self._field(cycle, b"Host", authority)
             for i in range(0, len(fields), 2):
@@ -750,14 +764,13 @@ class ClientConnection:
         if not authority or b"@" in authority:
             self._reject(400)
         cycle.url = target if target[:1] == b"/" else b"/" + target
-        pieces = cycle.pieces
         if cycle.host_header is not None:
-            for i in range(0, len(pieces), 4):
-                if pieces[i].lower() == b"host":
-                    pieces[i + 2] = authority
-                    break
+            lines: list[bytes] = []
+            for name, value in header_lines(cycle.pieces):
+                lines.extend((name, b": ", authority if name.lower() == b"host" else value, _CRLF))
+            cycle.pieces = lines
         else:
-            pieces.extend((b"Host", b": ", authority, _CRLF))
+            cycle.pieces.extend((b"Host", b": ", authority, _CRLF))
         cycle.host_header = authority
 
     # -- request head -------------------------------------------------------------------------------
@@ -766,12 +779,12 @@ class ClientConnection:
         # `parts.extend(...)` rather than `parts += ...`: compiled, a direct list extend; the generic
         # in-place adds took 1,400 instructions a request here (callgrind over bench/proxy/hotpath.py).
         parts = [cycle.method, b" ", cycle.url, b" HTTP/1.1\r\n"]
-        if cycle.conn_tokens is None:
-            parts.extend(cycle.pieces)
-        else:
-            parts.extend(without_headers(cycle.pieces, cycle.conn_tokens))
+        pieces = cycle.pieces
+        if cycle.conn_tokens is not None:
+            pieces = without_lines(pieces, cycle.conn_tokens)
         if cycle.buffering and cycle.expect is not None:
-            parts = parts[:4] + without_headers(parts[4:], [_EXPECT])  # answered by the proxy (_buffer_body)
+            pieces = without_lines(pieces, (_EXPECT,))  # answered by the proxy (_buffer_body)
+        parts.extend(pieces)
         if cycle.xff is None:
             parts.append(self.forwarded_for)
         else:

@@ -171,7 +171,9 @@ class RequestCycle:
         self.conn = conn
         self.method = b""
         self.url = b""
-        self.pieces: list[bytes] = []  # forwarded headers as name, ": ", value, CRLF
+        # The forwarded header lines: byte strings that joined are "Name: value\r\n" lines (the parser's
+        # block, or an HTTP/2 request's fields as name, ": ", value, CRLF; headers.py reads them back).
+        self.pieces: list[bytes] = []
         self.host_header: bytes | None = None
         self.host: str | None = None
         self.xff: bytes | None = None

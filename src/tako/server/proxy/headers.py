@@ -1,5 +1,8 @@
-"""`HeaderKinds`: what the proxy does with a header name, looked up once per distinct spelling; and
-`without_headers`, which drops the headers a Connection header named (both directions).
+"""`HeaderKinds`: what the proxy does with a header name, looked up once per distinct spelling;
+`without_headers`, which drops the headers a Connection header named from pieces (name, ": ", value,
+CRLF); and for header lines as the parsers give them (byte strings that joined are "Name: value\r\n"
+lines: a request's `RequestCycle.pieces`, a response head's lines), `header_lines`, `as_pieces` and
+`without_lines`.
 
 Both directions classify every header of every message; lower-casing each name and looking it up costs
 more than one dict lookup of the name as received. The cache is keyed by that spelling, holds short names
@@ -7,6 +10,8 @@ only, is bounded, and starts over when full (peers choose the names).
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 PASS = -1  # the kind of any header without special handling: passed on unchanged
 
@@ -38,6 +43,28 @@ class HeaderKinds:
                 self.cache.clear()
             self.cache[name] = kind
         return kind
+
+
+def header_lines(pieces: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """The name and value of each line of a request's forwarded header lines. Written by the proxy as
+    "Name: value\r\n" from what the parser took apart, so a name holds no colon and a value no CR or LF."""
+    lines = b"".join(pieces).split(b"\r\n")
+    lines.pop()  # after the last CRLF
+    return [(name, value) for name, _, value in (line.partition(b": ") for line in lines)]
+
+
+def as_pieces(lines: list[bytes]) -> list[bytes]:
+    """Header lines (byte strings that joined are "Name: value\r\n" lines) as name, ": ", value, CRLF."""
+    pieces: list[bytes] = []
+    for name, value in header_lines(lines):
+        pieces.extend((name, b": ", value, b"\r\n"))
+    return pieces
+
+
+def without_lines(pieces: list[bytes], names: Collection[bytes]) -> list[bytes]:
+    """A request's forwarded header lines without those whose name (lower-case) is in `names`."""
+    lines = header_lines(pieces)
+    return [name + b": " + value + b"\r\n" for name, value in lines if name.lower() not in names]
 
 
 def without_headers(pieces: list[bytes], names: list[bytes]) -> list[bytes]:

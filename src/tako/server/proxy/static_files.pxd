@@ -22,5 +22,5 @@ cdef class StaticMounts:
     cpdef tuple find(self, bytes path)
 
 
-@cython.locals(found=dict, i=Py_ssize_t, name=bytes)
+@cython.locals(found=dict, name=bytes, value=bytes)
 cpdef object request_headers(list pieces)

@@ -23,6 +23,7 @@ from urllib.parse import unquote_to_bytes
 
 from tako.server.proxy import responses
 from tako.server.proxy.encoding_negotiation import best_encoding
+from tako.server.proxy.headers import header_lines
 
 # Precompressed siblings, in the order of preference that breaks ties between equal q-values.
 SIBLINGS: tuple[tuple[str, str], ...] = (("zstd", ".zst"), ("br", ".br"), ("gzip", ".gz"))
@@ -173,16 +174,15 @@ _WANTED_LENGTHS = frozenset(len(name) for name in _WANTED)
 
 
 def request_headers(pieces: list[bytes]) -> RequestHeaders:
-    """Pick the headers of `RequestHeaders` out of a request's forwarded header pieces (name, ": ",
-    value, CRLF); the first of a repeated header counts."""
+    """Pick the headers of `RequestHeaders` out of a request's forwarded header lines (headers.py,
+    `header_lines`); the first of a repeated header counts."""
     found: dict[str, bytes] = {}
-    for i in range(0, len(pieces), 4):
-        name = pieces[i]
+    for name, value in header_lines(pieces):
         if len(name) not in _WANTED_LENGTHS:
             continue  # most of a browser's headers (Host, User-Agent, Accept, Cookie): no lowercase copy
         field = _WANTED.get(name.lower())
         if field is not None and field not in found:
-            found[field] = pieces[i + 2]
+            found[field] = value
     return RequestHeaders(**found) if found else NO_HEADERS
 
 

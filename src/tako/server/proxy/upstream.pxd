@@ -7,9 +7,8 @@ from tako.server.proxy.cycle cimport RequestCycle
 
 
 cdef int FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE, FRAME_DONE
-# Response header kinds: C ints, so classifying a header compares C integers rather than module globals.
+# Response header kinds: C ints, so the head's framing headers are told apart by C comparisons.
 cdef int _H_PASS, _H_DROP, _H_CONNECTION, _H_LENGTH, _H_TE
-cdef dict _response_kinds_cache
 
 
 cdef class UpstreamPool:
@@ -33,7 +32,6 @@ cdef class UpstreamConnection:
     cdef public int _frame
     cdef public bint _got_bytes
     cdef public bint _head_done
-    cdef public list _headers
     cdef public bint _keep_alive
     cdef public bytes _length
     cdef public list _out
@@ -60,6 +58,10 @@ cdef class UpstreamConnection:
     @cython.locals(client=ClientConnection)
     cpdef _finish_response(self, RequestCycle cycle)
     cdef _parser_stopped(self, RequestCycle cycle, list out)
+    @cython.locals(kind=int, value=bytes, lvalue=bytes, token=bytes, headers=list)
+    cpdef on_head(
+        self, int status, bytes reason, bint keep_alive, bint upgrade, bytes block, list specials
+    )
     cdef _informational(self, RequestCycle cycle, int status, list headers)
     cdef _end_encoding(self)
 

@@ -1,12 +1,13 @@
 """Upstream side of the data plane: pooled keep-alive connections to app instances.
 
-One `UpstreamConnection` per TCP connection to an instance; it parses the response with httptools and
+One `UpstreamConnection` per TCP connection to an instance; it parses the response (http1_parser.py) and
 writes it straight to the client's transport, re-framed (Content-Length, chunked or close-delimited). One
 `UpstreamPool` per instance key keeps idle connections for reuse (LIFO, idle ones closed by the sweeper).
 It reaches the client connection of the request it carries only through `cycle.ClientSide`.
 
-Every response runs through the parser callbacks and `data_received`, so that path is kept lean: header
-names are classified through a cache, the response head is assembled from pieces and joined once per read
+Every response runs through the parser callbacks and `data_received`, so that path is kept lean: the
+parser classifies header names and gathers the lines to pass on in C and calls the connection once per
+head, the response head is assembled from pieces and joined once per read
 together with the body bytes (one write: one TLS record, or one `write` rather than a `writev` on plain
 TCP), and small helpers on it are inlined where noted.
 
@@ -18,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 import httptools
 
 from tako.server.proxy.compression import Encoder, start_encoding
 from tako.server.proxy.cycle import PAUSE_UPSTREAM, RequestCycle
-from tako.server.proxy.headers import PASS, HeaderKinds, without_headers
+from tako.server.proxy.headers import PASS, as_pieces, without_headers
+from tako.server.proxy.http1_parser import parser_types
 
 # Framing of the response towards the client. C ints when compiled (upstream.pxd): compared on every
 # response, as module globals they cost 1,000 more machine instructions per request (1.3 %; callgrind's
@@ -66,10 +69,11 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
     b"x-request-id": _H_DROP,  # the client gets the id the app was sent (added to every response head)
 }
 
-_response_kinds = HeaderKinds(_RESPONSE_SPECIAL)
-# The same dict for good (cleared in place): a C global typed as a dict (upstream.pxd) when compiled, so the
-# per-header lookup is a direct dict call rather than a method call on an untyped global.
-_response_kinds_cache = _response_kinds.cache
+# How the response parser treats header names (the arguments of its HeaderTable, http1_parser.py): no
+# prefix of names to drop, and none of the special ones forwarded.
+RESPONSE_HEADER_TABLE = (_RESPONSE_SPECIAL, b"", _H_PASS, _H_PASS, _H_DROP, ())
+_, _ResponseParser, _HeaderTable = parser_types()
+_response_header_table = _HeaderTable(*RESPONSE_HEADER_TABLE)
 
 _CHUNK_END = b"0\r\n\r\n"
 _CRLF = b"\r\n"
@@ -152,7 +156,6 @@ class UpstreamConnection:
         "_frame",
         "_got_bytes",
         "_head_done",
-        "_headers",
         "_keep_alive",
         "_length",
         "_out",
@@ -176,7 +179,7 @@ class UpstreamConnection:
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
-        self.parser = httptools.HttpResponseParser(self)
+        self.parser = _ResponseParser(self, _response_header_table)
         self.cycle: RequestCycle | None = None
         self.closed = False
         # The open in progress (upstream_connect.PendingConnect), told when the transport exists.
@@ -192,7 +195,6 @@ class UpstreamConnection:
         self.write_paused = False
         self.tunnel = False
         self._reason = b""
-        self._headers: list[bytes] | None = None  # pieces of the response head; None outside of it
         self._length: bytes | None = None
         self._chunked = False
         self._conn_close = False
@@ -294,7 +296,7 @@ class UpstreamConnection:
         if self._head_done:
             # Not an error: the body-less response to HEAD is complete (see on_headers_complete).
             self._head_done = False
-            self.parser = httptools.HttpResponseParser(self)
+            self.parser = _ResponseParser(self, _response_header_table)
         elif self._frame == FRAME_DONE:
             self._keep_alive = False
         else:
@@ -358,12 +360,11 @@ class UpstreamConnection:
         self.cycle = None
         self.transport.abort()
 
-    # -- httptools callbacks ----------------------------------------------------------------------
+    # -- parser callbacks (http1_parser.py) --------------------------------------------------------
 
     def on_message_begin(self) -> None:
         if self._frame == FRAME_DONE:
             raise _HeadDone  # bytes after the complete response: handled in data_received
-        self._headers = []
         self._length = None
         self._chunked = False
         self._conn_close = False
@@ -371,55 +372,42 @@ class UpstreamConnection:
         self._reason = b""
         self._until_close = False
 
-    def on_status(self, status: bytes) -> None:
-        self._reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._headers
-        if headers is None:
-            return  # trailers of a chunked response: dropped
-        kind = _response_kinds_cache.get(name)
-        if kind is None:
-            kind = _response_kinds.classify(name)
-        if kind == _H_PASS:
-            # Four appends rather than an extend by a tuple: compiled, they are inline C with no tuple to
-            # make and free.
-            headers.append(name)
-            headers.append(b": ")
-            headers.append(value)
-            headers.append(_CRLF)
-        elif kind == _H_LENGTH:
-            self._length = value.strip()
-        elif kind == _H_TE:
-            # Chunked only if that is the last coding, as the parser reads it; otherwise the body runs until
-            # the app closes (and is re-framed as such). The last Transfer-Encoding line decides, as there.
-            self._chunked = value == b"chunked" or value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
-        elif kind == _H_CONNECTION:
-            lvalue = value.lower()
-            if lvalue == b"keep-alive":
-                return  # the common value, which needs nothing recorded (the parser reads it too)
-            for token in lvalue.split(b","):
-                token = token.strip()
-                if token == b"close":
-                    self._conn_close = True
-                elif token and token not in (b"keep-alive", b"upgrade"):
-                    if self._conn_tokens is None:
-                        self._conn_tokens = []
-                    self._conn_tokens.append(token)
-
-    def on_headers_complete(self) -> None:
+    def on_head(
+        self, status: int, reason: bytes, keep_alive: bool, upgrade: bool, block: bytes, specials: list[Any]
+    ) -> None:
+        """The response's head, parsed: `block`, the header lines to pass on; `specials`, kind, value, ...
+        of the framing headers (http1_parser.py)."""
         cycle = self.cycle
         assert cycle is not None
-        headers = self._headers
-        assert headers is not None
-        self._headers = None  # any header callbacks after this are trailers
-        parser = self.parser
-        status = parser.get_status_code()
+        self._reason = reason
+        for i in range(0, len(specials), 2):
+            kind = specials[i]
+            value = specials[i + 1]
+            if kind == _H_LENGTH:
+                self._length = value.strip()
+            elif kind == _H_TE:
+                # Chunked only if that is the last coding, as the parser reads it; otherwise the body runs
+                # until the app closes (and is re-framed as such). The last Transfer-Encoding line decides.
+                self._chunked = value == b"chunked" or value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
+            elif kind == _H_CONNECTION:
+                lvalue = value.lower()
+                if lvalue == b"keep-alive":
+                    continue  # the common value, which needs nothing recorded (the parser reads it too)
+                for token in lvalue.split(b","):
+                    token = token.strip()
+                    if token == b"close":
+                        self._conn_close = True
+                    elif token and token not in (b"keep-alive", b"upgrade"):
+                        if self._conn_tokens is None:
+                            self._conn_tokens = []
+                        self._conn_tokens.append(token)
+        # The head's lines as one piece; split into name, ": ", value, CRLF only where they are rewritten.
+        headers = [block] if block else []
         self._status = status
-        self._keep_alive = parser.should_keep_alive()
+        self._keep_alive = keep_alive
         self.deadline = 0.0
         if self._conn_tokens is not None:
-            headers = without_headers(headers, self._conn_tokens)
+            headers = without_headers(as_pieces(headers), self._conn_tokens)
         if status < 200:
             self._informational(cycle, status, headers)
             return
@@ -465,7 +453,7 @@ class UpstreamConnection:
             out.append(_CRLF)
         self._frame = frame
         if cycle.is_head:
-            # httptools cannot be told that a response to HEAD has no body; stop it here.
+            # The parser is not told that a response to HEAD has no body: it is stopped here.
             self._head_done = True
             raise _HeadDone
 
@@ -556,6 +544,7 @@ def _encoder_for(
         return None
     if length is not None and len(length) < 4:
         return None  # under 1000 bytes, below compression.MIN_LENGTH: no call into it (-3,000 instructions)
+    headers[:] = as_pieces(headers)  # what start_encoding reads and rewrites
     return start_encoding(accept, status, headers, length)
 
 

@@ -1,0 +1,467 @@
+# cython: language_level=3
+"""The HTTP/1.1 parsers of the proxy, on llhttp (the version httptools bundles, vendored in
+src/vendor/llhttp/) with its callbacks in C: `RequestParser` for `ClientConnection` (client.py),
+`ResponseParser` for `UpstreamConnection` (upstream.py).
+
+Through httptools, every header line of every message is a Python call from the parser into the
+connection, with two new bytes objects, a hash and a dict lookup to classify the name, and four list
+appends to forward it; then the head is joined from those pieces. Here the callbacks stay in C: each
+header name is classified against a `HeaderTable` (the names the proxy acts on, and a prefix of names it
+drops), the lines that are forwarded are written straight into one buffer, and the connection hears one
+call per head: a request's `on_head(method, url, version, keep_alive, upgrade, block, specials, count,
+size)`, a response's `on_head(status, reason, keep_alive, upgrade, block, specials)`.
+- `block`: the forwarded header lines as one bytes object ("Name: value\r\n" each, in their order);
+- `specials`: kind, value, kind, value, ... for every header whose kind is neither the table's `pass_kind`
+  nor its `drop_kind` (those in its `forwarded` are in `block` as well);
+- `count`, `size`: header lines and their bytes as the limits count them (name + value + 4 each).
+`on_message_begin`, `on_body` and `on_message_complete` are called as httptools calls them; the errors are
+httptools' own (`HttpParserError` and its subclasses, `HttpParserUpgrade` with the offset of the bytes
+after the head), so the connections handle both parsers alike. http1_parser.py has the same on httptools,
+used where this binding is not (TAKO_PURE_PYTHON=1, no compiler, a stale build);
+tests/unit/test_http1_parser.py holds the two to the same results.
+"""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from libc.stdint cimport int32_t, uint8_t, uint16_t
+from libc.string cimport memcpy
+
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserInvalidMethodError,
+    HttpParserInvalidStatusError,
+    HttpParserInvalidURLError,
+    HttpParserUpgrade,
+)
+
+
+cdef extern from "llhttp.h":
+    ctypedef struct llhttp_t:
+        int32_t error
+        void *data
+        uint8_t method
+        uint8_t http_major
+        uint8_t http_minor
+        uint8_t upgrade
+        uint16_t status_code
+    ctypedef int (*llhttp_data_cb)(llhttp_t*, const char *at, size_t length) noexcept
+    ctypedef int (*llhttp_cb)(llhttp_t*) noexcept
+    ctypedef struct llhttp_settings_t:
+        llhttp_cb on_message_begin
+        llhttp_data_cb on_url
+        llhttp_data_cb on_status
+        llhttp_data_cb on_header_field
+        llhttp_data_cb on_header_value
+        llhttp_cb on_header_field_complete
+        llhttp_cb on_header_value_complete
+        llhttp_cb on_headers_complete
+        llhttp_data_cb on_body
+        llhttp_cb on_message_complete
+    ctypedef enum llhttp_type_t:
+        HTTP_REQUEST
+        HTTP_RESPONSE
+    ctypedef enum llhttp_errno_t:
+        HPE_OK
+        HPE_INVALID_METHOD
+        HPE_INVALID_URL
+        HPE_INVALID_STATUS
+        HPE_PAUSED_UPGRADE
+        HPE_USER
+    void llhttp_settings_init(llhttp_settings_t *settings)
+    void llhttp_init(llhttp_t *parser, llhttp_type_t type, const llhttp_settings_t *settings)
+    llhttp_errno_t llhttp_execute(llhttp_t *parser, const char *data, size_t len)
+    int llhttp_should_keep_alive(const llhttp_t *parser)
+    const char *llhttp_get_error_pos(const llhttp_t *parser)
+    const char *llhttp_get_error_reason(const llhttp_t *parser)
+    void llhttp_resume_after_upgrade(llhttp_t *parser)
+    const char *llhttp_method_name(int method)
+
+
+cdef enum:
+    MAX_SPECIAL = 64  # names in the table: the proxy's own list is 15
+    KEEP_BUFFER = 16384  # a buffer grown past this by one large head is freed after it
+
+
+# A growing buffer in C memory: one per parser, kept between heads (nginx keeps 1 KiB per connection too).
+cdef struct Buffer:
+    char *data
+    size_t length
+    size_t capacity
+
+
+cdef int _append(Buffer *buf, const char *at, size_t n) noexcept:
+    cdef size_t need = buf.length + n
+    cdef size_t capacity
+    cdef char *grown
+    if need > buf.capacity:
+        capacity = buf.capacity * 2 if buf.capacity else 1024
+        while capacity < need:
+            capacity *= 2
+        grown = <char *>PyMem_Realloc(buf.data, capacity)
+        if grown is NULL:
+            return -1
+        buf.data = grown
+        buf.capacity = capacity
+    memcpy(buf.data + buf.length, at, n)
+    buf.length = need
+    return 0
+
+
+cdef void _reset(Buffer *buf) noexcept:
+    buf.length = 0
+    if buf.capacity > KEEP_BUFFER:
+        PyMem_Free(buf.data)
+        buf.data = NULL
+        buf.capacity = 0
+
+
+cdef list _methods = [None] * 256  # llhttp's method number -> its name as bytes, made once each
+cdef dict _versions = {}  # major * 256 + minor -> "major.minor"
+
+
+cdef object _method_name(int method):
+    name = _methods[method]
+    if name is None:
+        name = _methods[method] = <bytes>llhttp_method_name(method)
+    return name
+
+
+cdef object _version(int major, int minor):
+    key = major * 256 + minor
+    version = _versions.get(key)
+    if version is None:
+        version = _versions[key] = f"{major}.{minor}"
+    return version
+
+
+cdef inline char _lower(char c) noexcept:
+    return c + 32 if b'A' <= c <= b'Z' else c
+
+
+cdef class HeaderTable:
+    """How a request parser treats header names, made once for every parser: `special`: lower-case name ->
+    kind; other names starting with `prefix` are `prefix_kind`; the rest `pass_kind`. Headers of
+    `pass_kind` and of the kinds in `forwarded` go into the block, `drop_kind` ones nowhere."""
+
+    # The names (kept alive in `names`), their lengths and kinds.
+    cdef list names
+    cdef const char *name_data[MAX_SPECIAL]
+    cdef Py_ssize_t name_length[MAX_SPECIAL]
+    cdef int name_kind[MAX_SPECIAL]
+    cdef bint name_forwarded[MAX_SPECIAL]
+    cdef int name_count
+    cdef bytes prefix
+    cdef int prefix_kind
+    cdef int pass_kind
+    cdef int drop_kind
+
+    def __init__(
+        self,
+        dict special,
+        bytes prefix,
+        int prefix_kind,
+        int pass_kind,
+        int drop_kind,
+        forwarded,
+    ):
+        if len(special) > MAX_SPECIAL:
+            raise ValueError(f"at most {MAX_SPECIAL} special header names")
+        self.names = []
+        self.name_count = 0
+        for name, kind in special.items():
+            name = bytes(name).lower()
+            self.names.append(name)
+            self.name_data[self.name_count] = <const char *>name
+            self.name_length[self.name_count] = len(name)
+            self.name_kind[self.name_count] = kind
+            self.name_forwarded[self.name_count] = kind in forwarded
+            self.name_count += 1
+        self.prefix = prefix.lower()
+        self.prefix_kind = prefix_kind
+        self.pass_kind = pass_kind
+        self.drop_kind = drop_kind
+
+    cdef int find(self, const char *name, size_t length) noexcept:
+        """The index of `name` (any case) in the table, or -1."""
+        cdef int i
+        cdef size_t j
+        cdef const char *entry
+        cdef bint same
+        for i in range(self.name_count):
+            if <size_t>self.name_length[i] != length:
+                continue
+            entry = self.name_data[i]
+            same = True
+            for j in range(length):
+                if _lower(name[j]) != entry[j]:
+                    same = False
+                    break
+            if same:
+                return i
+        return -1
+
+    cdef bint has_prefix(self, const char *name, size_t length) noexcept:
+        cdef Py_ssize_t n = len(self.prefix)
+        cdef const char *prefix = self.prefix
+        cdef Py_ssize_t j
+        if <Py_ssize_t>length < n:
+            return False
+        for j in range(n):
+            if _lower(name[j]) != prefix[j]:
+                return False
+        return True
+
+
+cdef class _HeadParser:
+    """What the request and the response parser share: llhttp, the header callbacks, the buffers."""
+
+    cdef llhttp_t parser
+    cdef llhttp_settings_t settings
+    cdef object on_message_begin
+    cdef object on_head
+    cdef object on_body
+    cdef object on_message_complete
+    cdef object error  # what a callback raised, the context of the HttpParserError that follows
+    cdef bint response  # parses responses (else requests)
+    # The head as it is gathered: the request target (a response's reason phrase), then the lines to forward.
+    cdef Buffer block
+    cdef size_t lines_start  # where the lines start (the target's end)
+    cdef list specials
+    cdef Py_ssize_t count
+    cdef Py_ssize_t size
+    cdef bint in_head  # header callbacks after the head are a chunked body's trailers: ignored
+    cdef size_t field_start  # where the current header line starts in `block`
+    cdef size_t value_start  # where its value starts
+    cdef int kind  # the current header's kind
+    cdef bint forward  # and whether its line goes into the block
+    cdef HeaderTable table
+
+    def __cinit__(self):
+        self.block.data = NULL
+        self.block.length = self.block.capacity = 0
+
+    cdef void _start(self, protocol, HeaderTable table, bint response):
+        self.table = table
+        self.response = response
+        self.on_message_begin = protocol.on_message_begin
+        self.on_head = protocol.on_head
+        self.on_body = protocol.on_body
+        self.on_message_complete = protocol.on_message_complete
+        self.error = None
+        self.specials = []
+        self.in_head = False
+        llhttp_settings_init(&self.settings)
+        self.settings.on_message_begin = _on_message_begin
+        if response:
+            self.settings.on_status = _on_url
+        else:
+            self.settings.on_url = _on_url
+        self.settings.on_header_field = _on_header_bytes
+        self.settings.on_header_field_complete = _on_header_field_complete
+        self.settings.on_header_value = _on_header_bytes
+        self.settings.on_header_value_complete = _on_header_value_complete
+        self.settings.on_headers_complete = _on_headers_complete
+        self.settings.on_body = _on_body
+        self.settings.on_message_complete = _on_message_complete
+        llhttp_init(&self.parser, HTTP_RESPONSE if response else HTTP_REQUEST, &self.settings)
+        self.parser.data = <void *>self
+
+    def __dealloc__(self):
+        PyMem_Free(self.block.data)
+
+    def feed_data(self, data):
+        """Parse `data`, calling the protocol; raises HttpParserError, or HttpParserUpgrade(offset of the
+        bytes after a head that switches protocols)."""
+        cdef Py_buffer view
+        cdef llhttp_errno_t err
+        cdef Py_ssize_t offset
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            err = llhttp_execute(&self.parser, <const char *>view.buf, <size_t>view.len)
+            if err == HPE_PAUSED_UPGRADE and self.parser.upgrade:
+                offset = llhttp_get_error_pos(&self.parser) - <const char *>view.buf
+                llhttp_resume_after_upgrade(&self.parser)
+                raise HttpParserUpgrade(offset)
+        finally:
+            PyBuffer_Release(&view)
+        if err != HPE_OK:
+            # The classes httptools raises for the same errors.
+            reason = llhttp_get_error_reason(&self.parser)
+            message = (<bytes>reason).decode("latin-1") if reason is not NULL else "parse error"
+            if self.error is not None:
+                exc = HttpParserCallbackError(message)
+                exc.__context__ = self.error
+                self.error = None
+            elif err == HPE_INVALID_METHOD:
+                exc = HttpParserInvalidMethodError(message)
+            elif err == HPE_INVALID_URL:
+                exc = HttpParserInvalidURLError(message)
+            elif err == HPE_INVALID_STATUS:
+                exc = HttpParserInvalidStatusError(message)
+            else:
+                exc = HttpParserError(message)
+            raise exc
+
+
+cdef class RequestParser(_HeadParser):
+    """An HTTP/1.1 request parser for `protocol` (see the module's docstring), its header names treated as
+    `table` says: `on_head(method, url, version, keep_alive, upgrade, block, specials, count, size)`."""
+
+    def __init__(self, protocol, HeaderTable table not None):
+        self._start(protocol, table, False)
+
+
+cdef class ResponseParser(_HeadParser):
+    """An HTTP/1.1 response parser for `protocol`, its header names treated as `table` says:
+    `on_head(status, reason, keep_alive, upgrade, block, specials)`."""
+
+    def __init__(self, protocol, HeaderTable table not None):
+        self._start(protocol, table, True)
+
+cdef int _fail(_HeadParser p, object exc) noexcept:
+    p.error = exc
+    return -1
+
+
+# llhttp calls these from llhttp_execute, inside feed_data: the GIL is held. Each returns 0, or -1 with the
+# exception kept for feed_data to raise (as the context of an HttpParserError).
+
+cdef int _on_message_begin(llhttp_t *parser) noexcept:
+    cdef _HeadParser p = <_HeadParser>parser.data
+    p.block.length = 0
+    p.lines_start = p.field_start = 0
+    p.specials = []
+    p.count = 0
+    p.size = 0
+    p.in_head = True
+    try:
+        p.on_message_begin()
+    except BaseException as exc:
+        return _fail(p, exc)
+    return 0
+
+
+cdef int _on_url(llhttp_t *parser, const char *at, size_t length) noexcept:
+    cdef _HeadParser p = <_HeadParser>parser.data
+    if _append(&p.block, at, length) < 0:
+        return _fail(p, MemoryError())
+    p.lines_start = p.field_start = p.block.length
+    return 0
+
+
+cdef int _on_header_bytes(llhttp_t *parser, const char *at, size_t length) noexcept:
+    # Part of a header's name or value (either can arrive in pieces, split across reads): appended at the
+    # end of the block, after `field_start` (a name) or `value_start` (a value).
+    cdef _HeadParser p = <_HeadParser>parser.data
+    if not p.in_head:
+        return 0
+    if _append(&p.block, at, length) < 0:
+        return _fail(p, MemoryError())
+    return 0
+
+
+cdef int _on_header_field_complete(llhttp_t *parser) noexcept:
+    cdef _HeadParser p = <_HeadParser>parser.data
+    cdef const char *name
+    cdef size_t length
+    cdef int found
+    cdef HeaderTable table = p.table
+    if not p.in_head:
+        return 0
+    name = p.block.data + p.field_start
+    length = p.block.length - p.field_start
+    found = table.find(name, length)
+    if found >= 0:
+        p.kind = table.name_kind[found]
+        p.forward = table.name_forwarded[found] or p.kind == table.pass_kind
+    elif table.has_prefix(name, length):
+        p.kind = table.prefix_kind
+        p.forward = p.kind == table.pass_kind
+    else:
+        p.kind = table.pass_kind
+        p.forward = True
+    p.size += length + 4
+    if p.forward and _append(&p.block, ": ", 2) < 0:
+        return _fail(p, MemoryError())
+    p.value_start = p.block.length
+    return 0
+
+
+cdef int _on_header_value_complete(llhttp_t *parser) noexcept:
+    cdef _HeadParser p = <_HeadParser>parser.data
+    cdef size_t length
+    if not p.in_head:
+        return 0
+    length = p.block.length - p.value_start
+    p.count += 1
+    p.size += length
+    if p.kind != p.table.pass_kind and p.kind != p.table.drop_kind:
+        try:
+            p.specials.append(p.kind)
+            p.specials.append(PyBytes_FromStringAndSize(p.block.data + p.value_start, length))
+        except BaseException as exc:
+            return _fail(p, exc)
+    if p.forward:
+        if _append(&p.block, "\r\n", 2) < 0:
+            return _fail(p, MemoryError())
+    else:
+        p.block.length = p.field_start  # not forwarded: the line is cut off again
+    p.field_start = p.block.length
+    return 0
+
+
+cdef int _on_headers_complete(llhttp_t *parser) noexcept:
+    cdef _HeadParser p = <_HeadParser>parser.data
+    p.in_head = False
+    try:
+        url = PyBytes_FromStringAndSize(p.block.data, p.lines_start)
+        block = PyBytes_FromStringAndSize(p.block.data + p.lines_start, p.block.length - p.lines_start)
+        _reset(&p.block)
+        specials = p.specials
+        p.specials = None
+        if p.response:
+            p.on_head(
+                parser.status_code,
+                url,
+                llhttp_should_keep_alive(parser) != 0,
+                parser.upgrade != 0,
+                block,
+                specials,
+            )
+        else:
+            p.on_head(
+                _method_name(parser.method),
+                url,
+                _version(parser.http_major, parser.http_minor),
+                llhttp_should_keep_alive(parser) != 0,
+                parser.upgrade != 0,
+                block,
+                specials,
+                p.count,
+                p.size,
+            )
+    except BaseException as exc:
+        return _fail(p, exc)
+    # As httptools: a message that switches protocols has no body here; llhttp_execute then returns
+    # HPE_PAUSED_UPGRADE at the end of the head.
+    return 1 if parser.upgrade else 0
+
+
+cdef int _on_body(llhttp_t *parser, const char *at, size_t length) noexcept:
+    cdef _HeadParser p = <_HeadParser>parser.data
+    try:
+        p.on_body(PyBytes_FromStringAndSize(at, length))
+    except BaseException as exc:
+        return _fail(p, exc)
+    return 0
+
+
+cdef int _on_message_complete(llhttp_t *parser) noexcept:
+    cdef _HeadParser p = <_HeadParser>parser.data
+    try:
+        p.on_message_complete()
+    except BaseException as exc:
+        return _fail(p, exc)
+    return 0
