@@ -4,6 +4,7 @@ cimport cython
 
 from tako.server.proxy.client cimport ClientConnection
 from tako.server.proxy.cycle cimport RequestCycle
+from tako.server.proxy.h2.stream cimport StreamTransport
 
 
 cdef int FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE, FRAME_DONE
@@ -60,6 +61,9 @@ cdef class UpstreamConnection:
     @cython.locals(client=ClientConnection)
     cpdef _finish_response(self, RequestCycle cycle)
     cdef _parser_stopped(self, RequestCycle cycle, list out)
+    @cython.locals(piece=bytes, size=Py_ssize_t, length=bytes, no_body=bint, close=bint, request_id=bytes)
+    cdef bint _head_to_stream(self, RequestCycle cycle, StreamTransport stream, int status, list headers,
+                              list out) except -1
     cdef _informational(self, RequestCycle cycle, int status, list headers)
     cdef _end_encoding(self)
 

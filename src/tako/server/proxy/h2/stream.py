@@ -5,10 +5,12 @@ The stream's request is handed to an ordinary `ClientConnection` as the fields l
 parser's callbacks do, so routing, limits, request ids, access logs, counters, maintenance, error pages,
 cold starts, body buffering and timeouts are the HTTP/1.1 ones, not a second copy. A transport whose
 stream ended whole carries a later stream of the same connection, as a keep-alive connection carries its
-next request. What that connection writes back (the instance's response as the upstream side re-frames
-it, or a local answer) is parsed here and submitted to the HTTP/2 session: the head as a HEADERS frame
-(names lower-case, connection-specific fields dropped), the body as DATA frames as the client's windows
-allow.
+next request. The instance's usual response (a Content-Length, or no body) has its head handed over as
+the fields the upstream parser read (`respond_fields`, called by upstream.py) and its body written; what
+else that connection writes back (a chunked, close-delimited or compressed response as the upstream side
+re-frames it, interim 1xx heads, a local answer) is HTTP/1.1 text, read here. Either way it is submitted
+to the HTTP/2 session: the head as a HEADERS frame (names lower-case, connection-specific fields dropped),
+the body as DATA frames as the client's windows allow.
 
 Flow control both ways: a response body the client does not take stays queued in the session; above the
 connection's write limit the ClientConnection is told `pause_writing` and stops reading the instance.
@@ -225,6 +227,33 @@ class StreamTransport:
                 self.abort()
                 return
         self.h2.schedule_flush()
+
+    def respond_fields(
+        self, status: int, fields: list[bytes], request_id: bytes, length: bytes | None, has_body: bool
+    ) -> bool:
+        """The final response head as the upstream connection read it, submitted without being written out
+        as HTTP/1.1 text and read again (upstream.py, `_head_to_stream`): `fields` as name, ": ", value,
+        CRLF pieces without the connection-specific ones, `length` the Content-Length to send (None:
+        none), `has_body`: a body of that length follows through write(). False, with nothing submitted,
+        where the head must go as text after all (a Content-Length that is not a plain number)."""
+        if self.closed or self.done:
+            return True  # as write() drops what comes after the stream is gone
+        h2 = self.h2
+        owed: int = h2.session.respond_fields(self.stream_id, status, fields, request_id, length, has_body)
+        if owed < 0:
+            return False
+        if self.head:
+            # Interim responses (1xx) went before as text, through the parser; it is between messages.
+            self.head = b""
+            self.head_at = 0
+        self.in_head = False
+        self.owed = owed
+        if not owed:
+            self.done = True
+        if not h2.flush_scheduled:  # h2.schedule_flush(), without a call per stream
+            h2.flush_scheduled = True
+            h2.loop.call_soon(h2.flush)
+        return True
 
     def _more_body(self, data: bytes) -> None:
         """Body bytes of a response whose head went without the parser (its Content-Length counts them)."""
