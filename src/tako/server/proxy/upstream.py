@@ -1,7 +1,9 @@
 """Upstream side of the data plane: pooled keep-alive connections to app instances.
 
 One `UpstreamConnection` per TCP connection to an instance; it parses the response with httptools and
-writes it straight to the client's transport, re-framed (Content-Length, chunked or close-delimited). One
+writes it straight to the client's transport, re-framed (Content-Length, chunked or close-delimited); for
+an HTTP/2 stream, the head of a response with a Content-Length or no body goes to the stream as its
+status and fields instead (`_head_to_stream`), and only the body as bytes. One
 `UpstreamPool` per instance key keeps idle connections for reuse (LIFO, idle ones closed by the sweeper).
 It reaches the client connection of the request it carries only through `cycle.ClientSide`.
 

@@ -21,12 +21,30 @@ them; while it has paused reading they wait here, bounded by the stream's window
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import httptools
 
-if TYPE_CHECKING:
-    from tako.server.proxy.client import ClientConnection
+
+class StreamProtocol(Protocol):
+    """What a stream uses of its `ClientConnection` (client.py, which imports this module through
+    upstream.py: an upstream connection hands a stream's response head to `respond_fields`)."""
+
+    @property
+    def cycle(self) -> object: ...  # the request in progress, or None
+    @property
+    def parsing(self) -> object: ...  # a request being received, or None
+    @property
+    def broken(self) -> bool: ...
+
+    def h2_request(
+        self, method: bytes, path: bytes, authority: bytes | None, fields: list[bytes], end_stream: bool
+    ) -> None: ...
+    def h2_body(self, data: bytes) -> None: ...
+    def h2_end(self) -> None: ...
+    def connection_lost(self, exc: Exception | None) -> None: ...
+    def pause_writing(self) -> None: ...
+    def resume_writing(self) -> None: ...
 
 
 class StreamOwner(Protocol):
@@ -78,7 +96,7 @@ class StreamTransport:
         self.h2 = h2
         self.stream_id = 0  # 0 while idle (between streams)
         self.is_head = False
-        self.protocol: ClientConnection = None  # type: ignore[assignment]  # set by H2Connection
+        self.protocol: StreamProtocol = None  # type: ignore[assignment]  # set by H2Connection
         self.parser = httptools.HttpResponseParser(self)
         self.head = b""  # the response's bytes while its head is incomplete
         self.head_at = 0  # where in `head` the message being parsed starts (after interim responses)
