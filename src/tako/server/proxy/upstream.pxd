@@ -4,6 +4,7 @@ cimport cython
 
 from tako.server.proxy.client cimport ClientConnection
 from tako.server.proxy.cycle cimport RequestCycle
+from tako.server.proxy.h2.stream cimport StreamTransport
 
 
 cdef int FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE, FRAME_DONE
@@ -62,6 +63,11 @@ cdef class UpstreamConnection:
     cpdef on_head(
         self, int status, bytes reason, bint keep_alive, bint upgrade, bytes block, list specials
     )
+    @cython.locals(
+        piece=bytes, size=Py_ssize_t, length=bytes, no_body=bint, close=bint, request_id=bytes, lines=bytes
+    )
+    cdef bint _head_to_stream(self, RequestCycle cycle, StreamTransport stream, int status, list headers,
+                              list out) except -1
     cdef _informational(self, RequestCycle cycle, int status, list headers)
     cdef _end_encoding(self)
 

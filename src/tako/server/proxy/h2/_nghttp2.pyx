@@ -419,6 +419,15 @@ cdef inline uint8_t _index_flag(const char *name, Py_ssize_t n) noexcept:
     return NGHTTP2_NV_FLAG_NONE
 
 
+cdef inline void _field(nghttp2_nv *nv, const char *name, size_t namelen, const char *value, size_t valuelen,
+                        uint8_t flags) noexcept:
+    nv.name = <uint8_t *>name
+    nv.namelen = namelen
+    nv.value = <uint8_t *>value
+    nv.valuelen = valuelen
+    nv.flags = flags
+
+
 cdef Py_ssize_t _fields(const char *data, Py_ssize_t start, Py_ssize_t end, nghttp2_nv *nva,
                         char *names, Py_ssize_t *length) noexcept:
     """The fields of the head in data[start:end] into `nva` (names lower-cased into `names`, which is
@@ -653,6 +662,93 @@ cdef class Session:
         if size > body_at:
             self._body(stream_id, data, body_at, size - body_at == length)
         return length - (size - body_at)
+
+    def respond_fields(self, int32_t stream_id, int status, bytes lines not None, bytes request_id not None,
+                       bytes length, bint has_body):
+        """Submit a final response head from the lines the upstream parser read, with no HTTP/1.1 text
+        around them to read again: `lines` as the upstream connection keeps them ("Name: value\r\n" each,
+        written by the proxy from the parser's fields, the connection-specific ones already dropped), then
+        `x-request-id` and, unless `length` is None, `content-length`. Names are lower-cased, values
+        trimmed, as respond_head does. `has_body`: a body of `length` bytes follows through body(). Returns
+        how many body bytes are still to come (0: the HEADERS end the stream), or -1, with nothing
+        submitted, when `length` is not a plain number (the HTTP/1.1 text path then reads it).
+
+        Saves rebuilding the head as text, joining it with the body and parsing its status line and framing
+        here (callgrind: docs/proxy.md, "HTTP/2")."""
+        cdef const char *data = PyBytes_AS_STRING(lines)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(lines)
+        cdef Py_ssize_t groups = 0, owed = 0, at = 0, pos = 0, colon, end, i, j, n, vstart, vend
+        cdef Py_ssize_t count
+        cdef nghttp2_nv *nva
+        cdef char *names
+        cdef char status_text[3]
+        cdef nghttp2_nv stack_nva[_STACK_FIELDS]
+        cdef char stack_names[_STACK_HEAD]
+        if not 200 <= status <= 999 or (has_body and length is None):
+            raise ValueError("not a final response with its length")
+        if has_body:
+            owed = _length(PyBytes_AS_STRING(length), PyBytes_GET_SIZE(length))
+            if owed < 0:
+                return -1
+            has_body = owed > 0
+        for i in range(size):
+            if data[i] == 10:  # one LF per line
+                groups += 1
+        count = groups + 3
+        # The usual head fits on the stack; a larger one is allocated (its names fit in the lines' size).
+        if count <= _STACK_FIELDS and size <= _STACK_HEAD:
+            nva = stack_nva
+            names = stack_names
+        else:
+            nva = <nghttp2_nv *>PyMem_Malloc(count * sizeof(nghttp2_nv))
+            names = <char *>PyMem_Malloc(size + 1)
+            if nva is NULL or names is NULL:
+                PyMem_Free(nva)
+                PyMem_Free(names)
+                raise MemoryError()
+        try:
+            status_text[0] = 48 + status // 100
+            status_text[1] = 48 + status // 10 % 10
+            status_text[2] = 48 + status % 10
+            _field(nva, b":status", 7, status_text, 3, NGHTTP2_NV_FLAG_NONE)
+            count = 1
+            while pos < size:
+                # A name holds no colon and a value no CR (the parser refused both), so the first colon
+                # ends the name and the CR the value.
+                colon = pos
+                while colon < size and data[colon] != 58:
+                    colon += 1
+                end = colon
+                while end < size and data[end] != 13:
+                    end += 1
+                if end >= size:
+                    break  # not a whole line: never written by the proxy
+                n = colon - pos
+                for j in range(n):
+                    names[at + j] = _lower(data[pos + j])
+                vstart = colon + 1
+                vend = end
+                while vstart < vend and (data[vstart] == 32 or data[vstart] == 9):
+                    vstart += 1
+                while vend > vstart and (data[vend - 1] == 32 or data[vend - 1] == 9):
+                    vend -= 1
+                _field(nva + count, names + at, n, data + vstart, vend - vstart, _index_flag(names + at, n))
+                at += n
+                count += 1
+                pos = end + 2
+            _field(nva + count, b"x-request-id", 12, PyBytes_AS_STRING(request_id), PyBytes_GET_SIZE(request_id),
+                   NGHTTP2_NV_FLAG_NO_INDEX)
+            count += 1
+            if length is not None:
+                _field(nva + count, b"content-length", 14, PyBytes_AS_STRING(length), PyBytes_GET_SIZE(length),
+                       NGHTTP2_NV_FLAG_NONE)
+                count += 1
+            self._submit(stream_id, nva, count, True, has_body)
+        finally:
+            if nva is not stack_nva:
+                PyMem_Free(nva)
+                PyMem_Free(names)
+        return owed
 
     cdef int _respond(self, int32_t stream_id, bytes head, Py_ssize_t start, Py_ssize_t end, bint is_head,
                       bint framed_only, Py_ssize_t *length) except -1:

@@ -28,6 +28,7 @@ cdef class StreamTransport:
     cpdef on_data(self, bytes data)
     cpdef on_end(self)
     cdef _deliver(self, bytes data, Py_ssize_t window)
+    cpdef bint respond_fields(self, int status, bytes lines, bytes request_id, bytes length, bint has_body)
     cpdef _more_body(self, data)
     cpdef peer_closed(self)
     cpdef drained(self)

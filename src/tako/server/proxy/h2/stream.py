@@ -5,10 +5,12 @@ The stream's request is handed to an ordinary `ClientConnection` as the fields l
 parser's callbacks do, so routing, limits, request ids, access logs, counters, maintenance, error pages,
 cold starts, body buffering and timeouts are the HTTP/1.1 ones, not a second copy. A transport whose
 stream ended whole carries a later stream of the same connection, as a keep-alive connection carries its
-next request. What that connection writes back (the instance's response as the upstream side re-frames
-it, or a local answer) is parsed here and submitted to the HTTP/2 session: the head as a HEADERS frame
-(names lower-case, connection-specific fields dropped), the body as DATA frames as the client's windows
-allow.
+next request. The instance's usual response (a Content-Length, or no body) has its head handed over as
+the fields the upstream parser read (`respond_fields`, called by upstream.py) and its body written; what
+else that connection writes back (a chunked, close-delimited or compressed response as the upstream side
+re-frames it, interim 1xx heads, a local answer) is HTTP/1.1 text, read here. Either way it is submitted
+to the HTTP/2 session: the head as a HEADERS frame (names lower-case, connection-specific fields dropped),
+the body as DATA frames as the client's windows allow.
 
 Flow control both ways: a response body the client does not take stays queued in the session; above the
 connection's write limit the ClientConnection is told `pause_writing` and stops reading the instance.
@@ -19,12 +21,30 @@ them; while it has paused reading they wait here, bounded by the stream's window
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import httptools
 
-if TYPE_CHECKING:
-    from tako.server.proxy.client import ClientConnection
+
+class StreamProtocol(Protocol):
+    """What a stream uses of its `ClientConnection` (client.py, which imports this module through
+    upstream.py: an upstream connection hands a stream's response head to `respond_fields`)."""
+
+    @property
+    def cycle(self) -> object: ...  # the request in progress, or None
+    @property
+    def parsing(self) -> object: ...  # a request being received, or None
+    @property
+    def broken(self) -> bool: ...
+
+    def h2_request(
+        self, method: bytes, path: bytes, authority: bytes | None, fields: list[bytes], end_stream: bool
+    ) -> None: ...
+    def h2_body(self, data: bytes) -> None: ...
+    def h2_end(self) -> None: ...
+    def connection_lost(self, exc: Exception | None) -> None: ...
+    def pause_writing(self) -> None: ...
+    def resume_writing(self) -> None: ...
 
 
 class StreamOwner(Protocol):
@@ -76,7 +96,7 @@ class StreamTransport:
         self.h2 = h2
         self.stream_id = 0  # 0 while idle (between streams)
         self.is_head = False
-        self.protocol: ClientConnection = None  # type: ignore[assignment]  # set by H2Connection
+        self.protocol: StreamProtocol = None  # type: ignore[assignment]  # set by H2Connection
         self.parser = httptools.HttpResponseParser(self)
         self.head = b""  # the response's bytes while its head is incomplete
         self.head_at = 0  # where in `head` the message being parsed starts (after interim responses)
@@ -225,6 +245,33 @@ class StreamTransport:
                 self.abort()
                 return
         self.h2.schedule_flush()
+
+    def respond_fields(
+        self, status: int, lines: bytes, request_id: bytes, length: bytes | None, has_body: bool
+    ) -> bool:
+        """The final response head as the upstream connection read it, submitted without being written out
+        as HTTP/1.1 text and read again (upstream.py, `_head_to_stream`): `lines`, "Name: value\r\n" each,
+        without the connection-specific ones, `length` the Content-Length to send (None:
+        none), `has_body`: a body of that length follows through write(). False, with nothing submitted,
+        where the head must go as text after all (a Content-Length that is not a plain number)."""
+        if self.closed or self.done:
+            return True  # as write() drops what comes after the stream is gone
+        h2 = self.h2
+        owed: int = h2.session.respond_fields(self.stream_id, status, lines, request_id, length, has_body)
+        if owed < 0:
+            return False
+        if self.head:
+            # Interim responses (1xx) went before as text, through the parser; it is between messages.
+            self.head = b""
+            self.head_at = 0
+        self.in_head = False
+        self.owed = owed
+        if not owed:
+            self.done = True
+        if not h2.flush_scheduled:  # h2.schedule_flush(), without a call per stream
+            h2.flush_scheduled = True
+            h2.loop.call_soon(h2.flush)
+        return True
 
     def _more_body(self, data: bytes) -> None:
         """Body bytes of a response whose head went without the parser (its Content-Length counts them)."""
