@@ -9,14 +9,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.support.proxy_harness import ProxyHarness, one_app_proxy, parse_responses, running_proxy
+from tests.support.proxy_harness import (
+    ProxyHarness,
+    one_app_proxy,
+    parse_responses,
+    running_proxy,
+    websocket_app_proxy,
+)
 from tests.support.upstreams import _BLOCK
 
 from tako.config.server import ProxySettings
@@ -108,12 +116,16 @@ async def test_requests_in_separate_records_and_pipelined_in_one(tmp_path: Path)
             assert [r.status for r in parse_responses(data)] == [200, 200, 200]
 
 
-def _request_with_finished(p: ProxyHarness, request: bytes) -> bytes:
-    """Handshake in memory, then send the client's Finished and `request` in one write: the request's
-    record is in the socket when the handshake completes, and no readiness may be lost in between (with
-    OpenSSL's read-ahead it would already be inside OpenSSL, which the transport would have to read)."""
+def _records_with_finished(
+    p: ProxyHarness, records: list[bytes], done: Callable[[bytes], bool], host: str = HOST
+) -> bytes:
+    """Handshake in memory, then send the client's Finished and `records` (one TLS record each) in one
+    write; read until `done(what came back)`. With OpenSSL's read-ahead the handshake's last read takes the
+    records in too: they are inside OpenSSL when the handshake completes, and the socket will not announce
+    them again, so the transport must read them itself (and, once the protocol paused and resumed reading,
+    the ones it had left there)."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = p.client_context().wrap_bio(incoming, outgoing, server_hostname=HOST)
+    tls = p.client_context().wrap_bio(incoming, outgoing, server_hostname=host)
     with socket.create_connection(("127.0.0.1", p.https_port), timeout=10) as raw:
         while True:
             try:
@@ -122,17 +134,22 @@ def _request_with_finished(p: ProxyHarness, request: bytes) -> bytes:
             except ssl.SSLWantReadError:
                 raw.sendall(outgoing.read())
                 incoming.write(raw.recv(65536))
-        tls.write(request)
-        raw.sendall(outgoing.read())  # Finished and the request's record together
+        for record in records:
+            tls.write(record)
+        raw.sendall(outgoing.read())  # Finished and the records together
         received = b""
-        while not any(r.complete for r in parse_responses(received)):
+        while not done(received):
             try:
                 received += tls.read(65536)
             except ssl.SSLWantReadError:
-                chunk = raw.recv(65536)
+                chunk = raw.recv(65536)  # the socket's timeout bounds the wait
                 assert chunk, f"closed after {received!r}"
                 incoming.write(chunk)
         return received
+
+
+def _request_with_finished(p: ProxyHarness, request: bytes) -> bytes:
+    return _records_with_finished(p, [request], lambda data: any(r.complete for r in parse_responses(data)))
 
 
 async def test_request_in_the_same_segment_as_the_finished_message(tmp_path: Path) -> None:
@@ -140,6 +157,48 @@ async def test_request_in_the_same_segment_as_the_finished_message(tmp_path: Pat
     async with one_app_proxy(tmp_path) as (p, _):
         data = await asyncio.to_thread(_request_with_finished, p, request)
         assert [r.status for r in parse_responses(data)] == [200]
+
+
+async def test_websocket_upgrade_and_first_message_in_the_same_segment_as_the_finished_message(
+    tmp_path: Path,
+) -> None:
+    # The upgrade request and the first message as two records, sent with the client's Finished: the
+    # proxy stops reading after the request (until the app accepts the upgrade), with the message's record
+    # still inside OpenSSL (read ahead with the Finished), where only resume_reading can find it again.
+    host = "ws.tako.test"
+    upgrade = (
+        b"GET /chat HTTP/1.1\r\nHost: ws.tako.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    mask, text = b"\x01\x02\x03\x04", b"first"
+    frame = bytes([0x81, 0x80 | len(text)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+    echo = bytes([0x81, len(text)]) + text  # the app's answer, unmasked
+
+    def answered(data: bytes) -> bool:
+        return b"\r\n\r\n" in data and data.split(b"\r\n\r\n", 1)[1].startswith(echo)
+
+    async with websocket_app_proxy(tmp_path, host=host) as w:
+        data = await asyncio.to_thread(_records_with_finished, w.proxy, [upgrade, frame], answered, host)
+        assert data.startswith(b"HTTP/1.1 101 ")
+
+
+async def test_more_small_records_in_one_segment_than_one_read_takes(tmp_path: Path) -> None:
+    # A body in 60 records of 10 bytes, sent with the head and the client's Finished: all of it is inside
+    # OpenSSL at once, more records than one readiness callback reads (RECORDS_PER_CALLBACK), so the
+    # transport must come back for the rest on its own; the socket has nothing left to announce.
+    pieces = [b"%09d\n" % i for i in range(60)]
+    body = b"".join(pieces)
+    head = b"POST /sink HTTP/1.1\r\nHost: a.tako.test\r\nContent-Length: %d\r\n\r\n" % len(body)
+
+    def complete(data: bytes) -> bool:
+        return any(r.complete for r in parse_responses(data))
+
+    async with one_app_proxy(tmp_path) as (p, _):
+        data = await asyncio.to_thread(_records_with_finished, p, [head, *pieces], complete)
+        [response] = parse_responses(data)
+        assert response.status == 200
+        expected = {"received": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+        assert json.loads(response.body) == expected
 
 
 async def test_pipelined_burst_larger_than_one_read(tmp_path: Path) -> None:

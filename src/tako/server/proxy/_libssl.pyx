@@ -3,20 +3,22 @@
 
 `TLSTransport` (tls.py) drives a TLS object made by `ssl.SSLContext._wrap_socket`. Its `read` and `write`
 go through the `_ssl` module, which cannot turn on OpenSSL's read-ahead (so every record costs two `read`
-syscalls: its 5-byte header, then its body) nor `SSL_MODE_RELEASE_BUFFERS` (so every open connection keeps
-two ~17-34 KiB record buffers while idle), releases and re-takes the GIL around each call, and reports "no
-more data" with a raised `SSLWantReadError`. A `Channel` made here calls `SSL_read` / `SSL_write` on the
+syscalls: its 5-byte header, then its body), releases and re-takes the GIL around each call, and reports
+"no more data" with a raised `SSLWantReadError`. A `Channel` made here calls `SSL_read` / `SSL_write` on the
 same `SSL` object directly, without the GIL round trip, and the common outcomes are return values. The
 handshake, SNI (certificate selection), ALPN, session tickets and close_notify stay with the `_ssl` object,
 unchanged.
 
-Read-ahead and `SSL_MODE_RELEASE_BUFFERS` are left off. With both on (one `read` per request instead of two),
-an e2e run once saw a WebSocket upgrade request that never reached the proxy's parser within the 10 s header
-timeout (a 408) while thousands of requests around it were served; it was not reproduced on loopback, and
-read-ahead is the one change that can hide received bytes from the loop (inside OpenSSL, where readiness does
-not see them). Until that is understood, OpenSSL reads one record per call, as through `_ssl`, and nothing
-received is ever left inside OpenSSL: `Channel.read` is one `SSL_read`, and the transport reads only when the
-socket is readable.
+`channel()` turns OpenSSL's read-ahead on: one `read` syscall takes whatever the socket holds (up to
+OpenSSL's record buffer, 16,709 bytes), so a request costs one `read` instead of two. What that read brought
+beyond the record `SSL_read` returns stays inside OpenSSL, where the loop's readiness cannot see it: the
+transport (tls.py) asks `Channel.pending()` after every read, after the handshake and when reading resumes,
+and reads it itself. Without those reads a request sent with the client's Finished, a WebSocket message
+sent with its upgrade request, or the rest of a burst of records waits for the client's next packet; the
+request's header timeout then answers 408 (tests/integration/test_proxy_tls_transport.py covers each).
+`SSL_MODE_RELEASE_BUFFERS` stays off: OpenSSL 3.0 keeps little in an idle connection's buffers (20.5
+against 21.2 KiB per idle connection measured, docs/benchmarks.md) and each request would allocate them
+again.
 
 The `SSL *` is the second field after the object header of `_ssl._SSLSocket` (CPython's `PySSLSocket`:
 `PyObject_HEAD; PyObject *Socket; SSL *ssl; ...`, unchanged from 3.7 through 3.13). `channel()` only trusts
@@ -43,6 +45,8 @@ cdef extern from "openssl/ssl.h":
     int SSL_write(SSL *s, const void *buf, int num)
     int SSL_get_error(const SSL *s, int ret)
     int SSL_get_fd(const SSL *s)
+    int SSL_has_pending(const SSL *s)
+    void SSL_set_read_ahead(SSL *s, int yes)
     const char *OpenSSL_version(int t)
     enum:
         SSL_ERROR_NONE
@@ -70,7 +74,7 @@ ctypedef struct SSLSocketHead:  # the start of CPython's PySSLSocket (see the mo
 
 
 cdef enum:
-    READ_SIZE = 16384  # one record's plaintext at most, so one SSL_read leaves no plaintext inside OpenSSL
+    READ_SIZE = 16384  # one record's plaintext at most, so one SSL_read leaves no decrypted bytes behind
 
 cdef char _buffer[READ_SIZE]
 cdef bint _layout_known = (3, 7) <= sys.version_info[:2] <= (3, 13)
@@ -119,10 +123,9 @@ cdef class Channel:
         when nothing more has arrived. Raises `ssl.SSLWantWriteError` when OpenSSL must write first (a TLS
         1.3 key update), an `OSError` (`ssl.SSLError` included) when the connection failed.
 
-        One `SSL_read`, so at most one record: without read-ahead OpenSSL takes from the socket only the
-        record it returns, and whatever follows stays in the socket, where the loop's readiness sees it.
-        (With read-ahead on, this would have to read until `SSL_has_pending` is false and the transport
-        would have to read what OpenSSL holds after the handshake and on `resume_reading`.)
+        One `SSL_read`, so at most one record. OpenSSL reads ahead (see `channel`), so what followed that
+        record in the socket may now be inside OpenSSL, where the loop's readiness does not see it: the
+        caller asks `pending()` after each read and reads again while it is true.
         """
         cdef SSL *conn = self._ssl
         cdef int n, code, failure
@@ -140,6 +143,12 @@ cdef class Channel:
         if exc is None:
             return b""
         raise exc
+
+    def pending(self):
+        """Whether OpenSSL holds bytes it read from the socket (a whole record or part of one) that `read`
+        has not returned yet. A part of a record makes the next `read` return None (after one `read`
+        syscall that finds nothing more); a whole one makes it return the record without a syscall."""
+        return SSL_has_pending(self._ssl) != 0
 
     def write(self, data):
         """Encrypt and send all of `data` (returns its length); raises `ssl.SSLWantWriteError` (or
@@ -166,8 +175,10 @@ cdef class Channel:
 
 
 def channel(tls, int fd):
-    """A `Channel` on `tls` (an `_ssl._SSLSocket` on descriptor `fd`), or None where the `SSL` object cannot
-    be reached safely (see the module docstring)."""
+    """A `Channel` on `tls` (an `_ssl._SSLSocket` on descriptor `fd`) with OpenSSL's read-ahead on, or None
+    where the `SSL` object cannot be reached safely (see the module docstring). Made before the handshake,
+    so the handshake reads ahead too: a request sent with the client's Finished is then inside OpenSSL
+    when the handshake completes (the transport reads it at once, see tls.py)."""
     cdef SSL *conn
     cdef Channel result
     if not _layout_known or not _SAME_LIBRARY or type(tls) is not _SSL_SOCKET:
@@ -175,6 +186,7 @@ def channel(tls, int fd):
     conn = (<SSLSocketHead *><PyObject *>tls).conn
     if conn == NULL or SSL_get_fd(conn) != fd:
         return None
+    SSL_set_read_ahead(conn, 1)
     result = Channel.__new__(Channel)
     result._owner = tls
     result._ssl = conn

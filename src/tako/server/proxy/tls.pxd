@@ -17,6 +17,7 @@ cdef class TLSTransport:
     cdef object _on_read
     cdef object _on_write
     cdef object _peername
+    cdef object _pending
     cdef object _protocol
     cdef bint _reading
     cdef object _recv
@@ -31,6 +32,7 @@ cdef class TLSTransport:
     cpdef _handshake(self)
     cpdef _read(self)
     cpdef _read_when_writable(self)
+    cpdef _read_pending(self)
     cdef _update_reader(self)
     cpdef write(self, data)
     cpdef _write_buffered(self)

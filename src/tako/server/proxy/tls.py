@@ -15,8 +15,12 @@ socket object for the descriptor, a `getpeername` check, timeout and option chec
 
 Where the compiled `_libssl` binding is loaded, reads and writes call libssl on the TLS object's own `SSL`
 directly instead (a `Channel`, see _libssl.pyx): "nothing more to read" is a return value, not a raised
-`SSLWantReadError`, and the GIL is not released and re-taken around each call. Elsewhere (TAKO_PURE_PYTHON=1,
-no compiler, another Python) the same transport calls the TLS object's methods.
+`SSLWantReadError`, the GIL is not released and re-taken around each call, and OpenSSL reads ahead (one
+`read` syscall per request instead of two). Read-ahead leaves what followed a record inside OpenSSL, where
+readiness does not announce it, so the transport reads while `Channel.pending()` says OpenSSL holds more:
+after each record, after the handshake, and on `resume_reading`. Elsewhere (TAKO_PURE_PYTHON=1, no compiler,
+another Python) the same transport calls the TLS object's methods, one record per `read` and nothing left
+inside OpenSSL.
 
 This module is one of the compiled set (compiled.py): `tls.pxd` types the transport's attributes and its
 internal calls, so where the proxy runs compiled an HTTPS request's readiness callback, read, write and
@@ -43,6 +47,10 @@ from tako.server.proxy.compiled import PURE_PYTHON_ENV, TLS_BINDING, binding_pro
 # One SSL_read returns at most one record (16 KiB of plaintext). A buffer larger than that means no
 # decrypted bytes are ever left inside OpenSSL after a read, where the loop could not see them.
 RECV_SIZE = 65536
+# With read-ahead (the libssl binding), records already inside OpenSSL that one readiness callback reads
+# before leaving the rest to the next loop turn: 16 records are up to 256 KiB, so a client uploading
+# faster than the proxy forwards cannot hold the loop.
+RECORDS_PER_CALLBACK = 16
 # Every connection of the process reads into this one buffer and copies out what it got: `read(n)` would
 # allocate n bytes per call (a 64 KiB malloc for a request of a few hundred bytes, then shrunk), which put
 # glibc's _int_malloc at 10% of a data-plane worker's CPU in perf through a testbed host (HTTPS, 100
@@ -63,6 +71,7 @@ class _Channel(Protocol):
 
     def read(self) -> bytes | None: ...
     def write(self, data: bytes | bytearray | memoryview) -> int: ...
+    def pending(self) -> bool: ...
 
 
 def _channel_factory() -> Callable[[Any, int], _Channel | None] | None:
@@ -143,6 +152,7 @@ class TLSTransport:
         "_on_read",
         "_on_write",
         "_peername",
+        "_pending",
         "_protocol",
         "_reading",
         "_recv",
@@ -172,6 +182,9 @@ class TLSTransport:
         channel = _make_channel(tls, self._fd) if _make_channel is not None else None  # None: `_ssl`'s own
         self._recv = _module_reader(tls) if channel is None else channel.read
         self._send = tls.write if channel is None else channel.write
+        # Whether OpenSSL holds received bytes that no readiness will announce (it reads ahead where the
+        # binding is loaded); None: it never does (through `_ssl`, one record per read, see RECV_SIZE).
+        self._pending = None if channel is None else channel.pending
         self._buffer: list[bytes | bytearray | memoryview] = []  # waiting for the socket to be writable
         self._buffer_size = 0
         self._high_water = HIGH_WATER
@@ -246,35 +259,58 @@ class TLSTransport:
         protocol.connection_made(as_transport(self))
         # Hands the socket's read readiness from the handshake straight to _read: replacing the callback
         # keeps the loop's poll handle, where removing it first would tear it down and make a new one.
-        # A request sent with the client's Finished is still in the socket (OpenSSL reads no further
-        # than the handshake's records without read-ahead), so that readiness announces it.
         self._update_reader()
+        # A request sent with the client's Finished came in with it (read-ahead): the socket will not
+        # announce it again.
+        self._read_pending()
 
     # -- reading ----------------------------------------------------------------------------------
 
     def _read(self) -> None:
-        try:
-            data = self._recv()
-        except ssl.SSLWantWriteError:
-            # OpenSSL must write before it can read on (answering a TLS 1.3 key update): retry when writable.
-            self._set_writer(self._read_when_writable)
-            return
-        except _FAILED as exc:
-            self._destroy(exc)
-            return
-        if data is None:
-            return
-        protocol = self._protocol
-        assert protocol is not None
-        if data:
+        records = 0
+        while True:
+            try:
+                data = self._recv()
+            except ssl.SSLWantWriteError:
+                # OpenSSL must write before it can read on (answering a TLS 1.3 key update): retry when
+                # writable.
+                self._set_writer(self._read_when_writable)
+                return
+            except _FAILED as exc:
+                self._destroy(exc)
+                return
+            if data is None:
+                return
+            protocol = self._protocol
+            assert protocol is not None
+            if not data:
+                break
             protocol.data_received(data)
-            return
+            # With read-ahead, the records that came after this one may be inside OpenSSL already: the
+            # socket will not announce them, so read them now, one record per call as the protocol takes
+            # them. Not while the protocol holds reading (resume_reading comes back for them), and not
+            # without end: the rest goes to the next loop turn.
+            pending = self._pending
+            if pending is None or not self._reading or self._closing or not pending():
+                return
+            records += 1
+            if records == RECORDS_PER_CALLBACK:
+                self._loop.call_soon(self._read_pending)
+                return
         # close_notify or end of stream: the client will send nothing more.
         self._eof = True
         self._reading = False
         self._update_reader()
         if not protocol.eof_received():
             self.close()
+
+    def _read_pending(self) -> None:
+        """Read what OpenSSL holds already, if the protocol is reading: readiness will not announce it."""
+        pending = self._pending
+        if pending is None or not self._reading or self._closing or self._protocol is None:
+            return
+        if pending():
+            self._read()
 
     def _read_when_writable(self) -> None:
         self._set_writer(self._write_buffered if self._buffer else None)
@@ -294,6 +330,10 @@ class TLSTransport:
         if not self._reading:
             self._reading = True
             self._update_reader()
+            # Records read ahead while reading was held are inside OpenSSL, where readiness cannot see
+            # them. Read on the next loop turn, not here: the protocol may be calling from its own callback.
+            if self._pending is not None and self._pending():
+                self._loop.call_soon(self._read_pending)
 
     def is_reading(self) -> bool:
         return self._reading and not self._closing
