@@ -4,7 +4,7 @@ data-plane worker exits and a new one starts from zero."""
 from __future__ import annotations
 
 from tako.server.observe.traffic import LATENCY_BUCKETS, TrafficTotals, traffic_snapshot
-from tako.server.proxy.counters import TrafficCounters
+from tako.server.proxy.counters import RequestIds, TrafficCounters
 
 
 def test_a_request_is_counted_by_status_class_latency_and_bytes() -> None:
@@ -34,3 +34,12 @@ def test_totals_keep_an_exited_workers_counts_but_not_its_gauges() -> None:
     totals.update(102, traffic_snapshot(TrafficCounters()))
     after = totals.snapshot().apps["web"]
     assert after.total_requests == 2 and after.in_flight == 0
+
+
+def test_request_ids_count_up_in_hex_after_a_random_prefix() -> None:
+    ids = RequestIds()
+    made = [ids.next() for _ in range(70_000)]  # past the carries into a 2nd, 3rd, 4th and 5th digit
+    prefix = made[0][:-1]
+    assert len(prefix) == 17 and prefix.endswith(b"-")
+    assert made == [prefix + b"%x" % n for n in range(1, 70_001)]
+    assert RequestIds().next()[:-1] != prefix  # another process's ids differ

@@ -25,7 +25,8 @@ cdef class AppCounters:
 
 
 cdef class RequestIds:
-    cdef unsigned long long _count
-    cdef bytes _prefix
+    cdef Py_ssize_t _start
+    cdef bytearray _text
 
+    @cython.locals(text=bytearray, i=Py_ssize_t, digit=int)
     cpdef bytes next(self)

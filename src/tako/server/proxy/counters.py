@@ -115,12 +115,27 @@ class RequestIds:
     counter, where as a Python class it was a Python frame per request.
     """
 
-    __slots__ = ("_count", "_prefix")
+    __slots__ = ("_start", "_text")
 
     def __init__(self) -> None:
-        self._prefix = os.urandom(8).hex().encode() + b"-"
-        self._count = 0
+        prefix = os.urandom(8).hex().encode() + b"-"
+        self._start = len(prefix)  # where the counter's hex digits start in `_text`
+        self._text = bytearray(prefix + b"0")  # the last id made
 
     def next(self) -> bytes:
-        self._count += 1
-        return b"%s%x" % (self._prefix, self._count)
+        # The counter is counted up in its hex digits in place, and the id is a copy of them: compiled, a
+        # few C operations on the bytearray where formatting a new number took 1,000 instructions.
+        text = self._text
+        i = len(text) - 1
+        while i >= self._start:
+            digit = text[i]
+            if digit == 57:  # "9"
+                text[i] = 97  # "a"
+                return bytes(text)
+            if digit != 102:  # "f"
+                text[i] = digit + 1
+                return bytes(text)
+            text[i] = 48  # "0", carried into the next digit
+            i -= 1
+        text.insert(self._start, 49)  # "1": one digit more
+        return bytes(text)
