@@ -4,12 +4,12 @@ fails, the WebSocket stays open, and the new process serves."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from socket import create_connection
 
 import pytest
 from tests.e2e.conftest import TakoCLI, user_ssh_env
@@ -94,20 +94,37 @@ def loop(svc_host: Host) -> Iterator[Loop]:
 
 def handed_over(host: Host, loop: Loop, cli: TakoCLI, *args: str) -> None:
     """Run `tako servers ARGS` under the loop with a WebSocket open; check what a user would see."""
-    from websockets.sync.client import connect
+    from websockets.asyncio.client import connect
 
     old = the_server(host)
     pids = instance_pids(host)
     wait_for(lambda: loop.served > 20, timeout=60, what="the request loop running")
-    sock = create_connection((host.address, 443), timeout=30)
-    with connect(f"wss://{ROUTE}/ws", sock=sock, ssl=_TLS, server_hostname=ROUTE, open_timeout=30) as ws:
-        ws.send("before")
-        assert ws.recv(timeout=30) == "before"
-        out = cli.ok("servers", *args, host.name, env=user_ssh_env(host), timeout=600).stdout
-        served = loop.served
-        wait_for(lambda: loop.served > served + 20, timeout=60, what="requests served after the hand-over")
-        ws.send("after")
-        assert ws.recv(timeout=30) == "after"
+
+    async def across_the_hand_over() -> str:
+        # The asyncio client: websockets' threaded one writes from the caller's thread while its reader
+        # thread handles the server's TLS 1.3 session tickets on the same SSL object, and a request can then
+        # stay inside the client's OpenSSL (docs/proxy.md, "TLS read-ahead").
+        url = f"wss://{ROUTE}/ws"
+        async with connect(
+            url, host=host.address, port=443, ssl=_TLS, server_hostname=ROUTE, open_timeout=30
+        ) as ws:
+            await ws.send("before")
+            assert await asyncio.wait_for(ws.recv(), 30) == "before"
+            done = await asyncio.to_thread(
+                cli.ok, "servers", *args, host.name, env=user_ssh_env(host), timeout=600
+            )
+            served = loop.served
+            await asyncio.to_thread(
+                wait_for,
+                lambda: loop.served > served + 20,
+                timeout=60,
+                what="requests served after the hand-over",
+            )
+            await ws.send("after")
+            assert await asyncio.wait_for(ws.recv(), 30) == "after"
+            return done.stdout
+
+    out = asyncio.run(across_the_hand_over())
     wait_for(lambda: old not in servers_on(host), timeout=60, what="the old tako-server gone")
     new = the_server(host)
     assert new != old and control(host, "hello")["data"]["pid"] == new  # type: ignore[index]
