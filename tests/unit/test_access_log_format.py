@@ -110,6 +110,16 @@ def test_hostile_text_stays_valid_json_and_reads_back(loop: asyncio.AbstractEven
     )
 
 
+def test_every_byte_in_a_path_and_an_id_reads_back(loop: asyncio.AbstractEventLoop) -> None:
+    # Each byte on its own, so the check for what needs escaping is tried at every edge (controls, space,
+    # quote, backslash, DEL, non-ASCII), compiled or as Python.
+    entries = [entry(loop, url=b"/" + bytes([n]), request_id=bytes([n])) for n in range(256) if n != ord("?")]
+    read = lines(loop, *entries)
+    assert [(line["path"], line["request_id"]) for line in read] == [
+        ("/" + chr(n), chr(n)) for n in range(256) if n != ord("?")
+    ]
+
+
 @pytest.mark.parametrize("raw", [b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xc0\xaf", b'%\x00\xfe"\\'])
 def test_invalid_utf8_from_the_wire_stays_valid_json(loop: asyncio.AbstractEventLoop, raw: bytes) -> None:
     """Bytes no UTF-8 decoder accepts (a lone byte, a cut sequence, a surrogate, an overlong slash) in the

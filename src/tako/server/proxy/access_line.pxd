@@ -3,6 +3,13 @@
 cimport cython
 
 
+cdef bint _COMPILED
+
+
+@cython.locals(c="unsigned char")
+cdef bint _plain(bytes value)
+
+
 cdef class AccessLog:
     cdef list _entries
     cdef LineFormatter _formatter
