@@ -114,10 +114,13 @@ def make_cert(work: Path) -> tuple[Path, Path, Path]:
     return certs / "fullchain.pem", certs / "privkey.pem", combined
 
 
-def nginx_conf(work: Path, name: str, workers: int, body: str) -> Path:
+def nginx_conf(work: Path, name: str, workers: int, body: str, *, access_log: bool = False) -> Path:
+    """An nginx.conf under work/name. `access_log`: a line per request in work/name/access.log, as nginx
+    writes by default (the `combined` format, unbuffered); off otherwise."""
     prefix = work / name
     prefix.mkdir(exist_ok=True)
     conf = prefix / "nginx.conf"
+    log = f"access_log {prefix}/access.log" if access_log else "access_log off"
     conf.write_text(
         f"""worker_processes {workers};
 pid {prefix}/nginx.pid;
@@ -125,7 +128,7 @@ error_log {prefix}/error.log crit;
 worker_rlimit_nofile 20000;
 events {{ worker_connections 20000; }}
 http {{
-  access_log off;
+  {log};
   client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;
   fastcgi_temp_path {prefix}/fcgi; uwsgi_temp_path {prefix}/uwsgi; scgi_temp_path {prefix}/scgi;
   keepalive_requests 1000000;

@@ -90,7 +90,9 @@ def markdown(runs: list[Any], command: str, info: dict[str, Any]) -> str:
         f'with its default settings ({info.get("tako_processes")} data-plane processes: `workers = "auto"` '
         "on this machine), the compiled data plane; an app deployed with the `tako` CLI whose instance is "
         "nginx (1 worker, fixed 200 body). nginx with 2 workers on the same host proxies to that instance "
-        f"(default listen backlog, 511; the host's somaxconn is {info.get('somaxconn')}).",
+        f"(default listen backlog, 511; the host's somaxconn is {info.get('somaxconn')}). Both proxies log "
+        "each request, as each does by default: tako-server its JSON access lines, nginx its `combined` "
+        "access log.",
         "- wrk (2 threads, `--timeout 5s`) in the machine's own namespace against the host's veth address, "
         f"the app routed on that address (wrk sends it as SNI and Host); {reps} runs per proxy and cell, "
         "tako and nginx alternating (the first of each pair alternating too), each after 1 s of warm-up at "

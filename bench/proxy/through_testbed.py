@@ -122,7 +122,8 @@ def deploy_upstream(host: Host, root: Path) -> int:
 
 
 def _nginx_proxy_conf(host: Host, root: Path, upstream: int, workers: int) -> Path:
-    """nginx as a user configures it (default listen backlog, no reuseport), the tako deploy's cert type."""
+    """nginx as a user configures it (default listen backlog, no reuseport, a line per request in its access
+    log as tako-server writes one by default), the tako deploy's cert type."""
     sys.path.insert(0, str(REPO / "src"))
     from tako.server.tls import selfsigned  # EC P-256, as tako-server's own certificates
 
@@ -142,6 +143,7 @@ def _nginx_proxy_conf(host: Host, root: Path, upstream: int, workers: int) -> Pa
     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }}
   }}""",
+        access_log=True,
     )
 
 
