@@ -1259,7 +1259,7 @@ class ClientConnection:
         last = self.pipeline[-1] if self.pipeline else self.cycle
         if last is None or last.upgrade is None:
             # The parser switched protocols on a request not forwarded as an upgrade (cannot happen while
-            # on_headers_complete asks the parser): nothing after it can be framed, so drop everything.
+            # on_head is told what the parser decided): nothing after it can be framed, so drop everything.
             self.abort()
             return
         self.parsing = None

@@ -86,7 +86,7 @@ _STATUS_LINE_STARTS = tuple(b"HTTP/1.1 %d " % code for code in range(1000))
 
 
 class _HeadDone(Exception):
-    """Raised from on_headers_complete to stop the parser after a body-less response to HEAD."""
+    """Raised from on_head to stop the parser after a body-less response to HEAD."""
 
 
 class UpstreamPool:
@@ -297,7 +297,7 @@ class UpstreamConnection:
         """The parser stopped with an error: the end of a response to HEAD, stray bytes after a complete
         response (delivered; the connection is not reused), or a malformed response."""
         if self._head_done:
-            # Not an error: the body-less response to HEAD is complete (see on_headers_complete).
+            # Not an error: the body-less response to HEAD is complete (see on_head).
             self._head_done = False
             self.parser = _ResponseParser(self, _response_header_table)
         elif self._frame == FRAME_DONE:
