@@ -141,8 +141,8 @@ cdef inline char _lower(char c) noexcept:
 
 
 cdef class HeaderTable:
-    """How a request parser treats header names, made once for every parser: `special`: lower-case name ->
-    kind; other names starting with `prefix` are `prefix_kind`; the rest `pass_kind`. Headers of
+    """How a parser treats header names, made once for every parser: `special`: lower-case name -> kind;
+    other names starting with `prefix` (if not empty) are `prefix_kind`; the rest `pass_kind`. Headers of
     `pass_kind` and of the kinds in `forwarded` go into the block, `drop_kind` ones nowhere."""
 
     # The names (kept alive in `names`), their lengths and kinds.
@@ -206,8 +206,8 @@ cdef class HeaderTable:
         cdef Py_ssize_t n = len(self.prefix)
         cdef const char *prefix = self.prefix
         cdef Py_ssize_t j
-        if <Py_ssize_t>length < n:
-            return False
+        if n == 0 or <Py_ssize_t>length < n:
+            return False  # an empty prefix: no names are told by their prefix
         for j in range(n):
             if _lower(name[j]) != prefix[j]:
                 return False
@@ -218,7 +218,6 @@ cdef class _HeadParser:
     """What the request and the response parser share: llhttp, the header callbacks, the buffers."""
 
     cdef llhttp_t parser
-    cdef llhttp_settings_t settings
     cdef object on_message_begin
     cdef object on_head
     cdef object on_body
@@ -252,20 +251,10 @@ cdef class _HeadParser:
         self.error = None
         self.specials = []
         self.in_head = False
-        llhttp_settings_init(&self.settings)
-        self.settings.on_message_begin = _on_message_begin
         if response:
-            self.settings.on_status = _on_url
+            llhttp_init(&self.parser, HTTP_RESPONSE, &_response_settings)
         else:
-            self.settings.on_url = _on_url
-        self.settings.on_header_field = _on_header_bytes
-        self.settings.on_header_field_complete = _on_header_field_complete
-        self.settings.on_header_value = _on_header_bytes
-        self.settings.on_header_value_complete = _on_header_value_complete
-        self.settings.on_headers_complete = _on_headers_complete
-        self.settings.on_body = _on_body
-        self.settings.on_message_complete = _on_message_complete
-        llhttp_init(&self.parser, HTTP_RESPONSE if response else HTTP_REQUEST, &self.settings)
+            llhttp_init(&self.parser, HTTP_REQUEST, &_request_settings)
         self.parser.data = <void *>self
 
     def __dealloc__(self):
@@ -465,3 +454,29 @@ cdef int _on_message_complete(llhttp_t *parser) noexcept:
     except BaseException as exc:
         return _fail(p, exc)
     return 0
+
+
+# llhttp reads its callbacks from these for every parser of a kind (llhttp_init keeps the pointer): the
+# same for every connection, so set once here rather than per parser.
+cdef llhttp_settings_t _request_settings
+cdef llhttp_settings_t _response_settings
+
+
+cdef void _set_callbacks(llhttp_settings_t *settings, bint response) noexcept:
+    llhttp_settings_init(settings)
+    settings.on_message_begin = _on_message_begin
+    if response:
+        settings.on_status = _on_url
+    else:
+        settings.on_url = _on_url
+    settings.on_header_field = _on_header_bytes
+    settings.on_header_field_complete = _on_header_field_complete
+    settings.on_header_value = _on_header_bytes
+    settings.on_header_value_complete = _on_header_value_complete
+    settings.on_headers_complete = _on_headers_complete
+    settings.on_body = _on_body
+    settings.on_message_complete = _on_message_complete
+
+
+_set_callbacks(&_request_settings, False)
+_set_callbacks(&_response_settings, True)

@@ -46,9 +46,9 @@ class HeadProtocol(Protocol):
 
 
 class HeaderTable:
-    """How a request parser treats header names (as _http1.HeaderTable): `special`: lower-case name -> kind;
-    other names starting with `prefix` are `prefix_kind`; the rest `pass_kind`. Headers of `pass_kind` and
-    of the kinds in `forwarded` go into the block, `drop_kind` ones nowhere."""
+    """How a parser treats header names (as _http1.HeaderTable): `special`: lower-case name -> kind; other
+    names starting with `prefix` (if not empty) are `prefix_kind`; the rest `pass_kind`. Headers of
+    `pass_kind` and of the kinds in `forwarded` go into the block, `drop_kind` ones nowhere."""
 
     __slots__ = ("drop_kind", "forwarded", "pass_kind", "prefix", "prefix_kind", "special")
 
@@ -74,7 +74,7 @@ class HeaderTable:
         kind = self.special.get(lname)
         if kind is not None:
             return kind, kind == self.pass_kind or kind in self.forwarded
-        if lname.startswith(self.prefix):
+        if self.prefix and lname.startswith(self.prefix):
             return self.prefix_kind, self.prefix_kind == self.pass_kind
         return self.pass_kind, True
 

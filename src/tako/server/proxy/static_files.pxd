@@ -22,5 +22,5 @@ cdef class StaticMounts:
     cpdef tuple find(self, bytes path)
 
 
-@cython.locals(found=dict, name=bytes, value=bytes)
+@cython.locals(found=dict, block=bytes, lower=bytes, start=bytes, at=Py_ssize_t, value_at=Py_ssize_t)
 cpdef object request_headers(list pieces)

@@ -63,9 +63,7 @@ cdef class UpstreamConnection:
     cpdef on_head(
         self, int status, bytes reason, bint keep_alive, bint upgrade, bytes block, list specials
     )
-    @cython.locals(
-        piece=bytes, size=Py_ssize_t, length=bytes, no_body=bint, close=bint, request_id=bytes, lines=bytes
-    )
+    @cython.locals(piece=bytes, size=Py_ssize_t, length=bytes, no_body=bint, close=bint, request_id=bytes)
     cdef bint _head_to_stream(self, RequestCycle cycle, StreamTransport stream, int status, list headers,
                               list out) except -1
     cdef _informational(self, RequestCycle cycle, int status, list headers)

@@ -496,8 +496,7 @@ class UpstreamConnection:
             _flush(cycle, out)
             out.clear()
         request_id = cycle.request_id or b"-"
-        lines = headers[0] if len(headers) == 1 else b"".join(headers)
-        if not stream.respond_fields(status, lines, request_id, length, not no_body):
+        if not stream.respond_fields(status, b"".join(headers), request_id, length, not no_body):
             return False
         close = not cycle.keep_alive or cycle.conn.server.shutting_down
         # The text: status line, the fields, X-Request-Id, Content-Length, then "Connection: close" or the
