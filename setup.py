@@ -99,6 +99,15 @@ def extensions() -> list[Extension]:
             extra_link_args=["-s"],
         )
     )
+    # Access lines formatted into C buffers (libc only). Without it access_line.py's formatter makes them.
+    modules.append(
+        Extension(
+            f"{compiled.PACKAGE}.{compiled.ACCESS_BINDING}",
+            [str((PROXY / f"{compiled.ACCESS_BINDING}.pyx").relative_to(ROOT))],
+            optional=True,
+            extra_link_args=["-s"],
+        )
+    )
     return cythonize(
         modules,
         build_dir="build/cython",  # the generated C stays out of src/ (and out of the wheel)

@@ -128,8 +128,8 @@ def test_invalid_utf8_from_the_wire_stays_valid_json(loop: asyncio.AbstractEvent
     log = AccessLog(loop, batches.append, query=True)
     log.add(entry(loop, url=b"/p" + raw + b"?" + raw, request_id=raw))
     log.close()
-    (text,) = batches[0].values()
-    line = json.loads(text.encode("utf-8").decode("utf-8"))  # as written to the file, as read back
+    (written,) = batches[0].values()
+    line = json.loads(written.decode("utf-8"))  # as written to the file, as read back
     assert line["path"] == "/p" + raw.decode("latin-1") and line["query"] == raw.decode("latin-1")
     assert line["request_id"] == raw.decode("latin-1")
 
@@ -149,4 +149,4 @@ def test_each_app_gets_its_own_lines_in_order(loop: asyncio.AbstractEventLoop) -
     (batch,) = batches
     assert [json.loads(x)["bytes_out"] for x in batch["web"].splitlines()] == [0, 2]
     assert [json.loads(x)["bytes_out"] for x in batch["api"].splitlines()] == [1]
-    assert all(text.endswith("\n") for text in batch.values())
+    assert all(text.endswith(b"\n") for text in batch.values())

@@ -236,3 +236,13 @@ def test_the_connections_parse_in_c_only_when_the_parser_binding_is_current(tmp_
         "tako.server.proxy._http1 tako.server.proxy._http1",
         "tako.server.proxy.http1_parser tako.server.proxy.http1_parser",
     )
+
+
+def test_access_lines_are_formatted_in_c_only_when_their_binding_is_current(tmp_path: Path) -> None:
+    # Where the binding is stale access_line.py's LineFormatter makes the lines (the same bytes).
+    _needs_build()
+    code = "import tako.server.proxy.access_line as a; print(type(a.line_formatter(False)).__module__)"
+    assert _loaded_then_stale(tmp_path, compiled.ACCESS_BINDING, code) == (
+        "tako.server.proxy._access_lines",
+        "tako.server.proxy.access_line",
+    )

@@ -48,9 +48,9 @@ class AccessFiles:
         self.backups = backups
         self._files: dict[str, int] = {}  # app -> its access.log's open file descriptor
 
-    def write(self, batch: Mapping[str, str]) -> None:
-        for app, text in batch.items():
-            self._append(app, text.encode())
+    def write(self, batch: Mapping[str, bytes]) -> None:
+        for app, lines in batch.items():
+            self._append(app, lines)
 
     def _append(self, app: str, data: bytes) -> None:
         directory = self.apps_dir / app / "shared" / "logs"

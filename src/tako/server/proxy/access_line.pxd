@@ -12,7 +12,7 @@ cdef bint _plain(bytes value)
 
 cdef class AccessLog:
     cdef list _entries
-    cdef LineFormatter _formatter
+    cdef object _formatter  # the binding's Formatter or a LineFormatter
     cdef object _loop
     cdef object _sink
     cdef object _timer

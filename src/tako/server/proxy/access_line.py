@@ -1,22 +1,26 @@
 """Access log lines: `AccessLog` queues one entry per finished request and hands batches of JSON lines by
-app to a sink (`observe.access_log.AccessFiles.write`); `LineFormatter` makes the lines.
+app to a sink (`observe.access_log.AccessFiles.write`); a formatter makes the lines.
 
-Compiled with Cython where possible (typed by access_line.pxd, see compiled.py): the client connection's
-`add` per request is a C call, and formatting is nearly all an access line costs (19,200 of the 20,600
-machine instructions per request an access line added to bench/proxy/hotpath.py as plain Python,
-callgrind). Numbers are formatted as C integers (the durations in whole microseconds, written as
-milliseconds with three decimals), which compiled code does without making Python objects; the text parts
-are escaped only when they need it.
+The formatter is the `_access_lines` binding's (_access_lines.pyx: each line written into a C buffer,
+about 1,000 machine instructions a line) where it is built and current, else `LineFormatter` here; both
+give the same bytes. This module is compiled with Cython where possible too (typed by access_line.pxd, see
+compiled.py): the client connection's `add` per request is a C call. As compiled Python `LineFormatter`
+formats the numbers as C integers (the durations in whole microseconds, written as milliseconds with three
+decimals) and escapes the text parts only when they need it; it costs about 6,600 instructions a line
+(callgrind over bench/proxy/hotpath.py --access-log).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
+
+from tako.server.proxy.compiled import ACCESS_BINDING, PURE_PYTHON_ENV, binding_problem
 
 FLUSH_INTERVAL = 0.1  # seconds a line waits at most before it is written
 # Entries that make a batch be formatted and written at once. Formatting holds the event loop: 1024 lines
@@ -27,7 +31,7 @@ MAX_BATCH = 256
 # status, url, bytes_in, bytes_out, request_id, instance, client, tls, websocket). The parts that repeat
 # are slices (`[:3]`, `[11:]`): the keys of the parts of a line made once (`LineFormatter`).
 Entry = tuple[Any, ...]
-Batch = dict[str, str]  # app -> its JSON lines, each ending with a newline
+Batch = dict[str, bytes]  # app -> its JSON lines (ASCII), each ending with a newline
 
 # The parts of a line made once are kept for this many apps/hosts/methods and instances/clients/tls;
 # past it they are made again (many client addresses, or hosts under a wildcard route).
@@ -41,6 +45,23 @@ _UNSAFE = re.compile(rb"[^ !#-\[\]-~]").search
 _COMPILED = not __file__.endswith(".py")
 
 
+class Formatter(Protocol):
+    def format(self, entries: list[Any], wall: float) -> Batch: ...
+
+
+def line_formatter(query: bool) -> Formatter:
+    """The binding's formatter where it is wanted, current and loads; else `LineFormatter`."""
+    if os.environ.get(PURE_PYTHON_ENV, "") in ("", "0") and binding_problem(ACCESS_BINDING) is None:
+        try:
+            from tako.server.proxy._access_lines import Formatter as CompiledFormatter
+        except ImportError:
+            pass
+        else:
+            formatter: Formatter = CompiledFormatter(query)
+            return formatter
+    return LineFormatter(query)
+
+
 class AccessLog:
     """This process's pending access lines, formatted and handed to `sink` off the hot path."""
 
@@ -51,7 +72,7 @@ class AccessLog:
     ) -> None:
         self._loop = loop
         self._sink = sink
-        self._formatter = LineFormatter(query)
+        self._formatter = line_formatter(query)
         self._entries: list[Entry] = []
         self._timer: asyncio.TimerHandle | None = None
 
@@ -92,9 +113,9 @@ class LineFormatter:
         self.heads: dict[Any, str] = {}  # (app, host, method) -> from the time's `Z` to `"path":`
         self.tails: dict[Any, str] = {}  # (instance, client, tls, websocket) -> the line's end
 
-    def format(self, entries: list[Any], wall: float) -> dict[str, str]:
+    def format(self, entries: list[Any], wall: float) -> Batch:
         """The entries as JSON lines by app (`wall` turns loop time into UNIX time), each app's lines one
-        string ending with a newline. One loop that calls no Python function per line while nothing is
+        bytes object ending with a newline. One loop that calls no Python function per line while nothing is
         new (a call per line cost 40% more as plain Python): the parts that repeat are looked up; only the
         target and the request id are checked, and escaped when they hold anything but printable ASCII
         without quotes or backslashes."""
@@ -119,7 +140,7 @@ class LineFormatter:
             sent_at = entry[5]
             upstream = ""
             if sent_at:
-                up_us = int((ended - sent_at) * 1e6 + 0.5)
+                up_us = max(int((ended - sent_at) * 1e6 + 0.5), 0)
                 upstream = f',"upstream_ms":{up_us // 1000}.{_MILLIS[up_us % 1000]}'
             request_id = entry[10]
             if request_id is None:
@@ -131,7 +152,7 @@ class LineFormatter:
             status: int = entry[6]
             bytes_in: int = entry[8]
             bytes_out: int = entry[9]
-            us = int((ended - started) * 1e6 + 0.5)
+            us = max(int((ended - started) * 1e6 + 0.5), 0)
             millis = int((when - self.second) * 1000)
             line = (
                 f'{self.stamp}{_MILLIS[millis]}{head}"{path_text}"{asked},"status":{status},'
@@ -143,7 +164,9 @@ class LineFormatter:
                 lines[entry[0]] = [line]
             else:
                 text.append(line)
-        return {app: "\n".join(text) + "\n" for app, text in lines.items()}
+        # ASCII: bytes from the wire are read as latin-1 and escaped when not printable ASCII, and json.dumps
+        # writes anything else as \u escapes.
+        return {app: ("\n".join(text) + "\n").encode() for app, text in lines.items()}
 
     def new_second(self, when: float) -> None:
         """The line's start up to the second of `when`: `{"time":"2026-12-06T18:59:01.`."""

@@ -46,12 +46,14 @@ H2_BINDING = "h2._nghttp2"  # its key in the manifest; built from h2/_nghttp2.py
 TLS_BINDING = "_libssl"  # the TLS transport's libssl calls, from _libssl.pyx (else tls.py calls _ssl)
 SOCKET_BINDING = "_sockio"  # plain.py's recv/send on the descriptor, from _sockio.pyx (else the socket's)
 HTTP1_BINDING = "_http1"  # client.py's request parser, from _http1.pyx (else http1_parser.py's, httptools)
+ACCESS_BINDING = "_access_lines"  # access lines, from _access_lines.pyx (else access_line.LineFormatter)
 # What each binding is built from, and what it is called in messages.
 _BINDINGS = {
     H2_BINDING: ("h2/_nghttp2.pyx", "the HTTP/2 binding"),
     TLS_BINDING: ("_libssl.pyx", "the libssl binding"),
     SOCKET_BINDING: ("_sockio.pyx", "the socket binding"),
     HTTP1_BINDING: ("_http1.pyx", "the HTTP/1.1 parser binding"),
+    ACCESS_BINDING: ("_access_lines.pyx", "the access line binding"),
 }
 BINDINGS = tuple(_BINDINGS)
 PURE_PYTHON_ENV = "TAKO_PURE_PYTHON"
