@@ -11,9 +11,9 @@ MAX_BYTES = 1000
 LINE_BYTES = 100
 
 
-def _line(n: int) -> str:
+def _line(n: int) -> bytes:
     text = f'{{"n":{n},"pad":"'
-    return text + "x" * (LINE_BYTES - len(text) - 3) + '"}\n'
+    return (text + "x" * (LINE_BYTES - len(text) - 3) + '"}\n').encode()
 
 
 def _logs(tmp_path: Path) -> Path:
@@ -52,5 +52,5 @@ def test_a_writer_follows_a_rotation_made_by_another(tmp_path: Path) -> None:
     finally:
         first.close()
         second.close()
-    assert (logs / LOG_NAME).read_text() == _line(99)  # into the new file, not the rotated one
+    assert (logs / LOG_NAME).read_bytes() == _line(99)  # into the new file, not the rotated one
     assert (logs / f"{LOG_NAME}.1").read_text().count("\n") == MAX_BYTES // LINE_BYTES
