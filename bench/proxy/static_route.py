@@ -22,6 +22,9 @@ class StaticUpstream:
     def request_finished(self) -> None:
         pass
 
+    def request_answered(self) -> None:
+        pass
+
 
 class StaticGate:
     name = "bench"

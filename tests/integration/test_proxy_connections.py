@@ -38,7 +38,7 @@ async def test_keepalive_reuses_client_and_upstream_connections(tmp_path: Path) 
                 assert len(conns) == 1  # one upstream connection served all 20 requests
                 assert up.connections == 1
                 assert len(p.server.connections) == 1  # and one client connection
-            assert upstream.started == upstream.finished == 20
+            assert upstream.started == upstream.finished == upstream.answered == 20
             # Different clients share the pooled upstream connection too.
             async with p.https() as other:
                 r = await https_get(other, "a.tako.test", "/echo")

@@ -171,11 +171,11 @@ async def test_unavailable_app_cold_start_and_dead_upstream(tmp_path: Path) -> N
                 r = await https_get(client, "cold.tako.test", "/after-cold-start")
                 assert r.status_code == 200 and r.json()["app"] == "cold"
                 assert started.is_set()
-                assert late.started == late.finished == 1 and late.in_flight == 0
+                assert late.started == late.finished == late.answered == 1 and late.in_flight == 0
                 r = await https_get(client, "dead.tako.test", "/")
                 assert r.status_code == 502
                 assert "127.0.0.1" not in r.text and ":1" not in r.text
-                assert dead.started == dead.finished == 1
+                assert dead.started == dead.finished == 1 and dead.answered == 0  # a 502 is not an answer
     finally:
         await up.stop()
 

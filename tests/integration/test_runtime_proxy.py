@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import signal
+import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -149,6 +151,52 @@ async def test_kill_9_instance_is_replaced_and_serves_again(server: TakoServer) 
     await asyncio.to_thread(wait_for, replaced)
     resp = await https_get(server.https_port, HOST)  # type: ignore[arg-type]
     assert resp.status == 200 and resp.body.startswith("version=v1")
+
+
+async def test_a_busy_instance_stays_in_rotation_while_it_answers_but_not_once_it_stops(
+    server: TakoServer,
+) -> None:
+    # Its health probes answer late, as a new connection's do at an app saturated by traffic. While it
+    # answers the proxied requests (through the main process and the data-plane workers alike) that is a
+    # busy instance, and it keeps serving; once nothing answers, the same late probes take it out.
+    slow = server.base / "slow-health"
+    data = await asyncio.to_thread(server.deploy, "web", "v1", env={"SLOW_HEALTH_WHEN_EXISTS": str(slow)})
+    inst = data["instances"][0]["id"]
+
+    def states() -> list[str]:
+        return [str(i["state"]) for i in server.call("status", app="web")["instances"] if i["id"] == inst]
+
+    def late_probes_under_load() -> list[list[str]]:
+        slow.touch()
+        seen = []
+        deadline = time.monotonic() + 5  # five probes at the default 1 s interval, each 3 s late
+        while time.monotonic() < deadline:
+            seen.append(states())
+            time.sleep(0.1)
+        return seen
+
+    seen, result = await under_load(server, late_probes_under_load)
+    assert not result.failures() and len(result.responses) > 100
+    assert all(s == ["healthy"] for s in seen)  # never out of rotation
+    metrics = await asyncio.to_thread(_metrics_text, server)
+    assert _metric(metrics, 'tako_health_checks_late_busy_total{app="web"}') >= 3
+    # No traffic: the late probes meet no answers and take it out of rotation; on time again, it is back.
+    await asyncio.to_thread(wait_for, lambda: states() == ["unhealthy"], what="out of rotation")
+    slow.unlink()
+    await asyncio.to_thread(wait_for, lambda: states() == ["healthy"], what="back in rotation")
+
+
+def _metrics_text(server: TakoServer) -> str:
+    port = server.call("hello")["metrics_port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+def _metric(text: str, sample: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{sample} is not in the metrics:\n{text[:2000]}")
 
 
 async def test_on_demand_burst_of_first_requests_gets_no_503(server: TakoServer) -> None:

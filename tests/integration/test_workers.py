@@ -337,7 +337,8 @@ async def test_worker_process_protocol(tmp_path: Path) -> None:
         report = await receive(wm.Report)
         while report.counters.get("k1", wm.Counters(inflight=1, starts=1)).inflight:
             report = await receive(wm.Report)  # one sent while the request was in flight (every 50 ms)
-        assert report.counters["k1"] == wm.Counters(inflight=0, starts=1)  # one request started and finished
+        # One request started and finished, the instance's whole response passed on: answered.
+        assert report.counters["k1"] == wm.Counters(inflight=0, starts=1, answered=1)
 
         status = await https_get(ready.https_port, HOST, "/_tako/status")
         assert json.loads(status.body) == {"healthy": True, "apps": [], "served_by": proc.pid}

@@ -24,6 +24,7 @@ class StaticUpstream:
         self.in_flight = 0
         self.started = 0
         self.finished = 0
+        self.answered = 0  # finished with the whole response passed on (request_answered)
         self.error_pages: dict[int, bytes] = {}
 
     @property
@@ -45,6 +46,10 @@ class StaticUpstream:
     def request_finished(self) -> None:
         self.finished += 1
         self.in_flight -= 1
+
+    def request_answered(self) -> None:
+        self.answered += 1
+        self.request_finished()
 
 
 class StaticGate:

@@ -29,6 +29,22 @@ def test_reported_requests_count_on_the_instances(tmp_path: Path) -> None:
     assert ledger.counts == {b.key: 1}
 
 
+def test_reported_answers_add_up_on_the_instances_across_workers(tmp_path: Path) -> None:
+    a, b = two_instances(tmp_path)
+    known = {a.key: a, b.key: b}
+    first, second = InflightLedger(), InflightLedger()
+    a.request_started()
+    a.request_answered()  # one answered through the main process's own proxy
+    first.apply(Report(version=0, counters={a.key: Counters(1, 3, 2)}), known)
+    second.apply(Report(version=0, counters={a.key: Counters(0, 5, 5), b.key: Counters(0, 1, 0)}), known)
+    assert (a.answered, b.answered) == (8, 0)
+    first.apply(Report(version=0, counters={a.key: Counters(0, 3, 3)}), known)  # cumulative: +1
+    assert a.answered == 9
+    first.release(known)  # a worker gone and a new one counting from 0 again: nothing subtracted
+    first.apply(Report(version=0, counters={a.key: Counters(0, 1, 1)}), known)
+    assert a.answered == 10
+
+
 def test_an_instance_out_of_rotation_stays_busy_until_the_worker_acknowledges(tmp_path: Path) -> None:
     a, b = two_instances(tmp_path)
     known = {a.key: a, b.key: b}

@@ -6,6 +6,7 @@
     CRASH_AT_BOOT=1        print a message and exit 3 before listening
     CRASH_AT_BOOT_FROM=N   the Nth and later boots of this release dir crash like CRASH_AT_BOOT
     NEVER_HEALTHY=1        the health path answers 500
+    SLOW_HEALTH_WHEN_EXISTS=PATH  the health path answers 3 s late while PATH exists (a saturated app)
     CRASH_AFTER_REQUESTS   exit 4 right after answering that many requests (health probes included)
     CRASH_AFTER_SECONDS    exit 5 that many seconds after it starts listening
     IGNORE_SIGTERM=1       ignore SIGTERM (tests the SIGKILL after the grace period)
@@ -71,6 +72,9 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = url.path
         if path == HEALTH:
+            slow = os.environ.get("SLOW_HEALTH_WHEN_EXISTS")
+            if slow and os.path.exists(slow):
+                time.sleep(3)
             if os.environ.get("NEVER_HEALTHY") == "1":
                 self._send(500, "not healthy\n")
             else:

@@ -29,8 +29,9 @@ from tako.server.apps.logs import AppLog
 from tako.server.apps.maintenance import OFF, MaintenanceSetting, build_answer
 from tako.server.apps.release import Release, load_release
 from tako.server.apps.spawner import allocate_port
-from tako.server.proxy.backend import AppUnavailable, pick_next
+from tako.server.proxy.backend import AppUnavailable
 from tako.server.proxy.cold_start import ColdStartQueue, app_stopped
+from tako.server.proxy.counters import pick_next
 from tako.server.proxy.maintenance import MaintenanceAnswer
 from tako.server.proxy.static_files import StaticMounts
 

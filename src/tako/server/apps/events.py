@@ -14,6 +14,7 @@ class AppEvents:
     instance_starts: int = 0  # instances started: first start, deploy, cold start, scale-up, replacement
     instance_restarts: int = 0  # attempts to replace an instance that failed (crash, health checks)
     health_failures: int = 0  # health probes that failed
+    health_late_busy: int = 0  # probes that timed out while the instance answered requests: not failures
     deploys: int = 0  # deploys that switched the app to a release (rollbacks included)
     rollbacks: int = 0  # deploys to a release recorded as deployed before the one they replaced
 

@@ -1,7 +1,8 @@
 """Health checks: one HTTP probe of an instance and the failure-count policy (docs/server.md).
 
 Any answer below 500 is healthy. 2 consecutive failures take an instance out of rotation, 5 mark it dead;
-one success brings it back.
+one success brings it back. A probe that times out while the instance answers proxied requests is not a
+failure (`Instance._health_loop`): the instance is busy, not hung.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ class Verdict(enum.Enum):
     FAILING = "failing"  # failed, but not yet enough to act
     OUT = "out"  # take out of rotation
     DEAD = "dead"  # replace the instance
+
+
+class Probe(enum.Enum):
+    PASSED = "passed"  # an answer below 500
+    LATE = "late"  # no answer within the timeout
+    FAILED = "failed"  # refused, reset, not HTTP, or 5xx
 
 
 class HealthTracker:
@@ -44,10 +51,18 @@ class HealthTracker:
 
 async def probe(port: int, path: str, *, host: str = "127.0.0.1", timeout: float = PROBE_TIMEOUT) -> bool:
     """GET `path` on the instance; True for any HTTP status below 500."""
+    return await check(port, path, host=host, timeout=timeout) is Probe.PASSED
+
+
+async def check(port: int, path: str, *, host: str = "127.0.0.1", timeout: float = PROBE_TIMEOUT) -> Probe:
+    """GET `path` on the instance: passed (a status below 500), late (none within `timeout`) or failed."""
     try:
-        return await asyncio.wait_for(_probe(host, port, path), timeout)
-    except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
-        return False
+        passed = await asyncio.wait_for(_probe(host, port, path), timeout)
+    except TimeoutError:
+        return Probe.LATE
+    except (OSError, ValueError, asyncio.IncompleteReadError):
+        return Probe.FAILED
+    return Probe.PASSED if passed else Probe.FAILED
 
 
 async def _probe(host: str, port: int, path: str) -> bool:

@@ -90,6 +90,9 @@ class Instance:
         self.exit_status: int | None = None  # known only for tako-server's own children
         self.failure: str = ""
         self.inflight = 0
+        # Requests it answered whole, through this process's proxy and the workers' (workers.ledger): what
+        # excuses a late health check (`_health_loop`).
+        self.answered = 0
         self.exited = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -127,6 +130,10 @@ class Instance:
         if self.inflight == 1:
             self._idle.clear()
         self._activity.inflight += 1
+
+    def request_answered(self) -> None:
+        self.answered += 1
+        self.request_finished()
 
     def request_finished(self) -> None:
         self.inflight -= 1
@@ -284,7 +291,16 @@ class Instance:
                 if self.state is InstanceState.DRAINING:
                     continue
                 return
-            ok = await health.probe(self.port, self.release.health_check, timeout=max(interval, 1.0))
+            answered = self.answered
+            result = await health.check(self.port, self.release.health_check, timeout=max(interval, 1.0))
+            # A probe that timed out while the instance answered proxied requests met a busy instance, not
+            # a hung one: taking it out of rotation would only move its load to the others, or stall every
+            # request when it is the only one (bench/proxy: seconds-long stalls under 5000 connections).
+            # A refused connection or a 5xx still counts, and a hung instance answers nothing.
+            busy = result is health.Probe.LATE and self.answered != answered
+            ok = result is health.Probe.PASSED or busy
+            if busy:
+                self._events.health_late_busy += 1
             verdict = tracker.record(ok)
             if not ok:
                 self._events.health_failures += 1

@@ -144,6 +144,11 @@ _EVENTS = (
     ("tako_instance_starts", "Instances started (deploys, cold starts, replacements).", "instance_starts"),
     ("tako_instance_restarts", "Attempts to replace an instance that failed.", "instance_restarts"),
     ("tako_health_check_failures", "Health probes that failed.", "health_failures"),
+    (
+        "tako_health_checks_late_busy",
+        "Health probes that timed out while the instance answered requests (not failures).",
+        "health_late_busy",
+    ),
     ("tako_deploys", "Deploys that switched the app to a release (rollbacks included).", "deploys"),
     ("tako_rollbacks", "Deploys back to a release older than the one they replaced.", "rollbacks"),
 )

@@ -7,9 +7,9 @@ what lets the data-plane workers (`[server] workers`) run it unchanged from plai
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from tako.server.proxy.maintenance import MaintenanceAnswer
 from tako.server.proxy.static_files import StaticMounts
@@ -46,31 +46,11 @@ class Upstream(Protocol):
         """Called when a request (or a WebSocket) is sent to this instance."""
 
     def request_finished(self) -> None:
-        """Called when that request's response is complete (or the tunnel closed)."""
+        """Called when that request is over without a whole response from this instance (an error
+        answered by the proxy, the client gone, a tunnel closed)."""
 
-
-class _Busy(Protocol):
-    @property
-    def inflight(self) -> int: ...
-
-
-B = TypeVar("B", bound=_Busy)
-
-
-def pick_next(rotation: Sequence[B], last: int) -> tuple[int, B | None]:
-    """Round-robin over `rotation` after position `last`, skipping to the following instance when the
-    next one has more requests in flight. Returns the new position and the choice (None if empty)."""
-    n = len(rotation)
-    if n == 0:
-        return last, None
-    if n == 1:
-        return last, rotation[0]
-    i = (last + 1) % n
-    first = rotation[i]
-    if first.inflight == 0:
-        return i, first
-    other = rotation[(i + 1) % n]
-    return i, other if other.inflight < first.inflight else first
+    def request_answered(self) -> None:
+        """Called instead of `request_finished` when the instance's whole response was passed on."""
 
 
 class AppGate(Protocol):

@@ -39,6 +39,7 @@ cdef class ClientConnection:
     cdef public str last_host
     cdef public bytes last_host_header
     cdef public object loop
+    cdef object clock
     cdef public object max_body
     cdef public Py_ssize_t max_header_bytes
     cdef public Py_ssize_t max_headers

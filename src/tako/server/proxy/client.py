@@ -199,6 +199,7 @@ class ClientConnection:
         "broken",
         "buffer_bodies",
         "client_ip",
+        "clock",
         "closed",
         "cycle",
         "deadline",
@@ -247,6 +248,9 @@ class ClientConnection:
     def __init__(self, server: ConnectionHost, tls: bool, forward: bool) -> None:
         self.server = server
         self.loop = server.loop
+        # The loop's clock, its bound method kept: a call without a method lookup, half a dozen times per
+        # request (about 80 machine instructions each).
+        self.clock = server.loop.time
         self.tls = tls
         self.forward = forward  # forward requests (HTTPS, or a plain listener started with forward=True)
         settings = server.settings
@@ -319,7 +323,7 @@ class ClientConnection:
         self.server.connections.add(self)
         # Responses up to this size are taken from the instance at once (see pause_writing).
         self.transport.set_write_buffer_limits(high=self.server.settings.response_buffer_bytes)
-        self.deadline = self.loop.time() + self.header_timeout
+        self.deadline = self.clock() + self.header_timeout
         self.deadline_kind = _DEADLINE_HEADER
         if self.server.shutting_down:
             self.transport.close()
@@ -373,7 +377,7 @@ class ClientConnection:
         # of what it asked for, neither the instance is read nor further requests from the client (which
         # would each add a response to the buffer), and the send deadline drops a client that never reads.
         self.write_paused = True
-        self.send_deadline = self.loop.time() + self.keepalive_timeout
+        self.send_deadline = self.clock() + self.keepalive_timeout
         if self.tunnel is None:
             self.pause(PAUSE_WRITE)
         cycle = self.cycle
@@ -435,7 +439,7 @@ class ClientConnection:
             elif parsing is not None and not self.deadline_kind:
                 # A request head is still incomplete: the header timeout runs from the read it began in.
                 # (Armed here rather than in on_message_begin: most heads complete within one read.)
-                self.deadline = self.loop.time() + self.header_timeout
+                self.deadline = self.clock() + self.header_timeout
                 self.deadline_kind = _DEADLINE_HEADER
 
     def _feed_in_slices(self, data: bytes) -> None:
@@ -478,7 +482,7 @@ class ClientConnection:
         if self.broken:
             raise _Reject
         cycle = self.parsing = RequestCycle(self)
-        cycle.started = self.loop.time()
+        cycle.started = self.clock()
         if self.deadline_kind:
             # The header deadline of a new connection, or the keep-alive deadline armed earlier in this
             # read: a request has begun (data_received arms the header deadline if its head is incomplete).
@@ -590,7 +594,7 @@ class ClientConnection:
             cycle.body_done = True  # nothing more to read for this request: answering it may start now
         cycle.head = self._build_head(cycle)
         if not cycle.body_done:
-            self.deadline = self.loop.time() + self.body_window
+            self.deadline = self.clock() + self.body_window
             self.deadline_kind = _DEADLINE_BODY
             self.body_mark = 0
             self.paused_in_window = False
@@ -933,7 +937,7 @@ class ClientConnection:
         if cycle.buffering:
             # The whole body is here: an instance that stops taking it is as late as one that does not
             # answer, so the response timeout covers the sending too (re-armed when the last byte is sent).
-            uconn.deadline = self.loop.time() + self.response_timeout
+            uconn.deadline = self.clock() + self.response_timeout
             transport.writelines([cycle.head, *chunks])
             body.rewind()
             self.pump_body(cycle)
@@ -1043,7 +1047,7 @@ class ClientConnection:
         server = self.server
         if pool.family:
             # Keeps a pool whose connections are all busy from being dropped.
-            pool.last_used = self.loop.time()
+            pool.last_used = self.clock()
             PendingConnect(self, cycle, pool, server.settings.upstream_connect_timeout)
         else:
             server.spawn(self._connect(cycle, pool))
@@ -1076,7 +1080,7 @@ class ClientConnection:
         """The whole request is on its way to the instance: the response timeout starts now."""
         uconn = cycle.uconn
         if uconn is not None and not cycle.response_started:
-            now = cycle.sent_at = self.loop.time()
+            now = cycle.sent_at = self.clock()
             uconn.deadline = now + self.response_timeout
 
     def upstream_failed(self, cycle: RequestCycle, *, retryable: bool, bad_response: bool = False) -> None:
@@ -1166,10 +1170,10 @@ class ClientConnection:
         now = 0.0  # the loop's time once read, for the keep-alive deadline below
         if cycle.counters is not None:
             now = self._count(cycle, cycle.status)
-        upstream = cycle.upstream  # _finish_upstream, inline: this is every response's path
+        upstream = cycle.upstream  # still set: the instance's response, passed on whole (errors clear it)
         if upstream is not None:
             cycle.upstream = None
-            upstream.request_finished()
+            upstream.request_answered()
         if cycle.body is not None:
             _drop_body(cycle)
         self.cycle = None
@@ -1187,7 +1191,7 @@ class ClientConnection:
             return
         if self.parsing is None and not self.broken:
             # _idle, inline: wait for the next request.
-            self.deadline = (now or self.loop.time()) + self.keepalive_timeout
+            self.deadline = (now or self.clock()) + self.keepalive_timeout
             self.deadline_kind = _DEADLINE_KEEPALIVE
 
     def _count(self, cycle: RequestCycle, status: int) -> float:
@@ -1197,7 +1201,7 @@ class ClientConnection:
         counters = cycle.counters
         assert counters is not None
         cycle.counters = None
-        now = self.loop.time()
+        now = self.clock()
         counters.in_flight -= 1
         sent_at = cycle.sent_at
         bytes_in = cycle.header_bytes + cycle.body_received + cycle.tunnel_in
@@ -1245,7 +1249,7 @@ class ClientConnection:
 
     def _idle(self) -> None:
         if not self.broken:
-            self.deadline = self.loop.time() + self.keepalive_timeout
+            self.deadline = self.clock() + self.keepalive_timeout
             self.deadline_kind = _DEADLINE_KEEPALIVE
 
     # -- upgrades -------------------------------------------------------------------------------------
@@ -1280,7 +1284,7 @@ class ClientConnection:
         if buffered:
             uconn.transport.writelines(buffered)
         if self.tunnel_timeout:
-            self.deadline = self.loop.time() + self.tunnel_timeout
+            self.deadline = self.clock() + self.tunnel_timeout
             self.deadline_kind = _DEADLINE_TUNNEL
         else:
             self.deadline = 0.0
@@ -1370,17 +1374,17 @@ class ClientConnection:
                 # order) during the window: the client is not to blame. Next window.
                 self.body_mark = received
                 self.paused_in_window = bool(self.pause_mask)
-                self.deadline = self.loop.time() + self.body_window
+                self.deadline = self.clock() + self.body_window
                 return
         if self.pause_mask and not self.broken and kind == _DEADLINE_HEADER:
             # The proxy itself stopped reading (flow control, or requests answered in order): the client is
             # not late. What bounds such a pause is the response or send deadline of what it waits for.
-            self.deadline = self.loop.time() + self.header_timeout
+            self.deadline = self.clock() + self.header_timeout
             return
         if kind == _DEADLINE_TUNNEL:
             if self.tunnel_active:
                 self.tunnel_active = False
-                self.deadline = self.loop.time() + self.tunnel_timeout
+                self.deadline = self.clock() + self.tunnel_timeout
                 return
             self.deadline = 0.0
             self.deadline_kind = 0
@@ -1411,7 +1415,7 @@ class ClientConnection:
         self.pause_mask = 0
         self.held = None
         self.transport.resume_reading()
-        self.deadline = self.loop.time() + LINGER_SECONDS
+        self.deadline = self.clock() + LINGER_SECONDS
         self.deadline_kind = _DEADLINE_LINGER
 
     def abort(self) -> None:

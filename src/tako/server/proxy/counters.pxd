@@ -30,3 +30,17 @@ cdef class RequestIds:
 
     @cython.locals(text=bytearray, i=Py_ssize_t, digit=int)
     cpdef bytes next(self)
+
+
+cdef class InFlight:
+    cdef public long long answered
+    cdef public Py_ssize_t inflight
+    cdef public long long starts
+
+    cpdef request_started(self)
+    cpdef request_finished(self)
+    cpdef request_answered(self)
+
+
+@cython.locals(n=Py_ssize_t, i=Py_ssize_t)
+cpdef tuple pick_next(tuple rotation, Py_ssize_t last)

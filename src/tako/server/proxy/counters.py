@@ -1,6 +1,7 @@
 """`AppCounters`: one app's traffic counters in one process, bumped by the client connection per request;
 `TrafficCounters`: every app's, by name; `RequestIds`: the counter behind the request ids this process
-makes (tako.server.observe.request_id says what an id is).
+makes (tako.server.observe.request_id says what an id is); `InFlight`: one instance's requests in flight
+in a data-plane worker, and `pick_next`, the round robin over an app's instances.
 
 Compiled with Cython where possible, typed by counters.pxd (see compiled.py): the updates are C adds on
 struct fields and C calls from client.py. As a Python class called from compiled code, counting took 20 %
@@ -11,6 +12,7 @@ bench/proxy/hotpath.py). The snapshots readers use are built from these in tako.
 from __future__ import annotations
 
 import os
+from typing import Protocol, TypeVar
 
 # Upper bounds in seconds: Prometheus' default histogram buckets.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -139,3 +141,53 @@ class RequestIds:
             i -= 1
         text.insert(self._start, 49)  # "1": one digit more
         return bytes(text)
+
+
+class InFlight:
+    """One instance's requests in flight, started and answered in this process: the base of a data-plane
+    worker's upstreams (workers.child.WorkerUpstream). Compiled, the two calls the proxy makes per request
+    are C calls instead of two Python frames (about 700 machine instructions a request)."""
+
+    __slots__ = ("answered", "inflight", "starts")
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.starts = 0  # cumulative, so the main process sees activity even if in-flight did not change
+        self.answered = 0  # cumulative: requests it answered whole (health checks take it as a sign of life)
+
+    def request_started(self) -> None:
+        self.inflight += 1
+        self.starts += 1
+
+    def request_finished(self) -> None:
+        self.inflight -= 1
+
+    def request_answered(self) -> None:
+        self.inflight -= 1
+        self.answered += 1
+
+
+class _Busy(Protocol):
+    @property
+    def inflight(self) -> int: ...
+
+
+B = TypeVar("B", bound=_Busy)
+
+
+def pick_next(rotation: tuple[B, ...], last: int) -> tuple[int, B | None]:
+    """Round-robin over `rotation` (instances with an `inflight` count) after position `last`, skipping to
+    the following instance when the next one has more requests in flight. Returns the new position and the
+    choice (None if empty). Here rather than in backend.py so that, compiled, a gate's `pick` makes one
+    Python frame per request, not two."""
+    n = len(rotation)
+    if n == 0:
+        return last, None
+    if n == 1:
+        return last, rotation[0]
+    i = (last + 1) % n
+    first = rotation[i]
+    if first.inflight == 0:
+        return i, first
+    other = rotation[(i + 1) % n]
+    return i, other if other.inflight < first.inflight else first

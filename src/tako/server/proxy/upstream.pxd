@@ -13,6 +13,7 @@ cdef int _H_PASS, _H_DROP, _H_CONNECTION, _H_LENGTH, _H_TE
 
 
 cdef class UpstreamPool:
+    cdef object clock
     cdef public int family
     cdef public object loop
     cdef public str key

@@ -92,10 +92,11 @@ class _HeadDone(Exception):
 class UpstreamPool:
     """Idle keep-alive connections to one instance."""
 
-    __slots__ = ("family", "host", "idle", "key", "last_used", "loop", "port")
+    __slots__ = ("clock", "family", "host", "idle", "key", "last_used", "loop", "port")
 
     def __init__(self, key: str, host: str, port: int, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.clock = loop.time  # bound once: `release` reads it per request
         self.key = key
         self.host = host
         self.port = port
@@ -120,7 +121,7 @@ class UpstreamPool:
         if len(self.idle) >= POOL_MAX_IDLE:
             conn.close()
             return
-        now = self.loop.time()
+        now = self.clock()
         conn.idle_since = now
         self.last_used = now
         self.idle.append(conn)

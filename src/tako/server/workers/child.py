@@ -29,8 +29,9 @@ from tako.protocol.client_networks import parse_networks
 from tako.routing import RouteTable, parse_route
 from tako.server.observe.access_log import AccessFiles, AccessLog
 from tako.server.observe.traffic import TrafficSnapshot, traffic_snapshot
-from tako.server.proxy.backend import AppUnavailable, Snapshot, pick_next
+from tako.server.proxy.backend import AppUnavailable, Snapshot
 from tako.server.proxy.cold_start import ColdStartQueue
+from tako.server.proxy.counters import InFlight, pick_next
 from tako.server.proxy.maintenance import MaintenanceAnswer
 from tako.server.proxy.server import ProxyServer, listen
 from tako.server.proxy.static_files import StaticMounts
@@ -72,26 +73,19 @@ ORPHAN_DRAIN = 1.0  # seconds in-flight requests get when the main process goes 
 ORPHAN_POLL = 0.1  # how often an orphan checks whether the new tako-server's control socket answers
 
 
-class WorkerUpstream:
-    """One instance as a worker sees it: address plus local counters (hot path: two integer updates)."""
+class WorkerUpstream(InFlight):
+    """One instance as a worker sees it: address plus local counters (`InFlight`: the hot path's two
+    calls, compiled with the proxy)."""
 
-    __slots__ = ("error_pages", "host", "inflight", "key", "port", "reported", "starts")
+    __slots__ = ("error_pages", "host", "key", "port", "reported")
 
     def __init__(self, key: str, host: str, port: int) -> None:
+        super().__init__()
         self.key = key
         self.host = host
         self.port = port
         self.error_pages: dict[int, bytes] = {}  # its app's, set with each snapshot
-        self.inflight = 0
-        self.starts = 0  # cumulative, so the main process sees activity even if in-flight did not change
-        self.reported = (0, 0)
-
-    def request_started(self) -> None:
-        self.inflight += 1
-        self.starts += 1
-
-    def request_finished(self) -> None:
-        self.inflight -= 1
+        self.reported = (0, 0, 0)
 
 
 class WorkerGate:
@@ -285,9 +279,9 @@ class DataPlaneChild:
         """Send changed per-instance counters (and the applied snapshot version) to the main process."""
         changed: dict[str, Counters] = {}
         for key, up in list(self.upstreams.items()):
-            counters = (up.inflight, up.starts)
+            counters = (up.inflight, up.starts, up.answered)
             if counters != up.reported:
-                changed[key] = Counters(inflight=up.inflight, starts=up.starts)
+                changed[key] = Counters(inflight=up.inflight, starts=up.starts, answered=up.answered)
                 up.reported = counters
             elif up.inflight <= 0 and key not in self._keep:
                 del self.upstreams[key]  # out of every rotation, idle, and its zero already reported

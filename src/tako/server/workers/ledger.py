@@ -1,10 +1,11 @@
 """What one data-plane worker may still be using, folded into the instances' in-flight counts.
 
-A worker reports per-instance counters (in flight, started) and the routing snapshot it applied. The main
-process adds its in-flight requests to the instances' own counts, so draining and idle scale-down wait for
-them. An instance leaving rotation stays "pinned" (one in-flight request held for the worker) until the
-worker acknowledges a snapshot without it: a request it picked just before that snapshot arrived is then
-reported before the pin goes, so a drain never stops an instance the worker still uses.
+A worker reports per-instance counters (in flight, started, answered) and the routing snapshot it applied.
+The main process adds its in-flight requests to the instances' own counts, so draining and idle scale-down
+wait for them, and its answers to theirs, which health checks read as a sign of life. An instance leaving
+rotation stays "pinned" (one in-flight request held for the worker) until the worker acknowledges a
+snapshot without it: a request it picked just before that snapshot arrived is then reported before the pin
+goes, so a drain never stops an instance the worker still uses.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class InflightLedger:
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}  # in-flight requests it reported, added to the instances
         self.starts: dict[str, int] = {}
+        self.answered: dict[str, int] = {}  # requests it reported answered by each instance (cumulative)
         # Instances it may still pick: those of every snapshot sent but not yet acknowledged.
         self.possible: dict[str, Instance] = {}
         self.sent: dict[int, dict[str, Instance]] = {}
@@ -52,10 +54,15 @@ class InflightLedger:
             self.counts.pop(key, None)
         active = counters.starts != self.starts.get(key, 0)
         self.starts[key] = counters.starts
+        answered = counters.answered - self.answered.get(key, 0)
+        self.answered[key] = counters.answered
         if inst is None:
             if not inflight:
                 self.starts.pop(key, None)  # an instance gone for good
+                self.answered.pop(key, None)
             return
+        if answered > 0:
+            inst.answered += answered
         for _ in range(delta):
             inst.request_started()
         for _ in range(-delta):
@@ -94,6 +101,7 @@ class InflightLedger:
                 inst.request_finished()
         self.counts.clear()
         self.starts.clear()
+        self.answered.clear()
         self.pins.clear()
         self.sent.clear()
         self.possible.clear()

@@ -29,8 +29,9 @@ from tako.server.observe.traffic import TrafficSnapshot
 # control socket tells an orphaned worker when a new tako-server serves; 5: AppRouting carries static mounts;
 # 6: and the compression switch; 7: no AccessLines (workers write their access lines), Configure carries the
 # log rotation settings; 8: AppRouting carries the https switch; 9: CertificateStored (the main process
-# stored a certificate: a worker re-reads it at once, not within its once-a-second check).
-CHANNEL_VERSION = 9
+# stored a certificate: a worker re-reads it at once, not within its once-a-second check); 10: Counters
+# carries `answered`.
+CHANNEL_VERSION = 10
 TAG = "kind"
 MAX_TO_WORKER = 64 * 1024 * 1024  # a routing snapshot lists every app, route and instance
 MAX_FROM_WORKER = 16 * 1024 * 1024
@@ -166,6 +167,7 @@ class Ready:
 class Counters:
     inflight: int
     starts: int  # cumulative: activity shows even when requests came and went between two reports
+    answered: int = 0  # cumulative: requests the instance answered whole (a sign of life for health checks)
 
 
 @dataclass(frozen=True)
