@@ -2,7 +2,7 @@
 deterministic figure for changes too small for a wall-clock or /proc benchmark on a shared machine.
 
     flock /tmp/tako-bench.lock .venv/bin/python bench/proxy/tls_instructions.py [--connections 1]
-        [--requests 1000] [--tree DIR] [--pure-python] [--out FILE] [--scheme http]
+        [--requests 1000] [--tree DIR] [--pure-python] [--out FILE] [--scheme http] [--proxy nginx]
 
 One `ProxyServer` process (bench/proxy/tako_runner.py) under valgrind's callgrind, behind it nginx with a
 fixed 200 (bench.py's `fixed_upstream`). After a warm-up, h2load (`--h1`, one request in flight per
@@ -13,7 +13,13 @@ keep-alive request costs (the TLS transport, the proxy's protocols, OpenSSL's re
 uvloop), without the handshakes that would otherwise dominate. `--tree` measures another checkout (built
 in place) for a before/after on the same machine; `--pure-python` sets TAKO_PURE_PYTHON=1; `--out` keeps the
 long run's callgrind output for callgrind_annotate; `--scheme http` measures the plain-HTTP listener (which
-proxies in this runner) instead. About a minute.
+proxies in this runner) instead; `--proxy nginx` measures nginx the same way (one process, the same
+listeners and upstream). About a minute.
+
+Python's cyclic garbage collector runs when allocations outnumber deallocations by its threshold, so one
+run may hold a full collection the other does not: a change that only moves how many objects exist at
+start-up can move the figure by about 1,000 (seen with 2,000 and 4,000 requests). Repeat a surprising
+figure with other `--requests`.
 
 One connection is the default because it repeats to within ~100 instructions per request: with 20, how
 many connections' events one loop iteration finds varies from run to run, and the figures with it (about
@@ -64,6 +70,26 @@ def instrumented(pid: int, port: int, connections: int, requests: int, scheme: s
     subprocess.run([*control, "-d", str(pid)], capture_output=True, check=True)
 
 
+def _nginx_argv(work: Path, cert: tuple[Path, Path, Path], http: int, https: int, upstream: int) -> list[str]:
+    """nginx as bench.py's comparison proxy (the same listeners, upstream keep-alive and forwarded headers,
+    no access log, as tako_runner.py writes none), in one process: `master_process off` makes the process
+    valgrind starts the one that serves."""
+    fullchain, privkey, _ = cert
+    conf = proxy_bench.nginx_conf(
+        work,
+        "nginx-proxy",
+        1,
+        f"""upstream up {{ server 127.0.0.1:{upstream}; keepalive 1024; }}
+  server {{
+    listen 127.0.0.1:{http}; listen 127.0.0.1:{https} ssl;
+    ssl_certificate {fullchain}; ssl_certificate_key {privkey}; ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }}
+  }}""",
+    )
+    return ["nginx", "-c", str(conf), "-g", "daemon off; master_process off;"]
+
+
 def measure(args: argparse.Namespace, work: Path) -> tuple[int, int, int]:
     """Instructions of the short run, of the long run, and per request of the difference."""
     cert = proxy_bench.make_cert(work)
@@ -72,12 +98,16 @@ def measure(args: argparse.Namespace, work: Path) -> tuple[int, int, int]:
     tree = Path(args.tree).resolve()
     out = work / "callgrind.out"
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
-    argv += [sys.executable, str(tree / "bench/proxy/tako_runner.py"), "--http-port", str(http)]
-    argv += ["--https-port", str(https), "--upstream", str(up_port), "--certs", str(cert[0].parent.parent)]
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
     env.pop("TAKO_PURE_PYTHON", None)
-    if args.pure_python:
-        env["TAKO_PURE_PYTHON"] = "1"
+    if args.proxy == "nginx":
+        argv += _nginx_argv(work, cert, http, https, up_port)
+    else:
+        argv += [sys.executable, str(tree / "bench/proxy/tako_runner.py"), "--http-port", str(http)]
+        certs = str(cert[0].parent.parent)
+        argv += ["--https-port", str(https), "--upstream", str(up_port), "--certs", certs]
+        if args.pure_python:
+            env["TAKO_PURE_PYTHON"] = "1"
     tako = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         port = https if args.scheme == "https" else http  # the plain listener proxies too (forward)
@@ -109,6 +139,9 @@ def main() -> None:
     parser.add_argument("--tree", default=str(proxy_bench.REPO), help="checkout to measure (built in place)")
     parser.add_argument("--pure-python", action="store_true", help="run with TAKO_PURE_PYTHON=1")
     parser.add_argument(
+        "--proxy", choices=("tako", "nginx"), default="tako", help="nginx: the same figure for nginx"
+    )
+    parser.add_argument(
         "--scheme", choices=("https", "http"), default="https", help="http: the plain-HTTP listener instead"
     )
     parser.add_argument("--out", help="keep the long run's callgrind output here (for callgrind_annotate)")
@@ -116,11 +149,12 @@ def main() -> None:
     proxy_bench.stop_everything_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="tako-tls-instr-") as tmp:
         short, long, per_request = measure(args, Path(tmp))
-    mode = "python" if args.pure_python else "as built"
+    mode = "nginx" if args.proxy == "nginx" else "python" if args.pure_python else "as built"
+    where = "" if args.proxy == "nginx" else f"; {args.tree}"
     print(
         f"{per_request:,} instructions per keep-alive {args.scheme.upper()} request ({mode}, "
         f"{args.connections} connections;"
-        f" {short:,} for {args.requests} requests, {long:,} for {2 * args.requests}; {args.tree})"
+        f" {short:,} for {args.requests} requests, {long:,} for {2 * args.requests}{where})"
     )
 
 
