@@ -35,6 +35,7 @@ from tako.server.apps.oneoff import OneOffServer
 from tako.server.apps.registry import AppRegistry
 from tako.server.control import ControlServer
 from tako.server.data_lock import DataDirLock
+from tako.server.gc_tuning import freeze_startup_objects
 from tako.server.observe.access_log import AccessFiles, AccessLog
 from tako.server.observe.metrics_service import MetricsService
 from tako.server.observe.metrics_sources import MetricsSources
@@ -145,6 +146,7 @@ class Daemon:
         if self.inherited is not None:
             self.leave_instances = False
             handover.announce_serving(self.inherited)
+        freeze_startup_objects()
         self._log_ready()
 
     def _log_ready(self) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from tako.errors import ProtocolError
 from tako.protocol.client_networks import parse_networks
 from tako.routing import RouteTable, parse_route
+from tako.server.gc_tuning import freeze_startup_objects
 from tako.server.observe.access_log import AccessFiles, AccessLog
 from tako.server.observe.traffic import TrafficSnapshot, traffic_snapshot
 from tako.server.proxy.backend import AppUnavailable, Snapshot
@@ -425,6 +426,7 @@ async def serve(fd: int, listeners: tuple[socket.socket, socket.socket]) -> None
         http_port = await proxy.start_http(config.listen, config.http_port, sock=http)
         https_port = await proxy.start_https(config.listen, config.https_port, sock=https)
         child.send(Ready(CHANNEL_VERSION, pid=os.getpid(), http_port=http_port, https_port=https_port))
+        freeze_startup_objects()
     reporting = asyncio.create_task(child.report_loop())
     await child.stopping.wait()
     await proxy.shutdown(child.stop_timeout, handed_over=child.handed_over)
