@@ -43,6 +43,9 @@ def test_reported_answers_add_up_on_the_instances_across_workers(tmp_path: Path)
     first.release(known)  # a worker gone and a new one counting from 0 again: nothing subtracted
     first.apply(Report(version=0, counters={a.key: Counters(0, 1, 1)}), known)
     assert a.answered == 10
+    # The worker dropped a's counters (idle, out of rotation) and made them again: counted from 0.
+    second.apply(Report(version=0, counters={a.key: Counters(0, 2, 2)}), known)
+    assert a.answered == 12
 
 
 def test_an_instance_out_of_rotation_stays_busy_until_the_worker_acknowledges(tmp_path: Path) -> None:

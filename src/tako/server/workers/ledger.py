@@ -54,7 +54,10 @@ class InflightLedger:
             self.counts.pop(key, None)
         active = counters.starts != self.starts.get(key, 0)
         self.starts[key] = counters.starts
-        answered = counters.answered - self.answered.get(key, 0)
+        previous = self.answered.get(key, 0)
+        # Fewer than last time: the worker dropped the instance's counters (idle, out of every rotation)
+        # and counts again from 0 since it came back.
+        answered = counters.answered - previous if counters.answered >= previous else counters.answered
         self.answered[key] = counters.answered
         if inst is None:
             if not inflight:
