@@ -35,6 +35,16 @@ def _compiled_module() -> object:
 compiled = _compiled_module()
 
 
+def _libc_binding(name: str) -> Extension:
+    """A binding of compiled.BINDINGS built from its .pyx alone (it needs only libc)."""
+    return Extension(
+        f"{compiled.PACKAGE}.{name}",
+        [str((PROXY / f"{name}.pyx").relative_to(ROOT))],
+        optional=True,
+        extra_link_args=["-s"],
+    )
+
+
 def extensions() -> list[Extension]:
     if os.environ.get(compiled.PURE_PYTHON_ENV, "") not in ("", "0"):
         return []
@@ -75,14 +85,7 @@ def extensions() -> list[Extension]:
         )
     )
     # The plain transport's recv/send on the descriptor (libc only). Without it plain.py calls the socket's.
-    modules.append(
-        Extension(
-            f"{compiled.PACKAGE}.{compiled.SOCKET_BINDING}",
-            [str((PROXY / f"{compiled.SOCKET_BINDING}.pyx").relative_to(ROOT))],
-            optional=True,
-            extra_link_args=["-s"],
-        )
-    )
+    modules.append(_libc_binding(compiled.SOCKET_BINDING))
     # The HTTP/1.1 parsers: llhttp (the version httptools bundles, vendored in src/vendor/llhttp/, outside the
     # package) with their callbacks in C. Without it the proxy parses with httptools (http1_parser.py).
     llhttp = ROOT / "src" / "vendor" / "llhttp"
@@ -100,14 +103,7 @@ def extensions() -> list[Extension]:
         )
     )
     # Access lines formatted into C buffers (libc only). Without it access_line.py's formatter makes them.
-    modules.append(
-        Extension(
-            f"{compiled.PACKAGE}.{compiled.ACCESS_BINDING}",
-            [str((PROXY / f"{compiled.ACCESS_BINDING}.pyx").relative_to(ROOT))],
-            optional=True,
-            extra_link_args=["-s"],
-        )
-    )
+    modules.append(_libc_binding(compiled.ACCESS_BINDING))
     return cythonize(
         modules,
         build_dir="build/cython",  # the generated C stays out of src/ (and out of the wheel)

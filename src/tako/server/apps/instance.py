@@ -142,17 +142,8 @@ class Instance:
             self._idle.set()
 
     def request_answered(self) -> None:
-        # request_finished's lines rather than a call to it: every proxied response comes here, and a call
-        # is a Python frame more.
         self.answered += 1
-        self.inflight -= 1
-        act = self._activity
-        act.inflight -= 1
-        if act.inflight <= 0:
-            act.last = time.monotonic()
-        if self.inflight <= 0:
-            self.inflight = 0
-            self._idle.set()
+        self.request_finished()
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def set_state(self, new: InstanceState, reason: str = "") -> None:
