@@ -6,27 +6,24 @@
 from __future__ import annotations
 
 from tako.server.proxy.backend import AppGate, Snapshot, Upstream
+from tako.server.proxy.counters import InFlight, Rotation
 
 
-class StaticUpstream:
+class StaticUpstream(InFlight):
+    """As a data-plane worker's `WorkerUpstream`: the compiled in-flight counts, an address."""
+
     key = "bench"
     host = "127.0.0.1"
     error_pages: dict[int, bytes] = {}
 
     def __init__(self, port: int) -> None:
+        super().__init__()
         self.port = port
 
-    def request_started(self) -> None:
-        pass
 
-    def request_finished(self) -> None:
-        pass
+class StaticGate(Rotation):
+    """As an app's gate in tako-server: `Rotation` picks its one upstream."""
 
-    def request_answered(self) -> None:
-        pass
-
-
-class StaticGate:
     name = "bench"
     request_buffering = True
     maintenance = None  # never in maintenance
@@ -35,10 +32,9 @@ class StaticGate:
     error_pages: dict[int, bytes] = {}
 
     def __init__(self, upstream: StaticUpstream) -> None:
+        super().__init__()
         self.upstream = upstream
-
-    def pick(self) -> Upstream | None:
-        return self.upstream
+        self.rotation = (upstream,)
 
     async def wait_upstream(self) -> Upstream:
         return self.upstream

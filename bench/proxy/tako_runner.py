@@ -20,6 +20,7 @@ import uvloop
 from static_route import Services, snapshot  # bench/proxy, next to this script
 
 from tako.config.server import ProxySettings
+from tako.server.gc_tuning import freeze_startup_objects
 from tako.server.proxy import ProxyServer
 from tako.server.proxy.backend import Snapshot
 from tako.server.tls.certstore import CertStore
@@ -31,6 +32,7 @@ async def serve(args: argparse.Namespace, routes: Snapshot) -> None:
     server = ProxyServer(ProxySettings(), Services(), certs, routes, reuse_port=True)
     await server.start_http("127.0.0.1", args.http_port, forward=True)  # proxy, not redirect
     await server.start_https("127.0.0.1", args.https_port)
+    freeze_startup_objects()  # as tako-server and its workers do once they serve
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,10 +1,14 @@
 """A data-plane worker's view of an instance (`WorkerUpstream`, on the compiled `counters.InFlight`) and the
-round robin over an app's instances (`counters.pick_next`) that both the workers and the main process use."""
+round robin over an app's instances (`counters.Rotation`) that both the workers' and the main process's gates
+pick with."""
 
 from __future__ import annotations
 
-from tako.server.proxy.counters import InFlight, pick_next
-from tako.server.workers.child import WorkerUpstream
+from typing import cast
+
+from tako.server.apps.app import ManagedApp
+from tako.server.proxy.counters import InFlight, Rotation
+from tako.server.workers.child import DataPlaneChild, WorkerGate, WorkerUpstream
 
 
 def test_a_worker_upstream_counts_its_requests_in_flight_and_started() -> None:
@@ -19,18 +23,27 @@ def test_a_worker_upstream_counts_its_requests_in_flight_and_started() -> None:
     assert up.reported == (2, 3)
 
 
-def test_pick_next_goes_round_and_skips_to_the_less_busy_neighbour() -> None:
+def test_a_rotation_goes_round_and_skips_to_the_less_busy_neighbour() -> None:
     a, b, c = (WorkerUpstream(key, "127.0.0.1", 8000 + n) for n, key in enumerate("abc"))
-    assert pick_next((), 0) == (0, None)
-    assert pick_next((a,), 5) == (5, a)
-    last, order = 0, []
+    gate = WorkerGate("app", cast(DataPlaneChild, None))  # a Rotation; its child is not asked here
+    assert gate.pick() is None
+    gate.rotation = (a,)
+    assert [gate.pick() for _ in range(3)] == [a, a, a]
+    gate.rotation = (a, b, c)
+    order = []
     for _ in range(6):
-        last, chosen = pick_next((a, b, c), last)
+        chosen = gate.pick()
         assert chosen is not None
         order.append(chosen.key)
     assert order == ["b", "c", "a", "b", "c", "a"]
     b.request_started()  # b is busy, c idle: c is taken in b's turn
-    assert pick_next((a, b, c), 0) == (1, c)
+    assert gate.pick() is c
+    assert gate.pick() is c  # c's own turn
     c.request_started()
     c.request_started()  # c busier than b: b keeps its turn
-    assert pick_next((a, b, c), 0) == (1, b)
+    gate.pick()  # a's turn
+    assert gate.pick() is b
+
+
+def test_the_main_process_gate_is_a_rotation_too() -> None:
+    assert issubclass(ManagedApp, Rotation) and issubclass(WorkerGate, Rotation)

@@ -31,7 +31,7 @@ from tako.server.apps.release import Release, load_release
 from tako.server.apps.spawner import allocate_port
 from tako.server.proxy.backend import AppUnavailable
 from tako.server.proxy.cold_start import ColdStartQueue, app_stopped
-from tako.server.proxy.counters import pick_next
+from tako.server.proxy.counters import Rotation
 from tako.server.proxy.maintenance import MaintenanceAnswer
 from tako.server.proxy.static_files import StaticMounts
 
@@ -51,8 +51,9 @@ class AppState(enum.Enum):
     FAILED = "failed"  # no instance can be started
 
 
-class ManagedApp:
-    """The runtime of one app. All mutation happens on the event loop; `changed` republishes routing."""
+class ManagedApp(Rotation):
+    """The runtime of one app. All mutation happens on the event loop; `changed` republishes routing.
+    `Rotation` holds its instances in rotation and the proxy's `pick` over them."""
 
     def __init__(
         self,
@@ -68,6 +69,7 @@ class ManagedApp:
         deployed_at: datetime | None = None,
         events: AppEvents | None = None,
     ) -> None:
+        super().__init__()
         self.name = release.app
         self.events = events or AppEvents()
         self.release = release
@@ -81,7 +83,6 @@ class ManagedApp:
         self.state = AppState.STARTING if min_instances else AppState.IDLE
         self.stopped = False
         self.instances: list[Instance] = []  # the serving set: what the supervisor keeps alive
-        self.rotation: tuple[Instance, ...] = ()
         self.activity = Activity()
         self.operation = asyncio.Lock()  # deploy / reload / stop / delete, one at a time
         self.maintenance_setting = OFF
@@ -89,7 +90,6 @@ class ManagedApp:
         self._maintenance_built: tuple[MaintenanceSetting, Release] | None = None
         self._ports = ports
         self._changed = changed
-        self._rr = 0
         self._cold_start_queue = ColdStartQueue()
         self._cold_start: asyncio.Task[None] | None = None
         self._crashes: deque[float] = deque(maxlen=16)
@@ -121,10 +121,6 @@ class ManagedApp:
     @property
     def static(self) -> StaticMounts | None:
         return self.release.static
-
-    def pick(self) -> Instance | None:
-        self._rr, chosen = pick_next(self.rotation, self._rr)
-        return chosen
 
     # -- maintenance ----------------------------------------------------------------------------------
     def set_maintenance(self, setting: MaintenanceSetting, *, publish: bool = True) -> None:

@@ -14,7 +14,9 @@ size)`, a response's `on_head(status, reason, keep_alive, upgrade, block, specia
 - `specials`: kind, value, kind, value, ... for every header whose kind is neither the table's `pass_kind`
   nor its `drop_kind` (those in its `forwarded` are in `block` as well);
 - `count`, `size`: header lines and their bytes as the limits count them (name + value + 4 each).
-`on_message_begin`, `on_body` and `on_message_complete` are called as httptools calls them; the errors are
+`on_message_begin`, `on_body` and `on_message_complete` are called as httptools calls them. A protocol that
+is a `RequestSink` or `ResponseSink` (wire.py: the compiled connections) is called through its C method
+table, any other by its methods (about 200 machine instructions more per call). The errors are
 httptools' own (`HttpParserError` and its subclasses, `HttpParserUpgrade` with the offset of the bytes
 after the head), so the connections handle both parsers alike. http1_parser.py has the same on httptools,
 used where this binding is not (TAKO_PURE_PYTHON=1, no compiler, a stale build);
@@ -26,6 +28,8 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.stdint cimport int32_t, uint8_t, uint16_t
 from libc.string cimport memcpy
+
+from tako.server.proxy.wire cimport RequestSink, ResponseSink
 
 from httptools import (
     HttpParserCallbackError,
@@ -133,7 +137,12 @@ cdef object _method_name(int method):
     return name
 
 
+cdef str _HTTP11 = "1.1"
+
+
 cdef object _version(int major, int minor):
+    if major == 1 and minor == 1:
+        return _HTTP11  # nearly every request: no dict lookup
     key = major * 256 + minor
     version = _versions.get(key)
     if version is None:
@@ -243,6 +252,9 @@ cdef class _HeadParser:
     """What the request and the response parser share: llhttp, the header callbacks, the buffers."""
 
     cdef llhttp_t parser
+    # The protocol: a sink (called in C), or else its bound methods.
+    cdef RequestSink request_sink
+    cdef ResponseSink response_sink
     cdef object on_message_begin
     cdef object on_head
     cdef object on_body
@@ -269,10 +281,15 @@ cdef class _HeadParser:
     cdef void _start(self, protocol, HeaderTable table, bint response):
         self.table = table
         self.response = response
-        self.on_message_begin = protocol.on_message_begin
-        self.on_head = protocol.on_head
-        self.on_body = protocol.on_body
-        self.on_message_complete = protocol.on_message_complete
+        if response and isinstance(protocol, ResponseSink):
+            self.response_sink = protocol
+        elif not response and isinstance(protocol, RequestSink):
+            self.request_sink = protocol
+        else:
+            self.on_message_begin = protocol.on_message_begin
+            self.on_head = protocol.on_head
+            self.on_body = protocol.on_body
+            self.on_message_complete = protocol.on_message_complete
         self.error = None
         self.specials = []
         self.in_head = False
@@ -351,7 +368,12 @@ cdef int _on_message_begin(llhttp_t *parser) noexcept:
     p.size = 0
     p.in_head = True
     try:
-        p.on_message_begin()
+        if p.request_sink is not None:
+            p.request_sink.on_message_begin()
+        elif p.response_sink is not None:
+            p.response_sink.on_message_begin()
+        else:
+            p.on_message_begin()
     except BaseException as exc:
         return _fail(p, exc)
     return 0
@@ -428,6 +450,7 @@ cdef int _on_header_value_complete(llhttp_t *parser) noexcept:
 
 cdef int _on_headers_complete(llhttp_t *parser) noexcept:
     cdef _HeadParser p = <_HeadParser>parser.data
+    cdef bint keep_alive, upgrade
     p.in_head = False
     try:
         url = PyBytes_FromStringAndSize(p.block.data, p.lines_start)
@@ -435,22 +458,31 @@ cdef int _on_headers_complete(llhttp_t *parser) noexcept:
         _reset(&p.block)
         specials = p.specials
         p.specials = None
-        if p.response:
-            p.on_head(
-                parser.status_code,
+        keep_alive = llhttp_should_keep_alive(parser) != 0
+        upgrade = parser.upgrade != 0
+        if p.response_sink is not None:
+            p.response_sink.on_head(parser.status_code, url, keep_alive, upgrade, block, specials)
+        elif p.request_sink is not None:
+            p.request_sink.on_head(
+                _method_name(parser.method),
                 url,
-                llhttp_should_keep_alive(parser) != 0,
-                parser.upgrade != 0,
+                _version(parser.http_major, parser.http_minor),
+                keep_alive,
+                upgrade,
                 block,
                 specials,
+                p.count,
+                p.size,
             )
+        elif p.response:
+            p.on_head(parser.status_code, url, keep_alive, upgrade, block, specials)
         else:
             p.on_head(
                 _method_name(parser.method),
                 url,
                 _version(parser.http_major, parser.http_minor),
-                llhttp_should_keep_alive(parser) != 0,
-                parser.upgrade != 0,
+                keep_alive,
+                upgrade,
                 block,
                 specials,
                 p.count,
@@ -466,7 +498,13 @@ cdef int _on_headers_complete(llhttp_t *parser) noexcept:
 cdef int _on_body(llhttp_t *parser, const char *at, size_t length) noexcept:
     cdef _HeadParser p = <_HeadParser>parser.data
     try:
-        p.on_body(PyBytes_FromStringAndSize(at, length))
+        body = PyBytes_FromStringAndSize(at, length)
+        if p.request_sink is not None:
+            p.request_sink.on_body(body)
+        elif p.response_sink is not None:
+            p.response_sink.on_body(body)
+        else:
+            p.on_body(body)
     except BaseException as exc:
         return _fail(p, exc)
     return 0
@@ -475,7 +513,12 @@ cdef int _on_body(llhttp_t *parser, const char *at, size_t length) noexcept:
 cdef int _on_message_complete(llhttp_t *parser) noexcept:
     cdef _HeadParser p = <_HeadParser>parser.data
     try:
-        p.on_message_complete()
+        if p.request_sink is not None:
+            p.request_sink.on_message_complete()
+        elif p.response_sink is not None:
+            p.response_sink.on_message_complete()
+        else:
+            p.on_message_complete()
     except BaseException as exc:
         return _fail(p, exc)
     return 0

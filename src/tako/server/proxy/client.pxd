@@ -3,9 +3,10 @@
 cimport cython
 
 from tako.server.proxy.access_line cimport AccessLog
-from tako.server.proxy.counters cimport AppCounters, RequestIds
+from tako.server.proxy.counters cimport AppCounters, InFlight, RequestIds, Rotation
 from tako.server.proxy.cycle cimport RequestCycle
 from tako.server.proxy.upstream cimport UpstreamConnection, UpstreamPool
+from tako.server.proxy.wire cimport RequestSink, Writer
 
 
 # Request header kinds: C ints, so classifying a header compares C integers rather than module globals.
@@ -14,7 +15,7 @@ cdef int _H_REQUEST_ID, _H_ACCEPT_ENCODING, _H_PROXY_CONNECTION
 cdef dict _request_kinds_cache
 
 
-cdef class ClientConnection:
+cdef class ClientConnection(RequestSink):
     cdef public AccessLog access
     cdef public object body_mark
     cdef public object body_need
@@ -30,6 +31,7 @@ cdef class ClientConnection:
     cdef public bint forward
     cdef public bytes forwarded
     cdef public bytes forwarded_for
+    cdef public bytes forwarded_for_host
     cdef public Py_ssize_t head_pending
     cdef public double header_timeout
     cdef public bytes held
@@ -66,7 +68,9 @@ cdef class ClientConnection:
     cdef public double tunnel_timeout
     cdef public list upgrade_buffer
     cdef public bint write_paused
+    cdef public Writer writer
 
+    cpdef data_received(self, data)
     cpdef on_message_begin(self)
     cpdef on_head(
         self, bytes method, bytes url, str version, bint keep_alive, bint upgrade, bytes block, list specials,
@@ -82,16 +86,17 @@ cdef class ClientConnection:
     cpdef h2_body(self, bytes data)
     cpdef h2_end(self)
     cdef _h2_rejected(self)
-    @cython.locals(parts=list)
+    @cython.locals(parts=list, pieces=list, request_id=bytes, block=bytes, host_header=bytes)
     cpdef bytes _build_head(self, RequestCycle cycle)
-    @cython.locals(url=bytes, path=bytes)
+    @cython.locals(url=bytes, path=bytes, rotation=Rotation)
     cpdef _start(self, RequestCycle cycle)
-    @cython.locals(pool=UpstreamPool, uconn=UpstreamConnection)
+    @cython.locals(pool=UpstreamPool, uconn=UpstreamConnection, flight=InFlight)
     cpdef _use_upstream(self, RequestCycle cycle, upstream)
     cpdef _respond(self, RequestCycle cycle, bytes data)
     cpdef request_sent(self, RequestCycle cycle)
     cpdef send_body(self, RequestCycle cycle)
     cpdef pump_body(self, RequestCycle cycle)
+    @cython.locals(flight=InFlight)
     cpdef response_complete(self, RequestCycle cycle)
     @cython.locals(now=double)
     cdef double _count(self, RequestCycle cycle, int status) except? -1.0

@@ -31,7 +31,7 @@ from tako.server.observe.request_id import is_sane as is_sane_request_id
 from tako.server.proxy import responses
 from tako.server.proxy.backend import AppGate, AppUnavailable, Router, ServerServices, Snapshot, Upstream
 from tako.server.proxy.body_buffer import READ_CHUNK, BodyBuffer
-from tako.server.proxy.counters import UNROUTED_APP
+from tako.server.proxy.counters import UNROUTED_APP, InFlight, Rotation
 from tako.server.proxy.cycle import (
     PAUSE_BUFFER,
     PAUSE_PIPELINE,
@@ -46,6 +46,7 @@ from tako.server.proxy.http1_parser import parser_types
 from tako.server.proxy.static_stream import serve as serve_static
 from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool
 from tako.server.proxy.upstream_connect import PendingConnect
+from tako.server.proxy.wire import RequestSink, Writer, as_writer
 
 if TYPE_CHECKING:
     from tako.server.proxy.access_line import AccessLog
@@ -183,11 +184,12 @@ class ConnectionHost(Protocol):
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
 
 
-class ClientConnection:
+class ClientConnection(RequestSink):
     """One client connection: parse requests, answer or forward them in order, enforce limits.
 
     An asyncio protocol by its methods (the event loop and TLSTransport only call them); it does not
-    subclass asyncio.Protocol so that it can be compiled as an extension type (client.pxd).
+    subclass asyncio.Protocol so that it can be compiled as an extension type (client.pxd). A `RequestSink`
+    (its transport and its parser call it) and its transport's `Writer` (wire.py): C calls each way.
     """
 
     # Slots: attribute access stays on the interpreter's fast paths however many fields there are.
@@ -208,6 +210,7 @@ class ClientConnection:
         "forward",
         "forwarded",
         "forwarded_for",
+        "forwarded_for_host",
         "head_pending",
         "header_timeout",
         "held",
@@ -243,6 +246,7 @@ class ClientConnection:
         "tunnel_timeout",
         "upgrade_buffer",
         "write_paused",
+        "writer",
     )
 
     def __init__(self, server: ConnectionHost, tls: bool, forward: bool) -> None:
@@ -267,6 +271,7 @@ class ClientConnection:
         self.body_mark = 0  # body bytes received when the current window began
         self.paused_in_window = False  # reading was paused by the proxy during the current window
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
+        self.writer: Writer = None  # type: ignore[assignment]  # the transport's write (wire.py), too
         self.parser = _RequestParser(self, _request_header_table)
         self.client_ip = b""
         self.forwarded = b""  # X-Forwarded-For tail + X-Forwarded-Proto, precomputed per connection
@@ -312,6 +317,7 @@ class ClientConnection:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.writer = as_writer(transport)
         peer = transport.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) else "unknown"
         if ip.startswith("::ffff:") and "." in ip:
@@ -320,6 +326,7 @@ class ClientConnection:
         proto = b"https" if self.tls else b"http"
         self.forwarded = self.client_ip + b"\r\nX-Forwarded-Proto: " + proto + _CRLF
         self.forwarded_for = b"X-Forwarded-For: " + self.forwarded
+        self.forwarded_for_host = self.forwarded_for + b"X-Forwarded-Host: "  # the usual lines, in one piece
         self.server.connections.add(self)
         # Responses up to this size are taken from the instance at once (see pause_writing).
         self.transport.set_write_buffer_limits(high=self.server.settings.response_buffer_bytes)
@@ -780,10 +787,54 @@ class ClientConnection:
     # -- request head -------------------------------------------------------------------------------
 
     def _build_head(self, cycle: RequestCycle) -> bytes:
+        request_id = cycle.request_id
+        if request_id is None:
+            request_id = cycle.request_id = self.request_ids.next()
+        pieces = cycle.pieces
+        if (
+            len(pieces) <= 1
+            and cycle.xff is None
+            and cycle.conn_tokens is None
+            and cycle.upgrade is None
+            and not cycle.chunked
+            and cycle.content_length is None
+        ):
+            # Most requests: their header lines as the client sent them (one piece, or none), then the
+            # proxy's own, joined from a tuple of at most 10 pieces (CPython joins up to 10 without a heap
+            # allocation) rather than a list grown piece by piece.
+            block = pieces[0] if pieces else b""
+            host_header = cycle.host_header
+            if host_header is not None:
+                return b"".join(
+                    (
+                        cycle.method,
+                        b" ",
+                        cycle.url,
+                        b" HTTP/1.1\r\n",
+                        block,
+                        self.forwarded_for_host,
+                        host_header,
+                        b"\r\nX-Request-Id: ",
+                        request_id,
+                        b"\r\n\r\n",
+                    )
+                )
+            return b"".join(
+                (
+                    cycle.method,
+                    b" ",
+                    cycle.url,
+                    b" HTTP/1.1\r\n",
+                    block,
+                    self.forwarded_for,
+                    b"X-Request-Id: ",
+                    request_id,
+                    b"\r\n\r\n",
+                )
+            )
         # `parts.extend(...)` rather than `parts += ...`: compiled, a direct list extend; the generic
         # in-place adds took 1,400 instructions a request here (callgrind over bench/proxy/hotpath.py).
         parts = [cycle.method, b" ", cycle.url, b" HTTP/1.1\r\n"]
-        pieces = cycle.pieces
         if cycle.conn_tokens is not None:
             pieces = without_lines(pieces, cycle.conn_tokens)
         if cycle.buffering and cycle.expect is not None:
@@ -801,9 +852,6 @@ class ClientConnection:
             parts.append(b"Content-Length: %d\r\n" % cycle.content_length)
         if cycle.upgrade is not None:
             parts.extend((b"Connection: upgrade\r\nUpgrade: ", cycle.upgrade, _CRLF))
-        request_id = cycle.request_id
-        if request_id is None:
-            request_id = cycle.request_id = self.request_ids.next()
         parts.extend((b"X-Request-Id: ", request_id, b"\r\n\r\n"))
         return b"".join(parts)
 
@@ -884,7 +932,11 @@ class ClientConnection:
         ):
             self._buffer_body(cycle, gate)
             return
-        upstream = gate.pick()
+        if isinstance(gate, Rotation):
+            rotation = gate  # tako-server's gates: compiled, a C call (counters.py)
+            upstream = rotation.pick()
+        else:
+            upstream = gate.pick()
         if upstream is None:
             server.spawn(self._wait_upstream(cycle, gate))
             return
@@ -1026,7 +1078,11 @@ class ClientConnection:
     def _use_upstream(self, cycle: RequestCycle, upstream: Upstream) -> None:
         key = cycle.instance = upstream.key
         cycle.upstream = upstream
-        upstream.request_started()
+        if isinstance(upstream, InFlight):
+            flight = upstream  # a data-plane worker's instance: compiled, a C call (counters.py)
+            flight.request_started()
+        else:
+            upstream.request_started()
         # The server's pools read here, a C dict lookup when compiled; `pool_for` (a Python call) only
         # makes a new pool. The dict is the server's for good (changed in place).
         pool = self.pools.get(key)
@@ -1173,7 +1229,11 @@ class ClientConnection:
         upstream = cycle.upstream  # still set: the instance's response, passed on whole (errors clear it)
         if upstream is not None:
             cycle.upstream = None
-            upstream.request_answered()
+            if isinstance(upstream, InFlight):
+                flight = upstream  # as in _use_upstream
+                flight.request_answered()
+            else:
+                upstream.request_answered()
         if cycle.body is not None:
             _drop_body(cycle)
         self.cycle = None

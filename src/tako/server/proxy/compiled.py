@@ -1,8 +1,8 @@
 """Whether the proxy's per-request modules run compiled, and the fall-back to their Python sources.
 
-`counters`, `cycle`, `client`, `upstream`, `access_line`, `static_files`, `static_stream`, the transports
-`tls` and `plain`, and HTTP/2's `h2.stream` and `h2.connection` are plain Python; the `.pxd` file next to
-each gives Cython C types for their attributes and internal calls.
+`wire`, `counters`, `cycle`, `client`, `upstream`, `access_line`, `static_files`, `static_stream`, the
+transports `tls` and `plain`, and HTTP/2's `h2.stream` and `h2.connection` are plain Python; the `.pxd`
+file next to each gives Cython C types for their attributes and internal calls.
 setup.py compiles them where Cython and a C compiler are available and writes `compiled.json` beside them:
 the hash of each module's .py and .pxd as built. Python imports an extension module in preference to the
 .py next to it, so `select()` (run by the package before anything imports those modules) makes sure a
@@ -29,6 +29,7 @@ from types import ModuleType
 PACKAGE = "tako.server.proxy"
 # Names under PACKAGE; a dotted one is in a subpackage (`module_file`).
 MODULES = (
+    "wire",
     "counters",
     "cycle",
     "upstream",
@@ -56,6 +57,9 @@ _BINDINGS = {
     ACCESS_BINDING: ("_access_lines.pyx", "the access line binding"),
 }
 BINDINGS = tuple(_BINDINGS)
+# The compiled modules' declarations a binding calls through (its C calls follow their method tables): it
+# is current only if built against these as they are.
+_BINDING_DECLARATIONS = {HTTP1_BINDING: ("wire.pxd",)}
 PURE_PYTHON_ENV = "TAKO_PURE_PYTHON"
 REBUILD = "rebuild: python setup.py build_ext --inplace"
 
@@ -77,8 +81,12 @@ def source_hash(directory: Path, name: str) -> str:
 
 
 def binding_hash(directory: Path, name: str = H2_BINDING) -> str:
-    """The hash a binding (`H2_BINDING`, `TLS_BINDING`) is built from: its .pyx."""
-    return hashlib.sha256((directory / _BINDINGS[name][0]).read_bytes()).hexdigest()
+    """The hash a binding (`H2_BINDING`, `TLS_BINDING`) is built from: its .pyx, and the declarations of
+    compiled modules it calls through."""
+    digest = hashlib.sha256((directory / _BINDINGS[name][0]).read_bytes())
+    for declarations in _BINDING_DECLARATIONS.get(name, ()):
+        digest.update((directory / declarations).read_bytes())
+    return digest.hexdigest()
 
 
 def binding_problem(name: str = H2_BINDING) -> str | None:

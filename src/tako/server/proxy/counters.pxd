@@ -42,5 +42,9 @@ cdef class InFlight:
     cpdef request_answered(self)
 
 
-@cython.locals(n=Py_ssize_t, i=Py_ssize_t)
-cpdef tuple pick_next(tuple rotation, Py_ssize_t last)
+cdef class Rotation:
+    cdef Py_ssize_t _last
+    cdef public tuple rotation
+
+    @cython.locals(n=Py_ssize_t, i=Py_ssize_t)
+    cpdef pick(self)

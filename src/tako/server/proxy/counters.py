@@ -1,7 +1,7 @@
 """`AppCounters`: one app's traffic counters in one process, bumped by the client connection per request;
 `TrafficCounters`: every app's, by name; `RequestIds`: the counter behind the request ids this process
 makes (tako.server.observe.request_id says what an id is); `InFlight`: one instance's requests in flight
-in a data-plane worker, and `pick_next`, the round robin over an app's instances.
+in a data-plane worker; `Rotation`, an app's instances and the round robin over them.
 
 Compiled with Cython where possible, typed by counters.pxd (see compiled.py): the updates are C adds on
 struct fields and C calls from client.py. As a Python class called from compiled code, counting took 20 %
@@ -12,7 +12,7 @@ bench/proxy/hotpath.py). The snapshots readers use are built from these in tako.
 from __future__ import annotations
 
 import os
-from typing import Protocol, TypeVar
+from typing import Any
 
 # Upper bounds in seconds: Prometheus' default histogram buckets.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -167,27 +167,29 @@ class InFlight:
         self.answered += 1
 
 
-class _Busy(Protocol):
-    @property
-    def inflight(self) -> int: ...
+class Rotation:
+    """An app's instances in rotation (each with an `inflight` count) and the round robin over them: the
+    base of the gates, `ManagedApp` in the main process and a data-plane worker's `WorkerGate`. Compiled,
+    `pick`, a call per request, runs no Python frame (a Python `pick` was one frame a request)."""
 
+    __slots__ = ("_last", "rotation")
 
-B = TypeVar("B", bound=_Busy)
+    def __init__(self) -> None:
+        self.rotation: tuple[Any, ...] = ()
+        self._last = 0  # the position picked last
 
-
-def pick_next(rotation: tuple[B, ...], last: int) -> tuple[int, B | None]:
-    """Round-robin over `rotation` (instances with an `inflight` count) after position `last`, skipping to
-    the following instance when the next one has more requests in flight. Returns the new position and the
-    choice (None if empty). Here rather than in backend.py so that, compiled, a gate's `pick` makes one
-    Python frame per request, not two."""
-    n = len(rotation)
-    if n == 0:
-        return last, None
-    if n == 1:
-        return last, rotation[0]
-    i = (last + 1) % n
-    first = rotation[i]
-    if first.inflight == 0:
-        return i, first
-    other = rotation[(i + 1) % n]
-    return i, other if other.inflight < first.inflight else first
+    def pick(self) -> Any:
+        """The instance after the last one picked, or the one after it when that has fewer requests in
+        flight; None when the rotation is empty."""
+        rotation = self.rotation
+        n = len(rotation)
+        if n == 0:
+            return None
+        if n == 1:
+            return rotation[0]
+        i = self._last = (self._last + 1) % n
+        first = rotation[i]
+        if first.inflight == 0:
+            return first
+        other = rotation[(i + 1) % n]
+        return other if other.inflight < first.inflight else first

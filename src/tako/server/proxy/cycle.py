@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from tako.server.proxy.backend import AppGate, Upstream
 from tako.server.proxy.body_buffer import BodyBuffer
+from tako.server.proxy.wire import Writer
 
 if TYPE_CHECKING:
     from tako.server.proxy.counters import AppCounters
@@ -63,13 +64,18 @@ class UpstreamSide(Protocol):
 class ClientSide(Protocol):
     """The calls an upstream connection makes on the client connection of the request it carries.
 
-    The response itself is written straight to `transport` (one write per read from the instance).
+    The response itself is written straight to its transport, through `writer` (one write per read from
+    the instance).
     """
 
     tunnel_active: bool  # set when bytes moved through the tunnel (its idle deadline is re-armed)
 
     @property
     def transport(self) -> asyncio.Transport: ...
+
+    @property
+    def writer(self) -> Writer:
+        """The transport's `write`, a C call once compiled (wire.py)."""
 
     @property
     def write_paused(self) -> bool: ...

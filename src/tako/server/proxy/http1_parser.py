@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import httptools
 
-from tako.server.proxy.compiled import HTTP1_BINDING, PURE_PYTHON_ENV, binding_problem
+from tako.server.proxy.compiled import HTTP1_BINDING, PURE_PYTHON_ENV, binding_problem, mode
 
 _CRLF = b"\r\n"
 
@@ -185,8 +185,13 @@ class ResponseParser(RequestParser):
 
 def parser_types() -> tuple[type[RequestParser], type[ResponseParser], type[HeaderTable]]:
     """The compiled binding's `RequestParser`, `ResponseParser` and `HeaderTable` where it is wanted, current
-    and loads; else the ones above."""
-    if os.environ.get(PURE_PYTHON_ENV, "") in ("", "0") and binding_problem(HTTP1_BINDING) is None:
+    and loads, and the proxy's modules run compiled (it calls the connections through wire.py's compiled
+    classes); else the ones above."""
+    if (
+        os.environ.get(PURE_PYTHON_ENV, "") in ("", "0")
+        and mode() == "compiled"
+        and binding_problem(HTTP1_BINDING) is None
+    ):
         try:
             from tako.server.proxy._http1 import HeaderTable as CompiledTable
             from tako.server.proxy._http1 import RequestParser as CompiledRequests

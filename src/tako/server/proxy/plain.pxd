@@ -1,7 +1,10 @@
 # Cython declarations for plain.py (see docs/proxy.md, "Compiled hot path"): C types for the transport's
 # state and its internal calls. The .py file stays the source; these only take effect when it is compiled.
 
-cdef class PlainTransport:
+from tako.server.proxy.wire cimport Receiver, Writer
+
+
+cdef class PlainTransport(Writer):
     cdef list _buffer
     cdef Py_ssize_t _buffer_size
     cdef bint _closing
@@ -16,6 +19,7 @@ cdef class PlainTransport:
     cdef object _protocol
     cdef bint _reader_on
     cdef bint _reading
+    cdef Receiver _receiver
     cdef object _sock
     cdef bint _write_paused
     cdef bint _writer_on

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from tako.server.proxy.compiled import PURE_PYTHON_ENV, SOCKET_BINDING, binding_problem
+from tako.server.proxy.wire import Writer, as_receiver
 
 # One read takes at most this much. Every connection of the process reads into this one buffer and copies
 # out what it got: `recv(n)` would allocate n bytes per call and shrink them (glibc's _int_malloc was 10%
@@ -68,7 +69,7 @@ def as_transport(transport: PlainTransport) -> asyncio.Transport:
     return cast(asyncio.Transport, transport)
 
 
-class PlainTransport:
+class PlainTransport(Writer):
     """One connected non-blocking TCP socket; `protocol.connection_made` is called from the constructor."""
 
     __slots__ = (
@@ -86,6 +87,7 @@ class PlainTransport:
         "_protocol",
         "_reader_on",
         "_reading",
+        "_receiver",
         "_sock",
         "_write_paused",
         "_writer_on",
@@ -104,6 +106,7 @@ class PlainTransport:
         self._sock = sock
         self._fd = sock.fileno()
         self._protocol = protocol
+        self._receiver = as_receiver(protocol)  # data_received, a C call (wire.py)
         self._peername = peername
         self._buffer: list[bytes | bytearray | memoryview] = []  # waiting for the socket to be writable
         self._buffer_size = 0
@@ -159,7 +162,7 @@ class PlainTransport:
             self._destroy(exc)
             return
         if data:
-            self._protocol.data_received(data)
+            self._receiver.data_received(data)
             return
         # The peer will send nothing more.
         self._reading = False
@@ -325,6 +328,7 @@ class PlainTransport:
 
     def set_protocol(self, protocol: asyncio.Protocol) -> None:
         self._protocol = protocol
+        self._receiver = as_receiver(protocol)
 
     def get_protocol(self) -> asyncio.Protocol:
         return self._protocol

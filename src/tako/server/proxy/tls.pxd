@@ -1,7 +1,12 @@
 # Cython declarations for tls.py (see docs/proxy.md, "Compiled hot path"): C types for the TLS transport's
 # state and its internal calls. The .py file stays the source; these only take effect when it is compiled.
 
-cdef class TLSTransport:
+cimport cython
+
+from tako.server.proxy.wire cimport Receiver, Writer
+
+
+cdef class TLSTransport(Writer):
     cdef object __weakref__  # the TLS object's `owner` is a weak reference
     cdef list _buffer
     cdef Py_ssize_t _buffer_size
@@ -20,6 +25,7 @@ cdef class TLSTransport:
     cdef object _pending
     cdef object _protocol
     cdef bint _reading
+    cdef Receiver _receiver
     cdef object _recv
     cdef object _send
     cdef object _sock
@@ -30,6 +36,7 @@ cdef class TLSTransport:
     cdef _set_reader(self, callback)
     cdef _set_writer(self, callback)
     cpdef _handshake(self)
+    @cython.locals(receiver=Receiver)
     cpdef _read(self)
     cpdef _read_when_writable(self)
     cpdef _read_pending(self)

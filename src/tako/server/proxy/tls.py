@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol, cast
 
 from tako.server.proxy.compiled import PURE_PYTHON_ENV, TLS_BINDING, binding_problem
+from tako.server.proxy.wire import Receiver, Writer, as_receiver
 
 # One SSL_read returns at most one record (16 KiB of plaintext). A buffer larger than that means no
 # decrypted bytes are ever left inside OpenSSL after a read, where the loop could not see them.
@@ -133,7 +134,7 @@ def as_transport(transport: TLSTransport) -> asyncio.Transport:
     return cast(asyncio.Transport, transport)
 
 
-class TLSTransport:
+class TLSTransport(Writer):
     """One server-side TLS connection driven by socket readiness (an `asyncio.Transport` by its methods)."""
 
     __slots__ = (
@@ -155,6 +156,7 @@ class TLSTransport:
         "_pending",
         "_protocol",
         "_reading",
+        "_receiver",
         "_recv",
         "_send",
         "_sock",
@@ -179,6 +181,7 @@ class TLSTransport:
         self._fd = sock.fileno()
         self._factory = protocol_factory
         self._protocol: asyncio.Protocol | None = None
+        self._receiver: Receiver | None = None  # the protocol's data_received, once the handshake is done
         channel = _make_channel(tls, self._fd) if _make_channel is not None else None  # None: `_ssl`'s own
         self._recv = _module_reader(tls) if channel is None else channel.read
         self._send = tls.write if channel is None else channel.write
@@ -256,6 +259,7 @@ class TLSTransport:
         self._handshaking.discard(self)
         self._set_writer(None)
         protocol = self._protocol = self._factory(self._tls.selected_alpn_protocol())
+        self._receiver = as_receiver(protocol)  # data_received, a C call (wire.py)
         protocol.connection_made(as_transport(self))
         # Hands the socket's read readiness from the handshake straight to _read: replacing the callback
         # keeps the loop's poll handle, where removing it first would tear it down and make a new one.
@@ -281,11 +285,11 @@ class TLSTransport:
                 return
             if data is None:
                 return
-            protocol = self._protocol
-            assert protocol is not None
             if not data:
                 break
-            protocol.data_received(data)
+            receiver = self._receiver
+            assert receiver is not None
+            receiver.data_received(data)
             # With read-ahead, the records that came after this one may be inside OpenSSL already: the
             # socket will not announce them, so read them now, one record per call as the protocol takes
             # them. Not while the protocol holds reading (resume_reading comes back for them), and not
@@ -301,6 +305,8 @@ class TLSTransport:
         self._eof = True
         self._reading = False
         self._update_reader()
+        protocol = self._protocol
+        assert protocol is not None
         if not protocol.eof_received():
             self.close()
 
@@ -511,6 +517,7 @@ class TLSTransport:
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         assert isinstance(protocol, asyncio.Protocol)
         self._protocol = protocol
+        self._receiver = as_receiver(protocol)
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         assert self._protocol is not None

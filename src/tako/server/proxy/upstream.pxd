@@ -5,11 +5,16 @@ cimport cython
 from tako.server.proxy.client cimport ClientConnection
 from tako.server.proxy.cycle cimport RequestCycle
 from tako.server.proxy.h2.stream cimport StreamTransport
+from tako.server.proxy.wire cimport ResponseSink, Writer
 
 
 cdef int FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE, FRAME_DONE
 # Response header kinds: C ints, so the head's framing headers are told apart by C comparisons.
 cdef int _H_PASS, _H_DROP, _H_CONNECTION, _H_LENGTH, _H_TE
+# The response head's constant pieces: C globals rather than a module dict lookup each per response.
+cdef int _END_PLAIN, _END_KEEP_ALIVE, _END_CLOSE
+cdef bytes _CRLF, _LENGTH_NAME
+cdef tuple _STATUS_LINE_STARTS, _ENDS, _CHUNKED_ENDS
 
 
 cdef class UpstreamPool:
@@ -26,7 +31,7 @@ cdef class UpstreamPool:
     cpdef release(self, UpstreamConnection conn)
 
 
-cdef class UpstreamConnection:
+cdef class UpstreamConnection(ResponseSink):
     cdef public bint _chunked
     cdef public bint _conn_close
     cdef public list _conn_tokens
@@ -52,7 +57,12 @@ cdef class UpstreamConnection:
     cdef public object transport
     cdef public bint tunnel
     cdef public bint write_paused
+    cdef public Writer writer
 
+    cpdef data_received(self, data)
+    cpdef on_message_begin(self)
+    cpdef on_body(self, bytes body)
+    cpdef on_message_complete(self)
     cpdef attach(self, RequestCycle cycle, Py_ssize_t sent=*)
     cpdef end_request(self, RequestCycle cycle)
     cpdef close(self)
@@ -60,7 +70,10 @@ cdef class UpstreamConnection:
     @cython.locals(client=ClientConnection)
     cpdef _finish_response(self, RequestCycle cycle)
     cdef _parser_stopped(self, RequestCycle cycle, list out)
-    @cython.locals(kind=int, value=bytes, lvalue=bytes, token=bytes, headers=list)
+    @cython.locals(
+        kind=int, value=bytes, lvalue=bytes, token=bytes, headers=list, frame=int, end=int, length=bytes,
+        lines=bytes, request_id=bytes, start=bytes, head=bytes
+    )
     cpdef on_head(
         self, int status, bytes reason, bint keep_alive, bint upgrade, bytes block, list specials
     )

@@ -30,6 +30,7 @@ from tako.server.proxy.cycle import PAUSE_UPSTREAM, RequestCycle
 from tako.server.proxy.h2.stream import StreamTransport
 from tako.server.proxy.headers import PASS, as_pieces, without_headers
 from tako.server.proxy.http1_parser import parser_types
+from tako.server.proxy.wire import ResponseSink, Writer, as_writer
 
 # Framing of the response towards the client. C ints when compiled (upstream.pxd): compared on every
 # response, as module globals they cost 1,000 more machine instructions per request (1.3 %; callgrind's
@@ -83,6 +84,15 @@ _CRLF = b"\r\n"
 
 # The start of the status line for each status code (httptools reads at most three digits).
 _STATUS_LINE_STARTS = tuple(b"HTTP/1.1 %d " % code for code in range(1000))
+# How a response head ends after its X-Request-Id value, by the connection's fate (_END_*): the line's CRLF,
+# then a Content-Length line's value and CRLF (_LENGTH_NAME comes before the value), or the chunked framing,
+# then the Connection header the client needs, then the blank line.
+_END_PLAIN = 0
+_END_KEEP_ALIVE = 1  # an HTTP/1.0 client kept alive is told so
+_END_CLOSE = 2
+_LENGTH_NAME = b"\r\nContent-Length: "
+_ENDS = (b"\r\n\r\n", b"\r\nConnection: keep-alive\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+_CHUNKED_ENDS = tuple(b"\r\nTransfer-Encoding: chunked" + end for end in _ENDS)
 
 
 class _HeadDone(Exception):
@@ -145,11 +155,12 @@ class UpstreamPool:
         self.idle.clear()
 
 
-class UpstreamConnection:
+class UpstreamConnection(ResponseSink):
     """One keep-alive connection to an instance, carrying one request at a time (no upstream pipelining).
 
     An asyncio protocol by its methods; not a subclass of asyncio.Protocol so that it can be compiled as an
-    extension type (upstream.pxd).
+    extension type (upstream.pxd). A `ResponseSink` (its transport and its parser call it) and its
+    transport's `Writer` (wire.py): C calls each way.
     """
 
     __slots__ = (
@@ -178,11 +189,13 @@ class UpstreamConnection:
         "transport",
         "tunnel",
         "write_paused",
+        "writer",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
+        self.writer: Writer = None  # type: ignore[assignment]  # the transport's write (wire.py), too
         self.parser = _ResponseParser(self, _response_header_table)
         self.cycle: RequestCycle | None = None
         self.closed = False
@@ -216,6 +229,7 @@ class UpstreamConnection:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.writer = as_writer(transport)
         connecting = self.connecting
         if connecting is not None:
             self.connecting = None
@@ -288,7 +302,7 @@ class UpstreamConnection:
             # _flush, inline: this is every response's path.
             payload = out[0] if len(out) == 1 else b"".join(out)
             cycle.bytes_out += len(payload)
-            cycle.conn.transport.write(payload)
+            cycle.conn.writer.write(payload)
             out.clear()
         if self._frame == FRAME_DONE:
             # The response completed inside feed_data; finish after its bytes were written.
@@ -335,7 +349,7 @@ class UpstreamConnection:
             conn.send_body(cycle)  # the head, then the body held so far (all of it, when buffered)
         else:
             if sent == 0:
-                transport.write(cycle.head)
+                self.writer.write(cycle.head)
             elif sent < len(cycle.head):
                 transport.write(cycle.head[sent:])
             if cycle.body_done:
@@ -435,37 +449,56 @@ class UpstreamConnection:
                 self._head_done = True
                 raise _HeadDone
             return
-        # The pieces of the head go straight into the output, joined once per read with the body bytes: one
-        # write per read. On plain TCP, too, that costs less than the copy it saves (a `writev` of head and
-        # body measured 1 µs more per request than one `write` of both).
-        # (`out.extend(...)`, not `out += ...`: compiled, a direct list extend; the generic in-place adds
-        # took 1,800 instructions a request here, callgrind over bench/proxy/hotpath.py.)
-        out.extend((_STATUS_LINE_STARTS[status], self._reason, _CRLF))
-        out.extend(headers)
-        out.extend((b"X-Request-Id: ", cycle.request_id or b"-", _CRLF))  # set by _build_head, always
+        # The head is one bytes object, joined from at most 9 pieces (CPython joins up to 10 without a
+        # heap allocation) and from a tuple (no list grown piece by piece); it goes into the output, joined
+        # once per read with the body bytes: one write per read. On plain TCP, too, that costs less than
+        # the copy it saves (a `writev` of head and body measured 1 µs more per request than one `write`).
+        length: bytes | None = None  # the Content-Length line's value, if the head has one
         if cycle.is_head or status == 204 or status == 304:
             frame = FRAME_NONE
-            if self._length is not None and status != 204:
-                out.extend((b"Content-Length: ", self._length, _CRLF))
+            if status != 204:
+                length = self._length
         elif self._chunked:
             frame = FRAME_CHUNKED if not cycle.http10 else FRAME_CLOSE
         elif self._length is not None and encoder is None:
             frame = FRAME_LENGTH
-            out.extend((b"Content-Length: ", self._length, _CRLF))
+            length = self._length
         else:  # no length (the body ends when the app closes), or an encoded one's, known only at its end
             self._until_close = self._length is None
             frame = FRAME_CHUNKED if not cycle.http10 else FRAME_CLOSE
-        if frame == FRAME_CHUNKED:
-            out.append(b"Transfer-Encoding: chunked\r\n")
-        elif frame == FRAME_CLOSE:
+        if frame == FRAME_CLOSE:
             cycle.keep_alive = False
         if not cycle.keep_alive or cycle.conn.server.shutting_down:
             cycle.keep_alive = False
-            out.append(b"Connection: close\r\n\r\n")
+            end = _END_CLOSE
         elif cycle.http10:
-            out.append(b"Connection: keep-alive\r\n\r\n")
+            end = _END_KEEP_ALIVE
         else:
-            out.append(_CRLF)
+            end = _END_PLAIN
+        lines = headers[0] if len(headers) == 1 else b"".join(headers)
+        request_id = cycle.request_id or b"-"  # set by _build_head, always
+        start = _STATUS_LINE_STARTS[status]
+        if length is not None:
+            head = b"".join(
+                (
+                    start,
+                    self._reason,
+                    _CRLF,
+                    lines,
+                    b"X-Request-Id: ",
+                    request_id,
+                    _LENGTH_NAME,
+                    length,
+                    _ENDS[end],
+                )
+            )
+        elif frame == FRAME_CHUNKED:
+            head = b"".join(
+                (start, self._reason, _CRLF, lines, b"X-Request-Id: ", request_id, _CHUNKED_ENDS[end])
+            )
+        else:
+            head = b"".join((start, self._reason, _CRLF, lines, b"X-Request-Id: ", request_id, _ENDS[end]))
+        out.append(head)
         self._frame = frame
         if cycle.is_head:
             # The parser is not told that a response to HEAD has no body: it is stopped here.

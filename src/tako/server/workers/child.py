@@ -32,7 +32,7 @@ from tako.server.observe.access_log import AccessFiles, AccessLog
 from tako.server.observe.traffic import TrafficSnapshot, traffic_snapshot
 from tako.server.proxy.backend import AppUnavailable, Snapshot
 from tako.server.proxy.cold_start import ColdStartQueue
-from tako.server.proxy.counters import InFlight, pick_next
+from tako.server.proxy.counters import InFlight, Rotation
 from tako.server.proxy.maintenance import MaintenanceAnswer
 from tako.server.proxy.server import ProxyServer, listen
 from tako.server.proxy.static_files import StaticMounts
@@ -89,12 +89,13 @@ class WorkerUpstream(InFlight):
         self.reported = (0, 0, 0)
 
 
-class WorkerGate:
-    """The proxy's `AppGate` in a worker; updated in place by each snapshot so cold-start waiters see it."""
+class WorkerGate(Rotation):
+    """The proxy's `AppGate` in a worker; updated in place by each snapshot so cold-start waiters see it
+    (`Rotation`: the instances in rotation, and the proxy's `pick` over them)."""
 
     def __init__(self, name: str, child: DataPlaneChild) -> None:
+        super().__init__()
         self.name = name
-        self.rotation: tuple[WorkerUpstream, ...] = ()
         self.stopped = False
         self.request_buffering = True
         self.compression = True
@@ -108,13 +109,8 @@ class WorkerGate:
         self.failure: AppUnavailable | None = None
         self.waking = False
         self._child = child
-        self._rr = 0
         self._changed = asyncio.Event()
         self._queue = ColdStartQueue()
-
-    def pick(self) -> WorkerUpstream | None:
-        self._rr, chosen = pick_next(self.rotation, self._rr)
-        return chosen
 
     async def wait_upstream(self) -> WorkerUpstream:
         config = self._child.config
