@@ -238,6 +238,36 @@ def test_the_connections_parse_in_c_only_when_the_parser_binding_is_current(tmp_
     )
 
 
+def test_the_parser_binding_runs_only_with_the_compiled_modules_it_calls(tmp_path: Path) -> None:
+    # The binding calls the connections through wire.pxd's method tables: built against other ones (wire.pxd
+    # edited), or with the modules running from source (client.py edited), it is not used.
+    _needs_build()
+    code = (
+        "import tako.server.proxy.compiled as c; c.select()\n"
+        "import tako.server.proxy.client as cl\n"
+        "print(c.mode() == 'compiled', cl._RequestParser.__module__)"
+    )
+    probe = _probe_in_a_copy(tmp_path, code)
+    assert probe().strip() == "True tako.server.proxy._http1"
+    proxy = tmp_path / "src" / "tako" / "server" / "proxy"
+    client = proxy / "client.py"
+    original = client.read_bytes()
+    client.write_bytes(original + b"# edited\n")
+    assert probe().strip() == "False tako.server.proxy.http1_parser"
+    client.write_bytes(original)
+    with (proxy / "wire.pxd").open("a") as fh:
+        fh.write("# edited\n")
+    assert probe().strip() == "False tako.server.proxy.http1_parser"
+    problem = "import tako.server.proxy.compiled as c; print(c.binding_problem(c.HTTP1_BINDING))"
+    stale = _probe_in_a_copy(tmp_path / "again", problem)
+    assert stale().strip() == "None"
+    with (tmp_path / "again" / "src" / "tako" / "server" / "proxy" / "wire.pxd").open("a") as fh:
+        fh.write("# edited\n")
+    assert stale().startswith(
+        "the HTTP/1.1 parser binding was compiled from an older _http1.pyx or wire.pxd; rebuild"
+    )
+
+
 def test_access_lines_are_formatted_in_c_only_when_their_binding_is_current(tmp_path: Path) -> None:
     # Where the binding is stale access_line.py's LineFormatter makes the lines (the same bytes).
     _needs_build()

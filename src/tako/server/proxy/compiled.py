@@ -102,7 +102,8 @@ def binding_problem(name: str = H2_BINDING) -> str | None:
     if built != current:
         # A development checkout edited after its build: the old binary would run silently.
         source, what = _BINDINGS[name]
-        return f"{what} was compiled from an older {Path(source).name}; {REBUILD}"
+        sources = " or ".join((Path(source).name, *_BINDING_DECLARATIONS.get(name, ())))
+        return f"{what} was compiled from an older {sources}; {REBUILD}"
     return None
 
 
