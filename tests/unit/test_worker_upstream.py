@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import cast
 
 from tako.server.apps.app import ManagedApp
-from tako.server.proxy.counters import InFlight, Rotation
+from tako.server.proxy.counters import Activity, InFlight, Rotation
 from tako.server.workers.child import DataPlaneChild, WorkerGate, WorkerUpstream
 
 
@@ -47,3 +47,28 @@ def test_a_rotation_goes_round_and_skips_to_the_less_busy_neighbour() -> None:
 
 def test_the_main_process_gate_is_a_rotation_too() -> None:
     assert issubclass(ManagedApp, Rotation) and issubclass(WorkerGate, Rotation)
+
+
+def test_an_instance_count_goes_into_its_apps_activity_and_reports_idle_only_when_asked() -> None:
+    """The main process's instances count in flight through the same compiled class, into their app's
+    `Activity` (idle scaling reads it); `idle` runs only while `report_idle` is set (an instance draining)."""
+    idles: list[int] = []
+
+    class Draining(InFlight):
+        def idle(self) -> None:
+            idles.append(self.inflight)
+
+    activity = Activity()
+    a, b = Draining(activity), Draining(activity)
+    a.request_started()
+    b.request_started()
+    assert (a.inflight, b.inflight, activity.inflight) == (1, 1, 2)
+    a.request_answered()
+    assert (a.inflight, a.answered, activity.inflight, idles) == (0, 1, 1, [])  # not asked: no call
+    b.report_idle = True
+    before = activity.last
+    b.request_finished()
+    assert (b.inflight, b.answered, activity.inflight, idles) == (0, 0, 0, [0])
+    assert activity.last >= before  # the app went idle now: its clock was read
+    b.request_finished()  # an extra finish never counts below zero
+    assert b.inflight == 0

@@ -19,19 +19,14 @@ from typing import Any
 from tako.config.server import AppSettings
 from tako.errors import InstanceFailed, TakoError
 from tako.server.apps.events import AppEvents
-from tako.server.apps.instance import (
-    LIVE,
-    Activity,
-    Instance,
-    InstanceState,
-)
+from tako.server.apps.instance import LIVE, Instance, InstanceState
 from tako.server.apps.logs import AppLog
 from tako.server.apps.maintenance import OFF, MaintenanceSetting, build_answer
 from tako.server.apps.release import Release, load_release
 from tako.server.apps.spawner import allocate_port
 from tako.server.proxy.backend import AppUnavailable
 from tako.server.proxy.cold_start import ColdStartQueue, app_stopped
-from tako.server.proxy.counters import Rotation
+from tako.server.proxy.counters import Activity, Rotation
 from tako.server.proxy.maintenance import MaintenanceAnswer
 from tako.server.proxy.static_files import StaticMounts
 

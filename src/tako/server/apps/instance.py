@@ -3,8 +3,8 @@
 An instance runs in its own session and its output goes through a log relay (relay.py), so it outlives
 tako-server; the next tako-server adopts it (`Instance.adopt`) and supervises it exactly like one it started.
 
-An instance implements the proxy's `Upstream`: `request_started/finished` count in-flight requests, which
-draining and idle stop wait on.
+An instance implements the proxy's `Upstream`: `request_started/finished` (proxy/counters.py, `InFlight`)
+count in-flight requests, which draining and idle stop wait on.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import logging
 import secrets
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -26,6 +25,7 @@ from tako.server.apps import health, spawner
 from tako.server.apps.events import AppEvents
 from tako.server.apps.logs import AppLog
 from tako.server.apps.release import Release
+from tako.server.proxy.counters import Activity, InFlight
 
 log = logging.getLogger("tako.server.apps")
 
@@ -45,18 +45,9 @@ class InstanceState(enum.Enum):
 LIVE = frozenset({InstanceState.STARTING, InstanceState.HEALTHY, InstanceState.UNHEALTHY})
 
 
-class Activity:
-    """App-wide request activity, shared by its instances (read by idle scaling)."""
-
-    __slots__ = ("inflight", "last")
-
-    def __init__(self) -> None:
-        self.inflight = 0
-        self.last = time.monotonic()
-
-
-class Instance:
-    """A process started from a release's start command, supervised until it stops or fails."""
+class Instance(InFlight):
+    """A process started from a release's start command, supervised until it stops or fails. `InFlight`
+    counts its requests in flight (and its app's `Activity`), compiled with the proxy."""
 
     def __init__(
         self,
@@ -71,12 +62,15 @@ class Instance:
         events: AppEvents | None = None,
         instance_id: str = "",
     ) -> None:
+        super().__init__(activity)
         self.id = instance_id or secrets.token_hex(4)
+        self.key = self.id  # the proxy's pool key, read per request: an attribute, not a property
+        # `answered` (InFlight) counts the requests it answered whole, through this process's proxy and the
+        # workers' (workers.ledger): what excuses a late health check (`_health_loop`).
         self.release = release
         self._port = port
         self._log_file = log_file
         self._settings = settings
-        self._activity = activity
         self._on_state = on_state
         self.restarts = restarts
         self._events = events or AppEvents()
@@ -89,10 +83,6 @@ class Instance:
         self.gone = False  # the leader has exited
         self.exit_status: int | None = None  # known only for tako-server's own children
         self.failure: str = ""
-        self.inflight = 0
-        # Requests it answered whole, through this process's proxy and the workers' (workers.ledger): what
-        # excuses a late health check (`_health_loop`).
-        self.answered = 0
         self.exited = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -104,10 +94,6 @@ class Instance:
         self._members: list[int] = []
 
     # -- Upstream (hot path: no logging, no awaits) --------------------------------------------------
-    @property
-    def key(self) -> str:
-        return self.id
-
     @property
     def host(self) -> str:
         return "127.0.0.1"
@@ -121,29 +107,12 @@ class Instance:
         """Its release's errors/50x.html (read with the release): used only when answering an error."""
         return self.release.pages.errors
 
-    # Per request in the main process (the ledger replays the workers' counts through them too): the idle
-    # event changes only when in-flight leaves or reaches zero, and the activity's clock is read only when the
-    # app's in-flight reaches zero, the only time idle scaling reads it. Both did so on every call before,
-    # half a microsecond per request.
-    def request_started(self) -> None:
-        self.inflight += 1
-        if self.inflight == 1:
-            self._idle.clear()
-        self._activity.inflight += 1
-
-    def request_finished(self) -> None:
-        self.inflight -= 1
-        act = self._activity
-        act.inflight -= 1
-        if act.inflight <= 0:
-            act.last = time.monotonic()
-        if self.inflight <= 0:
-            self.inflight = 0
-            self._idle.set()
-
-    def request_answered(self) -> None:
-        self.answered += 1
-        self.request_finished()
+    # In-flight counting is `InFlight`'s (compiled, no Python code per request): the app's activity clock
+    # is read only when the app's in-flight reaches zero, the only time idle scaling reads it, and the idle
+    # event is set from `idle` only while `drain` waits for it. The ledger replays the workers' counts
+    # through the same calls.
+    def idle(self) -> None:
+        self._idle.set()
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def set_state(self, new: InstanceState, reason: str = "") -> None:
@@ -331,6 +300,10 @@ class Instance:
         """Leave rotation and wait (at most `timeout`) for in-flight requests to finish."""
         if self.state in LIVE:
             self.set_state(InstanceState.DRAINING)
+        if self.inflight <= 0:
+            return
+        self._idle.clear()
+        self.report_idle = True  # `idle` sets the event when the last request in flight finishes
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
 

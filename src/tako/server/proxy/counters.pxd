@@ -32,14 +32,24 @@ cdef class RequestIds:
     cpdef bytes next(self)
 
 
+cdef class Activity:
+    cdef public Py_ssize_t inflight
+    cdef public double last
+
+
 cdef class InFlight:
+    cdef public Activity activity
     cdef public long long answered
     cdef public Py_ssize_t inflight
+    cdef public bint report_idle
     cdef public long long starts
 
+    @cython.locals(activity=Activity)
     cpdef request_started(self)
+    @cython.locals(activity=Activity)
     cpdef request_finished(self)
     cpdef request_answered(self)
+    cpdef idle(self)
 
 
 cdef class Rotation:

@@ -1,7 +1,8 @@
 """`AppCounters`: one app's traffic counters in one process, bumped by the client connection per request;
 `TrafficCounters`: every app's, by name; `RequestIds`: the counter behind the request ids this process
 makes (tako.server.observe.request_id says what an id is); `InFlight`: one instance's requests in flight
-in a data-plane worker; `Rotation`, an app's instances and the round robin over them.
+(in the main process counted into its app's `Activity` too); `Rotation`, an app's instances and the round
+robin over them.
 
 Compiled with Cython where possible, typed by counters.pxd (see compiled.py): the updates are C adds on
 struct fields and C calls from client.py. As a Python class called from compiled code, counting took 20 %
@@ -12,6 +13,7 @@ bench/proxy/hotpath.py). The snapshots readers use are built from these in tako.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 # Upper bounds in seconds: Prometheus' default histogram buckets.
@@ -143,28 +145,60 @@ class RequestIds:
         return bytes(text)
 
 
-class InFlight:
-    """One instance's requests in flight, started and answered in this process: the base of a data-plane
-    worker's upstreams (workers.child.WorkerUpstream). Compiled, the two calls the proxy makes per request
-    are C calls instead of two Python frames (about 700 machine instructions a request)."""
+class Activity:
+    """An app's requests in flight across its instances, and when it last had none: what idle scaling
+    reads in the main process (tako.server.apps.scaling). Its instances count into it (`InFlight`)."""
 
-    __slots__ = ("answered", "inflight", "starts")
+    __slots__ = ("inflight", "last")
 
     def __init__(self) -> None:
         self.inflight = 0
+        self.last = time.monotonic()
+
+
+class InFlight:
+    """One instance's requests in flight, started and answered in this process: the base of the main
+    process's instances (apps.instance.Instance, which also count into their app's `Activity`) and of a
+    data-plane worker's upstreams (workers.child.WorkerUpstream). Compiled, the two calls the proxy makes
+    per request are C calls instead of Python frames (about 700 machine instructions a request in a
+    worker; in the main process four frames, the instance's key among them, about 1,500). While
+    `report_idle` is set, `idle` is called when the count comes back to zero, for a subclass waiting for
+    that (an instance draining); otherwise counting runs no Python code at all."""
+
+    __slots__ = ("activity", "answered", "inflight", "report_idle", "starts")
+
+    def __init__(self, activity: Activity | None = None) -> None:
+        self.inflight = 0
         self.starts = 0  # cumulative, so the main process sees activity even if in-flight did not change
         self.answered = 0  # cumulative: requests it answered whole (health checks take it as a sign of life)
+        self.activity = activity
+        self.report_idle = False
 
     def request_started(self) -> None:
         self.inflight += 1
         self.starts += 1
+        activity = self.activity
+        if activity is not None:
+            activity.inflight += 1
 
     def request_finished(self) -> None:
         self.inflight -= 1
+        activity = self.activity
+        if activity is not None:
+            activity.inflight -= 1
+            if activity.inflight <= 0:
+                activity.last = time.monotonic()  # the clock is read only when the app goes idle
+        if self.inflight <= 0:
+            self.inflight = 0
+            if self.report_idle:
+                self.idle()
 
     def request_answered(self) -> None:
-        self.inflight -= 1
         self.answered += 1
+        self.request_finished()
+
+    def idle(self) -> None:
+        """No request in flight any more (called while `report_idle` is set): nothing here."""
 
 
 class Rotation:
