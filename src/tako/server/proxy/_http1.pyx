@@ -29,7 +29,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.stdint cimport int32_t, uint8_t, uint16_t
 from libc.string cimport memcpy
 
-from tako.server.proxy.wire cimport RequestSink, ResponseSink
+from tako.server.proxy.wire cimport MessageSink, RequestSink, ResponseSink
 
 from httptools import (
     HttpParserCallbackError,
@@ -252,9 +252,9 @@ cdef class _HeadParser:
     """What the request and the response parser share: llhttp, the header callbacks, the buffers."""
 
     cdef llhttp_t parser
-    # The protocol: a sink (called in C), or else its bound methods.
-    cdef RequestSink request_sink
-    cdef ResponseSink response_sink
+    # The protocol: a sink (a RequestSink or ResponseSink as `response` says, called in C), or else its
+    # bound methods.
+    cdef MessageSink sink
     cdef object on_message_begin
     cdef object on_head
     cdef object on_body
@@ -281,10 +281,8 @@ cdef class _HeadParser:
     cdef void _start(self, protocol, HeaderTable table, bint response):
         self.table = table
         self.response = response
-        if response and isinstance(protocol, ResponseSink):
-            self.response_sink = protocol
-        elif not response and isinstance(protocol, RequestSink):
-            self.request_sink = protocol
+        if isinstance(protocol, ResponseSink if response else RequestSink):
+            self.sink = protocol
         else:
             self.on_message_begin = protocol.on_message_begin
             self.on_head = protocol.on_head
@@ -368,10 +366,8 @@ cdef int _on_message_begin(llhttp_t *parser) noexcept:
     p.size = 0
     p.in_head = True
     try:
-        if p.request_sink is not None:
-            p.request_sink.on_message_begin()
-        elif p.response_sink is not None:
-            p.response_sink.on_message_begin()
+        if p.sink is not None:
+            p.sink.on_message_begin()
         else:
             p.on_message_begin()
     except BaseException as exc:
@@ -460,10 +456,10 @@ cdef int _on_headers_complete(llhttp_t *parser) noexcept:
         p.specials = None
         keep_alive = llhttp_should_keep_alive(parser) != 0
         upgrade = parser.upgrade != 0
-        if p.response_sink is not None:
-            p.response_sink.on_head(parser.status_code, url, keep_alive, upgrade, block, specials)
-        elif p.request_sink is not None:
-            p.request_sink.on_head(
+        if p.sink is not None and p.response:
+            (<ResponseSink>p.sink).on_head(parser.status_code, url, keep_alive, upgrade, block, specials)
+        elif p.sink is not None:
+            (<RequestSink>p.sink).on_head(
                 _method_name(parser.method),
                 url,
                 _version(parser.http_major, parser.http_minor),
@@ -499,10 +495,8 @@ cdef int _on_body(llhttp_t *parser, const char *at, size_t length) noexcept:
     cdef _HeadParser p = <_HeadParser>parser.data
     try:
         body = PyBytes_FromStringAndSize(at, length)
-        if p.request_sink is not None:
-            p.request_sink.on_body(body)
-        elif p.response_sink is not None:
-            p.response_sink.on_body(body)
+        if p.sink is not None:
+            p.sink.on_body(body)
         else:
             p.on_body(body)
     except BaseException as exc:
@@ -513,10 +507,8 @@ cdef int _on_body(llhttp_t *parser, const char *at, size_t length) noexcept:
 cdef int _on_message_complete(llhttp_t *parser) noexcept:
     cdef _HeadParser p = <_HeadParser>parser.data
     try:
-        if p.request_sink is not None:
-            p.request_sink.on_message_complete()
-        elif p.response_sink is not None:
-            p.response_sink.on_message_complete()
+        if p.sink is not None:
+            p.sink.on_message_complete()
         else:
             p.on_message_complete()
     except BaseException as exc:

@@ -86,7 +86,9 @@ cdef class ClientConnection(RequestSink):
     cpdef h2_body(self, bytes data)
     cpdef h2_end(self)
     cdef _h2_rejected(self)
-    @cython.locals(parts=list, pieces=list, request_id=bytes, block=bytes, host_header=bytes)
+    @cython.locals(
+        parts=list, pieces=list, request_id=bytes, host_header=bytes, forwarded=bytes, id_name=bytes
+    )
     cpdef bytes _build_head(self, RequestCycle cycle)
     @cython.locals(url=bytes, path=bytes, rotation=Rotation)
     cpdef _start(self, RequestCycle cycle)

@@ -802,32 +802,21 @@ class ClientConnection(RequestSink):
             # Most requests: their header lines as the client sent them (one piece, or none), then the
             # proxy's own, joined from a tuple of at most 10 pieces (CPython joins up to 10 without a heap
             # allocation) rather than a list grown piece by piece.
-            block = pieces[0] if pieces else b""
             host_header = cycle.host_header
-            if host_header is not None:
-                return b"".join(
-                    (
-                        cycle.method,
-                        b" ",
-                        cycle.url,
-                        b" HTTP/1.1\r\n",
-                        block,
-                        self.forwarded_for_host,
-                        host_header,
-                        b"\r\nX-Request-Id: ",
-                        request_id,
-                        b"\r\n\r\n",
-                    )
-                )
+            if host_header is None:
+                forwarded, host_header, id_name = self.forwarded_for, b"", b"X-Request-Id: "
+            else:
+                forwarded, id_name = self.forwarded_for_host, b"\r\nX-Request-Id: "
             return b"".join(
                 (
                     cycle.method,
                     b" ",
                     cycle.url,
                     b" HTTP/1.1\r\n",
-                    block,
-                    self.forwarded_for,
-                    b"X-Request-Id: ",
+                    pieces[0] if pieces else b"",
+                    forwarded,
+                    host_header,
+                    id_name,
                     request_id,
                     b"\r\n\r\n",
                 )

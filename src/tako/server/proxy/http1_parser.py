@@ -5,44 +5,21 @@ the same on httptools (which bundles the same llhttp).
 Both call their protocol once per message head, besides `on_message_begin`, `on_body` and
 `on_message_complete`: a request's `on_head(method, url, version, keep_alive, upgrade, block, specials,
 count, size)`, a response's `on_head(status, reason, keep_alive, upgrade, block, specials)` (see _http1.pyx
-for the arguments); and both raise httptools' errors. tests/unit/test_http1_parser.py holds the two to the
-same results.
+for the arguments; wire.py's `RequestSink` and `ResponseSink` declare the calls); and both raise
+httptools' errors. tests/unit/test_http1_parser.py holds the two to the same results.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Collection
-from typing import Any, Protocol
+from typing import Any
 
 import httptools
 
 from tako.server.proxy.compiled import HTTP1_BINDING, PURE_PYTHON_ENV, binding_problem, mode
 
 _CRLF = b"\r\n"
-
-
-class HeadProtocol(Protocol):
-    """What a request parser calls (a response parser: the same, with its own `on_head`)."""
-
-    def on_message_begin(self) -> None: ...
-
-    def on_head(
-        self,
-        method: bytes,
-        url: bytes,
-        version: str,
-        keep_alive: bool,
-        upgrade: bool,
-        block: bytes,
-        specials: list[Any],
-        count: int,
-        size: int,
-    ) -> None: ...
-
-    def on_body(self, body: bytes) -> None: ...
-
-    def on_message_complete(self) -> None: ...
 
 
 class HeaderTable:

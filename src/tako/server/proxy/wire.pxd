@@ -10,21 +10,21 @@ cdef class Writer:
 
 
 # The parsers' calls (_http1.pyx cimports these): the connections' own declarations must match.
-cdef class RequestSink(Receiver):
+cdef class MessageSink(Receiver):
     cpdef on_message_begin(self)
+    cpdef on_body(self, bytes body)
+    cpdef on_message_complete(self)
+
+
+cdef class RequestSink(MessageSink):
     cpdef on_head(
         self, bytes method, bytes url, str version, bint keep_alive, bint upgrade, bytes block, list specials,
         Py_ssize_t count, Py_ssize_t size
     )
-    cpdef on_body(self, bytes body)
-    cpdef on_message_complete(self)
 
 
-cdef class ResponseSink(Receiver):
-    cpdef on_message_begin(self)
+cdef class ResponseSink(MessageSink):
     cpdef on_head(self, int status, bytes reason, bint keep_alive, bint upgrade, bytes block, list specials)
-    cpdef on_body(self, bytes body)
-    cpdef on_message_complete(self)
 
 
 cdef class _ReceiverOf(Receiver):

@@ -39,13 +39,25 @@ class Writer:
         raise NotImplementedError
 
 
-class RequestSink(Receiver):
-    """What a request parser calls (_http1.pyx, http1_parser.py): the client connection."""
+class MessageSink(Receiver):
+    """What an HTTP/1.1 parser (_http1.pyx, http1_parser.py) calls besides a message's head."""
 
     __slots__ = ()
 
     def on_message_begin(self) -> None:
         raise NotImplementedError
+
+    def on_body(self, body: bytes) -> None:
+        raise NotImplementedError
+
+    def on_message_complete(self) -> None:
+        raise NotImplementedError
+
+
+class RequestSink(MessageSink):
+    """What a request parser calls: the client connection."""
+
+    __slots__ = ()
 
     def on_head(
         self,
@@ -61,30 +73,15 @@ class RequestSink(Receiver):
     ) -> None:
         raise NotImplementedError
 
-    def on_body(self, body: bytes) -> None:
-        raise NotImplementedError
 
-    def on_message_complete(self) -> None:
-        raise NotImplementedError
-
-
-class ResponseSink(Receiver):
+class ResponseSink(MessageSink):
     """What a response parser calls: an upstream connection."""
 
     __slots__ = ()
 
-    def on_message_begin(self) -> None:
-        raise NotImplementedError
-
     def on_head(
         self, status: int, reason: bytes, keep_alive: bool, upgrade: bool, block: bytes, specials: list[Any]
     ) -> None:
-        raise NotImplementedError
-
-    def on_body(self, body: bytes) -> None:
-        raise NotImplementedError
-
-    def on_message_complete(self) -> None:
         raise NotImplementedError
 
 
