@@ -90,8 +90,6 @@ def extensions() -> list[Extension]:
             **_NO_DEBUG_INFO,
         )
     )
-    # The plain transport's recv/send on the descriptor (libc only). Without it plain.py calls the socket's.
-    modules.append(_libc_binding(compiled.SOCKET_BINDING))
     # The HTTP/1.1 parsers: llhttp (the version httptools bundles, vendored in src/vendor/llhttp/, outside the
     # package) with their callbacks in C. Without it the proxy parses with httptools (http1_parser.py).
     llhttp = ROOT / "src" / "vendor" / "llhttp"

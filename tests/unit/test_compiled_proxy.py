@@ -111,7 +111,13 @@ def test_pure_python_on_request() -> None:
 
 
 @pytest.mark.parametrize(
-    ("module", "source"), [("client", "client.py"), ("tls", "tls.pxd"), ("h2.stream", "h2/stream.pxd")]
+    ("module", "source"),
+    [
+        ("client", "client.py"),
+        ("tls", "tls.pxd"),
+        ("h2.stream", "h2/stream.pxd"),
+        (", ".join(compiled.MODULES), "native.pxd"),  # compiled into the modules (native.py)
+    ],
 )
 def test_a_build_older_than_its_source_is_not_used(tmp_path: Path, module: str, source: str) -> None:
     _needs_build()
@@ -215,13 +221,6 @@ def test_the_tls_transport_uses_libssl_only_when_its_binding_is_current(tmp_path
         pytest.skip(f"the libssl binding is not built; run `{BUILD_COMMAND}` with libssl-dev")
     code = "import tako.server.proxy.tls as t; print(t._make_channel is not None)"
     assert _loaded_then_stale(tmp_path, compiled.TLS_BINDING, code) == ("True", "False")
-
-
-def test_the_plain_transport_calls_the_kernel_only_when_its_binding_is_current(tmp_path: Path) -> None:
-    # Where the binding is stale the transport reads and writes through the socket object (same behaviour).
-    _needs_build()
-    code = "import tako.server.proxy.plain as p; print(p._fd_recv is not None, p._fd_send is not None)"
-    assert _loaded_then_stale(tmp_path, compiled.SOCKET_BINDING, code) == ("True True", "False False")
 
 
 def test_the_connections_parse_in_c_only_when_the_parser_binding_is_current(tmp_path: Path) -> None:

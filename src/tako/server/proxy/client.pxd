@@ -2,6 +2,7 @@
 # per-request path makes. The .py file stays the source; these only take effect when it is compiled.
 cimport cython
 
+from tako.server.proxy cimport native
 from tako.server.proxy.access_line cimport AccessLog
 from tako.server.proxy.counters cimport AppCounters, InFlight, RequestIds, Rotation
 from tako.server.proxy.cycle cimport RequestCycle
@@ -72,6 +73,7 @@ cdef class ClientConnection(RequestSink):
 
     cpdef data_received(self, data)
     cpdef on_message_begin(self)
+    @cython.locals(i=Py_ssize_t)
     cpdef on_head(
         self, bytes method, bytes url, str version, bint keep_alive, bint upgrade, bytes block, list specials,
         Py_ssize_t count, Py_ssize_t size

@@ -42,17 +42,18 @@ MODULES = (
     "h2.stream",
     "h2.connection",
 )
+# Declarations compiled into the modules without being one: native.pxd's inline C functions (native.py is
+# what runs where the modules do not). Part of every module's source hash.
+SHARED_DECLARATIONS = ("native.pxd",)
 MANIFEST = "compiled.json"
 H2_BINDING = "h2._nghttp2"  # its key in the manifest; built from h2/_nghttp2.pyx
 TLS_BINDING = "_libssl"  # the TLS transport's libssl calls, from _libssl.pyx (else tls.py calls _ssl)
-SOCKET_BINDING = "_sockio"  # plain.py's recv/send on the descriptor, from _sockio.pyx (else the socket's)
 HTTP1_BINDING = "_http1"  # client.py's request parser, from _http1.pyx (else http1_parser.py's, httptools)
 ACCESS_BINDING = "_access_lines"  # access lines, from _access_lines.pyx (else access_line.LineFormatter)
 # What each binding is built from, and what it is called in messages.
 _BINDINGS = {
     H2_BINDING: ("h2/_nghttp2.pyx", "the HTTP/2 binding"),
     TLS_BINDING: ("_libssl.pyx", "the libssl binding"),
-    SOCKET_BINDING: ("_sockio.pyx", "the socket binding"),
     HTTP1_BINDING: ("_http1.pyx", "the HTTP/1.1 parser binding"),
     ACCESS_BINDING: ("_access_lines.pyx", "the access line binding"),
 }
@@ -73,10 +74,12 @@ def module_file(directory: Path, name: str, suffix: str) -> Path:
 
 
 def source_hash(directory: Path, name: str) -> str:
-    """The hash a compiled module is built from: its .py and .pxd files."""
+    """The hash a compiled module is built from: its .py and .pxd files, and SHARED_DECLARATIONS."""
     digest = hashlib.sha256()
     for suffix in (".py", ".pxd"):
         digest.update(module_file(directory, name, suffix).read_bytes())
+    for shared in SHARED_DECLARATIONS:
+        digest.update((directory / shared).read_bytes())
     return digest.hexdigest()
 
 

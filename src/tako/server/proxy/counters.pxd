@@ -2,6 +2,8 @@
 # and the calls client.py makes per request C calls. The .py file stays the source.
 cimport cython
 
+from tako.server.proxy cimport native
+
 
 cdef class AppCounters:
     cdef public long long bytes_in

@@ -16,6 +16,8 @@ import os
 import time
 from typing import Any
 
+from tako.server.proxy import native
+
 # Upper bounds in seconds: Prometheus' default histogram buckets.
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -128,21 +130,22 @@ class RequestIds:
 
     def next(self) -> bytes:
         # The counter is counted up in its hex digits in place, and the id is a copy of them: compiled, a
-        # few C operations on the bytearray where formatting a new number took 1,000 instructions.
+        # few C operations on the bytearray where formatting a new number took 1,000 instructions (and
+        # native.copy where `bytes(text)`, a type call, took 600).
         text = self._text
         i = len(text) - 1
         while i >= self._start:
             digit = text[i]
             if digit == 57:  # "9"
                 text[i] = 97  # "a"
-                return bytes(text)
+                return native.copy(text)
             if digit != 102:  # "f"
                 text[i] = digit + 1
-                return bytes(text)
+                return native.copy(text)
             text[i] = 48  # "0", carried into the next digit
             i -= 1
         text.insert(self._start, 49)  # "1": one digit more
-        return bytes(text)
+        return native.copy(text)
 
 
 class Activity:

@@ -1,7 +1,11 @@
 # Cython declarations for plain.py (see docs/proxy.md, "Compiled hot path"): C types for the transport's
 # state and its internal calls. The .py file stays the source; these only take effect when it is compiled.
 
+from tako.server.proxy cimport native
 from tako.server.proxy.wire cimport Receiver, Writer
+
+
+cdef bytearray _RECV_BUFFER
 
 
 cdef class PlainTransport(Writer):

@@ -11,9 +11,9 @@ requests on established connections: p99 3.3 s against nginx's 0.4-0.9 s. Here t
 has arrived: `read_now`; the connect's own callback), and reads and writes run in readiness callbacks, as
 `tls.TLSTransport` does for HTTPS.
 
-Where the compiled `_sockio` binding is loaded, reads and writes call `recv`/`send` on the descriptor
-directly, as the loop's transport does from C; elsewhere (TAKO_PURE_PYTHON=1, no compiler, a stale build)
-they go through the socket object, with the same behaviour.
+Reads and writes are `native.recv`/`native.send` on the descriptor: compiled, `recv`/`send` called from C
+with the GIL held (the socket is non-blocking, so neither waits), as the loop's transport does; in Python
+(TAKO_PURE_PYTHON=1, no compiler, a stale build) `os.read`/`os.write`, with the same behaviour.
 
 It is one of the compiled modules (compiled.py; `plain.pxd` types its attributes and internal calls), so
 an extension type, not a subclass of `asyncio.Transport`: it is a transport by its methods, the ones the
@@ -27,41 +27,23 @@ follows on the next loop turn.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, cast
 
-from tako.server.proxy.compiled import PURE_PYTHON_ENV, SOCKET_BINDING, binding_problem
+from tako.server.proxy import native
 from tako.server.proxy.wire import Writer, as_receiver
 
 # One read takes at most this much. Every connection of the process reads into this one buffer and copies
-# out what it got: `recv(n)` would allocate n bytes per call and shrink them (glibc's _int_malloc was 10%
-# of a data-plane worker's CPU that way, see tls.py). One callback runs at a time, so it is never shared
-# mid-read.
+# out what it got (native.recv): `recv(n)` would allocate n bytes per call and shrink them (glibc's
+# _int_malloc was 10% of a data-plane worker's CPU that way, see tls.py). One callback runs at a time, so it
+# is never shared mid-read.
 RECV_SIZE = 65536
 _RECV_BUFFER = bytearray(RECV_SIZE)
-_RECV_VIEW = memoryview(_RECV_BUFFER)
 HIGH_WATER = 64 * 1024  # pause the protocol's writing above this many buffered bytes
 LOW_WATER = 16 * 1024  # and resume it at or below this
 
 _FAILED = (OSError, ValueError)  # ValueError: the socket object is already closed
-
-
-def _binding() -> tuple[Callable[[int], bytes | None], Callable[[int, Any], int]] | None:
-    """`_sockio`'s recv and send where the binding is wanted, current and loads; else None."""
-    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0") or binding_problem(SOCKET_BINDING) is not None:
-        return None
-    try:
-        from tako.server.proxy._sockio import recv, send
-    except ImportError:
-        return None
-    return recv, send
-
-
-_calls = _binding()
-_fd_recv = None if _calls is None else _calls[0]
-_fd_send = None if _calls is None else _calls[1]
 
 
 def as_transport(transport: PlainTransport) -> asyncio.Transport:
@@ -150,20 +132,15 @@ class PlainTransport(Writer):
 
     def _read(self) -> None:
         try:
-            if _fd_recv is not None:
-                data = _fd_recv(self._fd)
-                if data is None:
-                    return
-            else:
-                data = _RECV_VIEW[: self._sock.recv_into(_RECV_BUFFER)].tobytes()
-        except (BlockingIOError, InterruptedError):
-            return
+            data = native.recv(self._fd, _RECV_BUFFER)
         except _FAILED as exc:
             self._destroy(exc)
             return
         if data:
             self._receiver.data_received(data)
             return
+        if data is None:
+            return  # nothing there yet
         # The peer will send nothing more.
         self._reading = False
         self._update_reader()
@@ -195,8 +172,6 @@ class PlainTransport(Writer):
             return
         try:
             sent = self._send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
         except _FAILED as exc:
             self._destroy(exc)
             return
@@ -215,9 +190,6 @@ class PlainTransport(Writer):
         data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
         try:
             sent = self._send(data)
-        except (BlockingIOError, InterruptedError):
-            self._buffer = [data]
-            return
         except _FAILED as exc:
             self._destroy(exc)
             return
@@ -238,10 +210,8 @@ class PlainTransport(Writer):
             self._protocol.resume_writing()
 
     def _send(self, data: bytes | bytearray | memoryview) -> int:
-        """Bytes of `data` the socket took (0 when full: `_sockio`; BlockingIOError: the socket object)."""
-        if _fd_send is not None:
-            return _fd_send(self._fd, data)
-        return self._sock.send(data)
+        """Bytes of `data` the socket took (0 when it is full)."""
+        return native.send(self._fd, data)
 
     def _check_high_water(self) -> None:
         if not self._write_paused and self._buffer_size > self._high_water:

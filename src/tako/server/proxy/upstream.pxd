@@ -2,6 +2,7 @@
 # per-request path makes. The .py file stays the source; these only take effect when it is compiled.
 cimport cython
 
+from tako.server.proxy cimport native
 from tako.server.proxy.client cimport ClientConnection
 from tako.server.proxy.cycle cimport RequestCycle
 from tako.server.proxy.h2.stream cimport StreamTransport
@@ -59,6 +60,7 @@ cdef class UpstreamConnection(ResponseSink):
     cdef public bint write_paused
     cdef public Writer writer
 
+    @cython.locals(out=list)
     cpdef data_received(self, data)
     cpdef on_message_begin(self)
     cpdef on_body(self, bytes body)
@@ -71,7 +73,7 @@ cdef class UpstreamConnection(ResponseSink):
     cpdef _finish_response(self, RequestCycle cycle)
     cdef _parser_stopped(self, RequestCycle cycle, list out)
     @cython.locals(
-        kind=int, value=bytes, lvalue=bytes, token=bytes, headers=list, frame=int, end=int, length=bytes,
+        i=Py_ssize_t, kind=int, value=bytes, lvalue=bytes, token=bytes, headers=list, frame=int, end=int, length=bytes,
         lines=bytes, request_id=bytes, start=bytes, head=bytes
     )
     cpdef on_head(
