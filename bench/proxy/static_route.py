@@ -12,12 +12,12 @@ from tako.server.proxy.counters import InFlight, Rotation
 class StaticUpstream(InFlight):
     """As a data-plane worker's `WorkerUpstream`: the compiled in-flight counts, an address."""
 
-    key = "bench"
     host = "127.0.0.1"
     error_pages: dict[int, bytes] = {}
 
     def __init__(self, port: int) -> None:
         super().__init__()
+        self.key = "bench"  # InFlight's field
         self.port = port
 
 

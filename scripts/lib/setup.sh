@@ -16,6 +16,7 @@ TAKO_PACKAGES=(
   "setcap:libcap2-bin"
   "prometheus:prometheus"  # the e2e test of /metrics scrapes with a real Prometheus
   "h2load:nghttp2-client"  # a real HTTP/2 client in the HTTP/2 tests and bench/http2
+  "ccache:ccache"  # the proxy's C, compiled once for its three builds in a test run (use_compiler_cache)
 )
 
 ensure_packages() {
@@ -69,7 +70,19 @@ ensure_venv() {
     if [ -f sdk/pyproject.toml ]; then .venv/bin/pip install -q -e sdk; fi
     echo "$want" >"$stamp"
   fi
+  use_compiler_cache
   build_compiled_proxy
+}
+
+use_compiler_cache() {
+  # A test run compiles the same C three times: in place (build_compiled_proxy), in the testbed's tako
+  # wheel, and in the wheel `tako servers upgrade` builds (tests/e2e/test_server_upgrade.py). ccache's
+  # directory of compiler names, first on the PATH of everything these scripts start, compiles it once:
+  # the later builds run the same steps and get the same objects from the cache.
+  if [ -d /usr/lib/ccache ]; then
+    export PATH="/usr/lib/ccache:$PATH"
+    export CCACHE_DIR="${CCACHE_DIR:-/var/tmp/tako-ccache}"
+  fi
 }
 
 build_compiled_proxy() {

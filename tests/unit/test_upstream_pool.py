@@ -7,14 +7,6 @@ from typing import Any
 from tako.server.proxy.upstream import POOL_IDLE_SECONDS, SWEEP_CLOSE_MAX, UpstreamConnection, UpstreamPool
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def time(self) -> float:
-        return self.now
-
-
 class _Transport:
     """Records close(), all the pool's use of a connection's transport."""
 
@@ -25,8 +17,8 @@ class _Transport:
         self.closed = True
 
 
-def _pool(clock: _Clock) -> UpstreamPool:
-    loop: Any = clock
+def _pool() -> UpstreamPool:
+    loop: Any = None  # the pool never uses its loop for idle connections
     return UpstreamPool("app/1", "127.0.0.1", 8000, loop)
 
 
@@ -39,21 +31,22 @@ def _connections(pool: UpstreamPool, n: int) -> list[UpstreamConnection]:
     return conns
 
 
-def _release(pool: UpstreamPool, conns: list[UpstreamConnection]) -> None:
+def _release(pool: UpstreamPool, conns: list[UpstreamConnection], at: float = 0.0) -> None:
+    """Release each connection, as if at time `at` (the sweep compares these stamps with its `now`)."""
     for conn in conns:
         pool.release(conn)
+        if not conn.closed:
+            conn.idle_since = at
 
 
 def test_sweep_closes_stale_connections_a_few_per_sweep_oldest_first() -> None:
     # Closing thousands of connections in one loop turn stalls every request in flight; a burst's
     # leftovers go over several sweeps instead.
-    clock = _Clock()
-    pool = _pool(clock)
+    pool = _pool()
     old = _connections(pool, 2 * SWEEP_CLOSE_MAX + 10)
-    _release(pool, old)
-    clock.now = 1.0
+    _release(pool, old, at=0.0)
     recent = _connections(pool, 5)
-    _release(pool, recent)
+    _release(pool, recent, at=1.0)
 
     sweep_at = POOL_IDLE_SECONDS + 0.5  # the first batch is stale, the second is not
     pool.sweep(sweep_at)
@@ -68,8 +61,7 @@ def test_sweep_closes_stale_connections_a_few_per_sweep_oldest_first() -> None:
 
 def test_a_pool_keeps_every_connection_a_burst_released() -> None:
     # The count cap is far above any burst; the sweep is what bounds a pool.
-    clock = _Clock()
-    pool = _pool(clock)
+    pool = _pool()
     burst = _connections(pool, 5000)
     _release(pool, burst)
     assert len(pool.idle) == 5000
@@ -79,7 +71,7 @@ def test_a_pool_keeps_every_connection_a_burst_released() -> None:
 def test_release_takes_back_only_connections_in_step_with_the_app() -> None:
     # A connection whose last request was not sent whole (a body announced but not all sent) would have
     # the next request read by the app as the rest of that body: it is closed, never pooled.
-    pool = _pool(_Clock())
+    pool = _pool()
     short, whole = _connections(pool, 2)
     short.request_complete = False
     _release(pool, [short, whole])

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from tako.server.proxy import native
 from tako.server.proxy.compiled import ACCESS_BINDING, PURE_PYTHON_ENV, binding_problem
 
 FLUSH_INTERVAL = 0.1  # seconds a line waits at most before it is written
@@ -93,7 +94,7 @@ class AccessLog:
         if not entries:
             return
         self._entries = []
-        wall = time.time() - self._loop.time()  # loop time -> UNIX time
+        wall = time.time() - native.now()  # the stamps' clock (native.now) -> UNIX time
         self._sink(self._formatter.format(entries, wall))
 
     def close(self) -> None:
@@ -114,11 +115,11 @@ class LineFormatter:
         self.tails: dict[Any, str] = {}  # (instance, client, tls, websocket) -> the line's end
 
     def format(self, entries: list[Any], wall: float) -> Batch:
-        """The entries as JSON lines by app (`wall` turns loop time into UNIX time), each app's lines one
-        bytes object ending with a newline. One loop that calls no Python function per line while nothing is
-        new (a call per line cost 40% more as plain Python): the parts that repeat are looked up; only the
-        target and the request id are checked, and escaped when they hold anything but printable ASCII
-        without quotes or backslashes."""
+        """The entries as JSON lines by app (`wall` turns native.now() stamps into UNIX time), each app's
+        lines one bytes object ending with a newline. One loop that calls no Python function per line while
+        nothing is new (a call per line cost 40% more as plain Python): the parts that repeat are looked up;
+        only the target and the request id are checked, and escaped when they hold anything but printable
+        ASCII without quotes or backslashes."""
         lines: dict[str, list[str]] = {}
         heads, tails, query = self.heads, self.tails, self.query
         for entry in entries:

@@ -5,7 +5,7 @@ cimport cython
 from tako.server.proxy cimport native
 from tako.server.proxy.access_line cimport AccessLog
 from tako.server.proxy.counters cimport AppCounters, InFlight, RequestIds, Rotation
-from tako.server.proxy.cycle cimport RequestCycle
+from tako.server.proxy.cycle cimport RequestCycle, ServerFields
 from tako.server.proxy.upstream cimport UpstreamConnection, UpstreamPool
 from tako.server.proxy.wire cimport RequestSink, Writer
 
@@ -42,7 +42,6 @@ cdef class ClientConnection(RequestSink):
     cdef public str last_host
     cdef public bytes last_host_header
     cdef public object loop
-    cdef object clock
     cdef public object max_body
     cdef public Py_ssize_t max_header_bytes
     cdef public Py_ssize_t max_headers
@@ -59,7 +58,7 @@ cdef class ClientConnection(RequestSink):
     cdef public object route_router
     cdef public double response_timeout
     cdef public double send_deadline
-    cdef public object server
+    cdef public ServerFields server
     cdef public bint starting
     cdef public bint tls
     cdef public object traffic

@@ -163,6 +163,8 @@ class ConnectionHost(Protocol):
     @property
     def snapshot(self) -> Snapshot: ...
     @property
+    def router(self) -> Router: ...  # the snapshot's
+    @property
     def connections(self) -> set[ClientConnection]: ...
     @property
     def pools(self) -> dict[str, UpstreamPool]: ...
@@ -201,7 +203,6 @@ class ClientConnection(RequestSink):
         "broken",
         "buffer_bodies",
         "client_ip",
-        "clock",
         "closed",
         "cycle",
         "deadline",
@@ -252,9 +253,6 @@ class ClientConnection(RequestSink):
     def __init__(self, server: ConnectionHost, tls: bool, forward: bool) -> None:
         self.server = server
         self.loop = server.loop
-        # The loop's clock, its bound method kept: a call without a method lookup, half a dozen times per
-        # request (about 80 machine instructions each).
-        self.clock = server.loop.time
         self.tls = tls
         self.forward = forward  # forward requests (HTTPS, or a plain listener started with forward=True)
         settings = server.settings
@@ -330,7 +328,7 @@ class ClientConnection(RequestSink):
         self.server.connections.add(self)
         # Responses up to this size are taken from the instance at once (see pause_writing).
         self.transport.set_write_buffer_limits(high=self.server.settings.response_buffer_bytes)
-        self.deadline = self.clock() + self.header_timeout
+        self.deadline = native.now() + self.header_timeout
         self.deadline_kind = _DEADLINE_HEADER
         if self.server.shutting_down:
             self.transport.close()
@@ -384,7 +382,7 @@ class ClientConnection(RequestSink):
         # of what it asked for, neither the instance is read nor further requests from the client (which
         # would each add a response to the buffer), and the send deadline drops a client that never reads.
         self.write_paused = True
-        self.send_deadline = self.clock() + self.keepalive_timeout
+        self.send_deadline = native.now() + self.keepalive_timeout
         if self.tunnel is None:
             self.pause(PAUSE_WRITE)
         cycle = self.cycle
@@ -446,7 +444,7 @@ class ClientConnection(RequestSink):
             elif parsing is not None and not self.deadline_kind:
                 # A request head is still incomplete: the header timeout runs from the read it began in.
                 # (Armed here rather than in on_message_begin: most heads complete within one read.)
-                self.deadline = self.clock() + self.header_timeout
+                self.deadline = native.now() + self.header_timeout
                 self.deadline_kind = _DEADLINE_HEADER
 
     def _feed_in_slices(self, data: bytes) -> None:
@@ -489,7 +487,7 @@ class ClientConnection(RequestSink):
         if self.broken:
             raise _Reject
         cycle = self.parsing = RequestCycle(self)
-        cycle.started = self.clock()
+        cycle.started = native.now()
         if self.deadline_kind:
             # The header deadline of a new connection, or the keep-alive deadline armed earlier in this
             # read: a request has begun (data_received arms the header deadline if its head is incomplete).
@@ -601,7 +599,7 @@ class ClientConnection(RequestSink):
             cycle.body_done = True  # nothing more to read for this request: answering it may start now
         cycle.head = self._build_head(cycle)
         if not cycle.body_done:
-            self.deadline = self.clock() + self.body_window
+            self.deadline = native.now() + self.body_window
             self.deadline_kind = _DEADLINE_BODY
             self.body_mark = 0
             self.paused_in_window = False
@@ -875,7 +873,7 @@ class ClientConnection(RequestSink):
             # A connection's requests usually repeat its host, whose routes are usually the same for
             # every path: then the router (immutable, replaced with the snapshot) is asked once per
             # connection and snapshot rather than per request (three Python frames in tako-server).
-            router = server.snapshot.router
+            router = server.router
             if router is not self.route_router or host != self.route_host:
                 # The first request for this host under this router: matched. The question is asked on
                 # the second, so that an HTTP/2 stream (a connection object of its own) never pays for it.
@@ -978,7 +976,7 @@ class ClientConnection(RequestSink):
         if cycle.buffering:
             # The whole body is here: an instance that stops taking it is as late as one that does not
             # answer, so the response timeout covers the sending too (re-armed when the last byte is sent).
-            uconn.deadline = self.clock() + self.response_timeout
+            uconn.deadline = native.now() + self.response_timeout
             transport.writelines([cycle.head, *chunks])
             body.rewind()
             self.pump_body(cycle)
@@ -1032,7 +1030,7 @@ class ClientConnection(RequestSink):
                 )
                 self._respond(cycle, data)
             return
-        if host is not None and server.snapshot.router.is_routed_host(host):
+        if host is not None and server.router.is_routed_host(host):
             location = b"https://" + host.encode("ascii", "replace") + server.https_suffix + cycle.url
             keep_method = cycle.method != b"GET" and not cycle.is_head
             data = responses.redirect(location, keep_method=keep_method, close=close, head_only=cycle.is_head)
@@ -1065,12 +1063,13 @@ class ClientConnection(RequestSink):
         self._use_upstream(cycle, upstream)
 
     def _use_upstream(self, cycle: RequestCycle, upstream: Upstream) -> None:
-        key = cycle.instance = upstream.key
         cycle.upstream = upstream
         if isinstance(upstream, InFlight):
-            flight = upstream  # a data-plane worker's instance: compiled, a C call (counters.py)
+            flight = upstream  # tako-server's instances: compiled, a C field and a C call (counters.py)
+            key = cycle.instance = flight.key
             flight.request_started()
         else:
+            key = cycle.instance = upstream.key
             upstream.request_started()
         # The server's pools read here, a C dict lookup when compiled; `pool_for` (a Python call) only
         # makes a new pool. The dict is the server's for good (changed in place).
@@ -1092,7 +1091,7 @@ class ClientConnection(RequestSink):
         server = self.server
         if pool.family:
             # Keeps a pool whose connections are all busy from being dropped.
-            pool.last_used = self.clock()
+            pool.last_used = native.now()
             PendingConnect(self, cycle, pool, server.settings.upstream_connect_timeout)
         else:
             server.spawn(self._connect(cycle, pool))
@@ -1125,7 +1124,7 @@ class ClientConnection(RequestSink):
         """The whole request is on its way to the instance: the response timeout starts now."""
         uconn = cycle.uconn
         if uconn is not None and not cycle.response_started:
-            now = cycle.sent_at = self.clock()
+            now = cycle.sent_at = native.now()
             uconn.deadline = now + self.response_timeout
 
     def upstream_failed(self, cycle: RequestCycle, *, retryable: bool, bad_response: bool = False) -> None:
@@ -1212,7 +1211,7 @@ class ClientConnection(RequestSink):
         cycle.uconn = None
         if self.pause_mask & PAUSE_UPSTREAM:
             self.resume(PAUSE_UPSTREAM)
-        now = 0.0  # the loop's time once read, for the keep-alive deadline below
+        now = 0.0  # the clock (native.now) once read, for the keep-alive deadline below
         if cycle.counters is not None:
             now = self._count(cycle, cycle.status)
         upstream = cycle.upstream  # still set: the instance's response, passed on whole (errors clear it)
@@ -1241,18 +1240,18 @@ class ClientConnection(RequestSink):
         if self.parsing is None and not self.broken:
             # _idle, inline: wait for the next request.
             if now == 0.0:
-                now = self.clock()
+                now = native.now()
             self.deadline = now + self.keepalive_timeout
             self.deadline_kind = _DEADLINE_KEEPALIVE
 
     def _count(self, cycle: RequestCycle, status: int) -> float:
         """The request is over (its response complete, its tunnel closed, or its client gone): count it in
         its app's counters and queue its access log line (written in batches, see access_line). Returns the
-        loop's time it read."""
+        clock reading it took."""
         counters = cycle.counters
         assert counters is not None
         cycle.counters = None
-        now = self.clock()
+        now = native.now()
         counters.in_flight -= 1
         sent_at = cycle.sent_at
         bytes_in = cycle.header_bytes + cycle.body_received + cycle.tunnel_in
@@ -1300,7 +1299,7 @@ class ClientConnection(RequestSink):
 
     def _idle(self) -> None:
         if not self.broken:
-            self.deadline = self.clock() + self.keepalive_timeout
+            self.deadline = native.now() + self.keepalive_timeout
             self.deadline_kind = _DEADLINE_KEEPALIVE
 
     # -- upgrades -------------------------------------------------------------------------------------
@@ -1335,7 +1334,7 @@ class ClientConnection(RequestSink):
         if buffered:
             uconn.transport.writelines(buffered)
         if self.tunnel_timeout:
-            self.deadline = self.clock() + self.tunnel_timeout
+            self.deadline = native.now() + self.tunnel_timeout
             self.deadline_kind = _DEADLINE_TUNNEL
         else:
             self.deadline = 0.0
@@ -1425,17 +1424,17 @@ class ClientConnection(RequestSink):
                 # order) during the window: the client is not to blame. Next window.
                 self.body_mark = received
                 self.paused_in_window = bool(self.pause_mask)
-                self.deadline = self.clock() + self.body_window
+                self.deadline = native.now() + self.body_window
                 return
         if self.pause_mask and not self.broken and kind == _DEADLINE_HEADER:
             # The proxy itself stopped reading (flow control, or requests answered in order): the client is
             # not late. What bounds such a pause is the response or send deadline of what it waits for.
-            self.deadline = self.clock() + self.header_timeout
+            self.deadline = native.now() + self.header_timeout
             return
         if kind == _DEADLINE_TUNNEL:
             if self.tunnel_active:
                 self.tunnel_active = False
-                self.deadline = self.clock() + self.tunnel_timeout
+                self.deadline = native.now() + self.tunnel_timeout
                 return
             self.deadline = 0.0
             self.deadline_kind = 0
@@ -1466,7 +1465,7 @@ class ClientConnection(RequestSink):
         self.pause_mask = 0
         self.held = None
         self.transport.resume_reading()
-        self.deadline = self.clock() + LINGER_SECONDS
+        self.deadline = native.now() + LINGER_SECONDS
         self.deadline_kind = _DEADLINE_LINGER
 
     def abort(self) -> None:

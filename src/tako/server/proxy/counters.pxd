@@ -43,6 +43,7 @@ cdef class InFlight:
     cdef public Activity activity
     cdef public long long answered
     cdef public Py_ssize_t inflight
+    cdef public str key
     cdef public bint report_idle
     cdef public long long starts
 

@@ -168,9 +168,10 @@ class InFlight:
     `report_idle` is set, `idle` is called when the count comes back to zero, for a subclass waiting for
     that (an instance draining); otherwise counting runs no Python code at all."""
 
-    __slots__ = ("activity", "answered", "inflight", "report_idle", "starts")
+    __slots__ = ("activity", "answered", "inflight", "key", "report_idle", "starts")
 
     def __init__(self, activity: Activity | None = None) -> None:
+        self.key = ""  # the proxy's pool key (a subclass sets it): read per request, a C field compiled
         self.inflight = 0
         self.starts = 0  # cumulative, so the main process sees activity even if in-flight did not change
         self.answered = 0  # cumulative: requests it answered whole (health checks take it as a sign of life)

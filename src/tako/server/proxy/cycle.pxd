@@ -6,6 +6,12 @@ from tako.server.proxy.counters cimport AppCounters
 from tako.server.proxy.upstream cimport UpstreamConnection
 
 
+cdef class ServerFields:
+    cdef public object router
+    cdef public bint shutting_down
+    cdef public object snapshot
+
+
 cdef class RequestCycle:
     cdef public bytes accept_encoding
     cdef public object body

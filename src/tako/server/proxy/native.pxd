@@ -8,6 +8,7 @@ from cpython.sequence cimport PySequence_Fast_ITEMS
 from cpython.exc cimport PyErr_SetFromErrno
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.string cimport memcpy
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 
 cdef extern from "Python.h":
@@ -21,6 +22,12 @@ cdef extern from "sys/socket.h" nogil:
     ssize_t c_recv "recv" (int fd, void *buf, size_t n, int flags)
     ssize_t c_send "send" (int fd, const void *buf, size_t n, int flags)
     int MSG_NOSIGNAL
+
+
+cdef inline double now():
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
 cdef inline bytes _concat(object pieces, Py_ssize_t n):

@@ -13,7 +13,12 @@ a separate binding module about 200 before it does anything.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
+
+# Seconds on the monotonic clock (CLOCK_MONOTONIC, as the loop's `time()` reads it, to the nanosecond
+# rather than the loop turn's millisecond): the proxy's request stamps and connection deadlines.
+now = time.monotonic
 
 
 def join(pieces: tuple[bytes, ...]) -> bytes:

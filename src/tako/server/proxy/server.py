@@ -18,13 +18,14 @@ from typing import Any, cast
 
 from tako.config.server import ProxySettings
 from tako.routing import normalise_host
-from tako.server.proxy import h2, tls
+from tako.server.proxy import h2, native, tls
 from tako.server.proxy.access_line import AccessLog
 from tako.server.proxy.backend import ServerServices, Snapshot, Upstream
 from tako.server.proxy.body_buffer import BodyBuffer, default_directory
 from tako.server.proxy.client import _DEADLINE_HEADER as DEADLINE_HEADER
 from tako.server.proxy.client import ClientConnection
 from tako.server.proxy.counters import RequestIds, TrafficCounters
+from tako.server.proxy.cycle import ServerFields
 from tako.server.proxy.plain import PlainTransport
 from tako.server.proxy.upstream import UpstreamConnection, UpstreamPool
 from tako.server.tls.certstore import CertStore
@@ -48,7 +49,7 @@ class _Listener:
         self.port: int = sock.getsockname()[1]
 
 
-class ProxyServer:
+class ProxyServer(ServerFields):
     """The HTTP and HTTPS listeners of tako-server and everything they share."""
 
     def __init__(
@@ -73,11 +74,10 @@ class ProxyServer:
         self.body_dir = body_dir if body_dir is not None else default_directory()
         self.services = services
         self.certs = certs
-        self.snapshot = snapshot
+        super().__init__(snapshot)  # the snapshot and `shutting_down`, read per request (cycle.ServerFields)
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
         self.pools: dict[str, UpstreamPool] = {}
-        self.shutting_down = False
         self._redirect_port = https_redirect_port
         self._reuse_port = reuse_port  # several worker processes sharing the listening ports
         self.https_suffix = b"" if https_redirect_port in (None, 443) else b":%d" % https_redirect_port
@@ -103,10 +103,6 @@ class ProxyServer:
         certs.offer_http2(self.http2)
 
     # -- public API -------------------------------------------------------------------------------
-
-    def set_snapshot(self, snapshot: Snapshot) -> None:
-        """Swap the routing snapshot; requests that start after this use the new one."""
-        self.snapshot = snapshot
 
     async def start_http(
         self, host: str, port: int, *, forward: bool = False, sock: socket.socket | None = None
@@ -220,7 +216,7 @@ class ProxyServer:
 
     async def connect(self, pool: UpstreamPool) -> UpstreamConnection:
         """A new connection to the pool's instance, within the connect timeout (TimeoutError past it)."""
-        pool.last_used = self.loop.time()  # keeps a pool whose connections are all busy from being dropped
+        pool.last_used = native.now()  # keeps a pool whose connections are all busy from being dropped
         async with asyncio.timeout(self.settings.upstream_connect_timeout or None):
             _, protocol = await self.loop.create_connection(
                 lambda: _as_protocol(UpstreamConnection(pool)), pool.host, pool.port
@@ -244,7 +240,7 @@ class ProxyServer:
             log.error("proxy task failed", exc_info=task.exception())
 
     def _is_routed_host(self, host: str) -> bool:
-        return self.snapshot.router.is_routed_host(host)
+        return self.router.is_routed_host(host)
 
     def _listen(
         self,
@@ -314,7 +310,7 @@ class ProxyServer:
     def _sweep(self) -> None:
         """Fire connection deadlines (header, keep-alive, linger, stalled reader, upstream response, idle
         tunnel); trim idle pools."""
-        now = self.loop.time()
+        now = native.now()  # the clock of the connections' deadlines
         for conn in list(self.connections):
             if conn.send_deadline and now >= conn.send_deadline:
                 conn.send_deadline = 0.0

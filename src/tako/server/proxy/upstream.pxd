@@ -19,7 +19,6 @@ cdef tuple _STATUS_LINE_STARTS, _ENDS, _CHUNKED_ENDS
 
 
 cdef class UpstreamPool:
-    cdef object clock
     cdef public int family
     cdef public object loop
     cdef public str key
@@ -28,6 +27,7 @@ cdef class UpstreamPool:
     cdef public list idle
     cdef public double last_used
 
+    @cython.locals(idle=list, conn=UpstreamConnection)
     cpdef UpstreamConnection acquire(self)
     cpdef release(self, UpstreamConnection conn)
 

@@ -103,11 +103,10 @@ class _HeadDone(Exception):
 class UpstreamPool:
     """Idle keep-alive connections to one instance."""
 
-    __slots__ = ("clock", "family", "host", "idle", "key", "last_used", "loop", "port")
+    __slots__ = ("family", "host", "idle", "key", "last_used", "loop", "port")
 
     def __init__(self, key: str, host: str, port: int, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.clock = loop.time  # bound once: `release` reads it per request
         self.key = key
         self.host = host
         self.port = port
@@ -132,7 +131,7 @@ class UpstreamPool:
         if len(self.idle) >= POOL_MAX_IDLE:
             conn.close()
             return
-        now = self.clock()
+        now = native.now()
         conn.idle_since = now
         self.last_used = now
         self.idle.append(conn)
@@ -209,7 +208,7 @@ class UpstreamConnection(ResponseSink):
         # connection the app still reads a body from is never handed to another request.
         self.request_complete = True  # nothing sent yet: in step
         self.idle_since = 0.0
-        self.deadline = 0.0  # upstream response deadline (loop time), 0 = none
+        self.deadline = 0.0  # upstream response deadline (native.now), 0 = none
         self.write_paused = False
         self.tunnel = False
         self._reason = b""

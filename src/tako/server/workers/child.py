@@ -78,7 +78,7 @@ class WorkerUpstream(InFlight):
     """One instance as a worker sees it: address plus local counters (`InFlight`: the hot path's two
     calls, compiled with the proxy)."""
 
-    __slots__ = ("error_pages", "host", "key", "port", "reported")
+    __slots__ = ("error_pages", "host", "port", "reported")  # `key` is InFlight's
 
     def __init__(self, key: str, host: str, port: int) -> None:
         super().__init__()

@@ -1,5 +1,6 @@
 # Cython declarations for connection.py (see docs/proxy.md, "Compiled hot path"): C types for the connection's
 # state and its per-stream calls into stream.py. The .py file stays the source; these only take effect compiled.
+from tako.server.proxy cimport native
 from tako.server.proxy.h2.stream cimport StreamTransport
 
 

@@ -21,7 +21,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
-from tako.server.proxy import responses
+from tako.server.proxy import native, responses
 from tako.server.proxy.client import _DEADLINE_HEADER, _DEADLINE_KEEPALIVE, ClientConnection
 from tako.server.proxy.h2._nghttp2 import Session
 from tako.server.proxy.h2.stream import StreamTransport, as_transport
@@ -105,7 +105,7 @@ class H2Connection:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.server.connections.add(self)  # type: ignore[arg-type]  # swept like a ClientConnection
-        self.deadline = self.loop.time() + self.server.settings.header_timeout
+        self.deadline = native.now() + self.server.settings.header_timeout
         self.deadline_kind = _DEADLINE_HEADER
         if self.server.shutting_down:
             self.shutdown()
@@ -150,7 +150,7 @@ class H2Connection:
 
     def pause_writing(self) -> None:
         self.write_blocked = True
-        self.send_deadline = self.loop.time() + self.server.settings.keepalive_timeout
+        self.send_deadline = native.now() + self.server.settings.keepalive_timeout
 
     def resume_writing(self) -> None:
         self.write_blocked = False
@@ -274,7 +274,7 @@ class H2Connection:
             else:
                 stream.peer_closed()
         if not self.streams:
-            self.deadline = self.loop.time() + self.server.settings.keepalive_timeout
+            self.deadline = native.now() + self.server.settings.keepalive_timeout
             self.deadline_kind = _DEADLINE_KEEPALIVE
 
     def _too_large(self, stream_id: int) -> None:
