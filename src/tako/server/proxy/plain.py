@@ -13,7 +13,7 @@ has arrived: `read_now`; the connect's own callback), and reads and writes run i
 
 Reads and writes are `native.recv`/`native.send` on the descriptor: compiled, `recv`/`send` called from C
 with the GIL held (the socket is non-blocking, so neither waits), as the loop's transport does; in Python
-(TAKO_PURE_PYTHON=1, no compiler, a stale build) `os.read`/`os.write`, with the same behaviour.
+(TAKO_PURE_PYTHON=1, no compiler, a stale build) `os.readv`/`os.write`, with the same behaviour.
 
 It is one of the compiled modules (compiled.py; `plain.pxd` types its attributes and internal calls), so
 an extension type, not a subclass of `asyncio.Transport`: it is a transport by its methods, the ones the
