@@ -25,9 +25,7 @@ class StaticGate(Rotation):
     """As an app's gate in tako-server: `Rotation` picks its one upstream."""
 
     name = "bench"
-    request_buffering = True
-    maintenance = None  # never in maintenance
-    static = None  # no [tako] static mounts
+    request_buffering = True  # (`maintenance` and `static` are Rotation's: None, no maintenance or mounts)
     compression = True  # [tako] compression, on by default
     error_pages: dict[int, bytes] = {}
 

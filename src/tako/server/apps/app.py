@@ -67,7 +67,7 @@ class ManagedApp(Rotation):
         super().__init__()
         self.name = release.app
         self.events = events or AppEvents()
-        self.release = release
+        self.release = release  # and `static` (the property's setter)
         self.routes = routes
         self.min_instances = min_instances
         self.idle_timeout = idle_timeout
@@ -114,8 +114,15 @@ class ManagedApp(Rotation):
         return self.release.pages.errors
 
     @property
-    def static(self) -> StaticMounts | None:
-        return self.release.static
+    def release(self) -> Release:
+        """The live release. Setting it sets `static` too, its static mounts, which the proxy reads per
+        request as a C field of the gate (`Rotation`)."""
+        return self._release
+
+    @release.setter
+    def release(self, release: Release) -> None:
+        self._release = release
+        self.static: StaticMounts | None = release.static
 
     # -- maintenance ----------------------------------------------------------------------------------
     def set_maintenance(self, setting: MaintenanceSetting, *, publish: bool = True) -> None:

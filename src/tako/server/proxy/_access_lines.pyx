@@ -105,13 +105,19 @@ cdef int _put_millis(Buffer *buf, long long us) except -1:
     return _put(buf, three, 3)
 
 
+# By byte: 1 for printable ASCII other than a quote or a backslash, what JSON writes as it is. One load per
+# byte where the four comparisons were about a tenth of a line's cost.
+cdef unsigned char _PLAIN[256]
+cdef int _byte
+for _byte in range(256):
+    _PLAIN[_byte] = 32 <= _byte <= 126 and _byte != 34 and _byte != 92
+
+
 cdef inline bint _plain(const char *at, Py_ssize_t n) noexcept:
     """Printable ASCII without quotes or backslashes: what JSON writes as it is."""
     cdef Py_ssize_t i
-    cdef unsigned char c
     for i in range(n):
-        c = <unsigned char>at[i]
-        if c < 32 or c > 126 or c == 34 or c == 92:
+        if not _PLAIN[<unsigned char>at[i]]:
             return False
     return True
 
@@ -146,6 +152,14 @@ cdef int _put_json_text(Buffer *buf, object value) except -1:
     return _put_bytes(buf, json.dumps(value).encode())
 
 
+# Buffers kept for the next batches (`Formatter.spare`), and the largest kept: a batch is at most
+# access_line.MAX_BATCH lines, so one buffer of an app's lines grows once and is then reused, instead of a
+# new buffer allocated and grown for each app of each batch.
+cdef enum:
+    SPARE_BUFFERS = 8
+    SPARE_CAPACITY_MAX = 1 << 20
+
+
 cdef class _Lines:
     """One app's lines of a batch."""
 
@@ -155,19 +169,24 @@ cdef class _Lines:
         PyMem_Free(self.buf.data)
 
     cdef bytes take(self):
-        return PyBytes_FromStringAndSize(self.buf.data, <Py_ssize_t>self.buf.length)
+        """The lines as one bytes object; the buffer is then empty (its memory kept)."""
+        cdef bytes lines = PyBytes_FromStringAndSize(self.buf.data, <Py_ssize_t>self.buf.length)
+        self.buf.length = 0
+        return lines
 
 
 cdef class Formatter:
     """Formats batches of `access_line.Entry` tuples (`query`: `[access_log] query`, add the query)."""
 
     cdef bint query
+    cdef list spare  # emptied `_Lines` for the next batches, at most SPARE_BUFFERS
     cdef long long second  # the second `stamp` is for
     cdef char stamp[40]  # `{"time":"2026-12-06T18:59:01.`
     cdef size_t stamp_length
 
     def __init__(self, bint query):
         self.query = query
+        self.spare = []
         self.second = -1
         self.stamp_length = 0
 
@@ -182,8 +201,8 @@ cdef class Formatter:
         self.stamp_length = 9 + n
 
     def format(self, list entries, double wall):
-        """The entries as JSON lines by app (`wall` turns loop time into UNIX time): app -> its lines as
-        one bytes object, each line ending with a newline."""
+        """The entries as JSON lines by app (`wall` turns native.now() stamps into UNIX time): app -> its
+        lines as one bytes object, each line ending with a newline."""
         cdef dict by_app = {}
         cdef _Lines lines
         cdef Buffer *buf
@@ -203,7 +222,7 @@ cdef class Formatter:
             app = entry[APP]
             lines = by_app.get(app)
             if lines is None:
-                lines = by_app[app] = _Lines()
+                lines = by_app[app] = self.spare.pop() if self.spare else _Lines()
             buf = &lines.buf
             started = entry[STARTED]
             ended = entry[ENDED]
@@ -267,4 +286,6 @@ cdef class Formatter:
         batch = {}
         for app, lines in by_app.items():
             batch[app] = lines.take()
+            if len(self.spare) < SPARE_BUFFERS and lines.buf.capacity <= SPARE_CAPACITY_MAX:
+                self.spare.append(lines)
         return batch

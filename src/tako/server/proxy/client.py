@@ -902,13 +902,15 @@ class ClientConnection(RequestSink):
             self.last_counters = self.traffic.for_app(gate.name)
         counters = cycle.counters = self.last_counters
         counters.in_flight += 1  # type: ignore[union-attr]  # set just above
-        maintenance = gate.maintenance
+        # tako-server's gates are `Rotation`s: compiled, their per-request fields and `pick` are C.
+        rotation = gate if isinstance(gate, Rotation) else None
+        maintenance = rotation.maintenance if rotation is not None else gate.maintenance
         if maintenance is not None and not maintenance.admits(self.client_ip):
             self._respond(cycle, maintenance.answer(close=_close_after_local(cycle), head_only=cycle.is_head))
             return
         if cycle.accept_encoding is not None and not gate.compression:
             cycle.accept_encoding = None  # the app turned response compression off ([tako] compression)
-        static = gate.static
+        static = rotation.static if rotation is not None else gate.static
         if static is not None and serve_static(self, cycle, static, path, _close_after_local(cycle)):
             return
         if (
@@ -919,11 +921,7 @@ class ClientConnection(RequestSink):
         ):
             self._buffer_body(cycle, gate)
             return
-        if isinstance(gate, Rotation):
-            rotation = gate  # tako-server's gates: compiled, a C call (counters.py)
-            upstream = rotation.pick()
-        else:
-            upstream = gate.pick()
+        upstream = rotation.pick() if rotation is not None else gate.pick()
         if upstream is None:
             server.spawn(self._wait_upstream(cycle, gate))
             return

@@ -57,7 +57,9 @@ cdef class InFlight:
 
 cdef class Rotation:
     cdef Py_ssize_t _last
+    cdef public object maintenance
     cdef public tuple rotation
+    cdef public object static
 
     @cython.locals(n=Py_ssize_t, i=Py_ssize_t)
     cpdef pick(self)

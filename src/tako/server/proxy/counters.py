@@ -208,11 +208,16 @@ class InFlight:
 class Rotation:
     """An app's instances in rotation (each with an `inflight` count) and the round robin over them: the
     base of the gates, `ManagedApp` in the main process and a data-plane worker's `WorkerGate`. Compiled,
-    `pick`, a call per request, runs no Python frame (a Python `pick` was one frame a request)."""
+    `pick`, a call per request, runs no Python frame (a Python `pick` was one frame a request), and the two
+    other things the proxy reads of a gate on every request are C fields (a subclass keeps them current):
+    `maintenance`, its answer while the app is in maintenance (proxy.maintenance.MaintenanceAnswer), and
+    `static`, its `[tako] static` mounts (static_files.StaticMounts)."""
 
-    __slots__ = ("_last", "rotation")
+    __slots__ = ("_last", "maintenance", "rotation", "static")
 
     def __init__(self) -> None:
+        self.maintenance: Any = None
+        self.static: Any = None
         self.rotation: tuple[Any, ...] = ()
         self._last = 0  # the position picked last
 
