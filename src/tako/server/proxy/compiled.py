@@ -4,11 +4,11 @@
 transports `tls` and `plain`, and HTTP/2's `h2.stream` and `h2.connection` are plain Python; the `.pxd`
 file next to each gives Cython C types for their attributes and internal calls.
 setup.py compiles them where Cython and a C compiler are available and writes `compiled.json` beside them:
-the hash of each module's .py and .pxd as built. Python imports an extension module in preference to the
-.py next to it, so `select()` (run by the package before anything imports those modules) makes sure a
-compiled module is only used if it was built from the current source; otherwise, or with
-TAKO_PURE_PYTHON=1 in the environment, all are imported from source. They share C types, so they are
-compiled or not together. See docs/proxy.md, "Compiled hot path".
+the hash of each module's .py and .pxd (and SHARED_DECLARATIONS) as built. Python imports an extension
+module in preference to the .py next to it, so `select()` (run by the package before anything imports
+those modules) makes sure a compiled module is only used if it was built from the current source;
+otherwise, or with TAKO_PURE_PYTHON=1 in the environment, all are imported from source. They share C
+types, so they are compiled or not together. See docs/proxy.md, "Compiled hot path".
 
 This module is also loaded by setup.py (by path, standard library only) for `source_hash`.
 """
